@@ -1,0 +1,558 @@
+//! Per-account actors on actix.
+//!
+//! Each consumer and each merchant account is owned by exactly one actor; only that actor
+//! changes its state. A consumer actor handles a command as one atomic unit
+//! (`AtomicResponse`): the pure rules decide, the bank is asked when money must come from it,
+//! the events are applied and journaled, and the caller is answered once the journal has them
+//! on disk. Because a handler is atomic, a check and the debit that follows it cannot be
+//! interleaved with another command for the same account; other accounts are not held up,
+//! since every actor has its own mailbox and the actors are spread over a pool of arbiters.
+//!
+//! A settlement moves money consumer → merchant in one balanced event written by the consumer
+//! actor; after it is durable the merchant actor is told to apply its credit. A refund asks the
+//! merchant actor to debit first (it owns the balance that must cover it), then writes the one
+//! balanced refund event.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::bank::{BankAnswer, BankOp};
+use crate::engine::{EngineError, Shared};
+use crate::ledger::{
+    ConsumerState, Entry, Event, EventKind, MerchantState, PlaceDecision, Posting, ReleaseDecision,
+};
+use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
+use crate::money::Amount;
+
+/// A command for one consumer's actor.
+#[derive(Debug, Clone)]
+pub enum ConsumerCmd {
+    Place {
+        id: String,
+        merchant: String,
+        amount: Amount,
+        release: Release,
+    },
+    ConfirmReceipt {
+        order: String,
+        satisfied: bool,
+    },
+    EnterCode {
+        order: String,
+        code: String,
+    },
+    Cancel {
+        order: String,
+    },
+    Refund {
+        id: String,
+        order: String,
+        amount: Amount,
+    },
+    Tick,
+    /// A copy of the consumer's state (queries, verification).
+    Snapshot,
+}
+
+#[derive(Debug, Clone)]
+pub enum ConsumerReply {
+    Done(CommandResult),
+    State(Box<ConsumerState>),
+}
+
+pub struct ConsumerMsg {
+    pub cmd: ConsumerCmd,
+    pub now: Secs,
+}
+
+impl Message for ConsumerMsg {
+    type Result = Result<ConsumerReply, EngineError>;
+}
+
+pub struct ConsumerActor {
+    state: Rc<RefCell<ConsumerState>>,
+    shared: Arc<Shared>,
+}
+
+impl ConsumerActor {
+    pub fn new(state: ConsumerState, shared: Arc<Shared>) -> ConsumerActor {
+        ConsumerActor {
+            state: Rc::new(RefCell::new(state)),
+            shared,
+        }
+    }
+}
+
+impl Actor for ConsumerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
+    }
+}
+
+impl Handler<ConsumerMsg> for ConsumerActor {
+    type Result = AtomicResponse<Self, Result<ConsumerReply, EngineError>>;
+
+    fn handle(&mut self, msg: ConsumerMsg, _ctx: &mut Self::Context) -> Self::Result {
+        let run = Run {
+            st: self.state.clone(),
+            shared: self.shared.clone(),
+            now: msg.now,
+        };
+        AtomicResponse::new(Box::pin(
+            async move { run.command(msg.cmd).await }.into_actor(self),
+        ))
+    }
+}
+
+/// One command's run inside a consumer actor. Never holds a `RefCell` borrow across an await.
+struct Run {
+    st: Rc<RefCell<ConsumerState>>,
+    shared: Arc<Shared>,
+    now: Secs,
+}
+
+impl Run {
+    async fn command(&self, cmd: ConsumerCmd) -> Result<ConsumerReply, EngineError> {
+        let result = match cmd {
+            ConsumerCmd::Place {
+                id,
+                merchant,
+                amount,
+                release,
+            } => self.place(id, merchant, amount, release).await?,
+            ConsumerCmd::ConfirmReceipt { order, satisfied } => {
+                let d = self.st.borrow().decide_receipt(&order, satisfied);
+                self.release(&order, d).await?
+            }
+            ConsumerCmd::EnterCode { order, code } => {
+                let d = self
+                    .st
+                    .borrow()
+                    .decide_code(&order, &code, &self.shared.rules);
+                self.release(&order, d).await?
+            }
+            ConsumerCmd::Cancel { order } => {
+                let d = self.st.borrow().decide_cancel(&order);
+                match d {
+                    Ok(ev) => {
+                        self.commit(vec![ev]).await?;
+                        Ok(Outcome::Cancelled)
+                    }
+                    Err(r) => Err(r),
+                }
+            }
+            ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
+            ConsumerCmd::Tick => self.tick().await?,
+            ConsumerCmd::Snapshot => {
+                return Ok(ConsumerReply::State(Box::new(self.st.borrow().clone())))
+            }
+        };
+        Ok(ConsumerReply::Done(result))
+    }
+
+    /// Applies events in memory (checking the account's invariants), journals them as one
+    /// entry and waits until it is durable. Then merchants are told of their credits.
+    async fn commit(&self, events: Vec<Event>) -> Result<(), EngineError> {
+        self.apply_all(&events)?;
+        self.journal(events).await
+    }
+
+    fn apply_all(&self, events: &[Event]) -> Result<(), EngineError> {
+        for ev in events {
+            self.apply(ev)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, ev: &Event) -> Result<(), EngineError> {
+        let mut st = self.st.borrow_mut();
+        st.apply(ev, self.now)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        st.check_wallet(&self.shared.rules)
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    /// Journals events already applied in memory.
+    async fn journal(&self, events: Vec<Event>) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let entry = Entry::new(self.now, events);
+        self.shared.journal.append(&entry).await?;
+        let ops: Vec<String> = entry.bank_ops().cloned().collect();
+        if !ops.is_empty() {
+            self.shared.bank.confirm(&ops);
+        }
+        for ev in &entry.events {
+            if let EventKind::OrderSettled { merchant, .. } = &ev.kind {
+                self.shared.credit_merchant(merchant, ev.postings.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn place(
+        &self,
+        id: String,
+        merchant: String,
+        amount: Amount,
+        release: Release,
+    ) -> Result<CommandResult, EngineError> {
+        if let Some(o) = self.st.borrow().orders.get(&id) {
+            let same = o.merchant == merchant && o.amount == amount && o.release == release;
+            return Ok(if same {
+                o.first_result.clone()
+            } else {
+                Err(Refusal::conflict(format!(
+                    "order id {id} is already used by another order"
+                )))
+            });
+        }
+        let decision = self.st.borrow().decide_place(amount, &self.shared.rules);
+        match decision {
+            PlaceDecision::Refused(r) => {
+                let ev = self.st.borrow().placed_event(
+                    &id,
+                    &merchant,
+                    amount,
+                    &release,
+                    Err(r.clone()),
+                    false,
+                );
+                self.commit(vec![ev]).await?;
+                Ok(Err(r))
+            }
+            PlaceDecision::Accept => {
+                let ev = self.st.borrow().placed_event(
+                    &id,
+                    &merchant,
+                    amount,
+                    &release,
+                    Ok(Outcome::Accepted),
+                    false,
+                );
+                self.commit(vec![ev]).await?;
+                Ok(Ok(Outcome::Accepted))
+            }
+            PlaceDecision::Direct => {
+                let funding = self.st.borrow().funding(amount);
+                let mut bank_op = None;
+                if funding.bank_part.is_positive() {
+                    match self.debit_bank(funding.bank_part).await? {
+                        Ok(op) => bank_op = Some(op),
+                        Err(reason) => {
+                            let r = Refusal::funds(format!(
+                                "direct order {id} cannot be funded: wallet holds {}, and the bank: {reason}",
+                                funding.wallet_part
+                            ));
+                            let ev = self.st.borrow().placed_event(
+                                &id,
+                                &merchant,
+                                amount,
+                                &release,
+                                Err(r.clone()),
+                                true,
+                            );
+                            self.commit(vec![ev]).await?;
+                            return Ok(Err(r));
+                        }
+                    }
+                }
+                let placed = self.st.borrow().placed_event(
+                    &id,
+                    &merchant,
+                    amount,
+                    &release,
+                    Ok(Outcome::Settled),
+                    true,
+                );
+                self.apply(&placed)?;
+                let settled = self
+                    .st
+                    .borrow()
+                    .settled_event(&id, &merchant, funding, bank_op);
+                self.apply(&settled)?;
+                let mut events = vec![placed, settled];
+                events.extend(self.top_up().await?);
+                self.journal(events).await?;
+                Ok(Ok(Outcome::Settled))
+            }
+        }
+    }
+
+    /// Asks the bank for `amount` from the consumer's designated account. `Ok(Err(reason))`
+    /// is a refusal; `Err` is a fault (the bank unreachable).
+    async fn debit_bank(&self, amount: Amount) -> Result<Result<String, String>, EngineError> {
+        let account = self.st.borrow().bank.clone();
+        let id = self.shared.new_bank_op_id();
+        let op = BankOp {
+            id: id.clone(),
+            account,
+            amount,
+        };
+        match self.shared.bank.debit(op).await? {
+            BankAnswer::Done => Ok(Ok(id)),
+            BankAnswer::Refused(reason) => Ok(Err(reason)),
+        }
+    }
+
+    /// Events for a top-up back to exactly the cap, if the wallet is below the threshold.
+    /// Applied already; the caller journals them with the rest of the command.
+    async fn top_up(&self) -> Result<Vec<Event>, EngineError> {
+        let needed = self.st.borrow().topup_needed(&self.shared.rules);
+        let Some(amount) = needed else {
+            return Ok(vec![]);
+        };
+        self.st.borrow_mut().topup_in_flight = amount;
+        let answer = self.debit_bank(amount).await;
+        self.st.borrow_mut().topup_in_flight = Amount::ZERO;
+        let ev = match answer? {
+            Ok(op) => self.st.borrow().topped_up_event(amount, op),
+            Err(reason) => {
+                let consumer = self.st.borrow().id.clone();
+                Event::new(EventKind::TopUpRefused {
+                    consumer,
+                    amount,
+                    reason,
+                })
+            }
+        };
+        self.apply(&ev)?;
+        Ok(vec![ev])
+    }
+
+    /// Settles an order whose condition is met: wallet first, the bank for the rest, then the
+    /// top-up. If the bank cannot pay its part nothing moves and the order awaits funds.
+    /// Returns the events (already applied) and the outcome.
+    async fn settle(&self, order: &str) -> Result<(Vec<Event>, Outcome), EngineError> {
+        let (amount, merchant, state) = {
+            let st = self.st.borrow();
+            let o = st
+                .orders
+                .get(order)
+                .ok_or_else(|| EngineError::Internal(format!("order {order} vanished")))?;
+            (o.amount, o.merchant.clone(), o.state)
+        };
+        let funding = self.st.borrow().funding(amount);
+        let mut bank_op = None;
+        if funding.bank_part.is_positive() {
+            match self.debit_bank(funding.bank_part).await? {
+                Ok(op) => bank_op = Some(op),
+                Err(reason) => {
+                    if state == OrderState::AwaitingFunds {
+                        return Ok((vec![], Outcome::AwaitingFunds));
+                    }
+                    let consumer = self.st.borrow().id.clone();
+                    let ev = Event::new(EventKind::OrderAwaitingFunds {
+                        order: order.to_string(),
+                        consumer,
+                        reason,
+                    });
+                    self.apply(&ev)?;
+                    return Ok((vec![ev], Outcome::AwaitingFunds));
+                }
+            }
+        }
+        let settled = self
+            .st
+            .borrow()
+            .settled_event(order, &merchant, funding, bank_op);
+        self.apply(&settled)?;
+        let mut events = vec![settled];
+        events.extend(self.top_up().await?);
+        Ok((events, Outcome::Settled))
+    }
+
+    async fn release(
+        &self,
+        order: &str,
+        decision: Result<ReleaseDecision, Refusal>,
+    ) -> Result<CommandResult, EngineError> {
+        match decision {
+            Err(r) => Ok(Err(r)),
+            Ok(ReleaseDecision::Record(events, result)) => {
+                self.commit(events).await?;
+                Ok(result)
+            }
+            Ok(ReleaseDecision::Settle) => {
+                let (events, outcome) = self.settle(order).await?;
+                self.journal(events).await?;
+                Ok(Ok(outcome))
+            }
+        }
+    }
+
+    async fn refund(
+        &self,
+        id: String,
+        order: String,
+        amount: Amount,
+    ) -> Result<CommandResult, EngineError> {
+        if let Some(r) = self.st.borrow().refunds.get(&id) {
+            return Ok(if r.order == order && r.amount == amount {
+                Ok(Outcome::Refunded)
+            } else {
+                Err(Refusal::conflict(format!(
+                    "refund id {id} is already used by another refund"
+                )))
+            });
+        }
+        let merchant = match self.st.borrow().check_refund(&order, amount) {
+            Ok(o) => o.merchant.clone(),
+            Err(r) => return Ok(Err(r)),
+        };
+        if let Err(r) = self
+            .shared
+            .debit_merchant_for_refund(&merchant, amount)
+            .await?
+        {
+            return Ok(Err(r));
+        }
+        let (to_wallet, to_bank) = self.st.borrow().refund_split(amount, &self.shared.rules);
+        let mut bank_op = None;
+        if to_bank.is_positive() {
+            let account = self.st.borrow().bank.clone();
+            let op_id = self.shared.new_bank_op_id();
+            let answer = self
+                .shared
+                .bank
+                .credit(BankOp {
+                    id: op_id.clone(),
+                    account,
+                    amount: to_bank,
+                })
+                .await;
+            match answer {
+                Ok(BankAnswer::Done) => bank_op = Some(op_id),
+                other => {
+                    // Give the merchant its money back: nothing of the refund happened.
+                    self.shared.credit_merchant_back(&merchant, amount);
+                    return match other {
+                        Err(e) => Err(e.into()),
+                        Ok(_) => Ok(Err(Refusal::funds(
+                            "the bank refused the overflow of the refund",
+                        ))),
+                    };
+                }
+            }
+        }
+        let ev = {
+            let st = self.st.borrow();
+            let o = st
+                .orders
+                .get(&order)
+                .ok_or_else(|| EngineError::Internal("order vanished".into()))?;
+            st.refunded_event(&id, o, amount, to_wallet, to_bank, bank_op)
+        };
+        self.commit(vec![ev]).await?;
+        Ok(Ok(Outcome::Refunded))
+    }
+
+    /// Time-driven work, in the order FORMAT.md fixes: awaiting settlements in placement
+    /// order, then due time releases, then expiry. One entry for the whole tick.
+    async fn tick(&self) -> Result<CommandResult, EngineError> {
+        let rules = self.shared.rules.clone();
+        let mut events = Vec::new();
+        let awaiting = self.st.borrow().awaiting_funds();
+        for order in awaiting {
+            events.extend(self.settle(&order).await?.0);
+        }
+        let due = self.st.borrow().time_due(self.now);
+        for order in due {
+            events.extend(self.settle(&order).await?.0);
+        }
+        let expiring = self.st.borrow().expiring(self.now, &rules);
+        for order in expiring {
+            let ev = self.st.borrow().simple_event(&order, OrderState::Expired);
+            self.apply(&ev)?;
+            events.push(ev);
+        }
+        self.journal(events).await?;
+        Ok(Ok(Outcome::Ok))
+    }
+}
+
+/// Messages for a merchant's actor.
+pub enum MerchantMsg {
+    /// Apply the merchant's postings of a durable settlement (or give back a refund debit).
+    Credit(Vec<Posting>),
+    /// Take `amount` for a refund if the balance covers it.
+    DebitForRefund(Amount),
+    /// Undo a `DebitForRefund` whose refund did not happen.
+    Restore(Amount),
+    Snapshot,
+}
+
+pub enum MerchantReply {
+    Done(Result<(), Refusal>),
+    State(MerchantState),
+}
+
+impl Message for MerchantMsg {
+    type Result = MerchantReply;
+}
+
+pub struct MerchantActor {
+    state: MerchantState,
+    mailbox_capacity: usize,
+}
+
+impl MerchantActor {
+    pub fn new(state: MerchantState, mailbox_capacity: usize) -> MerchantActor {
+        MerchantActor {
+            state,
+            mailbox_capacity,
+        }
+    }
+}
+
+impl Actor for MerchantActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl Handler<MerchantMsg> for MerchantActor {
+    type Result = MessageResult<MerchantMsg>;
+
+    fn handle(&mut self, msg: MerchantMsg, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(match msg {
+            MerchantMsg::Credit(postings) => {
+                // A failure here means an amount overflow, which bounded inputs rule out.
+                let _ = self.state.apply_postings(&postings);
+                MerchantReply::Done(Ok(()))
+            }
+            MerchantMsg::DebitForRefund(amount) => {
+                if self.state.balance < amount {
+                    MerchantReply::Done(Err(Refusal::funds(format!(
+                        "merchant {} holds {}, less than the refund of {amount}",
+                        self.state.id, self.state.balance
+                    ))))
+                } else {
+                    self.state.balance = self
+                        .state
+                        .balance
+                        .checked_sub(amount)
+                        .unwrap_or(self.state.balance);
+                    MerchantReply::Done(Ok(()))
+                }
+            }
+            MerchantMsg::Restore(amount) => {
+                self.state.balance = self
+                    .state
+                    .balance
+                    .checked_add(amount)
+                    .unwrap_or(self.state.balance);
+                MerchantReply::Done(Ok(()))
+            }
+            MerchantMsg::Snapshot => MerchantReply::State(self.state.clone()),
+        })
+    }
+}

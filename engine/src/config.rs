@@ -1,0 +1,158 @@
+//! `config.toml`: the node's defaults. Every key is optional; a missing key takes the default
+//! documented in the repository's `config.toml`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+use crate::journal::JournalConfig;
+use crate::model::RulesConfig;
+use crate::money::Amount;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rules: RawRules,
+    #[serde(default)]
+    journal: RawJournal,
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    node: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    currency: Option<String>,
+    wallet_cap: Option<String>,
+    topup_threshold: Option<String>,
+    direct_max: Option<String>,
+    order_expiry_secs: Option<u64>,
+    code_attempts_max: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    queue_capacity: Option<usize>,
+    max_batch: Option<usize>,
+    snapshot_every_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    arbiters: Option<usize>,
+    mailbox_capacity: Option<usize>,
+}
+
+/// The parsed configuration file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub currency: String,
+    pub engine: EngineConfig,
+    /// The `[node]` table, kept for the parts of the node that read it (HTTP API, adapters).
+    pub node: toml::Table,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            currency: "EUR".into(),
+            engine: EngineConfig::default(),
+            node: toml::Table::new(),
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        NodeConfig::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut cfg = NodeConfig::default();
+        let amount = |key: &str, v: &Option<String>, default: Amount| -> Result<Amount, String> {
+            match v {
+                None => Ok(default),
+                Some(s) => Amount::parse_non_negative(s).map_err(|e| format!("rules.{key}: {e}")),
+            }
+        };
+        let d = RulesConfig::default();
+        let wallet_cap = amount("wallet_cap", &raw.rules.wallet_cap, d.wallet_cap)?;
+        let rules = RulesConfig {
+            wallet_cap,
+            topup_threshold: amount("topup_threshold", &raw.rules.topup_threshold, wallet_cap)?,
+            direct_max: amount("direct_max", &raw.rules.direct_max, d.direct_max)?,
+            order_expiry_secs: raw.rules.order_expiry_secs.unwrap_or(d.order_expiry_secs),
+            code_attempts_max: raw.rules.code_attempts_max.unwrap_or(d.code_attempts_max),
+        };
+        rules.validate()?;
+        cfg.engine.rules = rules;
+        if let Some(c) = raw.rules.currency {
+            cfg.currency = c;
+        }
+        let dj = JournalConfig::default();
+        cfg.engine.journal = JournalConfig {
+            queue_capacity: raw.journal.queue_capacity.unwrap_or(dj.queue_capacity),
+            max_batch: raw.journal.max_batch.unwrap_or(dj.max_batch),
+            snapshot_every_entries: raw
+                .journal
+                .snapshot_every_entries
+                .unwrap_or(dj.snapshot_every_entries),
+        };
+        if let Some(n) = raw.engine.arbiters.filter(|n| *n > 0) {
+            cfg.engine.arbiters = n;
+        }
+        if let Some(n) = raw.engine.mailbox_capacity {
+            cfg.engine.mailbox_capacity = n;
+        }
+        cfg.node = raw.node;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_config_parses_with_the_documented_defaults() {
+        let text = include_str!("../../config.toml");
+        let cfg = NodeConfig::parse(text).unwrap();
+        assert_eq!(cfg.engine.rules.wallet_cap.to_string(), "5000.00");
+        assert_eq!(cfg.engine.rules.topup_threshold.to_string(), "5000.00");
+    }
+
+    #[test]
+    fn threshold_defaults_to_the_cap_and_bad_values_are_named() {
+        let cfg = NodeConfig::parse("[rules]\nwallet_cap = \"300.00\"\n").unwrap();
+        assert_eq!(cfg.engine.rules.topup_threshold.to_string(), "300.00");
+        let err = NodeConfig::parse("[rules]\nwallet_cap = \"3.001\"\n").unwrap_err();
+        assert!(err.contains("wallet_cap"), "{err}");
+        let err = NodeConfig::parse("[rules]\nwalet_cap = \"3\"\n").unwrap_err();
+        assert!(err.contains("walet_cap"), "{err}");
+    }
+}

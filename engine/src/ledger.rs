@@ -1,0 +1,1124 @@
+//! The pure ledger: account state, the events that change it, and the rules that decide which
+//! events a command produces.
+//!
+//! Architecture invariant: nothing here does I/O, awaits, or reads a clock. Time comes in as an
+//! argument and bank answers come in as values, so every rule can be tested deterministically.
+//! The actors (`actors.rs`) orchestrate these decisions with the bank and the journal; replay,
+//! snapshots and `verify` apply the same events to rebuild state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, RulesConfig, Secs};
+use crate::money::{Amount, AmountError};
+
+/// An account of the node's double-entry ledger. The sum over all of them is always zero (I2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AccountRef {
+    /// A consumer's settlement account (wallet), capped.
+    Wallet(String),
+    /// A merchant's balance at the settlement center.
+    Merchant(String),
+    /// The mirror of money that came from (negative) or went to (positive) a bank account
+    /// outside the node: an external clearing account.
+    BankClearing(String),
+}
+
+impl AccountRef {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AccountRef::Wallet(_) => "wallet",
+            AccountRef::Merchant(_) => "merchant",
+            AccountRef::BankClearing(_) => "bank clearing",
+        }
+    }
+}
+
+/// One leg of a balanced movement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub account: AccountRef,
+    pub amount: Amount,
+}
+
+impl Posting {
+    pub fn new(account: AccountRef, amount: Amount) -> Posting {
+        Posting { account, amount }
+    }
+}
+
+/// The id of an operation at a bank; the bank answers a repeated id with its first answer.
+pub type BankOpId = String;
+
+/// What happened, as recorded in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The rules in force from this point of the journal on.
+    Configured(RulesConfig),
+    ConsumerOpened {
+        consumer: String,
+        credit_limit: Amount,
+        bank: String,
+        bank_op: Option<BankOpId>,
+    },
+    MerchantOpened {
+        merchant: String,
+        bank: Option<String>,
+    },
+    /// An order id taken, with its first outcome: accepted (pending), settled (direct mode,
+    /// followed by `OrderSettled` in the same entry), or refused for credit or funds.
+    OrderPlaced {
+        order: String,
+        consumer: String,
+        merchant: String,
+        amount: Amount,
+        release: Release,
+        result: CommandResult,
+        direct: bool,
+    },
+    OrderSettled {
+        order: String,
+        consumer: String,
+        merchant: String,
+        wallet_paid: Amount,
+        bank_paid: Amount,
+        bank_op: Option<BankOpId>,
+    },
+    OrderAwaitingFunds {
+        order: String,
+        consumer: String,
+        reason: String,
+    },
+    WalletToppedUp {
+        consumer: String,
+        amount: Amount,
+        bank_op: BankOpId,
+    },
+    TopUpRefused {
+        consumer: String,
+        amount: Amount,
+        reason: String,
+    },
+    CodeRejected {
+        order: String,
+        consumer: String,
+        attempts: u32,
+    },
+    OrderDisputed {
+        order: String,
+        consumer: String,
+    },
+    OrderCancelled {
+        order: String,
+        consumer: String,
+    },
+    OrderExpired {
+        order: String,
+        consumer: String,
+    },
+    Refunded {
+        refund: String,
+        order: String,
+        consumer: String,
+        merchant: String,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+        bank_op: Option<BankOpId>,
+    },
+    /// Time passed (a tick); keeps the clock durable even when nothing else happened.
+    ClockAdvanced,
+}
+
+/// An event and the money it moves. The postings of one event sum to zero (I1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub postings: Vec<Posting>,
+}
+
+impl Event {
+    pub fn new(kind: EventKind) -> Event {
+        Event {
+            kind,
+            postings: Vec::new(),
+        }
+    }
+    pub fn with_postings(kind: EventKind, postings: Vec<Posting>) -> Event {
+        Event { kind, postings }
+    }
+
+    /// The consumer whose state this event changes, if any.
+    pub fn consumer(&self) -> Option<&str> {
+        use EventKind::*;
+        match &self.kind {
+            ConsumerOpened { consumer, .. }
+            | OrderPlaced { consumer, .. }
+            | OrderSettled { consumer, .. }
+            | OrderAwaitingFunds { consumer, .. }
+            | WalletToppedUp { consumer, .. }
+            | TopUpRefused { consumer, .. }
+            | CodeRejected { consumer, .. }
+            | OrderDisputed { consumer, .. }
+            | OrderCancelled { consumer, .. }
+            | OrderExpired { consumer, .. }
+            | Refunded { consumer, .. } => Some(consumer),
+            Configured(_) | MerchantOpened { .. } | ClockAdvanced => None,
+        }
+    }
+
+    /// The bank operations this event records as done.
+    pub fn bank_op(&self) -> Option<&BankOpId> {
+        use EventKind::*;
+        match &self.kind {
+            ConsumerOpened { bank_op, .. }
+            | OrderSettled { bank_op, .. }
+            | Refunded { bank_op, .. } => bank_op.as_ref(),
+            WalletToppedUp { bank_op, .. } => Some(bank_op),
+            _ => None,
+        }
+    }
+
+    /// Sum of the postings; zero for every well-formed event (I1).
+    pub fn imbalance(&self) -> Result<Amount, AmountError> {
+        self.postings
+            .iter()
+            .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+    }
+}
+
+/// The events of one command, written and acknowledged together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The engine's clock when the command ran.
+    pub at: Secs,
+    pub events: Vec<Event>,
+}
+
+impl Entry {
+    pub fn new(at: Secs, events: Vec<Event>) -> Entry {
+        Entry { at, events }
+    }
+    pub fn bank_ops(&self) -> impl Iterator<Item = &BankOpId> {
+        self.events.iter().filter_map(Event::bank_op)
+    }
+}
+
+/// A state the journal should never contain: replay and `verify` report it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("unknown consumer {0:?}")]
+    UnknownConsumer(String),
+    #[error("unknown merchant {0:?}")]
+    UnknownMerchant(String),
+    #[error("unknown order {0:?}")]
+    UnknownOrder(String),
+    #[error("{0:?} opened twice")]
+    DuplicateAccount(String),
+    #[error("I1 violated: postings of a {kind} event sum to {sum}, not zero")]
+    Unbalanced { kind: &'static str, sum: Amount },
+    #[error("I3 violated: wallet of {consumer} is {wallet}, outside 0..={cap}")]
+    WalletOutOfRange {
+        consumer: String,
+        wallet: Amount,
+        cap: Amount,
+    },
+    #[error("I4 violated: {consumer} reserved {reserved} above its credit limit {limit}")]
+    CreditExceeded {
+        consumer: String,
+        reserved: Amount,
+        limit: Amount,
+    },
+    #[error("I5 violated: order {order} settled twice")]
+    SettledTwice { order: String },
+    #[error(
+        "I5 violated: refunds of order {order} add up to {refunded}, above its amount {amount}"
+    )]
+    OverRefunded {
+        order: String,
+        refunded: Amount,
+        amount: Amount,
+    },
+    #[error("I6 violated: id {0:?} used twice")]
+    DuplicateId(String),
+    #[error("order {order} cannot go from {from} by {event}")]
+    BadTransition {
+        order: String,
+        from: OrderState,
+        event: &'static str,
+    },
+    #[error("negative reservation for {0}")]
+    NegativeReservation(String),
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+}
+
+/// An order in a consumer's virtual account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    pub merchant: String,
+    pub amount: Amount,
+    pub release: Release,
+    pub placed_at: Secs,
+    /// Position among this consumer's orders; ticks work in placement order.
+    pub placement: u64,
+    pub state: OrderState,
+    /// Whether the amount is reserved against the credit limit (not for direct orders).
+    pub reserved: bool,
+    pub code_attempts: u32,
+    pub refunded: Amount,
+    /// The first outcome of placing it, which a repeat returns (I6).
+    pub first_result: CommandResult,
+}
+
+impl Order {
+    /// The due time of a time-released order.
+    pub fn due_at(&self) -> Option<Secs> {
+        match self.release {
+            Release::Time { after_secs } => Some(self.placed_at.saturating_add(after_secs)),
+            _ => None,
+        }
+    }
+}
+
+/// A recorded refund, kept for idempotent repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub order: String,
+    pub amount: Amount,
+}
+
+/// Everything about one consumer: virtual account, wallet, link to the bank, and orders.
+/// Owned by exactly one consumer actor at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    pub id: String,
+    pub credit_limit: Amount,
+    pub reserved: Amount,
+    pub wallet: Amount,
+    /// The designated bank account.
+    pub bank: String,
+    /// The external clearing account mirroring money moved to and from `bank`.
+    pub bank_clearing: Amount,
+    pub orders: HashMap<String, Order>,
+    pub next_placement: u64,
+    pub refunds: HashMap<String, RefundRecord>,
+    /// A top-up requested from the bank and not yet answered. Counts against the headroom
+    /// (I3). Never persisted: a crash loses the request, and recovery reconciles with the bank.
+    #[serde(skip)]
+    pub topup_in_flight: Amount,
+}
+
+/// How a settlement of `amount` is funded: wallet first, then the bank directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Funding {
+    pub wallet_part: Amount,
+    pub bank_part: Amount,
+}
+
+/// What `confirm_receipt` or `enter_code` leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseDecision {
+    /// The condition is met: settle the order.
+    Settle,
+    /// Record these events and answer with this result.
+    Record(Vec<Event>, CommandResult),
+}
+
+impl ConsumerState {
+    pub fn new(id: String, credit_limit: Amount, bank: String) -> ConsumerState {
+        ConsumerState {
+            id,
+            credit_limit,
+            reserved: Amount::ZERO,
+            wallet: Amount::ZERO,
+            bank,
+            bank_clearing: Amount::ZERO,
+            orders: HashMap::new(),
+            next_placement: 0,
+            refunds: HashMap::new(),
+            topup_in_flight: Amount::ZERO,
+        }
+    }
+
+    pub fn available_credit(&self) -> Amount {
+        self.credit_limit
+            .checked_sub(self.reserved)
+            .unwrap_or(Amount::ZERO)
+    }
+
+    fn order(&self, id: &str) -> Result<&Order, Refusal> {
+        self.orders
+            .get(id)
+            .ok_or_else(|| Refusal::unknown(format!("no order {id:?}")))
+    }
+
+    // ----- decisions (pure) -----
+
+    /// The first step of placing an order that is new to this consumer: is it direct, refused
+    /// for credit, or accepted? Direct orders still need funding (see `funding`).
+    pub fn decide_place(&self, amount: Amount, cfg: &RulesConfig) -> PlaceDecision {
+        if cfg.direct_max.is_positive() && amount <= cfg.direct_max {
+            return PlaceDecision::Direct;
+        }
+        if amount > self.available_credit() {
+            return PlaceDecision::Refused(Refusal::credit(format!(
+                "{amount} is beyond the available credit {} of {}; choose another means of payment",
+                self.available_credit(),
+                self.id
+            )));
+        }
+        PlaceDecision::Accept
+    }
+
+    /// An `OrderPlaced` event for this consumer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn placed_event(
+        &self,
+        order: &str,
+        merchant: &str,
+        amount: Amount,
+        release: &Release,
+        result: CommandResult,
+        direct: bool,
+    ) -> Event {
+        Event::new(EventKind::OrderPlaced {
+            order: order.to_string(),
+            consumer: self.id.clone(),
+            merchant: merchant.to_string(),
+            amount,
+            release: release.clone(),
+            result,
+            direct,
+        })
+    }
+
+    /// The wallet pays what it holds, up to the amount; the bank pays the rest.
+    pub fn funding(&self, amount: Amount) -> Funding {
+        let wallet_part = self.wallet.min(amount);
+        let bank_part = amount
+            .checked_sub(wallet_part)
+            .expect("amounts are bounded");
+        Funding {
+            wallet_part,
+            bank_part,
+        }
+    }
+
+    /// The balanced settlement event: wallet and bank pay, the merchant receives.
+    pub fn settled_event(
+        &self,
+        order: &str,
+        merchant: &str,
+        funding: Funding,
+        bank_op: Option<BankOpId>,
+    ) -> Event {
+        let total = funding
+            .wallet_part
+            .checked_add(funding.bank_part)
+            .expect("bounded");
+        let mut postings = vec![Posting::new(
+            AccountRef::Merchant(merchant.to_string()),
+            total,
+        )];
+        if funding.wallet_part.is_positive() {
+            postings.push(Posting::new(
+                AccountRef::Wallet(self.id.clone()),
+                funding.wallet_part.checked_neg(),
+            ));
+        }
+        if funding.bank_part.is_positive() {
+            postings.push(Posting::new(
+                AccountRef::BankClearing(self.bank.clone()),
+                funding.bank_part.checked_neg(),
+            ));
+        }
+        Event::with_postings(
+            EventKind::OrderSettled {
+                order: order.to_string(),
+                consumer: self.id.clone(),
+                merchant: merchant.to_string(),
+                wallet_paid: funding.wallet_part,
+                bank_paid: funding.bank_part,
+                bank_op,
+            },
+            postings,
+        )
+    }
+
+    /// How much to ask the bank for, if the wallet is below the threshold: exactly enough to
+    /// reach the cap, counting top-ups already in flight.
+    pub fn topup_needed(&self, cfg: &RulesConfig) -> Option<Amount> {
+        if self.wallet >= cfg.topup_threshold {
+            return None;
+        }
+        let headroom = cfg
+            .wallet_cap
+            .checked_sub(self.wallet)
+            .and_then(|h| h.checked_sub(self.topup_in_flight))
+            .ok()?;
+        headroom.is_positive().then_some(headroom)
+    }
+
+    pub fn topped_up_event(&self, amount: Amount, bank_op: BankOpId) -> Event {
+        Event::with_postings(
+            EventKind::WalletToppedUp {
+                consumer: self.id.clone(),
+                amount,
+                bank_op,
+            },
+            vec![
+                Posting::new(
+                    AccountRef::BankClearing(self.bank.clone()),
+                    amount.checked_neg(),
+                ),
+                Posting::new(AccountRef::Wallet(self.id.clone()), amount),
+            ],
+        )
+    }
+
+    /// `confirm_receipt`: for receipt orders that are pending or disputed.
+    pub fn decide_receipt(&self, order: &str, satisfied: bool) -> Result<ReleaseDecision, Refusal> {
+        let o = self.order(order)?;
+        if o.release != Release::Receipt {
+            return Err(Refusal::state(format!(
+                "order {order} is released by {}, not by receipt",
+                o.release.kind()
+            )));
+        }
+        match o.state {
+            OrderState::Pending | OrderState::Disputed if satisfied => Ok(ReleaseDecision::Settle),
+            OrderState::Pending => Ok(ReleaseDecision::Record(
+                vec![self.simple_event(order, OrderState::Disputed)],
+                Ok(Outcome::Disputed),
+            )),
+            OrderState::Disputed => Ok(ReleaseDecision::Record(vec![], Ok(Outcome::Disputed))),
+            s => Err(Refusal::state(format!(
+                "order {order} is {s}; receipt can no longer be confirmed"
+            ))),
+        }
+    }
+
+    /// `enter_code`: for code orders that are pending. The n-th wrong code disputes the order.
+    pub fn decide_code(
+        &self,
+        order: &str,
+        code: &str,
+        cfg: &RulesConfig,
+    ) -> Result<ReleaseDecision, Refusal> {
+        let o = self.order(order)?;
+        let Release::Code(expected) = &o.release else {
+            return Err(Refusal::state(format!(
+                "order {order} is released by {}, not by code",
+                o.release.kind()
+            )));
+        };
+        if o.state != OrderState::Pending {
+            return Err(Refusal::state(format!(
+                "order {order} is {}; codes are taken only while pending",
+                o.state
+            )));
+        }
+        if constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+            return Ok(ReleaseDecision::Settle);
+        }
+        let attempts = o.code_attempts + 1;
+        let rejected = Event::new(EventKind::CodeRejected {
+            order: order.to_string(),
+            consumer: self.id.clone(),
+            attempts,
+        });
+        if attempts >= cfg.code_attempts_max {
+            Ok(ReleaseDecision::Record(
+                vec![rejected, self.simple_event(order, OrderState::Disputed)],
+                Ok(Outcome::Disputed),
+            ))
+        } else {
+            Ok(ReleaseDecision::Record(
+                vec![rejected],
+                Err(Refusal::code(format!(
+                    "wrong code for order {order} ({attempts} of {} attempts used)",
+                    cfg.code_attempts_max
+                ))),
+            ))
+        }
+    }
+
+    /// `cancel_order`: pending or disputed orders only.
+    pub fn decide_cancel(&self, order: &str) -> Result<Event, Refusal> {
+        let o = self.order(order)?;
+        match o.state {
+            OrderState::Pending | OrderState::Disputed => {
+                Ok(self.simple_event(order, OrderState::Cancelled))
+            }
+            s => Err(Refusal::state(format!(
+                "order {order} is {s} and cannot be cancelled"
+            ))),
+        }
+    }
+
+    /// Whether a refund of `amount` may be made on `order` (before asking the merchant).
+    pub fn check_refund(&self, order: &str, amount: Amount) -> Result<&Order, Refusal> {
+        let o = self.order(order)?;
+        if o.state != OrderState::Settled {
+            return Err(Refusal::state(format!(
+                "order {order} is {}; only settled orders are refunded",
+                o.state
+            )));
+        }
+        let after = o
+            .refunded
+            .checked_add(amount)
+            .map_err(|e| Refusal::amount(e.to_string()))?;
+        if after > o.amount {
+            return Err(Refusal::state(format!(
+                "refunds of order {order} would reach {after}, above its amount {}",
+                o.amount
+            )));
+        }
+        Ok(o)
+    }
+
+    /// The refund's split: into the wallet up to the cap, the overflow to the bank account.
+    pub fn refund_split(&self, amount: Amount, cfg: &RulesConfig) -> (Amount, Amount) {
+        let headroom = cfg
+            .wallet_cap
+            .checked_sub(self.wallet)
+            .and_then(|h| h.checked_sub(self.topup_in_flight))
+            .unwrap_or(Amount::ZERO);
+        let headroom = if headroom.is_negative() {
+            Amount::ZERO
+        } else {
+            headroom
+        };
+        let to_wallet = amount.min(headroom);
+        (to_wallet, amount.checked_sub(to_wallet).expect("bounded"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn refunded_event(
+        &self,
+        refund: &str,
+        order: &Order,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+        bank_op: Option<BankOpId>,
+    ) -> Event {
+        let mut postings = vec![Posting::new(
+            AccountRef::Merchant(order.merchant.clone()),
+            amount.checked_neg(),
+        )];
+        if to_wallet.is_positive() {
+            postings.push(Posting::new(AccountRef::Wallet(self.id.clone()), to_wallet));
+        }
+        if to_bank.is_positive() {
+            postings.push(Posting::new(
+                AccountRef::BankClearing(self.bank.clone()),
+                to_bank,
+            ));
+        }
+        Event::with_postings(
+            EventKind::Refunded {
+                refund: refund.to_string(),
+                order: order.id.clone(),
+                consumer: self.id.clone(),
+                merchant: order.merchant.clone(),
+                amount,
+                to_wallet,
+                to_bank,
+                bank_op,
+            },
+            postings,
+        )
+    }
+
+    /// Orders waiting for funds, in placement order.
+    pub fn awaiting_funds(&self) -> Vec<String> {
+        self.orders_where(
+            |o| o.state == OrderState::AwaitingFunds,
+            |o| (0, o.placement),
+        )
+    }
+
+    /// Pending time orders due at `now`, by due time then placement.
+    pub fn time_due(&self, now: Secs) -> Vec<String> {
+        self.orders_where(
+            |o| o.state == OrderState::Pending && o.due_at().is_some_and(|d| d <= now),
+            |o| (o.due_at().unwrap_or(0), o.placement),
+        )
+    }
+
+    /// Pending receipt and code orders whose expiry has come at `now`, in placement order.
+    pub fn expiring(&self, now: Secs, cfg: &RulesConfig) -> Vec<String> {
+        self.orders_where(
+            |o| {
+                o.state == OrderState::Pending
+                    && o.due_at().is_none()
+                    && o.placed_at.saturating_add(cfg.order_expiry_secs) <= now
+            },
+            |o| (0, o.placement),
+        )
+    }
+
+    /// Whether a tick at `now` could change anything for this consumer.
+    pub fn has_time_work(&self, now: Secs, cfg: &RulesConfig) -> bool {
+        self.orders.values().any(|o| match o.state {
+            OrderState::AwaitingFunds => true,
+            OrderState::Pending => match o.due_at() {
+                Some(d) => d <= now,
+                None => o.placed_at.saturating_add(cfg.order_expiry_secs) <= now,
+            },
+            _ => false,
+        })
+    }
+
+    fn orders_where(
+        &self,
+        keep: impl Fn(&Order) -> bool,
+        key: impl Fn(&Order) -> (Secs, u64),
+    ) -> Vec<String> {
+        let mut v: Vec<&Order> = self.orders.values().filter(|o| keep(o)).collect();
+        v.sort_by_key(|o| key(o));
+        v.into_iter().map(|o| o.id.clone()).collect()
+    }
+
+    /// An event that only changes an order's state.
+    pub fn simple_event(&self, order: &str, to: OrderState) -> Event {
+        let (order, consumer) = (order.to_string(), self.id.clone());
+        Event::new(match to {
+            OrderState::Disputed => EventKind::OrderDisputed { order, consumer },
+            OrderState::Cancelled => EventKind::OrderCancelled { order, consumer },
+            OrderState::Expired => EventKind::OrderExpired { order, consumer },
+            OrderState::AwaitingFunds => EventKind::OrderAwaitingFunds {
+                order,
+                consumer,
+                reason: String::new(),
+            },
+            other => unreachable!("no simple event leads to {other}"),
+        })
+    }
+
+    // ----- applying events -----
+
+    /// Applies an event about this consumer. Money comes only from the postings, so the same
+    /// code serves live actors, replay and verification.
+    pub fn apply(&mut self, ev: &Event, at: Secs) -> Result<(), LedgerError> {
+        for p in &ev.postings {
+            match &p.account {
+                AccountRef::Wallet(c) if *c == self.id => {
+                    self.wallet = self.wallet.checked_add(p.amount)?;
+                }
+                AccountRef::BankClearing(b) if *b == self.bank => {
+                    self.bank_clearing = self.bank_clearing.checked_add(p.amount)?;
+                }
+                _ => {}
+            }
+        }
+        use EventKind::*;
+        match &ev.kind {
+            OrderPlaced {
+                order,
+                merchant,
+                amount,
+                release,
+                result,
+                direct,
+                ..
+            } => {
+                if self.orders.contains_key(order) {
+                    return Err(LedgerError::DuplicateId(order.clone()));
+                }
+                let (state, reserved) = match result {
+                    Ok(Outcome::Accepted) => (OrderState::Pending, true),
+                    // Direct orders are followed by OrderSettled in the same entry.
+                    Ok(_) if *direct => (OrderState::Pending, false),
+                    _ => (OrderState::Refused, false),
+                };
+                if reserved {
+                    let after = self.reserved.checked_add(*amount)?;
+                    if after > self.credit_limit {
+                        return Err(LedgerError::CreditExceeded {
+                            consumer: self.id.clone(),
+                            reserved: after,
+                            limit: self.credit_limit,
+                        });
+                    }
+                    self.reserved = after;
+                }
+                self.orders.insert(
+                    order.clone(),
+                    Order {
+                        id: order.clone(),
+                        merchant: merchant.clone(),
+                        amount: *amount,
+                        release: release.clone(),
+                        placed_at: at,
+                        placement: self.next_placement,
+                        state,
+                        reserved,
+                        code_attempts: 0,
+                        refunded: Amount::ZERO,
+                        first_result: result.clone(),
+                    },
+                );
+                self.next_placement += 1;
+            }
+            OrderSettled { order, .. } => {
+                let o = self.order_mut(order)?;
+                if o.state == OrderState::Settled {
+                    return Err(LedgerError::SettledTwice {
+                        order: order.clone(),
+                    });
+                }
+                expect_state(
+                    o,
+                    &[
+                        OrderState::Pending,
+                        OrderState::Disputed,
+                        OrderState::AwaitingFunds,
+                    ],
+                    "settlement",
+                )?;
+                o.state = OrderState::Settled;
+                let release = if o.reserved { o.amount } else { Amount::ZERO };
+                o.reserved = false;
+                self.unreserve(release)?;
+            }
+            OrderAwaitingFunds { order, .. } => {
+                let o = self.order_mut(order)?;
+                expect_state(
+                    o,
+                    &[OrderState::Pending, OrderState::Disputed],
+                    "awaiting funds",
+                )?;
+                o.state = OrderState::AwaitingFunds;
+            }
+            CodeRejected {
+                order, attempts, ..
+            } => {
+                let o = self.order_mut(order)?;
+                expect_state(o, &[OrderState::Pending], "a rejected code")?;
+                o.code_attempts = *attempts;
+            }
+            OrderDisputed { order, .. } => {
+                let o = self.order_mut(order)?;
+                expect_state(o, &[OrderState::Pending], "dispute")?;
+                o.state = OrderState::Disputed;
+            }
+            OrderCancelled { order, .. } | OrderExpired { order, .. } => {
+                let to = if matches!(ev.kind, OrderCancelled { .. }) {
+                    OrderState::Cancelled
+                } else {
+                    OrderState::Expired
+                };
+                let o = self.order_mut(order)?;
+                expect_state(
+                    o,
+                    &[OrderState::Pending, OrderState::Disputed],
+                    "cancellation or expiry",
+                )?;
+                o.state = to;
+                let release = if o.reserved { o.amount } else { Amount::ZERO };
+                o.reserved = false;
+                self.unreserve(release)?;
+            }
+            Refunded {
+                refund,
+                order,
+                amount,
+                ..
+            } => {
+                if self.refunds.contains_key(refund) {
+                    return Err(LedgerError::DuplicateId(refund.clone()));
+                }
+                let o = self.order_mut(order)?;
+                expect_state(o, &[OrderState::Settled], "refund")?;
+                let refunded = o.refunded.checked_add(*amount)?;
+                if refunded > o.amount {
+                    return Err(LedgerError::OverRefunded {
+                        order: order.clone(),
+                        refunded,
+                        amount: o.amount,
+                    });
+                }
+                o.refunded = refunded;
+                self.refunds.insert(
+                    refund.clone(),
+                    RefundRecord {
+                        order: order.clone(),
+                        amount: *amount,
+                    },
+                );
+            }
+            ConsumerOpened { .. } | WalletToppedUp { .. } | TopUpRefused { .. } => {}
+            Configured(_) | MerchantOpened { .. } | ClockAdvanced => {}
+        }
+        Ok(())
+    }
+
+    fn order_mut(&mut self, id: &str) -> Result<&mut Order, LedgerError> {
+        self.orders
+            .get_mut(id)
+            .ok_or_else(|| LedgerError::UnknownOrder(id.to_string()))
+    }
+
+    fn unreserve(&mut self, amount: Amount) -> Result<(), LedgerError> {
+        self.reserved = self.reserved.checked_sub(amount)?;
+        if self.reserved.is_negative() {
+            return Err(LedgerError::NegativeReservation(self.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// I3 for this wallet.
+    pub fn check_wallet(&self, cfg: &RulesConfig) -> Result<(), LedgerError> {
+        let with_flight = self.wallet.checked_add(self.topup_in_flight)?;
+        if self.wallet.is_negative() || with_flight > cfg.wallet_cap {
+            return Err(LedgerError::WalletOutOfRange {
+                consumer: self.id.clone(),
+                wallet: self.wallet,
+                cap: cfg.wallet_cap,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn expect_state(o: &Order, allowed: &[OrderState], event: &'static str) -> Result<(), LedgerError> {
+    if allowed.contains(&o.state) {
+        Ok(())
+    } else {
+        Err(LedgerError::BadTransition {
+            order: o.id.clone(),
+            from: o.state,
+            event,
+        })
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The first decision of a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceDecision {
+    Accept,
+    Direct,
+    Refused(Refusal),
+}
+
+/// A merchant's account at the settlement center. Owned by one merchant actor at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantState {
+    pub id: String,
+    pub bank: Option<String>,
+    pub balance: Amount,
+}
+
+impl MerchantState {
+    pub fn apply_postings(&mut self, postings: &[Posting]) -> Result<(), LedgerError> {
+        for p in postings {
+            if matches!(&p.account, AccountRef::Merchant(m) if *m == self.id) {
+                self.balance = self.balance.checked_add(p.amount)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The whole ledger in one value: what replay, snapshots and `verify` work on. At run time
+/// the same state is split across the actors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LedgerState {
+    pub config: RulesConfig,
+    pub clock: Secs,
+    pub consumers: BTreeMap<String, ConsumerState>,
+    pub merchants: BTreeMap<String, MerchantState>,
+    /// order id → consumer, for routing (order ids are one name space).
+    pub order_owner: HashMap<String, String>,
+    /// refund id → consumer (refund ids are another name space).
+    pub refund_owner: HashMap<String, String>,
+    /// bank account → consumer it is designated for.
+    pub bank_owner: HashMap<String, String>,
+    pub entries: u64,
+}
+
+impl LedgerState {
+    pub fn new(config: RulesConfig) -> LedgerState {
+        LedgerState {
+            config,
+            ..Default::default()
+        }
+    }
+
+    /// Applies one entry, checking I1 and the per-account invariants as it goes.
+    pub fn apply_entry(&mut self, entry: &Entry) -> Result<(), LedgerError> {
+        self.clock = self.clock.max(entry.at);
+        for ev in &entry.events {
+            self.apply_event(ev, entry.at)?;
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn apply_event(&mut self, ev: &Event, at: Secs) -> Result<(), LedgerError> {
+        let sum = ev.imbalance()?;
+        if !sum.is_zero() {
+            return Err(LedgerError::Unbalanced {
+                kind: event_name(&ev.kind),
+                sum,
+            });
+        }
+        match &ev.kind {
+            EventKind::Configured(cfg) => self.config = cfg.clone(),
+            EventKind::ConsumerOpened {
+                consumer,
+                credit_limit,
+                bank,
+                ..
+            } => {
+                if self.consumers.contains_key(consumer) || self.bank_owner.contains_key(bank) {
+                    return Err(LedgerError::DuplicateAccount(consumer.clone()));
+                }
+                self.consumers.insert(
+                    consumer.clone(),
+                    ConsumerState::new(consumer.clone(), *credit_limit, bank.clone()),
+                );
+                self.bank_owner.insert(bank.clone(), consumer.clone());
+            }
+            EventKind::MerchantOpened { merchant, bank } => {
+                if self.merchants.contains_key(merchant) {
+                    return Err(LedgerError::DuplicateAccount(merchant.clone()));
+                }
+                self.merchants.insert(
+                    merchant.clone(),
+                    MerchantState {
+                        id: merchant.clone(),
+                        bank: bank.clone(),
+                        balance: Amount::ZERO,
+                    },
+                );
+            }
+            _ => {}
+        }
+        if let Some(c) = ev.consumer() {
+            let consumer = self
+                .consumers
+                .get_mut(c)
+                .ok_or_else(|| LedgerError::UnknownConsumer(c.to_string()))?;
+            consumer.apply(ev, at)?;
+            consumer.check_wallet(&self.config)?;
+            match &ev.kind {
+                EventKind::OrderPlaced { order, .. } => {
+                    if self
+                        .order_owner
+                        .insert(order.clone(), c.to_string())
+                        .is_some()
+                    {
+                        return Err(LedgerError::DuplicateId(order.clone()));
+                    }
+                }
+                EventKind::Refunded { refund, .. } => {
+                    if self
+                        .refund_owner
+                        .insert(refund.clone(), c.to_string())
+                        .is_some()
+                    {
+                        return Err(LedgerError::DuplicateId(refund.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for p in &ev.postings {
+            match &p.account {
+                AccountRef::Merchant(m) => {
+                    let merchant = self
+                        .merchants
+                        .get_mut(m)
+                        .ok_or_else(|| LedgerError::UnknownMerchant(m.clone()))?;
+                    merchant.balance = merchant.balance.checked_add(p.amount)?;
+                }
+                AccountRef::Wallet(w) if !self.consumers.contains_key(w) => {
+                    return Err(LedgerError::UnknownConsumer(w.clone()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sum of every balance, clearing accounts included: zero by I2.
+    pub fn total(&self) -> Result<Amount, AmountError> {
+        let mut sum = Amount::ZERO;
+        for c in self.consumers.values() {
+            sum = sum.checked_add(c.wallet)?.checked_add(c.bank_clearing)?;
+        }
+        for m in self.merchants.values() {
+            sum = sum.checked_add(m.balance)?;
+        }
+        Ok(sum)
+    }
+}
+
+/// A short name of an event kind, for messages.
+pub fn event_name(kind: &EventKind) -> &'static str {
+    use EventKind::*;
+    match kind {
+        Configured(_) => "Configured",
+        ConsumerOpened { .. } => "ConsumerOpened",
+        MerchantOpened { .. } => "MerchantOpened",
+        OrderPlaced { .. } => "OrderPlaced",
+        OrderSettled { .. } => "OrderSettled",
+        OrderAwaitingFunds { .. } => "OrderAwaitingFunds",
+        WalletToppedUp { .. } => "WalletToppedUp",
+        TopUpRefused { .. } => "TopUpRefused",
+        CodeRejected { .. } => "CodeRejected",
+        OrderDisputed { .. } => "OrderDisputed",
+        OrderCancelled { .. } => "OrderCancelled",
+        OrderExpired { .. } => "OrderExpired",
+        Refunded { .. } => "Refunded",
+        ClockAdvanced => "ClockAdvanced",
+    }
+}
+
+/// Opening a consumer: the wallet is filled from the designated bank account.
+pub fn consumer_opened_event(
+    consumer: &str,
+    credit_limit: Amount,
+    bank: &str,
+    wallet: Amount,
+    bank_op: Option<BankOpId>,
+) -> Event {
+    let postings = if wallet.is_positive() {
+        vec![
+            Posting::new(
+                AccountRef::BankClearing(bank.to_string()),
+                wallet.checked_neg(),
+            ),
+            Posting::new(AccountRef::Wallet(consumer.to_string()), wallet),
+        ]
+    } else {
+        vec![]
+    };
+    Event::with_postings(
+        EventKind::ConsumerOpened {
+            consumer: consumer.to_string(),
+            credit_limit,
+            bank: bank.to_string(),
+            bank_op,
+        },
+        postings,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,34 @@
+//! OneCard's settlement engine.
+//!
+//! Layers, from the bottom: [`money`] (exact amounts), [`model`] (domain types), [`ledger`]
+//! (the pure rules and the state they act on), [`journal`] (the durable, hash-chained log on
+//! sled), [`bank`] (the bank port and the simulated bank), [`actors`] (per-account actors on
+//! actix) and [`engine`] (routing, recovery, the public API). [`verify`] replays a journal
+//! from scratch and checks the invariants. See `ARCHITECTURE.md` at the repository root.
+
+pub mod actors;
+pub mod bank;
+pub mod config;
+pub mod engine;
+pub mod journal;
+pub mod ledger;
+pub mod model;
+pub mod money;
+pub mod verify;
+
+pub use bank::{BankPort, SimBank, SimBankPort};
+pub use config::NodeConfig;
+pub use engine::{Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest};
+pub use model::{CommandResult, OrderState, Outcome, Refusal, RefusalKind, Release, RulesConfig};
+pub use money::{Amount, AmountError};
+
+/// Public types shared across threads must stay `Send + Sync` (a compile-time check).
+#[allow(dead_code)]
+fn assert_thread_safe() {
+    fn is<T: Send + Sync>() {}
+    is::<money::Amount>();
+    is::<ledger::LedgerState>();
+    is::<journal::JournalHandle>();
+    is::<bank::SimBank>();
+    is::<engine::Shared>();
+}

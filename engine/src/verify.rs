@@ -1,0 +1,294 @@
+//! `onecard verify`: replays the whole journal from its first record and checks I1–I6 and I8.
+//!
+//! Independent of the running engine: it opens the store itself, checks every record's
+//! framing, checksum, sequence number and hash link, applies every entry to a fresh ledger
+//! (which refuses unbalanced events, wallets out of range, credit above the limit, double
+//! settlement, over-refunds and reused ids), recomputes every account's balance from the
+//! postings alone and compares, checks that all balances sum to zero, and checks the newest
+//! snapshot against the replayed state at its sequence number.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use crate::journal::{self, decode_snapshot, hash_record, JournalError};
+use crate::ledger::{AccountRef, LedgerState};
+use crate::model::{OrderState, RulesConfig};
+use crate::money::Amount;
+
+/// Where verification failed, naming the record when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("record {seq}: {reason}")]
+    Record { seq: u64, reason: String },
+    #[error("{0}")]
+    Final(String),
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub entries: u64,
+    pub events: u64,
+    pub consumers: usize,
+    pub merchants: usize,
+    pub clearing_accounts: usize,
+    pub wallets_total: Amount,
+    pub merchants_total: Amount,
+    pub clearing_total: Amount,
+    pub orders_by_state: BTreeMap<&'static str, usize>,
+    pub snapshot_checked: Option<u64>,
+    pub state: LedgerState,
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "journal: {} records, {} entries, {} events; hash chain intact",
+            self.records, self.entries, self.events
+        )?;
+        writeln!(
+            f,
+            "accounts: {} consumers (wallets), {} merchants, {} bank clearing accounts",
+            self.consumers, self.merchants, self.clearing_accounts
+        )?;
+        writeln!(
+            f,
+            "totals: wallets {}, merchants {}, bank clearing {}",
+            self.wallets_total, self.merchants_total, self.clearing_total
+        )?;
+        let sum = self
+            .wallets_total
+            .checked_add(self.merchants_total)
+            .and_then(|s| s.checked_add(self.clearing_total))
+            .unwrap_or(Amount::ZERO);
+        writeln!(f, "sum of all balances: {sum} (I2)")?;
+        let orders: Vec<String> = self
+            .orders_by_state
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(
+            f,
+            "orders: {}",
+            if orders.is_empty() {
+                "none".to_string()
+            } else {
+                orders.join(", ")
+            }
+        )?;
+        match self.snapshot_checked {
+            Some(s) => writeln!(f, "snapshot at record {s} matches the replay")?,
+            None => writeln!(f, "no snapshot to compare")?,
+        }
+        write!(f, "invariants I1-I6 and I8: ok")
+    }
+}
+
+/// Verifies the journal in `data_dir` (the directory `onecard demo --data` or `serve` used).
+/// Never panics on a damaged store: a panic inside the storage library is caught and reported.
+pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let path = data_dir.join("journal");
+    if !path.exists() {
+        return Err(VerifyError::Open {
+            path: path.display().to_string(),
+            reason: "no journal here".into(),
+        });
+    }
+    let p2 = path.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(move || verify_store(&p2));
+    std::panic::set_hook(hook);
+    match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(VerifyError::Open {
+                path: path.display().to_string(),
+                reason: format!("the store is damaged: {msg}"),
+            })
+        }
+    }
+}
+
+fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let open_err = |e: String| VerifyError::Open {
+        path: path.display().to_string(),
+        reason: e,
+    };
+    let db = journal::open_db(path).map_err(|e| open_err(e.to_string()))?;
+    let tree = db.open_tree("log").map_err(|e| open_err(e.to_string()))?;
+    let snaps = db
+        .open_tree("snapshots")
+        .map_err(|e| open_err(e.to_string()))?;
+
+    let snapshot = snaps
+        .iter()
+        .next_back()
+        .transpose()
+        .map_err(|e| open_err(e.to_string()))?
+        .map(|(_, v)| decode_snapshot(&v));
+
+    let mut state = LedgerState::new(RulesConfig::default());
+    let mut balances: BTreeMap<AccountRef, Amount> = BTreeMap::new();
+    let mut report = VerifyReport::default();
+    let (mut last_seq, mut last_hash) = (0u64, [0u8; 32]);
+    fn rec_err(last_seq: u64) -> impl Fn(JournalError) -> VerifyError {
+        move |e| match e {
+            JournalError::Corrupt { seq, reason } => VerifyError::Record { seq, reason },
+            other => VerifyError::Record {
+                seq: last_seq + 1,
+                reason: other.to_string(),
+            },
+        }
+    }
+    for rec in journal::records(&tree, 0) {
+        let rec = rec.map_err(rec_err(last_seq))?;
+        journal::check_link(last_seq, &last_hash, &rec).map_err(rec_err(last_seq))?;
+        for entry in &rec.entries {
+            state.apply_entry(entry).map_err(|e| VerifyError::Record {
+                seq: rec.seq,
+                reason: e.to_string(),
+            })?;
+            for ev in &entry.events {
+                report.events += 1;
+                for p in &ev.postings {
+                    let b = balances.entry(p.account.clone()).or_insert(Amount::ZERO);
+                    *b = b.checked_add(p.amount).map_err(|e| VerifyError::Record {
+                        seq: rec.seq,
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            report.entries += 1;
+        }
+        last_seq = rec.seq;
+        last_hash = rec.hash;
+        report.records += 1;
+        if let Some(Ok((snap_seq, snap_hash, snap_state))) = &snapshot {
+            if *snap_seq == rec.seq {
+                if *snap_hash != rec.hash {
+                    return Err(VerifyError::Record {
+                        seq: rec.seq,
+                        reason: "the snapshot names another version of this record".into(),
+                    });
+                }
+                if *snap_state != state {
+                    return Err(VerifyError::Record {
+                        seq: rec.seq,
+                        reason: "the snapshot differs from the state replayed up to it".into(),
+                    });
+                }
+                report.snapshot_checked = Some(rec.seq);
+            }
+        }
+    }
+    journal::check_head(&tree, last_seq, &last_hash).map_err(rec_err(last_seq))?;
+    if let Some(Err(e)) = &snapshot {
+        return Err(VerifyError::Final(format!(
+            "the newest snapshot is damaged: {e}"
+        )));
+    }
+    if let Some(Ok((snap_seq, ..))) = &snapshot {
+        if report.snapshot_checked.is_none() {
+            return Err(VerifyError::Final(format!(
+                "a snapshot names record {snap_seq}, which the journal does not hold"
+            )));
+        }
+    }
+    let _ = hash_record;
+
+    // Balances from the postings alone must equal the ledger's, and sum to zero (I2).
+    let mut sum = Amount::ZERO;
+    for (account, amount) in &balances {
+        sum = sum
+            .checked_add(*amount)
+            .map_err(|e| VerifyError::Final(e.to_string()))?;
+        let ledger = match account {
+            AccountRef::Wallet(c) => state.consumers.get(c).map(|c| c.wallet),
+            AccountRef::Merchant(m) => state.merchants.get(m).map(|m| m.balance),
+            AccountRef::BankClearing(b) => state
+                .bank_owner
+                .get(b)
+                .and_then(|c| state.consumers.get(c))
+                .map(|c| c.bank_clearing),
+        };
+        if ledger != Some(*amount) {
+            return Err(VerifyError::Final(format!(
+                "{} {account:?}: postings sum to {amount} but the ledger holds {ledger:?}",
+                account.kind()
+            )));
+        }
+        match account {
+            AccountRef::Wallet(_) => {
+                report.wallets_total = report
+                    .wallets_total
+                    .checked_add(*amount)
+                    .unwrap_or(report.wallets_total)
+            }
+            AccountRef::Merchant(_) => {
+                report.merchants_total = report
+                    .merchants_total
+                    .checked_add(*amount)
+                    .unwrap_or(report.merchants_total)
+            }
+            AccountRef::BankClearing(_) => {
+                report.clearing_total = report
+                    .clearing_total
+                    .checked_add(*amount)
+                    .unwrap_or(report.clearing_total)
+            }
+        }
+    }
+    if !sum.is_zero() {
+        return Err(VerifyError::Final(format!(
+            "I2 violated: all balances sum to {sum}, not zero"
+        )));
+    }
+    report.consumers = state.consumers.len();
+    report.merchants = state.merchants.len();
+    report.clearing_accounts = state.bank_owner.len();
+    for c in state.consumers.values() {
+        for o in c.orders.values() {
+            *report.orders_by_state.entry(o.state.as_str()).or_default() += 1;
+        }
+        if c.reserved > c.credit_limit {
+            return Err(VerifyError::Final(format!(
+                "I4 violated: {} reserves {} above its limit {}",
+                c.id, c.reserved, c.credit_limit
+            )));
+        }
+        let reserved: Amount = c
+            .orders
+            .values()
+            .filter(|o| {
+                o.reserved
+                    && matches!(
+                        o.state,
+                        OrderState::Pending | OrderState::Disputed | OrderState::AwaitingFunds
+                    )
+            })
+            .try_fold(Amount::ZERO, |s, o| s.checked_add(o.amount))
+            .map_err(|e| VerifyError::Final(e.to_string()))?;
+        if reserved != c.reserved {
+            return Err(VerifyError::Final(format!(
+                "{}: reserved {} but its open orders add up to {reserved}",
+                c.id, c.reserved
+            )));
+        }
+    }
+    report.state = state;
+    drop(tree);
+    drop(snaps);
+    drop(db);
+    Ok(report)
+}

@@ -1,0 +1,92 @@
+//! The `onecard` command: `demo`, `verify` and `scenario`.
+
+mod demo;
+mod scenario;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "onecard", version, about = "OneCard settlement node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Walk through the payment flow on the embedded store with a simulated bank, printing
+    /// what happens, then check the invariants.
+    Demo {
+        /// Data directory (must be empty or absent); a fresh temporary one by default.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Configuration file; `./config.toml` when present, else the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replay a data directory's journal and check invariants I1-I6 and I8.
+    Verify {
+        /// The data directory to check.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Play scenario files (shared/scenarios/FORMAT.md) against a fresh engine each.
+    Scenario {
+        /// Scenario files (*.json).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Verify { data } => match onecard_engine::verify::verify(&data) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("verify FAILED for {}: {e}", data.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Scenario { files } => {
+            let system = actix_rt::System::new();
+            let ok = system.block_on(async move {
+                let mut all_ok = true;
+                for f in &files {
+                    let out = scenario::play(f).await;
+                    if out.failures.is_empty() {
+                        println!("PASS {} — {} ({} steps)", f.display(), out.name, out.steps);
+                    } else {
+                        all_ok = false;
+                        println!("FAIL {} — {}", f.display(), out.name);
+                        for failure in &out.failures {
+                            println!("  {failure}");
+                        }
+                    }
+                }
+                all_ok
+            });
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Demo { data, config } => {
+            let system = actix_rt::System::new();
+            match system.block_on(demo::run(data, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! `onecard scenario FILE...`: plays scenario files (`shared/scenarios/FORMAT.md`) against a
+//! fresh engine — the real actors, the journal on sled in a temporary directory and the
+//! simulated bank — and reports every expectation that fails.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
+use onecard_engine::model::{CommandResult, RulesConfig};
+use onecard_engine::{verify, Amount, Engine, EngineError, Refusal, SimBank, SimBankPort};
+use serde_json::{Map, Value};
+
+/// The result of one scenario file.
+pub struct ScenarioOutcome {
+    pub name: String,
+    pub steps: usize,
+    pub failures: Vec<String>,
+}
+
+/// Reads the rules of a scenario's `config`, with FORMAT.md's defaults (not config.toml's).
+fn scenario_rules(cfg: Option<&Value>) -> Result<RulesConfig, String> {
+    let d = RulesConfig::default();
+    let empty = Map::new();
+    let cfg = match cfg {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(other) => return Err(format!("config must be an object, got {other}")),
+    };
+    let amount = |k: &str| -> Result<Option<Amount>, String> {
+        match cfg.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Amount::parse(s)
+                .map(Some)
+                .map_err(|e| format!("config.{k}: {e}")),
+            Some(v) => Err(format!("config.{k} must be an amount string, got {v}")),
+        }
+    };
+    let int = |k: &str| -> Result<Option<u64>, String> {
+        match cfg.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("config.{k} must be a non-negative integer")),
+        }
+    };
+    let wallet_cap = amount("wallet_cap")?.unwrap_or(d.wallet_cap);
+    let rules = RulesConfig {
+        wallet_cap,
+        topup_threshold: amount("topup_threshold")?.unwrap_or(wallet_cap),
+        direct_max: amount("direct_max")?.unwrap_or(d.direct_max),
+        order_expiry_secs: int("order_expiry_secs")?.unwrap_or(d.order_expiry_secs),
+        code_attempts_max: int("code_attempts_max")?
+            .map(|n| {
+                u32::try_from(n).map_err(|_| "config.code_attempts_max is too large".to_string())
+            })
+            .transpose()?
+            .unwrap_or(d.code_attempts_max),
+    };
+    rules.validate()?;
+    Ok(rules)
+}
+
+fn outcome_str(r: &CommandResult) -> String {
+    match r {
+        Ok(o) => o.as_str().to_string(),
+        Err(refusal) => refusal.code_str(),
+    }
+}
+
+/// A text field; `None` when it is absent or not a string.
+fn text<'a>(step: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    step.get(key).and_then(Value::as_str)
+}
+
+/// An amount field as given. A value that is not a string can never be a valid amount, so it
+/// is passed on in a form the amount parser refuses.
+fn amount_text(step: &Map<String, Value>, key: &str) -> String {
+    match step.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => format!("<not a string: {other}>"),
+        None => "<missing>".to_string(),
+    }
+}
+
+struct Player {
+    dir: tempfile::TempDir,
+    cfg: EngineConfig,
+    engine: Option<Engine>,
+    bank: Option<Arc<SimBank>>,
+    clock: u64,
+}
+
+impl Player {
+    async fn open(&mut self) -> Result<(), String> {
+        let bank = SimBank::open(self.dir.path()).map_err(|e| e.to_string())?;
+        let engine = Engine::open(
+            self.dir.path(),
+            self.cfg.clone(),
+            Arc::new(SimBankPort(bank.clone())),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.clock = self.clock.max(engine.clock());
+        self.engine = Some(engine);
+        self.bank = Some(bank);
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), String> {
+        if let Some(e) = self.engine.take() {
+            e.close().await.map_err(|e| e.to_string())?;
+        }
+        if let Some(b) = self.bank.take() {
+            b.close();
+        }
+        Ok(())
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("engine open between steps")
+    }
+
+    fn bank(&self) -> &SimBank {
+        self.bank.as_ref().expect("bank open between steps")
+    }
+
+    /// Runs one command; `Ok` is the outcome string (`ok`, `settled`, `refused:credit`, …).
+    async fn command(&mut self, op: &str, step: &Map<String, Value>) -> Result<String, String> {
+        let now = self.clock;
+        let fault = |e: EngineError| format!("engine fault: {e}");
+        let result: CommandResult = match op {
+            "open_consumer" => self.open_consumer(step, now).await.map_err(fault)?,
+            "open_merchant" => self.open_merchant(step, now).await.map_err(fault)?,
+            "bank_mode" => {
+                let bank = text(step, "bank").unwrap_or_default();
+                match step.get("refuse").and_then(Value::as_bool) {
+                    None => Err(Refusal::invalid("bank_mode needs a boolean \"refuse\"")),
+                    Some(_) if !self.bank().exists(bank) => {
+                        Err(Refusal::unknown(format!("no bank account {bank:?}")))
+                    }
+                    Some(refuse) => self
+                        .bank()
+                        .set_refuse(bank, refuse)
+                        .map(|_| onecard_engine::Outcome::Ok)
+                        .map_err(|e| Refusal::unknown(e.to_string())),
+                }
+            }
+            "bank_deposit" => {
+                let bank = text(step, "bank").unwrap_or_default();
+                match Amount::parse_positive(&amount_text(step, "amount")) {
+                    Err(e) => Err(Refusal::amount(e.to_string())),
+                    Ok(_) if !self.bank().exists(bank) => {
+                        Err(Refusal::unknown(format!("no bank account {bank:?}")))
+                    }
+                    Ok(a) => self
+                        .bank()
+                        .deposit(bank, a)
+                        .map(|_| onecard_engine::Outcome::Ok)
+                        .map_err(|e| Refusal::unknown(e.to_string())),
+                }
+            }
+            "place_order" => {
+                let req = PlaceOrder {
+                    id: text(step, "id").unwrap_or_default().to_string(),
+                    consumer: text(step, "consumer").unwrap_or_default().to_string(),
+                    merchant: text(step, "merchant").unwrap_or_default().to_string(),
+                    amount: amount_text(step, "amount"),
+                    release: step.get("release").cloned().unwrap_or(Value::Null),
+                };
+                self.engine().place_order(req, now).await.map_err(fault)?
+            }
+            "confirm_receipt" => {
+                let order = text(step, "order").unwrap_or_default();
+                match step.get("satisfied") {
+                    None => self
+                        .engine()
+                        .confirm_receipt(order, true, now)
+                        .await
+                        .map_err(fault)?,
+                    Some(Value::Bool(b)) => self
+                        .engine()
+                        .confirm_receipt(order, *b, now)
+                        .await
+                        .map_err(fault)?,
+                    Some(_) => Err(Refusal::invalid("\"satisfied\" must be a boolean")),
+                }
+            }
+            "enter_code" => {
+                let order = text(step, "order").unwrap_or_default();
+                match text(step, "code") {
+                    Some(code) => self
+                        .engine()
+                        .enter_code(order, code, now)
+                        .await
+                        .map_err(fault)?,
+                    None => Err(Refusal::invalid("enter_code needs a \"code\" string")),
+                }
+            }
+            "cancel_order" => {
+                let order = text(step, "order").unwrap_or_default();
+                self.engine()
+                    .cancel_order(order, now)
+                    .await
+                    .map_err(fault)?
+            }
+            "refund" => {
+                let req = RefundRequest {
+                    id: text(step, "id").unwrap_or_default().to_string(),
+                    order: text(step, "order").unwrap_or_default().to_string(),
+                    amount: amount_text(step, "amount"),
+                };
+                self.engine().refund(req, now).await.map_err(fault)?
+            }
+            "tick" => self.engine().tick(now).await.map_err(fault)?,
+            "restart" => {
+                self.close().await?;
+                self.open().await?;
+                Ok(onecard_engine::Outcome::Ok)
+            }
+            other => return Err(format!("unknown command {other:?}")),
+        };
+        Ok(outcome_str(&result))
+    }
+
+    async fn open_consumer(
+        &self,
+        step: &Map<String, Value>,
+        now: u64,
+    ) -> Result<CommandResult, EngineError> {
+        let consumer = text(step, "consumer").unwrap_or_default();
+        let bank = text(step, "bank").unwrap_or_default();
+        let engine = self.engine();
+        if engine.has_consumer(consumer)
+            || engine.has_merchant(consumer)
+            || self.bank().exists(bank)
+        {
+            return Ok(Err(Refusal::conflict(format!(
+                "consumer {consumer:?} or bank account {bank:?} already exists"
+            ))));
+        }
+        let parse = |k: &str| {
+            Amount::parse_non_negative(&amount_text(step, k))
+                .map_err(|e| Refusal::amount(format!("{k}: {e}")))
+        };
+        let (limit, balance, wallet) = match (
+            parse("credit_limit"),
+            parse("bank_balance"),
+            parse("wallet"),
+        ) {
+            (Ok(l), Ok(b), Ok(w)) => (l, b, w),
+            (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return Ok(Err(r)),
+        };
+        if wallet > engine.rules().wallet_cap {
+            return Ok(Err(Refusal::amount(format!(
+                "wallet {wallet} is above the cap {}",
+                engine.rules().wallet_cap
+            ))));
+        }
+        if wallet > balance {
+            return Ok(Err(Refusal::amount(format!(
+                "wallet {wallet} is above the bank balance {balance}"
+            ))));
+        }
+        if bank.is_empty() {
+            return Ok(Err(Refusal::invalid("open_consumer needs a \"bank\"")));
+        }
+        self.bank().open_account(bank, balance)?;
+        let req = OpenConsumer {
+            consumer: consumer.to_string(),
+            credit_limit: limit.to_string(),
+            bank: bank.to_string(),
+            wallet: wallet.to_string(),
+        };
+        engine.open_consumer(req, now).await
+    }
+
+    async fn open_merchant(
+        &self,
+        step: &Map<String, Value>,
+        now: u64,
+    ) -> Result<CommandResult, EngineError> {
+        let merchant = text(step, "merchant").unwrap_or_default();
+        let bank = text(step, "bank");
+        let engine = self.engine();
+        if engine.has_merchant(merchant)
+            || engine.has_consumer(merchant)
+            || bank.is_some_and(|b| self.bank().exists(b))
+        {
+            return Ok(Err(Refusal::conflict(format!(
+                "merchant {merchant:?} or its bank account already exists"
+            ))));
+        }
+        let balance = match step.get("bank_balance") {
+            None => Amount::ZERO,
+            Some(_) => match Amount::parse_non_negative(&amount_text(step, "bank_balance")) {
+                Ok(a) => a,
+                Err(e) => return Ok(Err(Refusal::amount(format!("bank_balance: {e}")))),
+            },
+        };
+        if let Some(b) = bank {
+            self.bank().open_account(b, balance)?;
+        }
+        engine.open_merchant(merchant, bank, now).await
+    }
+
+    /// Reads one check's value as text, amounts with two decimals.
+    async fn read(&self, key: &str) -> Result<String, String> {
+        let engine = self.engine();
+        let fault = |e: EngineError| format!("engine fault: {e}");
+        if key == "total" {
+            let state = engine.ledger_state().await.map_err(fault)?;
+            let mut t = self.bank().total();
+            for c in state.consumers.values() {
+                t = t.checked_add(c.wallet).map_err(|e| e.to_string())?;
+            }
+            for m in state.merchants.values() {
+                t = t.checked_add(m.balance).map_err(|e| e.to_string())?;
+            }
+            return Ok(t.to_string());
+        }
+        let (kind, id) = key
+            .split_once(':')
+            .ok_or_else(|| format!("unknown check {key:?}"))?;
+        let none = || "none".to_string();
+        Ok(match kind {
+            "wallet" | "reserved" | "available_credit" => {
+                match engine.consumer(id).await.map_err(fault)? {
+                    None => none(),
+                    Some(c) => match kind {
+                        "wallet" => c.wallet.to_string(),
+                        "reserved" => c.reserved.to_string(),
+                        _ => c.available_credit().to_string(),
+                    },
+                }
+            }
+            "bank" => self
+                .bank()
+                .balance(id)
+                .map(|a| a.to_string())
+                .unwrap_or_else(none),
+            "merchant" => engine
+                .merchant(id)
+                .await
+                .map_err(fault)?
+                .map(|m| m.balance.to_string())
+                .unwrap_or_else(none),
+            "order" => engine
+                .order(id)
+                .await
+                .map_err(fault)?
+                .map(|o| o.state.as_str().to_string())
+                .unwrap_or_else(none),
+            "refunded" => engine
+                .order(id)
+                .await
+                .map_err(fault)?
+                .map(|o| o.refunded.to_string())
+                .unwrap_or_else(none),
+            _ => return Err(format!("unknown check {key:?}")),
+        })
+    }
+}
+
+/// Expected and actual agree: amounts by value, everything else as text.
+fn same_value(expected: &str, actual: &str) -> bool {
+    match (Amount::parse(expected), Amount::parse(actual)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => expected == actual,
+    }
+}
+
+/// Plays one scenario file and returns what failed.
+pub async fn play(path: &Path) -> ScenarioOutcome {
+    let mut out = ScenarioOutcome {
+        name: path.display().to_string(),
+        steps: 0,
+        failures: vec![],
+    };
+    let doc: Value = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            out.failures.push(format!("cannot read the scenario: {e}"));
+            return out;
+        }
+    };
+    if let Some(n) = doc.get("name").and_then(Value::as_str) {
+        out.name = n.to_string();
+    }
+    let rules = match scenario_rules(doc.get("config")) {
+        Ok(r) => r,
+        Err(e) => {
+            out.failures.push(format!("bad config: {e}"));
+            return out;
+        }
+    };
+    let Some(steps) = doc.get("steps").and_then(Value::as_array) else {
+        out.failures.push("no \"steps\" array".into());
+        return out;
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("onecard-scenario-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            out.failures.push(format!("no temporary directory: {e}"));
+            return out;
+        }
+    };
+    let cfg = EngineConfig {
+        rules,
+        arbiters: 2,
+        ..EngineConfig::default()
+    };
+    let mut player = Player {
+        dir,
+        cfg,
+        engine: None,
+        bank: None,
+        clock: 0,
+    };
+    if let Err(e) = player.open().await {
+        out.failures.push(format!("cannot open the engine: {e}"));
+        return out;
+    }
+    for (i, step) in steps.iter().enumerate() {
+        out.steps += 1;
+        let n = i + 1;
+        let Some(step) = step.as_object() else {
+            out.failures.push(format!("step {n}: not an object"));
+            continue;
+        };
+        if let Some(at) = step.get("at") {
+            match at.as_u64() {
+                Some(t) if t >= player.clock => player.clock = t,
+                Some(t) => out
+                    .failures
+                    .push(format!("step {n}: clock goes backwards to {t}")),
+                None => out
+                    .failures
+                    .push(format!("step {n}: \"at\" must be a non-negative integer")),
+            }
+        }
+        if let Some(op) = step.get("do") {
+            let op = op.as_str().unwrap_or("<not a string>");
+            match player.command(op, step).await {
+                Ok(got) => {
+                    if let Some(expect) = step.get("expect").and_then(Value::as_str) {
+                        if got != expect {
+                            out.failures
+                                .push(format!("step {n} ({op}): expected {expect}, got {got}"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.failures.push(format!("step {n} ({op}): {e}"));
+                    if player.engine.is_none() {
+                        return out;
+                    }
+                }
+            }
+        }
+        if let Some(checks) = step.get("check").and_then(Value::as_object) {
+            for (key, want) in checks {
+                let want = want
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| want.to_string());
+                match player.read(key).await {
+                    Ok(got) if same_value(&want, &got) => {}
+                    Ok(got) => out
+                        .failures
+                        .push(format!("step {n}: check {key}: expected {want}, got {got}")),
+                    Err(e) => out.failures.push(format!("step {n}: check {key}: {e}")),
+                }
+            }
+        }
+    }
+    if let Err(e) = player.close().await {
+        out.failures.push(format!("closing the engine: {e}"));
+    }
+    if let Err(e) = verify::verify(player.dir.path()) {
+        out.failures.push(format!("verify: {e}"));
+    }
+    out
+}
