@@ -33,6 +33,16 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Run scenario steps read from standard input, one JSON object a line, on a data
+    /// directory; prints one JSON line per step once its effects are durable.
+    Play {
+        /// The data directory (created when absent, reopened when present).
+        #[arg(long)]
+        data: PathBuf,
+        /// Configuration file for the rules; the built-in defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Play scenario files (shared/scenarios/FORMAT.md) against a fresh engine each.
     Scenario {
         /// Scenario files (*.json).
@@ -76,6 +86,24 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Play { data, config } => {
+            let rules = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
+                None => onecard_engine::RulesConfig::default(),
+                Some(Ok(c)) => c.engine.rules,
+                Some(Err(e)) => {
+                    eprintln!("play: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let system = actix_rt::System::new();
+            match system.block_on(scenario::play_stdin(&data, rules)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("play FAILED: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Demo { data, config } => {

@@ -83,8 +83,23 @@ fn amount_text(step: &Map<String, Value>, key: &str) -> String {
     }
 }
 
+/// Where a player keeps its data: a temporary directory (scenarios) or one the user named.
+enum DataDir {
+    Temp(tempfile::TempDir),
+    Given(std::path::PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Given(p) => p,
+        }
+    }
+}
+
 struct Player {
-    dir: tempfile::TempDir,
+    dir: DataDir,
     cfg: EngineConfig,
     engine: Option<Engine>,
     bank: Option<Arc<SimBank>>,
@@ -370,6 +385,75 @@ fn same_value(expected: &str, actual: &str) -> bool {
     }
 }
 
+/// `onecard play --data DIR`: reads scenario steps, one JSON object a line, from standard input
+/// and runs them against the engine on DIR (created or reopened). For each step it prints one
+/// JSON line — `{"step":N,"outcome":"…","checks":{"key":"value"}}` — only after the command's
+/// effects are durable, so a line on standard output is an acknowledgement. Used by the crash
+/// tests, and handy for scripting.
+pub async fn play_stdin(data: &Path, rules: RulesConfig) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
+    let cfg = EngineConfig {
+        rules,
+        ..EngineConfig::default()
+    };
+    let mut player = Player {
+        dir: DataDir::Given(data.to_path_buf()),
+        cfg,
+        engine: None,
+        bank: None,
+        clock: 0,
+    };
+    player.open().await?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut reply = serde_json::Map::new();
+        reply.insert("step".into(), Value::from(i + 1));
+        match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(step)) => {
+                if let Some(t) = step.get("at").and_then(Value::as_u64) {
+                    player.clock = player.clock.max(t);
+                }
+                if let Some(op) = step.get("do") {
+                    let op = op.as_str().unwrap_or("<not a string>");
+                    match player.command(op, &step).await {
+                        Ok(got) => reply.insert("outcome".into(), Value::from(got)),
+                        Err(e) => reply.insert("error".into(), Value::from(e)),
+                    };
+                }
+                if let Some(checks) = step.get("check").and_then(Value::as_object) {
+                    let mut got = serde_json::Map::new();
+                    for key in checks.keys() {
+                        let v = player
+                            .read(key)
+                            .await
+                            .unwrap_or_else(|e| format!("error: {e}"));
+                        got.insert(key.clone(), Value::from(v));
+                    }
+                    reply.insert("checks".into(), Value::Object(got));
+                }
+            }
+            Ok(_) | Err(_) => {
+                reply.insert(
+                    "error".into(),
+                    Value::from("each line must be one JSON object"),
+                );
+            }
+        }
+        writeln!(out, "{}", Value::Object(reply)).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        if player.engine.is_none() {
+            return Err("the engine stopped".into());
+        }
+    }
+    player.close().await
+}
+
 /// Plays one scenario file and returns what failed.
 pub async fn play(path: &Path) -> ScenarioOutcome {
     let mut out = ScenarioOutcome {
@@ -417,7 +501,7 @@ pub async fn play(path: &Path) -> ScenarioOutcome {
         ..EngineConfig::default()
     };
     let mut player = Player {
-        dir,
+        dir: DataDir::Temp(dir),
         cfg,
         engine: None,
         bank: None,
