@@ -1,0 +1,268 @@
+//! The engine through its public API, with the real actors, journal and simulated bank:
+//! isolation and ordering of actors, snapshots, restarts and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use onecard_engine::bank::{BankAnswer, BankError, BankOp, UnconfirmedOp};
+use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
+use onecard_engine::journal::{self, JournalConfig};
+use onecard_engine::ledger::LedgerState;
+use onecard_engine::{Amount, BankPort, Engine, Outcome, RefusalKind, RulesConfig, SimBank, SimBankPort};
+use serde_json::json;
+use tokio::sync::watch;
+
+fn amount(s: &str) -> Amount {
+    Amount::parse(s).unwrap()
+}
+
+fn config() -> EngineConfig {
+    EngineConfig { arbiters: 2, ..EngineConfig::default() }
+}
+
+async fn open_consumer(engine: &Engine, bank: &SimBank, id: &str, limit: &str, balance: &str, wallet: &str) {
+    let acct = format!("{id}-bank");
+    bank.open_account(&acct, amount(balance)).unwrap();
+    let req = OpenConsumer { consumer: id.into(), credit_limit: limit.into(), bank: acct, wallet: wallet.into() };
+    assert_eq!(engine.open_consumer(req, 0).await.unwrap(), Ok(Outcome::Ok));
+}
+
+fn order(id: &str, consumer: &str, amount: &str) -> PlaceOrder {
+    PlaceOrder {
+        id: id.into(),
+        consumer: consumer.into(),
+        merchant: "shop".into(),
+        amount: amount.into(),
+        release: json!({"on": "receipt"}),
+    }
+}
+
+/// A bank that holds every debit of one account until the gate opens: a stuck outside call.
+struct GatedBank {
+    inner: SimBankPort,
+    stuck_account: String,
+    gate: watch::Receiver<bool>,
+}
+
+impl BankPort for GatedBank {
+    fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
+        let inner = self.inner.clone();
+        let mut gate = self.gate.clone();
+        let stuck = op.account == self.stuck_account;
+        Box::pin(async move {
+            if stuck {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            inner.debit(op).await
+        })
+    }
+    fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
+        self.inner.credit(op)
+    }
+    fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError> {
+        self.inner.unconfirmed()
+    }
+    fn confirm(&self, ids: &[String]) {
+        self.inner.confirm(ids)
+    }
+    fn reverse(&self, id: &str) -> Result<(), BankError> {
+        self.inner.reverse(id)
+    }
+}
+
+#[test]
+fn a_stuck_account_does_not_hold_up_other_accounts() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let (open_gate, gate) = watch::channel(false);
+        let port = GatedBank { inner: SimBankPort(sim.clone()), stuck_account: "alice-bank".into(), gate };
+        let engine = Engine::open(dir.path(), config(), Arc::new(port)).await.unwrap();
+        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        // Alice's wallet is empty, so her settlement must ask the (stuck) bank.
+        open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
+        open_consumer(&engine, &sim, "bob", "1000", "9000", "5000").await;
+        assert_eq!(engine.place_order(order("a1", "alice", "10"), 1).await.unwrap(), Ok(Outcome::Accepted));
+
+        let alice = engine.confirm_receipt("a1", true, 2);
+        let bob = async {
+            assert_eq!(engine.place_order(order("b1", "bob", "20"), 2).await.unwrap(), Ok(Outcome::Accepted));
+            assert_eq!(engine.confirm_receipt("b1", true, 2).await.unwrap(), Ok(Outcome::Settled));
+            // Bob is done while Alice's settlement still waits for her bank: open the gate.
+            open_gate.send(true).unwrap();
+        };
+        let (alice_result, ()) = futures::join!(alice, bob);
+        assert_eq!(alice_result.unwrap(), Ok(Outcome::Settled));
+        assert_eq!(engine.merchant("shop").await.unwrap().unwrap().balance, amount("30"));
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_stuck_account_keeps_its_own_commands_waiting_in_order() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let (open_gate, gate) = watch::channel(false);
+        let port = GatedBank { inner: SimBankPort(sim.clone()), stuck_account: "alice-bank".into(), gate };
+        let engine = Engine::open(dir.path(), config(), Arc::new(port)).await.unwrap();
+        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
+        engine.place_order(order("a1", "alice", "10"), 1).await.unwrap().unwrap();
+        let settle = engine.confirm_receipt("a1", true, 2);
+        // Queued behind the stuck settlement: must see it settled, not pending.
+        let cancel = engine.cancel_order("a1", 2);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            open_gate.send(true).unwrap();
+        };
+        let (s, c, ()) = futures::join!(settle, cancel, release);
+        assert_eq!(s.unwrap(), Ok(Outcome::Settled));
+        assert_eq!(c.unwrap().unwrap_err().kind, RefusalKind::State, "the cancel ran after the settlement");
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn commands_for_one_account_are_applied_in_the_order_they_were_sent() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
+        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        open_consumer(&engine, &sim, "alice", "1000.00", "9000", "5000").await;
+        // Twenty orders of 100.00 sent at once against a limit of 1000.00: in order, exactly
+        // the first ten fit.
+        let sends: Vec<_> = (0..20).map(|i| engine.place_order(order(&format!("o{i:02}"), "alice", "100"), 1)).collect();
+        let results = futures::future::join_all(sends).await;
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r.unwrap();
+            if i < 10 {
+                assert_eq!(r, Ok(Outcome::Accepted), "order {i}");
+            } else {
+                assert_eq!(r.unwrap_err().kind, RefusalKind::Credit, "order {i}");
+            }
+        }
+        let alice = engine.consumer("alice").await.unwrap().unwrap();
+        for i in 0..20u64 {
+            assert_eq!(alice.orders[&format!("o{i:02}")].placement, i, "placement follows sending order");
+        }
+        engine.close().await.unwrap();
+    });
+}
+
+/// Runs a mixed workload, closing and reopening twice; returns the final state as the actors
+/// hold it.
+async fn workload(dir: &std::path::Path, cfg: EngineConfig) -> LedgerState {
+    let mut expected = None;
+    for round in 0..3u64 {
+        let sim = SimBank::open(dir).unwrap();
+        let engine = Engine::open(dir, cfg.clone(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
+        if let Some(before) = expected.take() {
+            let now: LedgerState = engine.ledger_state().await.unwrap();
+            assert_same_accounts(&before, &now);
+        }
+        if round == 0 {
+            engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+            for c in ["alice", "bob", "carol"] {
+                open_consumer(&engine, &sim, c, "3000", "50000", "5000").await;
+            }
+        }
+        for i in 0..30u64 {
+            let who = ["alice", "bob", "carol"][(i % 3) as usize];
+            let id = format!("r{round}-{i}");
+            let t = round * 100 + i;
+            let placed = engine.place_order(order(&id, who, &format!("{}.25", 10 + i * 7)), t).await.unwrap();
+            if placed == Ok(Outcome::Accepted) && i % 4 != 0 {
+                engine.confirm_receipt(&id, true, t).await.unwrap().unwrap();
+                if i % 5 == 0 {
+                    let req = RefundRequest { id: format!("rf-{id}"), order: id.clone(), amount: "5.00".into() };
+                    engine.refund(req, t).await.unwrap().unwrap();
+                }
+            }
+        }
+        engine.tick(round * 100 + 99).await.unwrap().unwrap();
+        expected = Some(engine.ledger_state().await.unwrap());
+        engine.close().await.unwrap();
+        sim.close();
+    }
+    expected.unwrap()
+}
+
+fn assert_same_accounts(a: &LedgerState, b: &LedgerState) {
+    assert_eq!(a.consumers, b.consumers, "consumers differ after reopening");
+    assert_eq!(a.merchants, b.merchants, "merchants differ after reopening");
+}
+
+#[test]
+fn reopening_rebuilds_exactly_the_state_the_actors_held() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let state = workload(dir.path(), config()).await;
+        assert!(state.consumers["alice"].orders.len() >= 30);
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_same_accounts(&state, &report.state);
+    });
+}
+
+#[test]
+fn a_snapshot_plus_the_journal_tail_equals_the_whole_journal_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        journal: JournalConfig { snapshot_every_entries: 17, ..JournalConfig::default() },
+        ..config()
+    };
+    actix_rt::System::new().block_on(workload(dir.path(), cfg));
+    // Two ways to the same state, straight from the store.
+    let dir_path = dir;
+    let db = journal::open_db(&dir_path.path().join("journal")).unwrap();
+    let log = db.open_tree("log").unwrap();
+    let snaps = db.open_tree("snapshots").unwrap();
+    let no_snaps = db.open_tree("test-no-snapshots").unwrap();
+    let initial = || LedgerState::new(RulesConfig::default());
+    let from_snapshot = journal::recover(&log, &snaps, initial()).unwrap();
+    let from_scratch = journal::recover(&log, &no_snaps, initial()).unwrap();
+    assert!(from_snapshot.snapshot_seq > 0, "a snapshot was written");
+    assert_eq!(from_scratch.snapshot_seq, 0);
+    assert!(from_snapshot.replayed_records < from_scratch.replayed_records);
+    assert_eq!(from_snapshot.last_seq, from_scratch.last_seq);
+    assert_eq!(from_snapshot.state, from_scratch.state);
+}
+
+#[test]
+fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
+        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+        engine.place_order(order("o1", "alice", "100"), 1).await.unwrap().unwrap();
+        engine.cancel_order("o1", 1).await.unwrap().unwrap();
+        let before = engine.ledger_state().await.unwrap();
+        let bank_before = sim.total();
+
+        let kind = |r: onecard_engine::CommandResult| r.unwrap_err().kind;
+        assert_eq!(kind(engine.place_order(order("x1", "mallory", "1"), 2).await.unwrap()), RefusalKind::Unknown);
+        assert_eq!(kind(engine.confirm_receipt("nope", true, 2).await.unwrap()), RefusalKind::Unknown);
+        assert_eq!(kind(engine.confirm_receipt("o1", true, 2).await.unwrap()), RefusalKind::State);
+        let refund = RefundRequest { id: "r1".into(), order: "o1".into(), amount: "1.00".into() };
+        assert_eq!(kind(engine.refund(refund, 2).await.unwrap()), RefusalKind::State);
+        for bad in ["12.345", "-1", "0", "abc", "", "1e3"] {
+            assert_eq!(kind(engine.place_order(order("x2", "alice", bad), 2).await.unwrap()), RefusalKind::Amount, "{bad:?}");
+        }
+        assert_eq!(kind(engine.place_order(order("o1", "alice", "101"), 2).await.unwrap()), RefusalKind::Conflict);
+        let mut malformed = order("x3", "alice", "1");
+        malformed.release = json!({"on": "time", "after_secs": 0});
+        assert_eq!(kind(engine.place_order(malformed, 2).await.unwrap()), RefusalKind::Invalid);
+
+        let after = engine.ledger_state().await.unwrap();
+        assert_same_accounts(&before, &after);
+        assert_eq!(sim.total(), bank_before);
+        for id in ["x1", "x2", "x3"] {
+            assert!(engine.order(id).await.unwrap().is_none(), "{id} left a trace");
+        }
+        engine.close().await.unwrap();
+    });
+}
