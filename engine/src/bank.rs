@@ -108,9 +108,12 @@ pub struct SimBank {
     tree: sled::Tree,
     db: sled::Db,
     state: Mutex<SimState>,
-    flush_tx: Mutex<Option<Sender<oneshot::Sender<Result<(), String>>>>>,
+    flush_tx: Mutex<Option<Sender<FlushWaiter>>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// Someone waiting for the next flush of the simulated bank's store.
+type FlushWaiter = oneshot::Sender<Result<(), String>>;
 
 const ACCT: u8 = b'a';
 const OP: u8 = b'p';
@@ -373,7 +376,7 @@ impl Drop for SimBank {
     }
 }
 
-fn flush_loop(db: sled::Db, rx: Receiver<oneshot::Sender<Result<(), String>>>) {
+fn flush_loop(db: sled::Db, rx: Receiver<FlushWaiter>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());

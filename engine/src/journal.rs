@@ -707,7 +707,7 @@ fn snapshot_loop(
             }
             Ok(SnapMsg::Shutdown) | Err(_) => (last_written_seq, true),
         };
-        if (pending_entries >= every || (shutdown && target > snap_seq)) && target > snap_seq {
+        if (pending_entries >= every || shutdown) && target > snap_seq {
             match catch_up(&tree, &mut state, snap_seq, target) {
                 Ok(hash) => {
                     if let Ok(bytes) = encode_snapshot(target, &hash, &state) {

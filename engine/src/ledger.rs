@@ -1016,26 +1016,19 @@ impl LedgerState {
                 .ok_or_else(|| LedgerError::UnknownConsumer(c.to_string()))?;
             consumer.apply(ev, at)?;
             consumer.check_wallet(&self.config)?;
-            match &ev.kind {
-                EventKind::OrderPlaced { order, .. } => {
-                    if self
-                        .order_owner
-                        .insert(order.clone(), c.to_string())
-                        .is_some()
-                    {
-                        return Err(LedgerError::DuplicateId(order.clone()));
-                    }
-                }
-                EventKind::Refunded { refund, .. } => {
-                    if self
-                        .refund_owner
-                        .insert(refund.clone(), c.to_string())
-                        .is_some()
-                    {
-                        return Err(LedgerError::DuplicateId(refund.clone()));
-                    }
-                }
-                _ => {}
+            let reused = match &ev.kind {
+                EventKind::OrderPlaced { order, .. } => self
+                    .order_owner
+                    .insert(order.clone(), c.to_string())
+                    .map(|_| order.clone()),
+                EventKind::Refunded { refund, .. } => self
+                    .refund_owner
+                    .insert(refund.clone(), c.to_string())
+                    .map(|_| refund.clone()),
+                _ => None,
+            };
+            if let Some(id) = reused {
+                return Err(LedgerError::DuplicateId(id));
             }
         }
         for p in &ev.postings {

@@ -9,7 +9,9 @@ use onecard_engine::bank::{BankAnswer, BankError, BankOp, UnconfirmedOp};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::journal::{self, JournalConfig};
 use onecard_engine::ledger::LedgerState;
-use onecard_engine::{Amount, BankPort, Engine, Outcome, RefusalKind, RulesConfig, SimBank, SimBankPort};
+use onecard_engine::{
+    Amount, BankPort, Engine, Outcome, RefusalKind, RulesConfig, SimBank, SimBankPort,
+};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -18,13 +20,28 @@ fn amount(s: &str) -> Amount {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig { arbiters: 2, ..EngineConfig::default() }
+    EngineConfig {
+        arbiters: 2,
+        ..EngineConfig::default()
+    }
 }
 
-async fn open_consumer(engine: &Engine, bank: &SimBank, id: &str, limit: &str, balance: &str, wallet: &str) {
+async fn open_consumer(
+    engine: &Engine,
+    bank: &SimBank,
+    id: &str,
+    limit: &str,
+    balance: &str,
+    wallet: &str,
+) {
     let acct = format!("{id}-bank");
     bank.open_account(&acct, amount(balance)).unwrap();
-    let req = OpenConsumer { consumer: id.into(), credit_limit: limit.into(), bank: acct, wallet: wallet.into() };
+    let req = OpenConsumer {
+        consumer: id.into(),
+        credit_limit: limit.into(),
+        bank: acct,
+        wallet: wallet.into(),
+    };
     assert_eq!(engine.open_consumer(req, 0).await.unwrap(), Ok(Outcome::Ok));
 }
 
@@ -77,24 +94,52 @@ fn a_stuck_account_does_not_hold_up_other_accounts() {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimBank::open(dir.path()).unwrap();
         let (open_gate, gate) = watch::channel(false);
-        let port = GatedBank { inner: SimBankPort(sim.clone()), stuck_account: "alice-bank".into(), gate };
-        let engine = Engine::open(dir.path(), config(), Arc::new(port)).await.unwrap();
-        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        let port = GatedBank {
+            inner: SimBankPort(sim.clone()),
+            stuck_account: "alice-bank".into(),
+            gate,
+        };
+        let engine = Engine::open(dir.path(), config(), Arc::new(port))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
         // Alice's wallet is empty, so her settlement must ask the (stuck) bank.
         open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
         open_consumer(&engine, &sim, "bob", "1000", "9000", "5000").await;
-        assert_eq!(engine.place_order(order("a1", "alice", "10"), 1).await.unwrap(), Ok(Outcome::Accepted));
+        assert_eq!(
+            engine
+                .place_order(order("a1", "alice", "10"), 1)
+                .await
+                .unwrap(),
+            Ok(Outcome::Accepted)
+        );
 
         let alice = engine.confirm_receipt("a1", true, 2);
         let bob = async {
-            assert_eq!(engine.place_order(order("b1", "bob", "20"), 2).await.unwrap(), Ok(Outcome::Accepted));
-            assert_eq!(engine.confirm_receipt("b1", true, 2).await.unwrap(), Ok(Outcome::Settled));
+            assert_eq!(
+                engine
+                    .place_order(order("b1", "bob", "20"), 2)
+                    .await
+                    .unwrap(),
+                Ok(Outcome::Accepted)
+            );
+            assert_eq!(
+                engine.confirm_receipt("b1", true, 2).await.unwrap(),
+                Ok(Outcome::Settled)
+            );
             // Bob is done while Alice's settlement still waits for her bank: open the gate.
             open_gate.send(true).unwrap();
         };
         let (alice_result, ()) = futures::join!(alice, bob);
         assert_eq!(alice_result.unwrap(), Ok(Outcome::Settled));
-        assert_eq!(engine.merchant("shop").await.unwrap().unwrap().balance, amount("30"));
+        assert_eq!(
+            engine.merchant("shop").await.unwrap().unwrap().balance,
+            amount("30")
+        );
         engine.close().await.unwrap();
     });
 }
@@ -105,11 +150,25 @@ fn a_stuck_account_keeps_its_own_commands_waiting_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimBank::open(dir.path()).unwrap();
         let (open_gate, gate) = watch::channel(false);
-        let port = GatedBank { inner: SimBankPort(sim.clone()), stuck_account: "alice-bank".into(), gate };
-        let engine = Engine::open(dir.path(), config(), Arc::new(port)).await.unwrap();
-        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        let port = GatedBank {
+            inner: SimBankPort(sim.clone()),
+            stuck_account: "alice-bank".into(),
+            gate,
+        };
+        let engine = Engine::open(dir.path(), config(), Arc::new(port))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
         open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
-        engine.place_order(order("a1", "alice", "10"), 1).await.unwrap().unwrap();
+        engine
+            .place_order(order("a1", "alice", "10"), 1)
+            .await
+            .unwrap()
+            .unwrap();
         let settle = engine.confirm_receipt("a1", true, 2);
         // Queued behind the stuck settlement: must see it settled, not pending.
         let cancel = engine.cancel_order("a1", 2);
@@ -119,7 +178,11 @@ fn a_stuck_account_keeps_its_own_commands_waiting_in_order() {
         };
         let (s, c, ()) = futures::join!(settle, cancel, release);
         assert_eq!(s.unwrap(), Ok(Outcome::Settled));
-        assert_eq!(c.unwrap().unwrap_err().kind, RefusalKind::State, "the cancel ran after the settlement");
+        assert_eq!(
+            c.unwrap().unwrap_err().kind,
+            RefusalKind::State,
+            "the cancel ran after the settlement"
+        );
         engine.close().await.unwrap();
     });
 }
@@ -129,12 +192,20 @@ fn commands_for_one_account_are_applied_in_the_order_they_were_sent() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
-        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
         open_consumer(&engine, &sim, "alice", "1000.00", "9000", "5000").await;
         // Twenty orders of 100.00 sent at once against a limit of 1000.00: in order, exactly
         // the first ten fit.
-        let sends: Vec<_> = (0..20).map(|i| engine.place_order(order(&format!("o{i:02}"), "alice", "100"), 1)).collect();
+        let sends: Vec<_> = (0..20)
+            .map(|i| engine.place_order(order(&format!("o{i:02}"), "alice", "100"), 1))
+            .collect();
         let results = futures::future::join_all(sends).await;
         for (i, r) in results.into_iter().enumerate() {
             let r = r.unwrap();
@@ -146,7 +217,11 @@ fn commands_for_one_account_are_applied_in_the_order_they_were_sent() {
         }
         let alice = engine.consumer("alice").await.unwrap().unwrap();
         for i in 0..20u64 {
-            assert_eq!(alice.orders[&format!("o{i:02}")].placement, i, "placement follows sending order");
+            assert_eq!(
+                alice.orders[&format!("o{i:02}")].placement,
+                i,
+                "placement follows sending order"
+            );
         }
         engine.close().await.unwrap();
     });
@@ -158,13 +233,19 @@ async fn workload(dir: &std::path::Path, cfg: EngineConfig) -> LedgerState {
     let mut expected = None;
     for round in 0..3u64 {
         let sim = SimBank::open(dir).unwrap();
-        let engine = Engine::open(dir, cfg.clone(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
+        let engine = Engine::open(dir, cfg.clone(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
         if let Some(before) = expected.take() {
             let now: LedgerState = engine.ledger_state().await.unwrap();
             assert_same_accounts(&before, &now);
         }
         if round == 0 {
-            engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+            engine
+                .open_merchant("shop", None, 0)
+                .await
+                .unwrap()
+                .unwrap();
             for c in ["alice", "bob", "carol"] {
                 open_consumer(&engine, &sim, c, "3000", "50000", "5000").await;
             }
@@ -173,11 +254,18 @@ async fn workload(dir: &std::path::Path, cfg: EngineConfig) -> LedgerState {
             let who = ["alice", "bob", "carol"][(i % 3) as usize];
             let id = format!("r{round}-{i}");
             let t = round * 100 + i;
-            let placed = engine.place_order(order(&id, who, &format!("{}.25", 10 + i * 7)), t).await.unwrap();
+            let placed = engine
+                .place_order(order(&id, who, &format!("{}.25", 10 + i * 7)), t)
+                .await
+                .unwrap();
             if placed == Ok(Outcome::Accepted) && i % 4 != 0 {
                 engine.confirm_receipt(&id, true, t).await.unwrap().unwrap();
                 if i % 5 == 0 {
-                    let req = RefundRequest { id: format!("rf-{id}"), order: id.clone(), amount: "5.00".into() };
+                    let req = RefundRequest {
+                        id: format!("rf-{id}"),
+                        order: id.clone(),
+                        amount: "5.00".into(),
+                    };
                     engine.refund(req, t).await.unwrap().unwrap();
                 }
             }
@@ -210,7 +298,10 @@ fn reopening_rebuilds_exactly_the_state_the_actors_held() {
 fn a_snapshot_plus_the_journal_tail_equals_the_whole_journal_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {
-        journal: JournalConfig { snapshot_every_entries: 17, ..JournalConfig::default() },
+        journal: JournalConfig {
+            snapshot_every_entries: 17,
+            ..JournalConfig::default()
+        },
         ..config()
     };
     actix_rt::System::new().block_on(workload(dir.path(), cfg));
@@ -235,33 +326,87 @@ fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone()))).await.unwrap();
-        engine.open_merchant("shop", None, 0).await.unwrap().unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
         open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
-        engine.place_order(order("o1", "alice", "100"), 1).await.unwrap().unwrap();
+        engine
+            .place_order(order("o1", "alice", "100"), 1)
+            .await
+            .unwrap()
+            .unwrap();
         engine.cancel_order("o1", 1).await.unwrap().unwrap();
         let before = engine.ledger_state().await.unwrap();
         let bank_before = sim.total();
 
         let kind = |r: onecard_engine::CommandResult| r.unwrap_err().kind;
-        assert_eq!(kind(engine.place_order(order("x1", "mallory", "1"), 2).await.unwrap()), RefusalKind::Unknown);
-        assert_eq!(kind(engine.confirm_receipt("nope", true, 2).await.unwrap()), RefusalKind::Unknown);
-        assert_eq!(kind(engine.confirm_receipt("o1", true, 2).await.unwrap()), RefusalKind::State);
-        let refund = RefundRequest { id: "r1".into(), order: "o1".into(), amount: "1.00".into() };
-        assert_eq!(kind(engine.refund(refund, 2).await.unwrap()), RefusalKind::State);
+        assert_eq!(
+            kind(
+                engine
+                    .place_order(order("x1", "mallory", "1"), 2)
+                    .await
+                    .unwrap()
+            ),
+            RefusalKind::Unknown
+        );
+        assert_eq!(
+            kind(engine.confirm_receipt("nope", true, 2).await.unwrap()),
+            RefusalKind::Unknown
+        );
+        assert_eq!(
+            kind(engine.confirm_receipt("o1", true, 2).await.unwrap()),
+            RefusalKind::State
+        );
+        let refund = RefundRequest {
+            id: "r1".into(),
+            order: "o1".into(),
+            amount: "1.00".into(),
+        };
+        assert_eq!(
+            kind(engine.refund(refund, 2).await.unwrap()),
+            RefusalKind::State
+        );
         for bad in ["12.345", "-1", "0", "abc", "", "1e3"] {
-            assert_eq!(kind(engine.place_order(order("x2", "alice", bad), 2).await.unwrap()), RefusalKind::Amount, "{bad:?}");
+            assert_eq!(
+                kind(
+                    engine
+                        .place_order(order("x2", "alice", bad), 2)
+                        .await
+                        .unwrap()
+                ),
+                RefusalKind::Amount,
+                "{bad:?}"
+            );
         }
-        assert_eq!(kind(engine.place_order(order("o1", "alice", "101"), 2).await.unwrap()), RefusalKind::Conflict);
+        assert_eq!(
+            kind(
+                engine
+                    .place_order(order("o1", "alice", "101"), 2)
+                    .await
+                    .unwrap()
+            ),
+            RefusalKind::Conflict
+        );
         let mut malformed = order("x3", "alice", "1");
         malformed.release = json!({"on": "time", "after_secs": 0});
-        assert_eq!(kind(engine.place_order(malformed, 2).await.unwrap()), RefusalKind::Invalid);
+        assert_eq!(
+            kind(engine.place_order(malformed, 2).await.unwrap()),
+            RefusalKind::Invalid
+        );
 
         let after = engine.ledger_state().await.unwrap();
         assert_same_accounts(&before, &after);
         assert_eq!(sim.total(), bank_before);
         for id in ["x1", "x2", "x3"] {
-            assert!(engine.order(id).await.unwrap().is_none(), "{id} left a trace");
+            assert!(
+                engine.order(id).await.unwrap().is_none(),
+                "{id} left a trace"
+            );
         }
         engine.close().await.unwrap();
     });

@@ -17,12 +17,24 @@ fn rules() -> RulesConfig {
 /// A consumer with `wallet` in the wallet and an order book built by applying events.
 fn consumer(limit: &str, wallet: &str) -> ConsumerState {
     let mut c = ConsumerState::new("alice".into(), a(limit), "alice-bank".into());
-    let ev = consumer_opened_event("alice", a(limit), "alice-bank", a(wallet), Some("op-0".into()));
+    let ev = consumer_opened_event(
+        "alice",
+        a(limit),
+        "alice-bank",
+        a(wallet),
+        Some("op-0".into()),
+    );
     c.apply(&ev, 0).unwrap();
     c
 }
 
-fn place(c: &mut ConsumerState, id: &str, amount: &str, release: Release, at: Secs) -> CommandResult {
+fn place(
+    c: &mut ConsumerState,
+    id: &str,
+    amount: &str,
+    release: Release,
+    at: Secs,
+) -> CommandResult {
     let cfg = rules();
     let result = match c.decide_place(a(amount), &cfg) {
         PlaceDecision::Accept => Ok(Outcome::Accepted),
@@ -59,33 +71,65 @@ fn opening_moves_the_wallet_from_the_bank_in_one_balanced_event() {
 #[test]
 fn an_order_within_credit_is_reserved_and_one_beyond_is_refused_for_credit() {
     let mut c = consumer("1000", "5000");
-    assert_eq!(place(&mut c, "o1", "800", Release::Receipt, 0), Ok(Outcome::Accepted));
+    assert_eq!(
+        place(&mut c, "o1", "800", Release::Receipt, 0),
+        Ok(Outcome::Accepted)
+    );
     assert_eq!(c.reserved, a("800"));
     assert_eq!(c.available_credit(), a("200"));
     let r = place(&mut c, "o2", "300", Release::Receipt, 0).unwrap_err();
     assert_eq!(r.kind, RefusalKind::Credit);
     assert_eq!(c.orders["o2"].state, OrderState::Refused);
     assert_eq!(c.reserved, a("800"), "a refused order reserves nothing");
-    assert_eq!(place(&mut c, "o3", "200", Release::Receipt, 0), Ok(Outcome::Accepted));
+    assert_eq!(
+        place(&mut c, "o3", "200", Release::Receipt, 0),
+        Ok(Outcome::Accepted)
+    );
     assert_eq!(c.available_credit(), Amount::ZERO);
 }
 
 #[test]
 fn direct_mode_applies_up_to_and_including_direct_max() {
     let c = consumer("0", "5000");
-    let cfg = RulesConfig { direct_max: a("50"), ..rules() };
+    let cfg = RulesConfig {
+        direct_max: a("50"),
+        ..rules()
+    };
     assert_eq!(c.decide_place(a("50"), &cfg), PlaceDecision::Direct);
-    assert!(matches!(c.decide_place(a("50.01"), &cfg), PlaceDecision::Refused(r) if r.kind == RefusalKind::Credit));
-    assert!(matches!(c.decide_place(a("1"), &rules()), PlaceDecision::Refused(_)), "off at zero");
+    assert!(
+        matches!(c.decide_place(a("50.01"), &cfg), PlaceDecision::Refused(r) if r.kind == RefusalKind::Credit)
+    );
+    assert!(
+        matches!(c.decide_place(a("1"), &rules()), PlaceDecision::Refused(_)),
+        "off at zero"
+    );
 }
 
 #[test]
 fn funding_takes_the_wallet_first_and_the_bank_for_the_rest() {
     let c = consumer("0", "1000");
-    assert_eq!(c.funding(a("400")), Funding { wallet_part: a("400"), bank_part: Amount::ZERO });
-    assert_eq!(c.funding(a("1500")), Funding { wallet_part: a("1000"), bank_part: a("500") });
+    assert_eq!(
+        c.funding(a("400")),
+        Funding {
+            wallet_part: a("400"),
+            bank_part: Amount::ZERO
+        }
+    );
+    assert_eq!(
+        c.funding(a("1500")),
+        Funding {
+            wallet_part: a("1000"),
+            bank_part: a("500")
+        }
+    );
     let empty = consumer("0", "0");
-    assert_eq!(empty.funding(a("7")), Funding { wallet_part: Amount::ZERO, bank_part: a("7") });
+    assert_eq!(
+        empty.funding(a("7")),
+        Funding {
+            wallet_part: Amount::ZERO,
+            bank_part: a("7")
+        }
+    );
 }
 
 #[test]
@@ -94,11 +138,26 @@ fn settlement_pays_the_merchant_releases_the_reservation_and_cannot_happen_twice
     accept(&mut c, "o1", "1500", Release::Receipt, 0);
     settle(&mut c, "o1", Some("op-1"));
     assert_eq!(c.wallet, Amount::ZERO);
-    assert_eq!(c.bank_clearing, a("-1500"), "opening 1000 plus the bank's 500");
+    assert_eq!(
+        c.bank_clearing,
+        a("-1500"),
+        "opening 1000 plus the bank's 500"
+    );
     assert_eq!(c.reserved, Amount::ZERO);
     assert_eq!(c.orders["o1"].state, OrderState::Settled);
-    let again = c.settled_event("o1", "shop", Funding { wallet_part: Amount::ZERO, bank_part: a("1") }, None);
-    assert_eq!(c.apply(&again, 0), Err(LedgerError::SettledTwice { order: "o1".into() }));
+    let again = c.settled_event(
+        "o1",
+        "shop",
+        Funding {
+            wallet_part: Amount::ZERO,
+            bank_part: a("1"),
+        },
+        None,
+    );
+    assert_eq!(
+        c.apply(&again, 0),
+        Err(LedgerError::SettledTwice { order: "o1".into() })
+    );
 }
 
 #[test]
@@ -107,7 +166,11 @@ fn top_up_brings_the_wallet_to_exactly_the_cap_counting_what_is_in_flight() {
     let cfg = rules();
     assert_eq!(c.topup_needed(&cfg), Some(a("3800")));
     c.topup_in_flight = a("3800");
-    assert_eq!(c.topup_needed(&cfg), None, "a top-up in flight uses the headroom (I3)");
+    assert_eq!(
+        c.topup_needed(&cfg),
+        None,
+        "a top-up in flight uses the headroom (I3)"
+    );
     c.topup_in_flight = Amount::ZERO;
     let ev = c.topped_up_event(a("3800"), "op-9".into());
     c.apply(&ev, 0).unwrap();
@@ -117,10 +180,20 @@ fn top_up_brings_the_wallet_to_exactly_the_cap_counting_what_is_in_flight() {
 
 #[test]
 fn a_threshold_below_the_cap_tops_up_only_below_it() {
-    let cfg = RulesConfig { topup_threshold: a("1000"), ..rules() };
+    let cfg = RulesConfig {
+        topup_threshold: a("1000"),
+        ..rules()
+    };
     assert_eq!(consumer("0", "2000").topup_needed(&cfg), None);
-    assert_eq!(consumer("0", "1000").topup_needed(&cfg), None, "at the threshold is not below it");
-    assert_eq!(consumer("0", "999.99").topup_needed(&cfg), Some(a("4000.01")));
+    assert_eq!(
+        consumer("0", "1000").topup_needed(&cfg),
+        None,
+        "at the threshold is not below it"
+    );
+    assert_eq!(
+        consumer("0", "999.99").topup_needed(&cfg),
+        Some(a("4000.01"))
+    );
 }
 
 #[test]
@@ -128,14 +201,23 @@ fn receipt_settles_when_satisfied_and_disputes_otherwise() {
     let mut c = consumer("8000", "5000");
     accept(&mut c, "o1", "400", Release::Receipt, 0);
     assert_eq!(c.decide_receipt("o1", true), Ok(ReleaseDecision::Settle));
-    let Ok(ReleaseDecision::Record(events, result)) = c.decide_receipt("o1", false) else { panic!() };
+    let Ok(ReleaseDecision::Record(events, result)) = c.decide_receipt("o1", false) else {
+        panic!()
+    };
     assert_eq!(result, Ok(Outcome::Disputed));
     for e in &events {
         c.apply(e, 0).unwrap();
     }
     assert_eq!(c.orders["o1"].state, OrderState::Disputed);
-    assert_eq!(c.decide_receipt("o1", true), Ok(ReleaseDecision::Settle), "a later satisfied receipt settles");
-    assert_eq!(c.decide_receipt("nope", true).unwrap_err().kind, RefusalKind::Unknown);
+    assert_eq!(
+        c.decide_receipt("o1", true),
+        Ok(ReleaseDecision::Settle),
+        "a later satisfied receipt settles"
+    );
+    assert_eq!(
+        c.decide_receipt("nope", true).unwrap_err().kind,
+        RefusalKind::Unknown
+    );
 }
 
 #[test]
@@ -145,34 +227,59 @@ fn receipt_and_code_are_refused_for_the_wrong_kind_of_release() {
     accept(&mut c, "r1", "10", Release::Receipt, 0);
     accept(&mut c, "t1", "10", Release::Time { after_secs: 5 }, 0);
     let cfg = rules();
-    assert_eq!(c.decide_receipt("c1", true).unwrap_err().kind, RefusalKind::State);
-    assert_eq!(c.decide_receipt("t1", true).unwrap_err().kind, RefusalKind::State);
-    assert_eq!(c.decide_code("r1", "42", &cfg).unwrap_err().kind, RefusalKind::State);
-    assert_eq!(c.decide_code("t1", "42", &cfg).unwrap_err().kind, RefusalKind::State);
+    assert_eq!(
+        c.decide_receipt("c1", true).unwrap_err().kind,
+        RefusalKind::State
+    );
+    assert_eq!(
+        c.decide_receipt("t1", true).unwrap_err().kind,
+        RefusalKind::State
+    );
+    assert_eq!(
+        c.decide_code("r1", "42", &cfg).unwrap_err().kind,
+        RefusalKind::State
+    );
+    assert_eq!(
+        c.decide_code("t1", "42", &cfg).unwrap_err().kind,
+        RefusalKind::State
+    );
 }
 
 #[test]
 fn the_nth_wrong_code_disputes_the_order_and_the_right_one_settles() {
     let mut c = consumer("8000", "5000");
-    let cfg = RulesConfig { code_attempts_max: 3, ..rules() };
+    let cfg = RulesConfig {
+        code_attempts_max: 3,
+        ..rules()
+    };
     accept(&mut c, "c1", "90", Release::Code("777".into()), 0);
     for attempt in 1..=2 {
-        let Ok(ReleaseDecision::Record(evs, result)) = c.decide_code("c1", "000", &cfg) else { panic!() };
+        let Ok(ReleaseDecision::Record(evs, result)) = c.decide_code("c1", "000", &cfg) else {
+            panic!()
+        };
         assert_eq!(result.unwrap_err().kind, RefusalKind::Code);
         for e in &evs {
             c.apply(e, 0).unwrap();
         }
         assert_eq!(c.orders["c1"].code_attempts, attempt);
     }
-    assert_eq!(c.decide_code("c1", "777", &cfg), Ok(ReleaseDecision::Settle));
-    let Ok(ReleaseDecision::Record(evs, result)) = c.decide_code("c1", "1", &cfg) else { panic!() };
+    assert_eq!(
+        c.decide_code("c1", "777", &cfg),
+        Ok(ReleaseDecision::Settle)
+    );
+    let Ok(ReleaseDecision::Record(evs, result)) = c.decide_code("c1", "1", &cfg) else {
+        panic!()
+    };
     assert_eq!(result, Ok(Outcome::Disputed));
     for e in &evs {
         c.apply(e, 0).unwrap();
     }
     assert_eq!(c.orders["c1"].state, OrderState::Disputed);
     assert_eq!(c.reserved, a("90"), "a dispute keeps the reservation");
-    assert_eq!(c.decide_code("c1", "777", &cfg).unwrap_err().kind, RefusalKind::State);
+    assert_eq!(
+        c.decide_code("c1", "777", &cfg).unwrap_err().kind,
+        RefusalKind::State
+    );
 }
 
 #[test]
@@ -193,26 +300,44 @@ fn cancel_releases_the_reservation_and_only_from_pending_or_disputed() {
 fn refunds_only_for_settled_orders_and_never_above_the_amount() {
     let mut c = consumer("8000", "5000");
     accept(&mut c, "o1", "2000", Release::Receipt, 0);
-    assert_eq!(c.check_refund("o1", a("1")).unwrap_err().kind, RefusalKind::State);
+    assert_eq!(
+        c.check_refund("o1", a("1")).unwrap_err().kind,
+        RefusalKind::State
+    );
     settle(&mut c, "o1", None);
     let o = c.check_refund("o1", a("1200")).unwrap().clone();
     let ev = c.refunded_event("r1", &o, a("1200"), a("1200"), Amount::ZERO, None);
     assert!(ev.imbalance().unwrap().is_zero());
     c.apply(&ev, 0).unwrap();
     assert_eq!(c.orders["o1"].refunded, a("1200"));
-    assert_eq!(c.check_refund("o1", a("800.01")).unwrap_err().kind, RefusalKind::State);
+    assert_eq!(
+        c.check_refund("o1", a("800.01")).unwrap_err().kind,
+        RefusalKind::State
+    );
     assert!(c.check_refund("o1", a("800")).is_ok());
     let o = c.orders["o1"].clone();
     let too_much = c.refunded_event("r2", &o, a("900"), a("900"), Amount::ZERO, None);
-    assert!(matches!(c.apply(&too_much, 0), Err(LedgerError::OverRefunded { .. })));
+    assert!(matches!(
+        c.apply(&too_much, 0),
+        Err(LedgerError::OverRefunded { .. })
+    ));
 }
 
 #[test]
 fn a_refund_fills_the_wallet_to_the_cap_and_sweeps_the_rest() {
     let cfg = rules();
-    assert_eq!(consumer("0", "5000").refund_split(a("1200"), &cfg), (Amount::ZERO, a("1200")));
-    assert_eq!(consumer("0", "4500").refund_split(a("1200"), &cfg), (a("500"), a("700")));
-    assert_eq!(consumer("0", "0").refund_split(a("600"), &cfg), (a("600"), Amount::ZERO));
+    assert_eq!(
+        consumer("0", "5000").refund_split(a("1200"), &cfg),
+        (Amount::ZERO, a("1200"))
+    );
+    assert_eq!(
+        consumer("0", "4500").refund_split(a("1200"), &cfg),
+        (a("500"), a("700"))
+    );
+    assert_eq!(
+        consumer("0", "0").refund_split(a("600"), &cfg),
+        (a("600"), Amount::ZERO)
+    );
 }
 
 #[test]
@@ -220,14 +345,27 @@ fn tick_work_is_ordered_as_format_md_fixes() {
     let mut c = consumer("9000", "5000");
     let cfg = rules();
     accept(&mut c, "t-late", "10", Release::Time { after_secs: 100 }, 0);
-    accept(&mut c, "t-early", "10", Release::Time { after_secs: 50 }, 10);
+    accept(
+        &mut c,
+        "t-early",
+        "10",
+        Release::Time { after_secs: 50 },
+        10,
+    );
     accept(&mut c, "t-same", "10", Release::Time { after_secs: 60 }, 0);
     accept(&mut c, "r1", "10", Release::Receipt, 5);
     assert!(c.time_due(59).is_empty());
-    assert_eq!(c.time_due(60), vec!["t-early", "t-same"], "equal due times go in placement order");
+    assert_eq!(
+        c.time_due(60),
+        vec!["t-early", "t-same"],
+        "equal due times go in placement order"
+    );
     assert_eq!(c.time_due(100), vec!["t-early", "t-same", "t-late"]);
     assert!(c.expiring(cfg.order_expiry_secs + 4, &cfg).is_empty());
-    assert_eq!(c.expiring(cfg.order_expiry_secs + 5, &cfg), vec!["r1".to_string()]);
+    assert_eq!(
+        c.expiring(cfg.order_expiry_secs + 5, &cfg),
+        vec!["r1".to_string()]
+    );
     assert!(c.has_time_work(100, &cfg));
     assert!(!c.has_time_work(49, &cfg));
 }
@@ -236,27 +374,66 @@ fn tick_work_is_ordered_as_format_md_fixes() {
 fn time_orders_never_expire() {
     let mut c = consumer("9000", "5000");
     let cfg = rules();
-    accept(&mut c, "t1", "10", Release::Time { after_secs: 10_000_000 }, 0);
+    accept(
+        &mut c,
+        "t1",
+        "10",
+        Release::Time {
+            after_secs: 10_000_000,
+        },
+        0,
+    );
     assert!(c.expiring(cfg.order_expiry_secs * 10, &cfg).is_empty());
 }
 
 #[test]
 fn the_whole_ledger_refuses_unbalanced_events_and_reused_ids() {
     let mut state = LedgerState::new(rules());
-    let open = Entry::new(0, vec![consumer_opened_event("alice", a("100"), "ab", a("10"), None)]);
+    let open = Entry::new(
+        0,
+        vec![consumer_opened_event(
+            "alice",
+            a("100"),
+            "ab",
+            a("10"),
+            None,
+        )],
+    );
     state.apply_entry(&open).unwrap();
     assert_eq!(state.total().unwrap(), Amount::ZERO);
     let mut bad = consumer_opened_event("bob", a("1"), "bb", a("10"), None);
     bad.postings[0].amount = a("-9");
-    assert!(matches!(state.apply_entry(&Entry::new(0, vec![bad])), Err(LedgerError::Unbalanced { .. })));
-    let again = Entry::new(0, vec![consumer_opened_event("alice", a("1"), "other", Amount::ZERO, None)]);
-    assert!(matches!(state.apply_entry(&again), Err(LedgerError::DuplicateAccount(_))));
+    assert!(matches!(
+        state.apply_entry(&Entry::new(0, vec![bad])),
+        Err(LedgerError::Unbalanced { .. })
+    ));
+    let again = Entry::new(
+        0,
+        vec![consumer_opened_event(
+            "alice",
+            a("1"),
+            "other",
+            Amount::ZERO,
+            None,
+        )],
+    );
+    assert!(matches!(
+        state.apply_entry(&again),
+        Err(LedgerError::DuplicateAccount(_))
+    ));
 }
 
 #[test]
 fn a_wallet_above_the_cap_is_an_invariant_violation() {
-    let cfg = RulesConfig { wallet_cap: a("100"), topup_threshold: a("100"), ..rules() };
+    let cfg = RulesConfig {
+        wallet_cap: a("100"),
+        topup_threshold: a("100"),
+        ..rules()
+    };
     let c = consumer("0", "100.01");
-    assert!(matches!(c.check_wallet(&cfg), Err(LedgerError::WalletOutOfRange { .. })));
+    assert!(matches!(
+        c.check_wallet(&cfg),
+        Err(LedgerError::WalletOutOfRange { .. })
+    ));
     assert!(consumer("0", "100").check_wallet(&cfg).is_ok());
 }

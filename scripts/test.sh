@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, with its own set-up. This is the README's test command and what CI runs.
+#
+#  1. installs the Debian packages the tests need when they are missing (apt-get, as root);
+#  2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
+#  3. builds once and runs every test of the workspace in one cargo-nextest invocation
+#     (falls back to `cargo test` where nextest is not installed).
+#
+# Tests start and stop every server they need themselves. Long load and soak runs are not
+# here: they are benchmarks (`cargo bench`) and simulator runs (see BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the suite needs. Today the engine needs none beyond the Rust toolchain and a
+# C compiler; the PC/SC issue adds libpcsclite-dev, pcscd and the vsmartcard packages here.
+packages=()
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing missing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d ../shared/scenarios ]; then
+  echo "error: ../shared/scenarios is missing: the executable spec must sit beside the project root" >&2
+  exit 1
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --locked --profile ci
+else
+  cargo test --workspace --all-targets --locked
+fi
