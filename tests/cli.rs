@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn onecard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_onecard")).args(args).output().expect("run onecard")
+    Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(args)
+        .output()
+        .expect("run onecard")
 }
 
 fn text(b: &[u8]) -> String {
@@ -14,7 +17,11 @@ fn text(b: &[u8]) -> String {
 /// The scenario folder beside the project root (`../shared/scenarios`), as CI lays it out.
 fn scenarios_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios");
-    assert!(dir.is_dir(), "the shared scenarios are expected at {}", dir.display());
+    assert!(
+        dir.is_dir(),
+        "the shared scenarios are expected at {}",
+        dir.display()
+    );
     dir
 }
 
@@ -33,7 +40,11 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
     let data = dir.path().join("demo");
     let out = onecard(&["demo", "--data", data.to_str().unwrap()]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
     for step in [
         "placed and reserved",
         "refused for credit",
@@ -71,7 +82,10 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
     assert!(out.status.success(), "verify failed: {}", text(&out.stderr));
     assert!(report.contains("3 consumers"), "{report}");
     assert!(report.contains("3 merchants"), "{report}");
-    assert!(report.contains("totals: wallets 15000.00, merchants 9950.00, bank clearing -24950.00"), "{report}");
+    assert!(
+        report.contains("totals: wallets 15000.00, merchants 9950.00, bank clearing -24950.00"),
+        "{report}"
+    );
     assert!(report.contains("sum of all balances: 0.00"), "{report}");
 }
 
@@ -81,7 +95,11 @@ fn the_demo_refuses_a_data_directory_that_is_in_use() {
     std::fs::write(dir.path().join("something"), b"x").unwrap();
     let out = onecard(&["demo", "--data", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not empty"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -92,13 +110,28 @@ fn every_shared_scenario_passes() {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 17, "expected the shared scenarios, found {}", files.len());
+    assert!(
+        files.len() >= 17,
+        "expected the shared scenarios, found {}",
+        files.len()
+    );
     let mut args = vec!["scenario".to_string()];
     args.extend(files.iter().map(|f| f.display().to_string()));
-    let out = Command::new(env!("CARGO_BIN_EXE_onecard")).args(&args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(&args)
+        .output()
+        .unwrap();
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "scenarios failed:\n{stdout}\n{}", text(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("PASS ")).count(), files.len(), "{stdout}");
+    assert!(
+        out.status.success(),
+        "scenarios failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("PASS ")).count(),
+        files.len(),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -118,9 +151,18 @@ fn a_failing_expectation_is_printed_and_fails_the_run() {
     let out = onecard(&["scenario", file.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(!out.status.success());
-    assert!(stdout.contains("step 3 (place_order): expected accepted, got refused:credit"), "{stdout}");
-    assert!(stdout.contains("check wallet:a: expected 49.00, got 50.00"), "{stdout}");
-    assert!(!stdout.contains("check total"), "the right check must not be reported: {stdout}");
+    assert!(
+        stdout.contains("step 3 (place_order): expected accepted, got refused:credit"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("check wallet:a: expected 49.00, got 50.00"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("check total"),
+        "the right check must not be reported: {stdout}"
+    );
 }
 
 #[test]
@@ -128,5 +170,9 @@ fn verify_of_a_directory_without_a_journal_fails_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = onecard(&["verify", "--data", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no journal here"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no journal here"),
+        "{}",
+        text(&out.stderr)
+    );
 }
