@@ -105,7 +105,6 @@ fn load_config(config: Option<PathBuf>) -> DemoResult<NodeConfig> {
 
 pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<()> {
     let cfg = load_config(config)?;
-    let _temp;
     let dir = match data {
         Some(d) => {
             if d.exists()
@@ -121,13 +120,12 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
             }
             d
         }
-        None => {
-            _temp = tempfile::Builder::new()
-                .prefix("onecard-demo-")
-                .tempdir()
-                .map_err(|e| e.to_string())?;
-            _temp.path().to_path_buf()
-        }
+        // Kept after the demo, so that `onecard verify --data DIR` can be run on it.
+        None => tempfile::Builder::new()
+            .prefix("onecard-demo-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep(),
     };
     let rules = cfg.engine.rules.clone();
     println!("OneCard demo — data directory {}", dir.display());
