@@ -39,7 +39,7 @@ enum Command {
         /// The data directory (created when absent, reopened when present).
         #[arg(long)]
         data: PathBuf,
-        /// Configuration file for the rules; the built-in defaults otherwise.
+        /// Configuration file (rules, journal, actors); the built-in defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -89,16 +89,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Play { data, config } => {
-            let rules = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
-                None => onecard_engine::RulesConfig::default(),
-                Some(Ok(c)) => c.engine.rules,
+            let cfg = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
+                None => onecard_engine::EngineConfig::default(),
+                Some(Ok(c)) => c.engine,
                 Some(Err(e)) => {
                     eprintln!("play: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             let system = actix_rt::System::new();
-            match system.block_on(scenario::play_stdin(&data, rules)) {
+            match system.block_on(scenario::play_stdin(&data, cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("play FAILED: {e}");

@@ -390,13 +390,9 @@ fn same_value(expected: &str, actual: &str) -> bool {
 /// JSON line — `{"step":N,"outcome":"…","checks":{"key":"value"}}` — only after the command's
 /// effects are durable, so a line on standard output is an acknowledgement. Used by the crash
 /// tests, and handy for scripting.
-pub async fn play_stdin(data: &Path, rules: RulesConfig) -> Result<(), String> {
+pub async fn play_stdin(data: &Path, cfg: EngineConfig) -> Result<(), String> {
     use std::io::{BufRead, Write};
     std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
-    let cfg = EngineConfig {
-        rules,
-        ..EngineConfig::default()
-    };
     let mut player = Player {
         dir: DataDir::Given(data.to_path_buf()),
         cfg,

@@ -129,9 +129,7 @@ fn key(prefix: u8, id: &str) -> Vec<u8> {
 impl SimBank {
     /// Opens (or creates) the simulated bank in `DIR/simbank`.
     pub fn open(data_dir: &Path) -> Result<Arc<SimBank>, BankError> {
-        let db = sled::Config::new()
-            .path(data_dir.join("simbank"))
-            .open()
+        let db = crate::journal::open_sled(&data_dir.join("simbank"))
             .map_err(|e| BankError::Storage(e.to_string()))?;
         let tree = db
             .open_tree("bank")

@@ -188,8 +188,26 @@ pub struct Recovered {
 }
 
 pub fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
-    let db = sled::Config::new().path(path).open()?;
-    Ok(db)
+    Ok(open_sled(path)?)
+}
+
+/// Opens a sled store, waiting a little for a lock that a store closed a moment ago in this
+/// process still holds: sled 0.34 releases its file lock from background threads after the
+/// last handle is dropped (spacejam/sled#1234), so a quick close-and-reopen can see
+/// `WouldBlock`. Gives up after about two seconds with sled's own error.
+pub fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Journal {

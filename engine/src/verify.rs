@@ -99,6 +99,15 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
             reason: "no journal here".into(),
         });
     }
+    // sled would create an empty store where the files are gone; that is damage, not a journal.
+    for file in ["conf", "db"] {
+        if !path.join(file).is_file() {
+            return Err(VerifyError::Open {
+                path: path.display().to_string(),
+                reason: format!("the store's {file} file is missing"),
+            });
+        }
+    }
     let p2 = path.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
