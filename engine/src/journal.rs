@@ -199,15 +199,18 @@ pub fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if is_lock_contention(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             other => return other,
         }
     }
+}
+
+/// sled reports a held lock as an `io::ErrorKind::Other` whose message carries the
+/// `WouldBlock` of the failed `flock`, so the message is all there is to go by.
+fn is_lock_contention(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 impl Journal {
@@ -770,4 +773,32 @@ fn catch_up(
         hash = rec.hash;
     }
     Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_waits_for_a_lock_released_a_moment_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let first = open_sled(&path).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(first);
+        });
+        let second = open_sled(&path);
+        releaser.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+    }
+
+    #[test]
+    fn a_lock_held_for_good_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _held = open_sled(&path).unwrap();
+        let err = open_sled(&path).unwrap_err();
+        assert!(is_lock_contention(&err), "{err}");
+    }
 }

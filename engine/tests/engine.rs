@@ -274,6 +274,7 @@ async fn workload(dir: &std::path::Path, cfg: EngineConfig) -> LedgerState {
         expected = Some(engine.ledger_state().await.unwrap());
         engine.close().await.unwrap();
         sim.close();
+        assert_eq!(Arc::strong_count(&sim), 1, "the engine let go of the bank");
     }
     expected.unwrap()
 }
