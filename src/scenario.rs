@@ -172,7 +172,12 @@ impl Player {
                         .bank()
                         .deposit(bank, a)
                         .map(|_| onecard_engine::Outcome::Ok)
-                        .map_err(|e| Refusal::unknown(e.to_string())),
+                        .map_err(|e| match e {
+                            onecard_engine::bank::BankError::Overflow(_) => {
+                                Refusal::amount(e.to_string())
+                            }
+                            _ => Refusal::unknown(e.to_string()),
+                        }),
                 }
             }
             "place_order" => {

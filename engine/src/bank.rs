@@ -61,6 +61,8 @@ pub enum BankError {
     AccountExists(String),
     #[error("bank unavailable: {0}")]
     Unavailable(String),
+    #[error("the balance of {0:?} would overflow")]
+    Overflow(String),
     #[error("bank storage: {0}")]
     Storage(String),
 }
@@ -232,24 +234,35 @@ impl SimBank {
 
     /// While `refuse` is set, every debit of the account is refused.
     pub fn set_refuse(&self, name: &str, refuse: bool) -> Result<(), BankError> {
-        self.update_account(name, |a| a.refuse = refuse)
+        self.update_account(name, |a| {
+            a.refuse = refuse;
+            Ok(())
+        })
     }
 
     /// Money arriving at the account from outside the system.
     pub fn deposit(&self, name: &str, amount: Amount) -> Result<(), BankError> {
         self.update_account(name, |a| {
-            a.balance = a.balance.checked_add(amount).unwrap_or(a.balance)
+            a.balance = a
+                .balance
+                .checked_add(amount)
+                .map_err(|_| BankError::Overflow(name.into()))?;
+            Ok(())
         })
     }
 
-    fn update_account(&self, name: &str, f: impl FnOnce(&mut SimAccount)) -> Result<(), BankError> {
+    fn update_account(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut SimAccount) -> Result<(), BankError>,
+    ) -> Result<(), BankError> {
         let mut st = self.state.lock();
         let a = st
             .accounts
             .get_mut(name)
             .ok_or_else(|| BankError::UnknownAccount(name.into()))?;
         let mut updated = a.clone();
-        f(&mut updated);
+        f(&mut updated)?;
         let mut b = sled::Batch::default();
         self.put_account(&mut b, name, &updated);
         self.apply(b)?;

@@ -28,12 +28,19 @@ pub enum AmountError {
 ///
 /// Balances of clearing accounts are negative, so the type is signed; inputs from outside go
 /// through [`Amount::parse_positive`] or [`Amount::parse_non_negative`].
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(Decimal);
 
-/// The largest amount accepted from outside: 10^15 - 0.01. Keeps sums of many amounts far from
-/// `Decimal`'s 96-bit limit, so a ledger total can never overflow in practice.
-const MAX_INPUT_UNITS: i64 = 100_000_000_000_000_000 - 1;
+impl Default for Amount {
+    /// Zero, at scale 2 like every amount (`Decimal::default()` has scale 0).
+    fn default() -> Amount {
+        Amount::ZERO
+    }
+}
+
+/// The most integer digits an amount may have: 26, so that its cents (28 digits) fit
+/// `Decimal`'s 96-bit mantissa (about 7.9 × 10^28). Anything longer is an overflow error.
+const MAX_INTEGER_DIGITS: usize = 26;
 
 impl Amount {
     pub const ZERO: Amount = Amount(Decimal::from_parts(0, 0, 0, false, 2));
@@ -43,8 +50,16 @@ impl Amount {
         Amount(Decimal::new(cents, 2))
     }
 
-    /// Minor units (cents), if they fit in an i128 (always, for amounts made by this type).
+    /// An amount from minor units, if it fits `Decimal`.
+    pub fn from_cents_i128(cents: i128) -> Result<Amount, AmountError> {
+        Decimal::try_from_i128_with_scale(cents, 2)
+            .map(Amount)
+            .map_err(|_| AmountError::Overflow)
+    }
+
+    /// Minor units (cents). Every `Amount` is kept at scale 2, so this is the mantissa.
     pub fn cents(self) -> i128 {
+        debug_assert_eq!(self.0.scale(), 2);
         self.0.mantissa()
     }
 
@@ -67,23 +82,18 @@ impl Amount {
             Some(_) => return Err(malformed()),
         };
         let int_trimmed = int_part.trim_start_matches('0');
-        // 15 integer digits at most: see MAX_INPUT_UNITS.
-        if int_trimmed.len() > 15 {
-            return Err(malformed());
+        if int_trimmed.len() > MAX_INTEGER_DIGITS {
+            return Err(AmountError::Overflow);
         }
-        let units: i64 = format!(
-            "{}{}",
-            if int_trimmed.is_empty() {
-                "0"
-            } else {
-                int_trimmed
-            },
-            frac
-        )
-        .parse()
-        .map_err(|_| malformed())?;
-        debug_assert!(units <= MAX_INPUT_UNITS);
-        Ok(Amount::from_cents(units))
+        let int_digits = if int_trimmed.is_empty() {
+            "0"
+        } else {
+            int_trimmed
+        };
+        let cents: i128 = format!("{int_digits}{frac}")
+            .parse()
+            .map_err(|_| malformed())?;
+        Amount::from_cents_i128(cents)
     }
 
     /// Parses and requires a value greater than zero.
@@ -110,20 +120,24 @@ impl Amount {
         !self.is_negative() && !self.is_zero()
     }
 
+    /// Exact addition in cents; an error rather than a rounded result when the sum does not
+    /// fit (rust_decimal alone would drop decimals to make it fit).
     pub fn checked_add(self, other: Amount) -> Result<Amount, AmountError> {
-        self.0
-            .checked_add(other.0)
-            .map(Amount::normalized)
-            .ok_or(AmountError::Overflow)
+        let cents = self
+            .cents()
+            .checked_add(other.cents())
+            .ok_or(AmountError::Overflow)?;
+        Amount::from_cents_i128(cents)
     }
     pub fn checked_sub(self, other: Amount) -> Result<Amount, AmountError> {
-        self.0
-            .checked_sub(other.0)
-            .map(Amount::normalized)
-            .ok_or(AmountError::Overflow)
+        let cents = self
+            .cents()
+            .checked_sub(other.cents())
+            .ok_or(AmountError::Overflow)?;
+        Amount::from_cents_i128(cents)
     }
     pub fn checked_neg(self) -> Amount {
-        Amount::normalized(-self.0)
+        Amount(-self.0)
     }
     pub fn min(self, other: Amount) -> Amount {
         if self <= other {
@@ -131,12 +145,6 @@ impl Amount {
         } else {
             other
         }
-    }
-
-    fn normalized(mut d: Decimal) -> Amount {
-        // Sums of scale-2 values stay at scale 2; rescale keeps the invariant explicit.
-        d.rescale(2);
-        Amount(d)
     }
 
     pub fn as_decimal(self) -> Decimal {
@@ -187,9 +195,7 @@ impl<'de> Deserialize<'de> for Amount {
             Ok(if neg { a.checked_neg() } else { a })
         } else {
             let cents = i128::deserialize(d)?;
-            let cents = i64::try_from(cents)
-                .map_err(|_| serde::de::Error::custom("amount out of range"))?;
-            Ok(Amount::from_cents(cents))
+            Amount::from_cents_i128(cents).map_err(serde::de::Error::custom)
         }
     }
 }
@@ -224,9 +230,33 @@ mod tests {
     }
 
     #[test]
-    fn refuses_amounts_too_large_to_add_safely() {
-        assert!(Amount::parse("999999999999999.99").is_ok());
-        assert!(Amount::parse("1000000000000000").is_err());
+    fn accepts_every_amount_decimal_holds_and_refuses_longer_ones_as_overflow() {
+        let biggest = "99999999999999999999999999.99";
+        assert_eq!(Amount::parse(biggest).unwrap().to_string(), biggest);
+        assert_eq!(
+            Amount::parse("1000000000000000").unwrap().to_string(),
+            "1000000000000000.00"
+        );
+        assert_eq!(
+            Amount::parse("000000000000000000000000000001.5")
+                .unwrap()
+                .to_string(),
+            "1.50"
+        );
+        assert_eq!(
+            Amount::parse("100000000000000000000000000"),
+            Err(AmountError::Overflow)
+        );
+        let big = Amount::parse(biggest).unwrap();
+        // Decimal's mantissa holds about 7.9 × 10^28 cents: the eighth addition cannot fit.
+        let seven = (0..6).try_fold(big, |s, _| s.checked_add(big)).unwrap();
+        assert_eq!(seven.checked_add(big), Err(AmountError::Overflow));
+        assert_eq!(
+            seven.checked_neg().checked_sub(big),
+            Err(AmountError::Overflow)
+        );
+        let bin = bincode::serialize(&big).unwrap();
+        assert_eq!(bincode::deserialize::<Amount>(&bin).unwrap(), big);
     }
 
     #[test]
@@ -245,9 +275,16 @@ mod tests {
         let b = Amount::parse("0.20").unwrap();
         assert_eq!(a.checked_add(b).unwrap(), Amount::parse("0.30").unwrap());
         assert_eq!(a.checked_sub(b).unwrap().to_string(), "-0.10");
-        let huge = Amount(Decimal::MAX);
+        let huge = Amount::parse("99999999999999999999999999.99").unwrap();
         assert_eq!(
-            huge.checked_add(Amount::from_cents(1e17 as i64)),
+            huge.checked_add(huge)
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge))
+                .and_then(|h| h.checked_add(huge)),
             Err(AmountError::Overflow)
         );
     }
