@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::journal::{self, decode_snapshot, hash_record, JournalError};
-use crate::ledger::{AccountRef, LedgerState};
+use crate::ledger::{AccountRef, EventKind, LedgerState};
 use crate::model::{OrderState, RulesConfig};
 use crate::money::Amount;
 
@@ -40,6 +40,9 @@ pub struct VerifyReport {
     pub merchants_total: Amount,
     pub clearing_total: Amount,
     pub orders_by_state: BTreeMap<&'static str, usize>,
+    /// Top-ups the bank paid, and top-ups it refused (the wallet stayed as it was).
+    pub topups_done: u64,
+    pub topups_refused: u64,
     pub snapshot_checked: Option<u64>,
     pub state: LedgerState,
 }
@@ -80,6 +83,11 @@ impl fmt::Display for VerifyReport {
             } else {
                 orders.join(", ")
             }
+        )?;
+        writeln!(
+            f,
+            "top-ups: {} paid by the bank, {} refused by the bank",
+            self.topups_done, self.topups_refused
         )?;
         match self.snapshot_checked {
             Some(s) => writeln!(f, "snapshot at record {s} matches the replay")?,
@@ -170,6 +178,11 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
             })?;
             for ev in &entry.events {
                 report.events += 1;
+                match ev.kind {
+                    EventKind::WalletToppedUp { .. } => report.topups_done += 1,
+                    EventKind::TopUpRefused { .. } => report.topups_refused += 1,
+                    _ => {}
+                }
                 for p in &ev.postings {
                     let b = balances.entry(p.account.clone()).or_insert(Amount::ZERO);
                     *b = b.checked_add(p.amount).map_err(|e| VerifyError::Record {
