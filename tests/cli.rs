@@ -87,7 +87,10 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
         "{report}"
     );
     assert!(report.contains("sum of all balances: 0.00"), "{report}");
-    assert!(report.contains("top-ups: 5 paid by the bank, 0 refused"), "{report}");
+    assert!(
+        report.contains("top-ups: 5 paid by the bank, 0 refused"),
+        "{report}"
+    );
 }
 
 #[test]
