@@ -30,7 +30,16 @@ struct Node {
 async fn node() -> Node {
     let dir = tempfile::tempdir().expect("temp dir");
     let bank = SimBank::open(dir.path()).expect("bank");
-    let cfg = EngineConfig::default();
+    let mut cfg = EngineConfig::default();
+    if let Ok(n) = std::env::var("BENCH_ARBITERS") {
+        cfg.arbiters = n.parse().expect("BENCH_ARBITERS is a number");
+    }
+    if std::env::var("BENCH_NO_SNAPSHOTS").is_ok() {
+        cfg.journal.snapshot_every_entries = u64::MAX;
+    }
+    if std::env::var("BENCH_NO_TOPUP").is_ok() {
+        cfg.rules.topup_threshold = Amount::ZERO;
+    }
     let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
         .await
         .expect("engine");
@@ -114,6 +123,16 @@ fn engine_benches(c: &mut Criterion) {
         })
     });
     group.finish();
+    let stats = node.engine.journal_stats();
+    let (records, entries) = (
+        stats.records.load(Ordering::Relaxed),
+        stats.entries.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "journal: {records} records (= flushes), {entries} entries, {:.1} entries per flush, {:.0} µs per write+flush",
+        entries as f64 / records.max(1) as f64,
+        stats.write_micros.load(Ordering::Relaxed) as f64 / records.max(1) as f64
+    );
     system.block_on(async move { node.engine.close().await.unwrap() });
 }
 

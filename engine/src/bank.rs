@@ -9,12 +9,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -103,19 +103,33 @@ struct SimState {
     ops: HashMap<String, OpRecord>,
 }
 
+/// Someone waiting for a write of the simulated bank to be on disk.
+enum Ack {
+    Async(oneshot::Sender<Result<(), String>>),
+    Blocking(std::sync::mpsc::Sender<Result<(), String>>),
+    None,
+}
+
+/// Changes to the bank's store, in the order they were decided, and who waits for them.
+struct Write {
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ack: Ack,
+}
+
 /// An in-process bank whose balances, refuse flags and operations live in the data directory
 /// (its own sled store, `DIR/simbank`), so restarts and crashes see the bank the node saw.
-/// Every change is flushed before it is answered, through a small group-commit flusher.
+///
+/// Every change is decided in memory under one lock and queued, in that order, to a writer
+/// thread that applies everything queued as one sled batch, flushes once and then answers
+/// (group commit): nothing is answered before it is on disk, and sled writes stay off the
+/// callers' threads.
 pub struct SimBank {
     tree: sled::Tree,
     db: sled::Db,
     state: Mutex<SimState>,
-    flush_tx: Mutex<Option<Sender<FlushWaiter>>>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    writes: Mutex<Option<Sender<Write>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
-
-/// Someone waiting for the next flush of the simulated bank's store.
-type FlushWaiter = oneshot::Sender<Result<(), String>>;
 
 const ACCT: u8 = b'a';
 const OP: u8 = b'p';
@@ -128,90 +142,80 @@ fn key(prefix: u8, id: &str) -> Vec<u8> {
     k
 }
 
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("plain struct")
+}
+
+fn storage(e: impl ToString) -> BankError {
+    BankError::Storage(e.to_string())
+}
+
 impl SimBank {
     /// Opens (or creates) the simulated bank in `DIR/simbank`.
     pub fn open(data_dir: &Path) -> Result<Arc<SimBank>, BankError> {
-        let db = crate::journal::open_sled(&data_dir.join("simbank"))
-            .map_err(|e| BankError::Storage(e.to_string()))?;
-        let tree = db
-            .open_tree("bank")
-            .map_err(|e| BankError::Storage(e.to_string()))?;
+        let db = crate::journal::open_sled(&data_dir.join("simbank")).map_err(storage)?;
+        let tree = db.open_tree("bank").map_err(storage)?;
         let mut accounts = HashMap::new();
         let mut ops = HashMap::new();
         for kv in tree.iter() {
-            let (k, v) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
+            let (k, v) = kv.map_err(storage)?;
             let id = String::from_utf8_lossy(&k[1..]).to_string();
             match k.first() {
                 Some(&ACCT) => {
-                    let a: SimAccount =
-                        bincode::deserialize(&v).map_err(|e| BankError::Storage(e.to_string()))?;
-                    accounts.insert(id, a);
+                    accounts.insert(id, bincode::deserialize(&v).map_err(storage)?);
                 }
                 Some(&OP) => {
-                    let o: OpRecord =
-                        bincode::deserialize(&v).map_err(|e| BankError::Storage(e.to_string()))?;
-                    ops.insert(id, o);
+                    ops.insert(id, bincode::deserialize(&v).map_err(storage)?);
                 }
                 _ => {}
             }
         }
         let (tx, rx) = unbounded();
-        let flusher = {
-            let db = db.clone();
+        let writer = {
+            let (db, tree) = (db.clone(), tree.clone());
             std::thread::Builder::new()
-                .name("simbank-flush".into())
-                .spawn(move || flush_loop(db, rx))
-                .map_err(|e| BankError::Storage(e.to_string()))?
+                .name("simbank-writer".into())
+                .spawn(move || write_loop(db, tree, rx))
+                .map_err(storage)?
         };
         Ok(Arc::new(SimBank {
             tree,
             db,
             state: Mutex::new(SimState { accounts, ops }),
-            flush_tx: Mutex::new(Some(tx)),
-            flusher: Mutex::new(Some(flusher)),
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
         }))
     }
 
-    fn durable(&self) -> Pin<Box<dyn std::future::Future<Output = Result<(), BankError>> + Send>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self
-            .flush_tx
-            .lock()
+    /// Queues changes. Must be called while holding the state lock, so that the writer sees
+    /// changes in the order they were decided.
+    fn queue(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>, ack: Ack) -> Result<(), BankError> {
+        let writes = self.writes.lock();
+        let tx = writes
             .as_ref()
-            .map(|s| s.send(tx).is_ok())
-            .unwrap_or(false);
-        Box::pin(async move {
-            if !sent {
-                return Err(BankError::Unavailable(
-                    "the simulated bank is closed".into(),
-                ));
-            }
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(BankError::Storage(e)),
-                Err(_) => Err(BankError::Unavailable("the simulated bank stopped".into())),
-            }
-        })
+            .ok_or_else(|| BankError::Unavailable("the simulated bank is closed".into()))?;
+        tx.send(Write { changes, ack })
+            .map_err(|_| BankError::Unavailable("the simulated bank stopped".into()))
     }
 
-    fn durable_blocking(&self) -> Result<(), BankError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| BankError::Storage(e.to_string()))
+    /// Queues changes (under the state lock) and waits, on this thread, until they are durable.
+    fn write_blocking(
+        &self,
+        st: parking_lot::MutexGuard<'_, SimState>,
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), BankError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.queue(changes, Ack::Blocking(tx))?;
+        drop(st);
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BankError::Storage(e)),
+            Err(_) => Err(BankError::Unavailable("the simulated bank stopped".into())),
+        }
     }
 
-    fn put_account(&self, batch: &mut sled::Batch, name: &str, a: &SimAccount) {
-        batch.insert(
-            key(ACCT, name),
-            bincode::serialize(a).expect("plain struct"),
-        );
-    }
-
-    fn apply(&self, batch: sled::Batch) -> Result<(), BankError> {
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| BankError::Storage(e.to_string()))
+    fn account_change(name: &str, a: &SimAccount) -> (Vec<u8>, Option<Vec<u8>>) {
+        (key(ACCT, name), Some(encode(a)))
     }
 
     /// Opens an account with an opening balance (money arriving from outside the system).
@@ -224,12 +228,9 @@ impl SimBank {
             balance,
             refuse: false,
         };
-        let mut b = sled::Batch::default();
-        self.put_account(&mut b, name, &a);
-        self.apply(b)?;
+        let change = Self::account_change(name, &a);
         st.accounts.insert(name.into(), a);
-        drop(st);
-        self.durable_blocking()
+        self.write_blocking(st, vec![change])
     }
 
     /// While `refuse` is set, every debit of the account is refused.
@@ -263,12 +264,9 @@ impl SimBank {
             .ok_or_else(|| BankError::UnknownAccount(name.into()))?;
         let mut updated = a.clone();
         f(&mut updated)?;
-        let mut b = sled::Batch::default();
-        self.put_account(&mut b, name, &updated);
-        self.apply(b)?;
+        let change = Self::account_change(name, &updated);
         *a = updated;
-        drop(st);
-        self.durable_blocking()
+        self.write_blocking(st, vec![change])
     }
 
     pub fn balance(&self, name: &str) -> Option<Amount> {
@@ -300,81 +298,79 @@ impl SimBank {
             .fold(Amount::ZERO, |s, a| s.checked_add(a.balance).unwrap_or(s))
     }
 
-    fn perform(&self, op: BankOp, kind: BankOpKind) -> Result<BankAnswer, BankError> {
-        let mut st = self.state.lock();
-        if let Some(prev) = st.ops.get(&op.id) {
-            return Ok(prev.answer.clone());
-        }
-        let acct = st
-            .accounts
-            .get(&op.account)
-            .ok_or_else(|| BankError::UnknownAccount(op.account.clone()))?;
-        let mut updated = acct.clone();
-        let answer = match kind {
-            BankOpKind::Debit if acct.refuse => {
-                BankAnswer::Refused("the bank refused the debit".into())
-            }
-            BankOpKind::Debit if acct.balance < op.amount => BankAnswer::Refused(format!(
-                "insufficient funds: {} requested, {} available",
-                op.amount, acct.balance
-            )),
-            BankOpKind::Debit => {
-                updated.balance = acct
-                    .balance
-                    .checked_sub(op.amount)
-                    .map_err(|e| BankError::Storage(e.to_string()))?;
-                BankAnswer::Done
-            }
-            BankOpKind::Credit => {
-                updated.balance = acct
-                    .balance
-                    .checked_add(op.amount)
-                    .map_err(|e| BankError::Storage(e.to_string()))?;
-                BankAnswer::Done
-            }
-        };
-        let record = OpRecord {
-            kind: kind.clone(),
-            account: op.account.clone(),
-            amount: op.amount,
-            answer: answer.clone(),
-            reversed: false,
-        };
-        let mut b = sled::Batch::default();
-        b.insert(
-            key(OP, &op.id),
-            bincode::serialize(&record).expect("plain struct"),
-        );
-        if answer == BankAnswer::Done {
-            self.put_account(&mut b, &op.account, &updated);
-            b.insert(key(UNCONFIRMED, &op.id), &[]);
-        }
-        self.apply(b)?;
-        if answer == BankAnswer::Done {
-            st.accounts.insert(op.account.clone(), updated);
-        }
-        st.ops.insert(op.id, record);
-        Ok(answer)
-    }
-
-    fn perform_durably(
-        self: &Arc<Self>,
+    /// Decides an operation in memory and queues its changes; the future resolves once they
+    /// are on disk. A repeated id gets the first answer and changes nothing.
+    fn perform(
+        &self,
         op: BankOp,
         kind: BankOpKind,
     ) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        let result = self.perform(op, kind);
-        let durable = self.durable();
-        Box::pin(async move {
-            let answer = result?;
-            durable.await?;
-            Ok(answer)
-        })
+        let decided = (|| {
+            let mut st = self.state.lock();
+            if let Some(prev) = st.ops.get(&op.id) {
+                // Answered only once durable: the first answer's write may still be queued.
+                let (tx, rx) = oneshot::channel();
+                self.queue(vec![], Ack::Async(tx))?;
+                return Ok((prev.answer.clone(), rx));
+            }
+            let acct = st
+                .accounts
+                .get(&op.account)
+                .ok_or_else(|| BankError::UnknownAccount(op.account.clone()))?;
+            let mut updated = acct.clone();
+            let answer = match kind {
+                BankOpKind::Debit if acct.refuse => {
+                    BankAnswer::Refused("the bank refused the debit".into())
+                }
+                BankOpKind::Debit if acct.balance < op.amount => BankAnswer::Refused(format!(
+                    "insufficient funds: {} requested, {} available",
+                    op.amount, acct.balance
+                )),
+                BankOpKind::Debit => {
+                    updated.balance = acct.balance.checked_sub(op.amount).map_err(storage)?;
+                    BankAnswer::Done
+                }
+                BankOpKind::Credit => {
+                    updated.balance = acct
+                        .balance
+                        .checked_add(op.amount)
+                        .map_err(|_| BankError::Overflow(op.account.clone()))?;
+                    BankAnswer::Done
+                }
+            };
+            let record = OpRecord {
+                kind,
+                account: op.account.clone(),
+                amount: op.amount,
+                answer: answer.clone(),
+                reversed: false,
+            };
+            let mut changes = vec![(key(OP, &op.id), Some(encode(&record)))];
+            if answer == BankAnswer::Done {
+                changes.push(Self::account_change(&op.account, &updated));
+                changes.push((key(UNCONFIRMED, &op.id), Some(vec![])));
+                st.accounts.insert(op.account.clone(), updated);
+            }
+            st.ops.insert(op.id, record);
+            let (tx, rx) = oneshot::channel();
+            self.queue(changes, Ack::Async(tx))?;
+            Ok((answer, rx))
+        })();
+        async move {
+            let (answer, durable) = decided?;
+            match durable.await {
+                Ok(Ok(())) => Ok(answer),
+                Ok(Err(e)) => Err(BankError::Storage(e)),
+                Err(_) => Err(BankError::Unavailable("the simulated bank stopped".into())),
+            }
+        }
+        .boxed()
     }
 
-    /// Stops the flusher after a last flush. Further operations fail as unavailable.
+    /// Stops the writer after everything queued is written and flushed.
     pub fn close(&self) {
-        self.flush_tx.lock().take();
-        if let Some(h) = self.flusher.lock().take() {
+        self.writes.lock().take();
+        if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
         let _ = self.db.flush();
@@ -387,13 +383,33 @@ impl Drop for SimBank {
     }
 }
 
-fn flush_loop(db: sled::Db, rx: Receiver<FlushWaiter>) {
+fn write_loop(db: sled::Db, tree: sled::Tree, rx: Receiver<Write>) {
     while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
-        for w in waiting {
-            let _ = w.send(r.clone());
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        let mut batch = sled::Batch::default();
+        for w in &group {
+            for (k, v) in &w.changes {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+        }
+        let result = tree
+            .apply_batch(batch)
+            .and_then(|_| db.flush().map(|_| ()))
+            .map_err(|e| e.to_string());
+        for w in group {
+            match w.ack {
+                Ack::Async(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+                Ack::Blocking(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+                Ack::None => {}
+            }
         }
     }
 }
@@ -404,18 +420,18 @@ pub struct SimBankPort(pub Arc<SimBank>);
 
 impl BankPort for SimBankPort {
     fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.0.perform_durably(op, BankOpKind::Debit)
+        self.0.perform(op, BankOpKind::Debit)
     }
 
     fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.0.perform_durably(op, BankOpKind::Credit)
+        self.0.perform(op, BankOpKind::Credit)
     }
 
     fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError> {
         let st = self.0.state.lock();
         let mut v = Vec::new();
         for kv in self.0.tree.scan_prefix([UNCONFIRMED]) {
-            let (k, _) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
+            let (k, _) = kv.map_err(storage)?;
             let id = String::from_utf8_lossy(&k[1..]).to_string();
             if let Some(r) = st.ops.get(&id) {
                 v.push(UnconfirmedOp {
@@ -430,12 +446,10 @@ impl BankPort for SimBankPort {
     }
 
     fn confirm(&self, ids: &[String]) {
-        let mut b = sled::Batch::default();
-        for id in ids {
-            b.remove(key(UNCONFIRMED, id));
-        }
-        // Not flushed on purpose: a lost confirmation is re-checked at the next recovery.
-        let _ = self.0.tree.apply_batch(b);
+        // Not waited for: a lost confirmation is checked again at the next recovery.
+        let changes = ids.iter().map(|id| (key(UNCONFIRMED, id), None)).collect();
+        let _st = self.0.state.lock();
+        let _ = self.0.queue(changes, Ack::None);
     }
 
     fn reverse(&self, id: &str) -> Result<(), BankError> {
@@ -444,8 +458,7 @@ impl BankPort for SimBankPort {
         let Some(rec) = st.ops.get(id).cloned() else {
             return Err(BankError::Unavailable(format!("no operation {id}")));
         };
-        let mut b = sled::Batch::default();
-        b.remove(key(UNCONFIRMED, id));
+        let mut changes = vec![(key(UNCONFIRMED, id), None)];
         if rec.answer == BankAnswer::Done && !rec.reversed {
             let acct = st.accounts.get(&rec.account).cloned().unwrap_or_default();
             let mut updated = acct.clone();
@@ -453,21 +466,16 @@ impl BankPort for SimBankPort {
                 BankOpKind::Debit => acct.balance.checked_add(rec.amount),
                 BankOpKind::Credit => acct.balance.checked_sub(rec.amount),
             }
-            .map_err(|e| BankError::Storage(e.to_string()))?;
-            let mut rec2 = rec.clone();
-            rec2.reversed = true;
-            b.insert(
-                key(OP, id),
-                bincode::serialize(&rec2).expect("plain struct"),
-            );
-            bank.put_account(&mut b, &rec.account, &updated);
-            bank.apply(b)?;
+            .map_err(storage)?;
+            let reversed = OpRecord {
+                reversed: true,
+                ..rec.clone()
+            };
+            changes.push((key(OP, id), Some(encode(&reversed))));
+            changes.push(SimBank::account_change(&rec.account, &updated));
             st.accounts.insert(rec.account.clone(), updated);
-            st.ops.insert(id.to_string(), rec2);
-        } else {
-            bank.apply(b)?;
+            st.ops.insert(id.to_string(), reversed);
         }
-        drop(st);
-        bank.durable_blocking()
+        bank.write_blocking(st, changes)
     }
 }

@@ -327,6 +327,11 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The journal's counters: records written, entries in them, flushes.
+    pub fn journal_stats(&self) -> &crate::journal::JournalStats {
+        self.shared.journal.stats()
+    }
+
     pub fn recovery(&self) -> &RecoveryInfo {
         &self.recovery
     }

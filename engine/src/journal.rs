@@ -110,6 +110,8 @@ pub struct JournalStats {
     pub records: AtomicU64,
     pub entries: AtomicU64,
     pub flushes: AtomicU64,
+    /// Time spent writing and flushing, in microseconds.
+    pub write_micros: AtomicU64,
 }
 
 impl JournalHandle {
@@ -486,6 +488,7 @@ fn writer_loop(
                 sled_batch.insert(bank_op_key(op), &next_seq.to_be_bytes());
             }
         }
+        let write_started = std::time::Instant::now();
         let written = tree
             .apply_batch(sled_batch)
             .and_then(|_| db.flush().map(|_| ()));
@@ -496,6 +499,10 @@ fn writer_loop(
                 entries_total += batch.len() as u64;
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats.write_micros.fetch_add(
+                    write_started.elapsed().as_micros() as u64,
+                    Ordering::Relaxed,
+                );
                 stats
                     .entries
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
