@@ -50,6 +50,7 @@ struct RawRules {
 struct RawJournal {
     queue_capacity: Option<usize>,
     max_batch: Option<usize>,
+    batch_window_micros: Option<u64>,
     snapshot_every_entries: Option<u64>,
 }
 
@@ -118,6 +119,10 @@ impl NodeConfig {
         cfg.engine.journal = JournalConfig {
             queue_capacity: raw.journal.queue_capacity.unwrap_or(dj.queue_capacity),
             max_batch: raw.journal.max_batch.unwrap_or(dj.max_batch),
+            batch_window_micros: raw
+                .journal
+                .batch_window_micros
+                .unwrap_or(dj.batch_window_micros),
             snapshot_every_entries: raw
                 .journal
                 .snapshot_every_entries
