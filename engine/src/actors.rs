@@ -152,6 +152,12 @@ impl Run {
                 return Ok(ConsumerReply::State(Box::new(self.st.borrow().clone())))
             }
         };
+        let (id, reserved) = {
+            let st = self.st.borrow();
+            (st.id.clone(), st.reserved)
+        };
+        // Reserved credit means pending, disputed or awaiting orders: work a tick may do.
+        self.shared.note_time_work(&id, reserved.is_positive());
         Ok(ConsumerReply::Done(result))
     }
 

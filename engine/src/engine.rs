@@ -103,6 +103,9 @@ pub struct Shared {
     banks: DashMap<String, String>,
     orders: DashMap<String, OrderKey>,
     refunds: DashMap<String, RefundKey>,
+    /// Consumers that may have time-driven work: those with reserved credit (pending,
+    /// disputed or awaiting orders). A tick visits only these.
+    timed: DashMap<String, ()>,
     bank_op_prefix: String,
     bank_op_counter: AtomicU64,
 }
@@ -112,6 +115,17 @@ impl Shared {
     pub fn new_bank_op_id(&self) -> String {
         let n = self.bank_op_counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.bank_op_prefix)
+    }
+
+    /// Keeps the set of consumers a tick must visit up to date.
+    pub fn note_time_work(&self, consumer: &str, may_have_work: bool) {
+        if may_have_work {
+            if !self.timed.contains_key(consumer) {
+                self.timed.insert(consumer.to_string(), ());
+            }
+        } else if self.timed.contains_key(consumer) {
+            self.timed.remove(consumer);
+        }
     }
 
     pub fn credit_merchant(&self, merchant: &str, postings: Vec<Posting>) {
@@ -217,14 +231,29 @@ fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Names claimed by an open in progress; released on drop.
+struct Claim<'a> {
+    opening: &'a DashMap<String, ()>,
+    keys: Vec<String>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        for k in &self.keys {
+            self.opening.remove(k);
+        }
+    }
+}
+
 /// The running engine.
 pub struct Engine {
     shared: Arc<Shared>,
     arbiters: Vec<Arbiter>,
     journal: Option<Journal>,
     clock: AtomicU64,
-    /// Opening accounts is rare; one at a time keeps name checks simple.
-    open_lock: tokio::sync::Mutex<()>,
+    /// Names being opened right now (`acct:NAME`, `bank:NAME`), so that two concurrent opens
+    /// of one name cannot both succeed while opens of different names run in parallel.
+    opening: DashMap<String, ()>,
     data_dir: PathBuf,
     recovery: RecoveryInfo,
 }
@@ -297,6 +326,7 @@ impl Engine {
             banks: DashMap::new(),
             orders: DashMap::new(),
             refunds: DashMap::new(),
+            timed: DashMap::new(),
             bank_op_prefix: format!("{:016x}", rand::random::<u64>()),
             bank_op_counter: AtomicU64::new(0),
         });
@@ -306,7 +336,7 @@ impl Engine {
             arbiters,
             journal: Some(journal),
             clock: AtomicU64::new(state.clock),
-            open_lock: tokio::sync::Mutex::new(()),
+            opening: DashMap::new(),
             data_dir: dir.to_path_buf(),
             recovery: info,
         };
@@ -360,6 +390,7 @@ impl Engine {
     }
 
     fn index_consumer(&self, c: &ConsumerState) {
+        self.shared.note_time_work(&c.id, c.reserved.is_positive());
         self.shared.banks.insert(c.bank.clone(), c.id.clone());
         for o in c.orders.values() {
             self.shared.orders.insert(
@@ -401,6 +432,25 @@ impl Engine {
         self.shared.merchants.insert(id, addr);
     }
 
+    /// Claims names for an account being opened; `None` if another open holds one of them.
+    /// The claim is released when the returned guard is dropped, after the account exists.
+    fn claim(&self, keys: &[String]) -> Option<Claim<'_>> {
+        let mut claim = Claim {
+            opening: &self.opening,
+            keys: Vec::new(),
+        };
+        for k in keys {
+            match self.opening.entry(k.clone()) {
+                MapEntry::Occupied(_) => return None,
+                MapEntry::Vacant(v) => {
+                    v.insert(());
+                    claim.keys.push(k.clone());
+                }
+            }
+        }
+        Some(claim)
+    }
+
     pub fn has_consumer(&self, id: &str) -> bool {
         self.shared.consumers.contains_key(id)
     }
@@ -420,8 +470,12 @@ impl Engine {
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
-        let _guard = self.open_lock.lock().await;
-        if self.has_consumer(&req.consumer) || self.has_merchant(&req.consumer) {
+        let keys = [
+            format!("acct:{}", req.consumer),
+            format!("bank:{}", req.bank),
+        ];
+        let claim = self.claim(&keys);
+        if claim.is_none() || self.has_consumer(&req.consumer) || self.has_merchant(&req.consumer) {
             return Ok(Err(Refusal::conflict(format!(
                 "account {:?} already exists",
                 req.consumer
@@ -495,8 +549,8 @@ impl Engine {
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
-        let _guard = self.open_lock.lock().await;
-        if self.has_merchant(merchant) || self.has_consumer(merchant) {
+        let claim = self.claim(&[format!("acct:{merchant}")]);
+        if claim.is_none() || self.has_merchant(merchant) || self.has_consumer(merchant) {
             return Ok(Err(Refusal::conflict(format!(
                 "account {merchant:?} already exists"
             ))));
@@ -749,9 +803,9 @@ impl Engine {
         let now = self.advance_clock(now);
         let addrs: Vec<_> = self
             .shared
-            .consumers
+            .timed
             .iter()
-            .map(|e| e.value().clone())
+            .filter_map(|e| self.shared.consumers.get(e.key()).map(|a| a.clone()))
             .collect();
         let replies = futures::future::join_all(addrs.iter().map(|a| {
             a.send(ConsumerMsg {

@@ -412,3 +412,37 @@ fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
         engine.close().await.unwrap();
     });
 }
+
+#[test]
+fn concurrent_opens_of_one_name_let_exactly_one_through() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        for i in 0..8 {
+            sim.open_account(&format!("b{i}"), amount("100")).unwrap();
+        }
+        // Eight opens of "alice" with eight different bank accounts, all at once.
+        let opens = (0..8).map(|i| {
+            let req = OpenConsumer {
+                consumer: "alice".into(),
+                credit_limit: "10".into(),
+                bank: format!("b{i}"),
+                wallet: "1".into(),
+            };
+            engine.open_consumer(req, 0)
+        });
+        let results = futures::future::join_all(opens).await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(e)) if e.kind == RefusalKind::Conflict))
+            .count();
+        assert_eq!((ok, conflicts), (1, 7));
+        // Only the winner's wallet was filled: 1.00 left exactly one bank account.
+        assert_eq!(sim.total(), amount("799"));
+        engine.close().await.unwrap();
+    });
+}
