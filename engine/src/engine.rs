@@ -807,13 +807,16 @@ impl Engine {
             .iter()
             .filter_map(|e| self.shared.consumers.get(e.key()).map(|a| a.clone()))
             .collect();
-        let replies = futures::future::join_all(addrs.iter().map(|a| {
-            a.send(ConsumerMsg {
-                cmd: ConsumerCmd::Tick,
-                now,
-            })
-        }))
-        .await;
+        // `unconstrained`: with thousands of replies, tokio's cooperative budget would make
+        // join_all re-poll every pending send on each wake-up (quadratic in the consumers).
+        let replies =
+            tokio::task::unconstrained(futures::future::join_all(addrs.iter().map(|a| {
+                a.send(ConsumerMsg {
+                    cmd: ConsumerCmd::Tick,
+                    now,
+                })
+            })))
+            .await;
         for r in replies {
             r??;
         }

@@ -1,7 +1,47 @@
-//! `onecard-sim`: the load simulator (issue "Scale"). Not built yet: this binary says so
-//! instead of pretending.
+//! `onecard-sim`: the load simulator (issue "Scale").
+//!
+//! `onecard-sim load` opens a seeded population — consumers with credit limits, wallets and
+//! accounts at the simulated bank; merchants with a Zipf popularity — on the real engine in
+//! process (actors, durable journal, simulated bank, all on sled in one data directory), runs
+//! a deterministic stream of order lifecycles, recharges, bank refusals and ticks with many
+//! lifecycles in flight, checks every answer against the rules, then verifies the journal and
+//! the conservation of money and reports throughput, latency and memory.
 
-fn main() {
-    eprintln!("onecard-sim: the load simulator is not implemented yet (see the Scale issue)");
-    std::process::exit(2);
+mod checks;
+mod load;
+mod options;
+mod population;
+mod report;
+mod runner;
+mod stats;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "onecard-sim",
+    version,
+    about = "OneCard load simulator: a seeded population and workload over the real engine",
+    long_about = "OneCard load simulator. `onecard-sim load` runs a seeded population and workload \
+over the real engine in process (actors, durable journal, simulated bank), checks every outcome \
+against the rules and every invariant at the end, and reports throughput, latency percentiles, \
+peak memory and a digest of the final state. See `onecard-sim load --help` for every option."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Load(options::LoadArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Load(args) => load::main(args),
+    }
 }

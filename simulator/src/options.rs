@@ -1,0 +1,223 @@
+//! The options of `onecard-sim load`, and their checks.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Every option of `onecard-sim load`. The doc comments are the `--help` text.
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Runs a seeded population and workload over the real engine and checks every invariant",
+    long_about = "Runs a seeded population and workload over the real engine, in process: per-account \
+actors, the durable journal on sled and the simulated bank on sled, all in the data directory. \
+Opens the population (timed apart), runs the order lifecycles with CONCURRENCY of them in flight, \
+drains (bank refusals lifted, a final tick that settles what is due and expires abandoned \
+orders), closes the engine, runs `verify` on the data directory and checks conservation of \
+money, the bank against the ledger, the live state against the journal's replay and the end \
+state of every order. Prints throughput per kind of operation, latency percentiles, peak RSS \
+and a digest of the final state. Exits 1 if any check fails or any command had an outcome the \
+rules do not allow.\n\n\
+The same seed gives the same population and the same stream of commands; with --concurrency 1 \
+it also gives the same final state, hence the same digest.\n\n\
+Mix percentages are per order lifecycle. --code-pct, --time-pct, --cancel-pct, --dispute-pct \
+and --abandon-pct choose the lifecycle's path and may add up to at most 100; the rest are \
+released on receipt. --refund-pct, --repeat-pct, --deposit-pct and --refuse-pct are drawn independently."
+)]
+pub struct LoadArgs {
+    /// Consumers to open, each with a credit limit, a designated account at the simulated bank
+    /// with a balance, and a starting wallet (all drawn from the seed).
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub consumers: u64,
+
+    /// Merchants to open; orders pick them with a Zipf popularity (see --zipf-s).
+    #[arg(long, value_name = "M", default_value_t = 100)]
+    pub merchants: u64,
+
+    /// Order lifecycles to run.
+    #[arg(long, value_name = "K", default_value_t = 10_000)]
+    pub orders: u64,
+
+    /// Seed of the population and of the stream of commands.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Lifecycles in flight at once (each lifecycle's commands are awaited in order).
+    #[arg(long, value_name = "C", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Print one JSON object as the last line of standard output (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop starting lifecycles this many seconds after the run began (setup not counted),
+    /// even if fewer than --orders are done; the drain and the checks still run.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Data directory (must be empty or absent). Default: a fresh temporary directory,
+    /// removed at the end unless --keep.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Keep the temporary data directory (its path is printed); e.g. for `onecard verify`.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Close and reopen the engine once, when this percentage of the lifecycles is done
+    /// (in-flight lifecycles finish first). Reports the recovery time.
+    #[arg(long, value_name = "P", value_parser = open_percentage)]
+    pub restart_at_pct: Option<f64>,
+
+    /// Arbiters (threads) running the account actors. Default: the engine's (one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub arbiters: Option<u64>,
+
+    /// A config.toml for the rules, the journal and the actor pool. Default: the built-in
+    /// defaults (the same values as the repository's config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Lifecycles released by a special code: the right code settles; some first enter one or
+    /// more wrong codes (fewer than the attempts that would dispute the order).
+    #[arg(long, value_name = "PCT", default_value_t = 20.0, value_parser = percentage)]
+    pub code_pct: f64,
+
+    /// Lifecycles released by time: placed, then settled by a later periodic tick.
+    #[arg(long, value_name = "PCT", default_value_t = 15.0, value_parser = percentage)]
+    pub time_pct: f64,
+
+    /// Lifecycles cancelled while pending.
+    #[arg(long, value_name = "PCT", default_value_t = 5.0, value_parser = percentage)]
+    pub cancel_pct: f64,
+
+    /// Lifecycles disputed: receipt not satisfied then satisfied (settles), receipt not
+    /// satisfied then cancelled, or every code attempt wrong then cancelled.
+    #[arg(long, value_name = "PCT", default_value_t = 3.0, value_parser = percentage)]
+    pub dispute_pct: f64,
+
+    /// Lifecycles placed and never released: they expire at the final tick.
+    #[arg(long, value_name = "PCT", default_value_t = 1.0, value_parser = percentage)]
+    pub abandon_pct: f64,
+
+    /// Settled lifecycles then refunded: in full, or in one or two partial refunds.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = percentage)]
+    pub refund_pct: f64,
+
+    /// Lifecycles that end by repeating their commands, as a client retrying would: the same
+    /// place_order again (answered with its first outcome, changing nothing), the same id with
+    /// another amount (refused:conflict), and their last refund again (refunded, nothing moves).
+    #[arg(long, value_name = "PCT", default_value_t = 2.0, value_parser = percentage)]
+    pub repeat_pct: f64,
+
+    /// Lifecycles preceded by a recharge: money arriving from outside at the consumer's bank
+    /// account (a bank deposit).
+    #[arg(long, value_name = "PCT", default_value_t = 5.0, value_parser = percentage)]
+    pub deposit_pct: f64,
+
+    /// Lifecycles preceded by the consumer's bank starting to refuse every debit, for the next
+    /// --refuse-window lifecycles: settlements the wallet cannot cover wait for funds (ticks
+    /// retry them) and top-ups are refused.
+    #[arg(long, value_name = "PCT", default_value_t = 2.0, value_parser = percentage)]
+    pub refuse_pct: f64,
+
+    /// How many lifecycles a bank refusal lasts.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub refuse_window: u64,
+
+    /// A tick (time-driven work for every consumer; the clock advances 60 s) every this many
+    /// lifecycles. Default: orders / 25, between 20 and 10000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tick_every: Option<u64>,
+
+    /// Exponent of the merchants' Zipf popularity.
+    #[arg(long, value_name = "S", default_value_t = 1.1)]
+    pub zipf_s: f64,
+
+    /// Consumers being opened at once during setup.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub setup_concurrency: usize,
+}
+
+fn percentage(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 100"))
+    }
+}
+
+fn open_percentage(s: &str) -> Result<f64, String> {
+    let v = percentage(s)?;
+    if v > 0.0 && v < 100.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be strictly between 0 and 100"))
+    }
+}
+
+/// What the options describe, checked together.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    pub code: f64,
+    pub time: f64,
+    pub cancel: f64,
+    pub dispute: f64,
+    pub abandon: f64,
+    pub refund: f64,
+    pub repeat: f64,
+    pub deposit: f64,
+    pub refuse: f64,
+    pub refuse_window: u64,
+}
+
+impl LoadArgs {
+    /// Checks what clap cannot check option by option.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.consumers == 0 || self.merchants == 0 {
+            return Err("--consumers and --merchants must be at least 1".into());
+        }
+        if self.concurrency == 0 || self.setup_concurrency == 0 {
+            return Err("--concurrency and --setup-concurrency must be at least 1".into());
+        }
+        let paths = self.code_pct + self.time_pct + self.cancel_pct + self.dispute_pct;
+        if paths + self.abandon_pct > 100.0 + 1e-9 {
+            return Err(format!(
+                "--code-pct, --time-pct, --cancel-pct, --dispute-pct and --abandon-pct add up to {}, above 100",
+                paths + self.abandon_pct
+            ));
+        }
+        if !(self.zipf_s.is_finite() && self.zipf_s >= 0.0) {
+            return Err("--zipf-s must be a non-negative number".into());
+        }
+        if let Some(d) = self.duration {
+            if !(d.is_finite() && d > 0.0) {
+                return Err("--duration must be a positive number of seconds".into());
+            }
+        }
+        if self.refuse_window == 0 && self.refuse_pct > 0.0 {
+            return Err("--refuse-window must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn mix(&self) -> Mix {
+        Mix {
+            code: self.code_pct,
+            time: self.time_pct,
+            cancel: self.cancel_pct,
+            dispute: self.dispute_pct,
+            abandon: self.abandon_pct,
+            refund: self.refund_pct,
+            repeat: self.repeat_pct,
+            deposit: self.deposit_pct,
+            refuse: self.refuse_pct,
+            refuse_window: self.refuse_window,
+        }
+    }
+
+    pub fn tick_every(&self) -> u64 {
+        self.tick_every
+            .unwrap_or_else(|| (self.orders / 25).clamp(20, 10_000))
+    }
+}

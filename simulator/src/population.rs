@@ -1,0 +1,204 @@
+//! The population: consumers, merchants and their accounts at the simulated bank, drawn from
+//! the seed, and opening them through the engine.
+//!
+//! Every consumer draws from its own random stream (the population key, stream = its index),
+//! so any consumer can be regenerated alone — the final checks recompute opening balances that
+//! way instead of keeping them — and opening them concurrently cannot change what they are.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use futures::{stream, TryStreamExt};
+use indicatif::ProgressBar;
+use onecard_engine::bank::BankError;
+use onecard_engine::engine::OpenConsumer;
+use onecard_engine::{Amount, Engine, EngineError, Outcome, SimBank};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+/// A random generator keyed by the seed and a purpose, so the population and the workload
+/// never share a stream (changing one cannot shift the other).
+pub fn keyed_rng(seed: u64, purpose: &str) -> ChaCha8Rng {
+    let mut h = Sha256::new();
+    h.update(b"onecard-sim/");
+    h.update(purpose.as_bytes());
+    h.update(seed.to_le_bytes());
+    ChaCha8Rng::from_seed(h.finalize().into())
+}
+
+pub fn consumer_id(i: u64) -> String {
+    format!("c{i}")
+}
+pub fn consumer_bank(i: u64) -> String {
+    format!("cb{i}")
+}
+pub fn merchant_id(j: u64) -> String {
+    format!("m{j}")
+}
+pub fn merchant_bank(j: u64) -> String {
+    format!("mb{j}")
+}
+
+/// One consumer as opened. Amounts in cents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub credit_limit: i64,
+    pub bank_balance: i64,
+    pub wallet: i64,
+}
+
+/// Consumer `i` of the population of `seed`, for a wallet cap of `cap` cents.
+///
+/// A few consumers have a small credit limit (so some orders are refused for credit) and a
+/// quarter have little money at the bank (so top-ups get refused and settlements the wallet
+/// cannot cover wait for funds until a recharge arrives).
+pub fn consumer(seed: u64, i: u64, cap: i64) -> ConsumerSpec {
+    let mut rng = keyed_rng(seed, "population");
+    rng.set_stream(i);
+    let credit_limit = if rng.gen_bool(0.05) {
+        rng.gen_range(10_000..=100_000)
+    } else {
+        rng.gen_range(200_000..=2_000_000)
+    };
+    let bank_balance = if rng.gen_bool(0.25) {
+        rng.gen_range(0..=800_000)
+    } else {
+        rng.gen_range(2_000_000..=200_000_000)
+    };
+    let wallet = if rng.gen_bool(0.1) {
+        0
+    } else {
+        rng.gen_range(0..=cap.min(bank_balance))
+    };
+    ConsumerSpec {
+        credit_limit,
+        bank_balance,
+        wallet,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("simulated bank: {0}")]
+    Bank(#[from] BankError),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("opening {what} was answered {outcome}")]
+    Refused { what: String, outcome: String },
+    #[error("a blocking task failed: {0}")]
+    Join(String),
+}
+
+/// What setup opened.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    /// Money put into the simulated bank at opening, in cents (the conservation baseline).
+    pub opening_total: i128,
+}
+
+fn expect_ok(
+    what: impl FnOnce() -> String,
+    r: Result<onecard_engine::CommandResult, EngineError>,
+) -> Result<(), SetupError> {
+    match r? {
+        Ok(Outcome::Ok) => Ok(()),
+        other => Err(SetupError::Refused {
+            what: what(),
+            outcome: match other {
+                Ok(o) => o.as_str().to_string(),
+                Err(r) => format!("{} ({})", r.code_str(), r.message),
+            },
+        }),
+    }
+}
+
+/// Opens a bank account off the runtime's thread: `SimBank::open_account` flushes its store
+/// synchronously, which would stall every other task on this single-threaded runtime.
+async fn open_bank_account(
+    bank: &Arc<SimBank>,
+    name: String,
+    cents: i64,
+) -> Result<(), SetupError> {
+    let bank = bank.clone();
+    actix_rt::task::spawn_blocking(move || bank.open_account(&name, Amount::from_cents(cents)))
+        .await
+        .map_err(|e| SetupError::Join(e.to_string()))??;
+    Ok(())
+}
+
+/// Opens the merchants, then the consumers, `concurrency` at a time. Each consumer: its
+/// account at the simulated bank with its balance, then `open_consumer`, which moves the
+/// starting wallet from that account.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_all(
+    engine: &Engine,
+    bank: &Arc<SimBank>,
+    seed: u64,
+    consumers: u64,
+    merchants: u64,
+    concurrency: usize,
+    progress: &ProgressBar,
+) -> Result<Opened, SetupError> {
+    let cap = i64::try_from(engine.rules().wallet_cap.cents()).unwrap_or(i64::MAX);
+    let opening = Cell::new(0i128);
+    stream::iter((0..merchants).map(Ok::<u64, SetupError>))
+        .try_for_each_concurrent(concurrency, |j| async move {
+            open_bank_account(bank, merchant_bank(j), 0).await?;
+            let r = engine
+                .open_merchant(&merchant_id(j), Some(&merchant_bank(j)), 0)
+                .await;
+            expect_ok(|| format!("merchant {}", merchant_id(j)), r)
+        })
+        .await?;
+    stream::iter((0..consumers).map(Ok::<u64, SetupError>))
+        .try_for_each_concurrent(concurrency, |i| {
+            let opening = &opening;
+            async move {
+                let spec = consumer(seed, i, cap);
+                open_bank_account(bank, consumer_bank(i), spec.bank_balance).await?;
+                opening.set(opening.get() + i128::from(spec.bank_balance));
+                let req = OpenConsumer {
+                    consumer: consumer_id(i),
+                    credit_limit: Amount::from_cents(spec.credit_limit).to_string(),
+                    bank: consumer_bank(i),
+                    wallet: Amount::from_cents(spec.wallet).to_string(),
+                };
+                expect_ok(
+                    || format!("consumer {}", consumer_id(i)),
+                    engine.open_consumer(req, 0).await,
+                )?;
+                progress.inc(1);
+                Ok(())
+            }
+        })
+        .await?;
+    Ok(Opened {
+        opening_total: opening.get(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_is_the_same_whenever_it_is_drawn() {
+        let a: Vec<_> = (0..50).map(|i| consumer(7, i, 500_000)).collect();
+        let b: Vec<_> = (0..50).rev().map(|i| consumer(7, i, 500_000)).collect();
+        assert!(a.iter().eq(b.iter().rev()));
+        assert_ne!(
+            a,
+            (0..50).map(|i| consumer(8, i, 500_000)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn wallets_fit_the_cap_and_the_bank_balance() {
+        for i in 0..2_000 {
+            let c = consumer(1, i, 500_000);
+            assert!(c.wallet >= 0 && c.wallet <= 500_000 && c.wallet <= c.bank_balance);
+            assert!(c.credit_limit > 0);
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The end-of-run report: text for people, one JSON object for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use onecard_engine::engine::RecoveryInfo;
+use serde_json::{json, Map, Value};
+
+use crate::checks::{money, Check};
+use crate::stats::{OpKind, Percentiles, Recorder};
+
+/// The engine's restart in the middle of the run.
+#[derive(Debug, Clone)]
+pub struct Restart {
+    /// Lifecycles done when it happened.
+    pub after_lifecycles: u64,
+    /// Closing the engine and the simulated bank.
+    pub close_ms: f64,
+    /// Opening them again: `SimBank::open` and `Engine::open` (recovery and reconciliation).
+    pub recovery_ms: f64,
+    pub info: RecoveryInfo,
+}
+
+/// What `verify` said, without the replayed state.
+#[derive(Debug, Clone)]
+pub struct VerifySummary {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub records: u64,
+    pub entries: u64,
+    pub events: u64,
+    pub topups_done: u64,
+    pub topups_refused: u64,
+    pub snapshot_checked: Option<u64>,
+}
+
+pub struct Report {
+    pub seed: u64,
+    pub consumers: u64,
+    pub merchants: u64,
+    pub orders: u64,
+    pub concurrency: usize,
+    pub arbiters: usize,
+    pub tick_every: u64,
+    pub data_dir: String,
+    pub data_kept: bool,
+    pub setup_secs: f64,
+    /// The measured run: the phases, without setup, the restart and the drain.
+    pub run_secs: f64,
+    pub drain_secs: f64,
+    pub checks_secs: f64,
+    /// Lifecycles generated; the recorder counts those completed.
+    pub lifecycles_started: u64,
+    pub stopped_by_duration: bool,
+    pub rec: Recorder,
+    pub restart: Option<Restart>,
+    /// Peak RSS at the end of the measured run, and at the very end (after the checks, which
+    /// hold the live state and the replay at once).
+    pub peak_rss_run: Option<u64>,
+    pub peak_rss_end: Option<u64>,
+    pub opening_total: i128,
+    pub deposits_total: i128,
+    pub order_states: BTreeMap<&'static str, u64>,
+    pub verify: VerifySummary,
+    pub checks: Vec<Check>,
+    pub digest: Option<String>,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+impl Report {
+    pub fn invariants_ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    pub fn lifecycles_done(&self) -> u64 {
+        self.rec.lifecycles_done()
+    }
+
+    pub fn lifecycles_per_sec(&self) -> f64 {
+        per_sec(self.lifecycles_done(), self.run_secs)
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_text(&mut s);
+        s
+    }
+
+    fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        writeln!(
+            s,
+            "onecard-sim load: seed {}, {} consumers, {} merchants, {} orders, concurrency {}, {} arbiters, a tick every {} lifecycles",
+            self.seed, self.consumers, self.merchants, self.orders, self.concurrency, self.arbiters, self.tick_every
+        )?;
+        writeln!(
+            s,
+            "data: {}{}",
+            self.data_dir,
+            if self.data_kept {
+                " (kept)"
+            } else {
+                " (removed)"
+            }
+        )?;
+        writeln!(
+            s,
+            "setup: {} consumers and {} merchants opened in {:.2} s ({:.0} consumers/s)",
+            self.consumers,
+            self.merchants,
+            self.setup_secs,
+            per_sec(self.consumers, self.setup_secs)
+        )?;
+        writeln!(
+            s,
+            "run: {} of {} lifecycles started, {} completed in {:.2} s: {:.1} lifecycles/s{}",
+            self.lifecycles_started,
+            self.orders,
+            self.lifecycles_done(),
+            self.run_secs,
+            self.lifecycles_per_sec(),
+            if self.stopped_by_duration {
+                " (stopped by --duration)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            s,
+            "  {:<22} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "operation", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        )?;
+        let row = |s: &mut String, name: &str, p: Percentiles| {
+            writeln!(
+                s,
+                "  {:<22} {:>9} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                name,
+                p.count,
+                per_sec(p.count, self.run_secs),
+                p.p50,
+                p.p99,
+                p.p999,
+                p.max
+            )
+        };
+        for k in OpKind::ALL {
+            row(s, k.name(), self.rec.percentiles(k))?;
+        }
+        row(s, "consumer commands", self.rec.command_percentiles())?;
+        writeln!(
+            s,
+            "  (ops/s over the measured run; the final tick of the drain is counted with the ticks)"
+        )?;
+        let paths: Vec<String> = self
+            .rec
+            .lifecycles
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(s, "lifecycles by path: {}", paths.join(", "))?;
+        let outcomes: Vec<String> = self
+            .rec
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(s, "outcomes: {}", outcomes.join(", "))?;
+        if let Some(r) = &self.restart {
+            writeln!(
+                s,
+                "restart after {} lifecycles: closed in {:.1} ms, reopened (recovery) in {:.1} ms: snapshot at record {}, {} records replayed, {} entries, {} bank operations confirmed, {} reversed",
+                r.after_lifecycles,
+                r.close_ms,
+                r.recovery_ms,
+                r.info.snapshot_seq,
+                r.info.replayed_records,
+                r.info.entries,
+                r.info.bank_ops_confirmed,
+                r.info.bank_ops_reversed
+            )?;
+        }
+        let states: Vec<String> = self
+            .order_states
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(
+            s,
+            "final orders: {}; drain {:.2} s, checks {:.2} s",
+            states.join(", "),
+            self.drain_secs,
+            self.checks_secs
+        )?;
+        if self.verify.records > 0 {
+            writeln!(
+                s,
+                "journal: {} entries in {} records (one flush each): {:.1} entries per flush",
+                self.verify.entries,
+                self.verify.records,
+                self.verify.entries as f64 / self.verify.records as f64
+            )?;
+        }
+        writeln!(
+            s,
+            "money: opening {} + deposits {} at the bank; top-ups paid {}, refused {}",
+            money(self.opening_total),
+            money(self.deposits_total),
+            self.verify.topups_done,
+            self.verify.topups_refused
+        )?;
+        writeln!(
+            s,
+            "peak RSS: {} at the end of the run, {} at the end",
+            mib(self.peak_rss_run),
+            mib(self.peak_rss_end)
+        )?;
+        if !self.rec.samples.is_empty() {
+            writeln!(
+                s,
+                "problems ({} unexpected outcomes, {} errors; first {}):",
+                self.rec.unexpected,
+                self.rec.errors,
+                self.rec.samples.len()
+            )?;
+            for m in &self.rec.samples {
+                writeln!(s, "  {m}")?;
+            }
+        }
+        writeln!(s, "checks:")?;
+        for c in &self.checks {
+            writeln!(
+                s,
+                "  {:<4} {:<16} {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            )?;
+        }
+        writeln!(
+            s,
+            "digest: {}",
+            self.digest.as_deref().unwrap_or("none (no final state)")
+        )?;
+        write!(
+            s,
+            "invariants: {}",
+            if self.invariants_ok() { "ok" } else { "FAILED" }
+        )
+    }
+
+    pub fn json(&self) -> Value {
+        let all = self.rec.command_percentiles();
+        let mut ops = Map::new();
+        let mut counts = Map::new();
+        let mut latency = Map::new();
+        for k in OpKind::ALL {
+            let p = self.rec.percentiles(k);
+            ops.insert(
+                k.name().into(),
+                json!(round3(per_sec(p.count, self.run_secs))),
+            );
+            counts.insert(k.name().into(), json!(p.count));
+            latency.insert(
+                k.name().into(),
+                json!({"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max}),
+            );
+        }
+        ops.insert(
+            "lifecycles".into(),
+            json!(round3(self.lifecycles_per_sec())),
+        );
+        counts.insert("lifecycles".into(), json!(self.lifecycles_done()));
+        let mut out = json!({
+            "seed": self.seed,
+            "consumers": self.consumers,
+            "merchants": self.merchants,
+            "orders": self.orders,
+            "concurrency": self.concurrency,
+            "arbiters": self.arbiters,
+            "tick_every": self.tick_every,
+            "lifecycles_started": self.lifecycles_started,
+            "lifecycles": self.lifecycles_done(),
+            "lifecycles_by_path": self.rec.lifecycles,
+            "stopped_by_duration": self.stopped_by_duration,
+            "setup_secs": round3(self.setup_secs),
+            "run_secs": round3(self.run_secs),
+            "drain_secs": round3(self.drain_secs),
+            "checks_secs": round3(self.checks_secs),
+            "lifecycles_per_sec": round3(self.lifecycles_per_sec()),
+            "ops_per_sec": ops,
+            "counts": counts,
+            "p50_ms": all.p50,
+            "p99_ms": all.p99,
+            "p999_ms": all.p999,
+            "max_ms": all.max,
+            "latency_ms": latency,
+        });
+        let more = json!({
+            "outcomes": self.rec.outcomes,
+            "order_states": self.order_states,
+            "peak_rss_bytes": self.peak_rss_run,
+            "peak_rss_end_bytes": self.peak_rss_end,
+            "restarted": self.restart.is_some(),
+            "recovery_ms": self.restart.as_ref().map(|r| round3(r.recovery_ms)),
+            "restart": self.restart.as_ref().map(|r| json!({
+                "after_lifecycles": r.after_lifecycles,
+                "close_ms": round3(r.close_ms),
+                "recovery_ms": round3(r.recovery_ms),
+                "snapshot_seq": r.info.snapshot_seq,
+                "replayed_records": r.info.replayed_records,
+                "entries": r.info.entries,
+                "bank_ops_confirmed": r.info.bank_ops_confirmed,
+                "bank_ops_reversed": r.info.bank_ops_reversed,
+            })),
+            "opening_total": money(self.opening_total),
+            "deposits_total": money(self.deposits_total),
+            "topups_done": self.verify.topups_done,
+            "topups_refused": self.verify.topups_refused,
+            "verify": {
+                "ok": self.verify.ok,
+                "error": self.verify.error,
+                "records": self.verify.records,
+                "entries": self.verify.entries,
+                "events": self.verify.events,
+                "snapshot_checked": self.verify.snapshot_checked,
+            },
+            "checks": self.checks.iter().map(|c| json!({
+                "name": c.name, "ok": c.ok, "detail": c.detail
+            })).collect::<Vec<_>>(),
+            "unexpected": self.rec.unexpected,
+            "errors": self.rec.errors,
+            "problems": self.rec.samples,
+            "digest": self.digest,
+            "data_dir": self.data_kept.then_some(&self.data_dir),
+            "invariants_ok": self.invariants_ok(),
+        });
+        // Two halves: one `json!` this size is beyond the macro's recursion limit.
+        if let (Value::Object(a), Value::Object(b)) = (&mut out, more) {
+            a.extend(b);
+        }
+        out
+    }
+}

@@ -1,0 +1,498 @@
+//! Runs jobs against the engine and checks every answer against what the rules allow.
+//!
+//! All workers are tasks on the runtime's one thread (the actix `System`): they share the
+//! generator, the recorder and the book through `RefCell`s, never holding a borrow across an
+//! await. The engine's actors run on their own arbiters, so the workers only wait.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use onecard_engine::engine::{PlaceOrder, RefundRequest};
+use onecard_engine::model::Secs;
+use onecard_engine::{Amount, CommandResult, Engine, EngineError, SimBank};
+use serde_json::json;
+
+use crate::population::{consumer_bank, consumer_id, merchant_id};
+use crate::stats::{OpKind, Recorder};
+use crate::workload::{Generator, Job, Lifecycle, Path};
+
+/// How a lifecycle's order must look once the run has drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Refused for credit at placement (its id is taken, state `refused`).
+    Refused,
+    /// Settled, or still waiting for funds the bank does not have.
+    SettledOrAwaiting,
+    Cancelled,
+    Expired,
+    /// A command had an outcome the rules do not allow (already counted); not checked further.
+    Failed,
+}
+
+/// What the simulator expects of one lifecycle's order. Amounts in cents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub consumer: u64,
+    pub amount: i64,
+    pub end: End,
+    /// Refunds acknowledged on it.
+    pub refunded: i64,
+}
+
+/// The simulator's own account of what happened, to check the engine's state against.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// By lifecycle index; `None` until the lifecycle has run.
+    pub lifecycles: Vec<Option<Expected>>,
+    /// Deposits acknowledged by the bank, by consumer, in cents.
+    pub deposits: HashMap<u64, i128>,
+    pub deposits_total: i128,
+}
+
+impl Book {
+    fn record(&mut self, n: u64, e: Expected) {
+        let n = n as usize;
+        if self.lifecycles.len() <= n {
+            self.lifecycles.resize(n + 1, None);
+        }
+        self.lifecycles[n] = Some(e);
+    }
+}
+
+/// Outcomes as scenario files write them: `settled`, `refused:credit`, …
+fn outcome_str(r: &CommandResult) -> String {
+    match r {
+        Ok(o) => o.as_str().to_string(),
+        Err(refusal) => refusal.code_str(),
+    }
+}
+
+/// `accepted`, or `refused:credit` when the consumer's available credit is short (orders in
+/// flight and orders waiting for funds hold reservations).
+const PLACED: &[&str] = &["accepted", "refused:credit"];
+/// Direct mode (off in the default rules): an order up to `direct_max` settles at once, or is
+/// refused for funds when the wallet and the bank cannot pay it.
+const PLACED_DIRECT: &[&str] = &["settled", "refused:funds"];
+/// A release whose condition is met: the wallet and the bank pay, or the bank cannot and the
+/// order waits for funds.
+const SETTLES: &[&str] = &["settled", "awaiting_funds"];
+
+/// What the workers share for the whole run, across the engine's restart.
+pub struct Common {
+    pub gen: RefCell<Generator>,
+    pub rec: RefCell<Recorder>,
+    pub book: RefCell<Book>,
+    pub progress: ProgressBar,
+    pub code_attempts_max: u32,
+    /// Orders up to this many cents settle at once (direct mode); 0 turns it off.
+    pub direct_max: i64,
+    /// Stop starting jobs at this instant (`--duration`).
+    pub deadline: Option<Instant>,
+    /// Set once the deadline has passed; later phases start nothing.
+    pub stopped: Cell<bool>,
+}
+
+/// One phase of the run: the engine and bank it talks to, and how far it goes. Cloned into
+/// every worker.
+#[derive(Clone)]
+pub struct Ctx {
+    pub engine: Rc<Engine>,
+    pub bank: Arc<SimBank>,
+    /// Generate lifecycles up to this index (exclusive) in this phase.
+    pub limit: u64,
+    pub common: Rc<Common>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Common;
+    fn deref(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Ctx {
+    /// `concurrency` workers pulling jobs until the phase's stream ends.
+    ///
+    /// Each worker is its own task, as each client connection would be in a server. Polled
+    /// together inside one task (`join_all`), every reply would re-poll the pending siblings
+    /// once tokio's cooperative budget runs out, which costs the simulator, not the engine.
+    pub async fn run(&self, concurrency: usize) {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let ctx = self.clone();
+                actix_rt::spawn(async move { ctx.worker().await })
+            })
+            .collect();
+        for w in workers {
+            if let Err(e) = w.await {
+                self.rec
+                    .borrow_mut()
+                    .error(format!("a worker task failed: {e}"));
+            }
+        }
+    }
+
+    async fn worker(&self) {
+        loop {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.stopped.set(true);
+            }
+            if self.stopped.get() {
+                return;
+            }
+            let job = self.gen.borrow_mut().next_job(self.limit);
+            match job {
+                Some(job) => self.job(job).await,
+                None => return,
+            }
+        }
+    }
+
+    pub async fn job(&self, job: Job) {
+        match job {
+            Job::Lifecycle(lc) => self.lifecycle(lc).await,
+            Job::Tick { now } => {
+                self.command(OpKind::Tick, "tick", &["ok"], self.engine.tick(now))
+                    .await;
+            }
+            Job::Deposit { consumer, amount } => {
+                let account = consumer_bank(consumer);
+                let what = format!("bank_deposit {amount} cents to {account}");
+                let ok = self
+                    .bank_call(OpKind::Deposit, what, move |b| {
+                        b.deposit(&account, Amount::from_cents(amount))
+                    })
+                    .await;
+                if ok {
+                    let mut book = self.book.borrow_mut();
+                    *book.deposits.entry(consumer).or_default() += i128::from(amount);
+                    book.deposits_total += i128::from(amount);
+                }
+            }
+            Job::BankMode { consumer, refuse } => {
+                let account = consumer_bank(consumer);
+                let what = format!("bank_mode {account} refuse={refuse}");
+                self.bank_call(OpKind::BankMode, what, move |b| {
+                    b.set_refuse(&account, refuse)
+                })
+                .await;
+            }
+        }
+    }
+
+    /// A call to the simulated bank, off the runtime's thread: the bank flushes its store
+    /// synchronously, which would stall every worker.
+    async fn bank_call<F>(&self, kind: OpKind, what: String, f: F) -> bool
+    where
+        F: FnOnce(&SimBank) -> Result<(), onecard_engine::bank::BankError> + Send + 'static,
+    {
+        let bank = self.bank.clone();
+        let start = Instant::now();
+        let r = actix_rt::task::spawn_blocking(move || f(&bank)).await;
+        match r {
+            Ok(Ok(())) => {
+                self.rec.borrow_mut().op(kind, start.elapsed(), "ok");
+                true
+            }
+            Ok(Err(e)) => {
+                self.rec
+                    .borrow_mut()
+                    .error(format!("{what}: bank error: {e}"));
+                false
+            }
+            Err(e) => {
+                self.rec
+                    .borrow_mut()
+                    .error(format!("{what}: blocking task failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Awaits one engine command, times it, and checks its outcome. `None` when the outcome is
+    /// not one of `allowed` or the engine failed (both recorded).
+    async fn command(
+        &self,
+        kind: OpKind,
+        what: &str,
+        allowed: &[&str],
+        fut: impl Future<Output = Result<CommandResult, EngineError>>,
+    ) -> Option<String> {
+        let start = Instant::now();
+        let result = fut.await;
+        let took = start.elapsed();
+        let mut rec = self.rec.borrow_mut();
+        match result {
+            Err(e) => {
+                rec.error(format!("{what}: engine error: {e}"));
+                None
+            }
+            Ok(r) => {
+                let outcome = outcome_str(&r);
+                rec.op(kind, took, &outcome);
+                if allowed.contains(&outcome.as_str()) {
+                    Some(outcome)
+                } else {
+                    let message = r.err().map(|r| format!(" ({})", r.message));
+                    rec.unexpected(format!(
+                        "{what}: {outcome}{} where the rules allow {}",
+                        message.unwrap_or_default(),
+                        allowed.join(" or ")
+                    ));
+                    None
+                }
+            }
+        }
+    }
+
+    async fn lifecycle(&self, lc: Lifecycle) {
+        let steps = self.steps(&lc).await;
+        let (end, refunded) = steps.unwrap_or((End::Failed, 0));
+        self.book.borrow_mut().record(
+            lc.n,
+            Expected {
+                consumer: lc.consumer,
+                amount: lc.amount,
+                end,
+                refunded,
+            },
+        );
+        if steps.is_some() {
+            self.rec.borrow_mut().lifecycle_done(lc.path.name());
+        }
+        self.progress.inc(1);
+    }
+
+    /// The lifecycle's commands in order. Returns how its order must end and what was refunded,
+    /// or `None` at the first outcome the rules do not allow.
+    async fn steps(&self, lc: &Lifecycle) -> Option<(End, i64)> {
+        let id = format!("o{}", lc.n);
+        let now = lc.now;
+        let release = match &lc.path {
+            Path::Code { code, .. }
+            | Path::CodeDisputeCancel { code }
+            | Path::Cancel { code: Some(code) }
+            | Path::Abandon { code: Some(code) } => json!({"on": "code", "code": code}),
+            Path::Time { after_secs } => json!({"on": "time", "after_secs": after_secs}),
+            _ => json!({"on": "receipt"}),
+        };
+        let req = PlaceOrder {
+            id: id.clone(),
+            consumer: consumer_id(lc.consumer),
+            merchant: merchant_id(lc.merchant),
+            amount: Amount::from_cents(lc.amount).to_string(),
+            release,
+        };
+        let what = format!("place_order {id}");
+        let allowed = if lc.amount <= self.direct_max {
+            PLACED_DIRECT
+        } else {
+            PLACED
+        };
+        let placed = self
+            .command(
+                OpKind::Place,
+                &what,
+                allowed,
+                self.engine.place_order(req.clone(), now),
+            )
+            .await?;
+        let (end, settled) = match placed.as_str() {
+            "refused:credit" | "refused:funds" => (End::Refused, false),
+            // Direct mode settled it at once: nothing to release.
+            "settled" => (End::SettledOrAwaiting, true),
+            _ => self.release(lc, &id, now).await?,
+        };
+        let refunded = if settled {
+            self.refund(lc, &id, now).await?
+        } else {
+            0
+        };
+        if lc.repeat {
+            self.repeat(lc, req, &placed, settled, now).await?;
+        }
+        Some((end, refunded))
+    }
+
+    /// What follows an accepted placement, by path: `(how the order must end, settled now)`.
+    async fn release(&self, lc: &Lifecycle, id: &str, now: Secs) -> Option<(End, bool)> {
+        Some(match &lc.path {
+            Path::Receipt => self.confirm(id, now).await?,
+            Path::Code { code, wrong } => {
+                for k in 1..=*wrong {
+                    self.wrong_code(id, code, k, now).await?;
+                }
+                let what = format!("enter_code {id} (right)");
+                let o = self
+                    .command(
+                        OpKind::Code,
+                        &what,
+                        SETTLES,
+                        self.engine.enter_code(id, code, now),
+                    )
+                    .await?;
+                (End::SettledOrAwaiting, o == "settled")
+            }
+            Path::Time { .. } => (End::SettledOrAwaiting, false),
+            Path::Cancel { .. } => {
+                self.cancel(id, now).await?;
+                (End::Cancelled, false)
+            }
+            Path::DisputeSettle => {
+                self.dissatisfied(id, now).await?;
+                self.confirm(id, now).await?
+            }
+            Path::DisputeCancel => {
+                self.dissatisfied(id, now).await?;
+                self.cancel(id, now).await?;
+                (End::Cancelled, false)
+            }
+            Path::CodeDisputeCancel { code } => {
+                for k in 1..=self.code_attempts_max {
+                    self.wrong_code(id, code, k, now).await?;
+                }
+                self.cancel(id, now).await?;
+                (End::Cancelled, false)
+            }
+            Path::Abandon { .. } => (End::Expired, false),
+        })
+    }
+
+    /// A client retrying (I6): the same order again gets its first outcome and changes
+    /// nothing; the same id with another amount is a conflict and leaves no trace; the last
+    /// refund again is answered `refunded` and moves nothing. The final checks then find the
+    /// order and its refunds exactly as the lifecycle left them.
+    async fn repeat(
+        &self,
+        lc: &Lifecycle,
+        req: PlaceOrder,
+        first: &str,
+        settled: bool,
+        now: Secs,
+    ) -> Option<()> {
+        let id = req.id.clone();
+        let what = format!("place_order {id} (repeated)");
+        self.command(
+            OpKind::Place,
+            &what,
+            &[first],
+            self.engine.place_order(req.clone(), now),
+        )
+        .await?;
+        let other = PlaceOrder {
+            amount: Amount::from_cents(lc.amount + 1).to_string(),
+            ..req
+        };
+        let what = format!("place_order {id} (same id, another amount)");
+        self.command(
+            OpKind::Place,
+            &what,
+            &["refused:conflict"],
+            self.engine.place_order(other, now),
+        )
+        .await?;
+        if let (true, Some(amount)) = (settled, lc.refunds.last()) {
+            let req = RefundRequest {
+                id: format!("r{}.{}", lc.n, lc.refunds.len() - 1),
+                order: id.clone(),
+                amount: Amount::from_cents(*amount).to_string(),
+            };
+            let what = format!("refund {} of {id} (repeated)", req.id);
+            self.command(
+                OpKind::Refund,
+                &what,
+                &["refunded"],
+                self.engine.refund(req, now),
+            )
+            .await?;
+        }
+        Some(())
+    }
+
+    /// Receipt confirmed, satisfied.
+    async fn confirm(&self, id: &str, now: Secs) -> Option<(End, bool)> {
+        let what = format!("confirm_receipt {id}");
+        let o = self
+            .command(
+                OpKind::Confirm,
+                &what,
+                SETTLES,
+                self.engine.confirm_receipt(id, true, now),
+            )
+            .await?;
+        Some((End::SettledOrAwaiting, o == "settled"))
+    }
+
+    /// Receipt confirmed, not satisfied: a pending receipt order becomes disputed.
+    async fn dissatisfied(&self, id: &str, now: Secs) -> Option<()> {
+        let what = format!("confirm_receipt {id} (not satisfied)");
+        self.command(
+            OpKind::Confirm,
+            &what,
+            &["disputed"],
+            self.engine.confirm_receipt(id, false, now),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The `k`-th wrong code: `refused:code`, except the last allowed attempt, which disputes.
+    async fn wrong_code(&self, id: &str, code: &str, k: u32, now: Secs) -> Option<()> {
+        let allowed: &[&str] = if k >= self.code_attempts_max {
+            &["disputed"]
+        } else {
+            &["refused:code"]
+        };
+        let what = format!("enter_code {id} (wrong, attempt {k})");
+        let wrong = format!("x{code}");
+        self.command(
+            OpKind::Code,
+            &what,
+            allowed,
+            self.engine.enter_code(id, &wrong, now),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn cancel(&self, id: &str, now: Secs) -> Option<()> {
+        let what = format!("cancel_order {id}");
+        self.command(
+            OpKind::Cancel,
+            &what,
+            &["cancelled"],
+            self.engine.cancel_order(id, now),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The lifecycle's refunds of its settled order. The merchant's balance always covers
+    /// them: it was credited this order's amount, and every refund of any of its orders is
+    /// bounded by that order's amount — so `refused:funds` would be a bug.
+    async fn refund(&self, lc: &Lifecycle, id: &str, now: Secs) -> Option<i64> {
+        let mut refunded = 0;
+        for (k, amount) in lc.refunds.iter().enumerate() {
+            let req = RefundRequest {
+                id: format!("r{}.{k}", lc.n),
+                order: id.to_string(),
+                amount: Amount::from_cents(*amount).to_string(),
+            };
+            let what = format!("refund {} of {id}", req.id);
+            self.command(
+                OpKind::Refund,
+                &what,
+                &["refunded"],
+                self.engine.refund(req, now),
+            )
+            .await?;
+            refunded += amount;
+        }
+        Some(refunded)
+    }
+}

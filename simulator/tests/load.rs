@@ -1,0 +1,283 @@
+//! End-to-end tests of `onecard-sim load`: the built binary over the real engine, each run in
+//! its own temporary data directory. Nothing here asserts on speed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_onecard-sim"))
+        .args(args)
+        .output()
+        .expect("onecard-sim runs")
+}
+
+/// Runs `load ARGS --json` and returns the JSON object on the last line of standard output,
+/// after checking that the run exited as its `invariants_ok` says.
+fn load(args: &[&str]) -> Value {
+    let mut all = vec!["load", "--json"];
+    all.extend_from_slice(args);
+    let out = sim(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    let ok = v["invariants_ok"] == Value::Bool(true);
+    assert_eq!(
+        out.status.success(),
+        ok,
+        "exit status {:?} disagrees with invariants_ok: {v:#}",
+        out.status
+    );
+    assert!(ok, "invariants failed: {v:#}\nstderr: {stderr}");
+    v
+}
+
+fn n(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64().unwrap_or(0)
+}
+
+fn outcome(v: &Value, key: &str) -> u64 {
+    n(v, &["outcomes", key])
+}
+
+#[test]
+fn a_short_run_keeps_every_invariant_and_exercises_every_kind_of_operation() {
+    let v = load(&[
+        "--consumers",
+        "200",
+        "--merchants",
+        "20",
+        "--orders",
+        "500",
+        "--concurrency",
+        "32",
+        "--seed",
+        "11",
+    ]);
+    assert_eq!(n(&v, &["lifecycles_started"]), 500);
+    assert_eq!(n(&v, &["lifecycles"]), 500, "{v:#}");
+    // Some lifecycles repeat their placement (idempotency): more place commands than orders.
+    assert!(n(&v, &["counts", "place"]) > 500);
+    assert!(outcome(&v, "place:refused:conflict") > 0);
+    assert_eq!(
+        outcome(&v, "place:accepted") + outcome(&v, "place:refused:credit"),
+        500 + outcome(&v, "place:refused:conflict"),
+        "every repeat answered with the first outcome: {v:#}"
+    );
+    for kind in [
+        "confirm",
+        "code",
+        "cancel",
+        "refund",
+        "tick",
+        "deposit",
+        "bank_mode",
+    ] {
+        assert!(n(&v, &["counts", kind]) > 0, "no {kind} in {v:#}");
+    }
+    // Every lifecycle's order is in the ledger, each in a state its path allows.
+    let states: u64 = v["order_states"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(states, 500);
+    assert!(n(&v, &["order_states", "settled"]) > 300, "{v:#}");
+    assert!(n(&v, &["order_states", "cancelled"]) > 0);
+    assert!(n(&v, &["order_states", "expired"]) > 0);
+    assert!(outcome(&v, "confirm:settled") > 0 && outcome(&v, "code:settled") > 0);
+    assert!(outcome(&v, "code:refused:code") > 0 && outcome(&v, "code:disputed") > 0);
+    assert!(n(&v, &["topups_done"]) > 0);
+    assert_eq!(n(&v, &["unexpected"]), 0);
+    assert_eq!(n(&v, &["errors"]), 0);
+    assert_eq!(v["verify"]["ok"], Value::Bool(true));
+    for c in v["checks"].as_array().unwrap() {
+        assert_eq!(c["ok"], Value::Bool(true), "{c}");
+    }
+    let p50 = v["p50_ms"].as_f64().unwrap();
+    let p99 = v["p99_ms"].as_f64().unwrap();
+    let p999 = v["p999_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999, "{v:#}");
+    assert!(v["lifecycles_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(n(&v, &["peak_rss_bytes"]) > 0);
+    assert_eq!(v["restarted"], Value::Bool(false));
+    assert!(v["recovery_ms"].is_null());
+    assert_eq!(v["digest"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn bank_refusals_and_a_restart_midway_keep_the_invariants() {
+    let v = load(&[
+        "--consumers",
+        "150",
+        "--merchants",
+        "15",
+        "--orders",
+        "400",
+        "--concurrency",
+        "16",
+        "--seed",
+        "3",
+        "--refuse-pct",
+        "30",
+        "--refuse-window",
+        "100",
+        "--restart-at-pct",
+        "50",
+    ]);
+    assert_eq!(v["restarted"], Value::Bool(true), "{v:#}");
+    assert!(v["recovery_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(n(&v, &["restart", "after_lifecycles"]), 200);
+    assert_eq!(n(&v, &["restart", "bank_ops_reversed"]), 0);
+    assert_eq!(n(&v, &["lifecycles"]), 400);
+    // Refusals bit: top-ups were refused and settlements waited for funds.
+    assert!(n(&v, &["counts", "bank_mode"]) > 0);
+    assert!(n(&v, &["topups_refused"]) > 0, "{v:#}");
+    let waited = outcome(&v, "confirm:awaiting_funds") + outcome(&v, "code:awaiting_funds");
+    assert!(waited > 0, "no settlement waited for funds: {v:#}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "verify",
+        "conservation",
+        "bank_vs_ledger",
+        "live_vs_journal",
+        "orders",
+        "recovery",
+    ] {
+        assert!(names.contains(&name), "no {name} check in {names:?}");
+    }
+}
+
+#[test]
+fn one_at_a_time_the_same_seed_gives_the_same_final_state() {
+    let run = |seed: &str| {
+        let v = load(&[
+            "--consumers",
+            "60",
+            "--merchants",
+            "8",
+            "--orders",
+            "150",
+            "--concurrency",
+            "1",
+            "--refuse-pct",
+            "10",
+            "--tick-every",
+            "10",
+            "--seed",
+            seed,
+        ]);
+        v["digest"].as_str().unwrap().to_string()
+    };
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert_eq!(a, b, "two runs of seed 7 ended in different states");
+    assert_ne!(a, c, "seeds 7 and 8 ended in the same state");
+}
+
+#[test]
+fn a_duration_stops_the_run_early_and_the_checks_still_hold() {
+    let v = load(&[
+        "--consumers",
+        "30",
+        "--merchants",
+        "5",
+        "--orders",
+        "10000000",
+        "--concurrency",
+        "8",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(v["stopped_by_duration"], Value::Bool(true));
+    let started = n(&v, &["lifecycles_started"]);
+    assert!(started > 0 && started < 10_000_000);
+    assert_eq!(n(&v, &["lifecycles"]), started);
+}
+
+#[test]
+fn a_given_data_directory_is_kept_and_must_start_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    let small = [
+        "--consumers",
+        "5",
+        "--merchants",
+        "2",
+        "--orders",
+        "20",
+        "--data",
+        d,
+    ];
+    let v = load(&small);
+    assert_eq!(v["data_dir"].as_str(), Some(d));
+    assert!(Path::new(d).join("journal").is_dir());
+    assert!(Path::new(d).join("simbank").is_dir());
+    // A second population over the first would collide with its names: refused.
+    let mut again = vec!["load"];
+    again.extend_from_slice(&small);
+    let out = sim(&again);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be empty"));
+}
+
+#[test]
+fn help_documents_every_option_and_bad_options_are_refused() {
+    let out = sim(&["load", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--consumers",
+        "--merchants",
+        "--orders",
+        "--seed",
+        "--concurrency",
+        "--json",
+        "--duration",
+        "--data",
+        "--keep",
+        "--restart-at-pct",
+        "--arbiters",
+        "--config",
+        "--code-pct",
+        "--time-pct",
+        "--cancel-pct",
+        "--dispute-pct",
+        "--abandon-pct",
+        "--refund-pct",
+        "--deposit-pct",
+        "--refuse-pct",
+        "--refuse-window",
+        "--tick-every",
+        "--zipf-s",
+        "--setup-concurrency",
+    ] {
+        assert!(help.contains(opt), "load --help does not mention {opt}");
+    }
+    let top = sim(&["--help"]);
+    assert!(top.status.success());
+    assert!(String::from_utf8_lossy(&top.stdout).contains("load"));
+
+    for bad in [
+        &["load", "--cancel-pct", "101"][..],
+        &["load", "--restart-at-pct", "100"],
+        &["load", "--code-pct", "60", "--time-pct", "50"],
+        &["load", "--concurrency", "0"],
+    ] {
+        let out = sim(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} was not refused");
+    }
+}
