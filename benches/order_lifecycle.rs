@@ -6,6 +6,7 @@
 //! - `lifecycle/concurrent_256`: 256 consumers each run one lifecycle at the same time: the
 //!   throughput when group commit has company.
 //! - `ledger/place_and_settle_pure`: the same rules on the pure ledger alone, no I/O.
+//! - `actor/round_trip`: a query to one consumer actor and its answer, no journal.
 //!
 //! Run: `cargo bench --bench order_lifecycle`. Results and machine: BENCHMARKS.md.
 
@@ -117,6 +118,33 @@ fn engine_benches(c: &mut Criterion) {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let all = (0..CONSUMERS).map(|c| lifecycle(&node.engine, c, n));
                     futures::future::join_all(all).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+
+    // An actor round trip: a query to a consumer with no orders (its state is small), sent
+    // from the System thread to an arbiter and answered, no journal involved.
+    let mut group = c.benchmark_group("actor");
+    group.throughput(Throughput::Elements(1));
+    system.block_on(async {
+        node._bank.open_account("idle-bank", Amount::ZERO).unwrap();
+        let req = OpenConsumer {
+            consumer: "idle".into(),
+            credit_limit: "0.00".into(),
+            bank: "idle-bank".into(),
+            wallet: "0.00".into(),
+        };
+        node.engine.open_consumer(req, 0).await.unwrap().unwrap();
+    });
+    group.bench_function("round_trip", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    assert!(node.engine.consumer("idle").await.unwrap().is_some());
                 }
                 start.elapsed()
             })
