@@ -59,6 +59,7 @@ struct RawJournal {
 struct RawEngine {
     arbiters: Option<usize>,
     mailbox_capacity: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 /// The parsed configuration file.
@@ -133,6 +134,9 @@ impl NodeConfig {
         }
         if let Some(n) = raw.engine.mailbox_capacity {
             cfg.engine.mailbox_capacity = n;
+        }
+        if let Some(n) = raw.engine.max_in_flight {
+            cfg.engine.max_in_flight = n;
         }
         cfg.node = raw.node;
         Ok(cfg)

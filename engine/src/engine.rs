@@ -38,6 +38,8 @@ pub enum EngineError {
     Bank(#[from] BankError),
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    #[error("overloaded: {0} commands already in progress; retry later with the same id")]
+    Overloaded(usize),
     #[error("configuration: {0}")]
     Config(String),
     #[error("internal error (a bug): {0}")]
@@ -61,6 +63,9 @@ pub struct EngineConfig {
     pub arbiters: usize,
     /// Bound of every account actor's mailbox.
     pub mailbox_capacity: usize,
+    /// Most commands in progress at once; one more is refused at once with
+    /// [`EngineError::Overloaded`] instead of queueing without bound.
+    pub max_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             mailbox_capacity: 256,
+            max_in_flight: 100_000,
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct Shared {
     timed: DashMap<String, ()>,
     bank_op_prefix: String,
     bank_op_counter: AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: usize,
 }
 
 impl Shared {
@@ -231,6 +239,15 @@ fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A command's place among those in progress; given back on drop.
+struct Admission<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Names claimed by an open in progress; released on drop.
 struct Claim<'a> {
     opening: &'a DashMap<String, ()>,
@@ -329,6 +346,8 @@ impl Engine {
             timed: DashMap::new(),
             bank_op_prefix: format!("{:016x}", rand::random::<u64>()),
             bank_op_counter: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            max_in_flight: cfg.max_in_flight.max(1),
         });
         let arbiters = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
         let engine = Engine {
@@ -432,6 +451,22 @@ impl Engine {
         self.shared.merchants.insert(id, addr);
     }
 
+    /// Admission control: every command holds a place while it runs, so the work queued in
+    /// the engine (mailboxes, the journal's queue, bank calls) stays bounded end to end.
+    fn admit(&self) -> Result<Admission<'_>, EngineError> {
+        let before = self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(&self.shared.in_flight);
+        if before >= self.shared.max_in_flight {
+            return Err(EngineError::Overloaded(before));
+        }
+        Ok(admission)
+    }
+
+    /// Commands in progress right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
     /// Claims names for an account being opened; `None` if another open holds one of them.
     /// The claim is released when the returned guard is dropped, after the account exists.
     fn claim(&self, keys: &[String]) -> Option<Claim<'_>> {
@@ -469,6 +504,7 @@ impl Engine {
         req: OpenConsumer,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let keys = [
             format!("acct:{}", req.consumer),
@@ -548,6 +584,7 @@ impl Engine {
         bank: Option<&str>,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let claim = self.claim(&[format!("acct:{merchant}")]);
         if claim.is_none() || self.has_merchant(merchant) || self.has_consumer(merchant) {
@@ -596,6 +633,7 @@ impl Engine {
         req: PlaceOrder,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let amount = Amount::parse_positive(&req.amount);
         let release = parse_release(&req.release);
@@ -681,6 +719,7 @@ impl Engine {
         satisfied: bool,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         match self.owner_of_order(order) {
             Ok(c) => {
@@ -705,6 +744,7 @@ impl Engine {
         code: &str,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         match self.owner_of_order(order) {
             Ok(c) => {
@@ -723,6 +763,7 @@ impl Engine {
     }
 
     pub async fn cancel_order(&self, order: &str, now: Secs) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         match self.owner_of_order(order) {
             Ok(c) => {
@@ -745,6 +786,7 @@ impl Engine {
         req: RefundRequest,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let amount = Amount::parse_positive(&req.amount);
         let conflict = || {

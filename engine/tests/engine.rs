@@ -446,3 +446,63 @@ fn concurrent_opens_of_one_name_let_exactly_one_through() {
         engine.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_flood_gets_clear_overload_errors_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let accepted = actix_rt::System::new().block_on(async {
+        let sim = SimBank::open(dir.path()).unwrap();
+        let cfg = EngineConfig {
+            max_in_flight: 16,
+            ..config()
+        };
+        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        for c in 0..20 {
+            open_consumer(&engine, &sim, &format!("c{c}"), "100000", "100000", "5000").await;
+        }
+        // 2,000 orders at once against room for 16.
+        let flood = (0..2000).map(|i| {
+            engine.place_order(order(&format!("f{i}"), &format!("c{}", i % 20), "1.00"), 1)
+        });
+        let results = futures::future::join_all(flood).await;
+        let mut accepted = Vec::new();
+        let mut overloaded = 0;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(Ok(Outcome::Accepted)) => accepted.push(format!("f{i}")),
+                Err(onecard_engine::EngineError::Overloaded(n)) => {
+                    assert!(n >= 16, "refused with only {n} in progress");
+                    overloaded += 1;
+                }
+                other => panic!("order f{i}: unexpected {other:?}"),
+            }
+        }
+        assert!(accepted.len() >= 16, "the first 16 get through");
+        assert_eq!(accepted.len() + overloaded, 2000);
+        assert!(
+            overloaded > 0,
+            "a flood beyond the bound must be refused, not queued"
+        );
+        assert_eq!(engine.in_flight(), 0, "every admission was given back");
+        // A refused order left no trace: its id is still free.
+        let refused = (0..2000)
+            .map(|i| format!("f{i}"))
+            .find(|id| !accepted.contains(id))
+            .unwrap();
+        assert!(engine.order(&refused).await.unwrap().is_none());
+        engine.close().await.unwrap();
+        sim.close();
+        accepted
+    });
+    // Every acknowledged order is in the journal.
+    let report = onecard_engine::verify::verify(dir.path()).unwrap();
+    let pending = report.orders_by_state.get("pending").copied().unwrap_or(0);
+    assert_eq!(pending, accepted.len());
+}
