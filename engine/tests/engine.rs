@@ -88,25 +88,30 @@ impl BankPort for GatedBank {
     }
 }
 
+/// An engine whose bank holds every debit of `alice-bank` until the returned gate opens, with
+/// a merchant `shop` open.
+async fn gated_engine(dir: &std::path::Path) -> (Engine, Arc<SimBank>, watch::Sender<bool>) {
+    let sim = SimBank::open(dir).unwrap();
+    let (open_gate, gate) = watch::channel(false);
+    let port = GatedBank {
+        inner: SimBankPort(sim.clone()),
+        stuck_account: "alice-bank".into(),
+        gate,
+    };
+    let engine = Engine::open(dir, config(), Arc::new(port)).await.unwrap();
+    engine
+        .open_merchant("shop", None, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    (engine, sim, open_gate)
+}
+
 #[test]
 fn a_stuck_account_does_not_hold_up_other_accounts() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let (open_gate, gate) = watch::channel(false);
-        let port = GatedBank {
-            inner: SimBankPort(sim.clone()),
-            stuck_account: "alice-bank".into(),
-            gate,
-        };
-        let engine = Engine::open(dir.path(), config(), Arc::new(port))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim, open_gate) = gated_engine(dir.path()).await;
         // Alice's wallet is empty, so her settlement must ask the (stuck) bank.
         open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
         open_consumer(&engine, &sim, "bob", "1000", "9000", "5000").await;
@@ -148,21 +153,7 @@ fn a_stuck_account_does_not_hold_up_other_accounts() {
 fn a_stuck_account_keeps_its_own_commands_waiting_in_order() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let (open_gate, gate) = watch::channel(false);
-        let port = GatedBank {
-            inner: SimBankPort(sim.clone()),
-            stuck_account: "alice-bank".into(),
-            gate,
-        };
-        let engine = Engine::open(dir.path(), config(), Arc::new(port))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim, open_gate) = gated_engine(dir.path()).await;
         open_consumer(&engine, &sim, "alice", "1000", "1000", "0").await;
         engine
             .place_order(order("a1", "alice", "10"), 1)
