@@ -12,11 +12,13 @@
 
 #![cfg(unix)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::run_with_timeout;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -37,37 +39,14 @@ struct Run {
 
 /// Runs a command to completion; panics if it takes longer than `TIMEOUT` (after killing it).
 fn run(cmd: &mut Command) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn onecard");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {TIMEOUT:?} (it hangs)");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let shown = format!("{cmd:?}");
+    let (status, stdout, stderr) = run_with_timeout(cmd, TIMEOUT);
+    let status =
+        status.unwrap_or_else(|| panic!("{shown} did not finish within {TIMEOUT:?} (it hangs)"));
     Run {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout,
+        stderr,
     }
 }
 

@@ -397,11 +397,7 @@ impl Ctx {
         )
         .await?;
         if let (true, Some(amount)) = (settled, lc.refunds.last()) {
-            let req = RefundRequest {
-                id: format!("r{}.{}", lc.n, lc.refunds.len() - 1),
-                order: id.clone(),
-                amount: Amount::from_cents(*amount).to_string(),
-            };
+            let req = refund_request(lc.n, lc.refunds.len() - 1, &id, *amount);
             let what = format!("refund {} of {id} (repeated)", req.id);
             self.command(
                 OpKind::Refund,
@@ -478,11 +474,7 @@ impl Ctx {
     async fn refund(&self, lc: &Lifecycle, id: &str, now: Secs) -> Option<i64> {
         let mut refunded = 0;
         for (k, amount) in lc.refunds.iter().enumerate() {
-            let req = RefundRequest {
-                id: format!("r{}.{k}", lc.n),
-                order: id.to_string(),
-                amount: Amount::from_cents(*amount).to_string(),
-            };
+            let req = refund_request(lc.n, k, id, *amount);
             let what = format!("refund {} of {id}", req.id);
             self.command(
                 OpKind::Refund,
@@ -494,5 +486,14 @@ impl Ctx {
             refunded += amount;
         }
         Some(refunded)
+    }
+}
+
+/// The k-th refund of lifecycle `n`: its id is derived, so a repeat sends the same request.
+fn refund_request(n: u64, k: usize, order: &str, cents: i64) -> RefundRequest {
+    RefundRequest {
+        id: format!("r{n}.{k}"),
+        order: order.to_string(),
+        amount: Amount::from_cents(cents).to_string(),
     }
 }
