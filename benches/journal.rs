@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use onecard_engine::journal::{Journal, JournalConfig};
-use onecard_engine::ledger::{consumer_opened_event, Entry, LedgerState};
-use onecard_engine::{Amount, RulesConfig};
+use onecard_engine::ledger::{consumer_opened_event, ConsumerState, Entry};
+use onecard_engine::view::{self, ViewWrite};
+use onecard_engine::Amount;
 
-/// An entry of a typical size: a settlement-sized event with postings.
-fn entry(n: u64) -> Entry {
+/// An entry of a typical size (a settlement-sized event with postings) and the view's writes
+/// that come with it (a consumer record and a bank key).
+fn entry(n: u64) -> (Entry, Vec<ViewWrite>) {
     let ev = consumer_opened_event(
         &format!("consumer-{n}"),
         Amount::from_cents(100_000),
@@ -21,18 +23,18 @@ fn entry(n: u64) -> Entry {
         Amount::from_cents(500_000),
         Some(format!("0123456789abcdef-{n}")),
     );
-    Entry::new(n, vec![ev])
+    let mut c = ConsumerState::new(
+        format!("consumer-{n}"),
+        Amount::from_cents(100_000),
+        format!("bank-{n}"),
+    );
+    c.apply(&ev, n).expect("applies");
+    (Entry::new(n, vec![ev]), view::opened_consumer_writes(&c))
 }
 
 fn journal_benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    // Snapshots off for this bench: the snapshot thread would replay these synthetic entries.
-    let cfg = JournalConfig {
-        snapshot_every_entries: u64::MAX,
-        ..JournalConfig::default()
-    };
-    let (journal, _) =
-        Journal::open(dir.path(), LedgerState::new(RulesConfig::default()), cfg).unwrap();
+    let (journal, _) = Journal::open(dir.path(), JournalConfig::default()).unwrap();
     let handle = journal.handle();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,7 +50,8 @@ fn journal_benches(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     n += 1;
-                    handle.append(&entry(n)).await.unwrap();
+                    let (e, w) = entry(n);
+                    handle.append(&e, w).await.unwrap();
                 }
                 start.elapsed()
             })
@@ -63,7 +66,8 @@ fn journal_benches(c: &mut Criterion) {
                     let all: Vec<_> = (0..256)
                         .map(|_| {
                             n += 1;
-                            handle.append(&entry(n))
+                            let (e, w) = entry(n);
+                            handle.append(&e, w)
                         })
                         .collect();
                     for r in futures::future::join_all(all).await {

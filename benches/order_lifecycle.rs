@@ -35,9 +35,6 @@ async fn node() -> Node {
     if let Ok(n) = std::env::var("BENCH_ARBITERS") {
         cfg.arbiters = n.parse().expect("BENCH_ARBITERS is a number");
     }
-    if std::env::var("BENCH_NO_SNAPSHOTS").is_ok() {
-        cfg.journal.snapshot_every_entries = u64::MAX;
-    }
     if std::env::var("BENCH_NO_TOPUP").is_ok() {
         cfg.rules.topup_threshold = Amount::ZERO;
     }

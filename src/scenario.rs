@@ -251,7 +251,7 @@ impl Player {
         let consumer = text(step, "consumer").unwrap_or_default();
         let bank = text(step, "bank").unwrap_or_default();
         let engine = self.engine();
-        if engine.has_consumer(consumer)
+        if engine.has_consumer(consumer)?
             || engine.has_merchant(consumer)
             || self.bank().exists(bank)
         {
@@ -304,7 +304,7 @@ impl Player {
         let bank = text(step, "bank");
         let engine = self.engine();
         if engine.has_merchant(merchant)
-            || engine.has_consumer(merchant)
+            || engine.has_consumer(merchant)?
             || bank.is_some_and(|b| self.bank().exists(b))
         {
             return Ok(Err(Refusal::conflict(format!(

@@ -2,9 +2,11 @@
 //! engine is stopped.
 //!
 //! - a record altered in the middle or at the end, its crc32 recomputed so that the checksum
-//!   passes: the hash chain (or the head marker, or the snapshot) must catch it, and verify must
-//!   name the altered record;
+//!   passes: the hash chain (or the head marker) must catch it, and verify must name the
+//!   altered record;
 //! - a record deleted (middle or last) or two records swapped;
+//! - the account-state view (what the node starts from) altered or missing an order: verify
+//!   must find that it no longer equals the replay;
 //! - journal files truncated, overwritten with random bytes, or deleted: verify must fail
 //!   cleanly (exit code 1 with a message), never panic, crash on a signal or hang.
 //!
@@ -221,10 +223,15 @@ impl Store {
             .expect("it was there");
     }
 
-    fn clear_snapshots(&self) {
-        let snaps = self.db.open_tree("snapshots").expect("tree snapshots");
-        assert!(!snaps.is_empty(), "the demo leaves a snapshot");
-        snaps.clear().expect("clear snapshots");
+    /// The first key of the account-state view under `prefix` (view.rs: `c` consumers, `d`
+    /// orders, `m` merchants).
+    fn first_view_key(&self, prefix: u8) -> sled::IVec {
+        self.log
+            .scan_prefix([prefix])
+            .keys()
+            .next()
+            .expect("the demo leaves such a key")
+            .expect("key")
     }
 
     /// Flushes and drops the store, then waits until sled has really let go of the file lock
@@ -301,16 +308,38 @@ fn intact_data_dir_verifies() {
 }
 
 #[test]
-fn intact_data_dir_without_snapshots_verifies() {
-    // Control for the head-marker case below: snapshots are optional.
+fn a_consumer_altered_in_the_account_state_view_is_caught() {
     let (_tmp, dir) = demo_dir();
     let store = Store::open(&dir);
-    store.clear_snapshots();
+    let key = store.first_view_key(b'c');
+    let mut v = store.log.get(&key).expect("read").expect("there").to_vec();
+    let last = v.len() - 1;
+    v[last] ^= 0x01;
+    store.log.insert(&key, v).expect("write back");
     store.close();
-    let r = verify(&dir);
+    let r = assert_refused(&dir, "a consumer altered in the view");
     assert!(
-        r.status.success(),
-        "a journal without snapshots must verify; stderr:\n{}",
+        r.stderr.contains("account-state view"),
+        "verify names the view; stderr:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn an_order_missing_from_the_account_state_view_is_caught() {
+    let (_tmp, dir) = demo_dir();
+    let store = Store::open(&dir);
+    let key = store.first_view_key(b'd');
+    store
+        .log
+        .remove(&key)
+        .expect("remove")
+        .expect("it was there");
+    store.close();
+    let r = assert_refused(&dir, "an order missing from the view");
+    assert!(
+        r.stderr.contains("account-state view"),
+        "verify names the view; stderr:\n{}",
         r.stderr
     );
 }
@@ -341,16 +370,14 @@ fn last_record_altered_is_named() {
 }
 
 #[test]
-fn last_record_altered_without_snapshots_is_caught_by_the_head_marker() {
-    // Without the snapshot (which also names the last record's hash) only the head marker can
-    // tell that the last record changed: no record chains to it.
+fn last_record_altered_is_caught_by_the_head_marker() {
+    // Only the head marker can tell that the last record changed: no record chains to it.
     let (_tmp, dir) = demo_dir();
     let store = Store::open(&dir);
     let last = *store.seqs().last().expect("records");
-    store.clear_snapshots();
     store.alter_payload(last, 8, 0x01);
     store.close();
-    let r = assert_refused(&dir, "last record altered, no snapshot");
+    let r = assert_refused(&dir, "last record altered");
     assert!(
         r.stderr.contains(&format!("record {last}:")),
         "verify must name the altered last record {last}; stderr:\n{}",
@@ -392,7 +419,6 @@ fn last_record_deleted_is_detected() {
     let (_tmp, dir) = demo_dir();
     let store = Store::open(&dir);
     let last = *store.seqs().last().expect("records");
-    store.clear_snapshots();
     store.remove(last);
     store.close();
     let r = assert_refused(&dir, "last record deleted");

@@ -8,24 +8,30 @@
 //! interleaved with another command for the same account; other accounts are not held up,
 //! since every actor has its own mailbox and the actors are spread over a pool of arbiters.
 //!
+//! A consumer actor holds its account and its open orders. An order a command names that is
+//! not resident (a settled order being refunded, a repeated id) is read from the account-state
+//! view first; after the command, closed orders leave memory again. Every entry carries the
+//! view's writes for the account, so an idle actor can be dropped at any time.
+//!
 //! A settlement moves money consumer → merchant in one balanced event written by the consumer
 //! actor; after it is durable the merchant actor is told to apply its credit. A refund asks the
 //! merchant actor to debit first (it owns the balance that must cover it), then writes the one
 //! balanced refund event.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::bank::{BankAnswer, BankOp};
-use crate::engine::{EngineError, Shared};
+use crate::engine::{EngineError, Lease, Shared};
 use crate::ledger::{
     ConsumerState, Entry, Event, EventKind, MerchantState, PlaceDecision, Posting, ReleaseDecision,
 };
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
 use crate::money::Amount;
+use crate::view;
 
 /// A command for one consumer's actor.
 #[derive(Debug, Clone)]
@@ -53,19 +59,18 @@ pub enum ConsumerCmd {
         amount: Amount,
     },
     Tick,
-    /// A copy of the consumer's state (queries, verification).
-    Snapshot,
 }
 
 #[derive(Debug, Clone)]
 pub enum ConsumerReply {
     Done(CommandResult),
-    State(Box<ConsumerState>),
 }
 
 pub struct ConsumerMsg {
     pub cmd: ConsumerCmd,
     pub now: Secs,
+    /// Keeps the actor resident until this message is handled.
+    pub lease: Lease,
 }
 
 impl Message for ConsumerMsg {
@@ -74,12 +79,16 @@ impl Message for ConsumerMsg {
 
 pub struct ConsumerActor {
     state: Rc<RefCell<ConsumerState>>,
+    /// Whether the view's tick index lists this consumer (it has reserved credit).
+    timed_in_view: Rc<Cell<bool>>,
     shared: Arc<Shared>,
 }
 
 impl ConsumerActor {
+    /// An actor for a consumer as the view holds it: the account and its open orders.
     pub fn new(state: ConsumerState, shared: Arc<Shared>) -> ConsumerActor {
         ConsumerActor {
+            timed_in_view: Rc::new(Cell::new(state.reserved.is_positive())),
             state: Rc::new(RefCell::new(state)),
             shared,
         }
@@ -100,11 +109,19 @@ impl Handler<ConsumerMsg> for ConsumerActor {
     fn handle(&mut self, msg: ConsumerMsg, _ctx: &mut Self::Context) -> Self::Result {
         let run = Run {
             st: self.state.clone(),
+            timed_in_view: self.timed_in_view.clone(),
             shared: self.shared.clone(),
             now: msg.now,
         };
+        let ConsumerMsg { cmd, lease, .. } = msg;
         AtomicResponse::new(Box::pin(
-            async move { run.command(msg.cmd).await }.into_actor(self),
+            async move {
+                let result = run.command(cmd).await;
+                // Handled: the actor may be passivated from now on.
+                drop(lease);
+                result
+            }
+            .into_actor(self),
         ))
     }
 }
@@ -112,12 +129,59 @@ impl Handler<ConsumerMsg> for ConsumerActor {
 /// One command's run inside a consumer actor. Never holds a `RefCell` borrow across an await.
 struct Run {
     st: Rc<RefCell<ConsumerState>>,
+    timed_in_view: Rc<Cell<bool>>,
     shared: Arc<Shared>,
     now: Secs,
 }
 
 impl Run {
     async fn command(&self, cmd: ConsumerCmd) -> Result<ConsumerReply, EngineError> {
+        let result = self.run(cmd).await;
+        // Closed orders and refunds live in the view; only open orders stay resident.
+        {
+            let mut st = self.st.borrow_mut();
+            st.orders.retain(|_, o| o.state.is_open());
+            st.refunds.clear();
+        }
+        result
+    }
+
+    /// Makes an order this consumer owns resident, from the view if need be.
+    fn load_order(&self, order: &str) -> Result<(), EngineError> {
+        if self.st.borrow().orders.contains_key(order) {
+            return Ok(());
+        }
+        if let Some(stored) = self.shared.view.order(order)? {
+            let mut st = self.st.borrow_mut();
+            if stored.consumer == st.id {
+                st.orders.insert(order.to_string(), stored.order);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_refund(&self, refund: &str) -> Result<(), EngineError> {
+        if let Some(stored) = self.shared.view.refund(refund)? {
+            let mut st = self.st.borrow_mut();
+            if stored.consumer == st.id {
+                st.refunds.insert(refund.to_string(), stored.refund);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, cmd: ConsumerCmd) -> Result<ConsumerReply, EngineError> {
+        match &cmd {
+            ConsumerCmd::Place { id, .. } => self.load_order(id)?,
+            ConsumerCmd::ConfirmReceipt { order, .. }
+            | ConsumerCmd::EnterCode { order, .. }
+            | ConsumerCmd::Cancel { order } => self.load_order(order)?,
+            ConsumerCmd::Refund { id, order, .. } => {
+                self.load_order(order)?;
+                self.load_refund(id)?;
+            }
+            ConsumerCmd::Tick => {}
+        }
         let result = match cmd {
             ConsumerCmd::Place {
                 id,
@@ -148,9 +212,6 @@ impl Run {
             }
             ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
             ConsumerCmd::Tick => self.tick().await?,
-            ConsumerCmd::Snapshot => {
-                return Ok(ConsumerReply::State(Box::new(self.st.borrow().clone())))
-            }
         };
         let (id, reserved) = {
             let st = self.st.borrow();
@@ -189,7 +250,14 @@ impl Run {
             return Ok(());
         }
         let entry = Entry::new(self.now, events);
-        self.shared.journal.append(&entry).await?;
+        let (writes, timed_now) = {
+            let st = self.st.borrow();
+            let timed_now = st.reserved.is_positive();
+            let changed = (timed_now != self.timed_in_view.get()).then_some(timed_now);
+            (view::consumer_writes(&st, &entry, changed), timed_now)
+        };
+        self.shared.journal.append(&entry, writes).await?;
+        self.timed_in_view.set(timed_now);
         let ops: Vec<String> = entry.bank_ops().cloned().collect();
         if !ops.is_empty() {
             self.shared.bank.confirm(&ops);

@@ -153,7 +153,8 @@ fn storage(e: impl ToString) -> BankError {
 impl SimBank {
     /// Opens (or creates) the simulated bank in `DIR/simbank`.
     pub fn open(data_dir: &Path) -> Result<Arc<SimBank>, BankError> {
-        let db = crate::journal::open_sled(&data_dir.join("simbank")).map_err(storage)?;
+        let db = crate::journal::open_sled(&data_dir.join("simbank"), Some(64 * 1024 * 1024))
+            .map_err(storage)?;
         let tree = db.open_tree("bank").map_err(storage)?;
         let mut accounts = HashMap::new();
         let mut ops = HashMap::new();

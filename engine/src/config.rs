@@ -51,7 +51,7 @@ struct RawJournal {
     queue_capacity: Option<usize>,
     max_batch: Option<usize>,
     batch_window_micros: Option<u64>,
-    snapshot_every_entries: Option<u64>,
+    cache_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +60,7 @@ struct RawEngine {
     arbiters: Option<usize>,
     mailbox_capacity: Option<usize>,
     max_in_flight: Option<usize>,
+    passivate_after_ms: Option<u64>,
 }
 
 /// The parsed configuration file.
@@ -124,10 +125,11 @@ impl NodeConfig {
                 .journal
                 .batch_window_micros
                 .unwrap_or(dj.batch_window_micros),
-            snapshot_every_entries: raw
+            cache_bytes: raw
                 .journal
-                .snapshot_every_entries
-                .unwrap_or(dj.snapshot_every_entries),
+                .cache_mib
+                .map(|m| m.saturating_mul(1024 * 1024))
+                .unwrap_or(dj.cache_bytes),
         };
         if let Some(n) = raw.engine.arbiters.filter(|n| *n > 0) {
             cfg.engine.arbiters = n;
@@ -137,6 +139,9 @@ impl NodeConfig {
         }
         if let Some(n) = raw.engine.max_in_flight {
             cfg.engine.max_in_flight = n;
+        }
+        if let Some(ms) = raw.engine.passivate_after_ms {
+            cfg.engine.passivate_after = std::time::Duration::from_millis(ms);
         }
         cfg.node = raw.node;
         Ok(cfg)

@@ -4,11 +4,19 @@
 //! Commands come in as raw requests (strings from a scenario file, a CLI or an HTTP body) and
 //! are checked here in the precedence FORMAT.md fixes — conflict, amount, invalid, unknown —
 //! before they reach the actor that owns the account, which decides the rest.
+//!
+//! Consumer actors are activated on their first message and passivated when idle: the router
+//! (`Shared::route`) keeps a slot per resident consumer, counting the messages handed to its
+//! actor and not yet handled. A slot is removed only while that count is zero, under the map's
+//! lock, so a message either reaches the live actor or finds no slot and activates a fresh one
+//! from the account-state view. Messages arriving while an actor is being activated wait on
+//! the slot until it is up. No message can reach an actor that is being retired.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -27,6 +35,7 @@ use crate::ledger::{
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::Amount;
+use crate::view::{self, StateView};
 
 /// Faults: the command could not be carried out, and nothing was acknowledged. Business
 /// refusals are not faults; they are the `Err` side of a [`CommandResult`].
@@ -66,6 +75,9 @@ pub struct EngineConfig {
     /// Most commands in progress at once; one more is refused at once with
     /// [`EngineError::Overloaded`] instead of queueing without bound.
     pub max_in_flight: usize,
+    /// A consumer actor idle this long is passivated: it leaves memory, its state stays in
+    /// the account-state view, and its next message activates it again.
+    pub passivate_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +90,7 @@ impl Default for EngineConfig {
                 .unwrap_or(2),
             mailbox_capacity: 256,
             max_in_flight: 100_000,
+            passivate_after: Duration::from_secs(60),
         }
     }
 }
@@ -97,25 +110,64 @@ struct RefundKey {
     amount: Amount,
 }
 
-/// What the actors share: the rules, the journal, the bank and the routing directory.
+/// Milliseconds since the first call: a cheap clock for idle times.
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The router's slot for one resident consumer.
+struct Slot {
+    /// The actor, once activated; messages arriving during activation wait here.
+    addr: tokio::sync::OnceCell<Addr<ConsumerActor>>,
+    /// Messages handed to the actor and not yet handled (leases alive).
+    outstanding: AtomicUsize,
+    last_used_ms: AtomicU64,
+}
+
+/// A message's claim on its consumer's slot: while any lease is alive the actor is not
+/// passivated. It travels inside the message and is dropped when the actor has handled it (or
+/// when the message is dropped unhandled), not when the caller stops waiting.
+pub struct Lease(Arc<Slot>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.last_used_ms.store(monotonic_ms(), Ordering::Release);
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counters of the actors' residency.
+#[derive(Debug, Default)]
+pub struct ResidencyStats {
+    pub activations: AtomicU64,
+    pub passivations: AtomicU64,
+}
+
+/// What the actors share: the rules, the journal and its view, the bank and the router.
 pub struct Shared {
     pub rules: RulesConfig,
     pub journal: JournalHandle,
+    pub view: StateView,
     pub bank: Arc<dyn BankPort>,
     pub mailbox_capacity: usize,
-    consumers: DashMap<String, Addr<ConsumerActor>>,
+    /// Resident consumers (activated and not yet passivated).
+    residents: DashMap<String, Arc<Slot>>,
     merchants: DashMap<String, Addr<MerchantActor>>,
-    /// bank account → the consumer it is designated for.
-    banks: DashMap<String, String>,
-    orders: DashMap<String, OrderKey>,
-    refunds: DashMap<String, RefundKey>,
+    /// Order ids being placed right now: claimed before they are in the view, so that two
+    /// concurrent places of one id with different content cannot both go ahead.
+    placing: DashMap<String, OrderKey>,
+    /// Refund ids being refunded right now.
+    refunding: DashMap<String, RefundKey>,
     /// Consumers that may have time-driven work: those with reserved credit (pending,
     /// disputed or awaiting orders). A tick visits only these.
     timed: DashMap<String, ()>,
+    arbiters: Vec<ArbiterHandle>,
     bank_op_prefix: String,
     bank_op_counter: AtomicU64,
-    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: AtomicUsize,
     max_in_flight: usize,
+    residency: ResidencyStats,
 }
 
 impl Shared {
@@ -134,6 +186,95 @@ impl Shared {
         } else if self.timed.contains_key(consumer) {
             self.timed.remove(consumer);
         }
+    }
+
+    fn arbiter_for(&self, id: &str) -> &ArbiterHandle {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
+    }
+
+    /// The actor of a consumer, activated from the view if it is not resident, and a lease
+    /// that keeps it resident until the message carrying the lease is handled. `None` if
+    /// there is no such consumer.
+    async fn route(
+        self: &Arc<Self>,
+        consumer: &str,
+    ) -> Result<Option<(Addr<ConsumerActor>, Lease)>, EngineError> {
+        let slot = match self.residents.get(consumer) {
+            Some(slot) => {
+                // Under the map's read lock: the sweeper removes only under the write lock.
+                slot.outstanding.fetch_add(1, Ordering::AcqRel);
+                slot.clone()
+            }
+            None => match self.residents.entry(consumer.to_string()) {
+                MapEntry::Occupied(o) => {
+                    o.get().outstanding.fetch_add(1, Ordering::AcqRel);
+                    o.get().clone()
+                }
+                MapEntry::Vacant(v) => {
+                    let slot = Arc::new(Slot {
+                        addr: tokio::sync::OnceCell::new(),
+                        outstanding: AtomicUsize::new(1),
+                        last_used_ms: AtomicU64::new(monotonic_ms()),
+                    });
+                    v.insert(slot.clone());
+                    slot
+                }
+            },
+        };
+        let lease = Lease(slot.clone());
+        let activated = slot
+            .addr
+            .get_or_try_init(|| async {
+                match self.view.consumer_record(consumer) {
+                    Err(e) => Err(Some(e)),
+                    Ok(None) => Err(None),
+                    Ok(Some(record)) => {
+                        let state = record.into_state();
+                        let shared = self.clone();
+                        let addr = ConsumerActor::start_in_arbiter(
+                            self.arbiter_for(consumer),
+                            move |_| ConsumerActor::new(state, shared),
+                        );
+                        self.residency.activations.fetch_add(1, Ordering::Relaxed);
+                        Ok(addr)
+                    }
+                }
+            })
+            .await;
+        match activated {
+            Ok(addr) => Ok(Some((addr.clone(), lease))),
+            Err(e) => {
+                drop(lease);
+                // Free the empty slot unless another message is waiting on it.
+                self.residents.remove_if(consumer, |_, s| {
+                    s.outstanding.load(Ordering::Acquire) == 0 && !s.addr.initialized()
+                });
+                match e {
+                    None => Ok(None),
+                    Some(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Passivates every consumer actor idle for `idle` with nothing outstanding: its slot is
+    /// removed, the actor stops when its last address is dropped. Returns how many.
+    fn passivate_idle(&self, idle: Duration) -> usize {
+        let now = monotonic_ms();
+        let idle = idle.as_millis() as u64;
+        let mut passivated = 0;
+        self.residents.retain(|_, s| {
+            let retire = s.outstanding.load(Ordering::Acquire) == 0
+                && now.saturating_sub(s.last_used_ms.load(Ordering::Acquire)) >= idle;
+            passivated += retire as usize;
+            !retire
+        });
+        self.residency
+            .passivations
+            .fetch_add(passivated as u64, Ordering::Relaxed);
+        passivated
     }
 
     pub fn credit_merchant(&self, merchant: &str, postings: Vec<Posting>) {
@@ -278,17 +419,55 @@ pub struct Engine {
 /// What opening the data directory found.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryInfo {
-    pub snapshot_seq: u64,
-    pub replayed_records: u64,
+    /// The last record of the journal, where the account-state view is.
     pub last_seq: u64,
     pub entries: u64,
+    pub merchants: usize,
+    /// Consumers with reserved credit, which ticks visit.
+    pub timed_consumers: usize,
     pub bank_ops_confirmed: usize,
     pub bank_ops_reversed: usize,
 }
 
+/// An id claimed by a command in progress; released on drop.
+struct IdClaim<'a, K> {
+    map: &'a DashMap<String, K>,
+    id: Option<String>,
+}
+
+impl<K> Drop for IdClaim<'_, K> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.map.remove(&id);
+        }
+    }
+}
+
+/// Claims `id` for `key` in `map`: `Err(())` if it is claimed with other content; a guard
+/// that releases the claim if this call made it.
+fn claim_id<'a, K: PartialEq + Clone>(
+    map: &'a DashMap<String, K>,
+    id: &str,
+    key: &K,
+) -> Result<IdClaim<'a, K>, ()> {
+    match map.entry(id.to_string()) {
+        MapEntry::Occupied(o) if o.get() != key => Err(()),
+        MapEntry::Occupied(_) => Ok(IdClaim { map, id: None }),
+        MapEntry::Vacant(v) => {
+            v.insert(key.clone());
+            Ok(IdClaim {
+                map,
+                id: Some(id.to_string()),
+            })
+        }
+    }
+}
+
 impl Engine {
-    /// Opens (or creates) a data directory: recovers state from the journal, reconciles with
-    /// the bank, and starts the actors. Must be called inside an actix `System`.
+    /// Opens (or creates) a data directory: opens the journal at its head (nothing is
+    /// replayed; the account-state view is current), reconciles with the bank, and starts the
+    /// merchant actors. Consumer actors start on their first message. Must be called inside
+    /// an actix `System`.
     pub async fn open(
         dir: &Path,
         cfg: EngineConfig,
@@ -296,31 +475,28 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         cfg.rules.validate().map_err(EngineError::Config)?;
         std::fs::create_dir_all(dir)?;
-        let (journal, recovered) = Journal::open(
-            dir,
-            LedgerState::new(cfg.rules.clone()),
-            cfg.journal.clone(),
-        )?;
+        let (journal, recovered) = Journal::open(dir, cfg.journal.clone())?;
         let handle = journal.handle();
-        let state = recovered.state;
-        if let Some(c) = state
-            .consumers
-            .values()
-            .find(|c| c.wallet > cfg.rules.wallet_cap)
-        {
-            return Err(EngineError::Config(format!(
-                "wallet_cap {} is below the wallet of {} ({}); lowering the cap below existing wallets is refused",
-                cfg.rules.wallet_cap, c.id, c.wallet
-            )));
+        let view = handle.view();
+        let meta = recovered.meta;
+        if meta.entries > 0 && cfg.rules.wallet_cap < meta.config.wallet_cap {
+            // Only a lowered cap can be below an existing wallet: look, once.
+            for rec in view.consumer_records() {
+                let c = rec?;
+                if c.wallet > cfg.rules.wallet_cap {
+                    return Err(EngineError::Config(format!(
+                        "wallet_cap {} is below the wallet of {} ({}); lowering the cap below existing wallets is refused",
+                        cfg.rules.wallet_cap, c.id, c.wallet
+                    )));
+                }
+            }
         }
 
         // Reconcile: bank operations the journal does not hold belong to commands that were
         // never acknowledged, and are undone.
         let mut info = RecoveryInfo {
-            snapshot_seq: recovered.snapshot_seq,
-            replayed_records: recovered.replayed_records,
             last_seq: recovered.last_seq,
-            entries: state.entries,
+            entries: meta.entries,
             ..Default::default()
         };
         for op in bank.unconfirmed()? {
@@ -333,47 +509,85 @@ impl Engine {
             }
         }
 
+        let arbiters: Vec<Arbiter> = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
         let shared = Arc::new(Shared {
             rules: cfg.rules.clone(),
             journal: handle,
+            view: view.clone(),
             bank,
             mailbox_capacity: cfg.mailbox_capacity.max(1),
-            consumers: DashMap::new(),
+            residents: DashMap::new(),
             merchants: DashMap::new(),
-            banks: DashMap::new(),
-            orders: DashMap::new(),
-            refunds: DashMap::new(),
+            placing: DashMap::new(),
+            refunding: DashMap::new(),
             timed: DashMap::new(),
+            arbiters: arbiters.iter().map(|a| a.handle()).collect(),
             bank_op_prefix: format!("{:016x}", rand::random::<u64>()),
             bank_op_counter: AtomicU64::new(0),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight.max(1),
+            residency: ResidencyStats::default(),
         });
-        let arbiters = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        for id in view.timed_consumers()? {
+            shared.timed.insert(id, ());
+        }
+        info.timed_consumers = shared.timed.len();
+        let merchants = view.merchants()?;
+        info.merchants = merchants.len();
         let engine = Engine {
             shared,
             arbiters,
             journal: Some(journal),
-            clock: AtomicU64::new(state.clock),
+            clock: AtomicU64::new(meta.clock),
             opening: DashMap::new(),
             data_dir: dir.to_path_buf(),
             recovery: info,
         };
-        if state.entries == 0 || state.config != cfg.rules {
+        if meta.entries == 0 || meta.config != cfg.rules {
             let entry = Entry::new(
-                state.clock,
+                meta.clock,
                 vec![Event::new(EventKind::Configured(cfg.rules.clone()))],
             );
-            engine.shared.journal.append(&entry).await?;
+            engine.shared.journal.append(&entry, vec![]).await?;
         }
-        for (_, c) in state.consumers {
-            engine.index_consumer(&c);
-            engine.start_consumer(c);
-        }
-        for (_, m) in state.merchants {
+        for (_, m) in merchants {
             engine.start_merchant(m);
         }
+        engine.start_passivation(cfg.passivate_after);
         Ok(engine)
+    }
+
+    /// Every `passivate_after / 2` (at least every 10 ms, at most every second), passivates
+    /// the consumer actors idle for `passivate_after`. Runs on the first arbiter; stops with it.
+    fn start_passivation(&self, passivate_after: Duration) {
+        let period = (passivate_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let shared = Arc::downgrade(&self.shared);
+        self.arbiters[0].spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match shared.upgrade() {
+                    Some(s) => {
+                        s.passivate_idle(passivate_after);
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Consumer actors in memory now.
+    pub fn resident_consumers(&self) -> usize {
+        self.shared.residents.len()
+    }
+
+    /// How many consumer actors were activated and passivated since the engine opened.
+    pub fn residency(&self) -> &ResidencyStats {
+        &self.shared.residency
+    }
+
+    /// Passivates now every consumer actor idle for at least `idle` (tests, operators).
+    pub fn passivate_idle(&self, idle: Duration) -> usize {
+        self.shared.passivate_idle(idle)
     }
 
     /// The journal's counters: records written, entries in them, flushes.
@@ -402,50 +616,10 @@ impl Engine {
         self.clock.fetch_max(now, Ordering::AcqRel).max(now)
     }
 
-    fn arbiter_for(&self, id: &str) -> &Arbiter {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
-    }
-
-    fn index_consumer(&self, c: &ConsumerState) {
-        self.shared.note_time_work(&c.id, c.reserved.is_positive());
-        self.shared.banks.insert(c.bank.clone(), c.id.clone());
-        for o in c.orders.values() {
-            self.shared.orders.insert(
-                o.id.clone(),
-                OrderKey {
-                    consumer: c.id.clone(),
-                    merchant: o.merchant.clone(),
-                    amount: o.amount,
-                    release: o.release.clone(),
-                },
-            );
-        }
-        for (id, r) in &c.refunds {
-            self.shared.refunds.insert(
-                id.clone(),
-                RefundKey {
-                    order: r.order.clone(),
-                    amount: r.amount,
-                },
-            );
-        }
-    }
-
-    fn start_consumer(&self, c: ConsumerState) {
-        let id = c.id.clone();
-        let shared = self.shared.clone();
-        let addr = ConsumerActor::start_in_arbiter(&self.arbiter_for(&id).handle(), move |_| {
-            ConsumerActor::new(c, shared)
-        });
-        self.shared.consumers.insert(id, addr);
-    }
-
     fn start_merchant(&self, m: MerchantState) {
         let id = m.id.clone();
         let cap = self.shared.mailbox_capacity;
-        let addr = MerchantActor::start_in_arbiter(&self.arbiter_for(&id).handle(), move |_| {
+        let addr = MerchantActor::start_in_arbiter(self.shared.arbiter_for(&id), move |_| {
             MerchantActor::new(m, cap)
         });
         self.shared.merchants.insert(id, addr);
@@ -486,15 +660,23 @@ impl Engine {
         Some(claim)
     }
 
-    pub fn has_consumer(&self, id: &str) -> bool {
-        self.shared.consumers.contains_key(id)
+    pub fn has_consumer(&self, id: &str) -> Result<bool, EngineError> {
+        if self
+            .shared
+            .residents
+            .get(id)
+            .is_some_and(|s| s.addr.initialized())
+        {
+            return Ok(true);
+        }
+        Ok(self.shared.view.has_consumer(id)?)
     }
     pub fn has_merchant(&self, id: &str) -> bool {
         self.shared.merchants.contains_key(id)
     }
     /// Whether a bank account is already designated for a consumer.
-    pub fn has_bank_account(&self, bank: &str) -> bool {
-        self.shared.banks.contains_key(bank)
+    pub fn has_bank_account(&self, bank: &str) -> Result<bool, EngineError> {
+        Ok(self.shared.view.bank_owner(bank)?.is_some())
     }
 
     /// Opens a consumer: virtual account with its credit limit, wallet filled from the
@@ -511,13 +693,14 @@ impl Engine {
             format!("bank:{}", req.bank),
         ];
         let claim = self.claim(&keys);
-        if claim.is_none() || self.has_consumer(&req.consumer) || self.has_merchant(&req.consumer) {
+        if claim.is_none() || self.has_consumer(&req.consumer)? || self.has_merchant(&req.consumer)
+        {
             return Ok(Err(Refusal::conflict(format!(
                 "account {:?} already exists",
                 req.consumer
             ))));
         }
-        if self.has_bank_account(&req.bank) {
+        if self.has_bank_account(&req.bank)? {
             return Ok(Err(Refusal::conflict(format!(
                 "bank account {:?} is already designated",
                 req.bank
@@ -564,16 +747,18 @@ impl Engine {
             }
         }
         let ev = consumer_opened_event(&req.consumer, credit_limit, &req.bank, wallet, bank_op);
+        let mut c = ConsumerState::new(req.consumer.clone(), credit_limit, req.bank.clone());
+        c.apply(&ev, now)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let entry = Entry::new(now, vec![ev]);
-        self.shared.journal.append(&entry).await?;
+        self.shared
+            .journal
+            .append(&entry, view::opened_consumer_writes(&c))
+            .await?;
         self.shared
             .bank
             .confirm(&entry.bank_ops().cloned().collect::<Vec<_>>());
-        let mut c = ConsumerState::new(req.consumer.clone(), credit_limit, req.bank.clone());
-        c.apply(&entry.events[0], now)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        self.index_consumer(&c);
-        self.start_consumer(c);
+        // No actor yet: the consumer's first command activates one from the view.
         Ok(Ok(Outcome::Ok))
     }
 
@@ -587,7 +772,7 @@ impl Engine {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let claim = self.claim(&[format!("acct:{merchant}")]);
-        if claim.is_none() || self.has_merchant(merchant) || self.has_consumer(merchant) {
+        if claim.is_none() || self.has_merchant(merchant) || self.has_consumer(merchant)? {
             return Ok(Err(Refusal::conflict(format!(
                 "account {merchant:?} already exists"
             ))));
@@ -601,7 +786,7 @@ impl Engine {
         });
         self.shared
             .journal
-            .append(&Entry::new(now, vec![ev]))
+            .append(&Entry::new(now, vec![ev]), vec![])
             .await?;
         self.start_merchant(MerchantState {
             id: merchant.to_string(),
@@ -617,14 +802,11 @@ impl Engine {
         cmd: ConsumerCmd,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
-        let addr = match self.shared.consumers.get(consumer) {
-            Some(a) => a.clone(),
-            None => return Ok(Err(Refusal::unknown(format!("no consumer {consumer:?}")))),
+        let Some((addr, lease)) = self.shared.route(consumer).await? else {
+            return Ok(Err(Refusal::unknown(format!("no consumer {consumer:?}"))));
         };
-        match addr.send(ConsumerMsg { cmd, now }).await?? {
-            ConsumerReply::Done(r) => Ok(r),
-            ConsumerReply::State(_) => Err(EngineError::Internal("unexpected reply".into())),
-        }
+        let ConsumerReply::Done(r) = addr.send(ConsumerMsg { cmd, now, lease }).await??;
+        Ok(r)
     }
 
     /// Places an order: credit check and reservation, or direct settlement for small amounts.
@@ -653,7 +835,8 @@ impl Engine {
                 req.id
             ))
         };
-        if let Some(k) = self.shared.orders.get(&req.id).map(|k| k.clone()) {
+        let mut _claim = None;
+        if let Some(k) = self.order_key(&req.id)? {
             if !same_as(&k) {
                 return Ok(Err(conflict()));
             }
@@ -669,7 +852,7 @@ impl Engine {
             if let Err(r) = check_id("order id", &req.id) {
                 return Ok(Err(r));
             }
-            if !self.has_consumer(&req.consumer) {
+            if !self.has_consumer(&req.consumer)? {
                 return Ok(Err(Refusal::unknown(format!(
                     "no consumer {:?}",
                     req.consumer
@@ -681,15 +864,13 @@ impl Engine {
                     req.merchant
                 ))));
             }
-            // Claim the id; a concurrent claim with the same content goes to the same actor,
-            // which answers the repeat with the first outcome.
+            // Claim the id until the order is in the view; a concurrent claim with the same
+            // content goes to the same actor, which answers the repeat with the first outcome.
+            // (One that finished in between is in the view, and the actor finds it there.)
             let key = key_of(amount, release);
-            match self.shared.orders.entry(req.id.clone()) {
-                MapEntry::Occupied(o) if *o.get() != key => return Ok(Err(conflict())),
-                MapEntry::Occupied(_) => {}
-                MapEntry::Vacant(v) => {
-                    v.insert(key);
-                }
+            match claim_id(&self.shared.placing, &req.id, &key) {
+                Ok(c) => _claim = Some(c),
+                Err(()) => return Ok(Err(conflict())),
             }
         }
         let (Ok(amount), Ok(release)) = (amount, release) else {
@@ -704,12 +885,24 @@ impl Engine {
         self.ask_consumer(&req.consumer, cmd, now).await
     }
 
-    fn owner_of_order(&self, order: &str) -> Result<String, Refusal> {
-        self.shared
-            .orders
-            .get(order)
-            .map(|k| k.consumer.clone())
-            .ok_or_else(|| Refusal::unknown(format!("no order {order:?}")))
+    /// The content an order id was first used with: being placed now, or in the view.
+    fn order_key(&self, order: &str) -> Result<Option<OrderKey>, EngineError> {
+        if let Some(k) = self.shared.placing.get(order) {
+            return Ok(Some(k.clone()));
+        }
+        Ok(self.shared.view.order(order)?.map(|s| OrderKey {
+            consumer: s.consumer,
+            merchant: s.order.merchant,
+            amount: s.order.amount,
+            release: s.order.release,
+        }))
+    }
+
+    fn owner_of_order(&self, order: &str) -> Result<Result<String, Refusal>, EngineError> {
+        Ok(self
+            .order_key(order)?
+            .map(|k| k.consumer)
+            .ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
     }
 
     /// The consumer confirms receipt: satisfied settles, not satisfied disputes.
@@ -721,7 +914,7 @@ impl Engine {
     ) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        match self.owner_of_order(order) {
+        match self.owner_of_order(order)? {
             Ok(c) => {
                 self.ask_consumer(
                     &c,
@@ -746,7 +939,7 @@ impl Engine {
     ) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        match self.owner_of_order(order) {
+        match self.owner_of_order(order)? {
             Ok(c) => {
                 self.ask_consumer(
                     &c,
@@ -765,7 +958,7 @@ impl Engine {
     pub async fn cancel_order(&self, order: &str, now: Secs) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        match self.owner_of_order(order) {
+        match self.owner_of_order(order)? {
             Ok(c) => {
                 self.ask_consumer(
                     &c,
@@ -799,7 +992,14 @@ impl Engine {
             order: req.order.clone(),
             amount: *a,
         });
-        if let Some(k) = self.shared.refunds.get(&req.id).map(|k| k.clone()) {
+        let recorded = match self.shared.refunding.get(&req.id) {
+            Some(k) => Some(k.clone()),
+            None => self.shared.view.refund(&req.id)?.map(|s| RefundKey {
+                order: s.refund.order,
+                amount: s.refund.amount,
+            }),
+        };
+        if let Some(k) = recorded {
             if Some(&k) != key.as_ref() {
                 return Ok(Err(conflict()));
             }
@@ -811,7 +1011,7 @@ impl Engine {
         if let Err(r) = check_id("refund id", &req.id) {
             return Ok(Err(r));
         }
-        let consumer = match self.owner_of_order(&req.order) {
+        let consumer = match self.owner_of_order(&req.order)? {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
@@ -819,131 +1019,75 @@ impl Engine {
             order: req.order.clone(),
             amount,
         };
-        let claimed = match self.shared.refunds.entry(req.id.clone()) {
-            MapEntry::Occupied(o) if *o.get() != key => return Ok(Err(conflict())),
-            MapEntry::Occupied(_) => false,
-            MapEntry::Vacant(v) => {
-                v.insert(key);
-                true
-            }
+        // Claimed until it is in the view. A refused refund leaves no trace: its id stays free.
+        let Ok(_claim) = claim_id(&self.shared.refunding, &req.id, &key) else {
+            return Ok(Err(conflict()));
         };
         let cmd = ConsumerCmd::Refund {
             id: req.id.clone(),
             order: req.order,
             amount,
         };
-        let result = self.ask_consumer(&consumer, cmd, now).await;
-        if claimed && !matches!(result, Ok(Ok(_))) {
-            // A refused refund leaves no trace: its id stays free.
-            self.shared.refunds.remove(&req.id);
-        }
-        result
+        self.ask_consumer(&consumer, cmd, now).await
     }
 
     /// Runs the time-driven work due at `now` for every consumer, then records the clock.
     pub async fn tick(&self, now: Secs) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
-        let addrs: Vec<_> = self
-            .shared
-            .timed
-            .iter()
-            .filter_map(|e| self.shared.consumers.get(e.key()).map(|a| a.clone()))
-            .collect();
+        let ids: Vec<String> = self.shared.timed.iter().map(|e| e.key().clone()).collect();
         // `unconstrained`: with thousands of replies, tokio's cooperative budget would make
         // join_all re-poll every pending send on each wake-up (quadratic in the consumers).
-        let replies =
-            tokio::task::unconstrained(futures::future::join_all(addrs.iter().map(|a| {
-                a.send(ConsumerMsg {
+        let replies = tokio::task::unconstrained(futures::future::join_all(ids.iter().map(
+            |id| async move {
+                let Some((addr, lease)) = self.shared.route(id).await? else {
+                    return Ok(());
+                };
+                let msg = ConsumerMsg {
                     cmd: ConsumerCmd::Tick,
                     now,
-                })
-            })))
-            .await;
+                    lease,
+                };
+                addr.send(msg).await??;
+                Ok::<(), EngineError>(())
+            },
+        )))
+        .await;
         for r in replies {
-            r??;
+            r?;
         }
         self.shared
             .journal
-            .append(&Entry::new(now, vec![Event::new(EventKind::ClockAdvanced)]))
+            .append(
+                &Entry::new(now, vec![Event::new(EventKind::ClockAdvanced)]),
+                vec![],
+            )
             .await?;
         Ok(Ok(Outcome::Ok))
     }
 
-    /// A consumer's current state, if it exists.
+    /// A consumer's state as acknowledged (every order and refund included), if it exists.
+    /// Read from the account-state view: no actor is activated for a query.
     pub async fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, EngineError> {
-        let Some(addr) = self.shared.consumers.get(id).map(|a| a.clone()) else {
-            return Ok(None);
-        };
-        match addr
-            .send(ConsumerMsg {
-                cmd: ConsumerCmd::Snapshot,
-                now: self.clock(),
-            })
-            .await??
-        {
-            ConsumerReply::State(s) => Ok(Some(*s)),
-            ConsumerReply::Done(_) => Err(EngineError::Internal("unexpected reply".into())),
-        }
+        Ok(self.shared.view.consumer(id)?)
     }
 
+    /// A merchant's balance as acknowledged.
     pub async fn merchant(&self, id: &str) -> Result<Option<MerchantState>, EngineError> {
-        let Some(addr) = self.shared.merchants.get(id).map(|a| a.clone()) else {
-            return Ok(None);
-        };
-        match addr.send(MerchantMsg::Snapshot).await? {
-            MerchantReply::State(s) => Ok(Some(s)),
-            MerchantReply::Done(_) => Err(EngineError::Internal("unexpected reply".into())),
-        }
+        Ok(self.shared.view.merchant(id)?)
     }
 
     /// An order, if it exists.
     pub async fn order(&self, id: &str) -> Result<Option<Order>, EngineError> {
-        let Ok(owner) = self.owner_of_order(id) else {
-            return Ok(None);
-        };
-        Ok(self
-            .consumer(&owner)
-            .await?
-            .and_then(|c| c.orders.get(id).cloned()))
+        Ok(self.shared.view.order(id)?.map(|s| s.order))
     }
 
-    /// The whole ledger as the actors hold it now.
+    /// The whole ledger as acknowledged, read from the account-state view. Costly with many
+    /// accounts: for checks and tests.
     pub async fn ledger_state(&self) -> Result<LedgerState, EngineError> {
-        let mut state = LedgerState::new(self.shared.rules.clone());
-        state.clock = self.clock();
-        let consumers: Vec<String> = self
-            .shared
-            .consumers
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        for id in consumers {
-            if let Some(c) = self.consumer(&id).await? {
-                for o in c.orders.keys() {
-                    state.order_owner.insert(o.clone(), id.clone());
-                }
-                for r in c.refunds.keys() {
-                    state.refund_owner.insert(r.clone(), id.clone());
-                }
-                state.bank_owner.insert(c.bank.clone(), id.clone());
-                state.consumers.insert(id, c);
-            }
-        }
-        let merchants: Vec<String> = self
-            .shared
-            .merchants
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        for id in merchants {
-            if let Some(m) = self.merchant(&id).await? {
-                state.merchants.insert(id, m);
-            }
-        }
-        Ok(state)
+        Ok(self.shared.view.ledger()?)
     }
 
-    /// Stops the actors, writes what is queued, snapshots and closes the store.
+    /// Stops the actors, writes what is queued and closes the store.
     pub async fn close(mut self) -> Result<(), EngineError> {
         self.stop()
     }
@@ -955,7 +1099,7 @@ impl Engine {
         for a in self.arbiters.drain(..) {
             let _ = a.join();
         }
-        self.shared.consumers.clear();
+        self.shared.residents.clear();
         self.shared.merchants.clear();
         if let Some(j) = self.journal.take() {
             j.close()?;

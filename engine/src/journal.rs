@@ -1,13 +1,16 @@
 //! The durable journal: a checksummed, hash-chained log of entries on sled, written by one
 //! group-commit writer.
 //!
-//! Architecture invariant: this is the only module that touches sled for the node's own data.
+//! Architecture invariant: this module and [`crate::view`] are the only code that touches sled
+//! for the node's own data.
 //!
-//! Callers hand an entry to the writer over a bounded crossbeam channel and get a future that
-//! resolves only after the batch holding their entry has been flushed to disk (I7). The writer
-//! takes everything queued (up to `max_batch`), encodes it as **one** sled record, writes the
-//! record together with an index of the bank operations it mentions in one atomic sled batch,
-//! flushes once, then answers everyone in the batch.
+//! Callers hand an entry, with the account-state view's writes it causes, to the writer over a
+//! bounded crossbeam channel and get a future that resolves only after the batch holding their
+//! entry has been flushed to disk (I7). The writer takes everything queued (up to `max_batch`),
+//! encodes it as **one** sled record, writes the record together with an index of the bank
+//! operations it mentions, the head marker and the view's writes in one atomic sled batch,
+//! flushes once, then answers everyone in the batch. So the view is always at the head: opening
+//! replays nothing, whatever the journal's length.
 //!
 //! Record layout (the value under key `r` + seq as big-endian u64):
 //!
@@ -17,7 +20,7 @@
 //!
 //! `crc32` covers everything before it; `prev_hash` is the SHA-256 of the previous record's
 //! whole value (zeros for the first). The payload is a count and length-prefixed bincode
-//! entries. Snapshots live in a separate tree and name the hash of the record they end at.
+//! entries.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,14 +29,13 @@ use std::thread::JoinHandle;
 
 use bincode::Options;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::ledger::{Entry, LedgerState};
+use crate::ledger::Entry;
+use crate::view::{StateView, ViewMeta, ViewWrite, WriterDelta, WriterView};
 
 const MAGIC: &[u8; 4] = b"OCJ1";
-const SNAP_MAGIC: &[u8; 4] = b"OCS1";
 const HEADER_LEN: usize = 4 + 8 + 32 + 4;
 const RECORD_PREFIX: u8 = b'r';
 const BANK_OP_PREFIX: u8 = b'o';
@@ -58,11 +60,13 @@ pub enum JournalError {
     Failed,
     #[error("the journal queue is full (overloaded)")]
     Overloaded,
-    #[error("snapshot: {0}")]
-    Snapshot(String),
+    #[error("account-state view: {0}")]
+    View(String),
+    #[error("cannot start the journal writer: {0}")]
+    Thread(String),
 }
 
-/// Tuning of the group-commit writer and the snapshots.
+/// Tuning of the group-commit writer and the store.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     /// Capacity of the channel into the writer; a full channel makes submitters wait.
@@ -73,8 +77,8 @@ pub struct JournalConfig {
     /// microseconds. 0 closes it at once: lowest latency; a few hundred µs trades latency
     /// for fewer, fuller flushes under load.
     pub batch_window_micros: u64,
-    /// Write a snapshot when this many entries have been journaled since the last one.
-    pub snapshot_every_entries: u64,
+    /// sled's page cache, in bytes: how much of the store stays in memory.
+    pub cache_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -83,7 +87,7 @@ impl Default for JournalConfig {
             queue_capacity: 16_384,
             max_batch: 4_096,
             batch_window_micros: 0,
-            snapshot_every_entries: 50_000,
+            cache_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -91,6 +95,8 @@ impl Default for JournalConfig {
 struct Submission {
     entry_bytes: Vec<u8>,
     bank_ops: Vec<String>,
+    view_writes: Vec<ViewWrite>,
+    delta: WriterDelta,
     ack: oneshot::Sender<Result<u64, JournalError>>,
 }
 
@@ -125,9 +131,10 @@ impl JournalHandle {
     pub fn append(
         &self,
         entry: &Entry,
+        view_writes: Vec<ViewWrite>,
     ) -> impl std::future::Future<Output = Result<u64, JournalError>> + 'static {
         let (ack, rx) = oneshot::channel();
-        let queued = self.queue(entry, ack);
+        let queued = self.queue(entry, view_writes, ack);
         async move {
             queued?;
             rx.await.map_err(|_| JournalError::Closed)?
@@ -137,6 +144,7 @@ impl JournalHandle {
     fn queue(
         &self,
         entry: &Entry,
+        view_writes: Vec<ViewWrite>,
         ack: oneshot::Sender<Result<u64, JournalError>>,
     ) -> Result<(), JournalError> {
         if self.failed.load(Ordering::Acquire) {
@@ -150,6 +158,8 @@ impl JournalHandle {
         let msg = WriterMsg::Append(Submission {
             entry_bytes,
             bank_ops,
+            view_writes,
+            delta: WriterDelta::of(entry),
             ack,
         });
         match self.tx.try_send(msg) {
@@ -167,45 +177,44 @@ impl JournalHandle {
     pub fn stats(&self) -> &JournalStats {
         &self.stats
     }
+
+    /// Reads of the account-state view.
+    pub fn view(&self) -> StateView {
+        StateView::new(self.tree.clone())
+    }
 }
 
-/// The journal: its store, its writer thread and its snapshotter thread.
+/// The journal: its store and its writer thread.
 pub struct Journal {
     db: sled::Db,
     handle: JournalHandle,
     writer: Option<JoinHandle<()>>,
-    snapshotter: Option<JoinHandle<()>>,
-    snap_tx: Option<Sender<SnapMsg>>,
     path: PathBuf,
 }
 
-enum SnapMsg {
-    Written { last_seq: u64, entries: u64 },
-    Shutdown,
-}
-
-/// The result of opening a journal: the rebuilt state and where the log ends.
+/// What opening a journal found: where the log ends and the view's meta record.
 pub struct Recovered {
-    pub state: LedgerState,
+    pub meta: ViewMeta,
     pub last_seq: u64,
     pub last_hash: Hash,
-    /// Records replayed after the snapshot (0 when the snapshot was current).
-    pub replayed_records: u64,
-    pub snapshot_seq: u64,
 }
 
 pub fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
-    Ok(open_sled(path)?)
+    Ok(open_sled(path, None)?)
 }
 
 /// Opens a sled store, waiting a little for a lock that a store closed a moment ago in this
 /// process still holds: sled 0.34 releases its file lock from background threads after the
 /// last handle is dropped (spacejam/sled#1234), so a quick close-and-reopen can see
 /// `WouldBlock`. Gives up after about two seconds with sled's own error.
-pub fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+pub fn open_sled(path: &Path, cache_bytes: Option<u64>) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match sled::Config::new().path(path).open() {
+        let mut config = sled::Config::new().path(path);
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        match config.open() {
             Err(e) if is_lock_contention(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -221,31 +230,23 @@ fn is_lock_contention(e: &sled::Error) -> bool {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, rebuilds the state from the newest valid
-    /// snapshot plus the records after it, and starts the writer.
-    pub fn open(
-        dir: &Path,
-        initial: LedgerState,
-        cfg: JournalConfig,
-    ) -> Result<(Journal, Recovered), JournalError> {
+    /// Opens (or creates) the journal in `dir` and starts the writer. Nothing is replayed:
+    /// the account-state view is written with every record. Opening checks that the log ends
+    /// where the head marker says, that the last record is intact and is the one the head
+    /// names, and that the view is at that record.
+    pub fn open(dir: &Path, cfg: JournalConfig) -> Result<(Journal, Recovered), JournalError> {
         let path = dir.join("journal");
-        let db = open_db(&path)?;
+        let db = open_sled(&path, Some(cfg.cache_bytes))?;
         let tree = db.open_tree("log")?;
-        let snaps = db.open_tree("snapshots")?;
-        let recovered = recover(&tree, &snaps, initial)?;
+        let recovered = open_at_head(&tree)?;
 
         let (tx, rx) = bounded(cfg.queue_capacity.max(1));
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
-        let (snap_tx, snap_rx) = bounded(1024);
+        let writer_view = WriterView::load(&tree)?;
         let writer = {
-            let (db, tree, failed, stats, snap_tx) = (
-                db.clone(),
-                tree.clone(),
-                failed.clone(),
-                stats.clone(),
-                snap_tx.clone(),
-            );
+            let (db, tree, failed, stats) =
+                (db.clone(), tree.clone(), failed.clone(), stats.clone());
             let (seq, hash, max_batch) = (recovered.last_seq, recovered.last_hash, cfg.max_batch);
             let window = cfg.batch_window_micros;
             std::thread::Builder::new()
@@ -261,21 +262,10 @@ impl Journal {
                         std::time::Duration::from_micros(window),
                         failed,
                         stats,
-                        snap_tx,
+                        writer_view,
                     )
                 })
-                .map_err(|e| JournalError::Snapshot(format!("cannot start writer: {e}")))?
-        };
-        let snapshotter = {
-            let (tree, snaps) = (tree.clone(), snaps.clone());
-            let state = recovered.state.clone();
-            let seq = recovered.last_seq;
-            let every = cfg.snapshot_every_entries.max(1);
-            let since = recovered.replayed_records;
-            std::thread::Builder::new()
-                .name("journal-snapshots".into())
-                .spawn(move || snapshot_loop(tree, snaps, state, seq, since, every, snap_rx))
-                .map_err(|e| JournalError::Snapshot(format!("cannot start snapshotter: {e}")))?
+                .map_err(|e| JournalError::Thread(e.to_string()))?
         };
         let journal = Journal {
             db,
@@ -286,8 +276,6 @@ impl Journal {
                 stats,
             },
             writer: Some(writer),
-            snapshotter: Some(snapshotter),
-            snap_tx: Some(snap_tx),
             path,
         };
         Ok((journal, recovered))
@@ -301,7 +289,7 @@ impl Journal {
         &self.path
     }
 
-    /// Stops the writer after everything queued is written, writes a final snapshot, flushes.
+    /// Stops the writer after everything queued is written, and flushes.
     /// Every `JournalHandle` must be dropped first, or the writer never sees the end.
     pub fn close(mut self) -> Result<(), JournalError> {
         self.shutdown()
@@ -313,12 +301,6 @@ impl Journal {
             let _ = self.handle.tx.send(WriterMsg::Stop);
             let _ = w.join();
         }
-        if let Some(s) = self.snap_tx.take() {
-            let _ = s.send(SnapMsg::Shutdown);
-        }
-        if let Some(s) = self.snapshotter.take() {
-            let _ = s.join();
-        }
         self.db.flush()?;
         Ok(())
     }
@@ -328,6 +310,61 @@ impl Drop for Journal {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Where the log ends, checked: the head marker names the last record, that record is intact
+/// (checksum, framing) and hashes to what the head says, no record follows it, and the view's
+/// meta is at it. An empty store is a new journal.
+fn open_at_head(tree: &sled::Tree) -> Result<Recovered, JournalError> {
+    let meta = StateView::new(tree.clone()).meta()?;
+    let Some((seq, hash)) = read_head(tree)? else {
+        if let Some(first) = records(tree, 0).next() {
+            let seq = first.map(|r| r.seq).unwrap_or(0);
+            return Err(JournalError::Corrupt {
+                seq,
+                reason: "records exist but the head marker is missing".into(),
+            });
+        }
+        return Ok(Recovered {
+            meta: meta.unwrap_or_default(),
+            last_seq: 0,
+            last_hash: [0u8; 32],
+        });
+    };
+    let last = tree.get(record_key(seq))?.ok_or(JournalError::Corrupt {
+        seq,
+        reason: "the record the head marker names is missing".into(),
+    })?;
+    decode_record(seq, &last)?;
+    if hash_record(&last) != hash {
+        return Err(JournalError::Corrupt {
+            seq,
+            reason: "altered: the last record's hash differs from the head marker".into(),
+        });
+    }
+    if let Some(next) = records(tree, seq).next() {
+        let next = next.map(|r| r.seq).unwrap_or(seq + 1);
+        return Err(JournalError::Corrupt {
+            seq: next,
+            reason: format!("a record follows the head marker's record {seq}"),
+        });
+    }
+    let meta = meta.ok_or_else(|| {
+        JournalError::View(
+            "no account-state view: the store was written by an older version of OneCard".into(),
+        )
+    })?;
+    if meta.last_seq != seq {
+        return Err(JournalError::View(format!(
+            "the view is at record {} but the log ends at record {seq}",
+            meta.last_seq
+        )));
+    }
+    Ok(Recovered {
+        meta,
+        last_seq: seq,
+        last_hash: hash,
+    })
 }
 
 fn record_key(seq: u64) -> [u8; 9] {
@@ -455,10 +492,9 @@ fn writer_loop(
     batch_window: std::time::Duration,
     failed: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
-    snap_tx: Sender<SnapMsg>,
+    mut view: WriterView,
 ) {
     let mut batch: Vec<Submission> = Vec::with_capacity(max_batch);
-    let mut entries_total = 0u64;
     let mut stopping = false;
     while !stopping {
         match rx.recv() {
@@ -505,20 +541,31 @@ fn writer_loop(
         head.extend_from_slice(&next_seq.to_be_bytes());
         head.extend_from_slice(&hash);
         sled_batch.insert(HEAD_KEY, head);
-        for s in &batch {
+        for s in &mut batch {
             for op in &s.bank_ops {
                 sled_batch.insert(bank_op_key(op), &next_seq.to_be_bytes());
             }
+            // In submission order: a later write of the same key wins, as it must.
+            for w in s.view_writes.drain(..) {
+                w.apply_to(&mut sled_batch);
+            }
         }
         let write_started = std::time::Instant::now();
-        let written = tree
-            .apply_batch(sled_batch)
-            .and_then(|_| db.flush().map(|_| ()));
+        let written = view
+            .batch_writes(next_seq, batch.iter().map(|s| &s.delta))
+            .map_err(|e| e.to_string())
+            .and_then(|writes| {
+                for w in writes {
+                    w.apply_to(&mut sled_batch);
+                }
+                tree.apply_batch(sled_batch)
+                    .and_then(|_| db.flush().map(|_| ()))
+                    .map_err(|e| e.to_string())
+            });
         match written {
             Ok(()) => {
                 seq = next_seq;
                 prev_hash = hash;
-                entries_total += batch.len() as u64;
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 stats.flushes.fetch_add(1, Ordering::Relaxed);
                 stats.write_micros.fetch_add(
@@ -531,15 +578,11 @@ fn writer_loop(
                 for s in batch.drain(..) {
                     let _ = s.ack.send(Ok(next_seq));
                 }
-                let _ = snap_tx.try_send(SnapMsg::Written {
-                    last_seq: seq,
-                    entries: entries_total,
-                });
             }
             Err(e) => {
                 // Nothing after a failed write may be acknowledged: the log must stay a prefix.
                 failed.store(true, Ordering::Release);
-                let msg = e.to_string();
+                let msg = e;
                 for s in batch.drain(..) {
                     let _ = s
                         .ack
@@ -574,106 +617,6 @@ pub fn records(
             let seq = u64::from_be_bytes(k[1..].try_into().expect("8 bytes"));
             decode_record(seq, &v)
         })
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotHeader {
-    seq: u64,
-    record_hash: Hash,
-}
-
-fn encode_snapshot(seq: u64, record_hash: &Hash, state: &LedgerState) -> Result<Vec<u8>, String> {
-    let body = bincode::serialize(&(
-        SnapshotHeader {
-            seq,
-            record_hash: *record_hash,
-        },
-        state,
-    ))
-    .map_err(|e| e.to_string())?;
-    let mut v = Vec::with_capacity(body.len() + 8);
-    v.extend_from_slice(SNAP_MAGIC);
-    v.extend_from_slice(&body);
-    let crc = crc32fast::hash(&v);
-    v.extend_from_slice(&crc.to_be_bytes());
-    Ok(v)
-}
-
-/// Decodes a snapshot blob: (seq, hash of the record it ends at, state).
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Hash, LedgerState), String> {
-    if bytes.len() < 8 || &bytes[..4] != SNAP_MAGIC {
-        return Err("bad snapshot magic".into());
-    }
-    let (body, crc_bytes) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body) != u32::from_be_bytes(crc_bytes.try_into().expect("4")) {
-        return Err("snapshot checksum mismatch".into());
-    }
-    let (h, state): (SnapshotHeader, LedgerState) = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_limit(4 * 1024 * 1024 * 1024)
-        .deserialize(&body[4..])
-        .map_err(|e| e.to_string())?;
-    Ok((h.seq, h.record_hash, state))
-}
-
-/// The newest snapshot that is intact and agrees with the record it names.
-fn latest_valid_snapshot(tree: &sled::Tree, snaps: &sled::Tree) -> Option<(u64, LedgerState)> {
-    for kv in snaps.iter().rev() {
-        let Ok((_, v)) = kv else { continue };
-        let Ok((seq, hash, state)) = decode_snapshot(&v) else {
-            continue;
-        };
-        let Ok(Some(rec)) = tree.get(record_key(seq)) else {
-            continue;
-        };
-        if hash_record(&rec) == hash {
-            return Some((seq, state));
-        }
-    }
-    None
-}
-
-/// Rebuilds the state: newest valid snapshot, then every record after it, checking the chain.
-pub fn recover(
-    tree: &sled::Tree,
-    snaps: &sled::Tree,
-    initial: LedgerState,
-) -> Result<Recovered, JournalError> {
-    let (snapshot_seq, mut state) = latest_valid_snapshot(tree, snaps).unwrap_or((0, initial));
-    let mut last_hash = if snapshot_seq == 0 {
-        [0u8; 32]
-    } else {
-        let rec = tree
-            .get(record_key(snapshot_seq))?
-            .ok_or(JournalError::Corrupt {
-                seq: snapshot_seq,
-                reason: "record named by the snapshot is missing".into(),
-            })?;
-        hash_record(&rec)
-    };
-    let mut last_seq = snapshot_seq;
-    let mut replayed = 0;
-    for rec in records(tree, snapshot_seq) {
-        let rec = rec?;
-        check_link(last_seq, &last_hash, &rec)?;
-        for e in &rec.entries {
-            state.apply_entry(e).map_err(|err| JournalError::Corrupt {
-                seq: rec.seq,
-                reason: format!("entry does not apply: {err}"),
-            })?;
-        }
-        last_seq = rec.seq;
-        last_hash = rec.hash;
-        replayed += 1;
-    }
-    check_head(tree, last_seq, &last_hash)?;
-    Ok(Recovered {
-        state,
-        last_seq,
-        last_hash,
-        replayed_records: replayed,
-        snapshot_seq,
-    })
 }
 
 /// The stored head: (last sequence number, hash of the last record), if any record exists.
@@ -735,75 +678,6 @@ pub fn check_link(
     Ok(())
 }
 
-fn snapshot_loop(
-    tree: sled::Tree,
-    snaps: sled::Tree,
-    mut state: LedgerState,
-    mut snap_seq: u64,
-    since_snapshot: u64,
-    every: u64,
-    rx: Receiver<SnapMsg>,
-) {
-    let mut pending_entries = since_snapshot;
-    let mut last_written_seq = snap_seq;
-    let mut last_entries = 0u64;
-    loop {
-        let (target, shutdown) = match rx.recv() {
-            Ok(SnapMsg::Written { last_seq, entries }) => {
-                pending_entries += entries - last_entries;
-                last_entries = entries;
-                last_written_seq = last_seq;
-                (last_seq, false)
-            }
-            Ok(SnapMsg::Shutdown) | Err(_) => (last_written_seq, true),
-        };
-        if (pending_entries >= every || shutdown) && target > snap_seq {
-            match catch_up(&tree, &mut state, snap_seq, target) {
-                Ok(hash) => {
-                    if let Ok(bytes) = encode_snapshot(target, &hash, &state) {
-                        if snaps.insert(target.to_be_bytes(), bytes).is_ok() {
-                            snap_seq = target;
-                            pending_entries = 0;
-                            // Keep the two newest snapshots; older ones only cost space.
-                            let keys: Vec<_> = snaps.iter().keys().filter_map(Result::ok).collect();
-                            for k in keys.iter().take(keys.len().saturating_sub(2)) {
-                                let _ = snaps.remove(k);
-                            }
-                        }
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-        if shutdown {
-            return;
-        }
-    }
-}
-
-fn catch_up(
-    tree: &sled::Tree,
-    state: &mut LedgerState,
-    from: u64,
-    to: u64,
-) -> Result<Hash, JournalError> {
-    let mut hash = [0u8; 32];
-    for rec in records(tree, from) {
-        let rec = rec?;
-        if rec.seq > to {
-            break;
-        }
-        for e in &rec.entries {
-            state.apply_entry(e).map_err(|err| JournalError::Corrupt {
-                seq: rec.seq,
-                reason: err.to_string(),
-            })?;
-        }
-        hash = rec.hash;
-    }
-    Ok(hash)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,12 +686,12 @@ mod tests {
     fn opening_waits_for_a_lock_released_a_moment_later() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let first = open_sled(&path).unwrap();
+        let first = open_sled(&path, None).unwrap();
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(first);
         });
-        let second = open_sled(&path);
+        let second = open_sled(&path, None);
         releaser.join().unwrap();
         assert!(second.is_ok(), "{:?}", second.err());
     }
@@ -828,7 +702,7 @@ mod tests {
             batch_window_micros,
             ..JournalConfig::default()
         };
-        Journal::open(dir, LedgerState::default(), cfg).unwrap().0
+        Journal::open(dir, cfg).unwrap().0
     }
 
     fn clock_entry(at: u64) -> Entry {
@@ -851,10 +725,10 @@ mod tests {
             .build()
             .unwrap();
         let (a, b) = rt.block_on(async {
-            let first = handle.append(&clock_entry(1));
+            let first = handle.append(&clock_entry(1), vec![]);
             let second = async {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                handle.append(&clock_entry(2)).await
+                handle.append(&clock_entry(2), vec![]).await
             };
             futures::join!(first, second)
         });
@@ -875,8 +749,8 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let first = rt.block_on(handle.append(&clock_entry(1))).unwrap();
-        let second = rt.block_on(handle.append(&clock_entry(2))).unwrap();
+        let first = rt.block_on(handle.append(&clock_entry(1), vec![])).unwrap();
+        let second = rt.block_on(handle.append(&clock_entry(2), vec![])).unwrap();
         assert_eq!((first, second), (1, 2));
     }
 
@@ -884,8 +758,8 @@ mod tests {
     fn a_lock_held_for_good_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let _held = open_sled(&path).unwrap();
-        let err = open_sled(&path).unwrap_err();
+        let _held = open_sled(&path, None).unwrap();
+        let err = open_sled(&path, None).unwrap_err();
         assert!(is_lock_contention(&err), "{err}");
     }
 }

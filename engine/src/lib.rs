@@ -2,7 +2,7 @@
 //!
 //! Layers, from the bottom: [`money`] (exact amounts), [`model`] (domain types), [`ledger`]
 //! (the pure rules and the state they act on), [`journal`] (the durable, hash-chained log on
-//! sled), [`bank`] (the bank port and the simulated bank), [`actors`] (per-account actors on
+//! sled), [`view`] (the current state of every account, stored with each record), [`bank`] (the bank port and the simulated bank), [`actors`] (per-account actors on
 //! actix) and [`engine`] (routing, recovery, the public API). [`verify`] replays a journal
 //! from scratch and checks the invariants. See `ARCHITECTURE.md` at the repository root.
 
@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod model;
 pub mod money;
 pub mod verify;
+pub mod view;
 
 pub use bank::{BankPort, SimBank, SimBankPort};
 pub use config::NodeConfig;

@@ -44,6 +44,16 @@ pub enum OrderState {
 }
 
 impl OrderState {
+    /// Whether the order can still change by itself or by a command other than a refund:
+    /// pending, awaiting funds or disputed. Open orders stay with their consumer's actor;
+    /// closed ones live only in the store.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            OrderState::Pending | OrderState::AwaitingFunds | OrderState::Disputed
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             OrderState::Pending => "pending",

@@ -4,17 +4,19 @@
 //! framing, checksum, sequence number and hash link, applies every entry to a fresh ledger
 //! (which refuses unbalanced events, wallets out of range, credit above the limit, double
 //! settlement, over-refunds and reused ids), recomputes every account's balance from the
-//! postings alone and compares, checks that all balances sum to zero, and checks the newest
-//! snapshot against the replayed state at its sequence number.
+//! postings alone and compares, checks that all balances sum to zero, and checks that the
+//! account-state view (what the node starts from) equals the replayed state, account by
+//! account and order by order.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::journal::{self, decode_snapshot, hash_record, JournalError};
+use crate::journal::{self, JournalError};
 use crate::ledger::{AccountRef, EventKind, LedgerState};
 use crate::model::{OrderState, RulesConfig};
 use crate::money::Amount;
+use crate::view::StateView;
 
 /// Where verification failed, naming the record when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,8 @@ pub struct VerifyReport {
     /// Top-ups the bank paid, and top-ups it refused (the wallet stayed as it was).
     pub topups_done: u64,
     pub topups_refused: u64,
-    pub snapshot_checked: Option<u64>,
+    /// The record the account-state view is at, once it was found equal to the replay.
+    pub view_checked: Option<u64>,
     pub state: LedgerState,
 }
 
@@ -89,9 +92,12 @@ impl fmt::Display for VerifyReport {
             "top-ups: {} paid by the bank, {} refused by the bank",
             self.topups_done, self.topups_refused
         )?;
-        match self.snapshot_checked {
-            Some(s) => writeln!(f, "snapshot at record {s} matches the replay")?,
-            None => writeln!(f, "no snapshot to compare")?,
+        match self.view_checked {
+            Some(s) => writeln!(
+                f,
+                "account-state view at record {s}: matches the replay, account by account"
+            )?,
+            None => writeln!(f, "account-state view: empty journal")?,
         }
         write!(f, "invariants I1-I6 and I8: ok")
     }
@@ -144,16 +150,6 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
     };
     let db = journal::open_db(path).map_err(|e| open_err(e.to_string()))?;
     let tree = db.open_tree("log").map_err(|e| open_err(e.to_string()))?;
-    let snaps = db
-        .open_tree("snapshots")
-        .map_err(|e| open_err(e.to_string()))?;
-
-    let snapshot = snaps
-        .iter()
-        .next_back()
-        .transpose()
-        .map_err(|e| open_err(e.to_string()))?
-        .map(|(_, v)| decode_snapshot(&v));
 
     let mut state = LedgerState::new(RulesConfig::default());
     let mut balances: BTreeMap<AccountRef, Amount> = BTreeMap::new();
@@ -196,38 +192,12 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
         last_seq = rec.seq;
         last_hash = rec.hash;
         report.records += 1;
-        if let Some(Ok((snap_seq, snap_hash, snap_state))) = &snapshot {
-            if *snap_seq == rec.seq {
-                if *snap_hash != rec.hash {
-                    return Err(VerifyError::Record {
-                        seq: rec.seq,
-                        reason: "the snapshot names another version of this record".into(),
-                    });
-                }
-                if *snap_state != state {
-                    return Err(VerifyError::Record {
-                        seq: rec.seq,
-                        reason: "the snapshot differs from the state replayed up to it".into(),
-                    });
-                }
-                report.snapshot_checked = Some(rec.seq);
-            }
-        }
     }
     journal::check_head(&tree, last_seq, &last_hash).map_err(rec_err(last_seq))?;
-    if let Some(Err(e)) = &snapshot {
-        return Err(VerifyError::Final(format!(
-            "the newest snapshot is damaged: {e}"
-        )));
+    check_view(&StateView::new(tree.clone()), last_seq, &state)?;
+    if last_seq > 0 {
+        report.view_checked = Some(last_seq);
     }
-    if let Some(Ok((snap_seq, ..))) = &snapshot {
-        if report.snapshot_checked.is_none() {
-            return Err(VerifyError::Final(format!(
-                "a snapshot names record {snap_seq}, which the journal does not hold"
-            )));
-        }
-    }
-    let _ = hash_record;
 
     // Balances from the postings alone must equal the ledger's, and sum to zero (I2).
     let mut sum = Amount::ZERO;
@@ -310,7 +280,68 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
     }
     report.state = state;
     drop(tree);
-    drop(snaps);
     drop(db);
     Ok(report)
+}
+
+/// The account-state view must be at the last record and equal the replay exactly. Names the
+/// first account or order that differs.
+fn check_view(view: &StateView, last_seq: u64, replayed: &LedgerState) -> Result<(), VerifyError> {
+    let damaged = |e: JournalError| VerifyError::Final(format!("account-state view: {e}"));
+    let meta = view.meta().map_err(damaged)?;
+    if last_seq == 0 {
+        return match meta {
+            None => Ok(()),
+            Some(_) => Err(VerifyError::Final(
+                "account-state view: present, but the journal is empty".into(),
+            )),
+        };
+    }
+    let meta = meta.ok_or_else(|| {
+        VerifyError::Final("account-state view: missing (written by an older version?)".into())
+    })?;
+    if meta.last_seq != last_seq {
+        return Err(VerifyError::Final(format!(
+            "account-state view: at record {}, but the journal ends at record {last_seq}",
+            meta.last_seq
+        )));
+    }
+    let stored = view.ledger().map_err(damaged)?;
+    if stored == *replayed {
+        return Ok(());
+    }
+    let differs = |what: String| {
+        Err(VerifyError::Final(format!(
+            "account-state view differs from the replay: {what}"
+        )))
+    };
+    for (id, c) in &replayed.consumers {
+        match stored.consumers.get(id) {
+            None => return differs(format!("consumer {id} is missing")),
+            Some(s) if s == c => {}
+            Some(s) => {
+                for (oid, o) in &c.orders {
+                    if s.orders.get(oid) != Some(o) {
+                        return differs(format!("consumer {id}, order {oid}"));
+                    }
+                }
+                return differs(format!("consumer {id}"));
+            }
+        }
+    }
+    if stored.consumers.len() != replayed.consumers.len() {
+        return differs("it holds consumers the journal never opened".into());
+    }
+    for (id, m) in &replayed.merchants {
+        if stored.merchants.get(id) != Some(m) {
+            return differs(format!("merchant {id}"));
+        }
+    }
+    if stored.merchants.len() != replayed.merchants.len() {
+        return differs("it holds merchants the journal never opened".into());
+    }
+    differs(format!(
+        "the rules, the clock or the entry count (view: clock {}, {} entries; replay: clock {}, {} entries)",
+        stored.clock, stored.entries, replayed.clock, replayed.entries
+    ))
 }

@@ -1,5 +1,6 @@
 //! The engine through its public API, with the real actors, journal and simulated bank:
-//! isolation and ordering of actors, snapshots, restarts and bad input.
+//! isolation and ordering of actors, passivation, the account-state view, restarts and bad
+//! input.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,11 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use onecard_engine::bank::{BankAnswer, BankError, BankOp, UnconfirmedOp};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
-use onecard_engine::journal::{self, JournalConfig};
 use onecard_engine::ledger::LedgerState;
-use onecard_engine::{
-    Amount, BankPort, Engine, Outcome, RefusalKind, RulesConfig, SimBank, SimBankPort,
-};
+use onecard_engine::{Amount, BankPort, Engine, Outcome, RefusalKind, SimBank, SimBankPort};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -287,30 +285,139 @@ fn reopening_rebuilds_exactly_the_state_the_actors_held() {
 }
 
 #[test]
-fn a_snapshot_plus_the_journal_tail_equals_the_whole_journal_replayed() {
+fn the_account_state_view_equals_the_whole_journal_replayed_with_actors_passivated_throughout() {
     let dir = tempfile::tempdir().unwrap();
+    // Idle actors are passivated every 10 ms: commands keep activating them from the view.
     let cfg = EngineConfig {
-        journal: JournalConfig {
-            snapshot_every_entries: 17,
-            ..JournalConfig::default()
-        },
+        passivate_after: Duration::ZERO,
         ..config()
     };
-    actix_rt::System::new().block_on(workload(dir.path(), cfg));
-    // Two ways to the same state, straight from the store.
-    let dir_path = dir;
-    let db = journal::open_db(&dir_path.path().join("journal")).unwrap();
-    let log = db.open_tree("log").unwrap();
-    let snaps = db.open_tree("snapshots").unwrap();
-    let no_snaps = db.open_tree("test-no-snapshots").unwrap();
-    let initial = || LedgerState::new(RulesConfig::default());
-    let from_snapshot = journal::recover(&log, &snaps, initial()).unwrap();
-    let from_scratch = journal::recover(&log, &no_snaps, initial()).unwrap();
-    assert!(from_snapshot.snapshot_seq > 0, "a snapshot was written");
-    assert_eq!(from_scratch.snapshot_seq, 0);
-    assert!(from_snapshot.replayed_records < from_scratch.replayed_records);
-    assert_eq!(from_snapshot.last_seq, from_scratch.last_seq);
-    assert_eq!(from_snapshot.state, from_scratch.state);
+    let state = actix_rt::System::new().block_on(workload(dir.path(), cfg));
+    // verify replays the journal from its first record and compares the view with it.
+    let report = onecard_engine::verify::verify(dir.path()).unwrap();
+    assert_eq!(report.view_checked, Some(report.records));
+    assert_eq!(state, report.state, "the view is exactly the replay");
+}
+
+#[test]
+fn passivation_racing_with_commands_loses_no_message_and_no_money() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let cfg = EngineConfig {
+            // The engine's own sweeper passivates every 10 ms on an actor thread, and the
+            // racer below as often as it gets to run on this one.
+            passivate_after: Duration::ZERO,
+            ..config()
+        };
+        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let consumers = ["ann", "ben", "cat", "dan"];
+        for c in consumers {
+            open_consumer(&engine, &sim, c, "100000", "1000000", "5000").await;
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let racer = async {
+            let mut swept = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                // Every actor with nothing outstanding goes, right now.
+                swept += engine.passivate_idle(Duration::ZERO);
+                tokio::task::yield_now().await;
+            }
+            swept
+        };
+        const ORDERS: u64 = 60;
+        const STREAMS: u64 = 3;
+        let traffic = async {
+            // Per consumer, three streams of commands in flight at once: an actor retired
+            // while one of them is queued would let a second actor start from a stale view.
+            let streams = consumers
+                .iter()
+                .flat_map(|c| (0..STREAMS).map(move |s| (c, s)));
+            let per_stream = streams.map(|(c, s)| {
+                let engine = &engine;
+                async move {
+                    for i in (s..ORDERS).step_by(STREAMS as usize) {
+                        let id = format!("{c}-{i}");
+                        // The same place twice at once: one order, one outcome.
+                        let (a, b) = futures::join!(
+                            engine.place_order(order(&id, c, "10.00"), i),
+                            engine.place_order(order(&id, c, "10.00"), i)
+                        );
+                        assert_eq!(a.unwrap(), Ok(Outcome::Accepted), "{id}");
+                        assert_eq!(b.unwrap(), Ok(Outcome::Accepted), "{id} repeated");
+                        if i % 2 == 0 {
+                            let r = engine.confirm_receipt(&id, true, i).await.unwrap();
+                            assert_eq!(r, Ok(Outcome::Settled), "{id}");
+                        }
+                        // Now and then a pause, so that all streams of a consumer are idle
+                        // at once and its actor can be passivated between commands.
+                        if (i / STREAMS).is_multiple_of(3) {
+                            tokio::time::sleep(Duration::from_millis(2 + s)).await;
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(per_stream).await;
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        };
+        let (swept, ()) = futures::join!(racer, traffic);
+        let residency = engine.residency();
+        let passivations = residency
+            .passivations
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let activations = residency
+            .activations
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(passivations as usize >= swept);
+        assert!(
+            activations > consumers.len() as u64 && passivations > 0,
+            "the race happened: {activations} activations, {passivations} passivations"
+        );
+        engine.passivate_idle(Duration::ZERO);
+        assert_eq!(engine.resident_consumers(), 0, "idle actors leave memory");
+
+        // Every acknowledged command is there, read back through fresh activations.
+        for c in consumers {
+            let state = engine.consumer(c).await.unwrap().unwrap();
+            assert_eq!(state.orders.len() as u64, ORDERS, "{c}");
+            // Half settled (5000.00 wallet pays them), half still reserved.
+            assert_eq!(state.reserved, amount("300.00"), "{c}");
+            assert_eq!(state.wallet, amount("5000.00"), "{c}: topped up to the cap");
+            for i in 0..ORDERS {
+                let o = &state.orders[&format!("{c}-{i}")];
+                let expected = if i % 2 == 0 {
+                    onecard_engine::OrderState::Settled
+                } else {
+                    onecard_engine::OrderState::Pending
+                };
+                assert_eq!(o.state, expected, "{c}-{i}");
+            }
+            // A command on a passivated consumer activates it with its open orders.
+            let r = engine
+                .confirm_receipt(&format!("{c}-1"), true, ORDERS)
+                .await
+                .unwrap();
+            assert_eq!(r, Ok(Outcome::Settled));
+        }
+        let shop = engine.merchant("shop").await.unwrap().unwrap();
+        assert_eq!(
+            shop.balance,
+            amount("1240.00"),
+            "4 × (30 + 1) orders of 10.00"
+        );
+        let live = engine.ledger_state().await.unwrap();
+        engine.close().await.unwrap();
+        sim.close();
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_eq!(live, report.state);
+    });
 }
 
 #[test]

@@ -357,7 +357,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             events: r.events,
             topups_done: r.topups_done,
             topups_refused: r.topups_refused,
-            snapshot_checked: r.snapshot_checked,
+            view_checked: r.view_checked,
         },
         Err(e) => VerifySummary {
             ok: false,
@@ -367,7 +367,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             events: 0,
             topups_done: 0,
             topups_refused: 0,
-            snapshot_checked: None,
+            view_checked: None,
         },
     };
     drop(live);

@@ -31,7 +31,7 @@ pub struct VerifySummary {
     pub events: u64,
     pub topups_done: u64,
     pub topups_refused: u64,
-    pub snapshot_checked: Option<u64>,
+    pub view_checked: Option<u64>,
 }
 
 pub struct Report {
@@ -182,13 +182,14 @@ impl Report {
         if let Some(r) = &self.restart {
             writeln!(
                 s,
-                "restart after {} lifecycles: closed in {:.1} ms, reopened (recovery) in {:.1} ms: snapshot at record {}, {} records replayed, {} entries, {} bank operations confirmed, {} reversed",
+                "restart after {} lifecycles: closed in {:.1} ms, reopened (recovery) in {:.1} ms: the view at record {} ({} entries), {} merchants, {} consumers with reserved credit, {} bank operations confirmed, {} reversed",
                 r.after_lifecycles,
                 r.close_ms,
                 r.recovery_ms,
-                r.info.snapshot_seq,
-                r.info.replayed_records,
+                r.info.last_seq,
                 r.info.entries,
+                r.info.merchants,
+                r.info.timed_consumers,
                 r.info.bank_ops_confirmed,
                 r.info.bank_ops_reversed
             )?;
@@ -320,8 +321,9 @@ impl Report {
                 "after_lifecycles": r.after_lifecycles,
                 "close_ms": round3(r.close_ms),
                 "recovery_ms": round3(r.recovery_ms),
-                "snapshot_seq": r.info.snapshot_seq,
-                "replayed_records": r.info.replayed_records,
+                "last_seq": r.info.last_seq,
+                "merchants": r.info.merchants,
+                "timed_consumers": r.info.timed_consumers,
                 "entries": r.info.entries,
                 "bank_ops_confirmed": r.info.bank_ops_confirmed,
                 "bank_ops_reversed": r.info.bank_ops_reversed,
@@ -336,7 +338,7 @@ impl Report {
                 "records": self.verify.records,
                 "entries": self.verify.entries,
                 "events": self.verify.events,
-                "snapshot_checked": self.verify.snapshot_checked,
+                "view_checked": self.verify.view_checked,
             },
             "checks": self.checks.iter().map(|c| json!({
                 "name": c.name, "ok": c.ok, "detail": c.detail
