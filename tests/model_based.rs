@@ -1385,6 +1385,7 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
     let bank = h.bank();
     let cap = Amount::from_cents(m.cap);
     let mut wallets = Amount::ZERO;
+    let ledger = engine.ledger_state().await.map_err(fault)?;
     for (name, mc) in &m.consumers {
         let c = engine
             .consumer(name)
@@ -1418,13 +1419,32 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
             .filter(|(_, o)| &o.consumer == name)
             .map(|(id, _)| id)
             .collect();
-        let engine_orders: BTreeSet<&String> = c.orders.keys().collect();
+        // The account query lists open orders; every order is in the whole ledger.
+        let full = ledger
+            .consumers
+            .get(name)
+            .ok_or_else(|| format!("consumer {name} missing in the ledger"))?;
+        ensure!(
+            c.orders.values().all(|o| o.state.is_open())
+                && c.orders.len() == full.orders.values().filter(|o| o.state.is_open()).count(),
+            "consumer:{name}: the query must list exactly the open orders"
+        );
+        let engine_orders: BTreeSet<&String> = full.orders.keys().collect();
         ensure!(
             model_orders == engine_orders,
             "orders of {name}: engine {engine_orders:?}, model {model_orders:?}"
         );
         for id in model_orders {
-            let (mo, eo) = (&m.orders[id], &c.orders[id]);
+            let eo = engine
+                .order(id)
+                .await
+                .map_err(fault)?
+                .ok_or_else(|| format!("order:{id}: the order query does not find it"))?;
+            ensure!(
+                full.orders.get(id) == Some(&eo),
+                "order:{id}: the query and the ledger disagree"
+            );
+            let (mo, eo) = (&m.orders[id], &eo);
             ensure!(
                 eo.state.as_str() == mo.state.name(),
                 "order:{id}: engine {}, model {}",
@@ -1447,7 +1467,7 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
             .filter(|(_, r)| m.orders[&r.order].consumer == *name)
             .map(|(id, _)| id)
             .collect();
-        let engine_refunds: BTreeSet<&String> = c.refunds.keys().collect();
+        let engine_refunds: BTreeSet<&String> = full.refunds.keys().collect();
         ensure!(
             model_refunds == engine_refunds,
             "refunds of {name}: engine {engine_refunds:?}, model {model_refunds:?}"

@@ -18,7 +18,7 @@
 //! merchant actor to debit first (it owns the balance that must cover it), then writes the one
 //! balanced refund event.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -79,8 +79,6 @@ impl Message for ConsumerMsg {
 
 pub struct ConsumerActor {
     state: Rc<RefCell<ConsumerState>>,
-    /// Whether the view's tick index lists this consumer (it has reserved credit).
-    timed_in_view: Rc<Cell<bool>>,
     shared: Arc<Shared>,
 }
 
@@ -88,7 +86,6 @@ impl ConsumerActor {
     /// An actor for a consumer as the view holds it: the account and its open orders.
     pub fn new(state: ConsumerState, shared: Arc<Shared>) -> ConsumerActor {
         ConsumerActor {
-            timed_in_view: Rc::new(Cell::new(state.reserved.is_positive())),
             state: Rc::new(RefCell::new(state)),
             shared,
         }
@@ -109,7 +106,6 @@ impl Handler<ConsumerMsg> for ConsumerActor {
     fn handle(&mut self, msg: ConsumerMsg, _ctx: &mut Self::Context) -> Self::Result {
         let run = Run {
             st: self.state.clone(),
-            timed_in_view: self.timed_in_view.clone(),
             shared: self.shared.clone(),
             now: msg.now,
         };
@@ -129,7 +125,6 @@ impl Handler<ConsumerMsg> for ConsumerActor {
 /// One command's run inside a consumer actor. Never holds a `RefCell` borrow across an await.
 struct Run {
     st: Rc<RefCell<ConsumerState>>,
-    timed_in_view: Rc<Cell<bool>>,
     shared: Arc<Shared>,
     now: Secs,
 }
@@ -146,12 +141,13 @@ impl Run {
         result
     }
 
-    /// Makes an order this consumer owns resident, from the view if need be.
+    /// Makes an order this consumer owns resident. Open orders always are; a closed one is
+    /// read from the view.
     fn load_order(&self, order: &str) -> Result<(), EngineError> {
         if self.st.borrow().orders.contains_key(order) {
             return Ok(());
         }
-        if let Some(stored) = self.shared.view.order(order)? {
+        if let Some(stored) = self.shared.view.closed_order(order)? {
             let mut st = self.st.borrow_mut();
             if stored.consumer == st.id {
                 st.orders.insert(order.to_string(), stored.order);
@@ -250,14 +246,16 @@ impl Run {
             return Ok(());
         }
         let entry = Entry::new(self.now, events);
-        let (writes, timed_now) = {
-            let st = self.st.borrow();
-            let timed_now = st.reserved.is_positive();
-            let changed = (timed_now != self.timed_in_view.get()).then_some(timed_now);
-            (view::consumer_writes(&st, &entry, changed), timed_now)
-        };
+        let writes = view::consumer_writes(&self.st.borrow(), &entry);
         self.shared.journal.append(&entry, writes).await?;
-        self.timed_in_view.set(timed_now);
+        {
+            let st = self.st.borrow();
+            for order in entry.events.iter().filter_map(Event::order) {
+                if let Some(o) = st.orders.get(order) {
+                    self.shared.note_order(&st.id, o);
+                }
+            }
+        }
         let ops: Vec<String> = entry.bank_ops().cloned().collect();
         if !ops.is_empty() {
             self.shared.bank.confirm(&ops);

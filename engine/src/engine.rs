@@ -104,6 +104,17 @@ struct OrderKey {
     release: Release,
 }
 
+impl OrderKey {
+    fn of(consumer: &str, o: &Order) -> OrderKey {
+        OrderKey {
+            consumer: consumer.to_string(),
+            merchant: o.merchant.clone(),
+            amount: o.amount,
+            release: o.release.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RefundKey {
     order: String,
@@ -159,6 +170,10 @@ pub struct Shared {
     placing: DashMap<String, OrderKey>,
     /// Refund ids being refunded right now.
     refunding: DashMap<String, RefundKey>,
+    /// Open orders (pending, awaiting funds, disputed) → their content. Closed orders are
+    /// looked up in the view; open ones live inside their consumer's record, so this map is
+    /// what finds their consumer. Rebuilt at start-up from the consumer records.
+    open_orders: DashMap<String, OrderKey>,
     /// Consumers that may have time-driven work: those with reserved credit (pending,
     /// disputed or awaiting orders). A tick visits only these.
     timed: DashMap<String, ()>,
@@ -175,6 +190,18 @@ impl Shared {
     pub fn new_bank_op_id(&self) -> String {
         let n = self.bank_op_counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.bank_op_prefix)
+    }
+
+    /// Keeps the open-order directory up to date after an order changed durably.
+    pub fn note_order(&self, consumer: &str, order: &Order) {
+        if order.state.is_open() {
+            if !self.open_orders.contains_key(&order.id) {
+                self.open_orders
+                    .insert(order.id.clone(), OrderKey::of(consumer, order));
+            }
+        } else {
+            self.open_orders.remove(&order.id);
+        }
     }
 
     /// Keeps the set of consumers a tick must visit up to date.
@@ -422,9 +449,11 @@ pub struct RecoveryInfo {
     /// The last record of the journal, where the account-state view is.
     pub last_seq: u64,
     pub entries: u64,
+    pub consumers: usize,
     pub merchants: usize,
     /// Consumers with reserved credit, which ticks visit.
     pub timed_consumers: usize,
+    pub open_orders: usize,
     pub bank_ops_confirmed: usize,
     pub bank_ops_reversed: usize,
 }
@@ -520,6 +549,7 @@ impl Engine {
             merchants: DashMap::new(),
             placing: DashMap::new(),
             refunding: DashMap::new(),
+            open_orders: DashMap::new(),
             timed: DashMap::new(),
             arbiters: arbiters.iter().map(|a| a.handle()).collect(),
             bank_op_prefix: format!("{:016x}", rand::random::<u64>()),
@@ -528,10 +558,22 @@ impl Engine {
             max_in_flight: cfg.max_in_flight.max(1),
             residency: ResidencyStats::default(),
         });
-        for id in view.timed_consumers()? {
-            shared.timed.insert(id, ());
+        // The only start-up work that grows with the accounts: one pass over the consumer
+        // records for the open orders and the consumers with reserved credit.
+        for rec in view.consumer_records() {
+            let c = rec?;
+            info.consumers += 1;
+            if c.reserved.is_positive() {
+                shared.timed.insert(c.id.clone(), ());
+            }
+            for o in &c.open_orders {
+                shared
+                    .open_orders
+                    .insert(o.id.clone(), OrderKey::of(&c.id, o));
+            }
         }
         info.timed_consumers = shared.timed.len();
+        info.open_orders = shared.open_orders.len();
         let merchants = view.merchants()?;
         info.merchants = merchants.len();
         let engine = Engine {
@@ -885,17 +927,20 @@ impl Engine {
         self.ask_consumer(&req.consumer, cmd, now).await
     }
 
-    /// The content an order id was first used with: being placed now, or in the view.
+    /// The content an order id was first used with: being placed now, open, or closed in
+    /// the view.
     fn order_key(&self, order: &str) -> Result<Option<OrderKey>, EngineError> {
         if let Some(k) = self.shared.placing.get(order) {
             return Ok(Some(k.clone()));
         }
-        Ok(self.shared.view.order(order)?.map(|s| OrderKey {
-            consumer: s.consumer,
-            merchant: s.order.merchant,
-            amount: s.order.amount,
-            release: s.order.release,
-        }))
+        if let Some(k) = self.shared.open_orders.get(order) {
+            return Ok(Some(k.clone()));
+        }
+        Ok(self
+            .shared
+            .view
+            .closed_order(order)?
+            .map(|s| OrderKey::of(&s.consumer, &s.order)))
     }
 
     fn owner_of_order(&self, order: &str) -> Result<Result<String, Refusal>, EngineError> {
@@ -1065,8 +1110,8 @@ impl Engine {
         Ok(Ok(Outcome::Ok))
     }
 
-    /// A consumer's state as acknowledged (every order and refund included), if it exists.
-    /// Read from the account-state view: no actor is activated for a query.
+    /// A consumer's account as acknowledged, with its open orders (closed ones: [`Engine::order`]),
+    /// if it exists. Read from the account-state view: no actor is activated for a query.
     pub async fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, EngineError> {
         Ok(self.shared.view.consumer(id)?)
     }
@@ -1078,7 +1123,16 @@ impl Engine {
 
     /// An order, if it exists.
     pub async fn order(&self, id: &str) -> Result<Option<Order>, EngineError> {
-        Ok(self.shared.view.order(id)?.map(|s| s.order))
+        let owner = self.shared.open_orders.get(id).map(|k| k.consumer.clone());
+        if let Some(consumer) = owner {
+            if let Some(c) = self.shared.view.consumer_record(&consumer)? {
+                if let Some(o) = c.open_orders.into_iter().find(|o| o.id == id) {
+                    return Ok(Some(o));
+                }
+            }
+            // Closed in the meantime: it is among the closed orders now.
+        }
+        Ok(self.shared.view.closed_order(id)?.map(|s| s.order))
     }
 
     /// The whole ledger as acknowledged, read from the account-state view. Costly with many

@@ -168,6 +168,22 @@ impl Event {
         }
     }
 
+    /// The order this event is about, if any.
+    pub fn order(&self) -> Option<&str> {
+        use EventKind::*;
+        match &self.kind {
+            OrderPlaced { order, .. }
+            | OrderSettled { order, .. }
+            | OrderAwaitingFunds { order, .. }
+            | CodeRejected { order, .. }
+            | OrderDisputed { order, .. }
+            | OrderCancelled { order, .. }
+            | OrderExpired { order, .. }
+            | Refunded { order, .. } => Some(order),
+            _ => None,
+        }
+    }
+
     /// The bank operations this event records as done.
     pub fn bank_op(&self) -> Option<&BankOpId> {
         use EventKind::*;

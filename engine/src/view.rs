@@ -7,19 +7,22 @@
 //! account actor be passivated at any time it is idle (its state is the view's) and activated
 //! again by one read. Orders and ids live here, not in memory.
 //!
-//! Keys (one byte of prefix, then the id; ids never contain control characters, so `\0` is a
-//! safe separator):
+//! Keys (one byte of prefix, then the id):
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |
 //! | `c` consumer | the consumer with its *open* orders inline ([`ConsumerRecord`]) | the consumer's actor |
-//! | `d` order | the order and its consumer ([`StoredOrder`]) | the consumer's actor |
+//! | `d` order | a *closed* order (settled, cancelled, expired, refused) and its consumer ([`StoredOrder`]) | the consumer's actor |
 //! | `f` refund | the refund and its consumer ([`StoredRefund`]) | the consumer's actor |
-//! | `e` consumer `\0` `o`/`f` id | (empty): the consumer's orders and refunds | the consumer's actor |
 //! | `b` bank account | the consumer it is designated for | the engine, at opening |
-//! | `w` consumer | (empty): has reserved credit, so a tick must visit it | the consumer's actor |
 //! | `m` merchant | [`MerchantState`] | the journal writer, from the postings |
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
+//!
+//! Each write is a sled key rewritten at random, which costs far more than the journal's
+//! sequential append, so a command writes as few keys as it can: the consumer record always,
+//! an order record only when an order closes (or a closed one is refunded). An order placed
+//! and settled costs three view writes. Which open orders exist, and which consumers have
+//! reserved credit (for ticks), the engine rebuilds at start-up from the consumer records.
 //!
 //! Architecture invariant: the view always equals the replay of the journal up to its head.
 //! `verify` checks exactly that, account by account and order by order.
@@ -37,9 +40,7 @@ use crate::money::Amount;
 const CONSUMER: u8 = b'c';
 const ORDER: u8 = b'd';
 const REFUND: u8 = b'f';
-const INDEX: u8 = b'e';
 const BANK: u8 = b'b';
-const TIMED: u8 = b'w';
 const MERCHANT: u8 = b'm';
 const META_KEY: &[u8] = b"k";
 
@@ -130,16 +131,6 @@ fn key(prefix: u8, id: &str) -> Vec<u8> {
     k
 }
 
-fn index_key(consumer: &str, kind: u8, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + consumer.len() + id.len());
-    k.push(INDEX);
-    k.extend_from_slice(consumer.as_bytes());
-    k.push(0);
-    k.push(kind);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail.
     bincode::serialize(v).unwrap_or_default()
@@ -154,14 +145,9 @@ fn id_of(prefix_len: usize, k: &[u8]) -> Result<String, JournalError> {
         .map_err(|_| JournalError::View(format!("key {k:?} is not text")))
 }
 
-/// The view's writes for one consumer after an entry of its own: the consumer record, every
-/// order the entry touched, new refunds and their index keys, and the tick index when
-/// `timed_changed` says whether the consumer has reserved credit now (`None`: unchanged).
-pub fn consumer_writes(
-    c: &ConsumerState,
-    entry: &Entry,
-    timed_changed: Option<bool>,
-) -> Vec<ViewWrite> {
+/// The view's writes for one consumer after an entry of its own: the consumer record (with
+/// its open orders), the orders the entry closed or refunded, and new refunds.
+pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
     let mut writes = vec![ViewWrite::Put(
         key(CONSUMER, &c.id),
         encode(&ConsumerRecord::of(c)),
@@ -170,10 +156,6 @@ pub fn consumer_writes(
     for ev in &entry.events {
         use EventKind::*;
         match &ev.kind {
-            OrderPlaced { order, .. } => {
-                writes.push(ViewWrite::Put(index_key(&c.id, b'o', order), vec![]));
-                touched.insert(order.as_str());
-            }
             Refunded { refund, order, .. } => {
                 if let Some(r) = c.refunds.get(refund) {
                     writes.push(ViewWrite::Put(
@@ -183,14 +165,11 @@ pub fn consumer_writes(
                             refund: r.clone(),
                         }),
                     ));
-                    writes.push(ViewWrite::Put(index_key(&c.id, b'f', refund), vec![]));
                 }
                 touched.insert(order.as_str());
             }
-            OrderSettled { order, .. }
-            | OrderAwaitingFunds { order, .. }
-            | CodeRejected { order, .. }
-            | OrderDisputed { order, .. }
+            OrderPlaced { order, .. }
+            | OrderSettled { order, .. }
             | OrderCancelled { order, .. }
             | OrderExpired { order, .. } => {
                 touched.insert(order.as_str());
@@ -199,20 +178,17 @@ pub fn consumer_writes(
         }
     }
     for id in touched {
-        if let Some(o) = c.orders.get(id) {
-            writes.push(ViewWrite::Put(
+        match c.orders.get(id) {
+            // Open orders travel inside the consumer record.
+            Some(o) if !o.state.is_open() => writes.push(ViewWrite::Put(
                 key(ORDER, id),
                 encode(&StoredOrder {
                     consumer: c.id.clone(),
                     order: o.clone(),
                 }),
-            ));
+            )),
+            _ => {}
         }
-    }
-    match timed_changed {
-        Some(true) => writes.push(ViewWrite::Put(key(TIMED, &c.id), vec![])),
-        Some(false) => writes.push(ViewWrite::Remove(key(TIMED, &c.id))),
-        None => {}
     }
     writes
 }
@@ -359,42 +335,14 @@ impl StateView {
         self.get("consumer", &key(CONSUMER, id))
     }
 
-    /// The consumer with every order and refund, as a replay would build it.
+    /// The consumer with its open orders; closed orders are read one by one with
+    /// [`StateView::closed_order`].
     pub fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, JournalError> {
-        let Some(rec) = self.consumer_record(id)? else {
-            return Ok(None);
-        };
-        let mut c = rec.into_state();
-        let mut prefix = key(INDEX, id);
-        prefix.push(0);
-        for k in self.tree.scan_prefix(&prefix).keys() {
-            let k = k?;
-            let rest = &k[prefix.len()..];
-            let (kind, ident) = rest
-                .split_first()
-                .ok_or_else(|| JournalError::View(format!("index key {k:?} names nothing")))?;
-            let ident = String::from_utf8(ident.to_vec())
-                .map_err(|_| JournalError::View(format!("index key {k:?} is not text")))?;
-            match kind {
-                b'o' => {
-                    let o = self.order(&ident)?.ok_or_else(|| {
-                        JournalError::View(format!("{id} lists order {ident}, which is missing"))
-                    })?;
-                    c.orders.insert(ident, o.order);
-                }
-                b'f' => {
-                    let r = self.refund(&ident)?.ok_or_else(|| {
-                        JournalError::View(format!("{id} lists refund {ident}, which is missing"))
-                    })?;
-                    c.refunds.insert(ident, r.refund);
-                }
-                _ => return Err(JournalError::View(format!("index key {k:?} of no kind"))),
-            }
-        }
-        Ok(Some(c))
+        Ok(self.consumer_record(id)?.map(ConsumerRecord::into_state))
     }
 
-    pub fn order(&self, id: &str) -> Result<Option<StoredOrder>, JournalError> {
+    /// A closed order (settled, cancelled, expired or refused).
+    pub fn closed_order(&self, id: &str) -> Result<Option<StoredOrder>, JournalError> {
         self.get("order", &key(ORDER, id))
     }
 
@@ -423,15 +371,6 @@ impl StateView {
         Ok(out)
     }
 
-    /// Consumers with reserved credit: the ones a tick visits.
-    pub fn timed_consumers(&self) -> Result<Vec<String>, JournalError> {
-        self.tree
-            .scan_prefix([TIMED])
-            .keys()
-            .map(|k| id_of(1, &k?))
-            .collect()
-    }
-
     /// Every consumer record, in id order.
     pub fn consumer_records(
         &self,
@@ -443,19 +382,23 @@ impl StateView {
     }
 
     /// The whole ledger as the view holds it, built the way a replay builds it, and checked
-    /// for consistency on the way: every order, refund, index key and bank key belongs to a
-    /// consumer that lists it. For `verify`, tests and end-of-run checks, not the hot path.
+    /// for consistency on the way: every order, refund and bank key belongs to a consumer,
+    /// open orders are only inside consumer records, closed ones only outside. For `verify`,
+    /// tests and end-of-run checks, not the hot path.
     pub fn ledger(&self) -> Result<LedgerState, JournalError> {
+        let bad = JournalError::View;
         let meta = self.meta()?.unwrap_or_default();
         let mut state = LedgerState::new(meta.config.clone());
         state.clock = meta.clock;
         state.entries = meta.entries;
         for rec in self.consumer_records() {
             let c = rec?.into_state();
+            if let Some(o) = c.orders.values().find(|o| !o.state.is_open()) {
+                return Err(bad(format!("{} holds closed order {} inline", c.id, o.id)));
+            }
             state.bank_owner.insert(c.bank.clone(), c.id.clone());
             state.consumers.insert(c.id.clone(), c);
         }
-        let bad = |m: String| JournalError::View(m);
         for kv in self.tree.scan_prefix([ORDER]) {
             let (k, v) = kv?;
             let id = id_of(1, &k)?;
@@ -464,23 +407,22 @@ impl StateView {
                 .consumers
                 .get_mut(&s.consumer)
                 .ok_or_else(|| bad(format!("order {id} of unknown consumer {}", s.consumer)))?;
-            if let Some(open) = c.orders.get(&id) {
-                if *open != s.order {
-                    return Err(bad(format!(
-                        "order {id}: the consumer's open copy differs from the order record"
-                    )));
-                }
-            } else if s.order.state.is_open() {
-                return Err(bad(format!(
-                    "order {id} is open but {} does not hold it",
-                    s.consumer
-                )));
+            if s.order.state.is_open() {
+                return Err(bad(format!("order record {id} holds an open order")));
             }
             if s.order.id != id {
                 return Err(bad(format!("order record {id} holds order {}", s.order.id)));
             }
-            state.order_owner.insert(id.clone(), s.consumer.clone());
-            c.orders.insert(id, s.order);
+            if c.orders.insert(id.clone(), s.order).is_some() {
+                return Err(bad(format!("order {id} is both open and closed")));
+            }
+        }
+        for c in state.consumers.values() {
+            for o in c.orders.keys() {
+                if state.order_owner.insert(o.clone(), c.id.clone()).is_some() {
+                    return Err(bad(format!("order {o} is held by two consumers")));
+                }
+            }
         }
         for kv in self.tree.scan_prefix([REFUND]) {
             let (k, v) = kv?;
@@ -493,48 +435,7 @@ impl StateView {
             state.refund_owner.insert(id.clone(), s.consumer.clone());
             c.refunds.insert(id, s.refund);
         }
-        for c in state.consumers.values() {
-            if c.orders
-                .values()
-                .any(|o| !state.order_owner.contains_key(&o.id))
-            {
-                return Err(bad(format!("{}: an open order has no order record", c.id)));
-            }
-        }
-        // The per-consumer index lists exactly the consumer's orders and refunds.
-        let mut listed = 0usize;
-        for k in self.tree.scan_prefix([INDEX]).keys() {
-            let k = k?;
-            let text = &k[1..];
-            let sep = text
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| bad(format!("index key {k:?} has no separator")))?;
-            let consumer = String::from_utf8(text[..sep].to_vec())
-                .map_err(|_| bad(format!("index key {k:?} is not text")))?;
-            let (kind, ident) = text[sep + 1..]
-                .split_first()
-                .ok_or_else(|| bad(format!("index key {k:?} names nothing")))?;
-            let ident = String::from_utf8(ident.to_vec())
-                .map_err(|_| bad(format!("index key {k:?} is not text")))?;
-            let owner = match kind {
-                b'o' => state.order_owner.get(&ident),
-                b'f' => state.refund_owner.get(&ident),
-                _ => None,
-            };
-            if owner != Some(&consumer) {
-                return Err(bad(format!(
-                    "index of {consumer} lists {ident}, which is not its own"
-                )));
-            }
-            listed += 1;
-        }
-        if listed != state.order_owner.len() + state.refund_owner.len() {
-            return Err(bad(format!(
-                "the consumers' index lists {listed} orders and refunds, the view holds {}",
-                state.order_owner.len() + state.refund_owner.len()
-            )));
-        }
+        let mut banks = 0;
         for kv in self.tree.scan_prefix([BANK]) {
             let (k, v) = kv?;
             let bank = id_of(1, &k)?;
@@ -544,30 +445,10 @@ impl StateView {
                     "bank account {bank} designated for {owner}, who does not hold it"
                 )));
             }
+            banks += 1;
         }
-        if self.tree.scan_prefix([BANK]).count() != state.bank_owner.len() {
+        if banks != state.bank_owner.len() {
             return Err(bad("a consumer's bank account has no bank key".into()));
-        }
-        for id in self.timed_consumers()? {
-            match state.consumers.get(&id) {
-                Some(c) if c.reserved.is_positive() => {}
-                _ => {
-                    return Err(bad(format!(
-                        "tick index lists {id}, who has no reserved credit"
-                    )))
-                }
-            }
-        }
-        let timed = self.tree.scan_prefix([TIMED]).count();
-        let reserving = state
-            .consumers
-            .values()
-            .filter(|c| c.reserved.is_positive())
-            .count();
-        if timed != reserving {
-            return Err(bad(format!(
-                "tick index lists {timed} consumers, {reserving} have reserved credit"
-            )));
         }
         state.merchants = self.merchants()?;
         Ok(state)
