@@ -16,7 +16,7 @@ use onecard_engine::{verify, Engine, EngineError, NodeConfig, SimBank, SimBankPo
 use crate::checks;
 use crate::options::LoadArgs;
 use crate::population::{self, SetupError};
-use crate::report::{Report, Restart, VerifySummary};
+use crate::report::{Report, Residency, Restart, VerifySummary};
 use crate::runner::{Book, Common, Ctx};
 use crate::stats::{peak_rss_bytes, Recorder};
 use crate::workload::{Generator, Shape, TICK_SECS};
@@ -297,6 +297,17 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     }
     pb.finish_and_clear();
     let peak_rss_run = peak_rss_bytes();
+    let residency = Residency {
+        resident_at_end: engine.resident_consumers(),
+        activations: engine
+            .residency()
+            .activations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        passivations: engine
+            .residency()
+            .passivations
+            .load(std::sync::atomic::Ordering::Relaxed),
+    };
 
     // Drain: lift every refusal and tick far ahead, so every order that can reach its end
     // does. Not part of the measured run.
@@ -394,6 +405,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         restart,
         peak_rss_run,
         peak_rss_end,
+        residency,
         opening_total: opened.opening_total,
         deposits_total: book.deposits_total,
         order_states,

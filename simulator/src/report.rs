@@ -34,6 +34,13 @@ pub struct VerifySummary {
     pub view_checked: Option<u64>,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct Residency {
+    pub resident_at_end: usize,
+    pub activations: u64,
+    pub passivations: u64,
+}
+
 pub struct Report {
     pub seed: u64,
     pub consumers: u64,
@@ -58,6 +65,9 @@ pub struct Report {
     /// hold the live state and the replay at once).
     pub peak_rss_run: Option<u64>,
     pub peak_rss_end: Option<u64>,
+    /// Consumer actors in memory at the end of the run, and how often they were activated
+    /// and passivated (since the last engine start).
+    pub residency: Residency,
     pub opening_total: i128,
     pub deposits_total: i128,
     pub order_states: BTreeMap<&'static str, u64>,
@@ -229,6 +239,11 @@ impl Report {
             mib(self.peak_rss_run),
             mib(self.peak_rss_end)
         )?;
+        writeln!(
+            s,
+            "consumer actors: {} resident at the end of the run; {} activations, {} passivations",
+            self.residency.resident_at_end, self.residency.activations, self.residency.passivations
+        )?;
         if !self.rec.samples.is_empty() {
             writeln!(
                 s,
@@ -315,6 +330,9 @@ impl Report {
             "order_states": self.order_states,
             "peak_rss_bytes": self.peak_rss_run,
             "peak_rss_end_bytes": self.peak_rss_end,
+            "resident_consumers_end": self.residency.resident_at_end,
+            "activations": self.residency.activations,
+            "passivations": self.residency.passivations,
             "restarted": self.restart.is_some(),
             "recovery_ms": self.restart.as_ref().map(|r| round3(r.recovery_ms)),
             "restart": self.restart.as_ref().map(|r| json!({
