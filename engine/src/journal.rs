@@ -210,7 +210,9 @@ pub fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
 pub fn open_sled(path: &Path, cache_bytes: Option<u64>) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let mut config = sled::Config::new().path(path);
+        let mut config = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput);
         if let Some(bytes) = cache_bytes {
             config = config.cache_capacity(bytes);
         }
