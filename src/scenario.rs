@@ -107,8 +107,12 @@ struct Player {
 }
 
 impl Player {
-    async fn open(&mut self) -> Result<(), String> {
+    /// Opens the simulated bank and the engine; returns how long each took, in ms.
+    async fn open(&mut self) -> Result<(f64, f64), String> {
+        let started = std::time::Instant::now();
         let bank = SimBank::open(self.dir.path()).map_err(|e| e.to_string())?;
+        let bank_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = std::time::Instant::now();
         let engine = Engine::open(
             self.dir.path(),
             self.cfg.clone(),
@@ -116,10 +120,11 @@ impl Player {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let engine_ms = started.elapsed().as_secs_f64() * 1e3;
         self.clock = self.clock.max(engine.clock());
         self.engine = Some(engine);
         self.bank = Some(bank);
-        Ok(())
+        Ok((bank_ms, engine_ms))
     }
 
     async fn close(&mut self) -> Result<(), String> {
@@ -405,7 +410,24 @@ pub async fn play_stdin(data: &Path, cfg: EngineConfig) -> Result<(), String> {
         bank: None,
         clock: 0,
     };
-    player.open().await?;
+    let (bank_ms, engine_ms) = player.open().await?;
+    {
+        let r = player.engine().recovery();
+        eprintln!(
+            "play: serving after {:.0} ms (simulated bank {bank_ms:.0} ms; engine {engine_ms:.0} ms: store {:.0} ms, consumer records {:.0} ms): journal at record {}, {} entries; {} consumers, {} open orders, {} with reserved credit, {} merchants; bank operations: {} confirmed, {} reversed",
+            bank_ms + engine_ms,
+            r.store_ms,
+            r.scan_ms,
+            r.last_seq,
+            r.entries,
+            r.consumers,
+            r.open_orders,
+            r.timed_consumers,
+            r.merchants,
+            r.bank_ops_confirmed,
+            r.bank_ops_reversed
+        );
+    }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for (i, line) in stdin.lock().lines().enumerate() {

@@ -100,7 +100,21 @@ struct OpRecord {
 
 struct SimState {
     accounts: HashMap<String, SimAccount>,
-    ops: HashMap<String, OpRecord>,
+    /// Operations decided but not yet on disk, with the generation of their latest change.
+    /// Durable ones are read from the store: keeping every operation in memory would grow
+    /// without bound (millions in a long load run) and make opening read them all.
+    pending_ops: HashMap<String, (u64, OpRecord)>,
+    generation: u64,
+}
+
+impl SimState {
+    /// Records an operation's new state, to be written; returns the generation to prune by.
+    fn stage_op(&mut self, id: &str, rec: OpRecord) -> u64 {
+        self.generation += 1;
+        self.pending_ops
+            .insert(id.to_string(), (self.generation, rec));
+        self.generation
+    }
 }
 
 /// Someone waiting for a write of the simulated bank to be on disk.
@@ -113,6 +127,8 @@ enum Ack {
 /// Changes to the bank's store, in the order they were decided, and who waits for them.
 struct Write {
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Operations this write makes durable (id, generation): dropped from memory after it.
+    ops: Vec<(String, u64)>,
     ack: Ack,
 }
 
@@ -126,7 +142,7 @@ struct Write {
 pub struct SimBank {
     tree: sled::Tree,
     db: sled::Db,
-    state: Mutex<SimState>,
+    state: Arc<Mutex<SimState>>,
     writes: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -157,32 +173,28 @@ impl SimBank {
             .map_err(storage)?;
         let tree = db.open_tree("bank").map_err(storage)?;
         let mut accounts = HashMap::new();
-        let mut ops = HashMap::new();
-        for kv in tree.iter() {
+        for kv in tree.scan_prefix([ACCT]) {
             let (k, v) = kv.map_err(storage)?;
             let id = String::from_utf8_lossy(&k[1..]).to_string();
-            match k.first() {
-                Some(&ACCT) => {
-                    accounts.insert(id, bincode::deserialize(&v).map_err(storage)?);
-                }
-                Some(&OP) => {
-                    ops.insert(id, bincode::deserialize(&v).map_err(storage)?);
-                }
-                _ => {}
-            }
+            accounts.insert(id, bincode::deserialize(&v).map_err(storage)?);
         }
+        let state = Arc::new(Mutex::new(SimState {
+            accounts,
+            pending_ops: HashMap::new(),
+            generation: 0,
+        }));
         let (tx, rx) = unbounded();
         let writer = {
-            let (db, tree) = (db.clone(), tree.clone());
+            let (db, tree, state) = (db.clone(), tree.clone(), state.clone());
             std::thread::Builder::new()
                 .name("simbank-writer".into())
-                .spawn(move || write_loop(db, tree, rx))
+                .spawn(move || write_loop(db, tree, state, rx))
                 .map_err(storage)?
         };
         Ok(Arc::new(SimBank {
             tree,
             db,
-            state: Mutex::new(SimState { accounts, ops }),
+            state,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         }))
@@ -190,13 +202,29 @@ impl SimBank {
 
     /// Queues changes. Must be called while holding the state lock, so that the writer sees
     /// changes in the order they were decided.
-    fn queue(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>, ack: Ack) -> Result<(), BankError> {
+    fn queue(
+        &self,
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ops: Vec<(String, u64)>,
+        ack: Ack,
+    ) -> Result<(), BankError> {
         let writes = self.writes.lock();
         let tx = writes
             .as_ref()
             .ok_or_else(|| BankError::Unavailable("the simulated bank is closed".into()))?;
-        tx.send(Write { changes, ack })
+        tx.send(Write { changes, ops, ack })
             .map_err(|_| BankError::Unavailable("the simulated bank stopped".into()))
+    }
+
+    /// An operation by id: still being written, or from the store.
+    fn op(&self, st: &SimState, id: &str) -> Result<Option<OpRecord>, BankError> {
+        if let Some((_, rec)) = st.pending_ops.get(id) {
+            return Ok(Some(rec.clone()));
+        }
+        match self.tree.get(key(OP, id)).map_err(storage)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(storage)?)),
+        }
     }
 
     /// Queues changes (under the state lock) and waits, on this thread, until they are durable.
@@ -204,9 +232,10 @@ impl SimBank {
         &self,
         st: parking_lot::MutexGuard<'_, SimState>,
         changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ops: Vec<(String, u64)>,
     ) -> Result<(), BankError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.queue(changes, Ack::Blocking(tx))?;
+        self.queue(changes, ops, Ack::Blocking(tx))?;
         drop(st);
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
@@ -231,7 +260,7 @@ impl SimBank {
         };
         let change = Self::account_change(name, &a);
         st.accounts.insert(name.into(), a);
-        self.write_blocking(st, vec![change])
+        self.write_blocking(st, vec![change], vec![])
     }
 
     /// While `refuse` is set, every debit of the account is refused.
@@ -267,7 +296,7 @@ impl SimBank {
         f(&mut updated)?;
         let change = Self::account_change(name, &updated);
         *a = updated;
-        self.write_blocking(st, vec![change])
+        self.write_blocking(st, vec![change], vec![])
     }
 
     pub fn balance(&self, name: &str) -> Option<Amount> {
@@ -308,11 +337,11 @@ impl SimBank {
     ) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
         let decided = (|| {
             let mut st = self.state.lock();
-            if let Some(prev) = st.ops.get(&op.id) {
+            if let Some(prev) = self.op(&st, &op.id)? {
                 // Answered only once durable: the first answer's write may still be queued.
                 let (tx, rx) = oneshot::channel();
-                self.queue(vec![], Ack::Async(tx))?;
-                return Ok((prev.answer.clone(), rx));
+                self.queue(vec![], vec![], Ack::Async(tx))?;
+                return Ok((prev.answer, rx));
             }
             let acct = st
                 .accounts
@@ -352,9 +381,9 @@ impl SimBank {
                 changes.push((key(UNCONFIRMED, &op.id), Some(vec![])));
                 st.accounts.insert(op.account.clone(), updated);
             }
-            st.ops.insert(op.id, record);
+            let generation = st.stage_op(&op.id, record);
             let (tx, rx) = oneshot::channel();
-            self.queue(changes, Ack::Async(tx))?;
+            self.queue(changes, vec![(op.id, generation)], Ack::Async(tx))?;
             Ok((answer, rx))
         })();
         async move {
@@ -384,7 +413,7 @@ impl Drop for SimBank {
     }
 }
 
-fn write_loop(db: sled::Db, tree: sled::Tree, rx: Receiver<Write>) {
+fn write_loop(db: sled::Db, tree: sled::Tree, state: Arc<Mutex<SimState>>, rx: Receiver<Write>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
@@ -401,6 +430,16 @@ fn write_loop(db: sled::Db, tree: sled::Tree, rx: Receiver<Write>) {
             .apply_batch(batch)
             .and_then(|_| db.flush().map(|_| ()))
             .map_err(|e| e.to_string());
+        if result.is_ok() {
+            // Durable now: readable from the store. A later change of the same operation
+            // (a reversal still queued) keeps its newer generation in memory.
+            let mut st = state.lock();
+            for (id, generation) in group.iter().flat_map(|w| &w.ops) {
+                if st.pending_ops.get(id).is_some_and(|(g, _)| g == generation) {
+                    st.pending_ops.remove(id);
+                }
+            }
+        }
         for w in group {
             match w.ack {
                 Ack::Async(tx) => {
@@ -434,7 +473,7 @@ impl BankPort for SimBankPort {
         for kv in self.0.tree.scan_prefix([UNCONFIRMED]) {
             let (k, _) = kv.map_err(storage)?;
             let id = String::from_utf8_lossy(&k[1..]).to_string();
-            if let Some(r) = st.ops.get(&id) {
+            if let Some(r) = self.0.op(&st, &id)? {
                 v.push(UnconfirmedOp {
                     id,
                     kind: r.kind.clone(),
@@ -450,13 +489,13 @@ impl BankPort for SimBankPort {
         // Not waited for: a lost confirmation is checked again at the next recovery.
         let changes = ids.iter().map(|id| (key(UNCONFIRMED, id), None)).collect();
         let _st = self.0.state.lock();
-        let _ = self.0.queue(changes, Ack::None);
+        let _ = self.0.queue(changes, vec![], Ack::None);
     }
 
     fn reverse(&self, id: &str) -> Result<(), BankError> {
         let bank = &self.0;
         let mut st = bank.state.lock();
-        let Some(rec) = st.ops.get(id).cloned() else {
+        let Some(rec) = bank.op(&st, id)? else {
             return Err(BankError::Unavailable(format!("no operation {id}")));
         };
         let mut changes = vec![(key(UNCONFIRMED, id), None)];
@@ -475,8 +514,77 @@ impl BankPort for SimBankPort {
             changes.push((key(OP, id), Some(encode(&reversed))));
             changes.push(SimBank::account_change(&rec.account, &updated));
             st.accounts.insert(rec.account.clone(), updated);
-            st.ops.insert(id.to_string(), reversed);
+            let generation = st.stage_op(id, reversed);
+            return bank.write_blocking(st, changes, vec![(id.to_string(), generation)]);
         }
-        bank.write_blocking(st, changes)
+        bank.write_blocking(st, changes, vec![])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: &str, cents: i64) -> BankOp {
+        BankOp {
+            id: id.into(),
+            account: "acct".into(),
+            amount: Amount::from_cents(cents),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn a_repeated_operation_gets_its_first_answer_while_queued_once_durable_and_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let bank = SimBank::open(dir.path()).unwrap();
+        bank.open_account("acct", Amount::from_cents(10_000))
+            .unwrap();
+        let port = SimBankPort(bank.clone());
+        // Queued together: the repeat is decided while the first write may still be pending.
+        let (first, repeat) = block_on(async {
+            futures::join!(port.debit(op("d1", 6_000)), port.debit(op("d1", 6_000)))
+        });
+        assert_eq!(first.unwrap(), BankAnswer::Done);
+        assert_eq!(repeat.unwrap(), BankAnswer::Done);
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
+        // Durable by now, and no longer held in memory: read back from the store.
+        assert!(bank.state.lock().pending_ops.is_empty());
+        let refused = block_on(port.debit(op("d2", 6_000))).unwrap();
+        assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
+        assert_eq!(
+            block_on(port.debit(op("d1", 6_000))).unwrap(),
+            BankAnswer::Done
+        );
+        bank.close();
+        drop((port, bank));
+
+        let bank = SimBank::open(dir.path()).unwrap();
+        let port = SimBankPort(bank.clone());
+        assert_eq!(
+            block_on(port.debit(op("d1", 6_000))).unwrap(),
+            BankAnswer::Done
+        );
+        assert!(matches!(
+            block_on(port.debit(op("d2", 1))).unwrap(),
+            BankAnswer::Refused(_)
+        ));
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
+        // Never confirmed by the node: listed, and reversed exactly once.
+        let ids: Vec<String> = port
+            .unconfirmed()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(ids, vec!["d1".to_string()], "a refused debit moved nothing");
+        port.reverse("d1").unwrap();
+        port.reverse("d1").unwrap();
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(10_000)));
+        assert!(port.unconfirmed().unwrap().is_empty());
+        bank.close();
     }
 }

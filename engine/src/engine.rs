@@ -456,6 +456,10 @@ pub struct RecoveryInfo {
     pub open_orders: usize,
     pub bank_ops_confirmed: usize,
     pub bank_ops_reversed: usize,
+    /// Opening the store and checking its head, in milliseconds.
+    pub store_ms: f64,
+    /// The pass over the consumer records (open orders, reserved credit), in milliseconds.
+    pub scan_ms: f64,
 }
 
 /// An id claimed by a command in progress; released on drop.
@@ -504,7 +508,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         cfg.rules.validate().map_err(EngineError::Config)?;
         std::fs::create_dir_all(dir)?;
+        let started = Instant::now();
         let (journal, recovered) = Journal::open(dir, cfg.journal.clone())?;
+        let store_ms = started.elapsed().as_secs_f64() * 1e3;
         let handle = journal.handle();
         let view = handle.view();
         let meta = recovered.meta;
@@ -526,6 +532,7 @@ impl Engine {
         let mut info = RecoveryInfo {
             last_seq: recovered.last_seq,
             entries: meta.entries,
+            store_ms,
             ..Default::default()
         };
         for op in bank.unconfirmed()? {
@@ -560,6 +567,7 @@ impl Engine {
         });
         // The only start-up work that grows with the accounts: one pass over the consumer
         // records for the open orders and the consumers with reserved credit.
+        let scan = Instant::now();
         for rec in view.consumer_records() {
             let c = rec?;
             info.consumers += 1;
@@ -574,6 +582,7 @@ impl Engine {
         }
         info.timed_consumers = shared.timed.len();
         info.open_orders = shared.open_orders.len();
+        info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
         let merchants = view.merchants()?;
         info.merchants = merchants.len();
         let engine = Engine {

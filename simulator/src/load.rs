@@ -17,7 +17,7 @@ use crate::checks;
 use crate::options::LoadArgs;
 use crate::population::{self, SetupError};
 use crate::report::{Report, Residency, Restart, VerifySummary};
-use crate::runner::{Book, Common, Ctx};
+use crate::runner::{Book, Common, Ctx, Pace};
 use crate::stats::{peak_rss_bytes, Recorder};
 use crate::workload::{Generator, Shape, TICK_SECS};
 
@@ -253,6 +253,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             .duration
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
         stopped: Cell::new(false),
+        pace: args.rate.map(Pace::per_second),
     });
     let restart_at = args
         .restart_at_pct

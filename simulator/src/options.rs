@@ -54,6 +54,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
 
+    /// Start at most this many lifecycles per second (paced evenly; --concurrency still caps
+    /// how many are in flight). For latency at a given load, e.g. half the peak rate a run
+    /// without --rate reached. Default: as fast as the engine answers.
+    #[arg(long, value_name = "PER_SEC", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+
     /// Data directory (must be empty or absent). Default: a fresh temporary directory,
     /// removed at the end unless --keep.
     #[arg(long, value_name = "DIR")]
@@ -144,6 +150,13 @@ fn percentage(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0 and 100"))
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use onecard_engine::engine::{PlaceOrder, RefundRequest};
@@ -95,6 +95,35 @@ pub struct Common {
     pub deadline: Option<Instant>,
     /// Set once the deadline has passed; later phases start nothing.
     pub stopped: Cell<bool>,
+    /// `--rate`: lifecycles start on this schedule.
+    pub pace: Option<Pace>,
+}
+
+/// An even schedule of lifecycle starts: the n-th starts no earlier than `start + n × every`.
+pub struct Pace {
+    pub start: Instant,
+    pub every: Duration,
+    pub started: Cell<u32>,
+}
+
+impl Pace {
+    pub fn per_second(rate: f64) -> Pace {
+        Pace {
+            start: Instant::now(),
+            every: Duration::from_secs_f64(1.0 / rate),
+            started: Cell::new(0),
+        }
+    }
+
+    /// Waits for the next slot of the schedule.
+    async fn next_slot(&self) {
+        let n = self.started.get();
+        self.started.set(n.saturating_add(1));
+        let due = self.start + self.every * n;
+        if due > Instant::now() {
+            actix_rt::time::sleep_until(due.into()).await;
+        }
+    }
 }
 
 /// One phase of the run: the engine and bank it talks to, and how far it goes. Cloned into
@@ -147,7 +176,12 @@ impl Ctx {
             }
             let job = self.gen.borrow_mut().next_job(self.limit);
             match job {
-                Some(job) => self.job(job).await,
+                Some(job) => {
+                    if let (Job::Lifecycle(_), Some(pace)) = (&job, &self.pace) {
+                        pace.next_slot().await;
+                    }
+                    self.job(job).await
+                }
                 None => return,
             }
         }
