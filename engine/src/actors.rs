@@ -209,12 +209,11 @@ impl Run {
             ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
             ConsumerCmd::Tick => self.tick().await?,
         };
-        let (id, reserved) = {
+        let (id, next) = {
             let st = self.st.borrow();
-            (st.id.clone(), st.reserved)
+            (st.id.clone(), st.next_time_work(&self.shared.rules))
         };
-        // Reserved credit means pending, disputed or awaiting orders: work a tick may do.
-        self.shared.note_time_work(&id, reserved.is_positive());
+        self.shared.note_time_work(&id, next);
         Ok(ConsumerReply::Done(result))
     }
 

@@ -30,12 +30,16 @@ use crate::actors::{
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
 use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
 use crate::ledger::{
-    consumer_opened_event, ConsumerState, Entry, Event, EventKind, LedgerState, MerchantState,
-    Order, Posting,
+    consumer_opened_event, next_time_work, ConsumerState, Entry, Event, EventKind, LedgerState,
+    MerchantState, Order, Posting,
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::Amount;
 use crate::view::{self, StateView};
+use futures::StreamExt;
+
+/// How many consumers a tick visits at once.
+const TICK_FAN_OUT: usize = 64;
 
 /// Faults: the command could not be carried out, and nothing was acknowledged. Business
 /// refusals are not faults; they are the `Err` side of a [`CommandResult`].
@@ -174,9 +178,9 @@ pub struct Shared {
     /// looked up in the view; open ones live inside their consumer's record, so this map is
     /// what finds their consumer. Rebuilt at start-up from the consumer records.
     open_orders: DashMap<String, OrderKey>,
-    /// Consumers that may have time-driven work: those with reserved credit (pending,
-    /// disputed or awaiting orders). A tick visits only these.
-    timed: DashMap<String, ()>,
+    /// Consumers that will have time-driven work, and from when on (`next_time_work`): a
+    /// tick visits only those due, so its work follows what is due, not what is open.
+    timed: DashMap<String, Secs>,
     arbiters: Vec<ArbiterHandle>,
     bank_op_prefix: String,
     bank_op_counter: AtomicU64,
@@ -204,14 +208,20 @@ impl Shared {
         }
     }
 
-    /// Keeps the set of consumers a tick must visit up to date.
-    pub fn note_time_work(&self, consumer: &str, may_have_work: bool) {
-        if may_have_work {
-            if !self.timed.contains_key(consumer) {
-                self.timed.insert(consumer.to_string(), ());
+    /// Keeps the consumers a tick must visit up to date: `next` is when this one will first
+    /// have time-driven work, if ever.
+    pub fn note_time_work(&self, consumer: &str, next: Option<Secs>) {
+        match next {
+            Some(at) => {
+                if self.timed.get(consumer).map(|e| *e) != Some(at) {
+                    self.timed.insert(consumer.to_string(), at);
+                }
             }
-        } else if self.timed.contains_key(consumer) {
-            self.timed.remove(consumer);
+            None => {
+                if self.timed.contains_key(consumer) {
+                    self.timed.remove(consumer);
+                }
+            }
         }
     }
 
@@ -451,7 +461,7 @@ pub struct RecoveryInfo {
     pub entries: u64,
     pub consumers: usize,
     pub merchants: usize,
-    /// Consumers with reserved credit, which ticks visit.
+    /// Consumers that will have time-driven work (a tick visits them once it is due).
     pub timed_consumers: usize,
     pub open_orders: usize,
     pub bank_ops_confirmed: usize,
@@ -571,8 +581,8 @@ impl Engine {
         for rec in view.consumer_records() {
             let c = rec?;
             info.consumers += 1;
-            if c.reserved.is_positive() {
-                shared.timed.insert(c.id.clone(), ());
+            if let Some(at) = next_time_work(c.open_orders.iter(), &cfg.rules) {
+                shared.timed.insert(c.id.clone(), at);
             }
             for o in &c.open_orders {
                 shared
@@ -1088,25 +1098,32 @@ impl Engine {
     /// Runs the time-driven work due at `now` for every consumer, then records the clock.
     pub async fn tick(&self, now: Secs) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
-        let ids: Vec<String> = self.shared.timed.iter().map(|e| e.key().clone()).collect();
-        // `unconstrained`: with thousands of replies, tokio's cooperative budget would make
-        // join_all re-poll every pending send on each wake-up (quadratic in the consumers).
-        let replies = tokio::task::unconstrained(futures::future::join_all(ids.iter().map(
-            |id| async move {
-                let Some((addr, lease)) = self.shared.route(id).await? else {
-                    return Ok(());
-                };
-                let msg = ConsumerMsg {
-                    cmd: ConsumerCmd::Tick,
-                    now,
-                    lease,
-                };
-                addr.send(msg).await??;
-                Ok::<(), EngineError>(())
-            },
-        )))
-        .await;
-        for r in replies {
+        let due: Vec<String> = self
+            .shared
+            .timed
+            .iter()
+            .filter(|e| *e.value() <= now)
+            .map(|e| e.key().clone())
+            .collect();
+        // At most TICK_FAN_OUT consumers at once, so that a tick with much due work does not
+        // flood the mailboxes and the journal's queue ahead of everyone else's commands.
+        // `unconstrained`: the stream is polled as one task; tokio's cooperative budget would
+        // make it re-poll pending sends on every wake-up.
+        let visits = futures::stream::iter(due.iter().map(|id| async move {
+            let Some((addr, lease)) = self.shared.route(id).await? else {
+                return Ok(());
+            };
+            let msg = ConsumerMsg {
+                cmd: ConsumerCmd::Tick,
+                now,
+                lease,
+            };
+            addr.send(msg).await??;
+            Ok::<(), EngineError>(())
+        }))
+        .buffer_unordered(TICK_FAN_OUT)
+        .collect::<Vec<_>>();
+        for r in tokio::task::unconstrained(visits).await {
             r?;
         }
         self.shared

@@ -681,14 +681,14 @@ impl ConsumerState {
 
     /// Whether a tick at `now` could change anything for this consumer.
     pub fn has_time_work(&self, now: Secs, cfg: &RulesConfig) -> bool {
-        self.orders.values().any(|o| match o.state {
-            OrderState::AwaitingFunds => true,
-            OrderState::Pending => match o.due_at() {
-                Some(d) => d <= now,
-                None => o.placed_at.saturating_add(cfg.order_expiry_secs) <= now,
-            },
-            _ => false,
-        })
+        self.next_time_work(cfg).is_some_and(|t| t <= now)
+    }
+
+    /// The earliest time a tick could change anything for this consumer: `Some(0)` while an
+    /// order awaits funds (every tick retries it), the due time of a time order, the expiry of
+    /// a pending receipt or code order; `None` if no tick ever could.
+    pub fn next_time_work(&self, cfg: &RulesConfig) -> Option<Secs> {
+        next_time_work(self.orders.values(), cfg)
     }
 
     fn orders_where(
@@ -948,6 +948,23 @@ impl MerchantState {
         }
         Ok(())
     }
+}
+
+/// [`ConsumerState::next_time_work`] over some orders (those of one consumer).
+pub fn next_time_work<'a>(
+    orders: impl Iterator<Item = &'a Order>,
+    cfg: &RulesConfig,
+) -> Option<Secs> {
+    orders
+        .filter_map(|o| match o.state {
+            OrderState::AwaitingFunds => Some(0),
+            OrderState::Pending => Some(
+                o.due_at()
+                    .unwrap_or_else(|| o.placed_at.saturating_add(cfg.order_expiry_secs)),
+            ),
+            _ => None,
+        })
+        .min()
 }
 
 /// The whole ledger in one value: what replay, snapshots and `verify` work on. At run time

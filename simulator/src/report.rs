@@ -192,7 +192,7 @@ impl Report {
         if let Some(r) = &self.restart {
             writeln!(
                 s,
-                "restart after {} lifecycles: closed in {:.1} ms, reopened (recovery) in {:.1} ms: the view at record {} ({} entries), {} merchants, {} consumers with reserved credit, {} bank operations confirmed, {} reversed",
+                "restart after {} lifecycles: closed in {:.1} ms, reopened (recovery) in {:.1} ms: the view at record {} ({} entries), {} merchants, {} consumers with time-driven work ahead, {} bank operations confirmed, {} reversed",
                 r.after_lifecycles,
                 r.close_ms,
                 r.recovery_ms,
