@@ -59,6 +59,8 @@ pub enum ConsumerCmd {
         amount: Amount,
     },
     Tick,
+    /// Nothing to do: answers once the actor is up (activation, liveness).
+    Touch,
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +178,7 @@ impl Run {
                 self.load_order(order)?;
                 self.load_refund(id)?;
             }
-            ConsumerCmd::Tick => {}
+            ConsumerCmd::Tick | ConsumerCmd::Touch => {}
         }
         let result = match cmd {
             ConsumerCmd::Place {
@@ -208,6 +210,7 @@ impl Run {
             }
             ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
             ConsumerCmd::Tick => self.tick().await?,
+            ConsumerCmd::Touch => Ok(Outcome::Ok),
         };
         let (id, next) = {
             let st = self.st.borrow();

@@ -1095,6 +1095,18 @@ impl Engine {
         self.ask_consumer(&consumer, cmd, now).await
     }
 
+    /// Activates a consumer's actor if it is passivated and waits for it to answer: to warm
+    /// an account before a burst, or to probe that its actor is alive. `false`: no such
+    /// consumer.
+    pub async fn touch(&self, consumer: &str) -> Result<bool, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.clock();
+        Ok(self
+            .ask_consumer(consumer, ConsumerCmd::Touch, now)
+            .await?
+            .is_ok())
+    }
+
     /// Runs the time-driven work due at `now` for every consumer, then records the clock.
     pub async fn tick(&self, now: Secs) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);

@@ -4,7 +4,7 @@
 //! Architecture invariant: nothing here does I/O, awaits, or reads a clock. Time comes in as an
 //! argument and bank answers come in as values, so every rule can be tested deterministically.
 //! The actors (`actors.rs`) orchestrate these decisions with the bank and the journal; replay,
-//! snapshots and `verify` apply the same events to rebuild state.
+//! the view and `verify` apply the same events to rebuild state.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -967,8 +967,8 @@ pub fn next_time_work<'a>(
         .min()
 }
 
-/// The whole ledger in one value: what replay, snapshots and `verify` work on. At run time
-/// the same state is split across the actors.
+/// The whole ledger in one value: what replay, the view's whole-ledger read and `verify` work
+/// on. At run time the same state is split across the actors and the view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct LedgerState {
     pub config: RulesConfig,

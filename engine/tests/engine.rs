@@ -378,6 +378,21 @@ fn passivation_racing_with_commands_loses_no_message_and_no_money() {
         );
         engine.passivate_idle(Duration::ZERO);
         assert_eq!(engine.resident_consumers(), 0, "idle actors leave memory");
+        let activations = |e: &Engine| {
+            e.residency()
+                .activations
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = activations(&engine);
+        assert!(engine.touch("ann").await.unwrap(), "touch activates");
+        assert_eq!(activations(&engine), before + 1);
+        assert!(!engine.touch("nobody").await.unwrap());
+        assert_eq!(activations(&engine), before + 1);
+        // (The sweeper may have retired ann again by now; nothing else may be resident.)
+        assert!(
+            engine.resident_consumers() <= 1,
+            "no slot stays for an unknown name"
+        );
 
         // Every acknowledged command is there, read back through fresh activations.
         for c in consumers {
