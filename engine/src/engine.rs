@@ -442,6 +442,8 @@ impl Drop for Claim<'_> {
 
 /// The running engine.
 pub struct Engine {
+    /// The passivation sweeper's thread and the sender whose drop stops it.
+    sweeper: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
     shared: Arc<Shared>,
     arbiters: Vec<Arbiter>,
     journal: Option<Journal>,
@@ -595,7 +597,8 @@ impl Engine {
         info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
         let merchants = view.merchants()?;
         info.merchants = merchants.len();
-        let engine = Engine {
+        let mut engine = Engine {
+            sweeper: None,
             shared,
             arbiters,
             journal: Some(journal),
@@ -614,26 +617,34 @@ impl Engine {
         for (_, m) in merchants {
             engine.start_merchant(m);
         }
-        engine.start_passivation(cfg.passivate_after);
+        engine.start_passivation(cfg.passivate_after)?;
         Ok(engine)
     }
 
     /// Every `passivate_after / 2` (at least every 10 ms, at most every second), passivates
-    /// the consumer actors idle for `passivate_after`. Runs on the first arbiter; stops with it.
-    fn start_passivation(&self, passivate_after: Duration) {
+    /// the consumer actors idle for `passivate_after`, on a thread of its own.
+    fn start_passivation(&mut self, passivate_after: Duration) -> Result<(), EngineError> {
         let period = (passivate_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let shared = Arc::downgrade(&self.shared);
-        self.arbiters[0].spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                match shared.upgrade() {
-                    Some(s) => {
-                        s.passivate_idle(passivate_after);
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        // Its own thread, not an arbiter: a sweep over many resident consumers must not hold
+        // up the actors of an arbiter. Ends when `stop` is dropped (at close).
+        let sweeper = std::thread::Builder::new()
+            .name("passivation".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(period)
+                {
+                    match shared.upgrade() {
+                        Some(s) => {
+                            s.passivate_idle(passivate_after);
+                        }
+                        None => return,
                     }
-                    None => return,
                 }
-            }
-        });
+            })?;
+        self.sweeper = Some((stop, sweeper));
+        Ok(())
     }
 
     /// Consumer actors in memory now.
@@ -1185,6 +1196,10 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Result<(), EngineError> {
+        if let Some((stop, sweeper)) = self.sweeper.take() {
+            drop(stop);
+            let _ = sweeper.join();
+        }
         for a in &self.arbiters {
             a.stop();
         }
