@@ -8,6 +8,7 @@
 
 pub mod actors;
 pub mod bank;
+pub mod cards;
 pub mod config;
 pub mod engine;
 pub mod journal;
