@@ -11,9 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the suite needs. Today the engine needs none beyond the Rust toolchain and a
-# C compiler; the PC/SC issue adds libpcsclite-dev, pcscd and the vsmartcard packages here.
-packages=()
+# Debian packages the suite needs: the PC/SC library to build the reader program's `pcsc`
+# feature, the PC/SC daemon and the vsmartcard reader driver (vpcd) the tests plug their virtual
+# card into. The tests start and stop pcscd themselves.
+packages=(libpcsclite-dev pcscd vsmartcard-vpcd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,8 +22,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing missing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  sudo=()
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo=(sudo -E); fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -d ../shared/scenarios ]; then
@@ -34,11 +37,11 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --locked --profile ci
+  cargo nextest run --workspace --all-targets --all-features --locked --profile ci
 else
-  cargo test --workspace --all-targets --locked
+  cargo test --workspace --all-targets --all-features --locked
 fi

@@ -6,7 +6,11 @@
 //! a deterministic stream of order lifecycles, recharges, bank refusals and ticks with many
 //! lifecycles in flight, checks every answer against the rules, then verifies the journal and
 //! the conservation of money and reports throughput, latency and memory.
+//!
+//! `onecard-sim card` plugs a virtual OneCard smart card into a reader of pcscd's vpcd driver
+//! (see `card`).
 
+mod card_cmd;
 mod checks;
 mod load;
 mod options;
@@ -32,7 +36,9 @@ use clap::{Parser, Subcommand};
     long_about = "OneCard load simulator. `onecard-sim load` runs a seeded population and workload \
 over the real engine in process (actors, durable journal, simulated bank), checks every outcome \
 against the rules and every invariant at the end, and reports throughput, latency percentiles, \
-peak memory and a digest of the final state. See `onecard-sim load --help` for every option."
+peak memory and a digest of the final state. See `onecard-sim load --help` for every option.\n\n\
+`onecard-sim card` plugs a virtual OneCard smart card into a reader of pcscd's vpcd driver. See \
+`onecard-sim card --help`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,10 +48,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Load(options::LoadArgs),
+    Card(options::CardArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Load(args) => load::main(args),
+        Command::Card(args) => card_cmd::main(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

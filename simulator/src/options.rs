@@ -1,8 +1,14 @@
-//! The options of `onecard-sim load`, and their checks.
+//! The options of `onecard-sim load` and `onecard-sim card`, and their checks.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::Args;
+use onecard_engine::cards::crypto::IssuerKey;
+
+use onecard_sim::card::applet::CardApplet;
 
 /// Every option of `onecard-sim load`. The doc comments are the `--help` text.
 #[derive(Debug, Clone, Args)]
@@ -233,4 +239,115 @@ impl LoadArgs {
         self.tick_every
             .unwrap_or_else(|| (self.orders / 25).clamp(20, 10_000))
     }
+}
+
+/// Every option of `onecard-sim card`. The doc comments are the `--help` text.
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Plugs a virtual OneCard smart card into a vpcd reader (pcscd's vsmartcard-vpcd driver)",
+    long_about = "Plugs a virtual OneCard smart card into a reader of vsmartcard's vpcd driver, so that \
+pcscd and any PC/SC program see a card in `Virtual PCD 00 00` (port 35963) or `Virtual PCD 00 01` \
+(port 35964). The card is personalised at start: its key is derived from the issuer master key and \
+the card number, as the node derives it. It answers SELECT (AID F04F4E454341524401), READ CARD \
+DATA and GENERATE CRYPTOGRAM.\n\n\
+Waits up to --connect-timeout for vpcd to listen, prints one line on standard error when the card \
+is inserted (the card number masked, never the key) and serves until vpcd closes the connection \
+(exit 0). Removing the card is ending the connection: Ctrl-C or SIGTERM end the process, which \
+does it. Exit 1 if vpcd cannot be reached or the connection fails mid-frame, 2 for invalid options.\n\n\
+The issuer key on the command line is visible to other local users (ps, /proc): use this on a \
+test machine with a test key only."
+)]
+pub struct CardArgs {
+    /// vpcd's TCP port: 35963 is reader `Virtual PCD 00 00`, 35964 is `Virtual PCD 00 01`.
+    #[arg(long, value_name = "PORT", default_value_t = onecard_sim::card::vpcd::READER_00_00_PORT)]
+    pub port: u16,
+
+    /// Host where vpcd listens. vpcd listens on every address; keep to loopback.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The card number (1 to 64 printable ASCII characters, no spaces). Returned by READ CARD
+    /// DATA and the info of the card key's derivation; only its last 4 characters are printed.
+    #[arg(long, value_name = "N", value_parser = card_number)]
+    pub card_number: String,
+
+    /// The holder reference stored on the card (1 to 64 printable ASCII characters), returned
+    /// by READ CARD DATA.
+    #[arg(long, value_name = "H", value_parser = holder_ref)]
+    pub holder: String,
+
+    /// The issuer master key: 64 hexadecimal characters (32 bytes). The card key is
+    /// HKDF-SHA256 of it and the card number (personalisation). Never printed.
+    #[arg(long, value_name = "HEX", value_parser = IssuerKeyHex)]
+    pub issuer_key_hex: IssuerKey,
+
+    /// The card's transaction counter, that of its last cryptogram (0 for a new card): the next
+    /// GENERATE CRYPTOGRAM answers with this plus one. At 4294967295 the card is exhausted and
+    /// refuses (69 84).
+    #[arg(long, value_name = "C", default_value_t = 0)]
+    pub counter: u32,
+
+    /// How long to keep trying to connect while vpcd is not listening yet (pcscd starting).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = non_negative_secs)]
+    pub connect_timeout: f64,
+}
+
+fn card_number(s: &str) -> Result<String, String> {
+    CardApplet::check_personalisation(s, "x").map(|()| s.to_owned())
+}
+
+fn holder_ref(s: &str) -> Result<String, String> {
+    CardApplet::check_personalisation("0", s).map(|()| s.to_owned())
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+/// Parses `--issuer-key-hex` without ever echoing the value: clap's own error for a refused
+/// value would print it, and a mistyped key is still (nearly) the key.
+#[derive(Debug, Clone, Copy)]
+struct IssuerKeyHex;
+
+impl TypedValueParser for IssuerKeyHex {
+    type Value = IssuerKey;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<IssuerKey, clap::Error> {
+        value
+            .to_str()
+            .and_then(parse_key_hex)
+            .map(IssuerKey::from_bytes)
+            .ok_or_else(|| {
+                clap::Error::raw(
+                    ErrorKind::InvalidValue,
+                    "--issuer-key-hex must be 64 hexadecimal characters (32 bytes); \
+the value given is not shown\n",
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
+
+fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(s.chunks_exact(2)) {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        *byte = (hi * 16 + lo) as u8;
+    }
+    Some(key)
 }

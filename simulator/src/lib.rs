@@ -1,0 +1,8 @@
+//! The simulator's library part: the virtual OneCard card (its applet and the vpcd connector that
+//! plugs it into a real PC/SC stack), shared by `onecard-sim card` and the reader program's tests.
+//! The load simulator itself is the binary (`src/main.rs`).
+
+pub mod card {
+    pub mod applet;
+    pub mod vpcd;
+}
