@@ -1,3 +1,25 @@
 //! Cards, readers and the authentication center (issue 4; SPEC F1–F3, F13–F15, I9, I10).
+//!
+//! - [`crypto`]: card keys (HKDF from the issuer master key) and cryptograms (HMAC).
+//! - [`pin`]: Argon2id PIN hashes and the encrypted PIN transport (X25519, HKDF,
+//!   ChaCha20-Poly1305).
+//! - [`prompt`]: what the reader displays and plays at each step.
+//! - [`auth`]: cards, readers, bindings and the swipe / authenticate flow.
 
+pub mod auth;
 pub mod crypto;
+pub mod pin;
+pub mod prompt;
+
+#[cfg(test)]
+mod tests;
+
+pub use auth::{
+    mask_card_number, normalise_address, same_address, AuthCenter, AuthConfig, AuthOutcome,
+    AuthState, Authorisation, Card, CardError, CardStatus, ChallengeIssued, Reader, SwipeRefusal,
+};
+pub use crypto::{CardKey, IssuerKey};
+pub use pin::{
+    decrypt_pin, encrypt_pin, hash_pin, verify_pin, EncryptedPin, PinHash, PinHasher, PinSecret,
+};
+pub use prompt::{Prompt, SoundCue};

@@ -16,3 +16,4 @@ pub fn mask(card_number: &str) -> String {
     s.extend(card_number.chars().skip(n - keep));
     s
 }
+pub mod flow;
