@@ -1,2 +1,405 @@
-//! The reader program against a real PC/SC stack: pcscd, the vpcd driver and the virtual card.
+//! The reader program against a real PC/SC stack: `pcscd` with the vsmartcard `vpcd` driver,
+//! and the virtual OneCard card (`onecard_sim::card`) plugged into `Virtual PCD 00 00` or
+//! `00 01` over TCP, as a card would sit in a USB reader. The node side is the engine's
+//! authentication center, in process (the node's HTTP API is a later issue).
+//!
+//! Each test starts `pcscd -f -a` itself (in the foreground, as root, no systemd) and stops it
+//! at the end; the tests share the vpcd ports, so they run one at a time (nextest group
+//! `serial`). Needs the Debian packages `pcscd`, `vsmartcard-vpcd` and `libpcsclite-dev`,
+//! which `scripts/test.sh` installs.
 #![cfg(feature = "pcsc")]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use onecard_engine::cards::{
+    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, PinHasher,
+    Prompt, Reader, SwipeRefusal,
+};
+use onecard_sim::card::applet::CardApplet;
+use onecard_sim::card::vpcd;
+use onecard_terminal::flow::{self, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::pcsc_reader::{PcscReader, ReaderError};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const READER_0: &str = "Virtual PCD 00 00";
+const READER_1: &str = "Virtual PCD 00 01";
+const PORT_0: u16 = 35963;
+const PORT_1: u16 = 35964;
+const CARD_A: &str = "4000001234567890";
+const CARD_B: &str = "4000009876543210";
+const PIN: &str = "4711";
+const HOME: &str = "1 Main Street, Springfield";
+
+fn master() -> IssuerKey {
+    IssuerKey::from_bytes([42u8; 32])
+}
+
+/// `pcscd` in the foreground, started for this test and stopped (SIGTERM) when dropped.
+struct Pcscd {
+    child: Child,
+}
+
+fn pcscd_running() -> bool {
+    Command::new("pgrep")
+        .arg("-x")
+        .arg("pcscd")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Pcscd {
+    fn start() -> Pcscd {
+        assert!(
+            !pcscd_running(),
+            "a pcscd not started by this test is running; stop it first (these tests start their own)"
+        );
+        let child = Command::new("pcscd")
+            .args(["--foreground", "--auto-exit"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pcscd (Debian package pcscd; scripts/test.sh installs it)");
+        let started = Pcscd { child };
+        // Up once its readers are listed: the vpcd driver then listens on its ports.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match PcscReader::open(Some(READER_1)) {
+                Ok(_) => return started,
+                Err(e) if Instant::now() > deadline => panic!("pcscd did not come up: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        // SIGTERM lets pcscd remove its socket; then wait for it to be gone for good.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The virtual card, inserted into the vpcd reader on `port` until removed (or dropped).
+struct InsertedCard {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<CardApplet>>,
+}
+
+impl InsertedCard {
+    fn insert(port: u16, mut applet: CardApplet) -> InsertedCard {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let stream = vpcd::connect_with_retry(("127.0.0.1", port), Duration::from_secs(10))
+                .expect("vpcd listens on its port");
+            let _ = vpcd::run_card(stream, &mut applet, &flag);
+            applet
+        });
+        InsertedCard {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pulls the card out of the reader; returns it (with its counter).
+    fn remove(&mut self) -> Option<CardApplet> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().map(|t| t.join().expect("card thread"))
+    }
+}
+
+impl Drop for InsertedCard {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The node, in process: the authentication center, the available credit of the account,
+/// and the address the reader program's connection comes from.
+struct InProcessNode {
+    center: Arc<Mutex<AuthCenter>>,
+    peer: IpAddr,
+    available_credit_cents: u64,
+    now: u64,
+    rng: StdRng,
+}
+
+impl NodeLink for InProcessNode {
+    fn swipe(
+        &mut self,
+        reader_id: &str,
+        card_number: &str,
+        order_id: &str,
+        amount_cents: u64,
+    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
+        Ok(self.center.lock().unwrap().swipe(
+            reader_id,
+            card_number,
+            self.peer,
+            order_id,
+            amount_cents,
+            self.now,
+            &mut self.rng,
+        ))
+    }
+
+    fn authenticate(
+        &mut self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+    ) -> Result<AuthOutcome, LinkError> {
+        Ok(self.center.lock().unwrap().authenticate(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            None,
+            self.available_credit_cents,
+            self.now,
+        ))
+    }
+
+    fn confirm_address_change(
+        &mut self,
+        challenge_id: &str,
+        accept: bool,
+    ) -> Result<AuthOutcome, LinkError> {
+        Ok(self.center.lock().unwrap().confirm_address_change(
+            challenge_id,
+            accept,
+            self.available_credit_cents,
+            self.now,
+        ))
+    }
+}
+
+/// The consumer at the keypad: types `pin`, and may do something (pull the card) first.
+struct Consumer {
+    pin: String,
+    shown: Vec<Prompt>,
+    before_pin: Option<Box<dyn FnMut()>>,
+}
+
+impl Console for Consumer {
+    fn show(&mut self, prompt: &Prompt) {
+        self.shown.push(prompt.clone());
+    }
+    fn read_pin(&mut self) -> Option<String> {
+        if let Some(f) = self.before_pin.as_mut() {
+            f();
+        }
+        Some(self.pin.clone())
+    }
+    fn confirm(&mut self, _question: &Prompt) -> bool {
+        true
+    }
+}
+
+/// Two cards, each bound 1:1 to its reader id on the loopback network.
+fn node() -> (Arc<Mutex<AuthCenter>>, CardApplet, CardApplet) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut center = AuthCenter::new(master(), AuthConfig::default())
+        .with_pin_hasher(PinHasher::with_params(256, 1, 1).expect("params"));
+    let mut applets = Vec::new();
+    for (number, holder, reader) in [(CARD_A, "alice", "reader-A"), (CARD_B, "bob", "reader-B")] {
+        let key = center
+            .issue_card(number, holder, PIN, HOME, &mut rng)
+            .expect("issue");
+        center
+            .register_reader(Reader {
+                id: reader.into(),
+                owner: holder.into(),
+                card_number: number.into(),
+                account: holder.into(),
+                network: "127.0.0.0/8".parse().expect("net"),
+            })
+            .expect("register");
+        applets.push(CardApplet::new(number.into(), holder.into(), key, 0));
+    }
+    let b = applets.pop().expect("b");
+    let a = applets.pop().expect("a");
+    (Arc::new(Mutex::new(center)), a, b)
+}
+
+fn link(center: &Arc<Mutex<AuthCenter>>) -> InProcessNode {
+    InProcessNode {
+        center: center.clone(),
+        peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        available_credit_cents: 100_000,
+        now: 1_000,
+        rng: StdRng::seed_from_u64(2),
+    }
+}
+
+fn request(reader_id: &str, order: &str) -> PaymentRequest {
+    PaymentRequest {
+        reader_id: reader_id.into(),
+        order_id: order.into(),
+        amount_cents: 4_250,
+        delivery_address: HOME.into(),
+    }
+}
+
+fn consumer() -> Consumer {
+    Consumer {
+        pin: PIN.into(),
+        shown: Vec::new(),
+        before_pin: None,
+    }
+}
+
+#[test]
+fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
+    let _pcscd = Pcscd::start();
+    let (center, card_a, _) = node();
+    let mut inserted = InsertedCard::insert(PORT_0, card_a);
+    let reader = PcscReader::open(Some(READER_0)).expect("Virtual PCD 00 00 is attached");
+    assert_eq!(reader.name(), READER_0);
+    reader
+        .wait_for_card(Duration::from_secs(10))
+        .expect("the card is inserted");
+    let mut card = reader.connect().expect("connect to the card");
+    let mut console = consumer();
+    let end = flow::pay(
+        &mut card,
+        &mut link(&center),
+        &mut console,
+        &request("reader-A", "o-1"),
+        &mut StdRng::seed_from_u64(3),
+    );
+    match &end {
+        PaymentEnd::Authorised(a) => {
+            assert_eq!(a.order_id, "o-1");
+            assert_eq!(a.amount_cents, 4_250);
+            assert_eq!(a.account, "alice");
+            assert!(!a.temporary_address_change);
+        }
+        other => panic!(
+            "expected an authorisation, got {other:?}; shown {:?}",
+            console.shown
+        ),
+    }
+    assert_eq!(
+        console.shown.last(),
+        Some(&Prompt::authorised()),
+        "the reader shows the outcome"
+    );
+    drop(card);
+    let applet = inserted.remove().expect("the card comes back");
+    assert_eq!(applet.counter(), 1, "the card signed once");
+    assert_eq!(
+        center
+            .lock()
+            .unwrap()
+            .card(CARD_A)
+            .expect("card")
+            .last_counter,
+        1
+    );
+}
+
+#[test]
+fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
+    let _pcscd = Pcscd::start();
+    let (center, card_a, _) = node();
+    let inserted = Arc::new(Mutex::new(InsertedCard::insert(PORT_0, card_a)));
+    let reader = PcscReader::open(Some(READER_0)).expect("reader");
+    reader.wait_for_card(Duration::from_secs(10)).expect("card");
+    let mut card = reader.connect().expect("connect");
+    let mut console = consumer();
+    // The consumer pulls the card while the reader asks for the PIN.
+    let pull = inserted.clone();
+    console.before_pin = Some(Box::new(move || {
+        pull.lock().unwrap().remove();
+        // pcscd notices within its polling interval.
+        std::thread::sleep(Duration::from_millis(600));
+    }));
+    let end = flow::pay(
+        &mut card,
+        &mut link(&center),
+        &mut console,
+        &request("reader-A", "o-2"),
+        &mut StdRng::seed_from_u64(4),
+    );
+    match &end {
+        PaymentEnd::Aborted { prompt, .. } => {
+            assert_eq!(prompt, &flow::prompts::card_removed(), "{end:?}");
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    assert_eq!(console.shown.last(), Some(&flow::prompts::card_removed()));
+    let center = center.lock().unwrap();
+    assert_eq!(
+        center.card(CARD_A).expect("card").last_counter,
+        0,
+        "nothing was authenticated"
+    );
+}
+
+#[test]
+fn a_card_on_a_reader_it_is_not_bound_to_is_refused() {
+    let _pcscd = Pcscd::start();
+    let (center, card_a, _card_b) = node();
+    // Alice's card in the reader that is bob's (reader-B, bound to card B).
+    let _inserted = InsertedCard::insert(PORT_1, card_a);
+    let reader = PcscReader::open(Some(READER_1)).expect("reader");
+    reader.wait_for_card(Duration::from_secs(10)).expect("card");
+    let mut card = reader.connect().expect("connect");
+    let mut console = consumer();
+    let end = flow::pay(
+        &mut card,
+        &mut link(&center),
+        &mut console,
+        &request("reader-B", "o-3"),
+        &mut StdRng::seed_from_u64(5),
+    );
+    assert_eq!(end, PaymentEnd::Refused(Prompt::not_bound()));
+    assert_eq!(center.lock().unwrap().outstanding_challenges(), 0);
+    assert_eq!(
+        center
+            .lock()
+            .unwrap()
+            .card(CARD_A)
+            .expect("card")
+            .last_counter,
+        0,
+        "no challenge, no signature"
+    );
+}
+
+#[test]
+fn without_pcscd_the_terminal_says_no_reader_service_is_available() {
+    assert!(
+        !pcscd_running(),
+        "a pcscd not started by this test is running; stop it first"
+    );
+    match PcscReader::open(Some(READER_0)) {
+        Err(ReaderError::NoService(_)) => {}
+        Err(other) => panic!("expected NoService, got {other}"),
+        Ok(_) => panic!("a reader without pcscd"),
+    }
+    let shown = ReaderError::NoService("x".into()).to_string();
+    assert!(shown.contains("pcscd"), "{shown}");
+}
