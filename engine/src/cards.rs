@@ -15,8 +15,9 @@ pub mod prompt;
 mod tests;
 
 pub use auth::{
-    mask_card_number, normalise_address, same_address, AuthCenter, AuthConfig, AuthOutcome,
-    AuthState, Authorisation, Card, CardError, CardStatus, ChallengeIssued, Reader, SwipeRefusal,
+    mask_card_number, normalise_address, same_address, AuthCenter, AuthChange, AuthConfig,
+    AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus, ChallengeIssued, Reader,
+    SwipeRefusal,
 };
 pub use crypto::{CardKey, IssuerKey};
 pub use pin::{

@@ -44,7 +44,7 @@
 //! module (I10). The serialised [`AuthState`] holds them in full (the node needs them to
 //! derive card keys): protecting the store at rest is the storage layer's job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -278,7 +278,39 @@ impl std::fmt::Debug for AuthState {
     }
 }
 
+/// A durable change of the authentication center's state: the new value of a card or reader.
+/// The node journals these; replaying them in order rebuilds [`AuthState`] exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthChange {
+    Card(Card),
+    Reader(Reader),
+}
+
 impl AuthState {
+    /// An empty state with these settings.
+    pub fn new(config: AuthConfig) -> AuthState {
+        AuthState {
+            config,
+            ..AuthState::default()
+        }
+    }
+
+    /// Applies a journaled change (replay, the account-state view).
+    pub fn apply(&mut self, change: &AuthChange) {
+        match change {
+            AuthChange::Card(c) => {
+                self.cards.insert(c.number.clone(), c.clone());
+            }
+            AuthChange::Reader(r) => {
+                self.readers.insert(r.id.clone(), r.clone());
+            }
+        }
+    }
+
+    pub fn card(&self, number: &str) -> Option<&Card> {
+        self.cards.get(number)
+    }
+
     pub fn cards(&self) -> impl Iterator<Item = &Card> {
         self.cards.values()
     }
@@ -469,6 +501,9 @@ pub struct AuthCenter {
     /// Reader id → the id of its outstanding challenge.
     challenge_by_reader: HashMap<String, String>,
     refusals: HashMap<String, RefusalWindow>,
+    /// Cards changed and readers registered since the last [`AuthCenter::take_changes`].
+    dirty_cards: BTreeSet<String>,
+    new_readers: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthCenter {
@@ -495,7 +530,25 @@ impl AuthCenter {
             challenges: HashMap::new(),
             challenge_by_reader: HashMap::new(),
             refusals: HashMap::new(),
+            dirty_cards: BTreeSet::new(),
+            new_readers: Vec::new(),
         }
+    }
+
+    /// The durable changes made since the last call, in an order that replays to the current
+    /// state: cards first (a reader names its card), then new readers. The node journals them
+    /// before it answers the call that made them.
+    pub fn take_changes(&mut self) -> Vec<AuthChange> {
+        let mut changes: Vec<AuthChange> = std::mem::take(&mut self.dirty_cards)
+            .into_iter()
+            .filter_map(|n| self.state.cards.get(&n).cloned().map(AuthChange::Card))
+            .collect();
+        changes.extend(
+            std::mem::take(&mut self.new_readers)
+                .into_iter()
+                .filter_map(|id| self.state.readers.get(&id).cloned().map(AuthChange::Reader)),
+        );
+        changes
     }
 
     /// A center restored from its stored state (no challenges: they do not survive a
@@ -587,6 +640,7 @@ impl AuthCenter {
             return Err(CardError::DuplicateCard(mask_card_number(number)));
         }
         let pin_hash = self.hasher.hash(pin, rng)?;
+        self.dirty_cards.insert(number.to_string());
         self.state.cards.insert(
             number.to_string(),
             Card {
@@ -630,15 +684,20 @@ impl AuthCenter {
         }
         self.reader_by_card
             .insert(reader.card_number.clone(), reader.id.clone());
+        self.new_readers.push(reader.id.clone());
         self.state.readers.insert(reader.id.clone(), reader);
         Ok(())
     }
 
+    /// A card to change; it is recorded as changed.
     fn card_mut(&mut self, number: &str) -> Result<&mut Card, CardError> {
-        self.state
+        let card = self
+            .state
             .cards
             .get_mut(number)
-            .ok_or_else(|| CardError::UnknownCard(mask_card_number(number)))
+            .ok_or_else(|| CardError::UnknownCard(mask_card_number(number)))?;
+        self.dirty_cards.insert(number.to_string());
+        Ok(card)
     }
 
     /// Administrator: unlocks a locked card and clears its PIN failures. A lost card stays
@@ -854,6 +913,8 @@ impl AuthCenter {
         if counter <= card.last_counter {
             return AuthOutcome::Replayed;
         }
+        // From here on the card changes (counter, PIN failures, lock): it must be journaled.
+        self.dirty_cards.insert(card.number.clone());
         card.last_counter = counter;
 
         // Identity.

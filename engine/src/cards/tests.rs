@@ -1606,3 +1606,57 @@ proptest! {
         prop_assert!(!same_address(&registered, &other));
     }
 }
+
+/// Replays every journaled change into a fresh state, as the node does on restart.
+fn replayed(changes: &[AuthChange], config: AuthConfig) -> AuthState {
+    let mut state = AuthState::new(config);
+    for c in changes {
+        state.apply(c);
+    }
+    state
+}
+
+#[test]
+fn the_changes_taken_after_each_call_replay_to_the_same_state() {
+    let mut f = fixture();
+    let mut journal = f.center.take_changes();
+    assert_eq!(journal.len(), 4, "two cards and two readers");
+    let check = |f: &mut Fixture, journal: &mut Vec<AuthChange>, what: &str| {
+        journal.extend(f.center.take_changes());
+        assert_eq!(
+            &replayed(journal, AuthConfig::default()),
+            f.center.state(),
+            "after {what}"
+        );
+    };
+    assert_eq!(f.pay(PIN, T0), authorised(false));
+    check(&mut f, &mut journal, "a payment (counter)");
+    for _ in 0..3 {
+        f.pay("0000", T0);
+    }
+    assert_eq!(f.card().status, CardStatus::Locked);
+    check(&mut f, &mut journal, "three wrong PINs (lock)");
+    f.center.unlock_card(CARD).unwrap();
+    check(&mut f, &mut journal, "unlock");
+    f.center.set_registered_address(CARD, "2 New Road").unwrap();
+    check(&mut f, &mut journal, "address");
+    // A refused cryptogram changes nothing, and nothing is taken.
+    let ch = f.swipe("o-x", 10, T0);
+    let mut s = f.submission(&ch, "o-x", 10, PIN);
+    s.cryptogram[0] ^= 1;
+    assert_eq!(
+        f.submit(&ch, &s, HOME, None, CREDIT, T0),
+        AuthOutcome::BadCryptogram
+    );
+    assert!(f.center.take_changes().is_empty());
+    f.center.report_lost(CARD).unwrap();
+    check(&mut f, &mut journal, "lost");
+    // Restored from the replayed state, the center refuses what the original refuses.
+    let restored =
+        AuthCenter::from_state(master(), replayed(&journal, AuthConfig::default())).unwrap();
+    assert_eq!(restored.card(CARD).unwrap().status, CardStatus::Lost);
+    assert_eq!(
+        restored.card(CARD).unwrap().last_counter,
+        f.card().last_counter
+    );
+}
