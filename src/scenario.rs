@@ -56,6 +56,7 @@ fn scenario_rules(cfg: Option<&Value>) -> Result<RulesConfig, String> {
             })
             .transpose()?
             .unwrap_or(d.code_attempts_max),
+        auth: d.auth.clone(),
     };
     rules.validate()?;
     Ok(rules)

@@ -1532,6 +1532,7 @@ fn rules_of(setup: &Setup) -> RulesConfig {
         direct_max: Amount::from_cents(setup.direct_max),
         order_expiry_secs: EXPIRY_SECS,
         code_attempts_max: setup.code_attempts_max,
+        ..RulesConfig::default()
     }
 }
 

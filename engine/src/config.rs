@@ -43,6 +43,9 @@ struct RawRules {
     direct_max: Option<String>,
     order_expiry_secs: Option<u64>,
     code_attempts_max: Option<u32>,
+    max_pin_failures: Option<u32>,
+    challenge_ttl_secs: Option<u64>,
+    refused_swipes_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +114,20 @@ impl NodeConfig {
             direct_max: amount("direct_max", &raw.rules.direct_max, d.direct_max)?,
             order_expiry_secs: raw.rules.order_expiry_secs.unwrap_or(d.order_expiry_secs),
             code_attempts_max: raw.rules.code_attempts_max.unwrap_or(d.code_attempts_max),
+            auth: crate::cards::AuthConfig {
+                max_pin_failures: raw
+                    .rules
+                    .max_pin_failures
+                    .unwrap_or(d.auth.max_pin_failures),
+                challenge_ttl_secs: raw
+                    .rules
+                    .challenge_ttl_secs
+                    .unwrap_or(d.auth.challenge_ttl_secs),
+                refused_swipes_per_minute: raw
+                    .rules
+                    .refused_swipes_per_minute
+                    .unwrap_or(d.auth.refused_swipes_per_minute),
+            },
         };
         rules.validate()?;
         cfg.engine.rules = rules;

@@ -129,6 +129,10 @@ pub enum EventKind {
     },
     /// Time passed (a tick); keeps the clock durable even when nothing else happened.
     ClockAdvanced,
+    /// A card or reader as it now is (issued, registered, counter accepted, PIN failures,
+    /// locked, unlocked, lost): the authentication center's durable state (issue 4). Moves no
+    /// money.
+    Auth(crate::cards::AuthChange),
 }
 
 /// An event and the money it moves. The postings of one event sum to zero (I1).
@@ -164,7 +168,7 @@ impl Event {
             | OrderCancelled { consumer, .. }
             | OrderExpired { consumer, .. }
             | Refunded { consumer, .. } => Some(consumer),
-            Configured(_) | MerchantOpened { .. } | ClockAdvanced => None,
+            Configured(_) | MerchantOpened { .. } | ClockAdvanced | Auth(_) => None,
         }
     }
 
@@ -870,7 +874,7 @@ impl ConsumerState {
                 );
             }
             ConsumerOpened { .. } | WalletToppedUp { .. } | TopUpRefused { .. } => {}
-            Configured(_) | MerchantOpened { .. } | ClockAdvanced => {}
+            Configured(_) | MerchantOpened { .. } | ClockAdvanced | Auth(_) => {}
         }
         Ok(())
     }
@@ -982,11 +986,14 @@ pub struct LedgerState {
     /// bank account → consumer it is designated for.
     pub bank_owner: HashMap<String, String>,
     pub entries: u64,
+    /// Cards and readers (the authentication center's durable state).
+    pub auth: crate::cards::AuthState,
 }
 
 impl LedgerState {
     pub fn new(config: RulesConfig) -> LedgerState {
         LedgerState {
+            auth: crate::cards::AuthState::new(config.auth.clone()),
             config,
             ..Default::default()
         }
@@ -1011,7 +1018,11 @@ impl LedgerState {
             });
         }
         match &ev.kind {
-            EventKind::Configured(cfg) => self.config = cfg.clone(),
+            EventKind::Configured(cfg) => {
+                self.config = cfg.clone();
+                self.auth.config = cfg.auth.clone();
+            }
+            EventKind::Auth(change) => self.auth.apply(change),
             EventKind::ConsumerOpened {
                 consumer,
                 credit_limit,
@@ -1113,6 +1124,7 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         OrderExpired { .. } => "OrderExpired",
         Refunded { .. } => "Refunded",
         ClockAdvanced => "ClockAdvanced",
+        Auth(_) => "Auth",
     }
 }
 

@@ -194,6 +194,9 @@ pub struct RulesConfig {
     pub order_expiry_secs: u64,
     /// The wrong special code that makes an order disputed (the n-th wrong one).
     pub code_attempts_max: u32,
+    /// The authentication center's rules: PIN failures before a lock, challenge lifetime,
+    /// refused swipes per minute.
+    pub auth: crate::cards::AuthConfig,
 }
 
 impl Default for RulesConfig {
@@ -204,6 +207,7 @@ impl Default for RulesConfig {
             direct_max: Amount::ZERO,
             order_expiry_secs: 604_800,
             code_attempts_max: 5,
+            auth: crate::cards::AuthConfig::default(),
         }
     }
 }
@@ -234,6 +238,12 @@ impl RulesConfig {
         }
         if self.code_attempts_max == 0 {
             return Err("code_attempts_max must be at least 1".into());
+        }
+        if self.auth.max_pin_failures == 0 {
+            return Err("max_pin_failures must be at least 1".into());
+        }
+        if self.auth.challenge_ttl_secs == 0 {
+            return Err("challenge_ttl_secs must be positive".into());
         }
         Ok(())
     }
