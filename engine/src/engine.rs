@@ -28,6 +28,10 @@ use crate::actors::{
     MerchantReply,
 };
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
+use crate::cards::{
+    AuthCenter, AuthChange, AuthOutcome, CardError, CardKey, ChallengeIssued, EncryptedPin,
+    IssuerKey, Reader, SwipeRefusal,
+};
 use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
 use crate::ledger::{
     consumer_opened_event, next_time_work, ConsumerState, Entry, Event, EventKind, LedgerState,
@@ -82,6 +86,9 @@ pub struct EngineConfig {
     /// A consumer actor idle this long is passivated: it leaves memory, its state stays in
     /// the account-state view, and its next message activates it again.
     pub passivate_after: Duration,
+    /// The card issuer's master key; every card key is derived from it. Never stored. Without
+    /// it, card operations are refused (`EngineError::Config`).
+    pub issuer_key: Option<IssuerKey>,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +102,7 @@ impl Default for EngineConfig {
             mailbox_capacity: 256,
             max_in_flight: 100_000,
             passivate_after: Duration::from_secs(60),
+            issuer_key: None,
         }
     }
 }
@@ -453,6 +461,28 @@ pub struct Engine {
     opening: DashMap<String, ()>,
     data_dir: PathBuf,
     recovery: RecoveryInfo,
+    /// The authentication center, when an issuer key is configured. Its durable changes are
+    /// journaled, in the order they were made, before the call that made them answers.
+    auth: Option<Arc<std::sync::Mutex<AuthCenter>>>,
+}
+
+/// A card to issue (F1): its number, its holder (an existing consumer), the PIN (kept only as
+/// an Argon2id hash) and the holder's registered delivery address.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IssueCard {
+    pub number: String,
+    pub holder: String,
+    pub pin: String,
+    pub registered_address: String,
+}
+
+impl std::fmt::Debug for IssueCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueCard")
+            .field("number", &crate::cards::mask_card_number(&self.number))
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What opening the data directory found.
@@ -597,7 +627,18 @@ impl Engine {
         info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
         let merchants = view.merchants()?;
         info.merchants = merchants.len();
+        let auth = match &cfg.issuer_key {
+            None => None,
+            Some(key) => {
+                let state = view.auth_state(cfg.rules.auth.clone())?;
+                let center = AuthCenter::from_state(key.clone(), state).map_err(|e| {
+                    EngineError::Config(format!("the stored cards and readers: {e}"))
+                })?;
+                Some(Arc::new(std::sync::Mutex::new(center)))
+            }
+        };
         let mut engine = Engine {
+            auth,
             sweeper: None,
             shared,
             arbiters,
@@ -1104,6 +1145,233 @@ impl Engine {
             amount,
         };
         self.ask_consumer(&consumer, cmd, now).await
+    }
+
+    fn auth_center(&self) -> Result<Arc<std::sync::Mutex<AuthCenter>>, EngineError> {
+        self.auth.clone().ok_or_else(|| {
+            EngineError::Config(
+                "no card issuer key is configured (ONECARD_ISSUER_KEY): cards are disabled".into(),
+            )
+        })
+    }
+
+    /// Runs `op` on the authentication center on a blocking thread (PIN hashing and checks
+    /// take Argon2id's time), queues its durable changes to the journal while still holding
+    /// the center (so that changes reach the journal in the order they were made), then waits
+    /// until they are on disk before returning the result.
+    async fn with_auth<T: Send + 'static>(
+        &self,
+        now: Secs,
+        op: impl FnOnce(&mut AuthCenter) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let center = self.auth_center()?;
+        let journal = self.shared.journal.clone();
+        let (result, durable) = tokio::task::spawn_blocking(move || {
+            let mut c = center
+                .lock()
+                .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?;
+            let result = op(&mut c);
+            let changes: Vec<AuthChange> = c.take_changes();
+            let durable = (!changes.is_empty()).then(|| {
+                let writes = view::auth_writes(&changes);
+                let events = changes
+                    .into_iter()
+                    .map(|ch| Event::new(EventKind::Auth(ch)))
+                    .collect();
+                journal.append(&Entry::new(now, events), writes)
+            });
+            Ok::<_, EngineError>((result, durable))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("authentication task: {e}")))??;
+        if let Some(d) = durable {
+            d.await?;
+        }
+        Ok(result)
+    }
+
+    /// Issues a card to an existing consumer (F1). Returns the card's key, derived from the
+    /// issuer master key, for personalising the card; the node keeps only the PIN's hash.
+    pub async fn issue_card(
+        &self,
+        req: IssueCard,
+        now: Secs,
+    ) -> Result<Result<CardKey, CardError>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        if !self.has_consumer(&req.holder)? {
+            return Ok(Err(CardError::InvalidField { field: "holder" }));
+        }
+        self.with_auth(now, move |c| {
+            c.issue_card(
+                &req.number,
+                &req.holder,
+                &req.pin,
+                &req.registered_address,
+                &mut rand::rngs::OsRng,
+            )
+        })
+        .await
+    }
+
+    /// Registers a reader and binds it 1:1 to its card and account (F2).
+    pub async fn register_reader(
+        &self,
+        reader: Reader,
+        now: Secs,
+    ) -> Result<Result<(), CardError>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        self.with_auth(now, move |c| c.register_reader(reader))
+            .await
+    }
+
+    /// Administrator: unlocks a card locked by wrong PINs.
+    pub async fn unlock_card(
+        &self,
+        number: &str,
+        now: Secs,
+    ) -> Result<Result<(), CardError>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let number = number.to_string();
+        self.with_auth(now, move |c| c.unlock_card(&number)).await
+    }
+
+    /// The holder reports the card lost: it never authenticates again.
+    pub async fn report_lost(
+        &self,
+        number: &str,
+        now: Secs,
+    ) -> Result<Result<(), CardError>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let number = number.to_string();
+        self.with_auth(now, move |c| c.report_lost(&number)).await
+    }
+
+    /// Step 2 (F2, I9): a reader, from `peer`, presents a card for an order. A challenge if
+    /// reader, card and address are bound to each other; a refusal (rate-limited) otherwise.
+    pub async fn swipe(
+        &self,
+        reader_id: &str,
+        card_number: &str,
+        peer: std::net::IpAddr,
+        order_id: &str,
+        amount: Amount,
+        now: Secs,
+    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let Ok(amount_cents) = u64::try_from(amount.cents()) else {
+            return Ok(Err(SwipeRefusal::InvalidOrder));
+        };
+        let (reader_id, card_number, order_id) = (
+            reader_id.to_string(),
+            card_number.to_string(),
+            order_id.to_string(),
+        );
+        self.with_auth(now, move |c| {
+            c.swipe(
+                &reader_id,
+                &card_number,
+                peer,
+                &order_id,
+                amount_cents,
+                now,
+                &mut rand::rngs::OsRng,
+            )
+        })
+        .await
+    }
+
+    /// The available credit of a consumer now, in cents (0 if unknown).
+    fn available_credit_cents(&self, consumer: Option<&str>) -> Result<u64, EngineError> {
+        let Some(consumer) = consumer else {
+            return Ok(0);
+        };
+        Ok(match self.shared.view.consumer_record(consumer)? {
+            None => 0,
+            Some(c) => {
+                let available = c.credit_limit.cents().saturating_sub(c.reserved.cents());
+                u64::try_from(available.max(0)).unwrap_or(u64::MAX)
+            }
+        })
+    }
+
+    /// Step 3: the card's cryptogram, the encrypted PIN, the delivery address; checked in the
+    /// order SPEC F18 gives (card, PIN, address, credit against the account's available credit
+    /// now). Counter, PIN failures and a lock are durable before the answer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authenticate(
+        &self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+        confirm_address_change: Option<bool>,
+        now: Secs,
+    ) -> Result<AuthOutcome, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let account = self
+            .auth_center()?
+            .lock()
+            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
+            .challenge_account(challenge_id);
+        let credit = self.available_credit_cents(account.as_deref())?;
+        let (challenge_id, cryptogram, pin, delivery_address) = (
+            challenge_id.to_string(),
+            cryptogram.to_vec(),
+            pin.clone(),
+            delivery_address.to_string(),
+        );
+        self.with_auth(now, move |c| {
+            c.authenticate(
+                &challenge_id,
+                counter,
+                &cryptogram,
+                &pin,
+                &delivery_address,
+                confirm_address_change,
+                credit,
+                now,
+            )
+        })
+        .await
+    }
+
+    /// The consumer's answer to `ConfirmAddressChange`.
+    pub async fn confirm_address_change(
+        &self,
+        challenge_id: &str,
+        accept: bool,
+        now: Secs,
+    ) -> Result<AuthOutcome, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let account = self
+            .auth_center()?
+            .lock()
+            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
+            .challenge_account(challenge_id);
+        let credit = self.available_credit_cents(account.as_deref())?;
+        let challenge_id = challenge_id.to_string();
+        self.with_auth(now, move |c| {
+            c.confirm_address_change(&challenge_id, accept, credit, now)
+        })
+        .await
+    }
+
+    /// A card as the node holds it now (status, counter, failures), if issued.
+    pub fn card(&self, number: &str) -> Result<Option<crate::cards::Card>, EngineError> {
+        Ok(self
+            .auth_center()?
+            .lock()
+            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
+            .card(number)
+            .cloned())
     }
 
     /// Activates a consumer's actor if it is passivated and waits for it to answer: to warm

@@ -16,6 +16,8 @@
 //! | `f` refund | the refund and its consumer ([`StoredRefund`]) | the consumer's actor |
 //! | `b` bank account | the consumer it is designated for | the engine, at opening |
 //! | `m` merchant | [`MerchantState`] | the journal writer, from the postings |
+//! | `n` card number | the card ([`crate::cards::Card`]: status, PIN hash, counter, failures) | the engine's authentication center |
+//! | `q` reader id | the reader and its binding ([`crate::cards::Reader`]) | the engine's authentication center |
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
 //!
 //! Each write is a sled key rewritten at random, which costs far more than the journal's
@@ -42,6 +44,8 @@ const ORDER: u8 = b'd';
 const REFUND: u8 = b'f';
 const BANK: u8 = b'b';
 const MERCHANT: u8 = b'm';
+const CARD: u8 = b'n';
+const READER: u8 = b'q';
 const META_KEY: &[u8] = b"k";
 
 /// One change to the view: a key set to a value, or removed.
@@ -199,6 +203,19 @@ pub fn opened_consumer_writes(c: &ConsumerState) -> Vec<ViewWrite> {
         ViewWrite::Put(key(CONSUMER, &c.id), encode(&ConsumerRecord::of(c))),
         ViewWrite::Put(key(BANK, &c.bank), c.id.as_bytes().to_vec()),
     ]
+}
+
+/// The view's writes for changes of the authentication center: each card or reader as it now
+/// is.
+pub fn auth_writes(changes: &[crate::cards::AuthChange]) -> Vec<ViewWrite> {
+    use crate::cards::AuthChange;
+    changes
+        .iter()
+        .map(|c| match c {
+            AuthChange::Card(card) => ViewWrite::Put(key(CARD, &card.number), encode(card)),
+            AuthChange::Reader(r) => ViewWrite::Put(key(READER, &r.id), encode(r)),
+        })
+        .collect()
 }
 
 /// What the journal writer derives from an entry for the parts of the view it keeps itself:
@@ -371,6 +388,24 @@ impl StateView {
         Ok(out)
     }
 
+    /// The authentication center's durable state: every card, then every reader.
+    pub fn auth_state(
+        &self,
+        config: crate::cards::AuthConfig,
+    ) -> Result<crate::cards::AuthState, JournalError> {
+        use crate::cards::{AuthChange, AuthState};
+        let mut state = AuthState::new(config);
+        for kv in self.tree.scan_prefix([CARD]) {
+            let (_, v) = kv?;
+            state.apply(&AuthChange::Card(decode("card", &v)?));
+        }
+        for kv in self.tree.scan_prefix([READER]) {
+            let (_, v) = kv?;
+            state.apply(&AuthChange::Reader(decode("reader", &v)?));
+        }
+        Ok(state)
+    }
+
     /// Every consumer record, in id order.
     pub fn consumer_records(
         &self,
@@ -451,6 +486,7 @@ impl StateView {
             return Err(bad("a consumer's bank account has no bank key".into()));
         }
         state.merchants = self.merchants()?;
+        state.auth = self.auth_state(meta.config.auth.clone())?;
         Ok(state)
     }
 }

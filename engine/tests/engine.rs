@@ -619,3 +619,187 @@ fn a_flood_gets_clear_overload_errors_and_loses_nothing_acknowledged() {
     let pending = report.orders_by_state.get("pending").copied().unwrap_or(0);
     assert_eq!(pending, accepted.len());
 }
+
+mod cards {
+    use super::*;
+    use onecard_engine::cards::crypto::cryptogram;
+    use onecard_engine::cards::{
+        encrypt_pin, AuthOutcome, CardKey, CardStatus, ChallengeIssued, IssuerKey, Reader,
+    };
+    use onecard_engine::engine::IssueCard;
+    use std::net::IpAddr;
+
+    const CARD: &str = "4000001234567890";
+    /// Twelve digits: long enough that finding it in the store's bytes would not be chance.
+    const PIN: &str = "739164285017";
+    const HOME: &str = "5 Rose Lane";
+
+    fn card_config() -> EngineConfig {
+        EngineConfig {
+            issuer_key: Some(IssuerKey::from_bytes([5; 32])),
+            ..config()
+        }
+    }
+
+    fn peer() -> IpAddr {
+        "10.0.0.7".parse().unwrap()
+    }
+
+    async fn attempt(
+        engine: &Engine,
+        key: &CardKey,
+        counter: u32,
+        pin: &str,
+        order: &str,
+    ) -> AuthOutcome {
+        let ch: ChallengeIssued = engine
+            .swipe("rdr-1", CARD, peer(), order, amount("25.00"), 10)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = cryptogram(key, &ch.challenge, order, 2_500, counter).unwrap();
+        let pin =
+            encrypt_pin(&ch.node_public, &ch.challenge, pin, &mut rand::thread_rng()).unwrap();
+        engine
+            .authenticate(&ch.challenge_id, counter, &c, &pin, HOME, None, 10)
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn counters_pin_failures_and_locks_survive_a_restart_and_the_view_equals_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+            let unknown = engine
+                .issue_card(
+                    IssueCard {
+                        number: CARD.into(),
+                        holder: "nobody".into(),
+                        pin: PIN.into(),
+                        registered_address: HOME.into(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap();
+            assert!(unknown.is_err(), "a card only for an existing consumer");
+            let key = engine
+                .issue_card(
+                    IssueCard {
+                        number: CARD.into(),
+                        holder: "alice".into(),
+                        pin: PIN.into(),
+                        registered_address: HOME.into(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            engine
+                .register_reader(
+                    Reader {
+                        id: "rdr-1".into(),
+                        owner: "alice".into(),
+                        card_number: CARD.into(),
+                        account: "alice".into(),
+                        network: "10.0.0.0/24".parse().unwrap(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(
+                attempt(&engine, &key, 1, PIN, "o-1").await,
+                AuthOutcome::Authorised(_)
+            ));
+            // Above the available credit (1000.00): refused for credit.
+            let ch = engine
+                .swipe("rdr-1", CARD, peer(), "o-big", amount("1000.01"), 10)
+                .await
+                .unwrap()
+                .unwrap();
+            let c = cryptogram(&key, &ch.challenge, "o-big", 100_001, 2).unwrap();
+            let pin =
+                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            assert!(matches!(
+                engine
+                    .authenticate(&ch.challenge_id, 2, &c, &pin, HOME, None, 10)
+                    .await
+                    .unwrap(),
+                AuthOutcome::CreditRefused { .. }
+            ));
+            assert_eq!(
+                attempt(&engine, &key, 3, "0000", "o-2").await,
+                AuthOutcome::WrongPin { tries_left: 2 }
+            );
+            assert_eq!(
+                attempt(&engine, &key, 4, "0000", "o-3").await,
+                AuthOutcome::WrongPin { tries_left: 1 }
+            );
+            engine.close().await.unwrap();
+            sim.close();
+            key
+        });
+        actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            let card = engine.card(CARD).unwrap().unwrap();
+            assert_eq!((card.last_counter, card.pin_failures), (4, 2), "durable");
+            // An old counter is a replay, also after the restart.
+            assert_eq!(
+                attempt(&engine, &key, 4, PIN, "o-4").await,
+                AuthOutcome::Replayed
+            );
+            // The third wrong PIN in a row, across the restart, locks the card.
+            assert_eq!(
+                attempt(&engine, &key, 5, "0000", "o-5").await,
+                AuthOutcome::CardLocked
+            );
+            engine.close().await.unwrap();
+            sim.close();
+        });
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        let card = report.state.auth.card(CARD).unwrap();
+        assert_eq!(card.status, CardStatus::Locked, "the replay agrees");
+        assert_eq!(card.last_counter, 5);
+        // No PIN, no card key in the store (I10): only the Argon2id hash.
+        let mut bytes = Vec::new();
+        for f in walk(dir.path()) {
+            bytes.extend(std::fs::read(f).unwrap());
+        }
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"$argon2id$"), "the PIN hash is stored");
+        assert!(!has(PIN.as_bytes()), "the PIN is never stored");
+        assert!(!has(key.as_bytes()), "the card key is never stored");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

@@ -861,6 +861,16 @@ impl AuthCenter {
 
     /// The live challenge `id`, taken out of the table; `None` (and dropped) if unknown or
     /// expired.
+    /// The account (consumer id) an outstanding challenge is for: the node looks up its
+    /// available credit before [`AuthCenter::authenticate`].
+    pub fn challenge_account(&self, challenge_id: &str) -> Option<String> {
+        let challenge = self.challenges.get(challenge_id)?;
+        self.state
+            .cards
+            .get(&challenge.card_number)
+            .map(|c| c.holder.clone())
+    }
+
     fn take_live_challenge(&mut self, id: &str, now: u64) -> Option<Challenge> {
         let challenge = self.take_challenge(id)?;
         (now < challenge.expires_at).then_some(challenge)
