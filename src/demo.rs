@@ -1,13 +1,135 @@
 //! `onecard demo`: the payment flow, told step by step on the real engine (actors, journal on
 //! sled, simulated bank), ending with every balance and the `verify` checks.
+//!
+//! Every order is paid at the consumer's reader first (SPEC F18 steps 2–3): the reader program's
+//! flow (`onecard_terminal::flow`) reads the consumer's card — the virtual card's applet, in
+//! memory here (`tests/pcsc_reader.rs` runs the same over a real PC/SC stack) — swipes at the
+//! node, takes the PIN, lets the card sign the node's challenge, and the node's authentication
+//! center checks card, PIN, address and credit. The reader's prompts are printed.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use onecard_engine::engine::{OpenConsumer, PlaceOrder, RefundRequest};
-use onecard_engine::model::CommandResult;
+use onecard_engine::cards::{
+    AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, Prompt, Reader, SwipeRefusal,
+};
+use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
+use onecard_engine::model::{CommandResult, Refusal};
 use onecard_engine::{verify, Amount, Engine, NodeConfig, SimBank, SimBankPort};
+use onecard_sim::card::applet::CardApplet;
+use onecard_terminal::channel::{CardChannel, CardIoError};
+use onecard_terminal::flow::{self, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest};
 use serde_json::json;
+
+/// Where every consumer's reader connects from in the demo (its registered network).
+const HOME_NETWORK: &str = "192.168.1.0/24";
+const READER_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10));
+
+/// The card in the consumer's reader: the virtual card's applet, in memory.
+struct CardInReader(CardApplet);
+
+impl CardChannel for CardInReader {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, CardIoError> {
+        Ok(self.0.process(apdu))
+    }
+}
+
+/// The reader program's link to the node, in process. The demo runs on the engine's own
+/// runtime thread, so each call waits for the engine there.
+struct InProcessLink<'a> {
+    engine: &'a Engine,
+    now: u64,
+}
+
+impl NodeLink for InProcessLink<'_> {
+    fn swipe(
+        &mut self,
+        reader_id: &str,
+        card_number: &str,
+        order_id: &str,
+        amount_cents: u64,
+    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
+        let amount = i64::try_from(amount_cents)
+            .map(Amount::from_cents)
+            .map_err(|e| LinkError(e.to_string()))?;
+        futures::executor::block_on(self.engine.swipe(
+            reader_id,
+            card_number,
+            READER_ADDRESS,
+            order_id,
+            amount,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn authenticate(
+        &mut self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+    ) -> Result<AuthOutcome, LinkError> {
+        futures::executor::block_on(self.engine.authenticate(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            None,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn confirm_address_change(
+        &mut self,
+        challenge_id: &str,
+        accept: bool,
+    ) -> Result<AuthOutcome, LinkError> {
+        futures::executor::block_on(self.engine.confirm_address_change(
+            challenge_id,
+            accept,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+}
+
+/// The consumer at the reader: types the PIN, says yes to a one-time address; the display and
+/// the sound are printed.
+struct ReaderConsole<'a> {
+    who: &'a str,
+    pin: &'a str,
+}
+
+impl Console for ReaderConsole<'_> {
+    fn show(&mut self, prompt: &Prompt) {
+        println!(
+            "    [{}'s reader] {} ({:?} sound)",
+            self.who, prompt.text, prompt.sound
+        );
+    }
+    fn read_pin(&mut self) -> Option<String> {
+        println!("    [{}'s reader] ****", self.who);
+        Some(self.pin.to_string())
+    }
+    fn confirm(&mut self, question: &Prompt) -> bool {
+        println!("    [{}'s reader] {} → yes", self.who, question.text);
+        true
+    }
+}
+
+/// A consumer's card and reader, as issued and registered for the demo.
+struct Holder {
+    number: String,
+    card: CardInReader,
+    reader_id: String,
+    pin: String,
+    address: String,
+}
 
 type DemoResult<T> = Result<T, String>;
 
@@ -22,9 +144,107 @@ struct Demo {
     engine: Engine,
     bank: Arc<SimBank>,
     now: u64,
+    holders: std::collections::HashMap<String, Holder>,
+}
+
+/// How a payment at the reader ended, in a line.
+fn ended(end: &PaymentEnd) -> String {
+    match end {
+        PaymentEnd::Authorised(_) => "authorised".into(),
+        PaymentEnd::Refused(p) => format!("refused: {}", p.text),
+        PaymentEnd::Aborted { prompt, .. } => format!("aborted: {}", prompt.text),
+    }
 }
 
 impl Demo {
+    /// `owner`'s card at reader `reader_id`, with `pin` (default: the right one): only the
+    /// authentication, no order placed.
+    fn at_reader(
+        &mut self,
+        owner: &str,
+        reader_id: &str,
+        pin: Option<&str>,
+        order: &str,
+        cents: u64,
+    ) -> PaymentEnd {
+        let Some(holder) = self.holders.get_mut(owner) else {
+            return PaymentEnd::Refused(Prompt::not_bound());
+        };
+        let pin = pin.unwrap_or(&holder.pin).to_string();
+        let request = PaymentRequest {
+            reader_id: reader_id.into(),
+            order_id: order.into(),
+            amount_cents: cents,
+            delivery_address: holder.address.clone(),
+        };
+        flow::pay(
+            &mut holder.card,
+            &mut InProcessLink {
+                engine: &self.engine,
+                now: self.now,
+            },
+            &mut ReaderConsole {
+                who: owner,
+                pin: &pin,
+            },
+            &request,
+            &mut rand::rngs::OsRng,
+        )
+    }
+
+    /// Issues the consumer's card (the PIN kept as an Argon2id hash, the card key derived from
+    /// the issuer master key) and registers their reader, bound 1:1 to card and account.
+    async fn issue_card_and_reader(&mut self, who: &str) -> DemoResult<()> {
+        let n = self.holders.len() + 1;
+        let number = format!("40000000000000{n:02}");
+        let pin = format!("{}", 4000 + 111 * n);
+        let address = format!("{n} Demo Street, Springfield");
+        let key = self
+            .engine
+            .issue_card(
+                IssueCard {
+                    number: number.clone(),
+                    holder: who.into(),
+                    pin: pin.clone(),
+                    registered_address: address.clone(),
+                },
+                self.now,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let reader_id = format!("reader-{who}");
+        self.engine
+            .register_reader(
+                Reader {
+                    id: reader_id.clone(),
+                    owner: who.into(),
+                    card_number: number.clone(),
+                    account: who.into(),
+                    network: HOME_NETWORK.parse().map_err(|e| format!("{e}"))?,
+                },
+                self.now,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        println!(
+            "  {who}'s card {} issued (PIN kept only as an Argon2id hash), bound to {reader_id} at {HOME_NETWORK}",
+            onecard_engine::cards::mask_card_number(&number)
+        );
+        self.holders.insert(
+            who.to_string(),
+            Holder {
+                number: number.clone(),
+                card: CardInReader(CardApplet::new(number, who.into(), key, 0)),
+                reader_id,
+                pin,
+                address,
+            },
+        );
+        Ok(())
+    }
+
     async fn consumer_line(&self, id: &str) -> DemoResult<String> {
         let c = self
             .engine
@@ -55,25 +275,57 @@ impl Demo {
     }
 
     async fn place(
-        &self,
+        &mut self,
         id: &str,
         consumer: &str,
         merchant: &str,
         amount: &str,
         release: serde_json::Value,
     ) -> DemoResult<CommandResult> {
-        let req = PlaceOrder {
-            id: id.into(),
-            consumer: consumer.into(),
-            merchant: merchant.into(),
-            amount: amount.into(),
-            release,
+        println!("  {consumer} pays order {id} ({amount} to {merchant}) at the reader:");
+        let cents = Amount::parse(amount).map_err(|e| e.to_string())?.cents();
+        let holder = self
+            .holders
+            .get_mut(consumer)
+            .ok_or_else(|| format!("{consumer} has no card"))?;
+        let request = PaymentRequest {
+            reader_id: holder.reader_id.clone(),
+            order_id: id.into(),
+            amount_cents: u64::try_from(cents).map_err(|e| e.to_string())?,
+            delivery_address: holder.address.clone(),
         };
-        let r = self
-            .engine
-            .place_order(req, self.now)
-            .await
-            .map_err(|e| e.to_string())?;
+        let end = flow::pay(
+            &mut holder.card,
+            &mut InProcessLink {
+                engine: &self.engine,
+                now: self.now,
+            },
+            &mut ReaderConsole {
+                who: consumer,
+                pin: &holder.pin,
+            },
+            &request,
+            &mut rand::rngs::OsRng,
+        );
+        let r = match end {
+            PaymentEnd::Authorised(_) => {
+                let req = PlaceOrder {
+                    id: id.into(),
+                    consumer: consumer.into(),
+                    merchant: merchant.into(),
+                    amount: amount.into(),
+                    release,
+                };
+                self.engine
+                    .place_order(req, self.now)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            PaymentEnd::Refused(p) if p == Prompt::credit_refused() => {
+                Err(Refusal::credit(format!("at the reader: {}", p.text)))
+            }
+            other => return Err(format!("the payment at the reader ended: {other:?}")),
+        };
         println!(
             "  place order {id}: {consumer} pays {merchant} {amount} → {}",
             show(&r)
@@ -137,18 +389,19 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         rules.order_expiry_secs,
         cur = cfg.currency
     );
+    // The card issuer's master key: drawn for this run, held in memory, never stored.
+    let mut engine_cfg = cfg.engine.clone();
+    engine_cfg.issuer_key = Some(IssuerKey::from_bytes(rand::random()));
+    println!("cards: the issuer master key is drawn for this run and never stored; card keys derive from it");
     let bank = SimBank::open(&dir).map_err(|e| e.to_string())?;
-    let engine = Engine::open(
-        &dir,
-        cfg.engine.clone(),
-        Arc::new(SimBankPort(bank.clone())),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let engine = Engine::open(&dir, engine_cfg, Arc::new(SimBankPort(bank.clone())))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut d = Demo {
         engine,
         bank: bank.clone(),
         now: 0,
+        holders: std::collections::HashMap::new(),
     };
 
     println!("\n== Registering consumers (virtual account + wallet + designated bank account) and merchants");
@@ -176,6 +429,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
             .map_err(|e| e.to_string())?;
         d.expect(&r, "ok")?;
         println!("  {}", d.consumer_line(who).await?);
+        d.issue_card_and_reader(who).await?;
     }
     for m in ["bookshop", "grocer", "electronics"] {
         let r = d
@@ -371,6 +625,29 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     println!("  bob cancels o-1007 → {}", show(&r));
     d.expect(&r, "cancelled")?;
     println!("  {}", d.consumer_line("bob").await?);
+
+    println!(
+        "\n== 10. The authentication center refuses: a card on another's reader (I9), a wrong PIN"
+    );
+    let end = d.at_reader("alice", "reader-bob", None, "o-1008", 1_000);
+    println!("  alice's card in bob's reader → {}", ended(&end));
+    if end != PaymentEnd::Refused(Prompt::not_bound()) {
+        return Err(format!("a card on another reader must be refused: {end:?}"));
+    }
+    let end = d.at_reader("carol", "reader-carol", Some("0000"), "o-1009", 1_000);
+    println!("  carol types a wrong PIN → {}", ended(&end));
+    if end != PaymentEnd::Refused(Prompt::wrong_pin(2)) {
+        return Err(format!("a wrong PIN must be counted: {end:?}"));
+    }
+    let card = d
+        .engine
+        .card(&d.holders["carol"].number)
+        .map_err(|e| e.to_string())?
+        .ok_or("carol's card vanished")?;
+    println!(
+        "  carol's card: {} wrong PIN(s) recorded, transaction counter {} (both durable)",
+        card.pin_failures, card.last_counter
+    );
 
     println!("\n== Final balances");
     let state = d.engine.ledger_state().await.map_err(|e| e.to_string())?;
