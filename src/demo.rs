@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use onecard_engine::cards::{
-    AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, Prompt, Reader, SwipeRefusal,
+    AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader, Prompt, SwipeRefusal,
 };
 use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::model::{CommandResult, Refusal};
@@ -122,7 +122,20 @@ impl Console for ReaderConsole<'_> {
     }
 }
 
-/// A consumer's card and reader, as issued and registered for the demo.
+/// The demo consumers' PINs, in the order their cards are issued: six digits, and digit runs
+/// that appear nowhere else, so that `tests/secrets_at_rest.rs` (which repeats them) can look
+/// for them in the demo's output and its data directory (I10).
+const DEMO_PINS: [&str; 3] = ["418273", "529384", "630495"];
+
+/// The demo's `n`th card number (from 1): sixteen digits. The node stores only its token and
+/// last four digits; the output shows it masked.
+fn demo_card_number(n: usize) -> String {
+    format!("40000000000000{n:02}")
+}
+
+/// A consumer's card and reader, as issued and registered for the demo. The full card number
+/// and the PIN live here, in the consumer's hands (the card, the consumer's memory), not in
+/// the node.
 struct Holder {
     number: String,
     card: CardInReader,
@@ -196,8 +209,11 @@ impl Demo {
     /// the issuer master key) and registers their reader, bound 1:1 to card and account.
     async fn issue_card_and_reader(&mut self, who: &str) -> DemoResult<()> {
         let n = self.holders.len() + 1;
-        let number = format!("40000000000000{n:02}");
-        let pin = format!("{}", 4000 + 111 * n);
+        let number = demo_card_number(n);
+        let pin = DEMO_PINS
+            .get(n - 1)
+            .ok_or_else(|| format!("no demo PIN for a card number {n}"))?
+            .to_string();
         let address = format!("{n} Demo Street, Springfield");
         let key = self
             .engine
@@ -216,7 +232,7 @@ impl Demo {
         let reader_id = format!("reader-{who}");
         self.engine
             .register_reader(
-                Reader {
+                NewReader {
                     id: reader_id.clone(),
                     owner: who.into(),
                     card_number: number.clone(),

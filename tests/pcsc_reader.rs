@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use onecard_engine::cards::{
-    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, PinHasher,
-    Prompt, Reader, SwipeRefusal,
+    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader,
+    PinHasher, Prompt, SwipeRefusal,
 };
 use onecard_sim::card::applet::CardApplet;
 use onecard_sim::card::vpcd;
@@ -228,7 +228,7 @@ fn node() -> (Arc<Mutex<AuthCenter>>, CardApplet, CardApplet) {
             .issue_card(number, holder, PIN, HOME, &mut rng)
             .expect("issue");
         center
-            .register_reader(Reader {
+            .register_reader(NewReader {
                 id: reader.into(),
                 owner: holder.into(),
                 card_number: number.into(),
@@ -294,6 +294,7 @@ fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
             assert_eq!(a.order_id, "o-1");
             assert_eq!(a.amount_cents, 4_250);
             assert_eq!(a.account, "alice");
+            assert_eq!(a.card_last4, "7890");
             assert!(!a.temporary_address_change);
         }
         other => panic!(

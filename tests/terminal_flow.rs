@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use onecard_engine::cards::{
-    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, PinHasher,
-    Prompt, Reader, SoundCue, SwipeRefusal,
+    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader,
+    PinHasher, Prompt, SoundCue, SwipeRefusal,
 };
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
@@ -132,7 +132,7 @@ fn setup() -> (Node, MemoryCard) {
         .issue_card(CARD, "alice", PIN, HOME, &mut rng)
         .unwrap();
     center
-        .register_reader(Reader {
+        .register_reader(NewReader {
             id: "reader-1".into(),
             owner: "alice".into(),
             card_number: CARD.into(),
@@ -189,7 +189,7 @@ fn a_payment_goes_through_reading_pin_and_card_signature() {
     let mut who = consumer();
     let end = pay(&mut node, &mut card, &mut who, &order("o-1", 1_000, HOME));
     assert!(
-        matches!(end, PaymentEnd::Authorised(ref a) if a.order_id == "o-1"),
+        matches!(end, PaymentEnd::Authorised(ref a) if a.order_id == "o-1" && a.card_last4 == "7890"),
         "{end:?}"
     );
     assert_eq!(

@@ -1,6 +1,8 @@
 //! Cards, readers and the authentication center (issue 4; SPEC F1–F3, F13–F15, I9, I10).
 //!
-//! - [`crypto`]: card keys (HKDF from the issuer master key) and cryptograms (HMAC).
+//! - [`crypto`]: card keys (HKDF from the issuer master key), cryptograms (HMAC) and card
+//!   tokens (HMAC under a key derived from the issuer master key: what the node stores instead
+//!   of a card number, I10).
 //! - [`pin`]: Argon2id PIN hashes and the encrypted PIN transport (X25519, HKDF,
 //!   ChaCha20-Poly1305).
 //! - [`prompt`]: what the reader displays and plays at each step.
@@ -15,11 +17,11 @@ pub mod prompt;
 mod tests;
 
 pub use auth::{
-    mask_card_number, normalise_address, same_address, AuthCenter, AuthChange, AuthConfig,
-    AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus, ChallengeIssued, Reader,
-    SwipeRefusal,
+    mask_card_number, mask_last4, normalise_address, same_address, AuthCenter, AuthChange,
+    AuthConfig, AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus,
+    ChallengeIssued, NewReader, Reader, SwipeRefusal,
 };
-pub use crypto::{CardKey, IssuerKey};
+pub use crypto::{CardKey, IssuerKey, TokenKey};
 pub use pin::{
     decrypt_pin, encrypt_pin, hash_pin, verify_pin, EncryptedPin, PinHash, PinHasher, PinSecret,
 };

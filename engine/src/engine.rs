@@ -30,7 +30,7 @@ use crate::actors::{
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
 use crate::cards::{
     AuthCenter, AuthChange, AuthOutcome, CardError, CardKey, ChallengeIssued, EncryptedPin,
-    IssuerKey, Reader, SwipeRefusal,
+    IssuerKey, NewReader, SwipeRefusal,
 };
 use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
 use crate::ledger::{
@@ -1214,10 +1214,11 @@ impl Engine {
         .await
     }
 
-    /// Registers a reader and binds it 1:1 to its card and account (F2).
+    /// Registers a reader and binds it 1:1 to its card and account (F2). The node stores the
+    /// reader with the card's token, not its number.
     pub async fn register_reader(
         &self,
-        reader: Reader,
+        reader: NewReader,
         now: Secs,
     ) -> Result<Result<(), CardError>, EngineError> {
         let _admission = self.admit()?;
@@ -1364,7 +1365,8 @@ impl Engine {
         .await
     }
 
-    /// A card as the node holds it now (status, counter, failures), if issued.
+    /// A card as the node holds it now (token, last four, status, counter, failures), if
+    /// issued; looked up by its number's token.
     pub fn card(&self, number: &str) -> Result<Option<crate::cards::Card>, EngineError> {
         Ok(self
             .auth_center()?

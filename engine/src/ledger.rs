@@ -130,7 +130,8 @@ pub enum EventKind {
     /// Time passed (a tick); keeps the clock durable even when nothing else happened.
     ClockAdvanced,
     /// A card or reader as it now is (issued, registered, counter accepted, PIN failures,
-    /// locked, unlocked, lost): the authentication center's durable state (issue 4). Moves no
+    /// locked, unlocked, lost): the authentication center's durable state (issue 4). A card is
+    /// known by its token and last four digits, never by its full number (I10). Moves no
     /// money.
     Auth(crate::cards::AuthChange),
 }

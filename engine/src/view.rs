@@ -16,7 +16,7 @@
 //! | `f` refund | the refund and its consumer ([`StoredRefund`]) | the consumer's actor |
 //! | `b` bank account | the consumer it is designated for | the engine, at opening |
 //! | `m` merchant | [`MerchantState`] | the journal writer, from the postings |
-//! | `n` card number | the card ([`crate::cards::Card`]: status, PIN hash, counter, failures) | the engine's authentication center |
+//! | `n` card token | the card ([`crate::cards::Card`]: token, last four digits, status, PIN hash, counter, failures; never the full number, I10) | the engine's authentication center |
 //! | `q` reader id | the reader and its binding ([`crate::cards::Reader`]) | the engine's authentication center |
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
 //!
@@ -212,7 +212,7 @@ pub fn auth_writes(changes: &[crate::cards::AuthChange]) -> Vec<ViewWrite> {
     changes
         .iter()
         .map(|c| match c {
-            AuthChange::Card(card) => ViewWrite::Put(key(CARD, &card.number), encode(card)),
+            AuthChange::Card(card) => ViewWrite::Put(key(CARD, &card.token), encode(card)),
             AuthChange::Reader(r) => ViewWrite::Put(key(READER, &r.id), encode(r)),
         })
         .collect()

@@ -622,9 +622,9 @@ fn a_flood_gets_clear_overload_errors_and_loses_nothing_acknowledged() {
 
 mod cards {
     use super::*;
-    use onecard_engine::cards::crypto::cryptogram;
+    use onecard_engine::cards::crypto::{card_token, cryptogram, derive_token_key};
     use onecard_engine::cards::{
-        encrypt_pin, AuthOutcome, CardKey, CardStatus, ChallengeIssued, IssuerKey, Reader,
+        encrypt_pin, AuthOutcome, CardKey, CardStatus, ChallengeIssued, IssuerKey, NewReader,
     };
     use onecard_engine::engine::IssueCard;
     use std::net::IpAddr;
@@ -707,7 +707,7 @@ mod cards {
                 .unwrap();
             engine
                 .register_reader(
-                    Reader {
+                    NewReader {
                         id: "rdr-1".into(),
                         owner: "alice".into(),
                         card_number: CARD.into(),
@@ -776,10 +776,13 @@ mod cards {
             sim.close();
         });
         let report = onecard_engine::verify::verify(dir.path()).unwrap();
-        let card = report.state.auth.card(CARD).unwrap();
+        let token = card_token(&derive_token_key(&IssuerKey::from_bytes([5; 32])), CARD);
+        let card = report.state.auth.card_by_token(&token).unwrap();
+        assert_eq!(card.last4, "7890");
         assert_eq!(card.status, CardStatus::Locked, "the replay agrees");
         assert_eq!(card.last_counter, 5);
-        // No PIN, no card key in the store (I10): only the Argon2id hash.
+        // No PIN, no card key, no card number in the store (I10): only the Argon2id hash and
+        // the card's token.
         let mut bytes = Vec::new();
         for f in walk(dir.path()) {
             bytes.extend(std::fs::read(f).unwrap());
@@ -788,6 +791,8 @@ mod cards {
         assert!(has(b"$argon2id$"), "the PIN hash is stored");
         assert!(!has(PIN.as_bytes()), "the PIN is never stored");
         assert!(!has(key.as_bytes()), "the card key is never stored");
+        assert!(!has(CARD.as_bytes()), "the card number is never stored");
+        assert!(has(token.as_bytes()), "the card's token is stored");
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -32,17 +32,29 @@
 //!
 //! # Keys and persistence
 //!
-//! The issuer master key lives in the [`AuthCenter`] only; card keys are derived when needed
-//! and never kept. [`AuthState`] (cards, readers, configuration) is serialisable. Outstanding
-//! challenges hold X25519 secrets and are not part of it: **challenges do not survive a
-//! restart** (the reader swipes again), nor does the refused-swipe limiter.
+//! The issuer master key lives in the [`AuthCenter`] only, with the token key derived from it;
+//! card keys are derived when needed and never kept. [`AuthState`] (cards, readers,
+//! configuration) is serialisable. Outstanding challenges hold X25519 secrets and are not part
+//! of it: **challenges do not survive a restart** (the reader swipes again), nor does the
+//! refused-swipe limiter.
 //!
 //! The registered delivery address is kept on the [`Card`] (one card per consumer account in
 //! this design), changed with [`AuthCenter::set_registered_address`].
 //!
-//! Card numbers are masked ([`mask_card_number`]) in every `Debug` and `Display` text of this
-//! module (I10). The serialised [`AuthState`] holds them in full (the node needs them to
-//! derive card keys): protecting the store at rest is the storage layer's job.
+//! # Card numbers (I10)
+//!
+//! The node never stores a full card number. A card is known by its **card token**
+//! ([`card_token`]: HMAC-SHA256 under a token key derived from the issuer master key, so it
+//! can be neither reversed nor brute-forced over the card-number space without that key) and
+//! its last four digits. [`Card`], [`Reader`], the maps of [`AuthState`] and so every journaled
+//! [`AuthChange`] hold tokens. The public operations take the full number where the caller has
+//! one (issuing, registering a reader, a swipe, unlocking, …) and compute the token. The card
+//! key is derived from the number *presented* at the swipe, which the in-memory challenge keeps
+//! until step 3 (challenges are never serialised). An [`Authorisation`] carries the last four
+//! digits only.
+//!
+//! Card numbers are masked ([`mask_card_number`], or `************` and the last four) in
+//! every `Debug` and `Display` text of this module.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -53,7 +65,8 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::crypto::{
-    cryptogram_matches, derive_card_key, CardKey, IssuerKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
+    card_token, cryptogram_matches, derive_card_key, derive_token_key, is_card_token, CardKey,
+    IssuerKey, TokenKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
 };
 use super::pin::{decrypt_pin, random_secret, verify_pin, EncryptedPin, PinHash, PinHasher};
 use super::prompt::Prompt;
@@ -81,6 +94,10 @@ pub enum CardError {
     PinTransport,
     #[error("a card number is 12 to 19 digits")]
     InvalidCardNumber,
+    /// A stored card whose token is not 64 lowercase hex digits, is not the key it is stored
+    /// under, or whose last four are not four digits.
+    #[error("a stored card token or last four digits are malformed")]
+    InvalidCardToken,
     #[error("card {0} is already issued")]
     DuplicateCard(String),
     #[error("no card {0}")]
@@ -109,6 +126,24 @@ pub fn mask_card_number(number: &str) -> String {
         .enumerate()
         .map(|(i, c)| if i < n - keep { '*' } else { c })
         .collect()
+}
+
+/// `************` and the last four digits: how a card the node knows only by token and last
+/// four is shown.
+pub fn mask_last4(last4: &str) -> String {
+    format!("************{last4}")
+}
+
+/// The last four characters of a card number (all of it if shorter).
+fn last4_of(number: &str) -> String {
+    let n = number.chars().count();
+    number.chars().skip(n.saturating_sub(4)).collect()
+}
+
+/// How a token the node has no card for is named in an error: its first 8 hex digits.
+fn short_token(token: &str) -> String {
+    let head: String = token.chars().take(8).collect();
+    format!("with token {head}…")
 }
 
 fn is_valid_card_number(number: &str) -> bool {
@@ -174,11 +209,15 @@ pub enum CardStatus {
     Lost,
 }
 
-/// A card as the node knows it (F1). Its key is not here: it is derived from the issuer master
-/// key when needed.
+/// A card as the node knows it (F1). Neither its number nor its key is here (I10): the card is
+/// known by its token, and its key is derived from the issuer master key and the number the
+/// card presents at each swipe.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
-    pub number: String,
+    /// The card token ([`card_token`] of the number under the token key).
+    pub token: String,
+    /// The last four digits of the number, to show the card to people (`************1234`).
+    pub last4: String,
     /// The holder's consumer id (the account the card pays from).
     pub holder: String,
     pub status: CardStatus,
@@ -194,7 +233,7 @@ pub struct Card {
 impl std::fmt::Debug for Card {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Card")
-            .field("number", &mask_card_number(&self.number))
+            .field("number", &mask_last4(&self.last4))
             .field("holder", &self.holder)
             .field("status", &self.status)
             .field("pin_hash", &self.pin_hash)
@@ -211,8 +250,8 @@ pub struct Reader {
     pub id: String,
     /// The person or organisation the reader belongs to.
     pub owner: String,
-    /// The one card that works on this reader.
-    pub card_number: String,
+    /// The token of the one card that works on this reader.
+    pub card_token: String,
     /// The consumer id of the account; must be the card's holder.
     pub account: String,
     /// The registered network address or subnet (a single address is a /32 or /128).
@@ -223,6 +262,30 @@ pub struct Reader {
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("card_token", &self.card_token)
+            .field("account", &self.account)
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+/// A reader to register ([`AuthCenter::register_reader`]): as [`Reader`], with the card's full
+/// number, which the center turns into the token it stores.
+#[derive(Clone)]
+pub struct NewReader {
+    pub id: String,
+    pub owner: String,
+    /// The one card that works on this reader.
+    pub card_number: String,
+    pub account: String,
+    pub network: IpNet,
+}
+
+impl std::fmt::Debug for NewReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewReader")
             .field("id", &self.id)
             .field("owner", &self.owner)
             .field("card_number", &mask_card_number(&self.card_number))
@@ -258,8 +321,8 @@ mod ipnet_as_string {
     }
 }
 
-/// The durable part of the authentication center: configuration, cards and readers. No key and
-/// no challenge is in it.
+/// The durable part of the authentication center: configuration, cards (by token) and readers
+/// (by id). No key, no full card number and no challenge is in it.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthState {
     pub config: AuthConfig,
@@ -267,7 +330,7 @@ pub struct AuthState {
     readers: BTreeMap<String, Reader>,
 }
 
-// Not derived: the maps are keyed by card number, which must not appear unmasked.
+// Not derived: the maps' keys repeat what the values show.
 impl std::fmt::Debug for AuthState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthState")
@@ -299,7 +362,7 @@ impl AuthState {
     pub fn apply(&mut self, change: &AuthChange) {
         match change {
             AuthChange::Card(c) => {
-                self.cards.insert(c.number.clone(), c.clone());
+                self.cards.insert(c.token.clone(), c.clone());
             }
             AuthChange::Reader(r) => {
                 self.readers.insert(r.id.clone(), r.clone());
@@ -307,8 +370,9 @@ impl AuthState {
         }
     }
 
-    pub fn card(&self, number: &str) -> Option<&Card> {
-        self.cards.get(number)
+    /// The card with this token ([`AuthCenter::card`] looks a card up by number).
+    pub fn card_by_token(&self, token: &str) -> Option<&Card> {
+        self.cards.get(token)
     }
 
     pub fn cards(&self) -> impl Iterator<Item = &Card> {
@@ -381,7 +445,8 @@ impl SwipeRefusal {
 pub struct Authorisation {
     pub order_id: String,
     pub amount_cents: u64,
-    pub card_number: String,
+    /// The last four digits of the card's number.
+    pub card_last4: String,
     /// The consumer id the order is for.
     pub account: String,
     pub reader_id: String,
@@ -395,7 +460,7 @@ impl std::fmt::Debug for Authorisation {
         f.debug_struct("Authorisation")
             .field("order_id", &self.order_id)
             .field("amount_cents", &self.amount_cents)
-            .field("card_number", &mask_card_number(&self.card_number))
+            .field("card", &mask_last4(&self.card_last4))
             .field("account", &self.account)
             .field("reader_id", &self.reader_id)
             .field("temporary_address_change", &self.temporary_address_change)
@@ -465,9 +530,13 @@ enum Stage {
     AwaitingAddressConfirmation,
 }
 
+/// An outstanding challenge. In memory only: it is never serialised, so the full card number
+/// presented at the swipe (from which step 3 derives the card key) is kept nowhere else.
 struct Challenge {
     reader_id: String,
+    /// The number the card presented at the swipe.
     card_number: String,
+    card_token: String,
     order_id: String,
     amount_cents: u64,
     challenge: [u8; CHALLENGE_LEN],
@@ -494,14 +563,17 @@ impl RefusalWindow {
 pub struct AuthCenter {
     state: AuthState,
     master: IssuerKey,
+    /// Derived from `master`; card tokens are computed under it.
+    token_key: TokenKey,
     hasher: PinHasher,
-    /// Card number → the reader bound to it (derived from `state.readers`).
+    /// Card token → the reader bound to it (derived from `state.readers`).
     reader_by_card: HashMap<String, String>,
     challenges: HashMap<String, Challenge>,
     /// Reader id → the id of its outstanding challenge.
     challenge_by_reader: HashMap<String, String>,
     refusals: HashMap<String, RefusalWindow>,
-    /// Cards changed and readers registered since the last [`AuthCenter::take_changes`].
+    /// Cards (by token) changed and readers registered since the last
+    /// [`AuthCenter::take_changes`].
     dirty_cards: BTreeSet<String>,
     new_readers: Vec<String>,
 }
@@ -524,6 +596,7 @@ impl AuthCenter {
                 config,
                 ..AuthState::default()
             },
+            token_key: derive_token_key(&master),
             master,
             hasher: PinHasher::default(),
             reader_by_card: HashMap::new(),
@@ -552,32 +625,39 @@ impl AuthCenter {
     }
 
     /// A center restored from its stored state (no challenges: they do not survive a
-    /// restart). Checks that every reader's card exists, belongs to the reader's account and
-    /// is bound to no other reader.
+    /// restart). Checks that every card is stored under its token and every token and last
+    /// four is well formed, and that every reader's card exists, belongs to the reader's
+    /// account and is bound to no other reader. (Whether a token was computed under this
+    /// master key cannot be checked without the card's number: a card of another issuer's
+    /// store would simply never match a swipe.)
     pub fn from_state(master: IssuerKey, state: AuthState) -> Result<AuthCenter, CardError> {
         let mut center = AuthCenter::new(master, state.config.clone());
-        for (number, card) in &state.cards {
-            if number != &card.number || !is_valid_card_number(number) {
-                return Err(CardError::InvalidCardNumber);
+        for (token, card) in &state.cards {
+            if token != &card.token
+                || !is_card_token(token)
+                || card.last4.len() != 4
+                || !card.last4.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(CardError::InvalidCardToken);
             }
         }
         for reader in state.readers.values() {
             let card = state
                 .cards
-                .get(&reader.card_number)
-                .ok_or_else(|| CardError::UnknownCard(mask_card_number(&reader.card_number)))?;
+                .get(&reader.card_token)
+                .ok_or_else(|| CardError::UnknownCard(short_token(&reader.card_token)))?;
             if card.holder != reader.account {
                 return Err(CardError::AccountMismatch {
                     account: reader.account.clone(),
-                    card: mask_card_number(&card.number),
+                    card: mask_last4(&card.last4),
                 });
             }
             if let Some(other) = center
                 .reader_by_card
-                .insert(reader.card_number.clone(), reader.id.clone())
+                .insert(reader.card_token.clone(), reader.id.clone())
             {
                 return Err(CardError::CardAlreadyBound {
-                    card: mask_card_number(&reader.card_number),
+                    card: mask_last4(&card.last4),
                     reader: other,
                 });
             }
@@ -601,8 +681,14 @@ impl AuthCenter {
         &self.state.config
     }
 
+    /// The token of `card_number` under this center's token key (what the node stores for it).
+    pub fn card_token(&self, card_number: &str) -> String {
+        card_token(&self.token_key, card_number)
+    }
+
+    /// The card with this number, if issued (looked up by its token).
     pub fn card(&self, number: &str) -> Option<&Card> {
-        self.state.cards.get(number)
+        self.state.cards.get(&self.card_token(number))
     }
 
     pub fn reader(&self, id: &str) -> Option<&Reader> {
@@ -612,7 +698,7 @@ impl AuthCenter {
     /// The reader `card_number` is bound to, if any.
     pub fn reader_of_card(&self, card_number: &str) -> Option<&Reader> {
         self.reader_by_card
-            .get(card_number)
+            .get(&self.card_token(card_number))
             .and_then(|id| self.state.readers.get(id))
     }
 
@@ -623,7 +709,8 @@ impl AuthCenter {
 
     /// Issues a card to consumer `holder` with `pin` and the holder's registered delivery
     /// address. Returns the card key for personalisation (it goes into the card's chip and
-    /// nowhere else; the node does not keep it).
+    /// nowhere else; the node does not keep it). The node keeps the card's token and last four
+    /// digits, not its number.
     pub fn issue_card(
         &mut self,
         number: &str,
@@ -636,15 +723,17 @@ impl AuthCenter {
             return Err(CardError::InvalidCardNumber);
         }
         check_field(holder, "holder")?;
-        if self.state.cards.contains_key(number) {
+        let token = self.card_token(number);
+        if self.state.cards.contains_key(&token) {
             return Err(CardError::DuplicateCard(mask_card_number(number)));
         }
         let pin_hash = self.hasher.hash(pin, rng)?;
-        self.dirty_cards.insert(number.to_string());
+        self.dirty_cards.insert(token.clone());
         self.state.cards.insert(
-            number.to_string(),
+            token.clone(),
             Card {
-                number: number.to_string(),
+                token,
+                last4: last4_of(number),
                 holder: holder.to_string(),
                 status: CardStatus::Active,
                 pin_hash,
@@ -657,46 +746,64 @@ impl AuthCenter {
     }
 
     /// Registers a reader and binds it to its card: one reader per card and one card per
-    /// reader. The reader's account must be the card's holder.
-    pub fn register_reader(&mut self, reader: Reader) -> Result<(), CardError> {
-        check_field(&reader.id, "reader id")?;
-        check_field(&reader.owner, "owner")?;
-        check_field(&reader.account, "account")?;
-        if self.state.readers.contains_key(&reader.id) {
-            return Err(CardError::DuplicateReader(reader.id));
+    /// reader. The reader's account must be the card's holder. The stored [`Reader`] names the
+    /// card by its token.
+    pub fn register_reader(&mut self, new: NewReader) -> Result<(), CardError> {
+        let NewReader {
+            id,
+            owner,
+            card_number,
+            account,
+            network,
+        } = new;
+        check_field(&id, "reader id")?;
+        check_field(&owner, "owner")?;
+        check_field(&account, "account")?;
+        if self.state.readers.contains_key(&id) {
+            return Err(CardError::DuplicateReader(id));
         }
+        let card_token = self.card_token(&card_number);
         let card = self
             .state
             .cards
-            .get(&reader.card_number)
-            .ok_or_else(|| CardError::UnknownCard(mask_card_number(&reader.card_number)))?;
-        if let Some(other) = self.reader_by_card.get(&reader.card_number) {
+            .get(&card_token)
+            .ok_or_else(|| CardError::UnknownCard(mask_card_number(&card_number)))?;
+        if let Some(other) = self.reader_by_card.get(&card_token) {
             return Err(CardError::CardAlreadyBound {
-                card: mask_card_number(&reader.card_number),
+                card: mask_card_number(&card_number),
                 reader: other.clone(),
             });
         }
-        if card.holder != reader.account {
+        if card.holder != account {
             return Err(CardError::AccountMismatch {
-                account: reader.account,
-                card: mask_card_number(&card.number),
+                account,
+                card: mask_card_number(&card_number),
             });
         }
-        self.reader_by_card
-            .insert(reader.card_number.clone(), reader.id.clone());
-        self.new_readers.push(reader.id.clone());
-        self.state.readers.insert(reader.id.clone(), reader);
+        self.reader_by_card.insert(card_token.clone(), id.clone());
+        self.new_readers.push(id.clone());
+        self.state.readers.insert(
+            id.clone(),
+            Reader {
+                id,
+                owner,
+                card_token,
+                account,
+                network,
+            },
+        );
         Ok(())
     }
 
-    /// A card to change; it is recorded as changed.
+    /// The card with this number, to change; it is recorded as changed.
     fn card_mut(&mut self, number: &str) -> Result<&mut Card, CardError> {
+        let token = self.card_token(number);
         let card = self
             .state
             .cards
-            .get_mut(number)
+            .get_mut(&token)
             .ok_or_else(|| CardError::UnknownCard(mask_card_number(number)))?;
-        self.dirty_cards.insert(number.to_string());
+        self.dirty_cards.insert(token);
         Ok(card)
     }
 
@@ -800,13 +907,14 @@ impl AuthCenter {
         let Some(reader) = self.state.readers.get(reader_id) else {
             return Err(SwipeRefusal::UnknownReader);
         };
-        if reader.card_number != card_number {
+        let token = self.card_token(card_number);
+        if reader.card_token != token {
             return Err(self.refuse(reader_id, SwipeRefusal::CardNotBound, now));
         }
         if !reader.accepts_peer(peer) {
             return Err(self.refuse(reader_id, SwipeRefusal::WrongNetwork, now));
         }
-        let (status, holder_matches) = match self.state.cards.get(card_number) {
+        let (status, holder_matches) = match self.state.cards.get(&token) {
             Some(card) => (card.status, card.holder == reader.account),
             None => return Err(self.refuse(reader_id, SwipeRefusal::CardNotBound, now)),
         };
@@ -841,6 +949,7 @@ impl AuthCenter {
             Challenge {
                 reader_id: reader_id.to_string(),
                 card_number: card_number.to_string(),
+                card_token: token,
                 order_id: order_id.to_string(),
                 amount_cents,
                 challenge,
@@ -867,7 +976,7 @@ impl AuthCenter {
         let challenge = self.challenges.get(challenge_id)?;
         self.state
             .cards
-            .get(&challenge.card_number)
+            .get(&challenge.card_token)
             .map(|c| c.holder.clone())
     }
 
@@ -899,7 +1008,7 @@ impl AuthCenter {
             return AuthOutcome::TimedOut;
         };
         let max_failures = self.state.config.max_pin_failures;
-        let Some(card) = self.state.cards.get_mut(&challenge.card_number) else {
+        let Some(card) = self.state.cards.get_mut(&challenge.card_token) else {
             return AuthOutcome::TimedOut;
         };
         match card.status {
@@ -908,8 +1017,9 @@ impl AuthCenter {
             CardStatus::Lost => return AuthOutcome::CardLost,
         }
 
-        // Card authenticity.
-        let key = derive_card_key(&self.master, &card.number);
+        // Card authenticity: the key of the number presented at the swipe (its token is this
+        // card's, checked then).
+        let key = derive_card_key(&self.master, &challenge.card_number);
         if !cryptogram_matches(
             &key,
             &challenge.challenge,
@@ -924,7 +1034,7 @@ impl AuthCenter {
             return AuthOutcome::Replayed;
         }
         // From here on the card changes (counter, PIN failures, lock): it must be journaled.
-        self.dirty_cards.insert(card.number.clone());
+        self.dirty_cards.insert(card.token.clone());
         card.last_counter = counter;
 
         // Identity.
@@ -985,7 +1095,7 @@ impl AuthCenter {
         match self
             .state
             .cards
-            .get(&challenge.card_number)
+            .get(&challenge.card_token)
             .map(|c| c.status)
         {
             Some(CardStatus::Active) => {}
@@ -1011,16 +1121,16 @@ impl AuthCenter {
                 available_cents: available_credit_cents,
             };
         }
-        let account = self
+        let (account, card_last4) = self
             .state
             .cards
-            .get(&challenge.card_number)
-            .map(|c| c.holder.clone())
+            .get(&challenge.card_token)
+            .map(|c| (c.holder.clone(), c.last4.clone()))
             .unwrap_or_default();
         AuthOutcome::Authorised(Authorisation {
             order_id: challenge.order_id,
             amount_cents: challenge.amount_cents,
-            card_number: challenge.card_number,
+            card_last4,
             account,
             reader_id: challenge.reader_id,
             temporary_address_change,

@@ -8,6 +8,13 @@
 //!   [`CRYPTOGRAM_LEN`] bytes. It binds the node's fresh challenge, the order, the amount and
 //!   the card's transaction counter, so a replay (same counter) or a cryptogram for another
 //!   order or amount is refused.
+//! - **Card token:** what the node stores instead of a card number (I10). A *token key* is
+//!   derived once from the issuer master key (HKDF-SHA256, salt [`CARD_TOKEN_SALT`], info
+//!   [`CARD_TOKEN_INFO`], 32 bytes); a card's token is the lowercase hex of HMAC-SHA256 under
+//!   the token key over the card number (ASCII). Stable for a card under one master key,
+//!   distinct per card, and without the master key it cannot be turned back into the number
+//!   (nor can a number be tried against it: the card-number space is small enough to enumerate,
+//!   so an unkeyed hash would not do).
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -16,6 +23,12 @@ use subtle::ConstantTimeEq;
 
 /// Salt of the card-key derivation; changing it changes every card key.
 pub const CARD_KEY_SALT: &[u8] = b"OneCard card key v1";
+/// Salt of the token-key derivation; changing it changes every card token.
+pub const CARD_TOKEN_SALT: &[u8] = b"OneCard card token v1";
+/// Info of the token-key derivation.
+pub const CARD_TOKEN_INFO: &[u8] = b"token";
+/// Hex digits of a card token (HMAC-SHA256, 32 bytes).
+pub const CARD_TOKEN_LEN: usize = 64;
 /// Bytes of the node's challenge.
 pub const CHALLENGE_LEN: usize = 16;
 /// Bytes of a cryptogram (a truncated HMAC-SHA256).
@@ -30,6 +43,11 @@ pub struct IssuerKey([u8; 32]);
 /// One card's secret key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CardKey([u8; 32]);
+
+/// The key card tokens are computed under, derived from the issuer master key. Held in memory
+/// by the authentication center only; never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey([u8; 32]);
 
 impl IssuerKey {
     pub fn from_bytes(bytes: [u8; 32]) -> IssuerKey {
@@ -57,6 +75,11 @@ impl std::fmt::Debug for CardKey {
         f.write_str("CardKey(<secret>)")
     }
 }
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<secret>)")
+    }
+}
 
 /// The card key of `card_number` under `master`.
 pub fn derive_card_key(master: &IssuerKey, card_number: &str) -> CardKey {
@@ -66,6 +89,36 @@ pub fn derive_card_key(master: &IssuerKey, card_number: &str) -> CardKey {
     hk.expand(card_number.as_bytes(), &mut okm)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     CardKey(okm)
+}
+
+/// The token key under `master`: HKDF-SHA256 (salt [`CARD_TOKEN_SALT`], info
+/// [`CARD_TOKEN_INFO`]), 32 bytes.
+pub fn derive_token_key(master: &IssuerKey) -> TokenKey {
+    let hk = Hkdf::<Sha256>::new(Some(CARD_TOKEN_SALT), &master.0);
+    let mut okm = [0u8; 32];
+    hk.expand(CARD_TOKEN_INFO, &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    TokenKey(okm)
+}
+
+/// The card token of `card_number`: lowercase hex of HMAC-SHA256 under `key` over the number's
+/// ASCII ([`CARD_TOKEN_LEN`] characters).
+pub fn card_token(key: &TokenKey, card_number: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes any key length");
+    mac.update(card_number.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `token` looks like a card token: [`CARD_TOKEN_LEN`] lowercase hex digits.
+pub fn is_card_token(token: &str) -> bool {
+    token.len() == CARD_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The bytes a cryptogram covers:
@@ -171,6 +224,40 @@ mod tests {
         assert!(!cryptogram_matches(&other, &ch, "o-1", 1999, 7, &c));
         assert_eq!(cryptogram(&key, &ch, "", 1, 1), None);
         assert_eq!(cryptogram(&key, &ch, &"x".repeat(129), 1, 1), None);
+    }
+
+    #[test]
+    fn card_tokens_are_keyed_stable_distinct_and_hide_the_number() {
+        let key = derive_token_key(&master());
+        assert_eq!(key, derive_token_key(&master()));
+        assert_eq!(format!("{key:?}"), "TokenKey(<secret>)");
+        // Not a card key: another salt and info.
+        assert_ne!(key.0, derive_card_key(&master(), "token").0);
+        let a = card_token(&key, "4000001234567890");
+        assert_eq!(a, card_token(&key, "4000001234567890"), "stable");
+        assert!(is_card_token(&a), "{a}");
+        assert!(!a.contains("4000001234567890") && !a.contains("7890"));
+        assert_ne!(a, card_token(&key, "4000001234567891"), "distinct per card");
+        let other_issuer = derive_token_key(&IssuerKey::from_bytes([8u8; 32]));
+        assert_ne!(a, card_token(&other_issuer, "4000001234567890"));
+        // The design pinned: HKDF-SHA256(salt "OneCard card token v1", ikm master, info
+        // "token", 32 bytes), then HMAC-SHA256 over the ASCII number, lowercase hex (computed
+        // independently with Python's hmac and hashlib).
+        assert_eq!(
+            hex(&key.0),
+            "f52a69dc4673a0a2285b882055bbb3b9fec214fcc66897e98f112fa7fdff61dc"
+        );
+        assert_eq!(
+            a,
+            "ef18e7c0bbbd1609d924d3bd5e15cf2f94a518383171d1c364813d8f162cfc98"
+        );
+        assert!(!is_card_token(&a.to_uppercase()));
+        assert!(!is_card_token(&a[1..]));
+        assert!(!is_card_token(""));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// RFC 5869 test case 1 pins the KDF to the standard (HKDF-SHA256), independently of this

@@ -59,7 +59,7 @@ fn fixture_with(config: AuthConfig) -> Fixture {
         .issue_card(CARD_BOB, "bob", "987654", "1 Main Street", &mut rng)
         .unwrap();
     center
-        .register_reader(Reader {
+        .register_reader(NewReader {
             id: READER.into(),
             owner: "Alice Martin".into(),
             card_number: CARD.into(),
@@ -68,7 +68,7 @@ fn fixture_with(config: AuthConfig) -> Fixture {
         })
         .unwrap();
     center
-        .register_reader(Reader {
+        .register_reader(NewReader {
             id: READER_BOB.into(),
             owner: "Bob & Co".into(),
             card_number: CARD_BOB.into(),
@@ -155,7 +155,7 @@ fn authorised(temporary_address_change: bool) -> AuthOutcome {
     AuthOutcome::Authorised(Authorisation {
         order_id: ORDER.into(),
         amount_cents: AMOUNT,
-        card_number: CARD.into(),
+        card_last4: "7890".into(),
         account: "alice".into(),
         reader_id: READER.into(),
         temporary_address_change,
@@ -429,10 +429,8 @@ fn an_authorisation_is_never_for_a_card_on_a_reader_it_is_not_bound_to() {
     let out = f.pay(PIN, T0);
     match out {
         AuthOutcome::Authorised(a) => {
-            assert_eq!(
-                f.center.reader_of_card(&a.card_number).unwrap().id,
-                a.reader_id
-            )
+            assert_eq!(a.card_last4, CARD[CARD.len() - 4..]);
+            assert_eq!(f.center.reader_of_card(CARD).unwrap().id, a.reader_id)
         }
         other => panic!("{other:?}"),
     }
@@ -521,7 +519,7 @@ fn a_single_address_registration_accepts_only_that_address() {
         .issue_card(CARD_BOB, "bob", PIN, HOME, &mut rng)
         .unwrap();
     center
-        .register_reader(Reader {
+        .register_reader(NewReader {
             id: "v4".into(),
             owner: "alice".into(),
             card_number: CARD.into(),
@@ -530,7 +528,7 @@ fn a_single_address_registration_accepts_only_that_address() {
         })
         .unwrap();
     center
-        .register_reader(Reader {
+        .register_reader(NewReader {
             id: "v6".into(),
             owner: "bob".into(),
             card_number: CARD_BOB.into(),
@@ -574,7 +572,7 @@ fn a_single_address_registration_accepts_only_that_address() {
 #[test]
 fn bindings_are_one_to_one() {
     let mut f = fixture();
-    let reader = |id: &str, card: &str, account: &str| Reader {
+    let reader = |id: &str, card: &str, account: &str| NewReader {
         id: id.into(),
         owner: "someone".into(),
         card_number: card.into(),
@@ -1412,13 +1410,137 @@ fn card_numbers_are_masked_in_every_text() {
         format!("{:?}", f.center.state()),
         CardError::DuplicateCard(mask_card_number(CARD)).to_string(),
         format!("{:?}", f.key),
+        format!("{:?}", derive_token_key(&master())),
+        format!(
+            "{:?}",
+            NewReader {
+                id: READER.into(),
+                owner: "Alice Martin".into(),
+                card_number: CARD.into(),
+                account: "alice".into(),
+                network: "192.168.1.0/24".parse().unwrap(),
+            }
+        ),
     ];
     for text in texts {
         assert!(!text.contains(CARD), "full card number in {text}");
         assert!(!text.contains("2580"), "PIN in {text}");
     }
     assert!(format!("{out:?}").contains("************7890"));
+    assert!(format!("{:?}", f.card()).contains("************7890"));
     assert!(format!("{:?}", f.card()).contains("PinHash(argon2id)"));
+    assert_eq!(mask_last4("7890"), "************7890");
+}
+
+#[test]
+fn the_node_keeps_a_token_and_the_last_four_digits_never_the_card_number() {
+    let mut f = fixture();
+    let token = card_token(&derive_token_key(&master()), CARD);
+    assert_eq!(f.center.card_token(CARD), token);
+    assert_eq!(f.card().token, token);
+    assert_eq!(f.card().last4, "7890");
+    assert_eq!(f.center.reader(READER).unwrap().card_token, token);
+    assert_eq!(f.center.state().card_by_token(&token), Some(f.card()));
+    assert_eq!(f.center.card(CARD_BOB).unwrap().last4, "3210");
+
+    // Everything the node journals and stores, through every kind of change.
+    let mut changes = f.center.take_changes();
+    assert_eq!(f.pay("0000", T0), AuthOutcome::WrongPin { tries_left: 2 });
+    assert_eq!(f.pay(PIN, T0), authorised(false));
+    f.center.set_registered_address(CARD, "2 New Road").unwrap();
+    f.center.report_lost(CARD_BOB).unwrap();
+    changes.extend(f.center.take_changes());
+    let stored = [
+        serde_json::to_string(f.center.state()).unwrap(),
+        serde_json::to_string(&changes).unwrap(),
+    ];
+    let binary = bincode::serialize(&changes).unwrap();
+    for number in [CARD, CARD_BOB] {
+        for text in &stored {
+            assert!(!text.contains(number), "full card number stored: {text}");
+        }
+        assert!(
+            !binary.windows(number.len()).any(|w| w == number.as_bytes()),
+            "full card number in the journaled changes"
+        );
+    }
+    assert!(stored[0].contains(&token) && stored[0].contains("\"last4\":\"7890\""));
+    assert!(!stored[1].contains(PIN) && stored[1].contains("$argon2id$"));
+}
+
+#[test]
+fn a_token_is_only_matched_by_its_card_number_under_its_issuer_key() {
+    let mut f = fixture();
+    // Another number with the same last four digits is another card.
+    assert_eq!(
+        f.center
+            .swipe(
+                READER,
+                "4000000000007890",
+                home_peer(),
+                ORDER,
+                AMOUNT,
+                T0,
+                &mut f.rng
+            )
+            .map(|_| ()),
+        Err(SwipeRefusal::CardNotBound)
+    );
+    assert!(f.center.card("4000000000007890").is_none());
+    // Tokens are keyed by the issuer master key: a store restored under another key loads (a
+    // token cannot be checked without the number) but none of its cards matches a swipe.
+    let other = AuthCenter::new(IssuerKey::from_bytes([10u8; 32]), AuthConfig::default());
+    assert_ne!(other.card_token(CARD), f.center.card_token(CARD));
+    let mut restored =
+        AuthCenter::from_state(IssuerKey::from_bytes([10u8; 32]), f.center.state().clone())
+            .unwrap();
+    assert!(restored.card(CARD).is_none());
+    assert_eq!(
+        restored
+            .swipe(READER, CARD, home_peer(), ORDER, AMOUNT, T0, &mut f.rng)
+            .map(|_| ()),
+        Err(SwipeRefusal::CardNotBound)
+    );
+}
+
+#[test]
+fn a_stored_card_with_a_malformed_token_or_last_four_is_refused() {
+    let f = fixture();
+    let json = serde_json::to_string(f.center.state()).unwrap();
+    let token = f.center.card_token(CARD);
+    for (what, tampered) in [
+        (
+            "upper-case token",
+            json.replace(&token, &token.to_uppercase()),
+        ),
+        ("short token", json.replace(&token, &token[1..])),
+        (
+            "last four",
+            json.replace("\"last4\":\"7890\"", "\"last4\":\"78x0\""),
+        ),
+        (
+            "full number as last four",
+            json.replace("\"last4\":\"7890\"", &format!("\"last4\":\"{CARD}\"")),
+        ),
+    ] {
+        assert_ne!(tampered, json, "{what}");
+        let state: AuthState = serde_json::from_str(&tampered).unwrap();
+        assert_eq!(
+            AuthCenter::from_state(master(), state).err(),
+            Some(CardError::InvalidCardToken),
+            "{what}"
+        );
+    }
+    // A reader whose card token names no card.
+    let tampered = json.replace(
+        &format!("\"card_token\":\"{token}\""),
+        &format!("\"card_token\":\"{}\"", "0".repeat(64)),
+    );
+    let state: AuthState = serde_json::from_str(&tampered).unwrap();
+    assert_eq!(
+        AuthCenter::from_state(master(), state).err(),
+        Some(CardError::UnknownCard("with token 00000000…".into()))
+    );
 }
 
 #[test]
@@ -1475,8 +1597,8 @@ fn an_inconsistent_stored_state_is_refused() {
     let json = serde_json::to_string(f.center.state()).unwrap();
     // Bob's reader pointed at Alice's card: two readers for one card, and the wrong account.
     let tampered = json.replace(
-        &format!("\"card_number\":\"{CARD_BOB}\""),
-        &format!("\"card_number\":\"{CARD}\""),
+        &format!("\"card_token\":\"{}\"", f.center.card_token(CARD_BOB)),
+        &format!("\"card_token\":\"{}\"", f.center.card_token(CARD)),
     );
     assert_ne!(tampered, json);
     let state: AuthState = serde_json::from_str(&tampered).unwrap();

@@ -1,0 +1,108 @@
+//! I10 end to end: no PIN, card key or full card number is stored or logged in the clear.
+//!
+//! Runs the real `onecard demo` on an empty data directory (three cards issued, readers
+//! registered, every order paid at a reader with the card and the PIN, a wrong PIN refused),
+//! then looks for every demo PIN and every demo card number, as bytes, in everything the
+//! binary printed and in every file it left. The demo's PINs and card numbers are repeated
+//! here from `src/demo.rs`; the positive checks (the PIN hashes are in the store, the masked
+//! numbers are in the output) make sure the test looks in the right places and would notice
+//! if the demo changed them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::run_with_timeout;
+
+/// The demo's PINs (`src/demo.rs`, `DEMO_PINS`): six digits that appear nowhere else.
+const DEMO_PINS: [&str; 3] = ["418273", "529384", "630495"];
+/// The demo's card numbers (`src/demo.rs`, `demo_card_number`): sixteen digits.
+const DEMO_CARDS: [&str; 3] = ["4000000000000001", "4000000000000002", "4000000000000003"];
+/// Generous: the demo takes seconds (Argon2id hashes included) on a debug build.
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onecard"));
+    // From the temporary directory: no `config.toml` is picked up, the defaults are used.
+    cmd.current_dir(tmp.path())
+        .args(["demo", "--data"])
+        .arg(&data);
+    let (status, stdout, stderr) = run_with_timeout(&mut cmd, TIMEOUT);
+    let status = status.unwrap_or_else(|| panic!("the demo did not finish within {TIMEOUT:?}"));
+    assert!(status.success(), "demo failed:\n{stdout}\n{stderr}");
+
+    let output = format!("{stdout}\n{stderr}");
+    let files = files_under(&data);
+    assert!(
+        !files.is_empty(),
+        "the demo left no files in {}",
+        data.display()
+    );
+    let stored: Vec<(PathBuf, Vec<u8>)> = files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).expect("read a stored file");
+            (f, bytes)
+        })
+        .collect();
+
+    // The test looks where the secrets would be: the PIN hashes are in the store, the cards
+    // are shown (masked) in the output.
+    assert!(
+        stored.iter().any(|(_, b)| contains(b, b"$argon2id$")),
+        "no Argon2id PIN hash in the store: the test is not looking at the node's store"
+    );
+    for (i, number) in DEMO_CARDS.iter().enumerate() {
+        let masked = format!("************{}", &number[number.len() - 4..]);
+        assert!(
+            output.contains(&masked),
+            "card {} is not shown masked ({masked}) in the output:\n{output}",
+            i + 1
+        );
+    }
+    assert!(
+        output.contains("invariants I1-I6 and I8: ok"),
+        "the demo did not run to its end:\n{output}"
+    );
+
+    // I10: no PIN, no full card number, anywhere.
+    let secrets = DEMO_PINS
+        .iter()
+        .map(|p| ("PIN", *p))
+        .chain(DEMO_CARDS.iter().map(|n| ("card number", *n)));
+    for (what, secret) in secrets {
+        assert!(
+            !output.contains(secret),
+            "{what} {secret} in the demo's output:\n{output}"
+        );
+        for (file, bytes) in &stored {
+            assert!(
+                !contains(bytes, secret.as_bytes()),
+                "{what} {secret} stored in the clear in {}",
+                file.display()
+            );
+        }
+    }
+}
