@@ -52,6 +52,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The node's log on standard error: warnings by default (refused swipes and
+    // authentications, the authentication center's security events); RUST_LOG=info shows
+    // every swipe and authorisation too.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Verify { data } => match onecard_engine::verify::verify(&data) {

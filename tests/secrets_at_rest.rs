@@ -86,6 +86,17 @@ fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
         output.contains("invariants I1-I6 and I8: ok"),
         "the demo did not run to its end:\n{output}"
     );
+    // The node's security log (standard error) records the refused swipe and the wrong PIN,
+    // with the card masked.
+    let refused = stderr
+        .lines()
+        .find(|l| l.contains("swipe refused"))
+        .unwrap_or_else(|| panic!("no refused swipe in the node's log:\n{stderr}"));
+    assert!(refused.contains("************0001"), "{refused}");
+    assert!(
+        stderr.contains("authentication refused") && stderr.contains("WrongPin"),
+        "no wrong PIN in the node's log:\n{stderr}"
+    );
 
     // I10: no PIN, no full card number, anywhere.
     let secrets = DEMO_PINS

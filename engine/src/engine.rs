@@ -504,6 +504,27 @@ pub struct RecoveryInfo {
     pub scan_ms: f64,
 }
 
+/// Security log of an authentication's outcome (the card appears only masked: I10).
+fn log_auth_outcome(account: Option<&str>, outcome: &AuthOutcome) {
+    let account = account.unwrap_or("?");
+    match outcome {
+        AuthOutcome::Authorised(a) => tracing::info!(
+            account,
+            card = %format!("************{}", a.card_last4),
+            order = a.order_id,
+            temporary_address_change = a.temporary_address_change,
+            "payment authorised"
+        ),
+        AuthOutcome::ConfirmAddressChange => {
+            tracing::info!(account, "delivery address differs: asking the consumer")
+        }
+        AuthOutcome::CreditRefused { .. } | AuthOutcome::AddressChangeDeclined => {
+            tracing::info!(account, outcome = ?outcome, "payment not authorised")
+        }
+        other => tracing::warn!(account, outcome = ?other, "authentication refused"),
+    }
+}
+
 /// An id claimed by a command in progress; released on drop.
 struct IdClaim<'a, K> {
     map: &'a DashMap<String, K>,
@@ -1267,23 +1288,39 @@ impl Engine {
         let Ok(amount_cents) = u64::try_from(amount.cents()) else {
             return Ok(Err(SwipeRefusal::InvalidOrder));
         };
-        let (reader_id, card_number, order_id) = (
+        let masked = crate::cards::mask_card_number(card_number);
+        let (reader, card_number, order_id) = (
             reader_id.to_string(),
             card_number.to_string(),
             order_id.to_string(),
         );
-        self.with_auth(now, move |c| {
-            c.swipe(
-                &reader_id,
-                &card_number,
-                peer,
-                &order_id,
-                amount_cents,
-                now,
-                &mut rand::rngs::OsRng,
-            )
-        })
-        .await
+        let result = self
+            .with_auth(now, move |c| {
+                c.swipe(
+                    &reader,
+                    &card_number,
+                    peer,
+                    &order_id,
+                    amount_cents,
+                    now,
+                    &mut rand::rngs::OsRng,
+                )
+            })
+            .await?;
+        // Security log: every refused swipe, with the card masked (I10). Refusals of a reader
+        // already rate-limited are logged at debug only, so that a flood cannot flood the log.
+        match &result {
+            Err(SwipeRefusal::RateLimited { retry_at }) => {
+                tracing::debug!(reader = reader_id, card = %masked, %peer, retry_at, "swipe refused: rate-limited")
+            }
+            Err(refusal) => {
+                tracing::warn!(reader = reader_id, card = %masked, %peer, reason = %refusal, "swipe refused")
+            }
+            Ok(_) => {
+                tracing::info!(reader = reader_id, card = %masked, "swipe accepted: challenge issued")
+            }
+        }
+        Ok(result)
     }
 
     /// The available credit of a consumer now, in cents (0 if unknown).
@@ -1328,19 +1365,22 @@ impl Engine {
             pin.clone(),
             delivery_address.to_string(),
         );
-        self.with_auth(now, move |c| {
-            c.authenticate(
-                &challenge_id,
-                counter,
-                &cryptogram,
-                &pin,
-                &delivery_address,
-                confirm_address_change,
-                credit,
-                now,
-            )
-        })
-        .await
+        let outcome = self
+            .with_auth(now, move |c| {
+                c.authenticate(
+                    &challenge_id,
+                    counter,
+                    &cryptogram,
+                    &pin,
+                    &delivery_address,
+                    confirm_address_change,
+                    credit,
+                    now,
+                )
+            })
+            .await?;
+        log_auth_outcome(account.as_deref(), &outcome);
+        Ok(outcome)
     }
 
     /// The consumer's answer to `ConfirmAddressChange`.
@@ -1359,10 +1399,13 @@ impl Engine {
             .challenge_account(challenge_id);
         let credit = self.available_credit_cents(account.as_deref())?;
         let challenge_id = challenge_id.to_string();
-        self.with_auth(now, move |c| {
-            c.confirm_address_change(&challenge_id, accept, credit, now)
-        })
-        .await
+        let outcome = self
+            .with_auth(now, move |c| {
+                c.confirm_address_change(&challenge_id, accept, credit, now)
+            })
+            .await?;
+        log_auth_outcome(account.as_deref(), &outcome);
+        Ok(outcome)
     }
 
     /// A card as the node holds it now (token, last four, status, counter, failures), if
