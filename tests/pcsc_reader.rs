@@ -360,6 +360,55 @@ fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
 }
 
 #[test]
+fn the_reader_service_vanishing_in_the_middle_of_the_flow_aborts_it_cleanly() {
+    let pcscd = Arc::new(Mutex::new(Some(Pcscd::start())));
+    let (center, card_a, _) = node();
+    let _inserted = InsertedCard::insert(PORT_0, card_a);
+    let reader = PcscReader::open(Some(READER_0)).expect("reader");
+    reader.wait_for_card(Duration::from_secs(10)).expect("card");
+    let mut card = reader.connect().expect("connect");
+    let mut console = consumer();
+    // While the reader asks for the PIN, the PC/SC service goes away (as when the reader's
+    // driver dies or the reader is unplugged): the card can no longer be reached.
+    let stop = pcscd.clone();
+    console.before_pin = Some(Box::new(move || {
+        stop.lock().unwrap().take();
+    }));
+    let end = flow::pay(
+        &mut card,
+        &mut link(&center),
+        &mut console,
+        &request("reader-A", "o-4"),
+        &mut StdRng::seed_from_u64(6),
+    );
+    match &end {
+        PaymentEnd::Aborted { prompt, reason } => {
+            eprintln!("the service vanished: {reason} → {}", prompt.text);
+            assert!(
+                [
+                    flow::prompts::reader_gone(),
+                    flow::prompts::no_service(),
+                    flow::prompts::card_removed()
+                ]
+                .contains(prompt),
+                "a clear prompt, got {prompt:?} ({reason})"
+            );
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    assert_eq!(
+        center
+            .lock()
+            .unwrap()
+            .card(CARD_A)
+            .expect("card")
+            .last_counter,
+        0,
+        "nothing was authenticated"
+    );
+}
+
+#[test]
 fn a_card_on_a_reader_it_is_not_bound_to_is_refused() {
     let _pcscd = Pcscd::start();
     let (center, card_a, _card_b) = node();
