@@ -16,13 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use onecard_engine::cards::{
-    AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader,
-    PinHasher, Prompt, SwipeRefusal,
-};
+use onecard_engine::cards::{AuthCenter, AuthConfig, IssuerKey, NewReader, PinHasher, Prompt};
 use onecard_sim::card::applet::CardApplet;
 use onecard_sim::card::vpcd;
-use onecard_terminal::flow::{self, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, Console, LocalCenter, PaymentEnd, PaymentRequest};
 use onecard_terminal::pcsc_reader::{PcscReader, ReaderError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -132,69 +129,6 @@ impl Drop for InsertedCard {
     }
 }
 
-/// The node, in process: the authentication center, the available credit of the account,
-/// and the address the reader program's connection comes from.
-struct InProcessNode {
-    center: Arc<Mutex<AuthCenter>>,
-    peer: IpAddr,
-    available_credit_cents: u64,
-    now: u64,
-    rng: StdRng,
-}
-
-impl NodeLink for InProcessNode {
-    fn swipe(
-        &mut self,
-        reader_id: &str,
-        card_number: &str,
-        order_id: &str,
-        amount_cents: u64,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
-        Ok(self.center.lock().unwrap().swipe(
-            reader_id,
-            card_number,
-            self.peer,
-            order_id,
-            amount_cents,
-            self.now,
-            &mut self.rng,
-        ))
-    }
-
-    fn authenticate(
-        &mut self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-    ) -> Result<AuthOutcome, LinkError> {
-        Ok(self.center.lock().unwrap().authenticate(
-            challenge_id,
-            counter,
-            cryptogram,
-            pin,
-            delivery_address,
-            None,
-            self.available_credit_cents,
-            self.now,
-        ))
-    }
-
-    fn confirm_address_change(
-        &mut self,
-        challenge_id: &str,
-        accept: bool,
-    ) -> Result<AuthOutcome, LinkError> {
-        Ok(self.center.lock().unwrap().confirm_address_change(
-            challenge_id,
-            accept,
-            self.available_credit_cents,
-            self.now,
-        ))
-    }
-}
-
 /// The consumer at the keypad: types `pin`, and may do something (pull the card) first.
 struct Consumer {
     pin: String,
@@ -218,7 +152,7 @@ impl Console for Consumer {
 }
 
 /// Two cards, each bound 1:1 to its reader id on the loopback network.
-fn node() -> (Arc<Mutex<AuthCenter>>, CardApplet, CardApplet) {
+fn node() -> (AuthCenter, CardApplet, CardApplet) {
     let mut rng = StdRng::seed_from_u64(1);
     let mut center = AuthCenter::new(master(), AuthConfig::default())
         .with_pin_hasher(PinHasher::with_params(256, 1, 1).expect("params"));
@@ -240,16 +174,19 @@ fn node() -> (Arc<Mutex<AuthCenter>>, CardApplet, CardApplet) {
     }
     let b = applets.pop().expect("b");
     let a = applets.pop().expect("a");
-    (Arc::new(Mutex::new(center)), a, b)
+    (center, a, b)
 }
 
-fn link(center: &Arc<Mutex<AuthCenter>>) -> InProcessNode {
-    InProcessNode {
-        center: center.clone(),
+/// The node, in process: the authentication center, the account's available credit, and the
+/// address the reader program connects from (loopback).
+fn link(center: &mut AuthCenter) -> LocalCenter<'_, StdRng> {
+    LocalCenter {
+        center,
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         available_credit_cents: 100_000,
         now: 1_000,
         rng: StdRng::seed_from_u64(2),
+        reachable: true,
     }
 }
 
@@ -273,7 +210,7 @@ fn consumer() -> Consumer {
 #[test]
 fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
     let _pcscd = Pcscd::start();
-    let (center, card_a, _) = node();
+    let (mut center, card_a, _) = node();
     let mut inserted = InsertedCard::insert(PORT_0, card_a);
     let reader = PcscReader::open(Some(READER_0)).expect("Virtual PCD 00 00 is attached");
     assert_eq!(reader.name(), READER_0);
@@ -284,7 +221,7 @@ fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
     let mut console = consumer();
     let end = flow::pay(
         &mut card,
-        &mut link(&center),
+        &mut link(&mut center),
         &mut console,
         &request("reader-A", "o-1"),
         &mut StdRng::seed_from_u64(3),
@@ -310,21 +247,13 @@ fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
     drop(card);
     let applet = inserted.remove().expect("the card comes back");
     assert_eq!(applet.counter(), 1, "the card signed once");
-    assert_eq!(
-        center
-            .lock()
-            .unwrap()
-            .card(CARD_A)
-            .expect("card")
-            .last_counter,
-        1
-    );
+    assert_eq!(center.card(CARD_A).expect("card").last_counter, 1);
 }
 
 #[test]
 fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
     let _pcscd = Pcscd::start();
-    let (center, card_a, _) = node();
+    let (mut center, card_a, _) = node();
     let inserted = Arc::new(Mutex::new(InsertedCard::insert(PORT_0, card_a)));
     let reader = PcscReader::open(Some(READER_0)).expect("reader");
     reader.wait_for_card(Duration::from_secs(10)).expect("card");
@@ -339,7 +268,7 @@ fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
     }));
     let end = flow::pay(
         &mut card,
-        &mut link(&center),
+        &mut link(&mut center),
         &mut console,
         &request("reader-A", "o-2"),
         &mut StdRng::seed_from_u64(4),
@@ -351,7 +280,6 @@ fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
         other => panic!("expected an abort, got {other:?}"),
     }
     assert_eq!(console.shown.last(), Some(&flow::prompts::card_removed()));
-    let center = center.lock().unwrap();
     assert_eq!(
         center.card(CARD_A).expect("card").last_counter,
         0,
@@ -362,7 +290,7 @@ fn pulling_the_card_in_the_middle_of_the_flow_aborts_it_cleanly() {
 #[test]
 fn the_reader_service_vanishing_in_the_middle_of_the_flow_aborts_it_cleanly() {
     let pcscd = Arc::new(Mutex::new(Some(Pcscd::start())));
-    let (center, card_a, _) = node();
+    let (mut center, card_a, _) = node();
     let _inserted = InsertedCard::insert(PORT_0, card_a);
     let reader = PcscReader::open(Some(READER_0)).expect("reader");
     reader.wait_for_card(Duration::from_secs(10)).expect("card");
@@ -376,7 +304,7 @@ fn the_reader_service_vanishing_in_the_middle_of_the_flow_aborts_it_cleanly() {
     }));
     let end = flow::pay(
         &mut card,
-        &mut link(&center),
+        &mut link(&mut center),
         &mut console,
         &request("reader-A", "o-4"),
         &mut StdRng::seed_from_u64(6),
@@ -397,12 +325,7 @@ fn the_reader_service_vanishing_in_the_middle_of_the_flow_aborts_it_cleanly() {
         other => panic!("expected an abort, got {other:?}"),
     }
     assert_eq!(
-        center
-            .lock()
-            .unwrap()
-            .card(CARD_A)
-            .expect("card")
-            .last_counter,
+        center.card(CARD_A).expect("card").last_counter,
         0,
         "nothing was authenticated"
     );
@@ -411,7 +334,7 @@ fn the_reader_service_vanishing_in_the_middle_of_the_flow_aborts_it_cleanly() {
 #[test]
 fn a_card_on_a_reader_it_is_not_bound_to_is_refused() {
     let _pcscd = Pcscd::start();
-    let (center, card_a, _card_b) = node();
+    let (mut center, card_a, _card_b) = node();
     // Alice's card in the reader that is bob's (reader-B, bound to card B).
     let _inserted = InsertedCard::insert(PORT_1, card_a);
     let reader = PcscReader::open(Some(READER_1)).expect("reader");
@@ -420,20 +343,15 @@ fn a_card_on_a_reader_it_is_not_bound_to_is_refused() {
     let mut console = consumer();
     let end = flow::pay(
         &mut card,
-        &mut link(&center),
+        &mut link(&mut center),
         &mut console,
         &request("reader-B", "o-3"),
         &mut StdRng::seed_from_u64(5),
     );
     assert_eq!(end, PaymentEnd::Refused(Prompt::not_bound()));
-    assert_eq!(center.lock().unwrap().outstanding_challenges(), 0);
+    assert_eq!(center.outstanding_challenges(), 0);
     assert_eq!(
-        center
-            .lock()
-            .unwrap()
-            .card(CARD_A)
-            .expect("card")
-            .last_counter,
+        center.card(CARD_A).expect("card").last_counter,
         0,
         "no challenge, no signature"
     );

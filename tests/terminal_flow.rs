@@ -12,7 +12,7 @@ use onecard_engine::cards::{
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
 use onecard_terminal::flow::{
-    self, prompts, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest,
+    self, prompts, Console, LinkError, LocalCenter, NodeLink, PaymentEnd, PaymentRequest,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -45,65 +45,6 @@ impl CardChannel for MemoryCard {
     }
 }
 
-struct Node {
-    center: AuthCenter,
-    reachable: bool,
-    credit: u64,
-    now: u64,
-    rng: StdRng,
-}
-
-impl NodeLink for Node {
-    fn swipe(
-        &mut self,
-        reader_id: &str,
-        card_number: &str,
-        order_id: &str,
-        amount_cents: u64,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
-        if !self.reachable {
-            return Err(LinkError("connection refused".into()));
-        }
-        Ok(self.center.swipe(
-            reader_id,
-            card_number,
-            IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)),
-            order_id,
-            amount_cents,
-            self.now,
-            &mut self.rng,
-        ))
-    }
-    fn authenticate(
-        &mut self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-    ) -> Result<AuthOutcome, LinkError> {
-        Ok(self.center.authenticate(
-            challenge_id,
-            counter,
-            cryptogram,
-            pin,
-            delivery_address,
-            None,
-            self.credit,
-            self.now,
-        ))
-    }
-    fn confirm_address_change(
-        &mut self,
-        challenge_id: &str,
-        accept: bool,
-    ) -> Result<AuthOutcome, LinkError> {
-        Ok(self
-            .center
-            .confirm_address_change(challenge_id, accept, self.credit, self.now))
-    }
-}
-
 struct Consumer {
     pin: Option<String>,
     accept_address: bool,
@@ -124,7 +65,7 @@ impl Console for Consumer {
     }
 }
 
-fn setup() -> (Node, MemoryCard) {
+fn setup() -> (AuthCenter, MemoryCard) {
     let mut rng = StdRng::seed_from_u64(9);
     let mut center = AuthCenter::new(IssuerKey::from_bytes([3; 32]), AuthConfig::default())
         .with_pin_hasher(PinHasher::with_params(256, 1, 1).unwrap());
@@ -140,20 +81,26 @@ fn setup() -> (Node, MemoryCard) {
             network: "192.168.1.0/24".parse().unwrap(),
         })
         .unwrap();
-    let node = Node {
-        center,
-        reachable: true,
-        credit: 100_000,
-        now: 50,
-        rng: StdRng::seed_from_u64(10),
-    };
     let card = MemoryCard {
         applet: CardApplet::new(CARD.into(), "alice".into(), key, 0),
         exchanges: 0,
         fail_after: None,
         truncate_answers_to: None,
     };
-    (node, card)
+    (center, card)
+}
+
+/// The authentication center as the reader program's node: the reader connects from its home
+/// network, the account has 1000.00 of credit.
+fn local(center: &mut AuthCenter) -> LocalCenter<'_, StdRng> {
+    LocalCenter {
+        center,
+        peer: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)),
+        available_credit_cents: 100_000,
+        now: 50,
+        rng: StdRng::seed_from_u64(10),
+        reachable: true,
+    }
 }
 
 fn consumer() -> Consumer {
@@ -185,7 +132,8 @@ fn pay(
 
 #[test]
 fn a_payment_goes_through_reading_pin_and_card_signature() {
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     let mut who = consumer();
     let end = pay(&mut node, &mut card, &mut who, &order("o-1", 1_000, HOME));
     assert!(
@@ -207,7 +155,8 @@ fn a_payment_goes_through_reading_pin_and_card_signature() {
 
 #[test]
 fn a_wrong_pin_is_shown_with_the_tries_left_and_locks_the_card_at_the_limit() {
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     let mut who = consumer();
     who.pin = Some("0000".into());
     for (i, tries_left) in [(1, 2), (2, 1)] {
@@ -229,7 +178,8 @@ fn a_wrong_pin_is_shown_with_the_tries_left_and_locks_the_card_at_the_limit() {
 
 #[test]
 fn another_delivery_address_is_asked_about_and_recorded() {
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     let mut who = consumer();
     let end = pay(
         &mut node,
@@ -254,8 +204,9 @@ fn another_delivery_address_is_asked_about_and_recorded() {
 
 #[test]
 fn an_amount_above_the_available_credit_suggests_another_means_of_payment() {
-    let (mut node, mut card) = setup();
-    node.credit = 500;
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
+    node.available_credit_cents = 500;
     let end = pay(
         &mut node,
         &mut card,
@@ -281,7 +232,8 @@ fn a_card_pulled_or_a_reader_gone_aborts_with_its_prompt_and_authorises_nothing(
             prompts::card_unreadable(),
         ),
     ] {
-        let (mut node, mut card) = setup();
+        let (mut center, mut card) = setup();
+        let mut node = local(&mut center);
         card.fail_after = Some((after, error.clone()));
         let mut who = consumer();
         let end = pay(&mut node, &mut card, &mut who, &order("o-1", 100, HOME));
@@ -298,7 +250,8 @@ fn a_card_pulled_or_a_reader_gone_aborts_with_its_prompt_and_authorises_nothing(
 #[test]
 fn truncated_answers_from_the_card_are_refused_cleanly() {
     for keep in [0, 1, 3, 10] {
-        let (mut node, mut card) = setup();
+        let (mut center, mut card) = setup();
+        let mut node = local(&mut center);
         card.truncate_answers_to = Some(keep);
         let end = pay(
             &mut node,
@@ -314,9 +267,9 @@ fn truncated_answers_from_the_card_are_refused_cleanly() {
 }
 
 /// A consumer slower than the challenge's lifetime: the node's clock moves on after the swipe.
-struct Slow<'a>(&'a mut Node);
+struct Slow<'a, 'c>(&'a mut LocalCenter<'c, StdRng>);
 
-impl NodeLink for Slow<'_> {
+impl NodeLink for Slow<'_, '_> {
     fn swipe(
         &mut self,
         r: &str,
@@ -345,7 +298,8 @@ impl NodeLink for Slow<'_> {
 
 #[test]
 fn an_unreachable_node_a_cancelled_pin_and_a_timed_out_challenge_each_say_so() {
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     node.reachable = false;
     let end = pay(
         &mut node,
@@ -358,7 +312,8 @@ fn an_unreachable_node_a_cancelled_pin_and_a_timed_out_challenge_each_say_so() {
         "{end:?}"
     );
 
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     let mut who = consumer();
     who.pin = None;
     let end = pay(&mut node, &mut card, &mut who, &order("o-1", 100, HOME));
@@ -367,7 +322,8 @@ fn an_unreachable_node_a_cancelled_pin_and_a_timed_out_challenge_each_say_so() {
         "{end:?}"
     );
 
-    let (mut node, mut card) = setup();
+    let (mut center, mut card) = setup();
+    let mut node = local(&mut center);
     let end = pay(
         &mut Slow(&mut node),
         &mut card,
@@ -379,7 +335,8 @@ fn an_unreachable_node_a_cancelled_pin_and_a_timed_out_challenge_each_say_so() {
 
 #[test]
 fn an_unknown_card_gets_no_challenge() {
-    let (mut node, _) = setup();
+    let (mut center, _) = setup();
+    let mut node = local(&mut center);
     let number = "4000000000000001";
     let key =
         onecard_engine::cards::crypto::derive_card_key(&IssuerKey::from_bytes([3; 32]), number);

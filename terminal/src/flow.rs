@@ -234,3 +234,82 @@ pub fn pay(
         _ => PaymentEnd::Refused(prompt),
     }
 }
+
+/// The node's authentication center in this process, as a [`NodeLink`]: for tests and tools
+/// with no node to talk to (the reader program's real link is the node's HTTP API). The fields
+/// are what the node would know: where the reader connects from, the account's available
+/// credit, the time; `reachable: false` makes every call fail as an unreachable node would.
+pub struct LocalCenter<'a, R> {
+    pub center: &'a mut onecard_engine::cards::AuthCenter,
+    pub peer: std::net::IpAddr,
+    pub available_credit_cents: u64,
+    pub now: u64,
+    pub rng: R,
+    pub reachable: bool,
+}
+
+impl<R: RngCore + CryptoRng> LocalCenter<'_, R> {
+    fn reach(&self) -> Result<(), LinkError> {
+        if self.reachable {
+            Ok(())
+        } else {
+            Err(LinkError("connection refused".into()))
+        }
+    }
+}
+
+impl<R: RngCore + CryptoRng> NodeLink for LocalCenter<'_, R> {
+    fn swipe(
+        &mut self,
+        reader_id: &str,
+        card_number: &str,
+        order_id: &str,
+        amount_cents: u64,
+    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
+        self.reach()?;
+        Ok(self.center.swipe(
+            reader_id,
+            card_number,
+            self.peer,
+            order_id,
+            amount_cents,
+            self.now,
+            &mut self.rng,
+        ))
+    }
+
+    fn authenticate(
+        &mut self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+    ) -> Result<AuthOutcome, LinkError> {
+        self.reach()?;
+        Ok(self.center.authenticate(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            None,
+            self.available_credit_cents,
+            self.now,
+        ))
+    }
+
+    fn confirm_address_change(
+        &mut self,
+        challenge_id: &str,
+        accept: bool,
+    ) -> Result<AuthOutcome, LinkError> {
+        self.reach()?;
+        Ok(self.center.confirm_address_change(
+            challenge_id,
+            accept,
+            self.available_credit_cents,
+            self.now,
+        ))
+    }
+}
