@@ -11,15 +11,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use onecard_engine::cards::{
-    AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader, Prompt, SwipeRefusal,
-};
+use onecard_engine::cards::{IssuerKey, NewReader, Prompt};
 use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::model::{CommandResult, Refusal};
 use onecard_engine::{verify, Amount, Engine, NodeConfig, SimBank, SimBankPort};
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
-use onecard_terminal::flow::{self, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, Console, EngineLink, PaymentEnd, PaymentRequest};
 use serde_json::json;
 
 /// Where every consumer's reader connects from in the demo (its registered network).
@@ -32,69 +30,6 @@ struct CardInReader(CardApplet);
 impl CardChannel for CardInReader {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, CardIoError> {
         Ok(self.0.process(apdu))
-    }
-}
-
-/// The reader program's link to the node, in process. The demo runs on the engine's own
-/// runtime thread, so each call waits for the engine there.
-struct InProcessLink<'a> {
-    engine: &'a Engine,
-    now: u64,
-}
-
-impl NodeLink for InProcessLink<'_> {
-    fn swipe(
-        &mut self,
-        reader_id: &str,
-        card_number: &str,
-        order_id: &str,
-        amount_cents: u64,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
-        let amount = i64::try_from(amount_cents)
-            .map(Amount::from_cents)
-            .map_err(|e| LinkError(e.to_string()))?;
-        futures::executor::block_on(self.engine.swipe(
-            reader_id,
-            card_number,
-            READER_ADDRESS,
-            order_id,
-            amount,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
-    }
-
-    fn authenticate(
-        &mut self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-    ) -> Result<AuthOutcome, LinkError> {
-        futures::executor::block_on(self.engine.authenticate(
-            challenge_id,
-            counter,
-            cryptogram,
-            pin,
-            delivery_address,
-            None,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
-    }
-
-    fn confirm_address_change(
-        &mut self,
-        challenge_id: &str,
-        accept: bool,
-    ) -> Result<AuthOutcome, LinkError> {
-        futures::executor::block_on(self.engine.confirm_address_change(
-            challenge_id,
-            accept,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
     }
 }
 
@@ -192,8 +127,9 @@ impl Demo {
         };
         flow::pay(
             &mut holder.card,
-            &mut InProcessLink {
+            &mut EngineLink {
                 engine: &self.engine,
+                peer: READER_ADDRESS,
                 now: self.now,
             },
             &mut ReaderConsole {
@@ -312,8 +248,9 @@ impl Demo {
         };
         let end = flow::pay(
             &mut holder.card,
-            &mut InProcessLink {
+            &mut EngineLink {
                 engine: &self.engine,
+                peer: READER_ADDRESS,
                 now: self.now,
             },
             &mut ReaderConsole {

@@ -17,9 +17,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use onecard_engine::cards::{AuthCenter, AuthConfig, IssuerKey, NewReader, PinHasher, Prompt};
+use onecard_engine::engine::{EngineConfig, IssueCard, OpenConsumer};
+use onecard_engine::{Amount, Engine, SimBank, SimBankPort};
 use onecard_sim::card::applet::CardApplet;
 use onecard_sim::card::vpcd;
-use onecard_terminal::flow::{self, Console, LocalCenter, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, Console, EngineLink, LocalCenter, PaymentEnd, PaymentRequest};
 use onecard_terminal::pcsc_reader::{PcscReader, ReaderError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -208,46 +210,112 @@ fn consumer() -> Consumer {
 }
 
 #[test]
-fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised() {
+fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised_by_the_engine() {
     let _pcscd = Pcscd::start();
-    let (mut center, card_a, _) = node();
-    let mut inserted = InsertedCard::insert(PORT_0, card_a);
-    let reader = PcscReader::open(Some(READER_0)).expect("Virtual PCD 00 00 is attached");
-    assert_eq!(reader.name(), READER_0);
-    reader
-        .wait_for_card(Duration::from_secs(10))
-        .expect("the card is inserted");
-    let mut card = reader.connect().expect("connect to the card");
-    let mut console = consumer();
-    let end = flow::pay(
-        &mut card,
-        &mut link(&mut center),
-        &mut console,
-        &request("reader-A", "o-1"),
-        &mut StdRng::seed_from_u64(3),
-    );
-    match &end {
-        PaymentEnd::Authorised(a) => {
-            assert_eq!(a.order_id, "o-1");
-            assert_eq!(a.amount_cents, 4_250);
-            assert_eq!(a.account, "alice");
-            assert_eq!(a.card_last4, "7890");
-            assert!(!a.temporary_address_change);
+    let dir = tempfile::tempdir().expect("temp dir");
+    actix_rt::System::new().block_on(async {
+        // The node: a consumer with 1000.00 of credit, her card issued and her reader bound.
+        let bank = SimBank::open(dir.path()).expect("bank");
+        bank.open_account("alice-bank", Amount::from_cents(900_000))
+            .expect("bank account");
+        let cfg = EngineConfig {
+            issuer_key: Some(master()),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
+            .await
+            .expect("engine");
+        let opened = engine
+            .open_consumer(
+                OpenConsumer {
+                    consumer: "alice".into(),
+                    credit_limit: "1000.00".into(),
+                    bank: "alice-bank".into(),
+                    wallet: "5000.00".into(),
+                },
+                0,
+            )
+            .await
+            .expect("open consumer");
+        assert!(opened.is_ok(), "{opened:?}");
+        let key = engine
+            .issue_card(
+                IssueCard {
+                    number: CARD_A.into(),
+                    holder: "alice".into(),
+                    pin: PIN.into(),
+                    registered_address: HOME.into(),
+                },
+                0,
+            )
+            .await
+            .expect("engine")
+            .expect("issued");
+        engine
+            .register_reader(
+                NewReader {
+                    id: "reader-A".into(),
+                    owner: "alice".into(),
+                    card_number: CARD_A.into(),
+                    account: "alice".into(),
+                    network: "127.0.0.0/8".parse().expect("net"),
+                },
+                0,
+            )
+            .await
+            .expect("engine")
+            .expect("registered");
+
+        // The card in Virtual PCD 00 00, read through PC/SC by the reader program.
+        let applet = CardApplet::new(CARD_A.into(), "alice".into(), key, 0);
+        let mut inserted = InsertedCard::insert(PORT_0, applet);
+        let reader = PcscReader::open(Some(READER_0)).expect("Virtual PCD 00 00 is attached");
+        assert_eq!(reader.name(), READER_0);
+        reader
+            .wait_for_card(Duration::from_secs(10))
+            .expect("the card is inserted");
+        let mut card = reader.connect().expect("connect to the card");
+        let mut console = consumer();
+        let end = flow::pay(
+            &mut card,
+            &mut EngineLink {
+                engine: &engine,
+                peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                now: 10,
+            },
+            &mut console,
+            &request("reader-A", "o-1"),
+            &mut StdRng::seed_from_u64(3),
+        );
+        match &end {
+            PaymentEnd::Authorised(a) => {
+                assert_eq!(a.order_id, "o-1");
+                assert_eq!(a.amount_cents, 4_250);
+                assert_eq!(a.account, "alice");
+                assert_eq!(a.card_last4, "7890");
+                assert!(!a.temporary_address_change);
+            }
+            other => panic!(
+                "expected an authorisation, got {other:?}; shown {:?}",
+                console.shown
+            ),
         }
-        other => panic!(
-            "expected an authorisation, got {other:?}; shown {:?}",
-            console.shown
-        ),
-    }
-    assert_eq!(
-        console.shown.last(),
-        Some(&Prompt::authorised()),
-        "the reader shows the outcome"
-    );
-    drop(card);
-    let applet = inserted.remove().expect("the card comes back");
-    assert_eq!(applet.counter(), 1, "the card signed once");
-    assert_eq!(center.card(CARD_A).expect("card").last_counter, 1);
+        assert_eq!(
+            console.shown.last(),
+            Some(&Prompt::authorised()),
+            "the reader shows the outcome"
+        );
+        drop(card);
+        let applet = inserted.remove().expect("the card comes back");
+        assert_eq!(applet.counter(), 1, "the card signed once");
+        let stored = engine.card(CARD_A).expect("engine").expect("card");
+        assert_eq!(stored.last_counter, 1, "the node recorded the counter");
+        engine.close().await.expect("close");
+        bank.close();
+    });
+    // Durable and consistent: the journal's replay agrees with the view, card included.
+    let report = onecard_engine::verify::verify(dir.path()).expect("verify");
+    assert_eq!(report.view_checked, Some(report.records));
 }
 
 #[test]

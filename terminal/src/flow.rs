@@ -313,3 +313,72 @@ impl<R: RngCore + CryptoRng> NodeLink for LocalCenter<'_, R> {
         ))
     }
 }
+
+/// The node itself, in this process, as a [`NodeLink`]: the engine's authentication center,
+/// with every change journaled, and the account's available credit read from the engine. For
+/// the demo and the tests until the node's HTTP API is the reader program's link.
+///
+/// The engine's calls are async; this link waits for each one on the calling thread, which
+/// must be inside the engine's runtime (an actix `System`), as the demo's and the tests' are.
+pub struct EngineLink<'a> {
+    pub engine: &'a onecard_engine::Engine,
+    /// The address the reader program connects from.
+    pub peer: std::net::IpAddr,
+    pub now: u64,
+}
+
+impl NodeLink for EngineLink<'_> {
+    fn swipe(
+        &mut self,
+        reader_id: &str,
+        card_number: &str,
+        order_id: &str,
+        amount_cents: u64,
+    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
+        let amount = i64::try_from(amount_cents)
+            .map(onecard_engine::Amount::from_cents)
+            .map_err(|e| LinkError(e.to_string()))?;
+        futures::executor::block_on(self.engine.swipe(
+            reader_id,
+            card_number,
+            self.peer,
+            order_id,
+            amount,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn authenticate(
+        &mut self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+    ) -> Result<AuthOutcome, LinkError> {
+        futures::executor::block_on(self.engine.authenticate(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            None,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn confirm_address_change(
+        &mut self,
+        challenge_id: &str,
+        accept: bool,
+    ) -> Result<AuthOutcome, LinkError> {
+        futures::executor::block_on(self.engine.confirm_address_change(
+            challenge_id,
+            accept,
+            self.now,
+        ))
+        .map_err(|e| LinkError(e.to_string()))
+    }
+}
