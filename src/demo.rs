@@ -14,7 +14,7 @@ use std::sync::Arc;
 use onecard_engine::cards::{IssuerKey, NewReader, Prompt};
 use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::model::{CommandResult, Refusal};
-use onecard_engine::{verify, Amount, Engine, NodeConfig, SimBank, SimBankPort};
+use onecard_engine::{verify, Amount, DataKey, Engine, NodeConfig, SimBank, SimBankPort};
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
 use onecard_terminal::flow::{self, Console, EngineLink, PaymentEnd, PaymentRequest};
@@ -204,14 +204,21 @@ impl Demo {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("consumer vanished")?;
-        let bank = self.bank.balance(&c.bank).unwrap_or(Amount::ZERO);
+        // The node knows the account by its reference only (I10); the operator's lookup
+        // unseals it, and the demo shows it masked.
+        let account = self
+            .engine
+            .bank_account_of(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("consumer vanished")?;
+        let bank = self.bank.balance(&account).unwrap_or(Amount::ZERO);
         Ok(format!(
             "{id}: wallet {} | reserved {} of credit {} (available {}) | bank {} {}",
             c.wallet,
             c.reserved,
             c.credit_limit,
             c.available_credit(),
-            c.bank,
+            mask_account(&account),
             bank
         ))
     }
@@ -345,7 +352,10 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     // The card issuer's master key: drawn for this run, held in memory, never stored.
     let mut engine_cfg = cfg.engine.clone();
     engine_cfg.issuer_key = Some(IssuerKey::from_bytes(rand::random()));
+    // The data key: bank accounts are stored only as references and sealed under it (I10).
+    engine_cfg.data_key = Some(DataKey::random(&mut rand::thread_rng()));
     println!("cards: the issuer master key is drawn for this run and never stored; card keys derive from it");
+    println!("bank accounts: stored only as keyed references, sealed under a data key drawn for this run");
     let bank = SimBank::open(&dir).map_err(|e| e.to_string())?;
     let engine = Engine::open(&dir, engine_cfg, Arc::new(SimBankPort(bank.clone())))
         .await
@@ -514,7 +524,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .confirm_receipt("o-1005", true, d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  carol confirms receipt → {} (wallet paid 5000.00, fell to 0.00, topped up from carol-bank)", show(&r));
+    println!("  carol confirms receipt → {} (wallet paid 5000.00, fell to 0.00, topped up from carol's bank account)", show(&r));
     d.expect(&r, "settled")?;
     println!("  after:  {}", d.consumer_line("carol").await?);
 
@@ -554,7 +564,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .refund(req, d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  electronics refunds 3000.00 of o-1006 → {} (the wallet is full, so all of it goes to alice-bank)", show(&r));
+    println!("  electronics refunds 3000.00 of o-1006 → {} (the wallet is full, so all of it goes to alice's bank account)", show(&r));
     d.expect(&r, "refunded")?;
     println!("  {}", d.consumer_line("alice").await?);
 
@@ -616,8 +626,20 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         println!("  merchant:{:<10} {:>10}", m.id, m.balance);
         total = total.checked_add(m.balance).map_err(|e| e.to_string())?;
     }
-    for (acct, bal) in d.bank.balances() {
-        println!("  bank:{:<14} {:>10}", acct, bal);
+    // The consumers' bank accounts, by owner; the account itself masked (I10).
+    for c in state.consumers.values() {
+        let acct = d
+            .engine
+            .bank_account_of(&c.id)
+            .map_err(|e| e.to_string())?
+            .ok_or("consumer vanished")?;
+        let bal = d.bank.balance(&acct).unwrap_or(Amount::ZERO);
+        println!(
+            "  bank:{:<14} {:>10}   account {}",
+            c.id,
+            bal,
+            mask_account(&acct)
+        );
     }
     println!("  total (banks + wallets + merchants) {total}");
 
@@ -630,4 +652,14 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     let report = verify::verify(&dir).map_err(|e| e.to_string())?;
     println!("{report}");
     Ok(())
+}
+
+/// A bank account as the demo shows it: its last four characters, the rest masked (I10).
+fn mask_account(account: &str) -> String {
+    let n = account.chars().count();
+    account
+        .chars()
+        .enumerate()
+        .map(|(i, ch)| if i + 4 < n { '*' } else { ch })
+        .collect()
 }

@@ -67,9 +67,10 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
         ("merchant:bookshop", "370.00"),
         ("merchant:grocer", "5080.00"),
         ("merchant:electronics", "4500.00"),
-        ("bank:alice-bank", "20300.00"),
-        ("bank:bob-bank", "3000.00"),
-        ("bank:carol-bank", "1750.00"),
+        // Each consumer's bank account, shown by owner (the account itself masked, I10).
+        ("bank:alice", "20300.00"),
+        ("bank:bob", "3000.00"),
+        ("bank:carol", "1750.00"),
     ] {
         assert_eq!(balance(&stdout, key), want, "{key}");
     }

@@ -1,12 +1,15 @@
-//! I10 end to end: no PIN, card key or full card number is stored or logged in the clear.
+//! I10 end to end: no PIN, card key, full card number or full bank account number is stored
+//! or logged in the clear.
 //!
 //! Runs the real `onecard demo` on an empty data directory (three cards issued, readers
-//! registered, every order paid at a reader with the card and the PIN, a wrong PIN refused),
-//! then looks for every demo PIN and every demo card number, as bytes, in everything the
-//! binary printed and in every file it left. The demo's PINs and card numbers are repeated
-//! here from `src/demo.rs`; the positive checks (the PIN hashes are in the store, the masked
-//! numbers are in the output) make sure the test looks in the right places and would notice
-//! if the demo changed them.
+//! registered, every order paid at a reader with the card and the PIN, a wrong PIN refused,
+//! top-ups and a refund to a bank account), then looks for every demo PIN, card number and
+//! bank account, as bytes, in everything the binary printed and in every file of the node's
+//! store (`DATA/journal`; the simulated bank's own store, `DATA/simbank`, is the bank's and
+//! holds its account names). The demo's secrets are repeated here from `src/demo.rs`; the
+//! positive checks (the PIN hashes and bank references are in the store, the masked numbers
+//! are in the output, the bank does know the accounts) make sure the test looks in the right
+//! places and would notice if the demo changed them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +22,8 @@ use common::run_with_timeout;
 const DEMO_PINS: [&str; 3] = ["418273", "529384", "630495"];
 /// The demo's card numbers (`src/demo.rs`, `demo_card_number`): sixteen digits.
 const DEMO_CARDS: [&str; 3] = ["4000000000000001", "4000000000000002", "4000000000000003"];
+/// The demo's consumers' bank accounts (`src/demo.rs`).
+const DEMO_BANK_ACCOUNTS: [&str; 3] = ["alice-bank", "bob-bank", "carol-bank"];
 /// Generous: the demo takes seconds (Argon2id hashes included) on a debug build.
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -39,8 +44,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether `bytes` holds a bank reference: `bk-` and 32 lowercase hex digits.
+fn contains_bank_ref(bytes: &[u8]) -> bool {
+    bytes.windows(35).any(|w| {
+        w.starts_with(b"bk-")
+            && w[3..]
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    })
+}
+
 #[test]
-fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
+fn the_demo_stores_and_prints_no_pin_no_full_card_number_and_no_bank_account() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
@@ -54,11 +69,13 @@ fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
     assert!(status.success(), "demo failed:\n{stdout}\n{stderr}");
 
     let output = format!("{stdout}\n{stderr}");
-    let files = files_under(&data);
+    // The node's store only: the simulated bank's store is the bank's.
+    let node_store = data.join("journal");
+    let files = files_under(&node_store);
     assert!(
         !files.is_empty(),
         "the demo left no files in {}",
-        data.display()
+        node_store.display()
     );
     let stored: Vec<(PathBuf, Vec<u8>)> = files
         .into_iter()
@@ -74,6 +91,22 @@ fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
         stored.iter().any(|(_, b)| contains(b, b"$argon2id$")),
         "no Argon2id PIN hash in the store: the test is not looking at the node's store"
     );
+    // Bank accounts are stored by reference (`bk-` + 32 hex digits), and the money did reach
+    // the accounts themselves: the bank's own store knows them.
+    assert!(
+        stored.iter().any(|(_, b)| contains_bank_ref(b)),
+        "no bank reference (bk-…) in the node's store"
+    );
+    let bank_store: Vec<u8> = files_under(&data.join("simbank"))
+        .into_iter()
+        .flat_map(|f| std::fs::read(f).expect("read a bank file"))
+        .collect();
+    for account in DEMO_BANK_ACCOUNTS {
+        assert!(
+            contains(&bank_store, account.as_bytes()),
+            "the simulated bank does not know {account}: the demo's accounts changed"
+        );
+    }
     for (i, number) in DEMO_CARDS.iter().enumerate() {
         let masked = format!("************{}", &number[number.len() - 4..]);
         assert!(
@@ -102,7 +135,8 @@ fn the_demo_stores_and_prints_no_pin_and_no_full_card_number() {
     let secrets = DEMO_PINS
         .iter()
         .map(|p| ("PIN", *p))
-        .chain(DEMO_CARDS.iter().map(|n| ("card number", *n)));
+        .chain(DEMO_CARDS.iter().map(|n| ("card number", *n)))
+        .chain(DEMO_BANK_ACCOUNTS.iter().map(|a| ("bank account", *a)));
     for (what, secret) in secrets {
         assert!(
             !output.contains(secret),

@@ -362,7 +362,8 @@ impl Run {
     /// Asks the bank for `amount` from the consumer's designated account. `Ok(Err(reason))`
     /// is a refusal; `Err` is a fault (the bank unreachable).
     async fn debit_bank(&self, amount: Amount) -> Result<Result<String, String>, EngineError> {
-        let account = self.st.borrow().bank.clone();
+        let bank_ref = self.st.borrow().bank.clone();
+        let account = self.shared.real_bank_account(&bank_ref)?;
         let id = self.shared.new_bank_op_id();
         let op = BankOp {
             id: id.clone(),
@@ -490,7 +491,15 @@ impl Run {
         let (to_wallet, to_bank) = self.st.borrow().refund_split(amount, &self.shared.rules);
         let mut bank_op = None;
         if to_bank.is_positive() {
-            let account = self.st.borrow().bank.clone();
+            let bank_ref = self.st.borrow().bank.clone();
+            let account = match self.shared.real_bank_account(&bank_ref) {
+                Ok(a) => a,
+                Err(e) => {
+                    // Give the merchant its money back: nothing of the refund happened.
+                    self.shared.credit_merchant_back(&merchant, amount);
+                    return Err(e);
+                }
+            };
             let op_id = self.shared.new_bank_op_id();
             let answer = self
                 .shared

@@ -34,11 +34,12 @@ use crate::cards::{
 };
 use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
 use crate::ledger::{
-    consumer_opened_event, next_time_work, ConsumerState, Entry, Event, EventKind, LedgerState,
-    MerchantState, Order, Posting,
+    next_time_work, sealed_consumer_opened_event, ConsumerState, Entry, Event, EventKind,
+    LedgerState, MerchantState, Order, Posting,
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::Amount;
+use crate::seal::{self, DataKey};
 use crate::view::{self, StateView};
 use futures::StreamExt;
 
@@ -89,6 +90,10 @@ pub struct EngineConfig {
     /// The card issuer's master key; every card key is derived from it. Never stored. Without
     /// it, card operations are refused (`EngineError::Config`).
     pub issuer_key: Option<IssuerKey>,
+    /// The node's data key (I10): with it, a consumer's designated bank account is stored only
+    /// as its reference and sealed (`seal`). Never stored. Without it, accounts are stored as
+    /// given.
+    pub data_key: Option<DataKey>,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +108,7 @@ impl Default for EngineConfig {
             max_in_flight: 100_000,
             passivate_after: Duration::from_secs(60),
             issuer_key: None,
+            data_key: None,
         }
     }
 }
@@ -195,9 +201,45 @@ pub struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: usize,
     residency: ResidencyStats,
+    /// The data key, if bank accounts are stored sealed.
+    data_key: Option<DataKey>,
+    /// Bank reference → the account it stands for, unsealed on first use. Memory only.
+    bank_accounts: DashMap<String, String>,
 }
 
 impl Shared {
+    /// The reference the node stores for bank account `account`: the account itself without
+    /// a data key.
+    pub fn bank_ref(&self, account: &str) -> String {
+        match &self.data_key {
+            None => account.to_string(),
+            Some(key) => seal::bank_ref(key, account),
+        }
+    }
+
+    /// The real bank account behind the stored reference `bank_ref` (the reference itself
+    /// without a data key): from the cache, or unsealed from its owner's consumer record.
+    pub fn real_bank_account(&self, bank_ref: &str) -> Result<String, EngineError> {
+        let Some(key) = &self.data_key else {
+            return Ok(bank_ref.to_string());
+        };
+        if let Some(a) = self.bank_accounts.get(bank_ref) {
+            return Ok(a.clone());
+        }
+        let missing = || EngineError::Internal(format!("no sealed bank account for {bank_ref}"));
+        let owner = self.view.bank_owner(bank_ref)?.ok_or_else(missing)?;
+        let sealed = self
+            .view
+            .consumer_record(&owner)?
+            .and_then(|r| r.bank_sealed)
+            .ok_or_else(missing)?;
+        let account =
+            seal::unseal(key, bank_ref, &sealed).map_err(|e| EngineError::Config(e.to_string()))?;
+        self.bank_accounts
+            .insert(bank_ref.to_string(), account.clone());
+        Ok(account)
+    }
+
     /// A bank operation id never used before, by this run or any earlier one.
     pub fn new_bank_op_id(&self) -> String {
         let n = self.bank_op_counter.fetch_add(1, Ordering::Relaxed);
@@ -627,6 +669,8 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight.max(1),
             residency: ResidencyStats::default(),
+            data_key: cfg.data_key.clone(),
+            bank_accounts: DashMap::new(),
         });
         // The only start-up work that grows with the accounts: one pass over the consumer
         // records for the open orders and the consumers with reserved credit.
@@ -810,7 +854,17 @@ impl Engine {
     }
     /// Whether a bank account is already designated for a consumer.
     pub fn has_bank_account(&self, bank: &str) -> Result<bool, EngineError> {
-        Ok(self.shared.view.bank_owner(bank)?.is_some())
+        let bank_ref = self.shared.bank_ref(bank);
+        Ok(self.shared.view.bank_owner(&bank_ref)?.is_some())
+    }
+
+    /// The real bank account designated for `consumer` (for operators; unsealed with the
+    /// data key). `None` if there is no such consumer.
+    pub fn bank_account_of(&self, consumer: &str) -> Result<Option<String>, EngineError> {
+        match self.shared.view.consumer_record(consumer)? {
+            None => Ok(None),
+            Some(r) => self.shared.real_bank_account(&r.bank).map(Some),
+        }
     }
 
     /// Opens a consumer: virtual account with its credit limit, wallet filled from the
@@ -822,10 +876,9 @@ impl Engine {
     ) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let keys = [
-            format!("acct:{}", req.consumer),
-            format!("bank:{}", req.bank),
-        ];
+        // With a data key the node knows the account only by its reference (I10).
+        let bank_ref = self.shared.bank_ref(&req.bank);
+        let keys = [format!("acct:{}", req.consumer), format!("bank:{bank_ref}")];
         let claim = self.claim(&keys);
         if claim.is_none() || self.has_consumer(&req.consumer)? || self.has_merchant(&req.consumer)
         {
@@ -880,8 +933,20 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        let ev = consumer_opened_event(&req.consumer, credit_limit, &req.bank, wallet, bank_op);
-        let mut c = ConsumerState::new(req.consumer.clone(), credit_limit, req.bank.clone());
+        let bank_sealed = self
+            .shared
+            .data_key
+            .as_ref()
+            .map(|key| seal::seal(key, &bank_ref, &req.bank, &mut rand::thread_rng()));
+        let ev = sealed_consumer_opened_event(
+            &req.consumer,
+            credit_limit,
+            &bank_ref,
+            wallet,
+            bank_op,
+            bank_sealed,
+        );
+        let mut c = ConsumerState::new(req.consumer.clone(), credit_limit, bank_ref.clone());
         c.apply(&ev, now)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let entry = Entry::new(now, vec![ev]);
@@ -892,6 +957,9 @@ impl Engine {
         self.shared
             .bank
             .confirm(&entry.bank_ops().cloned().collect::<Vec<_>>());
+        if self.shared.data_key.is_some() {
+            self.shared.bank_accounts.insert(bank_ref, req.bank);
+        }
         // No actor yet: the consumer's first command activates one from the view.
         Ok(Ok(Outcome::Ok))
     }

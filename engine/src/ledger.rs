@@ -59,8 +59,12 @@ pub enum EventKind {
     ConsumerOpened {
         consumer: String,
         credit_limit: Amount,
+        /// The designated bank account: with a data key its reference (`bk-…`), never the
+        /// account itself (I10).
         bank: String,
         bank_op: Option<BankOpId>,
+        /// With a data key, the account sealed under it (`seal::seal`); `None` without.
+        bank_sealed: Option<Vec<u8>>,
     },
     MerchantOpened {
         merchant: String,
@@ -319,8 +323,11 @@ pub struct ConsumerState {
     pub credit_limit: Amount,
     pub reserved: Amount,
     pub wallet: Amount,
-    /// The designated bank account.
+    /// The designated bank account: with a data key its reference (`bk-…`), never the account
+    /// itself (I10).
     pub bank: String,
+    /// With a data key, the account sealed under it; set by `ConsumerOpened`.
+    pub bank_sealed: Option<Vec<u8>>,
     /// The external clearing account mirroring money moved to and from `bank`.
     pub bank_clearing: Amount,
     pub orders: HashMap<String, Order>,
@@ -356,6 +363,7 @@ impl ConsumerState {
             reserved: Amount::ZERO,
             wallet: Amount::ZERO,
             bank,
+            bank_sealed: None,
             bank_clearing: Amount::ZERO,
             orders: HashMap::new(),
             next_placement: 0,
@@ -874,7 +882,8 @@ impl ConsumerState {
                     },
                 );
             }
-            ConsumerOpened { .. } | WalletToppedUp { .. } | TopUpRefused { .. } => {}
+            ConsumerOpened { bank_sealed, .. } => self.bank_sealed = bank_sealed.clone(),
+            WalletToppedUp { .. } | TopUpRefused { .. } => {}
             Configured(_) | MerchantOpened { .. } | ClockAdvanced | Auth(_) => {}
         }
         Ok(())
@@ -1137,6 +1146,19 @@ pub fn consumer_opened_event(
     wallet: Amount,
     bank_op: Option<BankOpId>,
 ) -> Event {
+    sealed_consumer_opened_event(consumer, credit_limit, bank, wallet, bank_op, None)
+}
+
+/// [`consumer_opened_event`] with the designated account sealed (`bank` is then its
+/// reference).
+pub fn sealed_consumer_opened_event(
+    consumer: &str,
+    credit_limit: Amount,
+    bank: &str,
+    wallet: Amount,
+    bank_op: Option<BankOpId>,
+    bank_sealed: Option<Vec<u8>>,
+) -> Event {
     let postings = if wallet.is_positive() {
         vec![
             Posting::new(
@@ -1154,6 +1176,7 @@ pub fn consumer_opened_event(
             credit_limit,
             bank: bank.to_string(),
             bank_op,
+            bank_sealed,
         },
         postings,
     )

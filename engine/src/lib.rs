@@ -15,6 +15,7 @@ pub mod journal;
 pub mod ledger;
 pub mod model;
 pub mod money;
+pub mod seal;
 pub mod verify;
 pub mod view;
 
@@ -23,6 +24,7 @@ pub use config::NodeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest};
 pub use model::{CommandResult, OrderState, Outcome, Refusal, RefusalKind, Release, RulesConfig};
 pub use money::{Amount, AmountError};
+pub use seal::DataKey;
 
 /// Public types shared across threads must stay `Send + Sync` (a compile-time check).
 #[allow(dead_code)]

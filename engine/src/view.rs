@@ -74,6 +74,8 @@ pub struct ConsumerRecord {
     pub reserved: Amount,
     pub wallet: Amount,
     pub bank: String,
+    /// With a data key, the designated account sealed under it (`bank` is its reference).
+    pub bank_sealed: Option<Vec<u8>>,
     pub bank_clearing: Amount,
     pub next_placement: u64,
     pub open_orders: Vec<Order>,
@@ -94,6 +96,7 @@ impl ConsumerRecord {
             reserved: c.reserved,
             wallet: c.wallet,
             bank: c.bank.clone(),
+            bank_sealed: c.bank_sealed.clone(),
             bank_clearing: c.bank_clearing,
             next_placement: c.next_placement,
             open_orders,
@@ -105,6 +108,7 @@ impl ConsumerRecord {
         let mut c = ConsumerState::new(self.id, self.credit_limit, self.bank);
         c.reserved = self.reserved;
         c.wallet = self.wallet;
+        c.bank_sealed = self.bank_sealed;
         c.bank_clearing = self.bank_clearing;
         c.next_placement = self.next_placement;
         c.orders = self
