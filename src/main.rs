@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Play { data, config } => {
-            let cfg = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
+            let mut cfg = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
                 None => onecard_engine::EngineConfig::default(),
                 Some(Ok(c)) => c.engine,
                 Some(Err(e)) => {
@@ -108,6 +108,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if let Err(e) =
+                onecard_engine::config::secret_keys_from_env(&mut cfg, |v| std::env::var(v).ok())
+            {
+                eprintln!("play: {e}");
+                return ExitCode::FAILURE;
+            }
             let system = actix_rt::System::new();
             match system.block_on(scenario::play_stdin(&data, cfg)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -165,6 +165,42 @@ impl NodeConfig {
     }
 }
 
+/// The node's secrets come from its environment, never from `config.toml` (which is shared
+/// and versioned): `ONECARD_ISSUER_KEY` (the card issuer's master key) and `ONECARD_DATA_KEY`
+/// (seals bank accounts at rest), each 64 hex digits. Absent variables leave the keys unset.
+pub fn secret_keys_from_env(
+    engine: &mut EngineConfig,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    if let Some(hex) = var("ONECARD_ISSUER_KEY") {
+        engine.issuer_key = Some(crate::cards::IssuerKey::from_bytes(key_bytes(
+            "ONECARD_ISSUER_KEY",
+            &hex,
+        )?));
+    }
+    if let Some(hex) = var("ONECARD_DATA_KEY") {
+        engine.data_key = Some(crate::seal::DataKey::from_bytes(key_bytes(
+            "ONECARD_DATA_KEY",
+            &hex,
+        )?));
+    }
+    Ok(())
+}
+
+/// 32 bytes from 64 hex digits; the error never repeats the value (it is a secret).
+fn key_bytes(name: &str, hex: &str) -> Result<[u8; 32], String> {
+    let hex = hex.trim();
+    let bad = || format!("{name} must be 64 hex digits (32 bytes)");
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +211,31 @@ mod tests {
         let cfg = NodeConfig::parse(text).unwrap();
         assert_eq!(cfg.engine.rules.wallet_cap.to_string(), "5000.00");
         assert_eq!(cfg.engine.rules.topup_threshold.to_string(), "5000.00");
+    }
+
+    #[test]
+    fn secret_keys_come_from_the_environment_and_bad_ones_are_refused_without_echo() {
+        let mut e = EngineConfig::default();
+        secret_keys_from_env(&mut e, |_| None).unwrap();
+        assert!(e.issuer_key.is_none() && e.data_key.is_none());
+        let good = "00".repeat(31) + "ff";
+        secret_keys_from_env(&mut e, |v| {
+            Some(good.clone()).filter(|_| v.ends_with("KEY"))
+        })
+        .unwrap();
+        assert!(e.issuer_key.is_some() && e.data_key.is_some());
+        let secret = "zz".repeat(32);
+        let err = secret_keys_from_env(&mut EngineConfig::default(), |v| {
+            (v == "ONECARD_DATA_KEY").then(|| secret.clone())
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("ONECARD_DATA_KEY") && !err.contains("zz"),
+            "{err}"
+        );
+        assert!(
+            secret_keys_from_env(&mut EngineConfig::default(), |_| Some("abc".into())).is_err()
+        );
     }
 
     #[test]

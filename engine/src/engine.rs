@@ -678,6 +678,16 @@ impl Engine {
         for rec in view.consumer_records() {
             let c = rec?;
             info.consumers += 1;
+            // A store is written with a data key from its start or never: a mix would let one
+            // bank account be designated twice (once by name, once by reference).
+            if c.bank_sealed.is_some() != cfg.data_key.is_some() {
+                return Err(EngineError::Config(format!(
+                    "consumer {} was stored {} a data key, and the node is opened {} one; set ONECARD_DATA_KEY as when the store was created",
+                    c.id,
+                    if c.bank_sealed.is_some() { "with" } else { "without" },
+                    if cfg.data_key.is_some() { "with" } else { "without" },
+                )));
+            }
             if let Some(at) = next_time_work(c.open_orders.iter(), &cfg.rules) {
                 shared.timed.insert(c.id.clone(), at);
             }

@@ -940,6 +940,13 @@ fn with_a_data_key_no_bank_account_is_stored_and_the_money_flows_as_without() {
             .unwrap();
         assert!(engine.bank_account_of("alice").is_err());
         engine.close().await.unwrap();
+
+        // Opened without the key it was written with, the store is refused with a reason.
+        let err = Engine::open(sealed.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("data key"), "{err}");
         sim.close();
     });
 }
