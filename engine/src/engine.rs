@@ -992,9 +992,16 @@ impl Engine {
         if let Err(r) = check_id("merchant", merchant) {
             return Ok(Err(r));
         }
+        // With a data key the node keeps only the account's reference and its sealed form.
+        let bank_ref = bank.map(|b| self.shared.bank_ref(b));
+        let bank_sealed = match (&self.shared.data_key, bank, &bank_ref) {
+            (Some(key), Some(b), Some(r)) => Some(seal::seal(key, r, b, &mut rand::thread_rng())),
+            _ => None,
+        };
         let ev = Event::new(EventKind::MerchantOpened {
             merchant: merchant.to_string(),
-            bank: bank.map(str::to_string),
+            bank: bank_ref.clone(),
+            bank_sealed: bank_sealed.clone(),
         });
         self.shared
             .journal
@@ -1002,7 +1009,8 @@ impl Engine {
             .await?;
         self.start_merchant(MerchantState {
             id: merchant.to_string(),
-            bank: bank.map(str::to_string),
+            bank: bank_ref,
+            bank_sealed,
             balance: Amount::ZERO,
         });
         Ok(Ok(Outcome::Ok))

@@ -68,7 +68,10 @@ pub enum EventKind {
     },
     MerchantOpened {
         merchant: String,
+        /// The merchant's bank account: its reference with a data key (I10), as given without.
         bank: Option<String>,
+        /// With a data key, the account sealed under it; `None` without.
+        bank_sealed: Option<Vec<u8>>,
     },
     /// An order id taken, with its first outcome: accepted (pending), settled (direct mode,
     /// followed by `OrderSettled` in the same entry), or refused for credit or funds.
@@ -949,7 +952,10 @@ pub enum PlaceDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantState {
     pub id: String,
+    /// The merchant's bank account (its reference with a data key).
     pub bank: Option<String>,
+    /// With a data key, the account sealed under it.
+    pub bank_sealed: Option<Vec<u8>>,
     pub balance: Amount,
 }
 
@@ -1048,7 +1054,11 @@ impl LedgerState {
                 );
                 self.bank_owner.insert(bank.clone(), consumer.clone());
             }
-            EventKind::MerchantOpened { merchant, bank } => {
+            EventKind::MerchantOpened {
+                merchant,
+                bank,
+                bank_sealed,
+            } => {
                 if self.merchants.contains_key(merchant) {
                     return Err(LedgerError::DuplicateAccount(merchant.clone()));
                 }
@@ -1057,6 +1067,7 @@ impl LedgerState {
                     MerchantState {
                         id: merchant.clone(),
                         bank: bank.clone(),
+                        bank_sealed: bank_sealed.clone(),
                         balance: Amount::ZERO,
                     },
                 );

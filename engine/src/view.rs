@@ -241,13 +241,16 @@ impl WriterDelta {
         for ev in &entry.events {
             match &ev.kind {
                 EventKind::Configured(cfg) => d.config = Some(Box::new(cfg.clone())),
-                EventKind::MerchantOpened { merchant, bank } => {
-                    d.merchants_opened.push(MerchantState {
-                        id: merchant.clone(),
-                        bank: bank.clone(),
-                        balance: Amount::ZERO,
-                    })
-                }
+                EventKind::MerchantOpened {
+                    merchant,
+                    bank,
+                    bank_sealed,
+                } => d.merchants_opened.push(MerchantState {
+                    id: merchant.clone(),
+                    bank: bank.clone(),
+                    bank_sealed: bank_sealed.clone(),
+                    balance: Amount::ZERO,
+                }),
                 _ => {}
             }
             for p in &ev.postings {

@@ -918,6 +918,16 @@ fn with_a_data_key_no_bank_account_is_stored_and_the_money_flows_as_without() {
             Some("alice-bank")
         );
         assert_eq!(engine.bank_account_of("nobody").unwrap(), None);
+        // A merchant's bank account is kept the same way: reference and sealed form only.
+        let payee_bank = "DE89370400440532013000";
+        engine
+            .open_merchant("payee", Some(payee_bank), 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let payee = engine.merchant("payee").await.unwrap().unwrap();
+        assert!(payee.bank.as_deref().is_some_and(|b| b.starts_with("bk-")));
+        assert!(payee.bank_sealed.is_some());
         let again = OpenConsumer {
             consumer: "dave".into(),
             credit_limit: "10".into(),
@@ -949,4 +959,8 @@ fn with_a_data_key_no_bank_account_is_stored_and_the_money_flows_as_without() {
         assert!(err.to_string().contains("data key"), "{err}");
         sim.close();
     });
+    assert!(
+        !store_contains(&sealed.path().join("journal"), b"DE89370400440532013000"),
+        "a merchant's bank account stored in the clear"
+    );
 }
