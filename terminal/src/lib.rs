@@ -5,6 +5,7 @@
 
 pub mod apdu;
 pub mod channel;
+pub mod console;
 #[cfg(feature = "pcsc")]
 pub mod pcsc_reader;
 
