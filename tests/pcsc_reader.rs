@@ -439,3 +439,158 @@ fn without_pcscd_the_terminal_says_no_reader_service_is_available() {
     let shown = ReaderError::NoService("x".into()).to_string();
     assert!(shown.contains("pcscd"), "{shown}");
 }
+
+/// The node's data directory with alice, her card and her reader (bound to loopback).
+fn node_dir_with_alice() -> (tempfile::TempDir, CardApplet) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let applet = actix_rt::System::new().block_on(async {
+        let bank = SimBank::open(dir.path()).expect("bank");
+        bank.open_account("alice-bank", Amount::from_cents(900_000))
+            .expect("bank account");
+        let cfg = EngineConfig {
+            issuer_key: Some(master()),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
+            .await
+            .expect("engine");
+        engine
+            .open_consumer(
+                OpenConsumer {
+                    consumer: "alice".into(),
+                    credit_limit: "1000.00".into(),
+                    bank: "alice-bank".into(),
+                    wallet: "5000.00".into(),
+                },
+                0,
+            )
+            .await
+            .expect("engine")
+            .expect("opened");
+        let key = engine
+            .issue_card(
+                IssueCard {
+                    number: CARD_A.into(),
+                    holder: "alice".into(),
+                    pin: PIN.into(),
+                    registered_address: HOME.into(),
+                },
+                0,
+            )
+            .await
+            .expect("engine")
+            .expect("issued");
+        engine
+            .register_reader(
+                NewReader {
+                    id: "reader-A".into(),
+                    owner: "alice".into(),
+                    card_number: CARD_A.into(),
+                    account: "alice".into(),
+                    network: "127.0.0.0/8".parse().expect("net"),
+                },
+                0,
+            )
+            .await
+            .expect("engine")
+            .expect("registered");
+        engine.close().await.expect("close");
+        bank.close();
+        CardApplet::new(CARD_A.into(), "alice".into(), key, 0)
+    });
+    (dir, applet)
+}
+
+/// Runs the `onecard-terminal` binary with `stdin` typed in; (status, stdout, stderr).
+fn terminal(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::{Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onecard-terminal"))
+        .args(args)
+        .env("ONECARD_ISSUER_KEY", "2a".repeat(32))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run onecard-terminal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("type");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("onecard-terminal hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .expect("out")
+        .read_to_string(&mut out)
+        .expect("read");
+    child
+        .stderr
+        .take()
+        .expect("err")
+        .read_to_string(&mut err)
+        .expect("read");
+    (status, out, err)
+}
+
+#[test]
+fn the_terminal_program_pays_at_the_virtual_reader_with_the_pin_typed_in() {
+    let (dir, applet) = node_dir_with_alice();
+    let _pcscd = Pcscd::start();
+    let _inserted = InsertedCard::insert(PORT_0, applet);
+    let data = dir.path().to_str().expect("utf-8 path");
+    let pay = |order: &str, pin: &str| {
+        terminal(
+            &[
+                "pay",
+                "--node-data",
+                data,
+                "--reader",
+                READER_0,
+                "--reader-id",
+                "reader-A",
+                "--order",
+                order,
+                "--amount",
+                "42.50",
+                "--address",
+                HOME,
+                "--wait-secs",
+                "10",
+            ],
+            &format!("{pin}\n"),
+        )
+    };
+    let (status, out, err) = pay("o-7", PIN);
+    assert!(status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Enter your PIN"), "{out}");
+    assert!(out.contains("Payment authorised"), "{out}");
+    assert!(
+        !out.contains(PIN) && !err.contains(PIN),
+        "the PIN is never shown"
+    );
+    // A wrong PIN: refused with the tries left, and the bell rung.
+    let (status, out, _) = pay("o-8", "000000");
+    assert!(!status.success());
+    assert!(out.contains("\u{7}\u{7}Wrong PIN, 2 tries left"), "{out}");
+    // The node recorded both: counter 2, one failure, and the store verifies.
+    let report = onecard_engine::verify::verify(dir.path()).expect("verify");
+    let token = onecard_engine::cards::crypto::card_token(
+        &onecard_engine::cards::crypto::derive_token_key(&master()),
+        CARD_A,
+    );
+    let card = report.state.auth.card_by_token(&token).expect("card");
+    assert_eq!((card.last_counter, card.pin_failures), (2, 1));
+}

@@ -67,7 +67,9 @@ impl<R: BufRead, W: Write> Console for TerminalConsole<R, W> {
         let _ = write!(self.output, "PIN: ");
         let _ = self.output.flush();
         let pin = if self.hide_pin {
-            rpassword::read_password().ok().map(|p| p.trim().to_string())
+            rpassword::read_password()
+                .ok()
+                .map(|p| p.trim().to_string())
         } else {
             self.line()
         };
@@ -102,9 +104,12 @@ mod tests {
         assert!(!c.confirm(&Prompt::confirm_address_change()));
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.split('\n').collect();
-        assert_eq!(lines[0], format!("{}{}", "\u{7}".repeat(1), Prompt::enter_pin().text));
+        assert_eq!(lines[0], format!("\u{7}{}", Prompt::enter_pin().text));
         assert!(text.contains(&format!("\u{7}\u{7}\u{7}{}", Prompt::card_locked().text)));
-        assert!(text.contains(&format!("\n{}\n", Prompt::authorised().text)), "no bell for Ok");
+        assert!(
+            text.contains(&format!("\n{}\n", Prompt::authorised().text)),
+            "no bell for Ok"
+        );
         assert!(!text.contains("4711"), "the PIN is never echoed");
     }
 }

@@ -50,6 +50,16 @@ fn card_error(e: pcsc::Error) -> CardIoError {
     }
 }
 
+/// The names of the readers PC/SC sees.
+pub fn list_readers() -> Result<Vec<String>, ReaderError> {
+    let ctx = Context::establish(Scope::User).map_err(reader_error)?;
+    let names = ctx.list_readers_owned().map_err(reader_error)?;
+    Ok(names
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect())
+}
+
 /// A reader found through PC/SC.
 pub struct PcscReader {
     ctx: Context,
