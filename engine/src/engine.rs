@@ -546,6 +546,25 @@ pub struct RecoveryInfo {
     pub scan_ms: f64,
 }
 
+/// Records an authorisation durably with its order id (the address decision included), before
+/// the caller hears of it.
+async fn record_authorisation(
+    journal: &JournalHandle,
+    now: Secs,
+    outcome: &AuthOutcome,
+) -> Result<(), EngineError> {
+    if let AuthOutcome::Authorised(a) = outcome {
+        let entry = Entry::new(
+            now,
+            vec![Event::new(EventKind::PaymentAuthorised(a.clone()))],
+        );
+        journal
+            .append(&entry, vec![view::authorisation_write(a)])
+            .await?;
+    }
+    Ok(())
+}
+
 /// Security log of an authentication's outcome (the card appears only masked: I10).
 fn log_auth_outcome(account: Option<&str>, outcome: &AuthOutcome) {
     let account = account.unwrap_or("?");
@@ -1465,8 +1484,18 @@ impl Engine {
                 )
             })
             .await?;
+        record_authorisation(&self.shared.journal, now, &outcome).await?;
         log_auth_outcome(account.as_deref(), &outcome);
         Ok(outcome)
+    }
+
+    /// The authorisation given at a reader for the payment of `order`, if any: card (last
+    /// four), reader, account, and whether a one-time delivery address was confirmed.
+    pub fn authorisation(
+        &self,
+        order: &str,
+    ) -> Result<Option<crate::cards::Authorisation>, EngineError> {
+        Ok(self.shared.view.authorisation(order)?)
     }
 
     /// The consumer's answer to `ConfirmAddressChange`.
@@ -1490,6 +1519,7 @@ impl Engine {
                 c.confirm_address_change(&challenge_id, accept, credit, now)
             })
             .await?;
+        record_authorisation(&self.shared.journal, now, &outcome).await?;
         log_auth_outcome(account.as_deref(), &outcome);
         Ok(outcome)
     }

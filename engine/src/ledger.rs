@@ -141,6 +141,9 @@ pub enum EventKind {
     /// known by its token and last four digits, never by its full number (I10). Moves no
     /// money.
     Auth(crate::cards::AuthChange),
+    /// A payment authorised at a reader (SPEC F18 step 3), recorded with its order id: which
+    /// card and reader, and whether the consumer confirmed a one-time delivery address.
+    PaymentAuthorised(crate::cards::Authorisation),
 }
 
 /// An event and the money it moves. The postings of one event sum to zero (I1).
@@ -176,7 +179,11 @@ impl Event {
             | OrderCancelled { consumer, .. }
             | OrderExpired { consumer, .. }
             | Refunded { consumer, .. } => Some(consumer),
-            Configured(_) | MerchantOpened { .. } | ClockAdvanced | Auth(_) => None,
+            Configured(_)
+            | MerchantOpened { .. }
+            | ClockAdvanced
+            | Auth(_)
+            | PaymentAuthorised(_) => None,
         }
     }
 
@@ -887,7 +894,11 @@ impl ConsumerState {
             }
             ConsumerOpened { bank_sealed, .. } => self.bank_sealed = bank_sealed.clone(),
             WalletToppedUp { .. } | TopUpRefused { .. } => {}
-            Configured(_) | MerchantOpened { .. } | ClockAdvanced | Auth(_) => {}
+            Configured(_)
+            | MerchantOpened { .. }
+            | ClockAdvanced
+            | Auth(_)
+            | PaymentAuthorised(_) => {}
         }
         Ok(())
     }
@@ -1004,6 +1015,8 @@ pub struct LedgerState {
     pub entries: u64,
     /// Cards and readers (the authentication center's durable state).
     pub auth: crate::cards::AuthState,
+    /// Payments authorised at readers, by order id.
+    pub authorisations: BTreeMap<String, crate::cards::Authorisation>,
 }
 
 impl LedgerState {
@@ -1039,6 +1052,9 @@ impl LedgerState {
                 self.auth.config = cfg.auth.clone();
             }
             EventKind::Auth(change) => self.auth.apply(change),
+            EventKind::PaymentAuthorised(a) => {
+                self.authorisations.insert(a.order_id.clone(), a.clone());
+            }
             EventKind::ConsumerOpened {
                 consumer,
                 credit_limit,
@@ -1146,6 +1162,7 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         Refunded { .. } => "Refunded",
         ClockAdvanced => "ClockAdvanced",
         Auth(_) => "Auth",
+        PaymentAuthorised(_) => "PaymentAuthorised",
     }
 }
 

@@ -18,6 +18,7 @@
 //! | `m` merchant | [`MerchantState`] | the journal writer, from the postings |
 //! | `n` card token | the card ([`crate::cards::Card`]: token, last four digits, status, PIN hash, counter, failures; never the full number, I10) | the engine's authentication center |
 //! | `q` reader id | the reader and its binding ([`crate::cards::Reader`]) | the engine's authentication center |
+//! | `z` order id | the payment's authorisation at a reader ([`crate::cards::Authorisation`]) | the engine |
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
 //!
 //! Each write is a sled key rewritten at random, which costs far more than the journal's
@@ -45,6 +46,7 @@ const REFUND: u8 = b'f';
 const BANK: u8 = b'b';
 const MERCHANT: u8 = b'm';
 const CARD: u8 = b'n';
+const AUTHORISATION: u8 = b'z';
 const READER: u8 = b'q';
 const META_KEY: &[u8] = b"k";
 
@@ -220,6 +222,11 @@ pub fn auth_writes(changes: &[crate::cards::AuthChange]) -> Vec<ViewWrite> {
             AuthChange::Reader(r) => ViewWrite::Put(key(READER, &r.id), encode(r)),
         })
         .collect()
+}
+
+/// The view's write for a payment authorised at a reader.
+pub fn authorisation_write(a: &crate::cards::Authorisation) -> ViewWrite {
+    ViewWrite::Put(key(AUTHORISATION, &a.order_id), encode(a))
 }
 
 /// What the journal writer derives from an entry for the parts of the view it keeps itself:
@@ -413,6 +420,14 @@ impl StateView {
         Ok(state)
     }
 
+    /// The authorisation of the payment for `order`, if one was given at a reader.
+    pub fn authorisation(
+        &self,
+        order: &str,
+    ) -> Result<Option<crate::cards::Authorisation>, JournalError> {
+        self.get("authorisation", &key(AUTHORISATION, order))
+    }
+
     /// Every consumer record, in id order.
     pub fn consumer_records(
         &self,
@@ -494,6 +509,17 @@ impl StateView {
         }
         state.merchants = self.merchants()?;
         state.auth = self.auth_state(meta.config.auth.clone())?;
+        for kv in self.tree.scan_prefix([AUTHORISATION]) {
+            let (k, v) = kv?;
+            let a: crate::cards::Authorisation = decode("authorisation", &v)?;
+            if a.order_id != id_of(1, &k)? {
+                return Err(bad(format!(
+                    "authorisation under {k:?} is for {}",
+                    a.order_id
+                )));
+            }
+            state.authorisations.insert(a.order_id.clone(), a);
+        }
         Ok(state)
     }
 }

@@ -723,28 +723,61 @@ mod cards {
                 attempt(&engine, &key, 1, PIN, "o-1").await,
                 AuthOutcome::Authorised(_)
             ));
+            let recorded = engine.authorisation("o-1").unwrap().expect("recorded");
+            assert!(!recorded.temporary_address_change);
+            assert_eq!(
+                (recorded.account.as_str(), recorded.card_last4.as_str()),
+                ("alice", "7890")
+            );
+            // Delivered elsewhere: the consumer confirms a one-time address; it is recorded
+            // with the order.
+            let ch = engine
+                .swipe("rdr-1", CARD, peer(), "o-away", amount("25.00"), 10)
+                .await
+                .unwrap()
+                .unwrap();
+            let c = cryptogram(&key, &ch.challenge, "o-away", 2_500, 2).unwrap();
+            let pin =
+                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            let away = engine
+                .authenticate(&ch.challenge_id, 2, &c, &pin, "9 Other Road", None, 10)
+                .await
+                .unwrap();
+            assert_eq!(away, AuthOutcome::ConfirmAddressChange);
+            let away = engine
+                .confirm_address_change(&ch.challenge_id, true, 10)
+                .await
+                .unwrap();
+            assert!(matches!(away, AuthOutcome::Authorised(ref a) if a.temporary_address_change));
+            assert!(
+                engine
+                    .authorisation("o-away")
+                    .unwrap()
+                    .expect("recorded")
+                    .temporary_address_change
+            );
             // Above the available credit (1000.00): refused for credit.
             let ch = engine
                 .swipe("rdr-1", CARD, peer(), "o-big", amount("1000.01"), 10)
                 .await
                 .unwrap()
                 .unwrap();
-            let c = cryptogram(&key, &ch.challenge, "o-big", 100_001, 2).unwrap();
+            let c = cryptogram(&key, &ch.challenge, "o-big", 100_001, 3).unwrap();
             let pin =
                 encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
             assert!(matches!(
                 engine
-                    .authenticate(&ch.challenge_id, 2, &c, &pin, HOME, None, 10)
+                    .authenticate(&ch.challenge_id, 3, &c, &pin, HOME, None, 10)
                     .await
                     .unwrap(),
                 AuthOutcome::CreditRefused { .. }
             ));
             assert_eq!(
-                attempt(&engine, &key, 3, "0000", "o-2").await,
+                attempt(&engine, &key, 4, "0000", "o-2").await,
                 AuthOutcome::WrongPin { tries_left: 2 }
             );
             assert_eq!(
-                attempt(&engine, &key, 4, "0000", "o-3").await,
+                attempt(&engine, &key, 5, "0000", "o-3").await,
                 AuthOutcome::WrongPin { tries_left: 1 }
             );
             engine.close().await.unwrap();
@@ -761,15 +794,15 @@ mod cards {
             .await
             .unwrap();
             let card = engine.card(CARD).unwrap().unwrap();
-            assert_eq!((card.last_counter, card.pin_failures), (4, 2), "durable");
+            assert_eq!((card.last_counter, card.pin_failures), (5, 2), "durable");
             // An old counter is a replay, also after the restart.
             assert_eq!(
-                attempt(&engine, &key, 4, PIN, "o-4").await,
+                attempt(&engine, &key, 5, PIN, "o-4").await,
                 AuthOutcome::Replayed
             );
             // The third wrong PIN in a row, across the restart, locks the card.
             assert_eq!(
-                attempt(&engine, &key, 5, "0000", "o-5").await,
+                attempt(&engine, &key, 6, "0000", "o-5").await,
                 AuthOutcome::CardLocked
             );
             engine.close().await.unwrap();
@@ -780,7 +813,12 @@ mod cards {
         let card = report.state.auth.card_by_token(&token).unwrap();
         assert_eq!(card.last4, "7890");
         assert_eq!(card.status, CardStatus::Locked, "the replay agrees");
-        assert_eq!(card.last_counter, 5);
+        assert_eq!(card.last_counter, 6);
+        assert_eq!(
+            report.state.authorisations.keys().collect::<Vec<_>>(),
+            ["o-1", "o-away"],
+            "the replay holds both authorisations"
+        );
         // No PIN, no card key, no card number in the store (I10): only the Argon2id hash and
         // the card's token.
         let mut bytes = Vec::new();
