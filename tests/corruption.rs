@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::run_with_timeout;
+use common::{files_under, run_with_timeout};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -448,19 +448,6 @@ fn swapped_records_are_detected() {
 }
 
 /// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir") {

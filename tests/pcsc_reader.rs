@@ -215,59 +215,9 @@ fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised_by_the
     let dir = tempfile::tempdir().expect("temp dir");
     actix_rt::System::new().block_on(async {
         // The node: a consumer with 1000.00 of credit, her card issued and her reader bound.
-        let bank = SimBank::open(dir.path()).expect("bank");
-        bank.open_account("alice-bank", Amount::from_cents(900_000))
-            .expect("bank account");
-        let cfg = EngineConfig {
-            issuer_key: Some(master()),
-            ..EngineConfig::default()
-        };
-        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
-            .await
-            .expect("engine");
-        let opened = engine
-            .open_consumer(
-                OpenConsumer {
-                    consumer: "alice".into(),
-                    credit_limit: "1000.00".into(),
-                    bank: "alice-bank".into(),
-                    wallet: "5000.00".into(),
-                },
-                0,
-            )
-            .await
-            .expect("open consumer");
-        assert!(opened.is_ok(), "{opened:?}");
-        let key = engine
-            .issue_card(
-                IssueCard {
-                    number: CARD_A.into(),
-                    holder: "alice".into(),
-                    pin: PIN.into(),
-                    registered_address: HOME.into(),
-                },
-                0,
-            )
-            .await
-            .expect("engine")
-            .expect("issued");
-        engine
-            .register_reader(
-                NewReader {
-                    id: "reader-A".into(),
-                    owner: "alice".into(),
-                    card_number: CARD_A.into(),
-                    account: "alice".into(),
-                    network: "127.0.0.0/8".parse().expect("net"),
-                },
-                0,
-            )
-            .await
-            .expect("engine")
-            .expect("registered");
+        let (engine, bank, applet) = node_with_alice(dir.path()).await;
 
         // The card in Virtual PCD 00 00, read through PC/SC by the reader program.
-        let applet = CardApplet::new(CARD_A.into(), "alice".into(), key, 0);
         let mut inserted = InsertedCard::insert(PORT_0, applet);
         let reader = PcscReader::open(Some(READER_0)).expect("Virtual PCD 00 00 is attached");
         assert_eq!(reader.name(), READER_0);
@@ -440,63 +390,74 @@ fn without_pcscd_the_terminal_says_no_reader_service_is_available() {
     assert!(shown.contains("pcscd"), "{shown}");
 }
 
-/// The node's data directory with alice, her card and her reader (bound to loopback).
+/// Opens the node on `dir` with alice (1000.00 of credit), her card issued and her reader
+/// bound to loopback; returns the engine, its bank, and her card personalised.
+async fn node_with_alice(dir: &std::path::Path) -> (Engine, Arc<SimBank>, CardApplet) {
+    let bank = SimBank::open(dir).expect("bank");
+    bank.open_account("alice-bank", Amount::from_cents(900_000))
+        .expect("bank account");
+    let cfg = EngineConfig {
+        issuer_key: Some(master()),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir, cfg, Arc::new(SimBankPort(bank.clone())))
+        .await
+        .expect("engine");
+    engine
+        .open_consumer(
+            OpenConsumer {
+                consumer: "alice".into(),
+                credit_limit: "1000.00".into(),
+                bank: "alice-bank".into(),
+                wallet: "5000.00".into(),
+            },
+            0,
+        )
+        .await
+        .expect("engine")
+        .expect("opened");
+    let key = engine
+        .issue_card(
+            IssueCard {
+                number: CARD_A.into(),
+                holder: "alice".into(),
+                pin: PIN.into(),
+                registered_address: HOME.into(),
+            },
+            0,
+        )
+        .await
+        .expect("engine")
+        .expect("issued");
+    engine
+        .register_reader(
+            NewReader {
+                id: "reader-A".into(),
+                owner: "alice".into(),
+                card_number: CARD_A.into(),
+                account: "alice".into(),
+                network: "127.0.0.0/8".parse().expect("net"),
+            },
+            0,
+        )
+        .await
+        .expect("engine")
+        .expect("registered");
+    (
+        engine,
+        bank,
+        CardApplet::new(CARD_A.into(), "alice".into(), key, 0),
+    )
+}
+
+/// The node's data directory with alice, her card and her reader, closed for another process.
 fn node_dir_with_alice() -> (tempfile::TempDir, CardApplet) {
     let dir = tempfile::tempdir().expect("temp dir");
     let applet = actix_rt::System::new().block_on(async {
-        let bank = SimBank::open(dir.path()).expect("bank");
-        bank.open_account("alice-bank", Amount::from_cents(900_000))
-            .expect("bank account");
-        let cfg = EngineConfig {
-            issuer_key: Some(master()),
-            ..EngineConfig::default()
-        };
-        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
-            .await
-            .expect("engine");
-        engine
-            .open_consumer(
-                OpenConsumer {
-                    consumer: "alice".into(),
-                    credit_limit: "1000.00".into(),
-                    bank: "alice-bank".into(),
-                    wallet: "5000.00".into(),
-                },
-                0,
-            )
-            .await
-            .expect("engine")
-            .expect("opened");
-        let key = engine
-            .issue_card(
-                IssueCard {
-                    number: CARD_A.into(),
-                    holder: "alice".into(),
-                    pin: PIN.into(),
-                    registered_address: HOME.into(),
-                },
-                0,
-            )
-            .await
-            .expect("engine")
-            .expect("issued");
-        engine
-            .register_reader(
-                NewReader {
-                    id: "reader-A".into(),
-                    owner: "alice".into(),
-                    card_number: CARD_A.into(),
-                    account: "alice".into(),
-                    network: "127.0.0.0/8".parse().expect("net"),
-                },
-                0,
-            )
-            .await
-            .expect("engine")
-            .expect("registered");
+        let (engine, bank, applet) = node_with_alice(dir.path()).await;
         engine.close().await.expect("close");
         bank.close();
-        CardApplet::new(CARD_A.into(), "alice".into(), key, 0)
+        applet
     });
     (dir, applet)
 }

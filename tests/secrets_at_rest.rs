@@ -11,12 +11,12 @@
 //! are in the output, the bank does know the accounts) make sure the test looks in the right
 //! places and would notice if the demo changed them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::run_with_timeout;
+use common::{files_under, run_with_timeout};
 
 /// The demo's PINs (`src/demo.rs`, `DEMO_PINS`): six digits that appear nowhere else.
 const DEMO_PINS: [&str; 3] = ["418273", "529384", "630495"];
@@ -26,19 +26,6 @@ const DEMO_CARDS: [&str; 3] = ["4000000000000001", "4000000000000002", "40000000
 const DEMO_BANK_ACCOUNTS: [&str; 3] = ["alice-bank", "bob-bank", "carol-bank"];
 /// Generous: the demo takes seconds (Argon2id hashes included) on a debug build.
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let p = e.expect("dir entry").path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)

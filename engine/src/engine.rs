@@ -1428,6 +1428,17 @@ impl Engine {
         Ok(result)
     }
 
+    /// The account an outstanding challenge is for, and its available credit now in cents.
+    fn challenge_credit(&self, challenge_id: &str) -> Result<(Option<String>, u64), EngineError> {
+        let account = self
+            .auth_center()?
+            .lock()
+            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
+            .challenge_account(challenge_id);
+        let credit = self.available_credit_cents(account.as_deref())?;
+        Ok((account, credit))
+    }
+
     /// The available credit of a consumer now, in cents (0 if unknown).
     fn available_credit_cents(&self, consumer: Option<&str>) -> Result<u64, EngineError> {
         let Some(consumer) = consumer else {
@@ -1458,12 +1469,7 @@ impl Engine {
     ) -> Result<AuthOutcome, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let account = self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_account(challenge_id);
-        let credit = self.available_credit_cents(account.as_deref())?;
+        let (account, credit) = self.challenge_credit(challenge_id)?;
         let (challenge_id, cryptogram, pin, delivery_address) = (
             challenge_id.to_string(),
             cryptogram.to_vec(),
@@ -1507,12 +1513,7 @@ impl Engine {
     ) -> Result<AuthOutcome, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let account = self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_account(challenge_id);
-        let credit = self.available_credit_cents(account.as_deref())?;
+        let (account, credit) = self.challenge_credit(challenge_id)?;
         let challenge_id = challenge_id.to_string();
         let outcome = self
             .with_auth(now, move |c| {

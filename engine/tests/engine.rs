@@ -822,7 +822,7 @@ mod cards {
         // No PIN, no card key, no card number in the store (I10): only the Argon2id hash and
         // the card's token.
         let mut bytes = Vec::new();
-        for f in walk(dir.path()) {
+        for f in super::files_under(dir.path()) {
             bytes.extend(std::fs::read(f).unwrap());
         }
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
@@ -831,19 +831,6 @@ mod cards {
         assert!(!has(key.as_bytes()), "the card key is never stored");
         assert!(!has(CARD.as_bytes()), "the card number is never stored");
         assert!(has(token.as_bytes()), "the card's token is stored");
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
     }
 }
 

@@ -44,3 +44,18 @@ pub fn run_with_timeout(
         err.join().unwrap_or_default(),
     )
 }
+
+/// Every file below `dir`, recursively (the stores' files, for tests that damage or scan them).
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
