@@ -1,4 +1,4 @@
-//! The `onecard` command: `demo`, `verify` and `scenario`.
+//! The `onecard` command: `demo`, `serve`, `verify`, `play` and `scenario`.
 
 mod demo;
 mod scenario;
@@ -42,6 +42,19 @@ enum Command {
         /// Configuration file (rules, journal, actors); the built-in defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// The settlement node: the HTTP API for merchants, readers, consumers and operators,
+    /// with the print queue and the webhooks. Stops cleanly on SIGTERM or SIGINT.
+    Serve {
+        /// Configuration file; `./config.toml` when present, else the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `[node] listen`); port 0 picks a free one.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (overrides `[node] data_dir`).
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Play scenario files (shared/scenarios/FORMAT.md) against a fresh engine each.
     Scenario {
@@ -123,6 +136,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Serve {
+            config,
+            listen,
+            data,
+        } => match onecard_node::serve(onecard_node::ServeOptions {
+            config,
+            listen,
+            data,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("serve FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { data, config } => {
             let system = actix_rt::System::new();
             match system.block_on(demo::run(data, config)) {

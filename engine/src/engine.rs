@@ -1548,6 +1548,29 @@ impl Engine {
             .is_ok())
     }
 
+    /// The journal as a feed: the durable records after `after` (at most `max`), each with its
+    /// sequence number and entries. The node's outbox follows it with a cursor of its own, so
+    /// that every change of an order reaches the printer and the merchant's webhook, even
+    /// across a crash.
+    pub fn records_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<crate::ledger::Entry>)>, EngineError> {
+        Ok(self
+            .shared
+            .journal
+            .records_after(after, max)?
+            .into_iter()
+            .map(|r| (r.seq, r.entries))
+            .collect())
+    }
+
+    /// The last durable record's sequence number.
+    pub fn last_seq(&self) -> Result<u64, EngineError> {
+        Ok(self.shared.journal.last_seq()?)
+    }
+
     /// Runs the time-driven work due at `now` for every consumer, then records the clock.
     pub async fn tick(&self, now: Secs) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
@@ -1601,6 +1624,20 @@ impl Engine {
     }
 
     /// An order, if it exists.
+    /// The consumer an order belongs to, if the order exists.
+    pub fn order_owner(&self, id: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.order_key(id)?.map(|k| k.consumer))
+    }
+
+    /// The order an outstanding challenge is for (`None`: unknown, used or expired).
+    pub fn challenge_order(&self, challenge_id: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .auth_center()?
+            .lock()
+            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
+            .challenge_order(challenge_id))
+    }
+
     pub async fn order(&self, id: &str) -> Result<Option<Order>, EngineError> {
         let owner = self.shared.open_orders.get(id).map(|k| k.consumer.clone());
         if let Some(consumer) = owner {

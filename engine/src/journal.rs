@@ -178,6 +178,22 @@ impl JournalHandle {
         &self.stats
     }
 
+    /// The durable records after sequence number `after`, at most `max` of them, in order,
+    /// checked for framing and checksum: the journal as a feed, for the node's outbox (print
+    /// jobs, webhooks) which keeps its own cursor.
+    pub fn records_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<DecodedRecord>, JournalError> {
+        records(&self.tree, after).take(max).collect()
+    }
+
+    /// The last durable record's sequence number (0 when the journal is empty).
+    pub fn last_seq(&self) -> Result<u64, JournalError> {
+        Ok(read_head(&self.tree)?.map(|(seq, _)| seq).unwrap_or(0))
+    }
+
     /// Reads of the account-state view.
     pub fn view(&self) -> StateView {
         StateView::new(self.tree.clone())

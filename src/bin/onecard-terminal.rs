@@ -3,15 +3,21 @@
 //! - `onecard-terminal readers` lists the card readers PC/SC sees.
 //! - `onecard-terminal read-card [--reader NAME] [--wait-secs N]` waits for a card, selects
 //!   the OneCard application and shows what the card says (card number masked).
+//! - `onecard-terminal pay --node URL --reader-id ID --order ID [--ca-cert FILE] [--reader NAME]
+//!   [--wait-secs N]` pays an order through a running node's reader API (`URL/v1/reader/...`,
+//!   http or https; `--ca-cert` adds a trusted certificate in PEM, for a node with a
+//!   self-signed one): fetches the checkout and shows the merchant, the amount and the delivery
+//!   address, then runs the payment's authentication at this reader for the node's amount and
+//!   address: waits for the card, reads it, swipes at the node, asks for the PIN (no echo on a
+//!   terminal), lets the card sign the node's challenge, sends the encrypted PIN, answers an
+//!   address question, shows every prompt and rings the bell on outcomes. On authorisation it
+//!   prints the order the node placed (`order: ID STATE [REFUSAL]`) and the consumer's session
+//!   (`session: TOKEN`). Exit code 0 when authorised and the order is `pending` or `settled`.
 //! - `onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT]
-//!   [--reader NAME] [--wait-secs N]` runs a payment's authentication at this reader: waits for
-//!   the card, reads it, swipes at the node, asks for the PIN (no echo on a terminal), lets the
-//!   card sign the node's challenge, sends the encrypted PIN, answers an address question,
-//!   shows every prompt and rings the bell on outcomes. Exit code 0 when authorised.
-//!
-//! The node is reached in process on its data directory (`--node-data`), the node's own store,
-//! with its keys from `ONECARD_ISSUER_KEY` / `ONECARD_DATA_KEY`; the node's HTTP API will be the
-//! networked link (the library's `NodeLink`).
+//!   [--reader NAME] [--wait-secs N]` runs the same authentication with the node in process, on
+//!   its data directory (the node's own store, with its keys from `ONECARD_ISSUER_KEY` /
+//!   `ONECARD_DATA_KEY`): for a machine with the node's store and no node running. Exit code 0
+//!   when authorised.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -24,10 +30,12 @@ use onecard_terminal::apdu;
 use onecard_terminal::channel::CardChannel;
 use onecard_terminal::console::TerminalConsole;
 use onecard_terminal::flow::{self, EngineLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::http_link::{HttpLink, LinkOptions};
 use onecard_terminal::pcsc_reader::{list_readers, PcscReader};
 
 const USAGE: &str = "usage: onecard-terminal readers
        onecard-terminal read-card [--reader NAME] [--wait-secs N]
+       onecard-terminal pay --node URL --reader-id ID --order ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]
        onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT] [--reader NAME] [--wait-secs N]";
 
 fn main() -> ExitCode {
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
 struct Options {
     reader: Option<String>,
     wait: Option<Duration>,
+    node: Option<String>,
+    ca_cert: Option<PathBuf>,
     node_data: Option<PathBuf>,
     reader_id: Option<String>,
     order: Option<String>,
@@ -80,6 +90,8 @@ fn options(args: &[String]) -> Result<Options, String> {
                     .map_err(|_| "--wait-secs takes a number of seconds".to_string())?;
                 o.wait = Some(Duration::from_secs(n));
             }
+            "--node" => o.node = Some(value()?),
+            "--ca-cert" => o.ca_cert = Some(PathBuf::from(value()?)),
             "--node-data" => o.node_data = Some(PathBuf::from(value()?)),
             "--reader-id" => o.reader_id = Some(value()?),
             "--order" => o.order = Some(value()?),
@@ -123,15 +135,22 @@ fn read_card(o: &Options) -> Result<bool, String> {
     Ok(true)
 }
 
+fn need(v: &Option<String>, name: &str) -> Result<String, String> {
+    v.clone()
+        .ok_or_else(|| format!("pay needs {name}; {USAGE}"))
+}
+
 fn pay(o: &Options) -> Result<bool, String> {
-    let need = |v: &Option<String>, name: &str| {
-        v.clone()
-            .ok_or_else(|| format!("pay needs {name}; {USAGE}"))
-    };
+    if let Some(node) = &o.node {
+        return pay_over_http(o, node);
+    }
+    if o.ca_cert.is_some() {
+        return Err(format!("--ca-cert goes with --node; {USAGE}"));
+    }
     let dir = o
         .node_data
         .clone()
-        .ok_or_else(|| format!("pay needs --node-data; {USAGE}"))?;
+        .ok_or_else(|| format!("pay needs --node URL or --node-data DIR; {USAGE}"))?;
     let amount = Amount::parse_positive(&need(&o.amount, "--amount")?)
         .map_err(|e| format!("--amount: {e}"))?;
     let request = PaymentRequest {
@@ -177,4 +196,79 @@ fn pay(o: &Options) -> Result<bool, String> {
             }
         })
     })
+}
+
+/// `pay --node URL`: the checkout, the payment and the placed order, through the node's reader
+/// API.
+fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
+    if o.node_data.is_some() {
+        return Err(format!("give --node or --node-data, not both; {USAGE}"));
+    }
+    if o.amount.is_some() || o.address.is_some() {
+        return Err(format!(
+            "with --node the amount and the delivery address are the node's: no --amount or --address; {USAGE}"
+        ));
+    }
+    let reader_id = need(&o.reader_id, "--reader-id")?;
+    let order_id = need(&o.order, "--order")?;
+    let mut opts = LinkOptions::default();
+    if let Some(path) = &o.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-cert {}: {e}", path.display()))?;
+        opts.ca_cert_pem = Some(pem);
+    }
+    let mut link = HttpLink::new(node, opts).map_err(|e| e.0)?;
+    let view = link.checkout(&order_id).map_err(|e| e.0)?;
+    println!("checkout: order {}", view.order_id);
+    println!("merchant: {}", view.merchant);
+    println!("amount: {} {}", view.amount, view.currency);
+    println!(
+        "deliver to: {}, {}",
+        view.delivery_name, view.delivery_address
+    );
+    if view.status != "awaiting_payment" {
+        println!("status: {}", view.status);
+    }
+    let request = PaymentRequest {
+        reader_id,
+        order_id,
+        amount_cents: view.amount_cents,
+        delivery_address: view.delivery_address.clone(),
+    };
+    let mut card = connect(o)?;
+    let end = flow::pay(
+        &mut card,
+        &mut link,
+        &mut TerminalConsole::stdio(),
+        &request,
+        &mut rand::rngs::OsRng,
+    );
+    match end {
+        PaymentEnd::Authorised(a) => {
+            println!(
+                "authorised: order {} for {} {} from account {}",
+                a.order_id, view.amount, view.currency, a.account
+            );
+            let answer = link.last_answer();
+            let mut placed = false;
+            match answer.and_then(|a| a.order.as_ref()) {
+                Some(order) => {
+                    match &order.refusal {
+                        Some(r) => println!("order: {} {} ({r})", order.id, order.state),
+                        None => println!("order: {} {}", order.id, order.state),
+                    }
+                    placed = matches!(order.state.as_str(), "pending" | "settled");
+                }
+                None => eprintln!("onecard-terminal: the node placed no order"),
+            }
+            if let Some(session) = answer.and_then(|a| a.session.as_ref()) {
+                println!("session: {}", session.token);
+            }
+            Ok(placed)
+        }
+        PaymentEnd::Refused(_) => Ok(false),
+        PaymentEnd::Aborted { reason, .. } => {
+            eprintln!("onecard-terminal: {reason}");
+            Ok(false)
+        }
+    }
 }

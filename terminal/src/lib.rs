@@ -18,3 +18,5 @@ pub fn mask(card_number: &str) -> String {
     s
 }
 pub mod flow;
+pub mod http_link;
+pub mod wire;

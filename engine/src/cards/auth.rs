@@ -980,6 +980,13 @@ impl AuthCenter {
             .map(|c| c.holder.clone())
     }
 
+    /// The order an outstanding challenge is for.
+    pub fn challenge_order(&self, challenge_id: &str) -> Option<String> {
+        self.challenges
+            .get(challenge_id)
+            .map(|c| c.order_id.clone())
+    }
+
     fn take_live_challenge(&mut self, id: &str, now: u64) -> Option<Challenge> {
         let challenge = self.take_challenge(id)?;
         (now < challenge.expires_at).then_some(challenge)

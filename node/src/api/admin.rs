@@ -1,0 +1,405 @@
+//! The admin API, for the operator (the administrator's token): bank accounts at the simulated
+//! bank, consumers, merchants (with their API key, webhook and printer), cards, readers, and
+//! unlocking cards. Card numbers and PINs travel only in bodies, never in paths or logs (I10).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use onecard_engine::cards::NewReader;
+use onecard_engine::engine::IssueCard;
+use onecard_engine::{Amount, OpenConsumer};
+use serde::{Deserialize, Serialize};
+
+use super::idem::{Begin, Idem, Reply};
+use super::merchant::validate_text;
+use super::{parse_json, read_body, require_admin, ApiError};
+use crate::records::{self, MerchantProfile};
+use crate::state::Node;
+use crate::store::Write;
+
+async fn begin<'a>(
+    node: &'a Node,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Result<(Idem<'a>, web::Bytes), HttpResponse>, ApiError> {
+    require_admin(node, req)?;
+    let body = read_body(node, payload).await?;
+    Ok(match Idem::begin(node, req, "admin", &body).await? {
+        Begin::Replay(r) => Err(r),
+        Begin::Run(i) => Ok((i, body)),
+    })
+}
+
+macro_rules! run {
+    ($node:expr, $req:expr, $payload:expr, $ty:ty) => {{
+        let (idem, body) = match begin(&$node, &$req, $payload).await? {
+            Ok(x) => x,
+            Err(replay) => return Ok(replay),
+        };
+        match parse_json::<$ty>(&body) {
+            Ok(b) => (idem, b),
+            Err(e) => return idem.finish(Reply::error(&e)).await,
+        }
+    }};
+}
+
+fn refusal_reply(r: &onecard_engine::Refusal) -> Reply {
+    Reply::error(&ApiError::refusal(r))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankAccountBody {
+    pub account: String,
+    pub balance: String,
+}
+
+/// Opens an account at the simulated bank the node runs with (there is no real bank adapter
+/// yet).
+pub async fn open_bank_account(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, BankAccountBody);
+    let reply = match Amount::parse_non_negative(&b.balance) {
+        Err(e) => Reply::error(&ApiError::invalid(format!("balance: {e}"))),
+        Ok(balance) => match validate_text("account", &b.account, 64) {
+            Err(e) => Reply::error(&e),
+            Ok(()) => {
+                let bank = node.bank.clone();
+                let account = b.account.clone();
+                let opened =
+                    tokio::task::spawn_blocking(move || bank.open_account(&account, balance))
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                match opened {
+                    Ok(()) => Reply::new(
+                        StatusCode::CREATED,
+                        &serde_json::json!({"account": mask(&b.account), "balance": balance.to_string()}),
+                    ),
+                    Err(e) => Reply::error(&ApiError::conflict("bank_refused", e.to_string())),
+                }
+            }
+        },
+    };
+    idem.finish(reply).await
+}
+
+fn mask(s: &str) -> String {
+    onecard_terminal::mask(s)
+}
+
+pub async fn open_consumer(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, OpenConsumer);
+    let reply = match node.engine.open_consumer(b.clone(), node.now()).await? {
+        Ok(_) => Reply::new(
+            StatusCode::CREATED,
+            &serde_json::json!({"consumer": b.consumer, "credit_limit": b.credit_limit, "wallet": b.wallet}),
+        ),
+        Err(r) => refusal_reply(&r),
+    };
+    idem.finish(reply).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantBody {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub bank: Option<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// `host:port`; port 9100 when only a host is given.
+    #[serde(default)]
+    pub printer: Option<String>,
+}
+
+/// A merchant as registered, with its API key and webhook secret: shown this once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MerchantCreated {
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+    pub webhook_secret: String,
+    pub webhook_url: Option<String>,
+    pub printer: Option<String>,
+}
+
+fn check_url(url: &str) -> Result<(), ApiError> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "webhook_url must be an http:// or https:// URL",
+        ))
+    }
+}
+
+/// `host:port`, with port 9100 (the raw printing port) when none is given.
+fn check_printer(p: &str) -> Result<String, ApiError> {
+    let with_port = if p
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        p.to_string()
+    } else {
+        format!("{p}:{}", onecard_adapters::printer::DEFAULT_PORT)
+    };
+    use std::net::ToSocketAddrs;
+    match with_port.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(with_port),
+        _ => Err(ApiError::invalid(format!(
+            "printer {p:?} is not a host:port this node can resolve"
+        ))),
+    }
+}
+
+pub async fn open_merchant(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, MerchantBody);
+    let checked = (|| {
+        validate_text("name", &b.name, 200)?;
+        if let Some(u) = &b.webhook_url {
+            check_url(u)?;
+        }
+        b.printer.as_deref().map(check_printer).transpose()
+    })();
+    let printer = match checked {
+        Ok(p) => p,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    if let Err(r) = node
+        .engine
+        .open_merchant(&b.id, b.bank.as_deref(), node.now())
+        .await?
+    {
+        return idem.finish(refusal_reply(&r)).await;
+    }
+    let api_key = format!("ock_{}", records::random_hex(24));
+    let profile = MerchantProfile {
+        id: b.id.clone(),
+        name: b.name.clone(),
+        webhook_url: b.webhook_url.clone(),
+        webhook_secret: format!("whsec_{}", records::random_hex(24)),
+        printer: printer.clone(),
+    };
+    let created = MerchantCreated {
+        id: b.id.clone(),
+        name: b.name.clone(),
+        api_key: api_key.clone(),
+        webhook_secret: profile.webhook_secret.clone(),
+        webhook_url: b.webhook_url.clone(),
+        printer,
+    };
+    let key_hash = records::api_key_key(&api_key);
+    let writes = vec![
+        Write::json(records::merchant_key(&b.id), &profile),
+        Write::json(key_hash.clone(), &b.id),
+    ];
+    let response = idem
+        .finish(Reply::new(StatusCode::CREATED, &created).with_writes(writes))
+        .await?;
+    node.api_keys
+        .insert(key_hash.trim_start_matches("ak/").to_string(), b.id.clone());
+    node.merchants.insert(b.id.clone(), profile);
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `""` removes it.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// `""` removes it.
+    #[serde(default)]
+    pub printer: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MerchantSettings {
+    pub id: String,
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub printer: Option<String>,
+}
+
+pub async fn update_merchant(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, MerchantUpdate);
+    let Some(mut profile) = node.merchants.get(path.as_str()).map(|m| m.clone()) else {
+        let e = ApiError::not_found(
+            "unknown_merchant",
+            format!("no merchant {:?}", path.as_str()),
+        );
+        return idem.finish(Reply::error(&e)).await;
+    };
+    let updated = (|| {
+        if let Some(n) = &b.name {
+            validate_text("name", n, 200)?;
+            profile.name = n.clone();
+        }
+        match b.webhook_url.as_deref() {
+            Some("") => profile.webhook_url = None,
+            Some(u) => {
+                check_url(u)?;
+                profile.webhook_url = Some(u.to_string());
+            }
+            None => {}
+        }
+        match b.printer.as_deref() {
+            Some("") => profile.printer = None,
+            Some(p) => profile.printer = Some(check_printer(p)?),
+            None => {}
+        }
+        Ok::<(), ApiError>(())
+    })();
+    if let Err(e) = updated {
+        return idem.finish(Reply::error(&e)).await;
+    }
+    let settings = MerchantSettings {
+        id: profile.id.clone(),
+        name: profile.name.clone(),
+        webhook_url: profile.webhook_url.clone(),
+        printer: profile.printer.clone(),
+    };
+    let writes = vec![Write::json(records::merchant_key(&profile.id), &profile)];
+    let response = idem
+        .finish(Reply::new(StatusCode::OK, &settings).with_writes(writes))
+        .await?;
+    node.merchants.insert(profile.id.clone(), profile);
+    Ok(response)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CardIssued {
+    pub holder: String,
+    pub card_last4: String,
+    /// The card's key (hex), derived from the issuer key, for personalising the card. Not
+    /// stored by the node; shown this once.
+    pub card_key: String,
+}
+
+pub async fn issue_card(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, IssueCard);
+    let holder = b.holder.clone();
+    let last4: String = b
+        .number
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let reply = match node.engine.issue_card(b, node.now()).await? {
+        Ok(key) => Reply::new(
+            StatusCode::CREATED,
+            &CardIssued {
+                holder,
+                card_last4: last4,
+                card_key: onecard_terminal::wire::to_hex(key.as_bytes()),
+            },
+        ),
+        Err(e) => Reply::error(&ApiError::invalid(e.to_string())),
+    };
+    idem.finish(reply).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardNumberBody {
+    pub number: String,
+}
+
+pub async fn unlock_card(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, CardNumberBody);
+    let reply = match node.engine.unlock_card(&b.number, node.now()).await? {
+        Ok(()) => Reply::new(
+            StatusCode::OK,
+            &serde_json::json!({"card": mask(&b.number), "status": "active"}),
+        ),
+        Err(e @ onecard_engine::cards::CardError::UnknownCard(_)) => {
+            Reply::error(&ApiError::not_found(
+                "unknown_card",
+                e.to_string().replace(&b.number, &mask(&b.number)),
+            ))
+        }
+        Err(e) => Reply::error(&ApiError::conflict(
+            "card_refused",
+            e.to_string().replace(&b.number, &mask(&b.number)),
+        )),
+    };
+    idem.finish(reply).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderBody {
+    pub id: String,
+    pub owner: String,
+    pub card_number: String,
+    pub account: String,
+    /// The address or subnet the reader connects from (`127.0.0.1`, `10.0.0.0/24`).
+    pub network: String,
+}
+
+pub async fn register_reader(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, ReaderBody);
+    let network = match b.network.parse::<ipnet::IpNet>().or_else(|_| {
+        b.network
+            .parse::<std::net::IpAddr>()
+            .map(ipnet::IpNet::from)
+    }) {
+        Ok(n) => n,
+        Err(_) => {
+            let e = ApiError::invalid("network must be an IP address or a subnet (a.b.c.d/n)");
+            return idem.finish(Reply::error(&e)).await;
+        }
+    };
+    let masked = mask(&b.card_number);
+    let reader = NewReader {
+        id: b.id.clone(),
+        owner: b.owner.clone(),
+        card_number: b.card_number.clone(),
+        account: b.account.clone(),
+        network,
+    };
+    let reply = match node.engine.register_reader(reader, node.now()).await? {
+        Ok(()) => Reply::new(
+            StatusCode::CREATED,
+            &serde_json::json!({"id": b.id, "card": masked, "account": b.account, "network": network.to_string()}),
+        ),
+        Err(e) => Reply::error(&ApiError::conflict(
+            "reader_refused",
+            e.to_string().replace(&b.card_number, &masked),
+        )),
+    };
+    idem.finish(reply).await
+}

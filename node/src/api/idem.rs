@@ -1,0 +1,160 @@
+//! `Idempotency-Key` on every mutating route.
+//!
+//! The first request with a key runs; its answer (any status below 500) is stored with a
+//! fingerprint of the request (method, path, body) **in the same atomic, flushed write as the
+//! request's own effects**, before it is sent. A repeat with the same fingerprint gets the
+//! stored answer again (header `Idempotent-Replayed: true`); the same key with another request
+//! gets 422 `idempotency_mismatch`; a repeat while the first is still running gets 409
+//! `idempotency_in_progress`. Keys are per caller (merchant, administrator, consumer, reader),
+//! so two merchants cannot collide.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::ApiError;
+use crate::records::{self, IdemRecord};
+use crate::state::Node;
+use crate::store::Write;
+
+/// A request's answer and the writes that make it true.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub writes: Vec<Write>,
+}
+
+impl Reply {
+    pub fn new(status: StatusCode, body: &impl Serialize) -> Reply {
+        Reply {
+            status,
+            body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+            writes: Vec::new(),
+        }
+    }
+
+    pub fn with_writes(mut self, writes: Vec<Write>) -> Reply {
+        self.writes = writes;
+        self
+    }
+
+    /// A refusal as a stored answer (it is replayed like any other).
+    pub fn error(e: &ApiError) -> Reply {
+        Reply::new(e.status, &e.body())
+    }
+}
+
+/// A request with its key claimed (or without a key).
+pub struct Idem<'a> {
+    node: &'a Node,
+    claim: Option<(String, String)>,
+}
+
+/// Either the stored answer to send again, or the go-ahead to run the request.
+pub enum Begin<'a> {
+    Replay(HttpResponse),
+    Run(Idem<'a>),
+}
+
+impl<'a> Idem<'a> {
+    pub async fn begin(
+        node: &'a Node,
+        req: &HttpRequest,
+        principal: &str,
+        body: &[u8],
+    ) -> Result<Begin<'a>, ApiError> {
+        let Some(value) = req.headers().get("idempotency-key") else {
+            return Ok(Begin::Run(Idem { node, claim: None }));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?;
+        let store_key = records::idem_key(principal, key);
+        let mut hasher_input = Vec::with_capacity(body.len() + 64);
+        hasher_input.extend_from_slice(req.method().as_str().as_bytes());
+        hasher_input.push(b' ');
+        hasher_input.extend_from_slice(req.path().as_bytes());
+        hasher_input.push(b'\n');
+        hasher_input.extend_from_slice(body);
+        let fingerprint = records::sha256_hex(&hasher_input);
+        if let Some(done) = lookup(node, &store_key, &fingerprint)? {
+            return Ok(Begin::Replay(done));
+        }
+        if node.idem_in_flight.insert(store_key.clone(), ()).is_some() {
+            return Err(ApiError::conflict(
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still in progress; retry shortly",
+            ));
+        }
+        let idem = Idem {
+            node,
+            claim: Some((store_key.clone(), fingerprint.clone())),
+        };
+        // It may have finished between the lookup and the claim.
+        if let Some(done) = lookup(node, &store_key, &fingerprint)? {
+            return Ok(Begin::Replay(done));
+        }
+        Ok(Begin::Run(idem))
+    }
+
+    /// The key's suffix-free identity, for handlers that derive ids from it (refund ids).
+    pub fn key(&self) -> Option<&str> {
+        self.claim.as_ref().map(|(k, _)| k.as_str())
+    }
+
+    /// Makes the reply's writes (and the stored answer) durable, then answers.
+    pub async fn finish(self, reply: Reply) -> Result<HttpResponse, ApiError> {
+        let mut writes = reply.writes;
+        if let Some((key, fingerprint)) = &self.claim {
+            if reply.status.as_u16() < 500 {
+                writes.push(Write::json(
+                    key.clone(),
+                    &IdemRecord {
+                        fingerprint: fingerprint.clone(),
+                        status: reply.status.as_u16(),
+                        body: reply.body.clone(),
+                    },
+                ));
+            }
+        }
+        if !writes.is_empty() {
+            self.node.store.commit(writes).await?;
+        }
+        Ok(HttpResponse::build(reply.status).json(reply.body))
+    }
+}
+
+impl Drop for Idem<'_> {
+    fn drop(&mut self) {
+        if let Some((key, _)) = &self.claim {
+            self.node.idem_in_flight.remove(key);
+        }
+    }
+}
+
+fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpResponse>, ApiError> {
+    match node.store.get::<IdemRecord>(key)? {
+        None => Ok(None),
+        Some(r) if r.fingerprint == fingerprint => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+            Ok(Some(
+                HttpResponse::build(status)
+                    .insert_header(("Idempotent-Replayed", "true"))
+                    .json(r.body),
+            ))
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_mismatch",
+            "this Idempotency-Key was already used with a different request (method, path or \
+             body); use a new key for a new request",
+        )),
+    }
+}

@@ -1,0 +1,507 @@
+//! The merchant API (step 1 and after): create an order (the checkout session the consumer
+//! pays at the reader), read, list, cancel, refund, reprint. Authenticated by the merchant's
+//! API key; a merchant sees only its own orders (another's is 404, as if it did not exist).
+//!
+//! F22: an order as a merchant sees it carries what the merchant needs to deliver and nothing
+//! of the consumer's: no consumer id, card or bank data.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use onecard_engine::{Amount, OrderState, RefundRequest};
+use serde::{Deserialize, Serialize};
+
+use super::idem::{Begin, Idem, Reply};
+use super::{merchant_of, parse_json, read_body, ApiError};
+use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
+use crate::state::{now_ms, Node};
+use crate::store::Write;
+
+const MAX_ITEMS: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub amount: String,
+    #[serde(default)]
+    pub items: Vec<Item>,
+    pub delivery: Delivery,
+    /// `{"on":"receipt"}`, `{"on":"code","code":"…"}` or `{"on":"time","after_secs":N}`.
+    pub release: serde_json::Value,
+    #[serde(default)]
+    pub digital: bool,
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// The print status shown on an order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrintStatus {
+    /// `not_applicable` (digital goods: confirmed online), `no_printer`, `waiting_for_payment`,
+    /// `queued` (retrying while the printer is offline), `printed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub printed_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reprints: Option<u32>,
+}
+
+/// An order as the merchant sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub merchant: String,
+    pub amount: String,
+    pub currency: String,
+    pub items: Vec<Item>,
+    pub delivery: Delivery,
+    pub release: serde_json::Value,
+    pub digital: bool,
+    pub created_at: u64,
+    /// `awaiting_payment`, `pending`, `awaiting_funds`, `disputed`, `settled`, `cancelled`,
+    /// `expired`, `refused`.
+    pub state: String,
+    pub refunded: String,
+    /// Where the consumer's reader opens this checkout.
+    pub checkout_path: String,
+    pub print: PrintStatus,
+}
+
+pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.len() > max {
+        return Err(ApiError::invalid(format!(
+            "{field} must be 1 to {max} bytes, not blank"
+        )));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl CreateOrder {
+    fn check(&self) -> Result<Amount, ApiError> {
+        let amount = Amount::parse_positive(&self.amount)
+            .map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
+        if amount.cents() > i128::from(i64::MAX / 2) {
+            return Err(ApiError::invalid("amount: too large"));
+        }
+        validate_text("delivery.name", &self.delivery.name, 200)?;
+        validate_text("delivery.address", &self.delivery.address, 500)?;
+        validate_text("delivery.phone", &self.delivery.phone, 40)?;
+        if !self
+            .delivery
+            .phone
+            .chars()
+            .all(|c| c.is_ascii_digit() || " +-()./".contains(c))
+        {
+            return Err(ApiError::invalid(
+                "delivery.phone: digits, spaces and + - ( ) . / only",
+            ));
+        }
+        if self.items.len() > MAX_ITEMS {
+            return Err(ApiError::invalid(format!("at most {MAX_ITEMS} items")));
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            validate_text(&format!("items[{i}].name"), &item.name, 200)?;
+            if item.quantity == 0 || item.quantity > 1_000_000 {
+                return Err(ApiError::invalid(format!(
+                    "items[{i}].quantity must be 1 to 1000000"
+                )));
+            }
+        }
+        if let Some(r) = &self.reference {
+            validate_text("reference", r, 128)?;
+        }
+        onecard_engine::engine::parse_release(&self.release)
+            .map_err(|r| ApiError::invalid(r.message))?;
+        Ok(amount)
+    }
+}
+
+/// What the merchant sees of an order now: the checkout, the engine's state, the print job.
+pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, ApiError> {
+    let placed = node.engine.order(&c.order_id).await?;
+    let (state, refunded) = match &placed {
+        Some(o) => (o.state.as_str().to_string(), o.refunded),
+        None if c.cancelled_at.is_some() => ("cancelled".to_string(), Amount::ZERO),
+        None if node.now() >= c.created_at.saturating_add(node.settings.checkout_ttl_secs) => {
+            ("expired".to_string(), Amount::ZERO)
+        }
+        None => ("awaiting_payment".to_string(), Amount::ZERO),
+    };
+    let merchant_has_printer = node
+        .merchants
+        .get(&c.merchant)
+        .map(|m| m.printer.is_some())
+        .unwrap_or(false);
+    let job = node
+        .store
+        .get::<PrintJob>(&records::print_job_key(&c.order_id))?;
+    let print = match (&job, c.digital) {
+        (_, true) => status("not_applicable"),
+        (Some(j), _) => PrintStatus {
+            status: match j.state {
+                PrintState::Queued => "queued",
+                PrintState::Printed => "printed",
+            }
+            .to_string(),
+            attempts: Some(j.attempts),
+            last_error: j.last_error.clone(),
+            printed_at: j.printed_at,
+            reprints: Some(j.reprints),
+        },
+        (None, false) if !merchant_has_printer => status("no_printer"),
+        (None, false) => match placed.as_ref().map(|o| o.state) {
+            // Placed and accepted: the outbox is about to queue the slip.
+            Some(s) if s != OrderState::Refused => status("queued"),
+            _ => status("waiting_for_payment"),
+        },
+    };
+    Ok(OrderView {
+        id: c.order_id.clone(),
+        reference: c.reference.clone(),
+        merchant: c.merchant.clone(),
+        amount: Amount::from_cents(c.amount_cents).to_string(),
+        currency: c.currency.clone(),
+        items: c.items.clone(),
+        delivery: c.delivery.clone(),
+        release: c.release.clone(),
+        digital: c.digital,
+        created_at: c.created_at,
+        state,
+        refunded: refunded.to_string(),
+        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        print,
+    })
+}
+
+fn status(s: &str) -> PrintStatus {
+    PrintStatus {
+        status: s.to_string(),
+        attempts: None,
+        last_error: None,
+        printed_at: None,
+        reprints: None,
+    }
+}
+
+/// The merchant's own checkout, or 404.
+pub fn own_checkout(node: &Node, merchant: &str, order: &str) -> Result<Checkout, ApiError> {
+    match node.store.get::<Checkout>(&records::checkout_key(order))? {
+        Some(c) if c.merchant == merchant => Ok(c),
+        _ => Err(ApiError::not_found(
+            "unknown_order",
+            format!("no order {order:?} for this merchant"),
+        )),
+    }
+}
+
+pub async fn create_order(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let body = read_body(&node, payload).await?;
+    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
+        Begin::Replay(r) => return Ok(r),
+        Begin::Run(i) => i,
+    };
+    let create: CreateOrder = match parse_json(&body) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let amount = match create.check() {
+        Ok(a) => a,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let now_ms = now_ms();
+    let checkout = Checkout {
+        order_id: records::new_order_id(now_ms),
+        merchant: merchant.clone(),
+        reference: create.reference,
+        amount_cents: i64::try_from(amount.cents())
+            .map_err(|_| ApiError::invalid("amount: too large"))?,
+        currency: node.currency.clone(),
+        items: create.items,
+        delivery: create.delivery,
+        release: create.release,
+        digital: create.digital,
+        created_at: now_ms / 1000,
+        cancelled_at: None,
+    };
+    let view = order_view(&node, &checkout).await?;
+    let writes = vec![
+        Write::json(records::checkout_key(&checkout.order_id), &checkout),
+        Write::json(
+            records::merchant_order_key(&merchant, &checkout.order_id),
+            &(),
+        ),
+    ];
+    let reply = Reply::new(StatusCode::CREATED, &view).with_writes(writes);
+    let response = idem.finish(reply).await?;
+    node.metrics
+        .orders_created
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(response)
+}
+
+pub async fn get_order(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let c = own_checkout(&node, &merchant, &path)?;
+    Ok(HttpResponse::Ok().json(order_view(&node, &c).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Orders created after this order id.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+pub async fn list_orders(
+    req: HttpRequest,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let q = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::invalid("limit must be 1 to 500"));
+    }
+    let prefix = format!("mo/{merchant}/");
+    let after = q.after.as_ref().map(|a| format!("{prefix}{a}"));
+    let keys = node
+        .store
+        .scan::<()>(&prefix, after.as_deref(), limit + 1)?;
+    let mut orders = Vec::new();
+    for (key, ()) in keys.iter().take(limit) {
+        let id = &key[prefix.len()..];
+        if let Some(c) = node.store.get::<Checkout>(&records::checkout_key(id))? {
+            orders.push(order_view(&node, &c).await?);
+        }
+    }
+    let next_after = (keys.len() > limit)
+        .then(|| orders.last().map(|o| o.id.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(OrderList { orders, next_after }))
+}
+
+/// Claims an order against a concurrent payment or cancellation; released on drop.
+pub struct Busy<'a>(&'a Node, String);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.checkout_busy.remove(&self.1);
+    }
+}
+
+/// Waits (briefly) until nobody else is paying or cancelling this order.
+pub async fn claim_order<'a>(node: &'a Node, order: &str) -> Result<Busy<'a>, ApiError> {
+    for _ in 0..200 {
+        if node.checkout_busy.insert(order.to_string(), ()).is_none() {
+            return Ok(Busy(node, order.to_string()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Err(ApiError::conflict(
+        "order_busy",
+        "the order is being paid or cancelled right now; retry shortly",
+    ))
+}
+
+pub async fn cancel_order(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let body = read_body(&node, payload).await?;
+    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
+        Begin::Replay(r) => return Ok(r),
+        Begin::Run(i) => i,
+    };
+    let mut c = match own_checkout(&node, &merchant, &path) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let _busy = claim_order(&node, &c.order_id).await?;
+    let mut writes = Vec::new();
+    if node.engine.order_owner(&c.order_id)?.is_some() {
+        if let Err(r) = node.engine.cancel_order(&c.order_id, node.now()).await? {
+            return idem.finish(Reply::error(&ApiError::refusal(&r))).await;
+        }
+    } else if c.cancelled_at.is_none() {
+        let view = order_view(&node, &c).await?;
+        if view.state != "awaiting_payment" {
+            let e = ApiError::conflict(
+                "order_not_cancellable",
+                format!("the order is {} and cannot be cancelled", view.state),
+            );
+            return idem.finish(Reply::error(&e)).await;
+        }
+        c.cancelled_at = Some(node.now());
+        writes.push(Write::json(records::checkout_key(&c.order_id), &c));
+        // The engine never saw this order, so the outbox will not tell the merchant: the
+        // webhook goes in with the cancellation itself.
+        writes.extend(crate::outbox::webhook_write(
+            &node,
+            &c.merchant,
+            &format!("evt_ck_{}_cancelled", c.order_id),
+            "order.cancelled",
+            &c.order_id,
+            "cancelled",
+            node.now(),
+        ));
+    }
+    let mut view = order_view(&node, &c).await?;
+    if !writes.is_empty() {
+        view.state = "cancelled".into();
+    }
+    let response = idem
+        .finish(Reply::new(StatusCode::OK, &view).with_writes(writes))
+        .await?;
+    node.work_wake.notify();
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount: String,
+    /// The refund's id; derived from the `Idempotency-Key` when absent. One of the two is
+    /// required, so that a retried refund is never paid twice.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefundView {
+    pub refund_id: String,
+    pub amount: String,
+    pub order: OrderView,
+}
+
+pub async fn refund_order(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let body = read_body(&node, payload).await?;
+    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
+        Begin::Replay(r) => return Ok(r),
+        Begin::Run(i) => i,
+    };
+    let parsed: RefundBody = match parse_json(&body) {
+        Ok(b) => b,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let c = match own_checkout(&node, &merchant, &path) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let refund_id =
+        match (&parsed.id, idem.key()) {
+            (Some(id), _) => format!("rf_{merchant}_{id}"),
+            (None, Some(k)) => format!("rf_{}", &records::sha256_hex(k.as_bytes())[..32]),
+            (None, None) => return Err(ApiError::bad_request(
+                "refund_id_required",
+                "a refund needs an `id` in the body or an Idempotency-Key header, so that a retry \
+                 is never paid twice",
+            )),
+        };
+    let result = node
+        .engine
+        .refund(
+            RefundRequest {
+                id: refund_id.clone(),
+                order: c.order_id.clone(),
+                amount: parsed.amount.clone(),
+            },
+            node.now(),
+        )
+        .await?;
+    let reply = match result {
+        Ok(_) => Reply::new(
+            StatusCode::OK,
+            &RefundView {
+                refund_id,
+                amount: parsed.amount,
+                order: order_view(&node, &c).await?,
+            },
+        ),
+        Err(r) => Reply::error(&ApiError::refusal(&r)),
+    };
+    idem.finish(reply).await
+}
+
+pub async fn reprint(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let body = read_body(&node, payload).await?;
+    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
+        Begin::Replay(r) => return Ok(r),
+        Begin::Run(i) => i,
+    };
+    let c = match own_checkout(&node, &merchant, &path) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let key = records::print_job_key(&c.order_id);
+    let Some(mut job) = node.store.get::<PrintJob>(&key)? else {
+        let e = ApiError::conflict(
+            "nothing_to_reprint",
+            "this order has no delivery slip (digital goods, no printer, or not paid yet)",
+        );
+        return idem.finish(Reply::error(&e)).await;
+    };
+    if job.state == PrintState::Queued {
+        let e = ApiError::conflict(
+            "print_pending",
+            "the slip is still queued for its first print; it prints once the printer answers",
+        );
+        return idem.finish(Reply::error(&e)).await;
+    }
+    job.state = PrintState::Queued;
+    job.reprints += 1;
+    job.next_attempt_ms = 0;
+    job.last_error = None;
+    let writes = vec![Write::json(key, &job)];
+    let mut view = order_view(&node, &c).await?;
+    view.print.status = "queued".into();
+    view.print.reprints = Some(job.reprints);
+    let response = idem
+        .finish(Reply::new(StatusCode::ACCEPTED, &view).with_writes(writes))
+        .await?;
+    node.work_wake.notify();
+    Ok(response)
+}

@@ -1,0 +1,102 @@
+//! For operators and tools: `/healthz`, `/metrics` (Prometheus text) and `/openapi.json`.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+
+use super::ApiError;
+use crate::state::Node;
+
+/// The OpenAPI document, kept in the repository (`node/openapi.json`) and served as is.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+pub async fn healthz(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let journal_seq = node.engine.last_seq()?;
+    let cursor = crate::outbox::cursor(&node)?;
+    let status = if node.is_stopping() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(serde_json::json!({
+        "status": if node.is_stopping() { "stopping" } else { "ok" },
+        "journal_seq": journal_seq,
+        "outbox_seq": cursor,
+        "in_flight": node.engine.in_flight(),
+    })))
+}
+
+pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let j = node.engine.journal_stats();
+    let records = j.records.load(Ordering::Relaxed) as f64;
+    let entries = j.entries.load(Ordering::Relaxed) as f64;
+    let seq = node.engine.last_seq()? as f64;
+    let cursor = crate::outbox::cursor(&node)? as f64;
+    let (prints, webhooks) = node.work_wake.depths();
+    let gauges = [
+        (
+            "onecard_journal_records_total",
+            "Journal records written (one per group commit) since start.",
+            records,
+        ),
+        (
+            "onecard_journal_entries_total",
+            "Journal entries written since start.",
+            entries,
+        ),
+        (
+            "onecard_journal_batch_entries",
+            "Mean entries per journal record since start (the group-commit batch size).",
+            if records > 0.0 {
+                entries / records
+            } else {
+                0.0
+            },
+        ),
+        (
+            "onecard_journal_flushes_total",
+            "Journal flushes (fsync) since start.",
+            j.flushes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "onecard_engine_in_flight",
+            "Engine commands in progress.",
+            node.engine.in_flight() as f64,
+        ),
+        (
+            "onecard_resident_consumers",
+            "Consumer actors in memory.",
+            node.engine.resident_consumers() as f64,
+        ),
+        (
+            "onecard_outbox_lag_records",
+            "Journal records the outbox has not handled yet.",
+            (seq - cursor).max(0.0),
+        ),
+        (
+            "onecard_print_queue_depth",
+            "Delivery slips waiting to print.",
+            prints as f64,
+        ),
+        (
+            "onecard_webhook_queue_depth",
+            "Webhook events waiting to be delivered.",
+            webhooks as f64,
+        ),
+        (
+            "onecard_node_store_flushes_total",
+            "Node store flushes (fsync) since start.",
+            node.store.stats.flushes.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(node.metrics.render(&gauges)))
+}
+
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}

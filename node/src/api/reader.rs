@@ -1,0 +1,280 @@
+//! The reader API, used by `onecard-terminal` (steps 1 to 4): open the checkout, swipe (card
+//! and reader bound, I9), authenticate (card cryptogram, PIN, address, credit), answer the
+//! address question; on authorisation the node places the order (step 4) and issues a session
+//! for the consumer API.
+//!
+//! A reader needs no key of its own: the swipe checks the reader's id, its bound card and the
+//! network it connects from; the card proves itself with a cryptogram, the consumer with the
+//! PIN, which arrives encrypted to the challenge's key and is never logged (I10).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use onecard_engine::cards::{AuthOutcome, Authorisation};
+use onecard_engine::{Amount, Outcome, PlaceOrder};
+use onecard_terminal::wire::{
+    self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, PlacedOrder, SessionBody,
+    SwipeAnswer, SwipeBody,
+};
+
+use super::idem::{Begin, Idem, Reply};
+use super::merchant::{claim_order, order_view};
+use super::{parse_json, read_body, ApiError};
+use crate::records::{self, Checkout, Session};
+use crate::state::Node;
+use crate::store::Write;
+
+fn checkout_of(node: &Node, order: &str) -> Result<Checkout, ApiError> {
+    node.store
+        .get::<Checkout>(&records::checkout_key(order))?
+        .ok_or_else(|| ApiError::not_found("unknown_order", format!("no order {order:?}")))
+}
+
+pub async fn checkout(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let c = checkout_of(&node, &path)?;
+    let view = order_view(&node, &c).await?;
+    Ok(HttpResponse::Ok().json(CheckoutView {
+        order_id: c.order_id.clone(),
+        merchant: node
+            .merchants
+            .get(&c.merchant)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| c.merchant.clone()),
+        amount: view.amount,
+        amount_cents: u64::try_from(c.amount_cents).unwrap_or(0),
+        currency: c.currency,
+        delivery_name: c.delivery.name,
+        delivery_address: c.delivery.address,
+        status: view.state,
+    }))
+}
+
+async fn begin<'a>(
+    node: &'a Node,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<Result<Idem<'a>, HttpResponse>, ApiError> {
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    Ok(
+        match Idem::begin(node, req, &format!("r:{peer}"), body).await? {
+            Begin::Replay(r) => Err(r),
+            Begin::Run(i) => Ok(i),
+        },
+    )
+}
+
+pub async fn swipe(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&node, payload).await?;
+    let idem = match begin(&node, &req, &body).await? {
+        Ok(i) => i,
+        Err(replay) => return Ok(replay),
+    };
+    let s: SwipeBody = match parse_json(&body) {
+        Ok(s) => s,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let c = match checkout_of(&node, &s.order_id) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    if u64::try_from(c.amount_cents).ok() != Some(s.amount_cents) {
+        let e = ApiError::invalid(format!(
+            "amount_cents {} is not the order's amount ({} cents)",
+            s.amount_cents, c.amount_cents
+        ));
+        return idem.finish(Reply::error(&e)).await;
+    }
+    let state = order_view(&node, &c).await?.state;
+    if state != "awaiting_payment" {
+        let e = ApiError::conflict(
+            "order_not_payable",
+            format!("the order is {state}; it cannot be paid"),
+        );
+        return idem.finish(Reply::error(&e)).await;
+    }
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let result = node
+        .engine
+        .swipe(
+            &s.reader_id,
+            &s.card_number,
+            peer,
+            &s.order_id,
+            Amount::from_cents(c.amount_cents),
+            node.now(),
+        )
+        .await?;
+    idem.finish(Reply::new(
+        StatusCode::OK,
+        &SwipeAnswer::from_result(result),
+    ))
+    .await
+}
+
+pub async fn authenticate(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&node, payload).await?;
+    let idem = match begin(&node, &req, &body).await? {
+        Ok(i) => i,
+        Err(replay) => return Ok(replay),
+    };
+    let a: AuthenticateBody = match parse_json(&body) {
+        Ok(a) => a,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let (Some(pin), Some(cryptogram)) = (a.pin.to_pin(), wire::from_hex(&a.cryptogram)) else {
+        let e = ApiError::invalid("pin and cryptogram must be hex of the right lengths");
+        return idem.finish(Reply::error(&e)).await;
+    };
+    // The address the node checks is the order's, not whatever the reader says; a reader that
+    // shows another one is out of step with the node.
+    let address = match node.engine.challenge_order(&a.challenge_id)? {
+        Some(order) => {
+            let c = checkout_of(&node, &order)?;
+            if c.delivery.address != a.delivery_address {
+                let e = ApiError::invalid(
+                    "delivery_address is not the order's: open the checkout again",
+                );
+                return idem.finish(Reply::error(&e)).await;
+            }
+            c.delivery.address
+        }
+        // Unknown, used or expired challenge: the engine answers `timed_out`.
+        None => a.delivery_address.clone(),
+    };
+    let outcome = node
+        .engine
+        .authenticate(
+            &a.challenge_id,
+            a.counter,
+            &cryptogram,
+            &pin,
+            &address,
+            None,
+            node.now(),
+        )
+        .await?;
+    answer(&node, idem, outcome).await
+}
+
+pub async fn confirm_address(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&node, payload).await?;
+    let idem = match begin(&node, &req, &body).await? {
+        Ok(i) => i,
+        Err(replay) => return Ok(replay),
+    };
+    let c: ConfirmAddressBody = match parse_json(&body) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let outcome = node
+        .engine
+        .confirm_address_change(&c.challenge_id, c.accept, node.now())
+        .await?;
+    answer(&node, idem, outcome).await
+}
+
+/// The reader's answer; on authorisation, step 4 (the order placed) and a consumer session.
+async fn answer(
+    node: &Node,
+    idem: Idem<'_>,
+    outcome: AuthOutcome,
+) -> Result<HttpResponse, ApiError> {
+    let mut answer = AuthAnswer::of(&outcome);
+    let mut writes = Vec::new();
+    if let AuthOutcome::Authorised(auth) = &outcome {
+        answer.order = Some(place(node, auth).await?);
+        let token = records::random_hex(32);
+        let expires_at = node.now().saturating_add(node.settings.session_ttl_secs);
+        writes.push(Write::json(
+            records::session_key(&token),
+            &Session {
+                consumer: auth.account.clone(),
+                expires_at,
+            },
+        ));
+        answer.session = Some(SessionBody { token, expires_at });
+    }
+    let response = idem
+        .finish(Reply::new(StatusCode::OK, &answer).with_writes(writes))
+        .await?;
+    node.outbox_wake.notify_one();
+    Ok(response)
+}
+
+/// Step 4: places the authorised order in the consumer's virtual account. Idempotent by the
+/// order id: the outbox calls it again for every authorisation it finds in the journal, so an
+/// authorisation whose placement a crash interrupted is still placed.
+pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, ApiError> {
+    let c = checkout_of(node, &auth.order_id)?;
+    let _busy = claim_order(node, &c.order_id).await?;
+    let c = checkout_of(node, &auth.order_id)?;
+    if c.cancelled_at.is_some() {
+        return Ok(PlacedOrder {
+            id: c.order_id,
+            state: "cancelled".into(),
+            refusal: Some("refused:state".into()),
+        });
+    }
+    let amount = Amount::from_cents(c.amount_cents);
+    if u64::try_from(c.amount_cents).ok() != Some(auth.amount_cents) {
+        return Err(ApiError::internal(format!(
+            "authorised {} cents for order {} of {} cents",
+            auth.amount_cents, c.order_id, c.amount_cents
+        )));
+    }
+    let result = node
+        .engine
+        .place_order(
+            PlaceOrder {
+                id: c.order_id.clone(),
+                consumer: auth.account.clone(),
+                merchant: c.merchant.clone(),
+                amount: amount.to_string(),
+                release: c.release.clone(),
+            },
+            node.now(),
+        )
+        .await?;
+    Ok(match result {
+        Ok(Outcome::Settled) => PlacedOrder {
+            id: c.order_id,
+            state: "settled".into(),
+            refusal: None,
+        },
+        Ok(Outcome::AwaitingFunds) => PlacedOrder {
+            id: c.order_id,
+            state: "awaiting_funds".into(),
+            refusal: None,
+        },
+        Ok(_) => PlacedOrder {
+            id: c.order_id,
+            state: "pending".into(),
+            refusal: None,
+        },
+        Err(r) => PlacedOrder {
+            id: c.order_id,
+            state: "refused".into(),
+            refusal: Some(r.code_str()),
+        },
+    })
+}

@@ -1,0 +1,262 @@
+//! The OneCard settlement node: `onecard serve`.
+//!
+//! - [`api`]: the HTTP API (actix-web) for merchants, readers, consumers and operators;
+//! - [`store`]: the node's own durable store (checkouts, idempotency, queues), group-committed;
+//! - [`outbox`]: follows the engine's journal and queues print jobs, webhooks and statements;
+//! - [`workers`]: the print queue (ESC/POS over TCP) and the webhook deliveries;
+//! - [`settings`]: the `[node]` table of `config.toml`.
+//!
+//! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
+//! (each answered only once durable), the outbox catches up with the journal, the workers stop
+//! between two jobs, and the node store and the journal are flushed and closed.
+
+pub mod api;
+pub mod metrics;
+pub mod outbox;
+pub mod records;
+pub mod settings;
+pub mod state;
+pub mod store;
+pub mod workers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{middleware, web, App, HttpServer};
+use onecard_engine::{Engine, EngineError, NodeConfig, SimBank, SimBankPort};
+
+pub use settings::NodeSettings;
+use state::Node;
+use store::{NodeStore, StoreError};
+
+/// `onecard serve`'s command line.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// `config.toml`; `./config.toml` when present, else the built-in defaults.
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The administrator's token: `ONECARD_ADMIN_TOKEN`, else the one in `<data>/admin-token`
+/// (made on first start, readable by the node's user only).
+fn admin_token(data: &Path) -> Result<String, ServeError> {
+    if let Ok(t) = std::env::var("ONECARD_ADMIN_TOKEN") {
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            return Err(ServeError::Config(
+                "ONECARD_ADMIN_TOKEN must be at least 16 characters".into(),
+            ));
+        }
+        return Ok(t);
+    }
+    let path = data.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let token = format!("ocadm_{}", records::random_hex(24));
+    {
+        use std::io::Write as _;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&path)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    eprintln!(
+        "serve: the administrator's token is in {} (or set ONECARD_ADMIN_TOKEN)",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate",
+            cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| ServeError::Tls(format!("{}: no private key", key.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))
+}
+
+/// Loads the configuration and runs the node until SIGTERM or SIGINT.
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let cfg = match &opts.config {
+        Some(p) => NodeConfig::load(p).map_err(|e| ServeError::Config(e.to_string()))?,
+        None if Path::new("config.toml").exists() => NodeConfig::load(Path::new("config.toml"))
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+        None => NodeConfig::default(),
+    };
+    let mut settings = NodeSettings::from_table(&cfg.node).map_err(ServeError::Config)?;
+    if let Some(l) = opts.listen {
+        settings.listen = l;
+    }
+    if let Some(d) = &opts.data {
+        settings.data_dir = d.clone();
+    }
+    settings.validate().map_err(ServeError::Config)?;
+    let mut engine_cfg = cfg.engine.clone();
+    onecard_engine::config::secret_keys_from_env(&mut engine_cfg, |v| std::env::var(v).ok())
+        .map_err(ServeError::Config)?;
+    if engine_cfg.issuer_key.is_none() {
+        eprintln!("serve: ONECARD_ISSUER_KEY is not set: cards cannot be issued or authenticated");
+    }
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let token = admin_token(&settings.data_dir)?;
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(c), Some(k)) => Some(tls_config(c, k)?),
+        _ => None,
+    };
+    let currency = cfg.currency.clone();
+    actix_rt::System::new().block_on(run(settings, engine_cfg, currency, token, tls))
+}
+
+async fn run(
+    settings: NodeSettings,
+    engine_cfg: onecard_engine::EngineConfig,
+    currency: String,
+    token: String,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<(), ServeError> {
+    let started = std::time::Instant::now();
+    let data = settings.data_dir.clone();
+    let bank = SimBank::open(&data).map_err(|e| ServeError::Config(e.to_string()))?;
+    let engine =
+        Arc::new(Engine::open(&data, engine_cfg, Arc::new(SimBankPort(bank.clone()))).await?);
+    let store = NodeStore::open(&data.join("node"))?;
+    let node = web::Data::new(Node::new(
+        engine.clone(),
+        store.clone(),
+        bank,
+        settings.clone(),
+        currency,
+        &token,
+    )?);
+
+    let outbox = actix_rt::spawn(outbox::run(node.clone()));
+    let ticker = {
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let every = Duration::from_millis(node.settings.tick_interval_ms);
+            while !node.is_stopping() {
+                tokio::time::sleep(every).await;
+                match node.engine.tick(node.now()).await {
+                    Ok(_) => node.outbox_wake.notify_one(),
+                    Err(e) => tracing::error!(error = %e, "tick failed"),
+                }
+            }
+        })
+    };
+    let shared = Arc::new(workers::NodeRef(node.clone()));
+    let printer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("print-queue".into())
+            .spawn(move || workers::print_loop(shared))?
+    };
+    let webhooks = {
+        let shared = shared.clone();
+        let n = settings.webhook_workers;
+        std::thread::Builder::new()
+            .name("webhooks".into())
+            .spawn(move || workers::webhook_loop(shared, n))?
+    };
+    drop(shared);
+
+    let workers = if settings.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        settings.workers
+    };
+    let app_node = node.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_node.clone())
+            .wrap(middleware::from_fn(api::request_log))
+            .configure(api::configure)
+            .default_service(web::to(api::no_such_route))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .max_connections(25_000)
+    .shutdown_timeout(settings.shutdown_timeout_secs);
+    let server = match tls {
+        Some(t) => server.bind_rustls_0_23(settings.listen, t)?,
+        None => server.bind(settings.listen)?,
+    };
+    let scheme = if settings.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    for a in server.addrs() {
+        eprintln!(
+            "serve: listening on {scheme}://{a} (data {}, opened in {} ms)",
+            data.display(),
+            started.elapsed().as_millis()
+        );
+    }
+    server.run().await?;
+
+    // Stopped accepting and finished every request in progress: now the background work.
+    eprintln!("serve: stopping");
+    node.stopping.store(true, Ordering::Release);
+    node.outbox_wake.notify_one();
+    node.work_wake.notify();
+    let _ = ticker.await;
+    let _ = outbox.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = printer.join();
+        let _ = webhooks.join();
+    })
+    .await;
+    store.close()?;
+    drop(node);
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.close().await?,
+        Err(_) => {
+            return Err(ServeError::Engine(EngineError::Internal(
+                "the engine is still in use at shutdown; the journal is durable up to the last \
+                 acknowledged command"
+                    .into(),
+            )))
+        }
+    }
+    eprintln!("serve: stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Counters and latency histograms for `GET /metrics` (Prometheus text format 0.0.4). Written
+//! by hand: a handful of atomics, no registry to configure.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// By (route pattern, method, status).
+    pub requests: DashMap<(String, String, u16), AtomicU64>,
+    /// By route pattern and method.
+    pub latency: DashMap<(String, String), Histogram>,
+    pub orders_created: AtomicU64,
+    /// Journal events about orders, by the state they moved the order to.
+    pub order_events: DashMap<&'static str, AtomicU64>,
+    pub prints_ok: AtomicU64,
+    pub prints_failed: AtomicU64,
+    pub webhooks_ok: AtomicU64,
+    pub webhooks_failed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, method: &str, status: u16, secs: f64) {
+        self.requests
+            .entry((route.to_string(), method.to_string(), status))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .entry((route.to_string(), method.to_string()))
+            .or_default()
+            .observe(secs);
+    }
+
+    pub fn order_event(&self, state: &'static str) {
+        self.order_events
+            .entry(state)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition; `gauges` are point-in-time values the caller reads (queue depths, the
+    /// journal's counters).
+    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP onecard_http_requests_total HTTP requests answered, by route, method and status.\n# TYPE onecard_http_requests_total counter\n");
+        let mut rows: Vec<_> = self
+            .requests
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((route, method, status), n) in rows {
+            let _ = writeln!(
+                out,
+                "onecard_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP onecard_http_request_duration_seconds Time to answer a request, by route and method.\n# TYPE onecard_http_request_duration_seconds histogram\n");
+        let mut keys: Vec<_> = self.latency.iter().map(|e| e.key().clone()).collect();
+        keys.sort();
+        for k in keys {
+            if let Some(h) = self.latency.get(&k) {
+                h.render(
+                    &mut out,
+                    "onecard_http_request_duration_seconds",
+                    &format!("route=\"{}\",method=\"{}\"", k.0, k.1),
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP onecard_orders_created_total Orders created by merchants (checkout sessions).\n# TYPE onecard_orders_created_total counter\nonecard_orders_created_total {}", self.orders_created.load(Ordering::Relaxed));
+        out.push_str("# HELP onecard_order_events_total Orders reaching a state, from the journal.\n# TYPE onecard_order_events_total counter\n");
+        let mut states: Vec<_> = self
+            .order_events
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        states.sort();
+        for (s, n) in states {
+            let _ = writeln!(out, "onecard_order_events_total{{state=\"{s}\"}} {n}");
+        }
+        out.push_str("# HELP onecard_prints_total Print attempts, by result.\n# TYPE onecard_prints_total counter\n");
+        let _ = writeln!(
+            out,
+            "onecard_prints_total{{result=\"ok\"}} {}\nonecard_prints_total{{result=\"failed\"}} {}",
+            self.prints_ok.load(Ordering::Relaxed),
+            self.prints_failed.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP onecard_webhook_attempts_total Webhook delivery attempts, by result.\n# TYPE onecard_webhook_attempts_total counter\n");
+        let _ = writeln!(
+            out,
+            "onecard_webhook_attempts_total{{result=\"ok\"}} {}\nonecard_webhook_attempts_total{{result=\"failed\"}} {}",
+            self.webhooks_ok.load(Ordering::Relaxed),
+            self.webhooks_failed.load(Ordering::Relaxed)
+        );
+        for (name, help, value) in gauges {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.request("/v1/orders", "POST", 201, 0.002);
+        m.request("/v1/orders", "POST", 201, 0.2);
+        let text = m.render(&[("onecard_x", "x", 1.0)]);
+        assert!(text.contains("onecard_http_request_duration_seconds_bucket{route=\"/v1/orders\",method=\"POST\",le=\"0.0025\"} 1"), "{text}");
+        assert!(text.contains("le=\"0.25\"} 2"), "{text}");
+        assert!(text.contains(
+            "onecard_http_requests_total{route=\"/v1/orders\",method=\"POST\",status=\"201\"} 2"
+        ));
+        assert!(text.contains("# TYPE onecard_x gauge\nonecard_x 1"));
+    }
+}

@@ -1,0 +1,454 @@
+//! The outbox: follows the engine's journal with a durable cursor and turns what happened to
+//! orders into work for the adapters: a print job when a physical order is placed (F16), a
+//! webhook event to the merchant on every change of state, a line on the consumer's statement.
+//!
+//! Because it reads the journal, nothing is lost between the engine and the adapters: whatever
+//! the engine made durable is handled, after a crash too, and the work it creates is written
+//! together with the new cursor in one atomic, flushed write. Handling a record twice (a crash
+//! between the two) creates nothing twice: print jobs and events have ids derived from the
+//! journal (`evt_<seq>_<entry>_<event>`), and existing ones are left alone.
+//!
+//! It also closes the one gap between an authorisation and its order: a `PaymentAuthorised`
+//! whose order is not placed (the node stopped in between) is placed here.
+
+use onecard_engine::ledger::{Entry, EventKind};
+use onecard_engine::Amount;
+
+use crate::records::{
+    self, Checkout, DeliveryState, PrintJob, PrintState, StatementLine, WebhookDelivery,
+};
+use crate::state::{now_ms, Node};
+use crate::store::{StoreError, Write};
+
+/// Journal records handled per step.
+const BATCH: usize = 512;
+
+/// The last journal record the outbox has handled.
+pub fn cursor(node: &Node) -> Result<u64, StoreError> {
+    Ok(node.store.get::<u64>(records::CURSOR_KEY)?.unwrap_or(0))
+}
+
+/// Follows the journal until the node stops (and then until it has caught up).
+pub async fn run(node: actix_web::web::Data<Node>) {
+    loop {
+        match step(&node).await {
+            Ok(0) => {
+                if node.is_stopping() {
+                    return;
+                }
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    node.outbox_wake.notified(),
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "outbox step failed; retrying in 1 s");
+                if node.is_stopping() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Handles the next records; returns how many.
+pub async fn step(node: &Node) -> Result<usize, String> {
+    let cursor = cursor(node).map_err(|e| e.to_string())?;
+    let batch = node
+        .engine
+        .records_after(cursor, BATCH)
+        .map_err(|e| e.to_string())?;
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut writes = Vec::new();
+    let mut last = cursor;
+    for (seq, entries) in &batch {
+        for (ei, entry) in entries.iter().enumerate() {
+            handle_entry(node, *seq, ei, entry, &mut writes).await?;
+        }
+        last = *seq;
+    }
+    writes.push(Write::json(records::CURSOR_KEY, &last));
+    node.store.commit(writes).await.map_err(|e| e.to_string())?;
+    node.work_wake.notify();
+    Ok(batch.len())
+}
+
+/// A webhook event for a merchant, if it has a webhook endpoint and the event is new.
+pub fn webhook_write(
+    node: &Node,
+    merchant: &str,
+    event_id: &str,
+    kind: &str,
+    order: &str,
+    state: &str,
+    at: u64,
+) -> Vec<Write> {
+    webhook_with(
+        node,
+        merchant,
+        event_id,
+        kind,
+        order,
+        state,
+        at,
+        serde_json::json!({}),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn webhook_with(
+    node: &Node,
+    merchant: &str,
+    event_id: &str,
+    kind: &str,
+    order: &str,
+    state: &str,
+    at: u64,
+    extra: serde_json::Value,
+) -> Vec<Write> {
+    let Some(url) = node
+        .merchants
+        .get(merchant)
+        .and_then(|m| m.webhook_url.clone())
+    else {
+        return Vec::new();
+    };
+    if matches!(
+        node.store.get_raw(&records::webhook_key(event_id)),
+        Ok(Some(_))
+    ) {
+        return Vec::new();
+    }
+    let reference = node
+        .store
+        .get::<Checkout>(&records::checkout_key(order))
+        .ok()
+        .flatten()
+        .and_then(|c| c.reference);
+    let mut data = serde_json::json!({ "order_id": order, "state": state });
+    if let Some(r) = reference {
+        data["reference"] = serde_json::Value::String(r);
+    }
+    if let (Some(d), Some(extra)) = (data.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            d.insert(k.clone(), v.clone());
+        }
+    }
+    let payload = serde_json::json!({
+        "id": event_id,
+        "type": kind,
+        "created_at": at,
+        "data": data,
+    })
+    .to_string();
+    vec![
+        Write::json(
+            records::webhook_key(event_id),
+            &WebhookDelivery {
+                event_id: event_id.to_string(),
+                merchant: merchant.to_string(),
+                url,
+                payload,
+                state: DeliveryState::Pending,
+                attempts: 0,
+                last_error: None,
+                next_attempt_ms: 0,
+                delivered_at: None,
+            },
+        ),
+        Write::json(records::webhook_queue_key(event_id), &()),
+    ]
+}
+
+async fn merchant_of_order(node: &Node, order: &str) -> Option<String> {
+    if let Ok(Some(c)) = node.store.get::<Checkout>(&records::checkout_key(order)) {
+        return Some(c.merchant);
+    }
+    node.engine
+        .order(order)
+        .await
+        .ok()
+        .flatten()
+        .map(|o| o.merchant)
+}
+
+fn line(writes: &mut Vec<Write>, consumer: &str, seq: u64, n: usize, line: StatementLine) {
+    writes.push(Write::json(records::statement_key(consumer, seq, n), &line));
+}
+
+fn neg(a: Amount) -> String {
+    a.checked_neg().to_string()
+}
+
+async fn handle_entry(
+    node: &Node,
+    seq: u64,
+    ei: usize,
+    entry: &Entry,
+    writes: &mut Vec<Write>,
+) -> Result<(), String> {
+    let at = entry.at;
+    for (vi, ev) in entry.events.iter().enumerate() {
+        let id = format!("evt_{seq}_{ei}_{vi}");
+        let n = ei * 1000 + vi;
+        let mut order_event = |merchant: &str, order: &str, kind: &str, state: &str, extra| {
+            writes.extend(webhook_with(
+                node, merchant, &id, kind, order, state, at, extra,
+            ));
+        };
+        match &ev.kind {
+            EventKind::PaymentAuthorised(a) => {
+                let placed = node
+                    .engine
+                    .order_owner(&a.order_id)
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                let has_checkout = node
+                    .store
+                    .get_raw(&records::checkout_key(&a.order_id))
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if !placed && has_checkout {
+                    tracing::warn!(order = %a.order_id, "placing an authorised order whose placement was interrupted");
+                    crate::api::reader::place(node, a)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            EventKind::OrderPlaced {
+                order,
+                consumer,
+                merchant,
+                amount,
+                result,
+                ..
+            } => {
+                let state = match result {
+                    Ok(onecard_engine::Outcome::Settled) => "settled",
+                    Ok(onecard_engine::Outcome::AwaitingFunds) => "awaiting_funds",
+                    Ok(_) => "pending",
+                    Err(_) => "refused",
+                };
+                node.metrics.order_event(if state == "refused" {
+                    "refused"
+                } else {
+                    "placed"
+                });
+                let (kind, detail) = match result {
+                    Ok(_) => ("order.placed", None),
+                    Err(r) => ("order.refused", Some(r.code_str())),
+                };
+                order_event(
+                    merchant,
+                    order,
+                    kind,
+                    state,
+                    serde_json::json!({ "amount": amount.to_string() }),
+                );
+                line(
+                    writes,
+                    consumer,
+                    seq,
+                    n,
+                    StatementLine {
+                        at,
+                        event: kind.to_string(),
+                        order_id: Some(order.clone()),
+                        merchant: Some(merchant.clone()),
+                        amount: Some(amount.to_string()),
+                        detail,
+                    },
+                );
+                if result.is_ok() {
+                    writes.extend(print_job(node, order, merchant)?);
+                }
+            }
+            EventKind::OrderSettled {
+                order,
+                consumer,
+                merchant,
+                wallet_paid,
+                bank_paid,
+                ..
+            } => {
+                node.metrics.order_event("settled");
+                let total = wallet_paid
+                    .checked_add(*bank_paid)
+                    .map_err(|e| e.to_string())?;
+                order_event(
+                    merchant,
+                    order,
+                    "order.settled",
+                    "settled",
+                    serde_json::json!({ "amount": total.to_string() }),
+                );
+                line(
+                    writes,
+                    consumer,
+                    seq,
+                    n,
+                    StatementLine {
+                        at,
+                        event: "order.settled".into(),
+                        order_id: Some(order.clone()),
+                        merchant: Some(merchant.clone()),
+                        amount: Some(neg(total)),
+                        detail: Some(format!("wallet {wallet_paid}, bank {bank_paid}")),
+                    },
+                );
+            }
+            EventKind::OrderAwaitingFunds {
+                order, consumer, ..
+            }
+            | EventKind::OrderDisputed {
+                order, consumer, ..
+            }
+            | EventKind::OrderCancelled { order, consumer }
+            | EventKind::OrderExpired { order, consumer } => {
+                let (kind, state) = match &ev.kind {
+                    EventKind::OrderAwaitingFunds { .. } => {
+                        ("order.awaiting_funds", "awaiting_funds")
+                    }
+                    EventKind::OrderDisputed { .. } => ("order.disputed", "disputed"),
+                    EventKind::OrderCancelled { .. } => ("order.cancelled", "cancelled"),
+                    _ => ("order.expired", "expired"),
+                };
+                node.metrics.order_event(state);
+                if let Some(m) = merchant_of_order(node, order).await {
+                    order_event(&m, order, kind, state, serde_json::json!({}));
+                }
+                line(
+                    writes,
+                    consumer,
+                    seq,
+                    n,
+                    StatementLine {
+                        at,
+                        event: kind.to_string(),
+                        order_id: Some(order.clone()),
+                        merchant: None,
+                        amount: None,
+                        detail: if let EventKind::OrderAwaitingFunds { reason, .. } = &ev.kind {
+                            Some(reason.clone())
+                        } else {
+                            None
+                        },
+                    },
+                );
+            }
+            EventKind::Refunded {
+                refund,
+                order,
+                consumer,
+                merchant,
+                amount,
+                ..
+            } => {
+                node.metrics.order_event("refunded");
+                order_event(
+                    merchant,
+                    order,
+                    "order.refunded",
+                    "settled",
+                    serde_json::json!({ "refund_id": refund, "refund_amount": amount.to_string() }),
+                );
+                line(
+                    writes,
+                    consumer,
+                    seq,
+                    n,
+                    StatementLine {
+                        at,
+                        event: "order.refunded".into(),
+                        order_id: Some(order.clone()),
+                        merchant: Some(merchant.clone()),
+                        amount: Some(amount.to_string()),
+                        detail: None,
+                    },
+                );
+            }
+            EventKind::WalletToppedUp {
+                consumer, amount, ..
+            } => line(
+                writes,
+                consumer,
+                seq,
+                n,
+                StatementLine {
+                    at,
+                    event: "wallet.topped_up".into(),
+                    order_id: None,
+                    merchant: None,
+                    amount: Some(amount.to_string()),
+                    detail: Some("from the designated bank account".into()),
+                },
+            ),
+            EventKind::TopUpRefused {
+                consumer,
+                amount,
+                reason,
+            } => line(
+                writes,
+                consumer,
+                seq,
+                n,
+                StatementLine {
+                    at,
+                    event: "wallet.top_up_refused".into(),
+                    order_id: None,
+                    merchant: None,
+                    amount: Some(amount.to_string()),
+                    detail: Some(reason.clone()),
+                },
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The print job for a placed physical order whose merchant has a printer, if not yet queued.
+fn print_job(node: &Node, order: &str, merchant: &str) -> Result<Vec<Write>, String> {
+    let Some(c) = node
+        .store
+        .get::<Checkout>(&records::checkout_key(order))
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Vec::new());
+    };
+    if c.digital {
+        return Ok(Vec::new());
+    }
+    let Some(printer) = node.merchants.get(merchant).and_then(|m| m.printer.clone()) else {
+        return Ok(Vec::new());
+    };
+    let key = records::print_job_key(order);
+    if node
+        .store
+        .get_raw(&key)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(Vec::new());
+    }
+    let job = PrintJob {
+        order_id: order.to_string(),
+        merchant: merchant.to_string(),
+        printer,
+        state: PrintState::Queued,
+        attempts: 0,
+        last_error: None,
+        next_attempt_ms: now_ms(),
+        printed_at: None,
+        reprints: 0,
+    };
+    Ok(vec![
+        Write::json(key, &job),
+        Write::json(records::print_queue_key(order), &()),
+    ])
+}

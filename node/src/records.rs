@@ -1,0 +1,214 @@
+//! The records the node keeps in its store, and their keys.
+//!
+//! | key                         | record                 |
+//! |-----------------------------|------------------------|
+//! | `ck/<order>`                | [`Checkout`]           |
+//! | `mo/<merchant>/<order>`     | `()`: a merchant's orders, in creation order |
+//! | `me/<merchant>`             | [`MerchantProfile`]    |
+//! | `ak/<sha256(api key)>`      | merchant id            |
+//! | `ik/<principal>/<key>`      | [`IdemRecord`]         |
+//! | `pj/<order>`                | [`PrintJob`]           |
+//! | `pq/<order>`                | `()`: while the job waits to print |
+//! | `wh/<event id>`             | [`WebhookDelivery`]    |
+//! | `wq/<event id>`             | `()`: while the delivery waits |
+//! | `ss/<sha256(token)>`        | [`Session`]            |
+//! | `st/<consumer>/<seq:020>/<n>` | [`StatementLine`]    |
+//! | `outbox/cursor`             | the last journal record the outbox has handled |
+//!
+//! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
+//! merchant's orders list in creation order.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const CURSOR_KEY: &str = "outbox/cursor";
+
+pub fn checkout_key(order: &str) -> String {
+    format!("ck/{order}")
+}
+pub fn merchant_order_key(merchant: &str, order: &str) -> String {
+    format!("mo/{merchant}/{order}")
+}
+pub fn merchant_key(merchant: &str) -> String {
+    format!("me/{merchant}")
+}
+pub fn api_key_key(api_key: &str) -> String {
+    format!("ak/{}", sha256_hex(api_key.as_bytes()))
+}
+pub fn idem_key(principal: &str, key: &str) -> String {
+    format!("ik/{principal}/{key}")
+}
+pub fn print_job_key(order: &str) -> String {
+    format!("pj/{order}")
+}
+/// Present while a print job waits: the print worker scans only these.
+pub fn print_queue_key(order: &str) -> String {
+    format!("pq/{order}")
+}
+/// Present while a webhook delivery waits.
+pub fn webhook_queue_key(event_id: &str) -> String {
+    format!("wq/{event_id}")
+}
+pub fn webhook_key(event_id: &str) -> String {
+    format!("wh/{event_id}")
+}
+pub fn session_key(token: &str) -> String {
+    format!("ss/{}", sha256_hex(token.as_bytes()))
+}
+pub fn statement_key(consumer: &str, seq: u64, n: usize) -> String {
+    format!("st/{consumer}/{seq:020}/{n:06}")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    onecard_terminal::wire::to_hex(&Sha256::digest(bytes))
+}
+
+/// A random token of `bytes` random bytes, hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    onecard_terminal::wire::to_hex(&b)
+}
+
+/// A new order id: creation time first, so that ids sort in creation order.
+pub fn new_order_id(now_ms: u64) -> String {
+    format!("ord_{now_ms:012x}{}", random_hex(8))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub name: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub name: String,
+    pub address: String,
+    pub phone: String,
+}
+
+/// An order as the merchant created it (step 1): the checkout session the reader opens. Its
+/// money state is the engine's, once the order is placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkout {
+    pub order_id: String,
+    pub merchant: String,
+    /// The merchant's own reference, if it gave one.
+    pub reference: Option<String>,
+    /// Cents.
+    pub amount_cents: i64,
+    pub currency: String,
+    pub items: Vec<Item>,
+    pub delivery: Delivery,
+    /// The release condition in the engine's form (`{"on":"receipt"}`, …).
+    pub release: serde_json::Value,
+    pub digital: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Cancelled by the merchant before it was paid.
+    pub cancelled_at: Option<u64>,
+}
+
+/// A merchant's API settings. The API key is kept only as its SHA-256 (`ak/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantProfile {
+    pub id: String,
+    pub name: String,
+    pub webhook_url: Option<String>,
+    /// The secret the webhooks are signed with (HMAC-SHA256); given to the merchant once.
+    pub webhook_secret: String,
+    /// The printer's address (`host:port`, port 9100 by default).
+    pub printer: Option<String>,
+}
+
+/// What a request with an `Idempotency-Key` got: replayed for the same request, refused (422)
+/// for another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemRecord {
+    /// SHA-256 of method, path and body.
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrintState {
+    /// Waiting for its (next) attempt.
+    Queued,
+    Printed,
+}
+
+/// A delivery slip to print (F16): queued when the order is placed, printed exactly once
+/// unless a reprint is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrintJob {
+    pub order_id: String,
+    pub merchant: String,
+    pub printer: String,
+    pub state: PrintState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the next attempt while queued.
+    pub next_attempt_ms: u64,
+    pub printed_at: Option<u64>,
+    /// Prints asked for after the first.
+    pub reprints: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+}
+
+/// One webhook event for one merchant: delivered at least once, retried with back-off, with
+/// the same event id every time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    pub event_id: String,
+    pub merchant: String,
+    pub url: String,
+    /// The JSON body, exactly as signed and sent.
+    pub payload: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_ms: u64,
+    pub delivered_at: Option<u64>,
+}
+
+/// A consumer API session, issued when a card and PIN authenticated at the consumer's reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub consumer: String,
+    pub expires_at: u64,
+}
+
+/// A line of a consumer's statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    pub at: u64,
+    pub event: String,
+    pub order_id: Option<String>,
+    pub merchant: Option<String>,
+    /// Signed, from the consumer's point of view, as text ("-12.50").
+    pub amount: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_sort_in_creation_order() {
+        let a = new_order_id(1_000);
+        let b = new_order_id(1_001);
+        let c = new_order_id(0x1_0000_0000);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.len(), 4 + 12 + 16);
+    }
+}

@@ -1,0 +1,91 @@
+//! The node's shared state: the engine, the node store, the simulated bank, the settings, and
+//! the in-memory indexes the API reads on every request (API keys, merchant profiles).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use onecard_engine::{Engine, SimBank};
+
+use crate::metrics::Metrics;
+use crate::records::{self, MerchantProfile};
+use crate::settings::NodeSettings;
+use crate::store::{NodeStore, StoreError};
+
+pub struct Node {
+    pub engine: Arc<Engine>,
+    pub store: NodeStore,
+    pub bank: Arc<SimBank>,
+    pub settings: NodeSettings,
+    pub currency: String,
+    /// SHA-256 of the administrator's token.
+    pub admin_token_hash: String,
+    /// SHA-256 of an API key → merchant id.
+    pub api_keys: DashMap<String, String>,
+    pub merchants: DashMap<String, MerchantProfile>,
+    /// `Idempotency-Key`s whose first request is in progress.
+    pub idem_in_flight: DashMap<String, ()>,
+    /// Orders with a payment or a cancellation in progress: the two never run at once.
+    pub checkout_busy: DashMap<String, ()>,
+    pub metrics: Metrics,
+    /// Wakes the outbox when the journal has grown.
+    pub outbox_wake: tokio::sync::Notify,
+    /// Wakes the print and webhook workers when their queues have grown.
+    pub work_wake: crate::workers::Wake,
+    pub stopping: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: NodeStore,
+        bank: Arc<SimBank>,
+        settings: NodeSettings,
+        currency: String,
+        admin_token: &str,
+    ) -> Result<Node, StoreError> {
+        let node = Node {
+            engine,
+            store,
+            bank,
+            settings,
+            currency,
+            admin_token_hash: records::sha256_hex(admin_token.as_bytes()),
+            api_keys: DashMap::new(),
+            merchants: DashMap::new(),
+            idem_in_flight: DashMap::new(),
+            checkout_busy: DashMap::new(),
+            metrics: Metrics::default(),
+            outbox_wake: tokio::sync::Notify::new(),
+            work_wake: crate::workers::Wake::default(),
+            stopping: AtomicBool::new(false),
+        };
+        for (_, m) in node
+            .store
+            .scan::<MerchantProfile>("me/", None, usize::MAX)?
+        {
+            node.merchants.insert(m.id.clone(), m);
+        }
+        for (k, merchant) in node.store.scan::<String>("ak/", None, usize::MAX)? {
+            node.api_keys
+                .insert(k.trim_start_matches("ak/").to_string(), merchant);
+        }
+        Ok(node)
+    }
+
+    /// Unix seconds now.
+    pub fn now(&self) -> u64 {
+        now_ms() / 1000
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
