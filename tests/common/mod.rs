@@ -5,6 +5,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)] // not every test binary that includes this module uses it
 /// Runs a command to completion, or kills it after `timeout`. (status, stdout, stderr);
 /// status is `None` on a timeout.
 pub fn run_with_timeout(
@@ -59,3 +60,5 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+/// A running `onecard serve` and the peers it talks to, for the HTTP API's tests.
+pub mod node;

@@ -254,6 +254,35 @@ pub async fn create_order(
     Ok(response)
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MerchantAccount {
+    pub id: String,
+    pub name: String,
+    pub currency: String,
+    /// What the settlement center holds for the merchant: settled orders less refunds.
+    pub balance: String,
+    pub webhook_url: Option<String>,
+    pub printer: Option<String>,
+}
+
+/// The merchant's own account.
+pub async fn account(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let state =
+        node.engine.merchant(&merchant).await?.ok_or_else(|| {
+            ApiError::not_found("unknown_merchant", "the account no longer exists")
+        })?;
+    let profile = node.merchants.get(&merchant).map(|m| m.clone());
+    Ok(HttpResponse::Ok().json(MerchantAccount {
+        id: merchant.clone(),
+        name: profile.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+        currency: node.currency.clone(),
+        balance: state.balance.to_string(),
+        webhook_url: profile.as_ref().and_then(|p| p.webhook_url.clone()),
+        printer: profile.and_then(|p| p.printer),
+    }))
+}
+
 pub async fn get_order(
     req: HttpRequest,
     node: web::Data<Node>,

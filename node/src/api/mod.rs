@@ -60,6 +60,7 @@ routes! {
     "/v1/admin/cards" => { post: admin::issue_card },
     "/v1/admin/cards/unlock" => { post: admin::unlock_card },
     "/v1/admin/readers" => { post: admin::register_reader },
+    "/v1/merchant" => { get: merchant::account },
     "/v1/orders" => { post: merchant::create_order, get: merchant::list_orders },
     "/v1/orders/{order}" => { get: merchant::get_order },
     "/v1/orders/{order}/cancel" => { post: merchant::cancel_order },
