@@ -1,13 +1,16 @@
 //! The reader program against a real PC/SC stack: `pcscd` with the vsmartcard `vpcd` driver,
 //! and the virtual OneCard card (`onecard_sim::card`) plugged into `Virtual PCD 00 00` or
 //! `00 01` over TCP, as a card would sit in a USB reader. The node side is the engine's
-//! authentication center, in process (the node's HTTP API is a later issue).
+//! authentication center in process, or a running `onecard serve` over HTTP on loopback (the
+//! last tests: a merchant's order paid with `onecard-terminal pay --node`).
 //!
 //! Each test starts `pcscd -f -a` itself (in the foreground, as root, no systemd) and stops it
 //! at the end; the tests share the vpcd ports, so they run one at a time (nextest group
 //! `serial`). Needs the Debian packages `pcscd`, `vsmartcard-vpcd` and `libpcsclite-dev`,
 //! which `scripts/test.sh` installs.
 #![cfg(feature = "pcsc")]
+
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
@@ -554,4 +557,180 @@ fn the_terminal_program_pays_at_the_virtual_reader_with_the_pin_typed_in() {
     );
     let card = report.state.auth.card_by_token(&token).expect("card");
     assert_eq!((card.last_counter, card.pin_failures), (2, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over HTTP: a running `onecard serve`, the merchant's order, and `onecard-terminal pay --node`.
+
+/// The card the node issued over its admin API (`card_key` of `POST /v1/admin/cards`), as the
+/// virtual card: alice's number and holder reference, its counter at 0.
+fn issued_card(w: &common::node::World) -> CardApplet {
+    common::node::card_for(w, 0).0
+}
+
+/// `onecard-terminal pay --node` at Virtual PCD 00 00 for `order`, with `pin` typed in.
+fn pay_at_node(
+    node: &common::node::NodeProc,
+    w: &common::node::World,
+    order: &str,
+    pin: &str,
+) -> (std::process::ExitStatus, String, String) {
+    terminal(
+        &[
+            "pay",
+            "--node",
+            &node.base,
+            "--reader",
+            READER_0,
+            "--reader-id",
+            &w.reader_id,
+            "--order",
+            order,
+            "--wait-secs",
+            "10",
+        ],
+        &format!("{pin}\n"),
+    )
+}
+
+/// `GET /v1/orders/{order}` as the merchant.
+fn merchant_order(
+    node: &common::node::NodeProc,
+    w: &common::node::World,
+    order: &str,
+) -> serde_json::Value {
+    let a = common::node::call(
+        "GET",
+        &node.url(&format!("/v1/orders/{order}")),
+        Some(&w.api_key),
+        None,
+        None,
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body
+}
+
+#[test]
+fn the_terminal_program_pays_a_merchants_order_at_a_running_node_with_the_virtual_card() {
+    use common::node::{call, create_order, eventually, setup, NodeProc, Printer};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let printer = Printer::start();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, Some(&printer.addr.to_string()), None);
+    // Step 1: the merchant's checkout, over HTTP.
+    let order = create_order(&node, &w, "42.50", false);
+    assert_eq!(
+        merchant_order(&node, &w, &order)["state"],
+        "awaiting_payment"
+    );
+
+    // Steps 2-4: the reader program opens the checkout at the node and pays it with the card
+    // in the PC/SC reader, the PIN typed on its standard input.
+    let _pcscd = Pcscd::start();
+    let mut inserted = InsertedCard::insert(PORT_0, issued_card(&w));
+    let (status, out, err) = pay_at_node(&node, &w, &order, common::node::PIN);
+    assert!(
+        status.success(),
+        "stdout:\n{out}\nstderr:\n{err}\nnode:\n{}",
+        node.log()
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    for expected in [
+        format!("checkout: order {order}"),
+        "merchant: The Tea Shop".to_string(),
+        "amount: 42.50 EUR".to_string(),
+        format!("deliver to: Alice Example, {}", common::node::HOME),
+        format!("order: {order} pending"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.trim_end() == expected),
+            "{expected:?} not in the output:\n{out}"
+        );
+    }
+    assert!(out.contains("Enter your PIN"), "{out}");
+    assert!(out.contains("Payment authorised"), "{out}");
+    let session = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("session: "))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|| panic!("no session line:\n{out}"));
+    assert!(!session.is_empty(), "{out}");
+    assert!(
+        !out.contains(&format!("PIN: {}", common::node::PIN)),
+        "the PIN is never shown:\n{out}"
+    );
+    let applet = inserted.remove().expect("the card comes back");
+    assert_eq!(applet.counter(), 1, "the card signed once");
+
+    // Step 5: the slip at the merchant's printer, decoded from its ESC/POS bytes.
+    let slips = eventually(20, || {
+        let s = printer.slips();
+        (!s.is_empty()).then_some(s)
+    })
+    .expect("the slip is printed");
+    let decoded = onecard_adapters::printer::decode(&slips[0]).expect("valid ESC/POS");
+    let text = decoded.lines.join("\n");
+    for expected in [
+        format!("Order: {order}"),
+        "Deliver to: Alice Example".to_string(),
+        format!("Address: {}", common::node::HOME),
+    ] {
+        assert!(
+            decoded.lines.iter().any(|l| l.contains(&expected)),
+            "{expected:?} not on the slip:\n{text}"
+        );
+    }
+    let printed = eventually(20, || {
+        let o = merchant_order(&node, &w, &order);
+        (o["print"]["status"] == "printed").then_some(o)
+    })
+    .expect("the print status on the order");
+    assert_eq!(printed["state"], "pending");
+
+    // Step 6: the consumer confirms receipt with the session the reader program printed.
+    let confirmed = call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
+        Some(&session),
+        None,
+        Some(&serde_json::json!({"satisfied": true})),
+    );
+    assert_eq!(confirmed.status, 200, "{:?}", confirmed.body);
+    assert_eq!(confirmed.body["state"], "settled");
+    assert_eq!(merchant_order(&node, &w, &order)["state"], "settled");
+    assert_eq!(printer.slips().len(), 1, "printed once");
+}
+
+#[test]
+fn a_wrong_pin_at_the_virtual_reader_places_no_order_at_the_running_node() {
+    use common::node::{create_order, setup, NodeProc, Printer};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let printer = Printer::start();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, Some(&printer.addr.to_string()), None);
+    let order = create_order(&node, &w, "9.99", false);
+
+    let _pcscd = Pcscd::start();
+    let _inserted = InsertedCard::insert(PORT_0, issued_card(&w));
+    let (status, out, err) = pay_at_node(&node, &w, &order, "0000");
+    assert!(!status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("\u{7}\u{7}Wrong PIN, 2 tries left"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("order: ") || l.starts_with("session: ")),
+        "nothing placed, no session:\n{out}"
+    );
+    let o = merchant_order(&node, &w, &order);
+    assert_eq!(o["state"], "awaiting_payment", "{o}");
+    assert_eq!(o["print"]["status"], "waiting_for_payment", "{o}");
+
+    // The same card and order, the right PIN: now it is placed (the card's counter moved on).
+    let (status, out, err) = pay_at_node(&node, &w, &order, common::node::PIN);
+    assert!(status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_end() == format!("order: {order} pending")),
+        "{out}"
+    );
+    assert_eq!(merchant_order(&node, &w, &order)["state"], "pending");
 }

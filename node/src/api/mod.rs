@@ -159,7 +159,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::invalid(format!("the body does not fit: {e}")),
+            // A shape error may come before the syntax error further on (`{"a":1} junk`
+            // misses fields before the junk is read): malformed JSON is 400 whatever else.
+            Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(syntax) if !syntax.is_data() => ApiError::bad_request(
+                    "invalid_json",
+                    format!("the body is not valid JSON: {syntax}"),
+                ),
+                _ => ApiError::invalid(format!("the body does not fit: {e}")),
+            },
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
             }
@@ -168,12 +176,10 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    // The scheme is case-insensitive (RFC 9110, 11.1): `bearer <key>` is a key too.
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The merchant an API key belongs to (401 otherwise).

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# HTTP load run: order creations per second over real HTTP on loopback, and their latency.
+#
+#   scripts/http-load.sh [SECONDS] [CONNECTIONS]      (defaults: 20 s, 64 connections)
+#
+# Builds the release binary, starts `onecard serve` on a fresh data directory, registers a
+# merchant over the admin API, then runs wrk (one thread, from a second process) posting
+# orders, each with its own Idempotency-Key (scripts/wrk-orders.lua). Every 2xx is an order
+# acknowledged only after it is on disk (durability under SIGKILL is the end-to-end tests'
+# job, tests/api_durability.rs). Prints the node's own count of created orders and its batch
+# sizes from /metrics, then stops it with SIGTERM. Installs wrk with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+conns=${2:-64}
+if ! command -v wrk >/dev/null; then
+  echo "==> installing wrk"
+  sudo=()
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo=(sudo -E); fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq wrk
+fi
+cargo build --release --quiet
+work=$(mktemp -d)
+trap 'kill $node 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+token="load-admin-token-$(date +%s)"
+ONECARD_ADMIN_TOKEN=$token ./target/release/onecard serve --listen 127.0.0.1:$port \
+  --data "$work/data" --config config.toml 2>"$work/serve.log" &
+node=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+key=$(curl -sf -X POST "http://127.0.0.1:$port/v1/admin/merchants" -H "Authorization: Bearer $token" \
+  -d '{"id":"load-shop","name":"Load Shop"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
+echo "==> wrk -t1 -c$conns -d${secs}s POST /v1/orders"
+ONECARD_API_KEY=$key ONECARD_RUN="run$$" wrk -t1 -c"$conns" -d"${secs}s" --latency \
+  -s scripts/wrk-orders.lua "http://127.0.0.1:$port" | tee "$work/wrk.out"
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(orders_created_total|journal_batch|node_store_flushes_total)' || true
+kill -TERM $node
+wait $node
+echo "==> node stopped cleanly (exit 0)"
