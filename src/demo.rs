@@ -6,15 +6,25 @@
 //! memory here (`tests/pcsc_reader.rs` runs the same over a real PC/SC stack) — swipes at the
 //! node, takes the PIN, lets the card sign the node's challenge, and the node's authentication
 //! center checks card, PIN, address and credit. The reader's prompts are printed.
+//!
+//! Every accepted order then prints its delivery slip (F16, step 5): each merchant has a
+//! simulated order printer, a real TCP listener on loopback that records the bytes of each
+//! connection as a port-9100 printer receives them. The demo builds the slip (only what F22
+//! allows), sends its ESC/POS bytes with the printer adapter's `print_to`, and prints what the
+//! printer received, decoded back to text.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
+use onecard_adapters::printer::{decode, print_to, DeliverySlip, DEFAULT_PORT};
 use onecard_engine::cards::{IssuerKey, NewReader, Prompt};
 use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::model::{CommandResult, Refusal};
 use onecard_engine::{verify, Amount, DataKey, Engine, NodeConfig, SimBank, SimBankPort};
+use onecard_node::workers::release_words;
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
 use onecard_terminal::flow::{self, Console, EngineLink, PaymentEnd, PaymentRequest};
@@ -23,6 +33,75 @@ use serde_json::json;
 /// Where every consumer's reader connects from in the demo (its registered network).
 const HOME_NETWORK: &str = "192.168.1.0/24";
 const READER_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10));
+
+/// How long the demo gives a print (connect, then write) and the printer's answer.
+const PRINT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many slips are printed in full; the rest get one line each.
+const SLIPS_IN_FULL: usize = 2;
+/// The paper's width in columns (58 mm roll, Font A): centred lines are shown centred in it.
+const PAPER_COLUMNS: usize = 32;
+
+/// A merchant's order printer, simulated: a TCP listener on loopback (playing port 9100) whose
+/// thread hands over the bytes of each connection, as the printer received them.
+struct SimPrinter {
+    label: String,
+    addr: SocketAddr,
+    jobs: mpsc::Receiver<Vec<u8>>,
+}
+
+impl SimPrinter {
+    fn start(label: String) -> DemoResult<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (tx, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("printer {label}"))
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    // A job ends when the sender shuts down its write half. What arrived before
+                    // an error is handed over as is: the decoder says what is wrong with it.
+                    let _ = conn.set_read_timeout(Some(PRINT_TIMEOUT));
+                    let mut bytes = Vec::new();
+                    let _ = conn.read_to_end(&mut bytes);
+                    if tx.send(bytes).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(SimPrinter { label, addr, jobs })
+    }
+
+    /// The bytes of the next print job the printer received.
+    fn next_job(&self) -> DemoResult<Vec<u8>> {
+        self.jobs
+            .recv_timeout(PRINT_TIMEOUT)
+            .map_err(|e| format!("printer {} received nothing: {e}", self.label))
+    }
+
+    fn tag(&self) -> String {
+        format!("[printer {} @{}]", self.label, self.addr)
+    }
+}
+
+/// A merchant as the demo registers it: its display name (printed on its slips) and its
+/// simulated order printer.
+struct DemoMerchant {
+    name: String,
+    printer: SimPrinter,
+}
+
+/// What the demo's merchants sell, a couple of items per slip.
+fn demo_items(merchant: &str) -> Vec<(String, u32)> {
+    let items: &[(&str, u32)] = match merchant {
+        "bookshop" => &[("Paperback novel", 2), ("Bookmark", 1)],
+        "grocer" => &[("Vegetable box", 1), ("Olive oil 1 l", 2)],
+        "electronics" => &[("Laptop 14in", 1), ("USB-C charger", 1)],
+        _ => &[("Goods", 1)],
+    };
+    items.iter().map(|(i, q)| (i.to_string(), *q)).collect()
+}
 
 /// The card in the consumer's reader: the virtual card's applet, in memory.
 struct CardInReader(CardApplet);
@@ -77,6 +156,9 @@ struct Holder {
     reader_id: String,
     pin: String,
     address: String,
+    /// The name and phone the consumer's orders are delivered to (printed on the slips).
+    delivery_name: String,
+    delivery_phone: String,
 }
 
 type DemoResult<T> = Result<T, String>;
@@ -93,6 +175,9 @@ struct Demo {
     bank: Arc<SimBank>,
     now: u64,
     holders: std::collections::HashMap<String, Holder>,
+    merchants: std::collections::HashMap<String, DemoMerchant>,
+    currency: String,
+    slips_printed: usize,
 }
 
 /// How a payment at the reader ended, in a line.
@@ -143,7 +228,7 @@ impl Demo {
 
     /// Issues the consumer's card (the PIN kept as an Argon2id hash, the card key derived from
     /// the issuer master key) and registers their reader, bound 1:1 to card and account.
-    async fn issue_card_and_reader(&mut self, who: &str) -> DemoResult<()> {
+    async fn issue_card_and_reader(&mut self, who: &str, name: &str) -> DemoResult<()> {
         let n = self.holders.len() + 1;
         let number = demo_card_number(n);
         let pin = DEMO_PINS
@@ -192,7 +277,113 @@ impl Demo {
                 reader_id,
                 pin,
                 address,
+                delivery_name: name.into(),
+                delivery_phone: format!("+1 555 01{n:02}"),
             },
+        );
+        Ok(())
+    }
+
+    /// Registers merchant `id`, shown as `name`, with its simulated order printer.
+    async fn open_merchant(&mut self, id: &str, name: &str) -> DemoResult<()> {
+        let r = self
+            .engine
+            .open_merchant(id, None, self.now)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.expect(&r, "ok")?;
+        let printer = SimPrinter::start(format!("{id}-1"))?;
+        println!(
+            "  merchant {id} ({name}): balance 0.00, order printer {} at {} (simulated, plays port {DEFAULT_PORT})",
+            printer.label, printer.addr
+        );
+        self.merchants.insert(
+            id.into(),
+            DemoMerchant {
+                name: name.into(),
+                printer,
+            },
+        );
+        Ok(())
+    }
+
+    /// Step 5: the delivery slip of an accepted order goes to the merchant's printer as
+    /// ESC/POS over TCP; what the printer received is decoded and shown (in full for the
+    /// first slips, in a line for the rest).
+    fn print_slip(
+        &mut self,
+        id: &str,
+        consumer: &str,
+        merchant: &str,
+        amount: &str,
+        release: &serde_json::Value,
+    ) -> DemoResult<()> {
+        let holder = self
+            .holders
+            .get(consumer)
+            .ok_or_else(|| format!("{consumer} has no card"))?;
+        let shop = self
+            .merchants
+            .get(merchant)
+            .ok_or_else(|| format!("merchant {merchant} has no printer"))?;
+        // Only what F22 lets a merchant see: no card, no bank account, no consumer id.
+        let slip = DeliverySlip {
+            order_id: id.into(),
+            merchant: shop.name.clone(),
+            amount: amount.into(),
+            currency: self.currency.clone(),
+            delivery_name: holder.delivery_name.clone(),
+            delivery_address: holder.address.clone(),
+            delivery_phone: holder.delivery_phone.clone(),
+            items: demo_items(merchant),
+            release: release_words(release),
+        };
+        let bytes = slip.to_escpos();
+        let printer = &shop.printer;
+        print_to(printer.addr, &bytes, PRINT_TIMEOUT).map_err(|e| e.to_string())?;
+        let received = printer.next_job()?;
+        let printed = decode(&received).map_err(|e| format!("{}: {e}", printer.tag()))?;
+        if printed.lines != slip.text_lines() {
+            return Err(format!(
+                "{} printed {:?}, the slip was {:?}",
+                printer.tag(),
+                printed.lines,
+                slip.text_lines()
+            ));
+        }
+        self.slips_printed += 1;
+        if self.slips_printed > SLIPS_IN_FULL {
+            println!(
+                "  [5 print] {} slip for {id} printed ({} lines, beeped {} times, cut)",
+                printer.tag(),
+                printed.lines.len(),
+                printed.beeps
+            );
+            return Ok(());
+        }
+        println!(
+            "  [5 print] the delivery slip goes to {}'s printer: {} bytes of ESC/POS over TCP",
+            shop.name,
+            bytes.len()
+        );
+        println!(
+            "    {} received {} bytes; it prints:",
+            printer.tag(),
+            received.len()
+        );
+        for (i, line) in printed.lines.iter().enumerate() {
+            let line = if printed.centred_lines.contains(&i) {
+                format!("{line:^PAPER_COLUMNS$}").trim_end().to_string()
+            } else {
+                line.clone()
+            };
+            println!("      | {line}");
+        }
+        println!(
+            "    {} beeped {} times (the merchant hears it), fed {} lines and cut the paper",
+            printer.tag(),
+            printed.beeps,
+            printed.fed_lines
         );
         Ok(())
     }
@@ -241,7 +432,15 @@ impl Demo {
         amount: &str,
         release: serde_json::Value,
     ) -> DemoResult<CommandResult> {
-        println!("  {consumer} pays order {id} ({amount} to {merchant}) at the reader:");
+        let shop = self
+            .merchants
+            .get(merchant)
+            .map_or(merchant, |m| m.name.as_str());
+        println!(
+            "  [1 log in / check out] {shop} opens checkout {id} for {amount} {}; {consumer} pays by card",
+            self.currency
+        );
+        println!("  [2 swipe, 3 authenticate] {consumer} pays order {id} ({amount} to {merchant}) at the reader:");
         let cents = Amount::parse(amount).map_err(|e| e.to_string())?.cents();
         let holder = self
             .holders
@@ -274,7 +473,7 @@ impl Demo {
                     consumer: consumer.into(),
                     merchant: merchant.into(),
                     amount: amount.into(),
-                    release,
+                    release: release.clone(),
                 };
                 self.engine
                     .place_order(req, self.now)
@@ -287,9 +486,12 @@ impl Demo {
             other => return Err(format!("the payment at the reader ended: {other:?}")),
         };
         println!(
-            "  place order {id}: {consumer} pays {merchant} {amount} → {}",
+            "  [4 place] place order {id}: {consumer} pays {merchant} {amount} → {}",
             show(&r)
         );
+        if r.as_ref().is_ok_and(|o| o.as_str() == "accepted") {
+            self.print_slip(id, consumer, merchant, amount, &release)?;
+        }
         Ok(r)
     }
 
@@ -356,6 +558,19 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     engine_cfg.data_key = Some(DataKey::random(&mut rand::thread_rng()));
     println!("cards: the issuer master key is drawn for this run and never stored; card keys derive from it");
     println!("bank accounts: stored only as keyed references, sealed under a data key drawn for this run");
+    println!(
+        "payments: each runs the six steps of F18; the lines below are tagged with their step:"
+    );
+    for step in [
+        "[1 log in / check out] the shop opens the checkout, the consumer pays by card",
+        "[2 swipe] the card goes into the consumer's reader, bound to it",
+        "[3 authenticate] PIN, delivery address, then credit",
+        "[4 place] the order enters the virtual account, its amount reserved",
+        "[5 print] the delivery slip goes to the merchant's printer (ESC/POS over TCP)",
+        "[6 settle] on its release condition, the money goes to the merchant",
+    ] {
+        println!("  {step}");
+    }
     let bank = SimBank::open(&dir).map_err(|e| e.to_string())?;
     let engine = Engine::open(&dir, engine_cfg, Arc::new(SimBankPort(bank.clone())))
         .await
@@ -365,13 +580,22 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         bank: bank.clone(),
         now: 0,
         holders: std::collections::HashMap::new(),
+        merchants: std::collections::HashMap::new(),
+        currency: cfg.currency.clone(),
+        slips_printed: 0,
     };
 
     println!("\n== Registering consumers (virtual account + wallet + designated bank account) and merchants");
-    for (who, limit, bank_acct, balance) in [
-        ("alice", "20000.00", "alice-bank", "30000.00"),
-        ("bob", "1000.00", "bob-bank", "8000.00"),
-        ("carol", "10000.00", "carol-bank", "12000.00"),
+    for (who, name, limit, bank_acct, balance) in [
+        (
+            "alice",
+            "Alice Martin",
+            "20000.00",
+            "alice-bank",
+            "30000.00",
+        ),
+        ("bob", "Bob Nguyen", "1000.00", "bob-bank", "8000.00"),
+        ("carol", "Carol Diaz", "10000.00", "carol-bank", "12000.00"),
     ] {
         d.bank
             .open_account(
@@ -392,16 +616,14 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
             .map_err(|e| e.to_string())?;
         d.expect(&r, "ok")?;
         println!("  {}", d.consumer_line(who).await?);
-        d.issue_card_and_reader(who).await?;
+        d.issue_card_and_reader(who, name).await?;
     }
-    for m in ["bookshop", "grocer", "electronics"] {
-        let r = d
-            .engine
-            .open_merchant(m, None, d.now)
-            .await
-            .map_err(|e| e.to_string())?;
-        d.expect(&r, "ok")?;
-        println!("  merchant {m}: balance 0.00");
+    for (m, name) in [
+        ("bookshop", "Corner Bookshop"),
+        ("grocer", "Green Grocer"),
+        ("electronics", "Volt Electronics"),
+    ] {
+        d.open_merchant(m, name).await?;
     }
 
     println!("\n== 1. An order placed and reserved against the virtual account's credit");
@@ -436,7 +658,10 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .confirm_receipt("o-1001", true, d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  alice confirms receipt of o-1001 → {}", show(&r));
+    println!(
+        "  [6 settle] alice confirms receipt of o-1001 → {}",
+        show(&r)
+    );
     d.expect(&r, "settled")?;
     println!("  {}", d.consumer_line("alice").await?);
     println!(
@@ -460,14 +685,14 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .enter_code("o-1003", "111111", d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  carol enters a wrong code → {}", show(&r));
+    println!("  [6 settle] carol enters a wrong code → {}", show(&r));
     d.expect(&r, "refused:code")?;
     let r = d
         .engine
         .enter_code("o-1003", "739104", d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  carol enters the right code → {}", show(&r));
+    println!("  [6 settle] carol enters the right code → {}", show(&r));
     d.expect(&r, "settled")?;
 
     println!("\n== 5. An order released by time (one hour after placement)");
@@ -491,7 +716,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .map_err(|e| e.to_string())?
         .ok_or("order vanished")?
         .state;
-    println!("  after 30 minutes: o-1004 is {state}");
+    println!("  [6 settle] after 30 minutes: o-1004 is {state}");
     d.now += 1_800;
     let r = d.engine.tick(d.now).await.map_err(|e| e.to_string())?;
     d.expect(&r, "ok")?;
@@ -502,7 +727,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .map_err(|e| e.to_string())?
         .ok_or("order vanished")?
         .state;
-    println!("  after 60 minutes: o-1004 is {state}");
+    println!("  [6 settle] after 60 minutes: o-1004 is {state}");
     if state.as_str() != "settled" {
         return Err(format!("o-1004 should have settled, is {state}"));
     }
@@ -524,7 +749,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .confirm_receipt("o-1005", true, d.now)
         .await
         .map_err(|e| e.to_string())?;
-    println!("  carol confirms receipt → {} (wallet paid 5000.00, fell to 0.00, topped up from carol's bank account)", show(&r));
+    println!("  [6 settle] carol confirms receipt → {} (wallet paid 5000.00, fell to 0.00, topped up from carol's bank account)", show(&r));
     d.expect(&r, "settled")?;
     println!("  after:  {}", d.consumer_line("carol").await?);
 
@@ -547,7 +772,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "  alice confirms receipt → {} (wallet 5000.00 + bank 2500.00, then top-up 5000.00)",
+        "  [6 settle] alice confirms receipt → {} (wallet 5000.00 + bank 2500.00, then top-up 5000.00)",
         show(&r)
     );
     d.expect(&r, "settled")?;
@@ -593,12 +818,15 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         "\n== 10. The authentication center refuses: a card on another's reader (I9), a wrong PIN"
     );
     let end = d.at_reader("alice", "reader-bob", None, "o-1008", 1_000);
-    println!("  alice's card in bob's reader → {}", ended(&end));
+    println!("  [2 swipe] alice's card in bob's reader → {}", ended(&end));
     if end != PaymentEnd::Refused(Prompt::not_bound()) {
         return Err(format!("a card on another reader must be refused: {end:?}"));
     }
     let end = d.at_reader("carol", "reader-carol", Some("0000"), "o-1009", 1_000);
-    println!("  carol types a wrong PIN → {}", ended(&end));
+    println!(
+        "  [3 authenticate] carol types a wrong PIN → {}",
+        ended(&end)
+    );
     if end != PaymentEnd::Refused(Prompt::wrong_pin(2)) {
         return Err(format!("a wrong PIN must be counted: {end:?}"));
     }

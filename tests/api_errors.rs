@@ -491,14 +491,36 @@ fn the_same_key_replays_the_answer_and_a_different_request_is_refused() {
     assert_eq!(orders(&node, &shop).len(), 1);
     assert_eq!(orders(&node, &other).len(), 1);
 
-    // A refusal is an answer like any other: replayed, and its key is spent.
+    // A body that does not validate ran nothing: its answer is not stored, so the caller can
+    // fix the body and retry with the same key.
     let zero = order_body("0", false);
     let a = post(&node, "/v1/orders", &shop, Some("order-zero"), &zero);
     assert_error(&a, 422, "invalid_field");
     let b = post(&node, "/v1/orders", &shop, Some("order-zero"), &zero);
-    assert_eq!((b.status, b.replayed), (422, true));
-    assert_eq!(b.body, a.body);
+    assert_eq!((b.status, b.replayed), (422, false));
     assert_eq!(orders(&node, &shop).len(), 1);
+    let fixed = post(
+        &node,
+        "/v1/orders",
+        &shop,
+        Some("order-zero"),
+        &order_body("3.00", false),
+    );
+    assert_eq!(
+        (fixed.status, fixed.replayed),
+        (201, false),
+        "{:?}",
+        fixed.body
+    );
+    let again = post(
+        &node,
+        "/v1/orders",
+        &shop,
+        Some("order-zero"),
+        &order_body("3.00", false),
+    );
+    assert_eq!((again.status, again.replayed), (201, true));
+    assert_eq!(orders(&node, &shop).len(), 2);
 
     // A cancellation retried with its key: the same answer.
     let c1 = post(

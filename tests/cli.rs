@@ -59,6 +59,31 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
         assert!(stdout.contains(step), "the demo does not show {step:?}");
     }
     assert!(stdout.contains("refused:credit"));
+    // The six steps of F18 are named, and step 5 shows the delivery slip as the merchant's
+    // simulated printer received it over TCP, decoded from its ESC/POS bytes.
+    for step in [
+        "[1 log in / check out]",
+        "[2 swipe",
+        "3 authenticate]",
+        "[4 place]",
+        "[5 print]",
+        "[6 settle]",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "the demo does not name step {step:?}"
+        );
+    }
+    for line in ["DELIVERY SLIP", "Order: o-1001", "TOTAL: 120.00 EUR"] {
+        assert!(
+            stdout.contains(line),
+            "no printed slip line {line:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("beeped 3 times"),
+        "the printer did not beep:\n{stdout}"
+    );
     // The balances worked out by hand from the demo's story.
     for (key, want) in [
         ("wallet:alice", "5000.00"),

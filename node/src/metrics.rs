@@ -67,14 +67,23 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, route: &str, method: &str, status: u16, secs: f64) {
-        self.requests
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-        self.latency
-            .entry((route.to_string(), method.to_string()))
-            .or_default()
-            .observe(secs);
+        let key = (route.to_string(), method.to_string(), status);
+        match self.requests.get(&key) {
+            Some(n) => {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.requests
+                    .entry(key.clone())
+                    .or_default()
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let key = (key.0, key.1);
+        match self.latency.get(&key) {
+            Some(h) => h.observe(secs),
+            None => self.latency.entry(key).or_default().observe(secs),
+        }
     }
 
     pub fn order_event(&self, state: &'static str) {

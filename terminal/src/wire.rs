@@ -24,6 +24,7 @@ pub struct CheckoutView {
 
 /// `POST /v1/reader/swipe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SwipeBody {
     pub reader_id: String,
     pub card_number: String,
@@ -56,6 +57,7 @@ pub enum SwipeAnswer {
 
 /// `POST /v1/reader/authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthenticateBody {
     pub challenge_id: String,
     pub counter: u32,
@@ -67,6 +69,7 @@ pub struct AuthenticateBody {
 
 /// An [`EncryptedPin`] on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PinBody {
     pub reader_public: String,
     pub nonce: String,
@@ -75,6 +78,7 @@ pub struct PinBody {
 
 /// `POST /v1/reader/confirm-address`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConfirmAddressBody {
     pub challenge_id: String,
     pub accept: bool,

@@ -95,10 +95,15 @@ pub async fn open_consumer(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, OpenConsumer);
+    let normal = |a: &str| {
+        Amount::parse_non_negative(a)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| a.to_string())
+    };
     let reply = match node.engine.open_consumer(b.clone(), node.now()).await? {
         Ok(_) => Reply::new(
             StatusCode::CREATED,
-            &serde_json::json!({"consumer": b.consumer, "credit_limit": b.credit_limit, "wallet": b.wallet}),
+            &serde_json::json!({"consumer": b.consumer, "credit_limit": normal(&b.credit_limit), "wallet": normal(&b.wallet)}),
         ),
         Err(r) => refusal_reply(&r),
     };
@@ -300,6 +305,13 @@ pub async fn issue_card(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, IssueCard);
+    if !node.engine.has_consumer(&b.holder)? {
+        let e = ApiError::not_found(
+            "unknown_consumer",
+            format!("no consumer {:?} to issue the card to", b.holder),
+        );
+        return idem.finish(Reply::error(&e)).await;
+    }
     let holder = b.holder.clone();
     let last4: String = b
         .number

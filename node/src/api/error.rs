@@ -100,6 +100,11 @@ impl From<EngineError> for ApiError {
                 "overloaded",
                 "the node is at its limit of commands in progress; retry shortly",
             ),
+            EngineError::Config(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_configured",
+                format!("this node is not configured for it: {m}"),
+            ),
             EngineError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }

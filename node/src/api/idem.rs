@@ -1,8 +1,11 @@
 //! `Idempotency-Key` on every mutating route.
 //!
-//! The first request with a key runs; its answer (any status below 500) is stored with a
-//! fingerprint of the request (method, path, body) **in the same atomic, flushed write as the
-//! request's own effects**, before it is sent. A repeat with the same fingerprint gets the
+//! The first request with a key runs; its answer is stored with a fingerprint of the request
+//! (method, path, body) **in the same atomic, flushed write as the request's own effects**,
+//! before it is sent. Not stored: server errors (5xx) and requests refused before anything ran
+//! because the body was malformed or did not validate (400 `invalid_json`, 422
+//! `invalid_field`): the caller fixes the body and retries with the same key. Business refusals
+//! (a refusal of the engine's, a state conflict) are stored and replayed like successes. A repeat with the same fingerprint gets the
 //! stored answer again (header `Idempotent-Replayed: true`); the same key with another request
 //! gets 422 `idempotency_mismatch`; a repeat while the first is still running gets 409
 //! `idempotency_in_progress`. Keys are per caller (merchant, administrator, consumer, reader),
@@ -113,7 +116,7 @@ impl<'a> Idem<'a> {
     pub async fn finish(self, reply: Reply) -> Result<HttpResponse, ApiError> {
         let mut writes = reply.writes;
         if let Some((key, fingerprint)) = &self.claim {
-            if reply.status.as_u16() < 500 {
+            if reply.status.as_u16() < 500 && !is_validation_error(&reply.body) {
                 writes.push(Write::json(
                     key.clone(),
                     &IdemRecord {
@@ -137,6 +140,14 @@ impl Drop for Idem<'_> {
             self.node.idem_in_flight.remove(key);
         }
     }
+}
+
+/// A body that did not parse or validate: nothing ran, so nothing to replay.
+fn is_validation_error(body: &serde_json::Value) -> bool {
+    matches!(
+        body.pointer("/error/code").and_then(|c| c.as_str()),
+        Some("invalid_json" | "invalid_field" | "bad_body")
+    )
 }
 
 fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpResponse>, ApiError> {

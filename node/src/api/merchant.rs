@@ -126,6 +126,37 @@ impl CreateOrder {
     }
 }
 
+/// A checkout just created: nothing to look up (no order in the engine, no print job yet).
+fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
+    let has_printer = node
+        .merchants
+        .get(&c.merchant)
+        .map(|m| m.printer.is_some())
+        .unwrap_or(false);
+    OrderView {
+        id: c.order_id.clone(),
+        reference: c.reference.clone(),
+        merchant: c.merchant.clone(),
+        amount: Amount::from_cents(c.amount_cents).to_string(),
+        currency: c.currency.clone(),
+        items: c.items.clone(),
+        delivery: c.delivery.clone(),
+        release: c.release.clone(),
+        digital: c.digital,
+        created_at: c.created_at,
+        state: "awaiting_payment".into(),
+        refunded: Amount::ZERO.to_string(),
+        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        print: status(if c.digital {
+            "not_applicable"
+        } else if has_printer {
+            "waiting_for_payment"
+        } else {
+            "no_printer"
+        }),
+    }
+}
+
 /// What the merchant sees of an order now: the checkout, the engine's state, the print job.
 pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, ApiError> {
     let placed = node.engine.order(&c.order_id).await?;
@@ -238,7 +269,7 @@ pub async fn create_order(
         created_at: now_ms / 1000,
         cancelled_at: None,
     };
-    let view = order_view(&node, &checkout).await?;
+    let view = new_order_view(&node, &checkout);
     let writes = vec![
         Write::json(records::checkout_key(&checkout.order_id), &checkout),
         Write::json(
@@ -480,7 +511,9 @@ pub async fn refund_order(
             StatusCode::OK,
             &RefundView {
                 refund_id,
-                amount: parsed.amount,
+                amount: Amount::parse_positive(&parsed.amount)
+                    .map(|a| a.to_string())
+                    .unwrap_or(parsed.amount),
                 order: order_view(&node, &c).await?,
             },
         ),
