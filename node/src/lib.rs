@@ -173,6 +173,10 @@ async fn run(
             let every = Duration::from_millis(node.settings.tick_interval_ms);
             while !node.is_stopping() {
                 tokio::time::sleep(every).await;
+                if node.is_stopping() {
+                    // No journal record after the outbox's last catch-up at shutdown.
+                    break;
+                }
                 match node.engine.tick(node.now()).await {
                     Ok(_) => node.outbox_wake.notify_one(),
                     Err(e) => tracing::error!(error = %e, "tick failed"),

@@ -127,6 +127,15 @@ impl NodeProc {
         self.wait(Duration::from_secs(120))
     }
 
+    /// Sends `signal` (e.g. SIGINT), then waits for the exit (at most 2 minutes).
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let pid = self.pid();
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        self.wait(Duration::from_secs(120))
+    }
+
     /// SIGKILL: nothing gets to run.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
