@@ -216,6 +216,9 @@ async fn run(
             .default_service(web::to(api::no_such_route))
     })
     .workers(workers)
+    // The node handles SIGTERM and SIGINT itself (below), both as a graceful stop: actix's
+    // own handler treats SIGINT as a forced one.
+    .disable_signals()
     .backlog(4096)
     .max_connections(25_000)
     .shutdown_timeout(settings.shutdown_timeout_secs);
@@ -235,7 +238,26 @@ async fn run(
             started.elapsed().as_millis()
         );
     }
-    server.run().await?;
+    let server = server.run();
+    let handle = server.handle();
+    let signals = actix_rt::spawn(async move {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return;
+        };
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("serve: {which}: finishing the requests in progress");
+        handle.stop(true).await;
+    });
+    server.await?;
+    signals.abort();
 
     // Stopped accepting and finished every request in progress: now the background work.
     eprintln!("serve: stopping");

@@ -127,6 +127,18 @@ pub fn print_loop(node: Arc<NodeRef>) {
 /// The node, shared with the worker threads.
 pub struct NodeRef(pub actix_web::web::Data<Node>);
 
+/// Printers served at once in one pass: each printer's slips go one after the other, different
+/// printers in parallel, so that a printer that hangs until the timeout holds up only its own
+/// slips.
+const PRINTERS_AT_ONCE: usize = 32;
+
+fn min_due(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Prints every due slip once; returns when the next queued one is due.
 fn print_pass(node: &Node) -> Result<Option<u64>, String> {
     let queued = node
@@ -137,31 +149,23 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
         .print_depth
         .store(queued.len(), Ordering::Relaxed);
     let mut next_due: Option<u64> = None;
+    let mut by_printer: std::collections::BTreeMap<String, Vec<(String, PrintJob, Checkout)>> =
+        Default::default();
     for (key, ()) in queued {
-        if node.is_stopping() {
-            break;
-        }
         let order = &key[3..];
-        let job_key = records::print_job_key(order);
-        let Some(mut job) = node
+        let job = node
             .store
-            .get::<PrintJob>(&job_key)
-            .map_err(|e| e.to_string())?
-        else {
+            .get::<PrintJob>(&records::print_job_key(order))
+            .map_err(|e| e.to_string())?;
+        let Some(job) = job.filter(|j| j.state == PrintState::Queued) else {
+            // Printed or gone: not queued any more.
             node.store
                 .commit_blocking(vec![Write::remove(key.clone())])
                 .map_err(|e| e.to_string())?;
             continue;
         };
-        if job.state != PrintState::Queued {
-            node.store
-                .commit_blocking(vec![Write::remove(key.clone())])
-                .map_err(|e| e.to_string())?;
-            continue;
-        }
-        let now = now_ms();
-        if job.next_attempt_ms > now {
-            next_due = Some(next_due.map_or(job.next_attempt_ms, |d| d.min(job.next_attempt_ms)));
+        if job.next_attempt_ms > now_ms() {
+            next_due = min_due(next_due, Some(job.next_attempt_ms));
             continue;
         }
         let Some(checkout) = node
@@ -171,7 +175,45 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
         else {
             continue;
         };
-        let bytes = slip_of(node, &checkout).to_escpos();
+        by_printer
+            .entry(job.printer.clone())
+            .or_default()
+            .push((key, job, checkout));
+    }
+    let groups: Vec<_> = by_printer.into_values().collect();
+    for chunk in groups.chunks(PRINTERS_AT_ONCE) {
+        let dues = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|jobs| scope.spawn(move || print_on_one_printer(node, jobs)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a print thread panicked".into()))
+                })
+                .collect::<Vec<_>>()
+        });
+        for due in dues {
+            next_due = min_due(next_due, due?);
+        }
+    }
+    Ok(next_due)
+}
+
+/// One printer's due slips, in order; stops at the first failure (the rest would fail too).
+fn print_on_one_printer(
+    node: &Node,
+    jobs: &[(String, PrintJob, Checkout)],
+) -> Result<Option<u64>, String> {
+    for (key, job, checkout) in jobs {
+        if node.is_stopping() {
+            return Ok(None);
+        }
+        let mut job = job.clone();
+        let order = checkout.order_id.as_str();
+        let bytes = slip_of(node, checkout).to_escpos();
         let timeout = Duration::from_millis(node.settings.print_timeout_ms);
         let result = job
             .printer
@@ -184,7 +226,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
             .and_then(|addr| print_to(addr, &bytes, timeout).map_err(|e| e.to_string()));
         job.attempts += 1;
         let mut writes = Vec::new();
-        match result {
+        let failed_until = match result {
             Ok(()) => {
                 node.metrics.prints_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(order = %order, printer = %job.printer, attempts = job.attempts, "delivery slip printed");
@@ -192,6 +234,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
                 job.printed_at = Some(now_ms() / 1000);
                 job.last_error = None;
                 writes.push(Write::remove(key.clone()));
+                None
             }
             Err(e) => {
                 node.metrics.prints_failed.fetch_add(1, Ordering::Relaxed);
@@ -199,16 +242,18 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
                 job.last_error = Some(e);
                 job.next_attempt_ms =
                     now_ms() + backoff_ms(job.attempts, node.settings.print_retry_max_ms);
-                next_due =
-                    Some(next_due.map_or(job.next_attempt_ms, |d| d.min(job.next_attempt_ms)));
+                Some(job.next_attempt_ms)
             }
-        }
-        writes.push(Write::json(job_key, &job));
+        };
+        writes.push(Write::json(records::print_job_key(order), &job));
         node.store
             .commit_blocking(writes)
             .map_err(|e| e.to_string())?;
+        if failed_until.is_some() {
+            return Ok(failed_until);
+        }
     }
-    Ok(next_due)
+    Ok(None)
 }
 
 /// `OneCard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
