@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: allocation was about a fifth of the node's CPU under an
+/// HTTP load of order creations (BENCHMARKS.md), as in the simulator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "onecard", version, about = "OneCard settlement node")]
 struct Cli {
