@@ -226,3 +226,78 @@ fn digital_goods_are_not_printed_and_a_wrong_pin_places_nothing() {
         "digital goods are confirmed online, not printed"
     );
 }
+
+#[test]
+fn a_consumer_signs_in_at_the_reader_with_card_and_pin_and_nothing_is_paid() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, None, None);
+    let mut card = card_for(&w, 0);
+
+    // A wrong PIN: no session.
+    let (end, answer) = sign_in(&node, &w, &mut card, "0000");
+    assert!(matches!(end, PaymentEnd::Refused(_)), "{end:?}");
+    let answer = answer.unwrap();
+    assert_eq!(answer.outcome, "wrong_pin");
+    assert!(answer.session.is_none());
+
+    // The right PIN: a session for the consumer API, and no order anywhere.
+    let (end, answer) = sign_in(&node, &w, &mut card, PIN);
+    let PaymentEnd::Authorised(auth) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!((auth.account.as_str(), auth.amount_cents), ("alice", 0));
+    let answer = answer.unwrap();
+    assert!(
+        answer.order.is_none(),
+        "a sign-in places nothing: {answer:?}"
+    );
+    let session = answer.session.expect("a session").token;
+    let account = call(
+        "GET",
+        &node.url("/v1/consumer/account"),
+        Some(&session),
+        None,
+        None,
+    );
+    assert_eq!(account.status, 200, "{:?}", account.body);
+    assert_eq!(account.body["consumer"], "alice");
+    assert_eq!(account.body["wallet"], "500.00");
+    assert_eq!(account.body["reserved"], "0.00");
+    assert_eq!(account.body["bank_account"], "******************3000");
+    assert!(account.body["open_orders"].as_array().unwrap().is_empty());
+    let orders = call("GET", &node.url("/v1/orders"), Some(&w.api_key), None, None);
+    assert!(orders.body["orders"].as_array().unwrap().is_empty());
+
+    // A sign-in id with an amount, or a payment swipe for zero, is refused at the swipe.
+    let swipe = |order: &str, cents: u64| {
+        call(
+            "POST",
+            &node.url("/v1/reader/swipe"),
+            None,
+            None,
+            Some(
+                &json!({"reader_id": w.reader_id, "card_number": CARD, "order_id": order, "amount_cents": cents}),
+            ),
+        )
+    };
+    let a = swipe("signin-abc", 100);
+    assert_eq!(
+        (a.status, a.body["result"].as_str()),
+        (200, Some("refused")),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(a.body["reason"], "invalid_order");
+    // Not a session: the merchant's key and garbage are refused by the consumer API.
+    for token in [w.api_key.as_str(), "nonsense"] {
+        let a = call(
+            "GET",
+            &node.url("/v1/consumer/account"),
+            Some(token),
+            None,
+            None,
+        );
+        assert_eq!(a.status, 401, "{:?}", a.body);
+    }
+}

@@ -734,3 +734,57 @@ fn a_wrong_pin_at_the_virtual_reader_places_no_order_at_the_running_node() {
     );
     assert_eq!(merchant_order(&node, &w, &order)["state"], "pending");
 }
+
+#[test]
+fn the_terminal_program_signs_in_with_card_and_pin_for_a_consumer_session() {
+    use common::node::{call, setup, NodeProc};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, None, None);
+    let _pcscd = Pcscd::start();
+    let mut inserted = InsertedCard::insert(PORT_0, issued_card(&w));
+    let (status, out, err) = terminal(
+        &[
+            "login",
+            "--node",
+            &node.base,
+            "--reader",
+            READER_0,
+            "--reader-id",
+            &w.reader_id,
+            "--wait-secs",
+            "10",
+        ],
+        &format!("{}\n", common::node::PIN),
+    );
+    assert!(
+        status.success(),
+        "stdout:\n{out}\nstderr:\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert!(
+        out.contains("Enter your PIN") && out.contains("Signed in"),
+        "{out}"
+    );
+    assert!(out.contains("signed in: account alice"), "{out}");
+    let session = out
+        .lines()
+        .find_map(|l| l.strip_prefix("session: "))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|| panic!("no session line:\n{out}"));
+    let account = call(
+        "GET",
+        &node.url("/v1/consumer/account"),
+        Some(&session),
+        None,
+        None,
+    );
+    assert_eq!(account.status, 200, "{:?}", account.body);
+    assert_eq!(account.body["consumer"], "alice");
+    let applet = inserted.remove().expect("the card comes back");
+    assert_eq!(
+        applet.counter(),
+        1,
+        "the card signed the sign-in's challenge"
+    );
+}

@@ -17,9 +17,9 @@ pub mod prompt;
 mod tests;
 
 pub use auth::{
-    mask_card_number, mask_last4, normalise_address, same_address, AuthCenter, AuthChange,
-    AuthConfig, AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus,
-    ChallengeIssued, NewReader, Reader, SwipeRefusal,
+    is_sign_in, mask_card_number, mask_last4, normalise_address, same_address, AuthCenter,
+    AuthChange, AuthConfig, AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus,
+    ChallengeIssued, NewReader, Reader, SwipeRefusal, SIGN_IN_PREFIX,
 };
 pub use crypto::{CardKey, IssuerKey, TokenKey};
 pub use pin::{

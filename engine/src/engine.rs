@@ -1624,6 +1624,11 @@ impl Engine {
     }
 
     /// An order, if it exists.
+    /// Orders open now (pending, awaiting funds, disputed), across every consumer.
+    pub fn open_order_count(&self) -> usize {
+        self.shared.open_orders.len()
+    }
+
     /// The consumer an order belongs to, if the order exists.
     pub fn order_owner(&self, id: &str) -> Result<Option<String>, EngineError> {
         Ok(self.order_key(id)?.map(|k| k.consumer))

@@ -13,6 +13,9 @@
 //!   address question, shows every prompt and rings the bell on outcomes. On authorisation it
 //!   prints the order the node placed (`order: ID STATE [REFUSAL]`) and the consumer's session
 //!   (`session: TOKEN`). Exit code 0 when authorised and the order is `pending` or `settled`.
+//! - `onecard-terminal login --node URL --reader-id ID [--ca-cert FILE] [--reader NAME]` signs
+//!   in with card and PIN at this reader, nothing paid, and prints a session for the node's
+//!   consumer API (`session: TOKEN`).
 //! - `onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT]
 //!   [--reader NAME] [--wait-secs N]` runs the same authentication with the node in process, on
 //!   its data directory (the node's own store, with its keys from `ONECARD_ISSUER_KEY` /
@@ -36,6 +39,7 @@ use onecard_terminal::pcsc_reader::{list_readers, PcscReader};
 const USAGE: &str = "usage: onecard-terminal readers
        onecard-terminal read-card [--reader NAME] [--wait-secs N]
        onecard-terminal pay --node URL --reader-id ID --order ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]
+       onecard-terminal login --node URL --reader-id ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]
        onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT] [--reader NAME] [--wait-secs N]";
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("readers") => readers(),
         Some("read-card") => options(&args[1..]).and_then(|o| read_card(&o)),
         Some("pay") => options(&args[1..]).and_then(|o| pay(&o)),
+        Some("login") => options(&args[1..]).and_then(|o| login(&o)),
         Some("--help") | Some("-h") => {
             println!("{USAGE}");
             Ok(true)
@@ -136,8 +141,7 @@ fn read_card(o: &Options) -> Result<bool, String> {
 }
 
 fn need(v: &Option<String>, name: &str) -> Result<String, String> {
-    v.clone()
-        .ok_or_else(|| format!("pay needs {name}; {USAGE}"))
+    v.clone().ok_or_else(|| format!("missing {name}; {USAGE}"))
 }
 
 fn pay(o: &Options) -> Result<bool, String> {
@@ -198,6 +202,53 @@ fn pay(o: &Options) -> Result<bool, String> {
     })
 }
 
+fn link_to(o: &Options, node: &str) -> Result<HttpLink, String> {
+    let mut opts = LinkOptions::default();
+    if let Some(path) = &o.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-cert {}: {e}", path.display()))?;
+        opts.ca_cert_pem = Some(pem);
+    }
+    HttpLink::new(node, opts).map_err(|e| e.0)
+}
+
+/// `login --node URL`: card and PIN at this reader for a session of the node's consumer API
+/// (account, statement, receipts, codes); nothing is paid. Prints `session: TOKEN`.
+fn login(o: &Options) -> Result<bool, String> {
+    let node = need(&o.node, "--node")?;
+    let reader_id = need(&o.reader_id, "--reader-id")?;
+    let mut link = link_to(o, &node)?;
+    let request = PaymentRequest::sign_in(&reader_id, &mut rand::rngs::OsRng);
+    let mut card = connect(o)?;
+    let end = flow::pay(
+        &mut card,
+        &mut link,
+        &mut TerminalConsole::stdio(),
+        &request,
+        &mut rand::rngs::OsRng,
+    );
+    match end {
+        PaymentEnd::Authorised(a) => {
+            println!("signed in: account {}", a.account);
+            match link.last_answer().and_then(|a| a.session.as_ref()) {
+                Some(s) => {
+                    println!("session: {}", s.token);
+                    println!("expires at: {} (unix seconds)", s.expires_at);
+                    Ok(true)
+                }
+                None => {
+                    eprintln!("onecard-terminal: the node issued no session");
+                    Ok(false)
+                }
+            }
+        }
+        PaymentEnd::Refused(_) => Ok(false),
+        PaymentEnd::Aborted { reason, .. } => {
+            eprintln!("onecard-terminal: {reason}");
+            Ok(false)
+        }
+    }
+}
+
 /// `pay --node URL`: the checkout, the payment and the placed order, through the node's reader
 /// API.
 fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
@@ -211,12 +262,7 @@ fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
     }
     let reader_id = need(&o.reader_id, "--reader-id")?;
     let order_id = need(&o.order, "--order")?;
-    let mut opts = LinkOptions::default();
-    if let Some(path) = &o.ca_cert {
-        let pem = std::fs::read(path).map_err(|e| format!("--ca-cert {}: {e}", path.display()))?;
-        opts.ca_cert_pem = Some(pem);
-    }
-    let mut link = HttpLink::new(node, opts).map_err(|e| e.0)?;
+    let mut link = link_to(o, node)?;
     let view = link.checkout(&order_id).map_err(|e| e.0)?;
     println!("checkout: order {}", view.order_id);
     println!("merchant: {}", view.merchant);

@@ -69,6 +69,25 @@ pub struct PaymentRequest {
     pub delivery_address: String,
 }
 
+impl PaymentRequest {
+    /// A sign-in at this reader: card and PIN prove the consumer, for a session of the node's
+    /// consumer API; nothing is paid (an amount of zero, no delivery address).
+    pub fn sign_in(reader_id: &str, rng: &mut impl RngCore) -> PaymentRequest {
+        let mut nonce = [0u8; 12];
+        rng.fill_bytes(&mut nonce);
+        PaymentRequest {
+            reader_id: reader_id.to_string(),
+            order_id: format!(
+                "{}{}",
+                onecard_engine::cards::SIGN_IN_PREFIX,
+                crate::wire::to_hex(&nonce)
+            ),
+            amount_cents: 0,
+            delivery_address: String::new(),
+        }
+    }
+}
+
 /// How a payment ended at the reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentEnd {
@@ -120,6 +139,9 @@ pub mod prompts {
     }
     pub fn reading_card() -> Prompt {
         p("Reading your card…", SoundCue::Ok)
+    }
+    pub fn signed_in() -> Prompt {
+        p("Signed in", SoundCue::Ok)
     }
 }
 
@@ -227,7 +249,12 @@ pub fn pay(
             Err(e) => return abort(console, e.to_string(), prompts::node_unreachable()),
         };
     }
-    let prompt = outcome.prompt();
+    let prompt = match &outcome {
+        AuthOutcome::Authorised(_) if onecard_engine::cards::is_sign_in(&req.order_id) => {
+            prompts::signed_in()
+        }
+        _ => outcome.prompt(),
+    };
     console.show(&prompt);
     match outcome {
         AuthOutcome::Authorised(a) => PaymentEnd::Authorised(a),

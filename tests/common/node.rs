@@ -567,3 +567,22 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A sign-in at the reader with the simulated card (card and PIN, nothing paid): how it ended
+/// and the node's last answer (with the session when it worked).
+pub fn sign_in(
+    node: &NodeProc,
+    w: &World,
+    card: &mut MemoryCard,
+    pin: &str,
+) -> (PaymentEnd, Option<AuthAnswer>) {
+    let mut link = HttpLink::new(&node.base, LinkOptions::default()).expect("link");
+    let req = PaymentRequest::sign_in(&w.reader_id, &mut rand::rngs::OsRng);
+    let mut keypad = Keypad {
+        pin: pin.into(),
+        accept: true,
+        shown: Vec::new(),
+    };
+    let end = flow::pay(card, &mut link, &mut keypad, &req, &mut rand::rngs::OsRng);
+    (end, link.last_answer().cloned())
+}

@@ -383,6 +383,16 @@ impl AuthState {
     }
 }
 
+/// The order ids of sign-ins: the consumer proves card and PIN at the reader to use the
+/// consumer API, and nothing is paid. A sign-in is for an amount of zero, with no delivery
+/// address; every other order id needs an amount above zero.
+pub const SIGN_IN_PREFIX: &str = "signin-";
+
+/// Whether an order id is a sign-in's ([`SIGN_IN_PREFIX`]).
+pub fn is_sign_in(order_id: &str) -> bool {
+    order_id.starts_with(SIGN_IN_PREFIX)
+}
+
 /// A swipe was accepted: what goes back to the reader program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeIssued {
@@ -928,7 +938,12 @@ impl AuthCenter {
             }
             CardStatus::Lost => return Err(self.refuse(reader_id, SwipeRefusal::CardLost, now)),
         }
-        if order_id.is_empty() || order_id.len() > MAX_ORDER_ID_LEN || amount_cents == 0 {
+        // A sign-in (card and PIN, nothing to pay) is for zero; anything else for more.
+        let sign_in = is_sign_in(order_id);
+        if order_id.is_empty()
+            || order_id.len() > MAX_ORDER_ID_LEN
+            || sign_in != (amount_cents == 0)
+        {
             return Err(self.refuse(reader_id, SwipeRefusal::InvalidOrder, now));
         }
 

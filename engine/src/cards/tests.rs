@@ -984,6 +984,19 @@ fn a_swipe_for_an_invalid_order_is_refused() {
         .unwrap();
 }
 
+#[test]
+fn a_sign_in_is_for_zero_and_only_a_sign_in_is() {
+    let mut f = fixture();
+    let refused = f
+        .center
+        .swipe(READER, CARD, home_peer(), "signin-1", 5, T0, &mut f.rng)
+        .unwrap_err();
+    assert_eq!(refused, SwipeRefusal::InvalidOrder);
+    f.center
+        .swipe(READER, CARD, home_peer(), "signin-2", 0, T0, &mut f.rng)
+        .unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rate limit on refused swipes
 

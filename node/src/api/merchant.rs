@@ -67,8 +67,11 @@ pub struct OrderView {
     /// `expired`, `refused`.
     pub state: String,
     pub refunded: String,
-    /// Where the consumer's reader opens this checkout.
+    /// Where the consumer's reader opens this checkout (the order id is the checkout
+    /// session's id).
     pub checkout_path: String,
+    /// After this (unix seconds) an unpaid order can no longer be paid: it is `expired`.
+    pub checkout_expires_at: u64,
     pub print: PrintStatus,
 }
 
@@ -147,6 +150,7 @@ fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
         state: "awaiting_payment".into(),
         refunded: Amount::ZERO.to_string(),
         checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
         print: status(if c.digital {
             "not_applicable"
         } else if has_printer {
@@ -210,6 +214,7 @@ pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, ApiError
         state,
         refunded: refunded.to_string(),
         checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
         print,
     })
 }

@@ -70,6 +70,11 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             node.engine.resident_consumers() as f64,
         ),
         (
+            "onecard_open_orders",
+            "Orders open now in the virtual accounts (pending, awaiting funds, disputed).",
+            node.engine.open_order_count() as f64,
+        ),
+        (
             "onecard_outbox_lag_records",
             "Journal records the outbox has not handled yet.",
             (seq - cursor).max(0.0),

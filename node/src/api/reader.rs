@@ -3,13 +3,17 @@
 //! address question; on authorisation the node places the order (step 4) and issues a session
 //! for the consumer API.
 //!
+//! A sign-in is the same flow for an order id starting `signin-` (chosen by the reader
+//! program), an amount of zero and no delivery address: card and PIN give a consumer session
+//! and nothing is placed.
+//!
 //! A reader needs no key of its own: the swipe checks the reader's id, its bound card and the
 //! network it connects from; the card proves itself with a cryptogram, the consumer with the
 //! PIN, which arrives encrypted to the challenge's key and is never logged (I10).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use onecard_engine::cards::{AuthOutcome, Authorisation};
+use onecard_engine::cards::{is_sign_in, AuthOutcome, Authorisation};
 use onecard_engine::{Amount, Outcome, PlaceOrder};
 use onecard_terminal::wire::{
     self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, PlacedOrder, SessionBody,
@@ -82,6 +86,30 @@ pub async fn swipe(
         Ok(s) => s,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if is_sign_in(&s.order_id) {
+        // A sign-in: card and PIN for a consumer session, nothing to pay.
+        let result = node
+            .engine
+            .swipe(
+                &s.reader_id,
+                &s.card_number,
+                peer,
+                &s.order_id,
+                Amount::from_cents(i64::try_from(s.amount_cents).unwrap_or(i64::MAX)),
+                node.now(),
+            )
+            .await?;
+        return idem
+            .finish(Reply::new(
+                StatusCode::OK,
+                &SwipeAnswer::from_result(result),
+            ))
+            .await;
+    }
     let c = match checkout_of(&node, &s.order_id) {
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -101,10 +129,6 @@ pub async fn swipe(
         );
         return idem.finish(Reply::error(&e)).await;
     }
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let result = node
         .engine
         .swipe(
@@ -144,6 +168,13 @@ pub async fn authenticate(
     // The address the node checks is the order's, not whatever the reader says; a reader that
     // shows another one is out of step with the node.
     let address = match node.engine.challenge_order(&a.challenge_id)? {
+        Some(order) if is_sign_in(&order) => {
+            if !a.delivery_address.is_empty() {
+                let e = ApiError::invalid("a sign-in has no delivery address: send \"\"");
+                return idem.finish(Reply::error(&e)).await;
+            }
+            String::new()
+        }
         Some(order) => {
             let c = checkout_of(&node, &order)?;
             if c.delivery.address != a.delivery_address {
@@ -202,7 +233,9 @@ async fn answer(
     let mut answer = AuthAnswer::of(&outcome);
     let mut writes = Vec::new();
     if let AuthOutcome::Authorised(auth) = &outcome {
-        answer.order = Some(place(node, auth).await?);
+        if !is_sign_in(&auth.order_id) {
+            answer.order = Some(place(node, auth).await?);
+        }
         let token = records::random_hex(32);
         let expires_at = node.now().saturating_add(node.settings.session_ttl_secs);
         writes.push(Write::json(
