@@ -824,3 +824,29 @@ fn an_idempotency_key_must_be_1_to_255_visible_characters() {
 
     stop_and_verify(node);
 }
+
+#[test]
+fn a_body_declared_larger_than_the_limit_is_refused_before_it_is_sent() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, None, None);
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // Promises 10 MB, sends 2 bytes and waits: the answer must not wait for the rest.
+    write!(
+        conn,
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{}}",
+        w.api_key
+    )
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = conn
+        .read(&mut answer)
+        .expect("an answer before the body is complete");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+}

@@ -22,7 +22,7 @@ async fn begin<'a>(
     payload: web::Payload,
 ) -> Result<Result<(Idem<'a>, web::Bytes), HttpResponse>, ApiError> {
     require_admin(node, req)?;
-    let body = read_body(node, payload).await?;
+    let body = read_body(node, req, payload).await?;
     Ok(match Idem::begin(node, req, "admin", &body).await? {
         Begin::Replay(r) => Err(r),
         Begin::Run(i) => Ok((i, body)),

@@ -134,7 +134,7 @@ async fn release(
     code: bool,
 ) -> Result<HttpResponse, ApiError> {
     let consumer = consumer_of(&node, &req)?;
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match Idem::begin(&node, &req, &format!("c:{consumer}"), &body).await? {
         Begin::Replay(r) => return Ok(r),
         Begin::Run(i) => i,

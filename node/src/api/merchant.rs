@@ -246,7 +246,7 @@ pub async fn create_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
         Begin::Replay(r) => return Ok(r),
         Begin::Run(i) => i,
@@ -404,7 +404,7 @@ pub async fn cancel_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
         Begin::Replay(r) => return Ok(r),
         Begin::Run(i) => i,
@@ -477,7 +477,7 @@ pub async fn refund_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
         Begin::Replay(r) => return Ok(r),
         Begin::Run(i) => i,
@@ -534,7 +534,7 @@ pub async fn reprint(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
         Begin::Replay(r) => return Ok(r),
         Begin::Run(i) => i,

@@ -77,7 +77,7 @@ pub async fn swipe(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match begin(&node, &req, &body).await? {
         Ok(i) => i,
         Err(replay) => return Ok(replay),
@@ -152,7 +152,7 @@ pub async fn authenticate(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match begin(&node, &req, &body).await? {
         Ok(i) => i,
         Err(replay) => return Ok(replay),
@@ -208,7 +208,7 @@ pub async fn confirm_address(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, payload).await?;
+    let body = read_body(&node, &req, payload).await?;
     let idem = match begin(&node, &req, &body).await? {
         Ok(i) => i,
         Err(replay) => return Ok(replay),
