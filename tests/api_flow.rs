@@ -301,3 +301,50 @@ fn a_consumer_signs_in_at_the_reader_with_card_and_pin_and_nothing_is_paid() {
         assert_eq!(a.status, 401, "{:?}", a.body);
     }
 }
+
+#[test]
+fn a_session_expires_and_is_then_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short.toml");
+    std::fs::write(
+        &config,
+        "[node]\ntick_interval_ms = 100\nsession_ttl_secs = 1\nsession_sweep_secs = 1\n",
+    )
+    .unwrap();
+    let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&config));
+    let w = setup(&node, None, None);
+    let mut card = card_for(&w, 0);
+    let (_, answer) = sign_in(&node, &w, &mut card, PIN);
+    let session = answer.unwrap().session.expect("a session").token;
+    let expired = eventually(20, || {
+        let a = call(
+            "GET",
+            &node.url("/v1/consumer/account"),
+            Some(&session),
+            None,
+            None,
+        );
+        (a.status == 401).then_some(a)
+    })
+    .expect("the session expires");
+    let message = expired.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("expired") || message.contains("unknown"),
+        "{message}"
+    );
+    // The sweep removes it from the store: then it is unknown, not expired.
+    eventually(20, || {
+        let a = call(
+            "GET",
+            &node.url("/v1/consumer/account"),
+            Some(&session),
+            None,
+            None,
+        );
+        (a.body["error"]["message"] == "unknown session").then_some(())
+    })
+    .expect("the expired session is forgotten");
+}

@@ -171,6 +171,7 @@ async fn run(
         let node = node.clone();
         actix_rt::spawn(async move {
             let every = Duration::from_millis(node.settings.tick_interval_ms);
+            let mut last_sweep = std::time::Instant::now();
             while !node.is_stopping() {
                 tokio::time::sleep(every).await;
                 if node.is_stopping() {
@@ -180,6 +181,12 @@ async fn run(
                 match node.engine.tick(node.now()).await {
                     Ok(_) => node.outbox_wake.notify_one(),
                     Err(e) => tracing::error!(error = %e, "tick failed"),
+                }
+                if last_sweep.elapsed() >= Duration::from_secs(node.settings.session_sweep_secs) {
+                    last_sweep = std::time::Instant::now();
+                    if let Err(e) = state::forget_expired_sessions(&node).await {
+                        tracing::error!(error = %e, "sweeping expired sessions failed");
+                    }
                 }
             }
         })

@@ -33,6 +33,8 @@ pub struct Node {
     /// Wakes the print and webhook workers when their queues have grown.
     pub work_wake: crate::workers::Wake,
     pub stopping: AtomicBool,
+    /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
+    pub session_sweep_from: parking_lot::Mutex<Option<String>>,
 }
 
 impl Node {
@@ -59,6 +61,7 @@ impl Node {
             outbox_wake: tokio::sync::Notify::new(),
             work_wake: crate::workers::Wake::default(),
             stopping: AtomicBool::new(false),
+            session_sweep_from: parking_lot::Mutex::new(None),
         };
         for (_, m) in node
             .store
@@ -88,4 +91,31 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Consumer sessions examined per sweep (one sweep a minute).
+const SESSION_SWEEP: usize = 100_000;
+
+/// Removes expired consumer sessions from the store, so that they do not pile up.
+pub async fn forget_expired_sessions(node: &Node) -> Result<usize, StoreError> {
+    let now = node.now();
+    let from = node.session_sweep_from.lock().clone();
+    let batch = node
+        .store
+        .scan::<records::Session>("ss/", from.as_deref(), SESSION_SWEEP)?;
+    *node.session_sweep_from.lock() = if batch.len() < SESSION_SWEEP {
+        None
+    } else {
+        batch.last().map(|(k, _)| k.clone())
+    };
+    let expired: Vec<crate::store::Write> = batch
+        .into_iter()
+        .filter(|(_, s)| s.expires_at <= now)
+        .map(|(k, _)| crate::store::Write::remove(k))
+        .collect();
+    let n = expired.len();
+    if n > 0 {
+        node.store.commit(expired).await?;
+    }
+    Ok(n)
 }
