@@ -348,3 +348,291 @@ fn a_session_expires_and_is_then_forgotten() {
     })
     .expect("the expired session is forgotten");
 }
+
+#[test]
+fn a_reprint_prints_the_slip_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let printer = Printer::start();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, Some(&printer.addr.to_string()), None);
+    let order = create_order(&node, &w, "15.00", false);
+    let reprint = |key: &str| {
+        call(
+            "POST",
+            &node.url(&format!("/v1/orders/{order}/reprint")),
+            Some(&w.api_key),
+            Some(key),
+            Some(&json!({})),
+        )
+    };
+    // Nothing to reprint before the order is paid.
+    assert_eq!(reprint("early").status, 409);
+    let mut card = card_for(&w, 0);
+    let (end, _) = pay(&node, &w, &mut card, &order, PIN);
+    assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    let get = || {
+        call(
+            "GET",
+            &node.url(&format!("/v1/orders/{order}")),
+            Some(&w.api_key),
+            None,
+            None,
+        )
+    };
+    eventually(20, || {
+        (get().body["print"]["status"] == "printed").then_some(())
+    })
+    .expect("printed");
+    assert_eq!(printer.slips().len(), 1);
+
+    let again = reprint("reprint-1");
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    assert_eq!(again.body["print"]["reprints"], 1);
+    let slips = eventually(20, || {
+        let s = printer.slips();
+        (s.len() == 2).then_some(s)
+    })
+    .expect("the reprint arrives");
+    assert_eq!(slips[0], slips[1], "the same slip");
+    eventually(20, || {
+        (get().body["print"]["status"] == "printed").then_some(())
+    })
+    .expect("printed again");
+    // The same request again is a replay, not a third print.
+    let replay = reprint("reprint-1");
+    assert!(replay.replayed);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(printer.slips().len(), 2);
+}
+
+#[test]
+fn secrets_shown_once_are_not_stored_and_an_api_key_can_be_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = NodeProc::start(&data);
+    let merchant = json!({"id": "kiosk", "name": "Kiosk"});
+    let post = |path: &str, key: &str, body: &serde_json::Value| {
+        call(
+            "POST",
+            &node.url(path),
+            Some(ADMIN_TOKEN),
+            Some(key),
+            Some(body),
+        )
+    };
+    let first = post("/v1/admin/merchants", "m-1", &merchant);
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let api_key = first.body["api_key"].as_str().unwrap().to_string();
+    let replay = post("/v1/admin/merchants", "m-1", &merchant);
+    assert!(replay.replayed);
+    assert_eq!(replay.status, 201);
+    assert!(
+        replay.body["api_key"].is_null() && replay.body["webhook_secret"].is_null(),
+        "{:?}",
+        replay.body
+    );
+    assert_eq!(replay.body["id"], "kiosk");
+    // Registering it again is a conflict, not a second set of credentials.
+    let again = post("/v1/admin/merchants", "m-2", &merchant);
+    assert_eq!(again.status, 409, "{:?}", again.body);
+
+    // A new key: the old one stops working at once.
+    let rotated = post("/v1/admin/merchants/kiosk/api-key", "rot-1", &json!({}));
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let new_key = rotated.body["api_key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, api_key);
+    let me = |k: &str| call("GET", &node.url("/v1/merchant"), Some(k), None, None).status;
+    assert_eq!(me(&api_key), 401);
+    assert_eq!(me(&new_key), 200);
+    assert!(
+        post("/v1/admin/merchants/kiosk/api-key", "rot-1", &json!({})).body["api_key"].is_null()
+    );
+    assert_eq!(
+        post("/v1/admin/merchants/nobody/api-key", "rot-2", &json!({})).status,
+        404
+    );
+
+    // A card issued with a key: the replay has no card key either.
+    assert_eq!(
+        admin(
+            &node,
+            "/v1/admin/bank-accounts",
+            json!({"account": BANK, "balance": "100.00"})
+        )
+        .status,
+        201
+    );
+    let consumer =
+        json!({"consumer": "alice", "credit_limit": "100.00", "bank": BANK, "wallet": "0.00"});
+    assert_eq!(admin(&node, "/v1/admin/consumers", consumer).status, 201);
+    let card = json!({"number": CARD, "holder": "alice", "pin": PIN, "registered_address": HOME});
+    let issued = post("/v1/admin/cards", "card-1", &card);
+    assert_eq!(issued.status, 201, "{:?}", issued.body);
+    let card_key = issued.body["card_key"].as_str().unwrap().to_string();
+    assert!(post("/v1/admin/cards", "card-1", &card).body["card_key"].is_null());
+    assert_eq!(post("/v1/admin/cards", "card-2", &card).status, 409);
+
+    // After the node is stopped, neither secret is anywhere in its files (I10), the new key
+    // still works after a restart, and the old one does not.
+    assert!(node.terminate().success());
+    for file in common::files_under(&data) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [&api_key, &new_key, &card_key] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret in {}",
+                file.display()
+            );
+        }
+    }
+    let node = NodeProc::start(&data);
+    let me = |k: &str| call("GET", &node.url("/v1/merchant"), Some(k), None, None).status;
+    assert_eq!(me(&new_key), 200);
+    assert_eq!(me(&api_key), 401);
+}
+
+#[test]
+fn ids_with_slashes_cannot_reach_another_merchants_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let key_of = |id: &str| {
+        let m = admin(&node, "/v1/admin/merchants", json!({"id": id, "name": id}));
+        assert_eq!(m.status, 201, "{:?}", m.body);
+        m.body["api_key"].as_str().unwrap().to_string()
+    };
+    let a = key_of("a");
+    let ab = key_of("a/b");
+    let body = order_body("5.00", false);
+    let mine = call(
+        "POST",
+        &node.url("/v1/orders"),
+        Some(&a),
+        Some("b/k1"),
+        Some(&body),
+    );
+    let theirs = call(
+        "POST",
+        &node.url("/v1/orders"),
+        Some(&ab),
+        Some("k1"),
+        Some(&body),
+    );
+    assert_eq!((mine.status, theirs.status), (201, 201));
+    assert!(
+        !theirs.replayed,
+        "another merchant's answer: {:?}",
+        theirs.body
+    );
+    assert_ne!(mine.body["id"], theirs.body["id"]);
+    let list = |k: &str| call("GET", &node.url("/v1/orders?limit=1"), Some(k), None, None).body;
+    let la = list(&a);
+    assert_eq!(la["orders"].as_array().unwrap().len(), 1, "{la:?}");
+    assert_eq!(la["orders"][0]["id"], mine.body["id"]);
+    assert_eq!(list(&ab)["orders"][0]["id"], theirs.body["id"]);
+}
+
+#[test]
+fn an_expired_checkout_cannot_be_paid_but_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ttl.toml");
+    std::fs::write(
+        &config,
+        "[node]\ntick_interval_ms = 100\ncheckout_ttl_secs = 1\n",
+    )
+    .unwrap();
+    let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&config));
+    let w = setup(&node, None, None);
+    let order = create_order(&node, &w, "5.00", false);
+    let get = || {
+        call(
+            "GET",
+            &node.url(&format!("/v1/orders/{order}")),
+            Some(&w.api_key),
+            None,
+            None,
+        )
+    };
+    eventually(10, || (get().body["state"] == "expired").then_some(())).expect("expires");
+    let swipe = call(
+        "POST",
+        &node.url("/v1/reader/swipe"),
+        None,
+        None,
+        Some(
+            &json!({"reader_id": w.reader_id, "card_number": CARD, "order_id": order, "amount_cents": 500}),
+        ),
+    );
+    assert_eq!(swipe.status, 409, "{:?}", swipe.body);
+    assert_eq!(swipe.body["error"]["code"], "order_not_payable");
+    let cancelled = call(
+        "POST",
+        &node.url(&format!("/v1/orders/{order}/cancel")),
+        Some(&w.api_key),
+        None,
+        Some(&json!({})),
+    );
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    assert_eq!(get().body["state"], "cancelled");
+}
+
+#[test]
+fn an_endpoint_that_is_down_does_not_hold_up_another_merchants_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fast.toml");
+    std::fs::write(
+        &config,
+        "[node]\ntick_interval_ms = 100\nwebhook_retry_max_ms = 60000\n",
+    )
+    .unwrap();
+    let down = Endpoint::start();
+    down.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = Endpoint::start();
+    let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&config));
+    let w = setup(&node, None, Some(&down.url()));
+    let other = admin(
+        &node,
+        "/v1/admin/merchants",
+        json!({"id": "other", "name": "Other", "webhook_url": up.url()}),
+    );
+    assert_eq!(other.status, 201);
+    let other_key = other.body["api_key"].as_str().unwrap().to_string();
+    let mut card = card_for(&w, 0);
+    // Many events for the merchant whose endpoint is down.
+    for _ in 0..5 {
+        let order = create_order(&node, &w, "1.00", false);
+        let (end, _) = pay(&node, &w, &mut card, &order, PIN);
+        assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    }
+    // Then one for the other merchant: delivered while the first endpoint is still down.
+    let o = call(
+        "POST",
+        &node.url("/v1/orders"),
+        Some(&other_key),
+        None,
+        Some(&order_body("2.00", false)),
+    );
+    let order = o.body["id"].as_str().unwrap().to_string();
+    let w_other = World {
+        api_key: other_key,
+        ..w.clone()
+    };
+    let (end, _) = pay(&node, &w_other, &mut card, &order, PIN);
+    assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    let got = eventually(20, || {
+        up.hooks().iter().find(|h| h.body.contains(&order)).cloned()
+    })
+    .expect("the other merchant's webhook is delivered");
+    assert!(got.accepted && got.body.contains("order.placed"));
+    assert!(down.hooks().iter().all(|h| !h.accepted));
+    // The failing endpoint's events were tried, not dropped.
+    assert!(!down.hooks().is_empty());
+
+    // A made-up method is counted as OTHER, not as a new label.
+    let _ = agent().request("FROB", &node.url("/healthz")).call();
+    let metrics = call("GET", &node.url("/metrics"), None, None, None);
+    let text = metrics.body.as_str().unwrap().to_string();
+    assert!(
+        text.contains("method=\"OTHER\"") && !text.contains("FROB"),
+        "{text}"
+    );
+}

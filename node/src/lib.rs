@@ -69,7 +69,14 @@ fn admin_token(data: &Path) -> Result<String, ServeError> {
     }
     let path = data.join("admin-token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok(t.trim().to_string());
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            return Err(ServeError::Config(format!(
+                "{} holds no usable token (under 16 characters): remove it to make a new one",
+                path.display()
+            )));
+        }
+        return Ok(t);
     }
     let token = format!("ocadm_{}", records::random_hex(24));
     {

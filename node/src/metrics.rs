@@ -63,6 +63,7 @@ pub struct Metrics {
     pub prints_failed: AtomicU64,
     pub webhooks_ok: AtomicU64,
     pub webhooks_failed: AtomicU64,
+    pub webhooks_abandoned: AtomicU64,
 }
 
 impl Metrics {
@@ -146,6 +147,11 @@ impl Metrics {
             "onecard_webhook_attempts_total{{result=\"ok\"}} {}\nonecard_webhook_attempts_total{{result=\"failed\"}} {}",
             self.webhooks_ok.load(Ordering::Relaxed),
             self.webhooks_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP onecard_webhooks_abandoned_total Webhook events given up after webhook_give_up_after_secs.\n# TYPE onecard_webhooks_abandoned_total counter\nonecard_webhooks_abandoned_total {}",
+            self.webhooks_abandoned.load(Ordering::Relaxed)
         );
         for (name, help, value) in gauges {
             let kind = if name.ends_with("_total") {

@@ -65,15 +65,20 @@ pub async fn step(node: &Node) -> Result<usize, String> {
         return Ok(0);
     }
     let mut writes = Vec::new();
+    let mut counted = Vec::new();
     let mut last = cursor;
     for (seq, entries) in &batch {
         for (ei, entry) in entries.iter().enumerate() {
-            handle_entry(node, *seq, ei, entry, &mut writes).await?;
+            handle_entry(node, *seq, ei, entry, &mut writes, &mut counted).await?;
         }
         last = *seq;
     }
     writes.push(Write::json(records::CURSOR_KEY, &last));
     node.store.commit(writes).await.map_err(|e| e.to_string())?;
+    // Counted once the step is durable: a step that failed and is retried counts once.
+    for state in counted {
+        node.metrics.order_event(state);
+    }
     node.work_wake.notify();
     Ok(batch.len())
 }
@@ -146,6 +151,7 @@ fn webhook_with(
         "data": data,
     })
     .to_string();
+    let now = now_ms();
     vec![
         Write::json(
             records::webhook_key(event_id),
@@ -157,11 +163,12 @@ fn webhook_with(
                 state: DeliveryState::Pending,
                 attempts: 0,
                 last_error: None,
-                next_attempt_ms: 0,
+                next_attempt_ms: now,
                 delivered_at: None,
+                created_ms: now,
             },
         ),
-        Write::json(records::webhook_queue_key(event_id), &()),
+        Write::json(records::webhook_queue_key(now, event_id), &()),
     ]
 }
 
@@ -177,8 +184,17 @@ async fn merchant_of_order(node: &Node, order: &str) -> Option<String> {
         .map(|o| o.merchant)
 }
 
-fn line(writes: &mut Vec<Write>, consumer: &str, seq: u64, n: usize, line: StatementLine) {
-    writes.push(Write::json(records::statement_key(consumer, seq, n), &line));
+fn line(
+    writes: &mut Vec<Write>,
+    consumer: &str,
+    seq: u64,
+    (entry, event): (usize, usize),
+    line: StatementLine,
+) {
+    writes.push(Write::json(
+        records::statement_key(consumer, seq, entry, event),
+        &line,
+    ));
 }
 
 fn neg(a: Amount) -> String {
@@ -191,11 +207,12 @@ async fn handle_entry(
     ei: usize,
     entry: &Entry,
     writes: &mut Vec<Write>,
+    counted: &mut Vec<&'static str>,
 ) -> Result<(), String> {
     let at = entry.at;
     for (vi, ev) in entry.events.iter().enumerate() {
         let id = format!("evt_{seq}_{ei}_{vi}");
-        let n = ei * 1000 + vi;
+        let n = (ei, vi);
         let mut order_event = |merchant: &str, order: &str, kind: &str, state: &str, extra| {
             writes.extend(webhook_with(
                 node, merchant, &id, kind, order, state, at, extra,
@@ -234,7 +251,7 @@ async fn handle_entry(
                     Ok(_) => "pending",
                     Err(_) => "refused",
                 };
-                node.metrics.order_event(if state == "refused" {
+                counted.push(if state == "refused" {
                     "refused"
                 } else {
                     "placed"
@@ -276,7 +293,7 @@ async fn handle_entry(
                 bank_paid,
                 ..
             } => {
-                node.metrics.order_event("settled");
+                counted.push("settled");
                 let total = wallet_paid
                     .checked_add(*bank_paid)
                     .map_err(|e| e.to_string())?;
@@ -318,7 +335,7 @@ async fn handle_entry(
                     EventKind::OrderCancelled { .. } => ("order.cancelled", "cancelled"),
                     _ => ("order.expired", "expired"),
                 };
-                node.metrics.order_event(state);
+                counted.push(state);
                 if let Some(m) = merchant_of_order(node, order).await {
                     order_event(&m, order, kind, state, serde_json::json!({}));
                 }
@@ -349,7 +366,7 @@ async fn handle_entry(
                 amount,
                 ..
             } => {
-                node.metrics.order_event("refunded");
+                counted.push("refunded");
                 order_event(
                     merchant,
                     order,
@@ -449,6 +466,6 @@ fn print_job(node: &Node, order: &str, merchant: &str) -> Result<Vec<Write>, Str
     };
     Ok(vec![
         Write::json(key, &job),
-        Write::json(records::print_queue_key(order), &()),
+        Write::json(records::print_queue_key(job.next_attempt_ms, order), &()),
     ])
 }

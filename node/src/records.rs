@@ -4,15 +4,18 @@
 //! |-----------------------------|------------------------|
 //! | `ck/<order>`                | [`Checkout`]           |
 //! | `mo/<merchant>/<order>`     | `()`: a merchant's orders, in creation order |
+//!
+//! (Ids inside keys go through [`seg`]: `/` and `%` escaped.)
+//!
 //! | `me/<merchant>`             | [`MerchantProfile`]    |
 //! | `ak/<sha256(api key)>`      | merchant id            |
 //! | `ik/<principal>/<key>`      | [`IdemRecord`]         |
 //! | `pj/<order>`                | [`PrintJob`]           |
-//! | `pq/<order>`                | `()`: while the job waits to print |
+//! | `pq/<due ms:020>/<order>`   | `()`: while the job waits to print |
 //! | `wh/<event id>`             | [`WebhookDelivery`]    |
-//! | `wq/<event id>`             | `()`: while the delivery waits |
+//! | `wq/<due ms:020>/<event id>` | `()`: while the delivery waits |
 //! | `ss/<sha256(token)>`        | [`Session`]            |
-//! | `st/<consumer>/<seq:020>/<n>` | [`StatementLine`]    |
+//! | `st/<consumer>/<seq:020>/<entry>/<event>` | [`StatementLine`] |
 //! | `outbox/cursor`             | the last journal record the outbox has handled |
 //!
 //! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
@@ -23,31 +26,55 @@ use sha2::{Digest, Sha256};
 
 pub const CURSOR_KEY: &str = "outbox/cursor";
 
+/// An id as one segment of a store key: `%` and `/` escaped, so that no id can reach into
+/// another's keys (ids may contain `/`: merchant `a/b` must not read merchant `a`'s records).
+pub fn seg(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.contains(['%', '/']) {
+        std::borrow::Cow::Owned(id.replace('%', "%25").replace('/', "%2F"))
+    } else {
+        std::borrow::Cow::Borrowed(id)
+    }
+}
+
 pub fn checkout_key(order: &str) -> String {
     format!("ck/{order}")
 }
+/// The prefix of a merchant's order index.
+pub fn merchant_orders_prefix(merchant: &str) -> String {
+    format!("mo/{}/", seg(merchant))
+}
 pub fn merchant_order_key(merchant: &str, order: &str) -> String {
-    format!("mo/{merchant}/{order}")
+    format!("{}{}", merchant_orders_prefix(merchant), seg(order))
 }
 pub fn merchant_key(merchant: &str) -> String {
     format!("me/{merchant}")
 }
 pub fn api_key_key(api_key: &str) -> String {
-    format!("ak/{}", sha256_hex(api_key.as_bytes()))
+    api_key_hash_key(&sha256_hex(api_key.as_bytes()))
+}
+pub fn api_key_hash_key(sha256: &str) -> String {
+    format!("ak/{sha256}")
 }
 pub fn idem_key(principal: &str, key: &str) -> String {
-    format!("ik/{principal}/{key}")
+    format!("ik/{}/{key}", seg(principal))
 }
 pub fn print_job_key(order: &str) -> String {
     format!("pj/{order}")
 }
-/// Present while a print job waits: the print worker scans only these.
-pub fn print_queue_key(order: &str) -> String {
-    format!("pq/{order}")
+/// Present while a print job waits, keyed by when it is due: a pass of the print worker reads
+/// only what is due, whatever else waits.
+pub fn print_queue_key(due_ms: u64, order: &str) -> String {
+    format!("pq/{due_ms:020}/{order}")
 }
-/// Present while a webhook delivery waits.
-pub fn webhook_queue_key(event_id: &str) -> String {
-    format!("wq/{event_id}")
+/// Present while a webhook delivery waits, keyed by when it is due.
+pub fn webhook_queue_key(due_ms: u64, event_id: &str) -> String {
+    format!("wq/{due_ms:020}/{event_id}")
+}
+/// (due time, id) of a queue key (`pq/…` or `wq/…`).
+pub fn parse_queue_key(key: &str) -> Option<(u64, &str)> {
+    let rest = key.get(3..)?;
+    let (due, id) = rest.split_once('/')?;
+    Some((due.parse().ok()?, id))
 }
 pub fn webhook_key(event_id: &str) -> String {
     format!("wh/{event_id}")
@@ -55,8 +82,16 @@ pub fn webhook_key(event_id: &str) -> String {
 pub fn session_key(token: &str) -> String {
     format!("ss/{}", sha256_hex(token.as_bytes()))
 }
-pub fn statement_key(consumer: &str, seq: u64, n: usize) -> String {
-    format!("st/{consumer}/{seq:020}/{n:06}")
+/// The prefix of a consumer's statement.
+pub fn statement_prefix(consumer: &str) -> String {
+    format!("st/{}/", seg(consumer))
+}
+/// A statement line: in journal order (record, entry, event).
+pub fn statement_key(consumer: &str, seq: u64, entry: usize, event: usize) -> String {
+    format!(
+        "{}{seq:020}/{entry:06}/{event:06}",
+        statement_prefix(consumer)
+    )
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -120,6 +155,9 @@ pub struct MerchantProfile {
     pub webhook_secret: String,
     /// The printer's address (`host:port`, port 9100 by default).
     pub printer: Option<String>,
+    /// The SHA-256 of the merchant's API key (hex), so that rotating the key can revoke it.
+    #[serde(default)]
+    pub api_key_sha256: Option<String>,
 }
 
 /// What a request with an `Idempotency-Key` got: replayed for the same request, refused (422)
@@ -162,6 +200,8 @@ pub struct PrintJob {
 pub enum DeliveryState {
     Pending,
     Delivered,
+    /// Not delivered within `[node] webhook_give_up_after_secs`: no more attempts.
+    Abandoned,
 }
 
 /// One webhook event for one merchant: delivered at least once, retried with back-off, with
@@ -178,6 +218,9 @@ pub struct WebhookDelivery {
     pub last_error: Option<String>,
     pub next_attempt_ms: u64,
     pub delivered_at: Option<u64>,
+    /// When the event was queued (unix ms): attempts stop after the give-up time.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 /// A consumer API session, issued when a card and PIN authenticated at the consumer's reader.
@@ -202,6 +245,28 @@ pub struct StatementLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_with_slashes_cannot_reach_into_other_ids_keys() {
+        assert_ne!(idem_key("m:a", "b/k1"), idem_key("m:a/b", "k1"));
+        assert!(!merchant_order_key("a/b", "ord_1").starts_with(&merchant_orders_prefix("a")));
+        assert!(!statement_key("c/x", 1, 0, 0).starts_with(&statement_prefix("c")));
+        assert_eq!(seg("a%2Fb"), "a%252Fb");
+        assert_ne!(seg("a%2Fb"), seg("a/b"));
+    }
+
+    #[test]
+    fn queue_keys_sort_by_due_time_and_parse_back() {
+        let a = print_queue_key(999, "ord_b");
+        let b = print_queue_key(1000, "ord_a");
+        assert!(a < b);
+        assert_eq!(parse_queue_key(&b), Some((1000, "ord_a")));
+        assert_eq!(
+            parse_queue_key(&webhook_queue_key(7, "evt_1_0_0")),
+            Some((7, "evt_1_0_0"))
+        );
+        assert_eq!(parse_queue_key("pq/x"), None);
+    }
 
     #[test]
     fn order_ids_sort_in_creation_order() {

@@ -38,6 +38,9 @@ pub struct NodeSettings {
     pub webhook_retry_max_ms: u64,
     /// Threads delivering webhooks.
     pub webhook_workers: usize,
+    /// A webhook event not delivered this long after it was queued is abandoned (recorded,
+    /// counted in /metrics, no more attempts).
+    pub webhook_give_up_after_secs: u64,
 }
 
 impl Default for NodeSettings {
@@ -59,6 +62,7 @@ impl Default for NodeSettings {
             webhook_timeout_ms: 10_000,
             webhook_retry_max_ms: 300_000,
             webhook_workers: 4,
+            webhook_give_up_after_secs: 259_200,
         }
     }
 }

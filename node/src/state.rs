@@ -33,6 +33,9 @@ pub struct Node {
     /// Wakes the print and webhook workers when their queues have grown.
     pub work_wake: crate::workers::Wake,
     pub stopping: AtomicBool,
+    /// Registering, changing and re-keying merchants, one at a time: each reads, then writes
+    /// a merchant's profile and key.
+    pub merchant_admin: tokio::sync::Mutex<()>,
     /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
     pub session_sweep_from: parking_lot::Mutex<Option<String>>,
 }
@@ -62,6 +65,7 @@ impl Node {
             work_wake: crate::workers::Wake::default(),
             stopping: AtomicBool::new(false),
             session_sweep_from: parking_lot::Mutex::new(None),
+            merchant_admin: tokio::sync::Mutex::new(()),
         };
         for (_, m) in node
             .store

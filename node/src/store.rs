@@ -172,6 +172,37 @@ impl NodeStore {
         Ok(out)
     }
 
+    /// The keys starting with `prefix`, in order, while `take` says so, at most `limit`; and
+    /// the first key `take` refused, if any. Values are not read.
+    pub fn keys_while(
+        &self,
+        prefix: &str,
+        limit: usize,
+        mut take: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(prefix.as_bytes()).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&kv?).into_owned();
+            if !take(&key) {
+                return Ok((out, Some(key)));
+            }
+            out.push(key);
+        }
+        Ok((out, None))
+    }
+
+    /// How many keys start with `prefix`, counting up to `cap`.
+    pub fn count_prefix(&self, prefix: &str, cap: usize) -> usize {
+        self.db
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .take(cap)
+            .count()
+    }
+
     /// Writes everything queued, stops the writer and flushes.
     pub fn close(&self) -> Result<(), StoreError> {
         let _ = self.tx.send(None);

@@ -1,7 +1,12 @@
 //! The adapters' workers: the print queue (delivery slips to the merchants' printers, ESC/POS
 //! over TCP) and the webhook deliveries (HMAC-signed POSTs to the merchants). Both work from
-//! the node store's queues (`pq/`, `wq/`), retry with back-off for as long as it takes, and
-//! record every attempt; neither ever holds up the API.
+//! the node store's queues (`pq/`, `wq/`), keyed by when each item is due, so that a pass reads
+//! only what is due however much waits; they retry with back-off and record every attempt, and
+//! neither ever holds up the API.
+//!
+//! Fairness: when a printer or a merchant's endpoint fails, its other due items in the pass are
+//! moved to its next attempt time instead of being tried (and failing) one by one, so one
+//! offline printer or endpoint cannot starve the others.
 //!
 //! Exactly-once printing: a slip is marked printed, and taken off the queue, in one flushed
 //! write right after the printer took all its bytes. Only a crash between those two moments
@@ -9,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +28,11 @@ use crate::records::{self, Checkout, DeliveryState, PrintJob, PrintState, Webhoo
 use crate::state::{now_ms, Node};
 use crate::store::Write;
 
-/// Wakes the workers when work was queued; counts what waits.
+/// Wakes the workers when work was queued.
 #[derive(Default)]
 pub struct Wake {
     generation: Mutex<u64>,
     cv: Condvar,
-    print_depth: AtomicUsize,
-    webhook_depth: AtomicUsize,
 }
 
 impl Wake {
@@ -50,14 +53,32 @@ impl Wake {
     fn generation(&self) -> u64 {
         *self.generation.lock()
     }
+}
 
-    /// (slips waiting to print, webhook events waiting to be delivered).
-    pub fn depths(&self) -> (usize, usize) {
-        (
-            self.print_depth.load(Ordering::Relaxed),
-            self.webhook_depth.load(Ordering::Relaxed),
-        )
-    }
+/// Items read per pass of a queue.
+const PASS: usize = 1000;
+
+/// The due queue keys under `prefix` (at most [`PASS`]), and when the next one not yet due is.
+fn due_keys(node: &Node, prefix: &str) -> Result<(Vec<String>, Option<u64>), String> {
+    let now = now_ms();
+    let (due, first_later) = node
+        .store
+        .keys_while(prefix, PASS, |k| match records::parse_queue_key(k) {
+            Some((due, _)) => due <= now,
+            None => true,
+        })
+        .map_err(|e| e.to_string())?;
+    let next = first_later.and_then(|k| records::parse_queue_key(&k).map(|(d, _)| d));
+    Ok((due, next))
+}
+
+/// How many slips wait to print and webhook events wait to be delivered (counted up to a
+/// million each), for /metrics.
+pub fn queue_depths(node: &Node) -> (usize, usize) {
+    (
+        node.store.count_prefix("pq/", 1_000_000),
+        node.store.count_prefix("wq/", 1_000_000),
+    )
 }
 
 /// Doubling back-off from 250 ms up to `max_ms`.
@@ -139,46 +160,46 @@ fn min_due(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
+/// A due print job: its queue key, the job, the order's checkout.
+type DueSlip = (String, PrintJob, Checkout);
+
 /// Prints every due slip once; returns when the next queued one is due.
 fn print_pass(node: &Node) -> Result<Option<u64>, String> {
-    let queued = node
-        .store
-        .scan::<()>("pq/", None, 10_000)
-        .map_err(|e| e.to_string())?;
-    node.work_wake
-        .print_depth
-        .store(queued.len(), Ordering::Relaxed);
-    let mut next_due: Option<u64> = None;
-    let mut by_printer: std::collections::BTreeMap<String, Vec<(String, PrintJob, Checkout)>> =
-        Default::default();
-    for (key, ()) in queued {
-        let order = &key[3..];
+    let (due, mut next_due) = due_keys(node, "pq/")?;
+    let mut by_printer: std::collections::BTreeMap<String, Vec<DueSlip>> = Default::default();
+    let mut stale = Vec::new();
+    for key in due {
+        let Some((_, order)) = records::parse_queue_key(&key) else {
+            stale.push(Write::remove(key));
+            continue;
+        };
         let job = node
             .store
             .get::<PrintJob>(&records::print_job_key(order))
             .map_err(|e| e.to_string())?;
         let Some(job) = job.filter(|j| j.state == PrintState::Queued) else {
             // Printed or gone: not queued any more.
-            node.store
-                .commit_blocking(vec![Write::remove(key.clone())])
-                .map_err(|e| e.to_string())?;
+            stale.push(Write::remove(key));
             continue;
         };
-        if job.next_attempt_ms > now_ms() {
-            next_due = min_due(next_due, Some(job.next_attempt_ms));
-            continue;
-        }
         let Some(checkout) = node
             .store
             .get::<Checkout>(&records::checkout_key(order))
             .map_err(|e| e.to_string())?
         else {
+            tracing::error!(order = %order, "a print job without its order: dropped from the queue");
+            stale.push(Write::remove(key));
             continue;
         };
         by_printer
             .entry(job.printer.clone())
             .or_default()
             .push((key, job, checkout));
+    }
+    if !stale.is_empty() {
+        node.store
+            .commit_blocking(stale)
+            .map_err(|e| e.to_string())?;
     }
     let groups: Vec<_> = by_printer.into_values().collect();
     for chunk in groups.chunks(PRINTERS_AT_ONCE) {
@@ -202,12 +223,20 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
     Ok(next_due)
 }
 
-/// One printer's due slips, in order; stops at the first failure (the rest would fail too).
-fn print_on_one_printer(
-    node: &Node,
-    jobs: &[(String, PrintJob, Checkout)],
-) -> Result<Option<u64>, String> {
-    for (key, job, checkout) in jobs {
+/// The writes that move a queued job to a new due time.
+fn requeue_print(key: &str, job: &mut PrintJob, due_ms: u64) -> Vec<Write> {
+    job.next_attempt_ms = due_ms;
+    vec![
+        Write::remove(key.to_string()),
+        Write::json(records::print_queue_key(due_ms, &job.order_id), &()),
+        Write::json(records::print_job_key(&job.order_id), &*job),
+    ]
+}
+
+/// One printer's due slips, in order. At the first failure the rest wait for the printer's
+/// next attempt (they would fail too); returns that time.
+fn print_on_one_printer(node: &Node, jobs: &[DueSlip]) -> Result<Option<u64>, String> {
+    for (i, (key, job, checkout)) in jobs.iter().enumerate() {
         if node.is_stopping() {
             return Ok(None);
         }
@@ -225,32 +254,37 @@ fn print_on_one_printer(
             })
             .and_then(|addr| print_to(addr, &bytes, timeout).map_err(|e| e.to_string()));
         job.attempts += 1;
-        let mut writes = Vec::new();
-        let failed_until = match result {
+        match result {
             Ok(()) => {
                 node.metrics.prints_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(order = %order, printer = %job.printer, attempts = job.attempts, "delivery slip printed");
                 job.state = PrintState::Printed;
                 job.printed_at = Some(now_ms() / 1000);
                 job.last_error = None;
-                writes.push(Write::remove(key.clone()));
-                None
+                node.store
+                    .commit_blocking(vec![
+                        Write::remove(key.clone()),
+                        Write::json(records::print_job_key(order), &job),
+                    ])
+                    .map_err(|e| e.to_string())?;
             }
             Err(e) => {
                 node.metrics.prints_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(order = %order, printer = %job.printer, attempts = job.attempts, error = %e, "printer unavailable; will retry");
                 job.last_error = Some(e);
-                job.next_attempt_ms =
+                let retry_at =
                     now_ms() + backoff_ms(job.attempts, node.settings.print_retry_max_ms);
-                Some(job.next_attempt_ms)
+                let mut writes = requeue_print(key, &mut job, retry_at);
+                // The printer's other due slips wait for the same moment, untried.
+                for (later_key, later_job, _) in &jobs[i + 1..] {
+                    let mut later = later_job.clone();
+                    writes.extend(requeue_print(later_key, &mut later, retry_at));
+                }
+                node.store
+                    .commit_blocking(writes)
+                    .map_err(|e| e.to_string())?;
+                return Ok(Some(retry_at));
             }
-        };
-        writes.push(Write::json(records::print_job_key(order), &job));
-        node.store
-            .commit_blocking(writes)
-            .map_err(|e| e.to_string())?;
-        if failed_until.is_some() {
-            return Ok(failed_until);
         }
     }
     Ok(None)
@@ -270,69 +304,62 @@ pub fn signature(secret: &str, t: u64, body: &str) -> String {
     )
 }
 
+/// Merchants whose endpoint failed, and until when their events wait.
+type Circuits = Arc<Mutex<std::collections::HashMap<String, u64>>>;
+
 /// Dispatches due webhook deliveries to `workers` threads until the node stops.
 pub fn webhook_loop(node: Arc<NodeRef>, workers: usize) {
-    let (tx, rx) = crossbeam_channel::bounded::<String>(workers * 4);
+    let (tx, rx) = crossbeam_channel::bounded::<(String, String)>(workers * 4);
     let in_progress: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let circuits: Circuits = Arc::default();
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_millis(node.0.settings.webhook_timeout_ms))
         .redirects(0)
         .build();
     let mut threads = Vec::new();
     for i in 0..workers.max(1) {
-        let (node, rx, in_progress, agent) =
-            (node.clone(), rx.clone(), in_progress.clone(), agent.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("webhook-{i}"))
-                .spawn(move || {
-                    for event in rx {
-                        if let Err(e) = deliver(&node.0, &agent, &event) {
-                            tracing::error!(error = %e, event = %event, "webhook bookkeeping failed");
-                        }
-                        in_progress.lock().remove(&event);
-                        node.0.work_wake.notify();
-                    }
-                })
-                .expect("spawn a webhook thread"),
+        let (node, rx, in_progress, circuits, agent) = (
+            node.clone(),
+            rx.clone(),
+            in_progress.clone(),
+            circuits.clone(),
+            agent.clone(),
         );
+        let spawned = std::thread::Builder::new()
+            .name(format!("webhook-{i}"))
+            .spawn(move || {
+                for (key, event) in rx {
+                    match deliver(&node.0, &agent, &key, &event) {
+                        Ok(Attempt::Failed { merchant, retry_at }) => {
+                            circuits.lock().insert(merchant, retry_at);
+                        }
+                        Ok(Attempt::Delivered { merchant }) => {
+                            circuits.lock().remove(&merchant);
+                        }
+                        Ok(Attempt::Nothing) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, event = %event, "webhook bookkeeping failed")
+                        }
+                    }
+                    in_progress.lock().remove(&event);
+                    node.0.work_wake.notify();
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start a webhook thread"),
+        }
     }
     let n = &node.0;
     let mut seen = n.work_wake.generation();
     while !n.is_stopping() {
-        let mut next_due: Option<u64> = None;
-        match n.store.scan::<()>("wq/", None, 10_000) {
-            Err(e) => tracing::error!(error = %e, "webhook queue scan failed"),
-            Ok(queued) => {
-                n.work_wake
-                    .webhook_depth
-                    .store(queued.len(), Ordering::Relaxed);
-                for (key, ()) in queued {
-                    let event = key[3..].to_string();
-                    if in_progress.lock().contains(&event) {
-                        continue;
-                    }
-                    let due = n
-                        .store
-                        .get::<WebhookDelivery>(&records::webhook_key(&event))
-                        .ok()
-                        .flatten()
-                        .map(|d| d.next_attempt_ms)
-                        .unwrap_or(0);
-                    if due > now_ms() {
-                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                        continue;
-                    }
-                    in_progress.lock().insert(event.clone());
-                    if tx.try_send(event.clone()).is_err() {
-                        // All workers busy: try again on the next pass.
-                        in_progress.lock().remove(&event);
-                        next_due = Some(now_ms() + 20);
-                        break;
-                    }
-                }
+        let next_due = match webhook_pass(n, &tx, &in_progress, &circuits) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook queue pass failed");
+                Some(now_ms() + 1000)
             }
-        }
+        };
         let wait = next_due
             .map(|d| d.saturating_sub(now_ms()).clamp(1, 1000))
             .unwrap_or(1000);
@@ -344,24 +371,104 @@ pub fn webhook_loop(node: Arc<NodeRef>, workers: usize) {
     }
 }
 
-fn deliver(node: &Node, agent: &ureq::Agent, event: &str) -> Result<(), String> {
-    let key = records::webhook_key(event);
-    let queue_key = records::webhook_queue_key(event);
+/// Hands every due event to the workers, except those of merchants whose endpoint just
+/// failed: those are moved to the endpoint's next attempt time. Returns when to look again.
+fn webhook_pass(
+    n: &Node,
+    tx: &crossbeam_channel::Sender<(String, String)>,
+    in_progress: &Mutex<HashSet<String>>,
+    circuits: &Circuits,
+) -> Result<Option<u64>, String> {
+    let (due, mut next_due) = due_keys(n, "wq/")?;
+    let mut moved = Vec::new();
+    for key in due {
+        let Some((_, event)) = records::parse_queue_key(&key) else {
+            moved.push(Write::remove(key));
+            continue;
+        };
+        let event = event.to_string();
+        if in_progress.lock().contains(&event) {
+            continue;
+        }
+        let Some(mut d) = n
+            .store
+            .get::<WebhookDelivery>(&records::webhook_key(&event))
+            .map_err(|e| e.to_string())?
+            .filter(|d| d.state == DeliveryState::Pending)
+        else {
+            moved.push(Write::remove(key));
+            continue;
+        };
+        let open_until = circuits.lock().get(&d.merchant).copied();
+        if let Some(until) = open_until.filter(|u| *u > now_ms()) {
+            d.next_attempt_ms = until;
+            moved.push(Write::remove(key));
+            moved.push(Write::json(records::webhook_queue_key(until, &event), &()));
+            moved.push(Write::json(records::webhook_key(&event), &d));
+            next_due = min_due(next_due, Some(until));
+            continue;
+        }
+        in_progress.lock().insert(event.clone());
+        if tx.try_send((key, event.clone())).is_err() {
+            // Every worker is busy: the rest waits for the next pass.
+            in_progress.lock().remove(&event);
+            next_due = Some(now_ms() + 20);
+            break;
+        }
+    }
+    if !moved.is_empty() {
+        n.store.commit_blocking(moved).map_err(|e| e.to_string())?;
+    }
+    Ok(next_due)
+}
+
+enum Attempt {
+    Delivered { merchant: String },
+    Failed { merchant: String, retry_at: u64 },
+    Nothing,
+}
+
+/// A transport error, without the URL (which may carry a merchant's token).
+fn transport_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, _) => format!("status {code}"),
+        ureq::Error::Transport(t) => match t.message() {
+            Some(m) => format!("{}: {m}", t.kind()),
+            None => t.kind().to_string(),
+        },
+    }
+}
+
+fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<Attempt, String> {
+    let record_key = records::webhook_key(event);
     let Some(mut d) = node
         .store
-        .get::<WebhookDelivery>(&key)
+        .get::<WebhookDelivery>(&record_key)
         .map_err(|e| e.to_string())?
+        .filter(|d| d.state == DeliveryState::Pending)
     else {
-        return node
-            .store
-            .commit_blocking(vec![Write::remove(queue_key)])
-            .map_err(|e| e.to_string());
+        node.store
+            .commit_blocking(vec![Write::remove(key.to_string())])
+            .map_err(|e| e.to_string())?;
+        return Ok(Attempt::Nothing);
     };
-    if d.state == DeliveryState::Delivered {
-        return node
-            .store
-            .commit_blocking(vec![Write::remove(queue_key)])
-            .map_err(|e| e.to_string());
+    let give_up_ms = node
+        .settings
+        .webhook_give_up_after_secs
+        .saturating_mul(1000);
+    if d.created_ms > 0 && now_ms().saturating_sub(d.created_ms) > give_up_ms {
+        node.metrics
+            .webhooks_abandoned
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(event = %d.event_id, merchant = %d.merchant, attempts = d.attempts, "webhook abandoned: not delivered in time");
+        d.state = DeliveryState::Abandoned;
+        node.store
+            .commit_blocking(vec![
+                Write::remove(key.to_string()),
+                Write::json(record_key, &d),
+            ])
+            .map_err(|e| e.to_string())?;
+        return Ok(Attempt::Nothing);
     }
     let secret = node
         .merchants
@@ -376,32 +483,42 @@ fn deliver(node: &Node, agent: &ureq::Agent, event: &str) -> Result<(), String> 
         .set("OneCard-Signature", &signature(&secret, t, &d.payload))
         .send_string(&d.payload);
     d.attempts += 1;
-    let mut writes = Vec::new();
-    match result {
+    let mut writes = vec![Write::remove(key.to_string())];
+    let attempt = match result {
         Ok(r) if (200..300).contains(&r.status()) => {
             node.metrics.webhooks_ok.fetch_add(1, Ordering::Relaxed);
             d.state = DeliveryState::Delivered;
             d.delivered_at = Some(t);
             d.last_error = None;
-            writes.push(Write::remove(queue_key));
+            Attempt::Delivered {
+                merchant: d.merchant.clone(),
+            }
         }
         other => {
             node.metrics.webhooks_failed.fetch_add(1, Ordering::Relaxed);
             let e = match other {
                 Ok(r) => format!("status {}", r.status()),
-                Err(ureq::Error::Status(code, _)) => format!("status {code}"),
-                Err(e) => e.to_string(),
+                Err(e) => transport_error(&e),
             };
             tracing::warn!(event = %d.event_id, merchant = %d.merchant, attempts = d.attempts, error = %e, "webhook not delivered; will retry");
             d.last_error = Some(e);
             d.next_attempt_ms =
                 now_ms() + backoff_ms(d.attempts, node.settings.webhook_retry_max_ms);
+            writes.push(Write::json(
+                records::webhook_queue_key(d.next_attempt_ms, event),
+                &(),
+            ));
+            Attempt::Failed {
+                merchant: d.merchant.clone(),
+                retry_at: d.next_attempt_ms,
+            }
         }
-    }
-    writes.push(Write::json(key, &d));
+    };
+    writes.push(Write::json(record_key, &d));
     node.store
         .commit_blocking(writes)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(attempt)
 }
 
 #[cfg(test)]

@@ -77,7 +77,10 @@ pub async fn open_bank_account(
                         StatusCode::CREATED,
                         &serde_json::json!({"account": mask(&b.account), "balance": balance.to_string()}),
                     ),
-                    Err(e) => Reply::error(&ApiError::conflict("bank_refused", e.to_string())),
+                    Err(e) => Reply::error(&ApiError::conflict(
+                        "bank_refused",
+                        e.to_string().replace(&b.account, &mask(&b.account)),
+                    )),
                 }
             }
         },
@@ -124,13 +127,14 @@ pub struct MerchantBody {
     pub printer: Option<String>,
 }
 
-/// A merchant as registered, with its API key and webhook secret: shown this once.
+/// A merchant as registered, with its API key and webhook secret: shown this once (a repeat
+/// of the request gets them as null; `POST /v1/admin/merchants/{id}/api-key` issues a new key).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MerchantCreated {
     pub id: String,
     pub name: String,
-    pub api_key: String,
-    pub webhook_secret: String,
+    pub api_key: Option<String>,
+    pub webhook_secret: Option<String>,
     pub webhook_url: Option<String>,
     pub printer: Option<String>,
 }
@@ -145,23 +149,63 @@ fn check_url(url: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `host:port`, with port 9100 (the raw printing port) when none is given.
-fn check_printer(p: &str) -> Result<String, ApiError> {
+/// `host:port`, with port 9100 (the raw printing port) when none is given; resolved once to
+/// check it (off the HTTP worker: a name lookup may block).
+async fn check_printer(p: String) -> Result<String, ApiError> {
     let with_port = if p
         .rsplit_once(':')
         .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
     {
-        p.to_string()
+        p.clone()
     } else {
         format!("{p}:{}", onecard_adapters::printer::DEFAULT_PORT)
     };
-    use std::net::ToSocketAddrs;
-    match with_port.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(_)) => Ok(with_port),
+    let probe = with_port.clone();
+    let resolved = web::block(move || {
+        use std::net::ToSocketAddrs;
+        probe.to_socket_addrs().map(|mut a| a.next().is_some())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match resolved {
+        Ok(true) => Ok(with_port),
         _ => Err(ApiError::invalid(format!(
             "printer {p:?} is not a host:port this node can resolve"
         ))),
     }
+}
+
+/// A new API key for a merchant: the key (shown once), and the writes that make it the
+/// merchant's only key (its hash stored, the previous one's removed).
+fn new_api_key(node: &Node, profile: &mut MerchantProfile) -> (String, Vec<Write>) {
+    let api_key = format!("ock_{}", records::random_hex(24));
+    let hash = records::sha256_hex(api_key.as_bytes());
+    let mut writes = vec![Write::json(records::api_key_hash_key(&hash), &profile.id)];
+    let previous = node
+        .merchants
+        .get(&profile.id)
+        .and_then(|m| m.api_key_sha256.clone());
+    if let Some(old) = previous {
+        writes.push(Write::remove(records::api_key_hash_key(&old)));
+    }
+    profile.api_key_sha256 = Some(hash);
+    writes.push(Write::json(records::merchant_key(&profile.id), &*profile));
+    (api_key, writes)
+}
+
+/// Makes a profile (and its key) the one the API uses, once durable.
+fn install(node: &Node, profile: MerchantProfile) {
+    let previous = node
+        .merchants
+        .get(&profile.id)
+        .and_then(|m| m.api_key_sha256.clone());
+    if let Some(old) = previous {
+        node.api_keys.remove(&old);
+    }
+    if let Some(h) = &profile.api_key_sha256 {
+        node.api_keys.insert(h.clone(), profile.id.clone());
+    }
+    node.merchants.insert(profile.id.clone(), profile);
 }
 
 pub async fn open_merchant(
@@ -170,52 +214,111 @@ pub async fn open_merchant(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, MerchantBody);
-    let checked = (|| {
+    let checked = async {
         validate_text("name", &b.name, 200)?;
         if let Some(u) = &b.webhook_url {
             check_url(u)?;
         }
-        b.printer.as_deref().map(check_printer).transpose()
-    })();
-    let printer = match checked {
+        match b.printer.clone() {
+            Some(p) => check_printer(p).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let printer = match checked.await {
         Ok(p) => p,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
-    if let Err(r) = node
-        .engine
-        .open_merchant(&b.id, b.bank.as_deref(), node.now())
-        .await?
-    {
+    let _one_at_a_time = node.merchant_admin.lock().await;
+    if node.merchants.contains_key(&b.id) && node.engine.has_merchant(&b.id) {
+        let r = onecard_engine::Refusal::conflict(format!("account {:?} already exists", b.id));
         return idem.finish(refusal_reply(&r)).await;
     }
-    let api_key = format!("ock_{}", records::random_hex(24));
-    let profile = MerchantProfile {
+    // The credentials first, durable: a merchant the engine knows always has them.
+    let mut profile = MerchantProfile {
         id: b.id.clone(),
         name: b.name.clone(),
         webhook_url: b.webhook_url.clone(),
         webhook_secret: format!("whsec_{}", records::random_hex(24)),
         printer: printer.clone(),
+        api_key_sha256: None,
     };
+    let (api_key, writes) = new_api_key(&node, &mut profile);
+    let rollback = vec![
+        Write::remove(records::merchant_key(&b.id)),
+        Write::remove(records::api_key_key(&api_key)),
+    ];
+    node.store.commit(writes).await?;
+    let opened = node
+        .engine
+        .open_merchant(&b.id, b.bank.as_deref(), node.now())
+        .await?;
+    match opened {
+        Ok(_) => {}
+        // The engine has the merchant but the node had no profile for it (a registration a
+        // crash interrupted before this order of writes): its credentials are issued now.
+        Err(r)
+            if r.kind == onecard_engine::RefusalKind::Conflict
+                && node.engine.has_merchant(&b.id) =>
+        {
+            tracing::warn!(merchant = %b.id, "credentials issued for a merchant that had none");
+        }
+        Err(r) => {
+            node.store.commit(rollback).await?;
+            return idem.finish(refusal_reply(&r)).await;
+        }
+    }
     let created = MerchantCreated {
         id: b.id.clone(),
         name: b.name.clone(),
-        api_key: api_key.clone(),
-        webhook_secret: profile.webhook_secret.clone(),
+        api_key: Some(api_key),
+        webhook_secret: Some(profile.webhook_secret.clone()),
         webhook_url: b.webhook_url.clone(),
         printer,
     };
-    let key_hash = records::api_key_key(&api_key);
-    let writes = vec![
-        Write::json(records::merchant_key(&b.id), &profile),
-        Write::json(key_hash.clone(), &b.id),
-    ];
-    let response = idem
-        .finish(Reply::new(StatusCode::CREATED, &created).with_writes(writes))
-        .await?;
-    node.api_keys
-        .insert(key_hash.trim_start_matches("ak/").to_string(), b.id.clone());
-    node.merchants.insert(b.id.clone(), profile);
-    Ok(response)
+    install(&node, profile);
+    idem.finish(
+        Reply::new(StatusCode::CREATED, &created).redacting(&["/api_key", "/webhook_secret"]),
+    )
+    .await
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiKeyIssued {
+    pub id: String,
+    /// Shown once; the previous key stops working now.
+    pub api_key: Option<String>,
+}
+
+/// A new API key for a merchant; the previous one stops working.
+pub async fn rotate_api_key(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&node, &req)?;
+    let body = read_body(&node, &req, payload).await?;
+    let idem = match Idem::begin(&node, &req, "admin", &body).await? {
+        Begin::Replay(r) => return Ok(r),
+        Begin::Run(i) => i,
+    };
+    let _one_at_a_time = node.merchant_admin.lock().await;
+    let Some(mut profile) = node.merchants.get(path.as_str()).map(|m| m.clone()) else {
+        let e = ApiError::not_found(
+            "unknown_merchant",
+            format!("no merchant {:?}", path.as_str()),
+        );
+        return idem.finish(Reply::error(&e)).await;
+    };
+    let (api_key, writes) = new_api_key(&node, &mut profile);
+    node.store.commit(writes).await?;
+    let issued = ApiKeyIssued {
+        id: profile.id.clone(),
+        api_key: Some(api_key),
+    };
+    install(&node, profile);
+    idem.finish(Reply::new(StatusCode::OK, &issued).redacting(&["/api_key"]))
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +349,14 @@ pub async fn update_merchant(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, MerchantUpdate);
+    let printer = match b.printer.as_deref() {
+        None | Some("") => None,
+        Some(p) => match check_printer(p.to_string()).await {
+            Ok(p) => Some(p),
+            Err(e) => return idem.finish(Reply::error(&e)).await,
+        },
+    };
+    let _one_at_a_time = node.merchant_admin.lock().await;
     let Some(mut profile) = node.merchants.get(path.as_str()).map(|m| m.clone()) else {
         let e = ApiError::not_found(
             "unknown_merchant",
@@ -268,7 +379,7 @@ pub async fn update_merchant(
         }
         match b.printer.as_deref() {
             Some("") => profile.printer = None,
-            Some(p) => profile.printer = Some(check_printer(p)?),
+            Some(_) => profile.printer = printer,
             None => {}
         }
         Ok::<(), ApiError>(())
@@ -295,8 +406,8 @@ pub struct CardIssued {
     pub holder: String,
     pub card_last4: String,
     /// The card's key (hex), derived from the issuer key, for personalising the card. Not
-    /// stored by the node; shown this once.
-    pub card_key: String,
+    /// stored by the node; shown this once (null in a repeat of the request).
+    pub card_key: Option<String>,
 }
 
 pub async fn issue_card(
@@ -322,16 +433,26 @@ pub async fn issue_card(
         .into_iter()
         .rev()
         .collect();
+    let number = b.number.clone();
     let reply = match node.engine.issue_card(b, node.now()).await? {
         Ok(key) => Reply::new(
             StatusCode::CREATED,
             &CardIssued {
                 holder,
                 card_last4: last4,
-                card_key: onecard_terminal::wire::to_hex(key.as_bytes()),
+                card_key: Some(onecard_terminal::wire::to_hex(key.as_bytes())),
             },
-        ),
-        Err(e) => Reply::error(&ApiError::invalid(e.to_string())),
+        )
+        .redacting(&["/card_key"]),
+        Err(e @ onecard_engine::cards::CardError::DuplicateCard(_)) => {
+            Reply::error(&ApiError::conflict(
+                "card_exists",
+                e.to_string().replace(&number, &mask(&number)),
+            ))
+        }
+        Err(e) => Reply::error(&ApiError::invalid(
+            e.to_string().replace(&number, &mask(&number)),
+        )),
     };
     idem.finish(reply).await
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idem::{Begin, Idem, Reply};
 use super::{consumer_of, parse_json, read_body, ApiError};
-use crate::records::{Checkout, StatementLine};
+use crate::records::{self, Checkout, StatementLine};
 use crate::state::Node;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub struct AccountView {
 fn order_json(node: &Node, o: &Order) -> ConsumerOrder {
     let delivery_address = node
         .store
-        .get::<Checkout>(&crate::records::checkout_key(&o.id))
+        .get::<Checkout>(&records::checkout_key(&o.id))
         .ok()
         .flatten()
         .map(|c| c.delivery.address);
@@ -218,7 +218,7 @@ pub async fn statement(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     if limit == 0 || limit > 1000 {
         return Err(ApiError::invalid("limit must be 1 to 1000"));
     }
-    let prefix = format!("st/{consumer}/");
+    let prefix = records::statement_prefix(&consumer);
     let after = q.after.as_ref().map(|a| format!("{prefix}{a}"));
     let rows = node
         .store

@@ -7,7 +7,8 @@
 //! `invalid_field`): the caller fixes the body and retries with the same key. Business refusals
 //! (a refusal of the engine's, a state conflict) are stored and replayed like successes. A repeat with the same fingerprint gets the
 //! stored answer again (header `Idempotent-Replayed: true`); the same key with another request
-//! gets 422 `idempotency_mismatch`; a repeat while the first is still running gets 409
+//! gets 422 `idempotency_mismatch`; an answer that carries a secret shown once (an API key, a
+//! card key, a session token) is stored and replayed with that secret set to null; a repeat while the first is still running gets 409
 //! `idempotency_in_progress`. Keys are per caller (merchant, administrator, consumer, reader),
 //! so two merchants cannot collide.
 
@@ -25,6 +26,9 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: serde_json::Value,
     pub writes: Vec<Write>,
+    /// What a repeat gets instead of `body`, when the answer carries a secret shown once (an
+    /// API key, a card key, a session token): the secret is never stored (I10).
+    pub replay_body: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -33,7 +37,20 @@ impl Reply {
             status,
             body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
             writes: Vec::new(),
+            replay_body: None,
         }
+    }
+
+    /// The answer a repeat gets: this one with the given secret fields set to null.
+    pub fn redacting(mut self, pointers: &[&str]) -> Reply {
+        let mut stored = self.body.clone();
+        for p in pointers {
+            if let Some(v) = stored.pointer_mut(p) {
+                *v = serde_json::Value::Null;
+            }
+        }
+        self.replay_body = Some(stored);
+        self
     }
 
     pub fn with_writes(mut self, writes: Vec<Write>) -> Reply {
@@ -122,7 +139,10 @@ impl<'a> Idem<'a> {
                     &IdemRecord {
                         fingerprint: fingerprint.clone(),
                         status: reply.status.as_u16(),
-                        body: reply.body.clone(),
+                        body: reply
+                            .replay_body
+                            .clone()
+                            .unwrap_or_else(|| reply.body.clone()),
                     },
                 ));
             }

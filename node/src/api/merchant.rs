@@ -356,21 +356,26 @@ pub async fn list_orders(
     if limit == 0 || limit > 500 {
         return Err(ApiError::invalid("limit must be 1 to 500"));
     }
-    let prefix = format!("mo/{merchant}/");
-    let after = q.after.as_ref().map(|a| format!("{prefix}{a}"));
+    let prefix = records::merchant_orders_prefix(&merchant);
+    let after = q
+        .after
+        .as_ref()
+        .map(|a| records::merchant_order_key(&merchant, a));
     let keys = node
         .store
         .scan::<()>(&prefix, after.as_deref(), limit + 1)?;
     let mut orders = Vec::new();
+    let mut last_id = None;
     for (key, ()) in keys.iter().take(limit) {
-        let id = &key[prefix.len()..];
+        // Order ids are `ord_` and hex: nothing in them is escaped.
+        let id = key.get(prefix.len()..).unwrap_or_default();
         if let Some(c) = node.store.get::<Checkout>(&records::checkout_key(id))? {
             orders.push(order_view(&node, &c).await?);
         }
+        last_id = Some(id.to_string());
     }
-    let next_after = (keys.len() > limit)
-        .then(|| orders.last().map(|o| o.id.clone()))
-        .flatten();
+    // The page ends where the scan ended, whatever was on it.
+    let next_after = if keys.len() > limit { last_id } else { None };
     Ok(HttpResponse::Ok().json(OrderList { orders, next_after }))
 }
 
@@ -421,7 +426,8 @@ pub async fn cancel_order(
         }
     } else if c.cancelled_at.is_none() {
         let view = order_view(&node, &c).await?;
-        if view.state != "awaiting_payment" {
+        // An expired checkout can be cancelled too: then no late payment can place it.
+        if view.state != "awaiting_payment" && view.state != "expired" {
             let e = ApiError::conflict(
                 "order_not_cancellable",
                 format!("the order is {} and cannot be cancelled", view.state),
@@ -492,7 +498,11 @@ pub async fn refund_order(
     };
     let refund_id =
         match (&parsed.id, idem.key()) {
-            (Some(id), _) => format!("rf_{merchant}_{id}"),
+            // Derived, so that two merchants' refund ids can never collide.
+            (Some(id), _) => format!(
+                "rf_{}",
+                &records::sha256_hex(format!("{merchant}\0{id}").as_bytes())[..32]
+            ),
             (None, Some(k)) => format!("rf_{}", &records::sha256_hex(k.as_bytes())[..32]),
             (None, None) => return Err(ApiError::bad_request(
                 "refund_id_required",
@@ -560,9 +570,15 @@ pub async fn reprint(
     }
     job.state = PrintState::Queued;
     job.reprints += 1;
-    job.next_attempt_ms = 0;
+    job.next_attempt_ms = now_ms();
     job.last_error = None;
-    let writes = vec![Write::json(key, &job)];
+    let writes = vec![
+        Write::json(
+            records::print_queue_key(job.next_attempt_ms, &job.order_id),
+            &(),
+        ),
+        Write::json(key, &job),
+    ];
     let mut view = order_view(&node, &c).await?;
     view.print.status = "queued".into();
     view.print.reprints = Some(job.reprints);

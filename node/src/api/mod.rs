@@ -57,6 +57,7 @@ routes! {
     "/v1/admin/consumers" => { post: admin::open_consumer },
     "/v1/admin/merchants" => { post: admin::open_merchant },
     "/v1/admin/merchants/{merchant}" => { patch: admin::update_merchant },
+    "/v1/admin/merchants/{merchant}/api-key" => { post: admin::rotate_api_key },
     "/v1/admin/cards" => { post: admin::issue_card },
     "/v1/admin/cards/unlock" => { post: admin::unlock_card },
     "/v1/admin/readers" => { post: admin::register_reader },
@@ -117,7 +118,12 @@ pub async fn request_log(
         .map(str::to_string)
         .unwrap_or_else(|| records::random_hex(8));
     req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().to_string();
+    // A label from a closed set: a client cannot grow the metrics with made-up methods.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_string();
     let node = req.app_data::<web::Data<Node>>().cloned();
     let mut res = next.call(req).await?;
     let route = res

@@ -33,7 +33,7 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let entries = j.entries.load(Ordering::Relaxed) as f64;
     let seq = node.engine.last_seq()? as f64;
     let cursor = crate::outbox::cursor(&node)? as f64;
-    let (prints, webhooks) = node.work_wake.depths();
+    let (prints, webhooks) = crate::workers::queue_depths(&node);
     let gauges = [
         (
             "onecard_journal_records_total",

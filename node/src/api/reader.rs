@@ -248,7 +248,11 @@ async fn answer(
         answer.session = Some(SessionBody { token, expires_at });
     }
     let response = idem
-        .finish(Reply::new(StatusCode::OK, &answer).with_writes(writes))
+        .finish(
+            Reply::new(StatusCode::OK, &answer)
+                .with_writes(writes)
+                .redacting(&["/session"]),
+        )
         .await?;
     node.outbox_wake.notify_one();
     Ok(response)
@@ -265,6 +269,19 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, Api
         return Ok(PlacedOrder {
             id: c.order_id,
             state: "cancelled".into(),
+            refusal: Some("refused:state".into()),
+        });
+    }
+    // A payment started (swiped) before the checkout expired may finish within a challenge's
+    // lifetime after it; later, nothing is placed, whatever the journal says was authorised.
+    let deadline = c
+        .created_at
+        .saturating_add(node.settings.checkout_ttl_secs)
+        .saturating_add(node.engine.rules().auth.challenge_ttl_secs);
+    if node.now() >= deadline && node.engine.order_owner(&c.order_id)?.is_none() {
+        return Ok(PlacedOrder {
+            id: c.order_id,
+            state: "expired".into(),
             refusal: Some("refused:state".into()),
         });
     }
