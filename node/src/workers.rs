@@ -241,6 +241,14 @@ fn print_on_one_printer(node: &Node, jobs: &[DueSlip]) -> Result<Option<u64>, St
             return Ok(None);
         }
         let mut job = job.clone();
+        // The merchant's printer as it is now: a printer replaced while slips waited gets them.
+        if let Some(p) = node
+            .merchants
+            .get(&job.merchant)
+            .and_then(|m| m.printer.clone())
+        {
+            job.printer = p;
+        }
         let order = checkout.order_id.as_str();
         let bytes = slip_of(node, checkout).to_escpos();
         let timeout = Duration::from_millis(node.settings.print_timeout_ms);
@@ -470,11 +478,16 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
             .map_err(|e| e.to_string())?;
         return Ok(Attempt::Nothing);
     }
-    let secret = node
+    // The merchant's endpoint and secret as they are now: an endpoint changed while events
+    // waited gets them.
+    let (secret, url) = node
         .merchants
         .get(&d.merchant)
-        .map(|m| m.webhook_secret.clone())
+        .map(|m| (m.webhook_secret.clone(), m.webhook_url.clone()))
         .unwrap_or_default();
+    if let Some(url) = url {
+        d.url = url;
+    }
     let t = now_ms() / 1000;
     let result = agent
         .post(&d.url)

@@ -314,6 +314,17 @@ fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
         PaymentEnd::Refused(_) => Ok(false),
         PaymentEnd::Aborted { reason, .. } => {
             eprintln!("onecard-terminal: {reason}");
+            // The node may have authorised and placed the order and only its answer was lost:
+            // ask it how the order stands now, so the consumer is not told the wrong thing.
+            if let Ok(now) = link.checkout(&view.order_id) {
+                if matches!(now.status.as_str(), "pending" | "settled") {
+                    println!(
+                        "order: {} {} (the node's answer was lost; the payment went through)",
+                        now.order_id, now.status
+                    );
+                    return Ok(true);
+                }
+            }
             Ok(false)
         }
     }
