@@ -687,3 +687,92 @@ fn sigkill_during_a_stream_of_api_calls_loses_no_acknowledged_order_or_payment()
     assert!(node.terminate().success());
     verify(&data);
 }
+
+/// A crash between steps 3 and 4: the authorisation is in the journal, the order is not placed.
+/// The engine alone plays steps 2-3 on the stopped node's data directory (as the node does up
+/// to the moment it would place the order); the restarted node's outbox finds the
+/// authorisation in the journal and places the order, which then prints.
+#[test]
+fn an_authorisation_journaled_before_a_crash_is_placed_after_the_restart() {
+    use std::sync::Arc;
+
+    use onecard_engine::cards::IssuerKey;
+    use onecard_engine::{DataKey, Engine, EngineConfig, SimBank, SimBankPort};
+    use onecard_terminal::flow::{self, EngineLink, PaymentEnd, PaymentRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let printer = Printer::start();
+    let mut node = NodeProc::start(&data);
+    let w = setup(&node, Some(&printer.addr.to_string()), None);
+    let order = create_order(&node, &w, "12.00", false);
+    node.kill();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (end, placed_before) = actix_rt::System::new().block_on(async {
+        let mut cfg = EngineConfig::default();
+        cfg.issuer_key = Some(IssuerKey::from_bytes([0x11; 32]));
+        cfg.data_key = Some(DataKey::from_bytes([0x22; 32]));
+        let bank = SimBank::open(&data).unwrap();
+        let engine = Engine::open(&data, cfg, Arc::new(SimBankPort(bank)))
+            .await
+            .unwrap();
+        let request = PaymentRequest {
+            reader_id: w.reader_id.clone(),
+            order_id: order.clone(),
+            amount_cents: 1200,
+            delivery_address: HOME.into(),
+        };
+        let mut keypad = Keypad {
+            pin: PIN.into(),
+            accept: true,
+            shown: Vec::new(),
+        };
+        let end = flow::pay(
+            &mut card_for(&w, 0),
+            &mut EngineLink {
+                engine: &engine,
+                peer: "127.0.0.1".parse().unwrap(),
+                now,
+            },
+            &mut keypad,
+            &request,
+            &mut rand::rngs::OsRng,
+        );
+        let placed = engine.order(&order).await.unwrap().is_some();
+        engine.close().await.unwrap();
+        (end, placed)
+    });
+    assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    assert!(!placed_before, "nothing placed before the restart");
+
+    let node = NodeProc::start(&data);
+    let get = || {
+        call(
+            "GET",
+            &node.url(&format!("/v1/orders/{order}")),
+            Some(&w.api_key),
+            None,
+            None,
+        )
+        .body
+    };
+    let o = eventually(30, || {
+        let o = get();
+        (o["state"] == "pending").then_some(o)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the authorised order is placed: {:?}\n{}",
+            get(),
+            node.log()
+        )
+    });
+    assert_eq!(o["amount"], "12.00");
+    eventually(30, || (get()["print"]["status"] == "printed").then_some(()))
+        .expect("and its slip printed");
+    assert_eq!(printer.slips().len(), 1);
+}
