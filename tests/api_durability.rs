@@ -713,9 +713,11 @@ fn an_authorisation_journaled_before_a_crash_is_placed_after_the_restart() {
         .unwrap()
         .as_secs();
     let (end, placed_before) = actix_rt::System::new().block_on(async {
-        let mut cfg = EngineConfig::default();
-        cfg.issuer_key = Some(IssuerKey::from_bytes([0x11; 32]));
-        cfg.data_key = Some(DataKey::from_bytes([0x22; 32]));
+        let cfg = EngineConfig {
+            issuer_key: Some(IssuerKey::from_bytes([0x11; 32])),
+            data_key: Some(DataKey::from_bytes([0x22; 32])),
+            ..EngineConfig::default()
+        };
         let bank = SimBank::open(&data).unwrap();
         let engine = Engine::open(&data, cfg, Arc::new(SimBankPort(bank)))
             .await
