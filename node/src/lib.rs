@@ -214,8 +214,11 @@ async fn run(
     };
     drop(shared);
 
+    // Two HTTP workers per core by default: a worker waiting on the store's group commit
+    // leaves its core to another, and the batches grow (BENCHMARKS.md: on 2 cores, 4 workers
+    // answered 21,300-22,700 order creations/s at 64 connections against 18,900-20,700 with 2).
     let workers = if settings.workers == 0 {
-        std::thread::available_parallelism()
+        2 * std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     } else {
