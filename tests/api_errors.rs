@@ -850,3 +850,36 @@ fn a_body_declared_larger_than_the_limit_is_refused_before_it_is_sent() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("body_too_large"), "{text}");
 }
+
+#[test]
+fn an_error_names_the_request_id_the_log_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let a = call(
+        "GET",
+        &node.url("/v1/orders/ord_nope"),
+        Some("wrong"),
+        None,
+        None,
+    );
+    assert_eq!(a.status, 401);
+    let id = a.request_id.clone().expect("X-Request-Id");
+    assert_eq!(a.body["error"]["request_id"], id.as_str(), "{:?}", a.body);
+    assert_eq!(a.body["error"]["code"], "unauthenticated");
+    // A caller's own request id is kept (and checked: no spaces or control characters).
+    let resp = agent()
+        .get(&node.url("/v1/nope"))
+        .set("X-Request-Id", "shop-req-42")
+        .call()
+        .unwrap_err();
+    let ureq::Error::Status(404, r) = resp else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(r.header("x-request-id"), Some("shop-req-42"));
+    let body: serde_json::Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["request_id"], "shop-req-42");
+    eventually(5, || {
+        node.log().contains("request_id=shop-req-42").then_some(())
+    })
+    .expect("the same id in the node's log");
+}

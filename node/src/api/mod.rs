@@ -125,7 +125,10 @@ pub async fn request_log(
     }
     .to_string();
     let node = req.app_data::<web::Data<Node>>().cloned();
-    let mut res = next.call(req).await?;
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    if res.status().as_u16() >= 400 {
+        res = with_request_id_in_error(res, &id).await;
+    }
     let route = res
         .request()
         .match_pattern()
@@ -140,6 +143,30 @@ pub async fn request_log(
     }
     tracing::info!(request_id = %id, %method, %route, status, micros = (secs * 1e6) as u64, "request");
     Ok(res)
+}
+
+/// An error's JSON body with the request id in it (`error.request_id`), so that the id a
+/// client quotes is the one in the node's log. Other bodies are left as they are.
+async fn with_request_id_in_error(
+    res: ServiceResponse<actix_web::body::BoxBody>,
+    id: &str,
+) -> ServiceResponse<actix_web::body::BoxBody> {
+    let (req, res) = res.into_parts();
+    let (head, body) = res.into_parts();
+    let bytes = actix_web::body::to_bytes_limited(body, 64 * 1024).await;
+    let patched = match bytes {
+        Ok(Ok(b)) => match serde_json::from_slice::<serde_json::Value>(&b) {
+            Ok(mut v) if v.pointer("/error/code").is_some() => {
+                v["error"]["request_id"] = serde_json::Value::String(id.to_string());
+                serde_json::to_vec(&v).map(web::Bytes::from).unwrap_or(b)
+            }
+            _ => b,
+        },
+        // Not readable or too large for an error: leave it empty rather than fail the answer.
+        _ => web::Bytes::new(),
+    };
+    let res = head.set_body(actix_web::body::BoxBody::new(patched));
+    ServiceResponse::new(req, res)
 }
 
 /// How long a client may take to send a body once its headers are in.
