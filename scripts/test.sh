@@ -33,6 +33,24 @@ if [ ! -d ../shared/scenarios ]; then
   exit 1
 fi
 
+# The vpcd reader driver listens on fixed ports (35963, 35964). The HTTP tests open thousands
+# of loopback connections, and a client socket given one of those ports as its ephemeral port
+# (or still in TIME_WAIT on it) would stop pcscd's vpcd from listening there. Keep them out of
+# the ephemeral range for the run, then put the setting back. Best effort: without the right
+# to change it, the tests still run.
+reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
+if [ -w "$reserved" ]; then
+  previous=$(cat "$reserved")
+  trap 'echo "$previous" > "$reserved" 2>/dev/null || true' EXIT
+  if [ -n "$previous" ]; then
+    echo "$previous,35963-35964" > "$reserved"
+  else
+    echo "35963-35964" > "$reserved"
+  fi
+else
+  echo "note: cannot reserve the vpcd ports 35963-35964 ($reserved not writable)"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

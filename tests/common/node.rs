@@ -175,10 +175,19 @@ pub struct Answer {
     pub request_id: Option<String>,
 }
 
+/// One agent for the test binary: its connections are kept alive and reused, so the tests do
+/// not churn through thousands of ephemeral ports (which could land on the vpcd ports the PC/SC
+/// tests need).
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build()
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .max_idle_connections_per_host(64)
+                .build()
+        })
+        .clone()
 }
 
 /// One request. `token` goes in `Authorization: Bearer`, `idem` in `Idempotency-Key`.
