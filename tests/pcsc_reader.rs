@@ -62,22 +62,44 @@ impl Pcscd {
             !pcscd_running(),
             "a pcscd not started by this test is running; stop it first (these tests start their own)"
         );
-        let child = Command::new("pcscd")
-            .args(["--foreground", "--auto-exit"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pcscd (Debian package pcscd; scripts/test.sh installs it)");
-        let started = Pcscd { child };
-        // Up once its readers are listed: the vpcd driver then listens on its ports.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match PcscReader::open(Some(READER_1)) {
-                Ok(_) => return started,
-                Err(e) if Instant::now() > deadline => panic!("pcscd did not come up: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        // A second try when the readers do not come up: the machine is shared and busy, and
+        // pcscd's vpcd driver may find one of its ports still held for a moment.
+        let mut last_error = String::new();
+        for _attempt in 0..2 {
+            let child = Command::new("pcscd")
+                .args(["--foreground", "--auto-exit"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start pcscd (Debian package pcscd; scripts/test.sh installs it)");
+            let started = Pcscd { child };
+            // Up once its readers are listed: the vpcd driver then listens on its ports.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match PcscReader::open(Some(READER_1)) {
+                    Ok(_) => return started,
+                    Err(e) if Instant::now() > deadline => {
+                        last_error = e.to_string();
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
             }
+            drop(started);
+            std::thread::sleep(Duration::from_secs(2));
         }
+        let sockets = Command::new("ss")
+            .args(["-tan"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(":3596"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        panic!("pcscd did not come up: {last_error}\nsockets on the vpcd ports:\n{sockets}");
     }
 }
 
