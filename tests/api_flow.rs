@@ -308,7 +308,7 @@ fn a_session_expires_and_is_then_forgotten() {
     let config = dir.path().join("short.toml");
     std::fs::write(
         &config,
-        "[node]\ntick_interval_ms = 100\nsession_ttl_secs = 1\nsession_sweep_secs = 1\n",
+        "[node]\ntick_interval_ms = 100\nsession_ttl_secs = 1\nsweep_secs = 1\n",
     )
     .unwrap();
     let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&config));
@@ -635,4 +635,40 @@ fn an_endpoint_that_is_down_does_not_hold_up_another_merchants_webhooks() {
         text.contains("method=\"OTHER\"") && !text.contains("FROB"),
         "{text}"
     );
+}
+
+#[test]
+fn an_idempotency_key_is_kept_for_its_time_then_may_be_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ttl.toml");
+    std::fs::write(
+        &config,
+        "[node]\ntick_interval_ms = 100\nidempotency_ttl_secs = 2\nsweep_secs = 1\n",
+    )
+    .unwrap();
+    let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&config));
+    let w = setup(&node, None, None);
+    let body = order_body("4.00", false);
+    let post = || {
+        call(
+            "POST",
+            &node.url("/v1/orders"),
+            Some(&w.api_key),
+            Some("cart-7"),
+            Some(&body),
+        )
+    };
+    let first = post();
+    assert_eq!(first.status, 201);
+    let replay = post();
+    assert!(replay.replayed);
+    assert_eq!(replay.body["id"], first.body["id"]);
+    // Once the record is swept, the same key makes a new order.
+    let later = eventually(20, || {
+        let a = post();
+        (!a.replayed).then_some(a)
+    })
+    .expect("the key is forgotten after its time");
+    assert_eq!(later.status, 201);
+    assert_ne!(later.body["id"], first.body["id"]);
 }

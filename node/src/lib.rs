@@ -189,10 +189,10 @@ async fn run(
                     Ok(_) => node.outbox_wake.notify_one(),
                     Err(e) => tracing::error!(error = %e, "tick failed"),
                 }
-                if last_sweep.elapsed() >= Duration::from_secs(node.settings.session_sweep_secs) {
+                if last_sweep.elapsed() >= Duration::from_secs(node.settings.sweep_secs) {
                     last_sweep = std::time::Instant::now();
-                    if let Err(e) = state::forget_expired_sessions(&node).await {
-                        tracing::error!(error = %e, "sweeping expired sessions failed");
+                    if let Err(e) = state::sweep_expired(&node).await {
+                        tracing::error!(error = %e, "sweeping expired records failed");
                     }
                 }
             }

@@ -168,6 +168,9 @@ pub struct IdemRecord {
     pub fingerprint: String,
     pub status: u16,
     pub body: serde_json::Value,
+    /// When it was stored (unix seconds); swept after `[node] idempotency_ttl_secs`.
+    #[serde(default)]
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,8 +21,11 @@ pub struct NodeSettings {
     pub max_body_bytes: usize,
     /// How long a consumer session issued at the reader lasts.
     pub session_ttl_secs: u64,
-    /// How often expired sessions are removed from the store.
-    pub session_sweep_secs: u64,
+    /// How often expired sessions and old idempotency records are removed from the store.
+    pub sweep_secs: u64,
+    /// How long a request's answer is kept for replay under its `Idempotency-Key`; after
+    /// that the key may be used again.
+    pub idempotency_ttl_secs: u64,
     /// An order not paid this long after it was created can no longer be paid.
     pub checkout_ttl_secs: u64,
     /// How often the node runs the engine's time-driven work (expiries, time releases, top-up
@@ -53,7 +56,8 @@ impl Default for NodeSettings {
             workers: 0,
             max_body_bytes: 64 * 1024,
             session_ttl_secs: 3600,
-            session_sweep_secs: 60,
+            sweep_secs: 60,
+            idempotency_ttl_secs: 604_800,
             checkout_ttl_secs: 86_400,
             tick_interval_ms: 1000,
             shutdown_timeout_secs: 30,
@@ -94,7 +98,8 @@ impl NodeSettings {
         if self.tick_interval_ms == 0
             || self.session_ttl_secs == 0
             || self.checkout_ttl_secs == 0
-            || self.session_sweep_secs == 0
+            || self.sweep_secs == 0
+            || self.idempotency_ttl_secs == 0
         {
             return Err(
                 "[node]: tick_interval_ms, session_ttl_secs and checkout_ttl_secs must be positive"

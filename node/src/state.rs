@@ -38,6 +38,8 @@ pub struct Node {
     pub merchant_admin: tokio::sync::Mutex<()>,
     /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
     pub session_sweep_from: parking_lot::Mutex<Option<String>>,
+    /// Where the next sweep of old idempotency records starts.
+    pub idem_sweep_from: parking_lot::Mutex<Option<String>>,
 }
 
 impl Node {
@@ -65,6 +67,7 @@ impl Node {
             work_wake: crate::workers::Wake::default(),
             stopping: AtomicBool::new(false),
             session_sweep_from: parking_lot::Mutex::new(None),
+            idem_sweep_from: parking_lot::Mutex::new(None),
             merchant_admin: tokio::sync::Mutex::new(()),
         };
         for (_, m) in node
@@ -97,29 +100,49 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Consumer sessions examined per sweep (one sweep a minute).
-const SESSION_SWEEP: usize = 100_000;
+/// Records examined per sweep of one kind (one sweep every `[node] sweep_secs`).
+const SWEEP: usize = 100_000;
 
-/// Removes expired consumer sessions from the store, so that they do not pile up.
-pub async fn forget_expired_sessions(node: &Node) -> Result<usize, StoreError> {
-    let now = node.now();
-    let from = node.session_sweep_from.lock().clone();
-    let batch = node
-        .store
-        .scan::<records::Session>("ss/", from.as_deref(), SESSION_SWEEP)?;
-    *node.session_sweep_from.lock() = if batch.len() < SESSION_SWEEP {
+/// One pass of a rolling sweep over the records under `prefix`: removes those `expired` says
+/// are, and remembers where to go on next time, so that every record is reached in turn.
+async fn sweep<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    prefix: &str,
+    from: &parking_lot::Mutex<Option<String>>,
+    expired: impl Fn(&T) -> bool,
+) -> Result<usize, StoreError> {
+    let start = from.lock().clone();
+    let batch = node.store.scan::<T>(prefix, start.as_deref(), SWEEP)?;
+    *from.lock() = if batch.len() < SWEEP {
         None
     } else {
         batch.last().map(|(k, _)| k.clone())
     };
-    let expired: Vec<crate::store::Write> = batch
+    let gone: Vec<crate::store::Write> = batch
         .into_iter()
-        .filter(|(_, s)| s.expires_at <= now)
+        .filter(|(_, r)| expired(r))
         .map(|(k, _)| crate::store::Write::remove(k))
         .collect();
-    let n = expired.len();
+    let n = gone.len();
     if n > 0 {
-        node.store.commit(expired).await?;
+        node.store.commit(gone).await?;
     }
     Ok(n)
+}
+
+/// Removes expired consumer sessions and idempotency records past
+/// `[node] idempotency_ttl_secs`, so that neither piles up.
+pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
+    let now = node.now();
+    let sessions = sweep::<records::Session>(node, "ss/", &node.session_sweep_from, |s| {
+        s.expires_at <= now
+    })
+    .await?;
+    let ttl = node.settings.idempotency_ttl_secs;
+    let keys = sweep::<records::IdemRecord>(node, "ik/", &node.idem_sweep_from, |r| {
+        // Records from before `at` was kept (0) are left alone.
+        r.at > 0 && r.at.saturating_add(ttl) <= now
+    })
+    .await?;
+    Ok((sessions, keys))
 }

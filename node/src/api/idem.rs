@@ -139,6 +139,7 @@ impl<'a> Idem<'a> {
                     &IdemRecord {
                         fingerprint: fingerprint.clone(),
                         status: reply.status.as_u16(),
+                        at: self.node.now(),
                         body: reply
                             .replay_body
                             .clone()
