@@ -9,32 +9,17 @@ use onecard_engine::engine::IssueCard;
 use onecard_engine::{Amount, OpenConsumer};
 use serde::{Deserialize, Serialize};
 
-use super::idem::{Begin, Idem, Reply};
+use super::idem::Reply;
 use super::merchant::validate_text;
-use super::{parse_json, read_body, require_admin, ApiError};
+use super::{parse_json, require_admin, ApiError};
 use crate::records::{self, MerchantProfile};
 use crate::state::Node;
 use crate::store::Write;
 
-async fn begin<'a>(
-    node: &'a Node,
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<Result<(Idem<'a>, web::Bytes), HttpResponse>, ApiError> {
-    require_admin(node, req)?;
-    let body = read_body(node, req, payload).await?;
-    Ok(match Idem::begin(node, req, "admin", &body).await? {
-        Begin::Replay(r) => Err(r),
-        Begin::Run(i) => Ok((i, body)),
-    })
-}
-
 macro_rules! run {
     ($node:expr, $req:expr, $payload:expr, $ty:ty) => {{
-        let (idem, body) = match begin(&$node, &$req, $payload).await? {
-            Ok(x) => x,
-            Err(replay) => return Ok(replay),
-        };
+        require_admin(&$node, &$req)?;
+        let (idem, body) = begin_idempotent!($node, $req, $payload, "admin");
         match parse_json::<$ty>(&body) {
             Ok(b) => (idem, b),
             Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -297,11 +282,7 @@ pub async fn rotate_api_key(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, "admin", &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, _body) = begin_idempotent!(node, req, payload, "admin");
     let _one_at_a_time = node.merchant_admin.lock().await;
     let Some(mut profile) = node.merchants.get(path.as_str()).map(|m| m.clone()) else {
         let e = ApiError::not_found(

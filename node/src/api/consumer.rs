@@ -8,8 +8,8 @@ use onecard_engine::ledger::Order;
 use onecard_engine::CommandResult;
 use serde::{Deserialize, Serialize};
 
-use super::idem::{Begin, Idem, Reply};
-use super::{consumer_of, parse_json, read_body, ApiError};
+use super::idem::Reply;
+use super::{consumer_of, parse_json, ApiError};
 use crate::records::{self, Checkout, StatementLine};
 use crate::state::Node;
 
@@ -134,11 +134,7 @@ async fn release(
     code: bool,
 ) -> Result<HttpResponse, ApiError> {
     let consumer = consumer_of(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, &format!("c:{consumer}"), &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, format!("c:{consumer}"));
     if let Err(e) = own_order(&node, &consumer, &order).await {
         return idem.finish(Reply::error(&e)).await;
     }

@@ -10,8 +10,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use onecard_engine::{Amount, OrderState, RefundRequest};
 use serde::{Deserialize, Serialize};
 
-use super::idem::{Begin, Idem, Reply};
-use super::{merchant_of, parse_json, read_body, ApiError};
+use super::idem::Reply;
+use super::{merchant_of, parse_json, ApiError};
 use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
 use crate::state::{now_ms, Node};
 use crate::store::Write;
@@ -246,11 +246,7 @@ pub async fn create_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
     let create: CreateOrder = match parse_json(&body) {
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -409,11 +405,7 @@ pub async fn cancel_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, _body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
     let mut c = match own_checkout(&node, &merchant, &path) {
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -483,11 +475,7 @@ pub async fn refund_order(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
     let parsed: RefundBody = match parse_json(&body) {
         Ok(b) => b,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -544,11 +532,7 @@ pub async fn reprint(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let merchant = merchant_of(&node, &req)?;
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match Idem::begin(&node, &req, &format!("m:{merchant}"), &body).await? {
-        Begin::Replay(r) => return Ok(r),
-        Begin::Run(i) => i,
-    };
+    let (idem, _body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
     let c = match own_checkout(&node, &merchant, &path) {
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,

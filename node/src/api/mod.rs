@@ -8,6 +8,18 @@
 //! - every answer carries `X-Request-Id` (the caller's, or a fresh one), and every request is
 //!   logged with it, its route, status and time, never with a body (no secret is logged, I10).
 
+/// Reads the body and begins an idempotent request as `principal` (see [`idem`]): returns
+/// from the handler with the stored answer on a replay; otherwise gives `(Idem, body)`.
+macro_rules! begin_idempotent {
+    ($node:expr, $req:expr, $payload:expr, $principal:expr) => {{
+        let body = $crate::api::read_body(&$node, &$req, $payload).await?;
+        match $crate::api::idem::Idem::begin(&$node, &$req, &$principal, &body).await? {
+            $crate::api::idem::Begin::Replay(r) => return Ok(r),
+            $crate::api::idem::Begin::Run(i) => (i, body),
+        }
+    }};
+}
+
 pub mod admin;
 pub mod consumer;
 pub mod error;

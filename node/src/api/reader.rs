@@ -20,9 +20,9 @@ use onecard_terminal::wire::{
     SwipeAnswer, SwipeBody,
 };
 
-use super::idem::{Begin, Idem, Reply};
+use super::idem::{Idem, Reply};
 use super::merchant::{claim_order, order_view};
-use super::{parse_json, read_body, ApiError};
+use super::{parse_json, ApiError};
 use crate::records::{self, Checkout, Session};
 use crate::state::Node;
 use crate::store::Write;
@@ -55,21 +55,13 @@ pub async fn checkout(
     }))
 }
 
-async fn begin<'a>(
-    node: &'a Node,
-    req: &HttpRequest,
-    body: &[u8],
-) -> Result<Result<Idem<'a>, HttpResponse>, ApiError> {
+/// A reader's idempotency keys are its network address's.
+fn reader_principal(req: &HttpRequest) -> String {
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    Ok(
-        match Idem::begin(node, req, &format!("r:{peer}"), body).await? {
-            Begin::Replay(r) => Err(r),
-            Begin::Run(i) => Ok(i),
-        },
-    )
+    format!("r:{peer}")
 }
 
 pub async fn swipe(
@@ -77,11 +69,7 @@ pub async fn swipe(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match begin(&node, &req, &body).await? {
-        Ok(i) => i,
-        Err(replay) => return Ok(replay),
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, reader_principal(&req));
     let s: SwipeBody = match parse_json(&body) {
         Ok(s) => s,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -152,11 +140,7 @@ pub async fn authenticate(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match begin(&node, &req, &body).await? {
-        Ok(i) => i,
-        Err(replay) => return Ok(replay),
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, reader_principal(&req));
     let a: AuthenticateBody = match parse_json(&body) {
         Ok(a) => a,
         Err(e) => return idem.finish(Reply::error(&e)).await,
@@ -208,11 +192,7 @@ pub async fn confirm_address(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&node, &req, payload).await?;
-    let idem = match begin(&node, &req, &body).await? {
-        Ok(i) => i,
-        Err(replay) => return Ok(replay),
-    };
+    let (idem, body) = begin_idempotent!(node, req, payload, reader_principal(&req));
     let c: ConfirmAddressBody = match parse_json(&body) {
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
