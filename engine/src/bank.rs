@@ -2,24 +2,30 @@
 //!
 //! Banks are outside the node. The engine reaches them only through [`BankPort`], whose
 //! operations carry an id and are idempotent: a repeated id gets the first answer and moves no
-//! money twice. A bank operation happens *before* the node journals the entry that records it,
-//! so a crash can leave a bank operation the node never recorded. Recovery settles that with
-//! the bank's list of unconfirmed operations: an operation whose id the journal holds is
-//! confirmed; one it does not hold belonged to a command nobody was told about, and is reversed.
+//! money twice. An external bank's operation happens *before* the node journals the entry that
+//! records it, so a crash can leave a bank operation the node never recorded. Recovery settles
+//! that with the bank's list of unconfirmed operations: an operation whose id the journal holds
+//! is confirmed; one it does not hold belonged to a command nobody was told about, and is
+//! reversed.
+//!
+//! The simulated bank ([`SimBank`]) keeps no store of its own: its accounts live in memory,
+//! and each change becomes durable in the engine's log, in the same record as the entry that
+//! names it (one sync for the settlement and the bank's side of it). A crash therefore loses
+//! both or neither, and there is nothing to reconcile.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
+use crate::journal::{JournalHandle, LogParticipant, ParticipantLink};
 use crate::money::Amount;
+use crate::view::{self, ViewWrite};
 
 /// One request to a bank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,240 +87,207 @@ pub trait BankPort: Send + Sync + 'static {
     fn confirm(&self, ids: &[String]);
     /// Undoes an operation the node never recorded; idempotent.
     fn reverse(&self, id: &str) -> Result<(), BankError>;
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct SimAccount {
-    balance: Amount,
-    refuse: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OpRecord {
-    kind: BankOpKind,
-    account: String,
-    amount: Amount,
-    answer: BankAnswer,
-    reversed: bool,
-}
-
-struct SimState {
-    accounts: HashMap<String, SimAccount>,
-    /// Operations decided but not yet on disk, with the generation of their latest change.
-    /// Durable ones are read from the store: keeping every operation in memory would grow
-    /// without bound (millions in a long load run) and make opening read them all.
-    pending_ops: HashMap<String, (u64, OpRecord)>,
-    generation: u64,
-}
-
-impl SimState {
-    /// Records an operation's new state, to be written; returns the generation to prune by.
-    fn stage_op(&mut self, id: &str, rec: OpRecord) -> u64 {
-        self.generation += 1;
-        self.pending_ops
-            .insert(id.to_string(), (self.generation, rec));
-        self.generation
+    /// Called once by the engine at opening, before any operation. A bank whose durable state
+    /// rides on the engine's log (the simulated bank) loads it from the view, registers with
+    /// the journal and answers `true`: its operations are durable with the entries that name
+    /// them, so there is nothing to reconcile and no operation index to keep. `names` maps an
+    /// account to the name the node stores for it (its keyed reference under a data key, I10).
+    /// An external bank keeps its own books and answers `false`.
+    fn attach(&self, _journal: &JournalHandle, _names: AccountNames) -> Result<bool, BankError> {
+        Ok(false)
     }
 }
 
-/// Someone waiting for a write of the simulated bank to be on disk.
-enum Ack {
-    Async(oneshot::Sender<Result<(), String>>),
-    Blocking(std::sync::mpsc::Sender<Result<(), String>>),
-    None,
+/// How the node names a bank account at rest: the account itself, or its keyed reference.
+pub type AccountNames = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// An account at the simulated bank, as stored in the view (`s` + its stored name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimAccount {
+    pub balance: Amount,
+    pub refuse: bool,
 }
 
-/// Changes to the bank's store, in the order they were decided, and who waits for them.
-struct Write {
-    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Operations this write makes durable (id, generation): dropped from memory after it.
-    ops: Vec<(String, u64)>,
-    ack: Ack,
+struct Account {
+    /// As decided: every operation answered so far.
+    live: SimAccount,
+    /// As durable: only the changes whose record is on disk, in log order.
+    durable: SimAccount,
 }
 
-/// An in-process bank whose balances, refuse flags and operations live in the data directory
-/// (its own sled store, `DIR/simbank`), so restarts and crashes see the bank the node saw.
-///
-/// Every change is decided in memory under one lock and queued, in that order, to a writer
-/// thread that applies everything queued as one sled batch, flushes once and then answers
-/// (group commit): nothing is answered before it is on disk, and sled writes stay off the
-/// callers' threads.
+/// A change of the simulated bank waiting for the record that makes it durable.
+enum Change {
+    Open(SimAccount),
+    Deposit(Amount),
+    Refuse(bool),
+    Debit(Amount),
+    Credit(Amount),
+}
+
+struct Pending {
+    /// The account's stored name.
+    account: String,
+    change: Change,
+    /// What the operation was answered (for a repeated id while it is in flight).
+    answer: BankAnswer,
+}
+
+#[derive(Default)]
+struct SimState {
+    /// By stored name.
+    accounts: HashMap<String, Account>,
+    /// Changes decided, by operation id, until the record naming them is written.
+    pending: HashMap<String, Pending>,
+    /// The engine's log, once an engine has opened with the bank.
+    link: Option<Link>,
+}
+
+#[derive(Clone)]
+struct Link {
+    journal: ParticipantLink,
+    names: AccountNames,
+}
+
+/// An in-process bank for the demo, the tests and the load simulator. Its accounts live in
+/// memory; their durable state is in the engine's data directory, written in the engine's
+/// log by the same records as the entries that move their money, so restarts and crashes see
+/// the bank the node saw. It works once an engine has opened with it ([`BankPort::attach`]).
 pub struct SimBank {
-    tree: sled::Tree,
-    db: sled::Db,
-    state: Arc<Mutex<SimState>>,
-    writes: Mutex<Option<Sender<Write>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    state: Mutex<SimState>,
+    next_change: AtomicU64,
 }
 
-const ACCT: u8 = b'a';
-const OP: u8 = b'p';
-const UNCONFIRMED: u8 = b'u';
-
-fn key(prefix: u8, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 1);
-    k.push(prefix);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("plain struct")
-}
-
-fn storage(e: impl ToString) -> BankError {
-    BankError::Storage(e.to_string())
+fn not_attached() -> BankError {
+    BankError::Unavailable(
+        "the simulated bank is not open yet: it opens with the engine (Engine::open)".into(),
+    )
 }
 
 impl SimBank {
-    /// Opens (or creates) the simulated bank in `DIR/simbank`.
-    pub fn open(data_dir: &Path) -> Result<Arc<SimBank>, BankError> {
-        let db = crate::journal::open_sled(&data_dir.join("simbank"), Some(64 * 1024 * 1024))
-            .map_err(storage)?;
-        let tree = db.open_tree("bank").map_err(storage)?;
-        let mut accounts = HashMap::new();
-        for kv in tree.scan_prefix([ACCT]) {
-            let (k, v) = kv.map_err(storage)?;
-            let id = String::from_utf8_lossy(&k[1..]).to_string();
-            accounts.insert(id, bincode::deserialize(&v).map_err(storage)?);
-        }
-        let state = Arc::new(Mutex::new(SimState {
-            accounts,
-            pending_ops: HashMap::new(),
-            generation: 0,
-        }));
-        let (tx, rx) = unbounded();
-        let writer = {
-            let (db, tree, state) = (db.clone(), tree.clone(), state.clone());
-            std::thread::Builder::new()
-                .name("simbank-writer".into())
-                .spawn(move || write_loop(db, tree, state, rx))
-                .map_err(storage)?
-        };
+    /// A simulated bank for the engine that will open in `data_dir`; its accounts are loaded
+    /// when that engine opens.
+    pub fn open(_data_dir: &Path) -> Result<Arc<SimBank>, BankError> {
         Ok(Arc::new(SimBank {
-            tree,
-            db,
-            state,
-            writes: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            state: Mutex::new(SimState::default()),
+            next_change: AtomicU64::new(0),
         }))
     }
 
-    /// Queues changes. Must be called while holding the state lock, so that the writer sees
-    /// changes in the order they were decided.
-    fn queue(
-        &self,
-        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        ops: Vec<(String, u64)>,
-        ack: Ack,
-    ) -> Result<(), BankError> {
-        let writes = self.writes.lock();
-        let tx = writes
-            .as_ref()
-            .ok_or_else(|| BankError::Unavailable("the simulated bank is closed".into()))?;
-        tx.send(Write { changes, ops, ack })
-            .map_err(|_| BankError::Unavailable("the simulated bank stopped".into()))
+    fn link(&self) -> Result<Link, BankError> {
+        self.state.lock().link.clone().ok_or_else(not_attached)
     }
 
-    /// An operation by id: still being written, or from the store.
-    fn op(&self, st: &SimState, id: &str) -> Result<Option<OpRecord>, BankError> {
-        if let Some((_, rec)) = st.pending_ops.get(id) {
-            return Ok(Some(rec.clone()));
-        }
-        match self.tree.get(key(OP, id)).map_err(storage)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(storage)?)),
-        }
+    /// The name the node stores for `account`.
+    fn stored(&self, account: &str) -> Result<String, BankError> {
+        Ok((self.link()?.names)(account))
     }
 
-    /// Queues changes (under the state lock) and waits, on this thread, until they are durable.
-    fn write_blocking(
-        &self,
-        st: parking_lot::MutexGuard<'_, SimState>,
-        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        ops: Vec<(String, u64)>,
-    ) -> Result<(), BankError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.queue(changes, ops, Ack::Blocking(tx))?;
-        drop(st);
-        match rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BankError::Storage(e)),
-            Err(_) => Err(BankError::Unavailable("the simulated bank stopped".into())),
-        }
-    }
-
-    fn account_change(name: &str, a: &SimAccount) -> (Vec<u8>, Option<Vec<u8>>) {
-        (key(ACCT, name), Some(encode(a)))
+    /// Makes an operator's change durable in a record of its own, waiting for it.
+    fn write(&self, account: String, change: Change) -> Result<(), BankError> {
+        let link = self.link()?;
+        let id = format!(
+            "simbank:{}",
+            self.next_change.fetch_add(1, Ordering::Relaxed)
+        );
+        self.state.lock().pending.insert(
+            id.clone(),
+            Pending {
+                account,
+                change,
+                answer: BankAnswer::Done,
+            },
+        );
+        link.journal
+            .append_ops_blocking(vec![id])
+            .map(|_| ())
+            .map_err(|e| BankError::Storage(e.to_string()))
     }
 
     /// Opens an account with an opening balance (money arriving from outside the system).
     pub fn open_account(&self, name: &str, balance: Amount) -> Result<(), BankError> {
-        let mut st = self.state.lock();
-        if st.accounts.contains_key(name) {
-            return Err(BankError::AccountExists(name.into()));
-        }
-        let a = SimAccount {
+        let key = self.stored(name)?;
+        let opened = SimAccount {
             balance,
             refuse: false,
         };
-        let change = Self::account_change(name, &a);
-        st.accounts.insert(name.into(), a);
-        self.write_blocking(st, vec![change], vec![])
+        {
+            let mut st = self.state.lock();
+            if st.accounts.contains_key(&key) {
+                return Err(BankError::AccountExists(name.into()));
+            }
+            st.accounts.insert(
+                key.clone(),
+                Account {
+                    live: opened.clone(),
+                    durable: SimAccount::default(),
+                },
+            );
+        }
+        self.write(key, Change::Open(opened))
     }
 
     /// While `refuse` is set, every debit of the account is refused.
     pub fn set_refuse(&self, name: &str, refuse: bool) -> Result<(), BankError> {
-        self.update_account(name, |a| {
+        let key = self.stored(name)?;
+        self.live_account(name, &key, |a| {
             a.refuse = refuse;
             Ok(())
-        })
+        })?;
+        self.write(key, Change::Refuse(refuse))
     }
 
     /// Money arriving at the account from outside the system.
     pub fn deposit(&self, name: &str, amount: Amount) -> Result<(), BankError> {
-        self.update_account(name, |a| {
+        let key = self.stored(name)?;
+        self.live_account(name, &key, |a| {
             a.balance = a
                 .balance
                 .checked_add(amount)
                 .map_err(|_| BankError::Overflow(name.into()))?;
             Ok(())
-        })
+        })?;
+        self.write(key, Change::Deposit(amount))
     }
 
-    fn update_account(
+    fn live_account(
         &self,
         name: &str,
+        key: &str,
         f: impl FnOnce(&mut SimAccount) -> Result<(), BankError>,
     ) -> Result<(), BankError> {
         let mut st = self.state.lock();
         let a = st
             .accounts
-            .get_mut(name)
+            .get_mut(key)
             .ok_or_else(|| BankError::UnknownAccount(name.into()))?;
-        let mut updated = a.clone();
+        let mut updated = a.live.clone();
         f(&mut updated)?;
-        let change = Self::account_change(name, &updated);
-        *a = updated;
-        self.write_blocking(st, vec![change], vec![])
+        a.live = updated;
+        Ok(())
     }
 
+    /// The balance as decided (operations answered so far).
     pub fn balance(&self, name: &str) -> Option<Amount> {
-        self.state.lock().accounts.get(name).map(|a| a.balance)
+        let key = self.stored(name).ok()?;
+        self.state.lock().accounts.get(&key).map(|a| a.live.balance)
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        self.state.lock().accounts.contains_key(name)
+        match self.stored(name) {
+            Ok(key) => self.state.lock().accounts.contains_key(&key),
+            Err(_) => false,
+        }
     }
 
-    /// Every account and its balance, sorted by name.
+    /// Every account by its stored name (the account itself without a data key), with its
+    /// balance, sorted by name.
     pub fn balances(&self) -> Vec<(String, Amount)> {
         let mut v: Vec<_> = self
             .state
             .lock()
             .accounts
             .iter()
-            .map(|(k, a)| (k.clone(), a.balance))
+            .map(|(k, a)| (k.clone(), a.live.balance))
             .collect();
         v.sort();
         v
@@ -325,131 +298,126 @@ impl SimBank {
             .lock()
             .accounts
             .values()
-            .fold(Amount::ZERO, |s, a| s.checked_add(a.balance).unwrap_or(s))
+            .fold(Amount::ZERO, |s, a| {
+                s.checked_add(a.live.balance).unwrap_or(s)
+            })
     }
 
-    /// Decides an operation in memory and queues its changes; the future resolves once they
-    /// are on disk. A repeated id gets the first answer and changes nothing.
-    fn perform(
-        &self,
-        op: BankOp,
-        kind: BankOpKind,
-    ) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        let decided = (|| {
-            let mut st = self.state.lock();
-            if let Some(prev) = self.op(&st, &op.id)? {
-                // Answered only once durable: the first answer's write may still be queued.
-                let (tx, rx) = oneshot::channel();
-                self.queue(vec![], vec![], Ack::Async(tx))?;
-                return Ok((prev.answer, rx));
+    /// Decides an operation in memory; it becomes durable with the entry that names it. A
+    /// repeated id still in flight gets the first answer and changes nothing.
+    fn perform(&self, op: BankOp, debit: bool) -> Result<BankAnswer, BankError> {
+        let mut st = self.state.lock();
+        let key = match &st.link {
+            Some(link) => (link.names)(&op.account),
+            None => return Err(not_attached()),
+        };
+        if let Some(prev) = st.pending.get(&op.id) {
+            return Ok(prev.answer.clone());
+        }
+        let acct = st
+            .accounts
+            .get_mut(&key)
+            .ok_or_else(|| BankError::UnknownAccount(op.account.clone()))?;
+        let (answer, change) = if debit {
+            if acct.live.refuse {
+                return Ok(BankAnswer::Refused("the bank refused the debit".into()));
             }
-            let acct = st
-                .accounts
-                .get(&op.account)
-                .ok_or_else(|| BankError::UnknownAccount(op.account.clone()))?;
-            let mut updated = acct.clone();
-            let answer = match kind {
-                BankOpKind::Debit if acct.refuse => {
-                    BankAnswer::Refused("the bank refused the debit".into())
-                }
-                BankOpKind::Debit if acct.balance < op.amount => BankAnswer::Refused(format!(
+            if acct.live.balance < op.amount {
+                return Ok(BankAnswer::Refused(format!(
                     "insufficient funds: {} requested, {} available",
-                    op.amount, acct.balance
-                )),
-                BankOpKind::Debit => {
-                    updated.balance = acct.balance.checked_sub(op.amount).map_err(storage)?;
-                    BankAnswer::Done
-                }
-                BankOpKind::Credit => {
-                    updated.balance = acct
-                        .balance
-                        .checked_add(op.amount)
-                        .map_err(|_| BankError::Overflow(op.account.clone()))?;
-                    BankAnswer::Done
-                }
-            };
-            let record = OpRecord {
-                kind,
-                account: op.account.clone(),
-                amount: op.amount,
+                    op.amount, acct.live.balance
+                )));
+            }
+            acct.live.balance = acct
+                .live
+                .balance
+                .checked_sub(op.amount)
+                .map_err(|e| BankError::Storage(e.to_string()))?;
+            (BankAnswer::Done, Change::Debit(op.amount))
+        } else {
+            acct.live.balance = acct
+                .live
+                .balance
+                .checked_add(op.amount)
+                .map_err(|_| BankError::Overflow(op.account.clone()))?;
+            (BankAnswer::Done, Change::Credit(op.amount))
+        };
+        st.pending.insert(
+            op.id,
+            Pending {
+                account: key,
+                change,
                 answer: answer.clone(),
-                reversed: false,
+            },
+        );
+        Ok(answer)
+    }
+
+    /// Loads the accounts as the engine's view holds them and registers with its journal.
+    fn attach(
+        self: &Arc<Self>,
+        journal: &JournalHandle,
+        names: AccountNames,
+    ) -> Result<(), BankError> {
+        let mut accounts = HashMap::new();
+        for kv in journal.view().sim_accounts() {
+            let (name, bytes) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
+            let a: SimAccount =
+                bincode::deserialize(&bytes).map_err(|e| BankError::Storage(e.to_string()))?;
+            accounts.insert(
+                name,
+                Account {
+                    live: a.clone(),
+                    durable: a,
+                },
+            );
+        }
+        {
+            let mut st = self.state.lock();
+            st.accounts = accounts;
+            st.pending.clear();
+            st.link = Some(Link {
+                journal: journal.participant_link(),
+                names,
+            });
+        }
+        if !journal.set_participant(self.clone()) {
+            return Err(BankError::Unavailable(
+                "the journal already carries another bank".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Nothing to close: the bank's durable state is the engine's. Kept so that callers need
+    /// not know.
+    pub fn close(&self) {}
+}
+
+impl LogParticipant for SimBank {
+    fn record_writes(&self, bank_ops: &[String], out: &mut Vec<ViewWrite>) {
+        let mut st = self.state.lock();
+        for id in bank_ops {
+            let Some(p) = st.pending.remove(id) else {
+                continue;
             };
-            let mut changes = vec![(key(OP, &op.id), Some(encode(&record)))];
-            if answer == BankAnswer::Done {
-                changes.push(Self::account_change(&op.account, &updated));
-                changes.push((key(UNCONFIRMED, &op.id), Some(vec![])));
-                st.accounts.insert(op.account.clone(), updated);
-            }
-            let generation = st.stage_op(&op.id, record);
-            let (tx, rx) = oneshot::channel();
-            self.queue(changes, vec![(op.id, generation)], Ack::Async(tx))?;
-            Ok((answer, rx))
-        })();
-        async move {
-            let (answer, durable) = decided?;
-            match durable.await {
-                Ok(Ok(())) => Ok(answer),
-                Ok(Err(e)) => Err(BankError::Storage(e)),
-                Err(_) => Err(BankError::Unavailable("the simulated bank stopped".into())),
-            }
-        }
-        .boxed()
-    }
-
-    /// Stops the writer after everything queued is written and flushed.
-    pub fn close(&self) {
-        self.writes.lock().take();
-        if let Some(h) = self.writer.lock().take() {
-            let _ = h.join();
-        }
-        let _ = self.db.flush();
-    }
-}
-
-impl Drop for SimBank {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-fn write_loop(db: sled::Db, tree: sled::Tree, state: Arc<Mutex<SimState>>, rx: Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        group.extend(rx.try_iter());
-        let mut batch = sled::Batch::default();
-        for w in &group {
-            for (k, v) in &w.changes {
-                match v {
-                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                    None => batch.remove(k.as_slice()),
+            let Some(acct) = st.accounts.get_mut(&p.account) else {
+                continue;
+            };
+            let d = &mut acct.durable;
+            // Bounded amounts: the same arithmetic already succeeded on the live balance.
+            match p.change {
+                Change::Open(a) => *d = a,
+                Change::Deposit(x) | Change::Credit(x) => {
+                    d.balance = d.balance.checked_add(x).unwrap_or(d.balance)
                 }
+                Change::Debit(x) => d.balance = d.balance.checked_sub(x).unwrap_or(d.balance),
+                Change::Refuse(on) => d.refuse = on,
             }
-        }
-        let result = tree
-            .apply_batch(batch)
-            .and_then(|_| db.flush().map(|_| ()))
-            .map_err(|e| e.to_string());
-        if result.is_ok() {
-            // Durable now: readable from the store. A later change of the same operation
-            // (a reversal still queued) keeps its newer generation in memory.
-            let mut st = state.lock();
-            for (id, generation) in group.iter().flat_map(|w| &w.ops) {
-                if st.pending_ops.get(id).is_some_and(|(g, _)| g == generation) {
-                    st.pending_ops.remove(id);
-                }
-            }
-        }
-        for w in group {
-            match w.ack {
-                Ack::Async(tx) => {
-                    let _ = tx.send(result.clone());
-                }
-                Ack::Blocking(tx) => {
-                    let _ = tx.send(result.clone());
-                }
-                Ack::None => {}
-            }
+            out.push(view::sim_account_write(
+                &p.account,
+                bincode::serialize(d).unwrap_or_default(),
+            ));
         }
     }
 }
@@ -460,70 +428,34 @@ pub struct SimBankPort(pub Arc<SimBank>);
 
 impl BankPort for SimBankPort {
     fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.0.perform(op, BankOpKind::Debit)
+        futures::future::ready(self.0.perform(op, true)).boxed()
     }
 
     fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.0.perform(op, BankOpKind::Credit)
+        futures::future::ready(self.0.perform(op, false)).boxed()
     }
 
+    /// Nothing is ever unconfirmed: an operation is durable with its entry or not at all.
     fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError> {
-        let st = self.0.state.lock();
-        let mut v = Vec::new();
-        for kv in self.0.tree.scan_prefix([UNCONFIRMED]) {
-            let (k, _) = kv.map_err(storage)?;
-            let id = String::from_utf8_lossy(&k[1..]).to_string();
-            if let Some(r) = self.0.op(&st, &id)? {
-                v.push(UnconfirmedOp {
-                    id,
-                    kind: r.kind.clone(),
-                    account: r.account.clone(),
-                    amount: r.amount,
-                });
-            }
-        }
-        Ok(v)
+        Ok(Vec::new())
     }
 
-    fn confirm(&self, ids: &[String]) {
-        // Not waited for: a lost confirmation is checked again at the next recovery.
-        let changes = ids.iter().map(|id| (key(UNCONFIRMED, id), None)).collect();
-        let _st = self.0.state.lock();
-        let _ = self.0.queue(changes, vec![], Ack::None);
+    fn confirm(&self, _ids: &[String]) {}
+
+    fn reverse(&self, _id: &str) -> Result<(), BankError> {
+        Ok(())
     }
 
-    fn reverse(&self, id: &str) -> Result<(), BankError> {
-        let bank = &self.0;
-        let mut st = bank.state.lock();
-        let Some(rec) = bank.op(&st, id)? else {
-            return Err(BankError::Unavailable(format!("no operation {id}")));
-        };
-        let mut changes = vec![(key(UNCONFIRMED, id), None)];
-        if rec.answer == BankAnswer::Done && !rec.reversed {
-            let acct = st.accounts.get(&rec.account).cloned().unwrap_or_default();
-            let mut updated = acct.clone();
-            updated.balance = match rec.kind {
-                BankOpKind::Debit => acct.balance.checked_add(rec.amount),
-                BankOpKind::Credit => acct.balance.checked_sub(rec.amount),
-            }
-            .map_err(storage)?;
-            let reversed = OpRecord {
-                reversed: true,
-                ..rec.clone()
-            };
-            changes.push((key(OP, id), Some(encode(&reversed))));
-            changes.push(SimBank::account_change(&rec.account, &updated));
-            st.accounts.insert(rec.account.clone(), updated);
-            let generation = st.stage_op(id, reversed);
-            return bank.write_blocking(st, changes, vec![(id.to_string(), generation)]);
-        }
-        bank.write_blocking(st, changes, vec![])
+    fn attach(&self, journal: &JournalHandle, names: AccountNames) -> Result<bool, BankError> {
+        self.0.attach(journal, names)?;
+        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::{Journal, JournalConfig};
 
     fn op(id: &str, cents: i64) -> BankOp {
         BankOp {
@@ -537,54 +469,59 @@ mod tests {
         futures::executor::block_on(f)
     }
 
+    fn attached(dir: &Path) -> (Journal, Arc<SimBank>, SimBankPort) {
+        let (journal, _) = Journal::open(dir, JournalConfig::default()).unwrap();
+        let bank = SimBank::open(dir).unwrap();
+        let port = SimBankPort(bank.clone());
+        let names: AccountNames = Arc::new(|a: &str| a.to_string());
+        assert!(port.attach(&journal.handle(), names).unwrap());
+        (journal, bank, port)
+    }
+
     #[test]
-    fn a_repeated_operation_gets_its_first_answer_while_queued_once_durable_and_after_reopening() {
+    fn operations_are_durable_only_with_the_record_that_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, bank, port) = attached(dir.path());
+            bank.open_account("acct", Amount::from_cents(10_000))
+                .unwrap();
+            assert_eq!(
+                bank.open_account("acct", Amount::ZERO),
+                Err(BankError::AccountExists("acct".into()))
+            );
+            assert_eq!(block_on(port.debit(op("d1", 6_000))), Ok(BankAnswer::Done));
+            // A repeat while in flight gets the first answer and moves nothing.
+            assert_eq!(block_on(port.debit(op("d1", 6_000))), Ok(BankAnswer::Done));
+            assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
+            let refused = block_on(port.debit(op("d2", 6_000))).unwrap();
+            assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
+            // d1's record; d3 is decided but no record ever names it (a crash before it).
+            journal
+                .handle()
+                .participant_link()
+                .append_ops_blocking(vec!["d1".into()])
+                .unwrap();
+            assert_eq!(block_on(port.credit(op("d3", 500))), Ok(BankAnswer::Done));
+            assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_500)));
+            journal.close().unwrap();
+        }
+        let (journal, bank, port) = attached(dir.path());
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
+        assert!(port.unconfirmed().unwrap().is_empty());
+        bank.set_refuse("acct", true).unwrap();
+        bank.deposit("acct", Amount::from_cents(1)).unwrap();
+        journal.close().unwrap();
+        let (_journal, bank, port) = attached(dir.path());
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_001)));
+        let refused = block_on(port.debit(op("d4", 1))).unwrap();
+        assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
+    }
+
+    #[test]
+    fn a_bank_not_yet_opened_with_an_engine_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let bank = SimBank::open(dir.path()).unwrap();
-        bank.open_account("acct", Amount::from_cents(10_000))
-            .unwrap();
-        let port = SimBankPort(bank.clone());
-        // Queued together: the repeat is decided while the first write may still be pending.
-        let (first, repeat) = block_on(async {
-            futures::join!(port.debit(op("d1", 6_000)), port.debit(op("d1", 6_000)))
-        });
-        assert_eq!(first.unwrap(), BankAnswer::Done);
-        assert_eq!(repeat.unwrap(), BankAnswer::Done);
-        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
-        // Durable by now, and no longer held in memory: read back from the store.
-        assert!(bank.state.lock().pending_ops.is_empty());
-        let refused = block_on(port.debit(op("d2", 6_000))).unwrap();
-        assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
-        assert_eq!(
-            block_on(port.debit(op("d1", 6_000))).unwrap(),
-            BankAnswer::Done
-        );
-        bank.close();
-        drop((port, bank));
-
-        let bank = SimBank::open(dir.path()).unwrap();
-        let port = SimBankPort(bank.clone());
-        assert_eq!(
-            block_on(port.debit(op("d1", 6_000))).unwrap(),
-            BankAnswer::Done
-        );
-        assert!(matches!(
-            block_on(port.debit(op("d2", 1))).unwrap(),
-            BankAnswer::Refused(_)
-        ));
-        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
-        // Never confirmed by the node: listed, and reversed exactly once.
-        let ids: Vec<String> = port
-            .unconfirmed()
-            .unwrap()
-            .into_iter()
-            .map(|o| o.id)
-            .collect();
-        assert_eq!(ids, vec!["d1".to_string()], "a refused debit moved nothing");
-        port.reverse("d1").unwrap();
-        port.reverse("d1").unwrap();
-        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(10_000)));
-        assert!(port.unconfirmed().unwrap().is_empty());
-        bank.close();
+        let err = bank.open_account("acct", Amount::ZERO).unwrap_err();
+        assert!(err.to_string().contains("opens with the engine"), "{err}");
     }
 }

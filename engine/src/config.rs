@@ -55,6 +55,10 @@ struct RawJournal {
     max_batch: Option<usize>,
     batch_window_micros: Option<u64>,
     cache_mib: Option<u64>,
+    segment_mib: Option<u64>,
+    archive_dir: Option<std::path::PathBuf>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_max_keys: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +151,21 @@ impl NodeConfig {
                 .cache_mib
                 .map(|m| m.saturating_mul(1024 * 1024))
                 .unwrap_or(dj.cache_bytes),
+            segment_bytes: raw
+                .journal
+                .segment_mib
+                .filter(|m| *m > 0)
+                .map(|m| m.saturating_mul(1024 * 1024))
+                .unwrap_or(dj.segment_bytes),
+            archive_dir: raw.journal.archive_dir.or(dj.archive_dir),
+            checkpoint_interval_ms: raw
+                .journal
+                .checkpoint_interval_ms
+                .unwrap_or(dj.checkpoint_interval_ms),
+            checkpoint_max_keys: raw
+                .journal
+                .checkpoint_max_keys
+                .unwrap_or(dj.checkpoint_max_keys),
         };
         if let Some(n) = raw.engine.arbiters.filter(|n| *n > 0) {
             cfg.engine.arbiters = n;

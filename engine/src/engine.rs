@@ -66,6 +66,12 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
 }
 
+impl From<crate::view::ViewError> for EngineError {
+    fn from(e: crate::view::ViewError) -> Self {
+        EngineError::Journal(JournalError::View(e))
+    }
+}
+
 impl From<MailboxError> for EngineError {
     fn from(e: MailboxError) -> Self {
         EngineError::Unavailable(format!("account actor unreachable: {e}"))
@@ -540,7 +546,11 @@ pub struct RecoveryInfo {
     pub open_orders: usize,
     pub bank_ops_confirmed: usize,
     pub bank_ops_reversed: usize,
-    /// Opening the store and checking its head, in milliseconds.
+    /// Records of the log's tail replayed over the view's checkpoint.
+    pub replayed: u64,
+    /// Bytes of a torn tail (a record never acknowledged) cut off the log.
+    pub torn_bytes: u64,
+    /// Opening the store (checkpoint + tail), in milliseconds.
     pub store_ms: f64,
     /// The pass over the consumer records (open orders, reserved credit), in milliseconds.
     pub scan_ms: f64,
@@ -655,10 +665,18 @@ impl Engine {
         // never acknowledged, and are undone.
         let mut info = RecoveryInfo {
             last_seq: recovered.last_seq,
+            replayed: recovered.replayed,
+            torn_bytes: recovered.torn_bytes,
             entries: meta.entries,
             store_ms,
             ..Default::default()
         };
+        let names: crate::bank::AccountNames = match cfg.data_key.clone() {
+            None => Arc::new(|account: &str| account.to_string()),
+            Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
+        };
+        let durable_with_log = bank.attach(&handle, names)?;
+        handle.index_bank_ops(!durable_with_log);
         for op in bank.unconfirmed()? {
             if handle.has_bank_op(&op.id)? {
                 bank.confirm(std::slice::from_ref(&op.id));
@@ -1568,7 +1586,7 @@ impl Engine {
 
     /// The last durable record's sequence number.
     pub fn last_seq(&self) -> Result<u64, EngineError> {
-        Ok(self.shared.journal.last_seq()?)
+        Ok(self.shared.journal.last_seq())
     }
 
     /// Runs the time-driven work due at `now` for every consumer, then records the clock.

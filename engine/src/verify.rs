@@ -12,11 +12,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::journal::{self, JournalError};
+use std::sync::Arc;
+
+use onecard_storage::wal::{WalError, WalReader};
+
+use crate::journal::{self, JournalError, Layout, ViewStore};
 use crate::ledger::{AccountRef, EventKind, LedgerState};
 use crate::model::{OrderState, RulesConfig};
 use crate::money::Amount;
-use crate::view::StateView;
+use crate::view::{Overlay, StateView, ViewError};
 
 /// Where verification failed, naming the record when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -106,26 +110,41 @@ impl fmt::Display for VerifyReport {
 /// Verifies the journal in `data_dir` (the directory `onecard demo --data` or `serve` used).
 /// Never panics on a damaged store: a panic inside the storage library is caught and reported.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
-    let path = data_dir.join("journal");
-    if !path.exists() {
+    verify_with_archive(data_dir, None)
+}
+
+/// [`verify`] for a node whose log moves old segments to `archive_dir`: the replay still
+/// starts at record 1, reading the archived segments first.
+pub fn verify_with_archive(
+    data_dir: &Path,
+    archive_dir: Option<&Path>,
+) -> Result<VerifyReport, VerifyError> {
+    let layout = Layout::of(data_dir);
+    if !layout.log.is_dir() {
+        let reason = if data_dir.join("journal").exists() {
+            "it holds a journal in the older sled format (DIR/journal), which this version does not read"
+        } else {
+            "no journal here"
+        };
         return Err(VerifyError::Open {
-            path: path.display().to_string(),
-            reason: "no journal here".into(),
+            path: layout.log.display().to_string(),
+            reason: reason.into(),
         });
     }
-    // sled would create an empty store where the files are gone; that is damage, not a journal.
+    // sled would create an empty store where the files are gone; that is damage, not a view.
     for file in ["conf", "db"] {
-        if !path.join(file).is_file() {
+        if !layout.view.join(file).is_file() {
             return Err(VerifyError::Open {
-                path: path.display().to_string(),
-                reason: format!("the store's {file} file is missing"),
+                path: layout.view.display().to_string(),
+                reason: format!("the view's {file} file is missing"),
             });
         }
     }
-    let p2 = path.clone();
+    let dir = data_dir.to_path_buf();
+    let archive = archive_dir.map(Path::to_path_buf);
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(move || verify_store(&p2));
+    let result = std::panic::catch_unwind(move || verify_store(&dir, archive.as_deref()));
     std::panic::set_hook(hook);
     match result {
         Ok(r) => r,
@@ -136,37 +155,65 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             Err(VerifyError::Open {
-                path: path.display().to_string(),
+                path: data_dir.display().to_string(),
                 reason: format!("the store is damaged: {msg}"),
             })
         }
     }
 }
 
-fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
+fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, VerifyError> {
     let open_err = |e: String| VerifyError::Open {
-        path: path.display().to_string(),
+        path: dir.display().to_string(),
         reason: e,
     };
-    let db = journal::open_db(path).map_err(|e| open_err(e.to_string()))?;
-    let tree = db.open_tree("log").map_err(|e| open_err(e.to_string()))?;
-
+    let store = ViewStore::open(dir, Some(64 << 20)).map_err(|e| open_err(e.to_string()))?;
+    let checkpoint = StateView::new(store.tree.clone(), Arc::new(Overlay::default()));
+    let checkpoint_seq = checkpoint
+        .meta()
+        .map_err(|e| open_err(e.to_string()))?
+        .map_or(0, |m| m.last_seq);
+    let store_id = checkpoint.store_id().map_err(|e| open_err(e.to_string()))?;
+    let reader =
+        WalReader::open(&Layout::of(dir).log, archive_dir).map_err(|e| open_err(e.to_string()))?;
+    if let (Some(view_id), Some(log_id)) = (store_id, reader.store_id()) {
+        if view_id != log_id {
+            return Err(open_err(
+                "the view's checkpoint belongs to another store than the log".into(),
+            ));
+        }
+    }
+    if reader.first_seq().is_some_and(|f| f > 1) {
+        return Err(open_err(format!(
+            "the log's segments start at record {}: records 1 to {} are neither here nor in the archive directory",
+            reader.first_seq().unwrap_or(0),
+            reader.first_seq().unwrap_or(1) - 1
+        )));
+    }
+    // The tail after the checkpoint, as the node would replay it at opening.
+    let tail = Arc::new(Overlay::default());
     let mut state = LedgerState::new(RulesConfig::default());
     let mut balances: BTreeMap<AccountRef, Amount> = BTreeMap::new();
     let mut report = VerifyReport::default();
-    let (mut last_seq, mut last_hash) = (0u64, [0u8; 32]);
+    let mut last_seq = 0u64;
     fn rec_err(last_seq: u64) -> impl Fn(JournalError) -> VerifyError {
         move |e| match e {
             JournalError::Corrupt { seq, reason } => VerifyError::Record { seq, reason },
+            JournalError::Log(WalError::Corrupt { seq, .. }) => VerifyError::Record {
+                seq,
+                reason: e.to_string(),
+            },
             other => VerifyError::Record {
                 seq: last_seq + 1,
                 reason: other.to_string(),
             },
         }
     }
-    for rec in journal::records(&tree, 0) {
-        let rec = rec.map_err(rec_err(last_seq))?;
-        journal::check_link(last_seq, &last_hash, &rec).map_err(rec_err(last_seq))?;
+    for rec in journal::read_log(dir, archive_dir).map_err(|e| open_err(e.to_string()))? {
+        let (rec, writes) = rec.map_err(rec_err(last_seq))?;
+        if rec.seq > checkpoint_seq {
+            tail.apply(rec.seq, writes);
+        }
         for entry in &rec.entries {
             state.apply_entry(entry).map_err(|e| VerifyError::Record {
                 seq: rec.seq,
@@ -190,11 +237,17 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
             report.entries += 1;
         }
         last_seq = rec.seq;
-        last_hash = rec.hash;
         report.records += 1;
     }
-    journal::check_head(&tree, last_seq, &last_hash).map_err(rec_err(last_seq))?;
-    check_view(&StateView::new(tree.clone()), last_seq, &state)?;
+    if checkpoint_seq > last_seq {
+        return Err(VerifyError::Record {
+            seq: last_seq + 1,
+            reason: format!(
+                "missing: the view's checkpoint covers record {checkpoint_seq} but the log ends at record {last_seq}"
+            ),
+        });
+    }
+    check_view(&StateView::new(store.tree.clone(), tail), last_seq, &state)?;
     if last_seq > 0 {
         report.view_checked = Some(last_seq);
     }
@@ -279,15 +332,14 @@ fn verify_store(path: &Path) -> Result<VerifyReport, VerifyError> {
         }
     }
     report.state = state;
-    drop(tree);
-    drop(db);
+    drop(store);
     Ok(report)
 }
 
 /// The account-state view must be at the last record and equal the replay exactly. Names the
 /// first account or order that differs.
 fn check_view(view: &StateView, last_seq: u64, replayed: &LedgerState) -> Result<(), VerifyError> {
-    let damaged = |e: JournalError| VerifyError::Final(format!("account-state view: {e}"));
+    let damaged = |e: ViewError| VerifyError::Final(format!("account-state view: {e}"));
     let meta = view.meta().map_err(damaged)?;
     if last_seq == 0 {
         return match meta {

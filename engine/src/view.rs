@@ -30,11 +30,11 @@
 //! Architecture invariant: the view always equals the replay of the journal up to its head.
 //! `verify` checks exactly that, account by account and order by order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::JournalError;
 use crate::ledger::{AccountRef, RefundRecord};
 use crate::ledger::{ConsumerState, Entry, EventKind, LedgerState, MerchantState, Order};
 use crate::model::{RulesConfig, Secs};
@@ -48,7 +48,20 @@ const MERCHANT: u8 = b'm';
 const CARD: u8 = b'n';
 const AUTHORISATION: u8 = b'z';
 const READER: u8 = b'q';
+const BANK_OP: u8 = b'o';
+const SIM_ACCOUNT: u8 = b's';
 const META_KEY: &[u8] = b"k";
+/// The id of the store the checkpoint belongs to, the same as in the log's segment headers.
+const STORE_ID_KEY: &[u8] = b"i";
+
+/// Why the view could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("account-state view: storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("account-state view: {0}")]
+    Invalid(String),
+}
 
 /// One change to the view: a key set to a value, or removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,13 +159,13 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).unwrap_or_default()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, JournalError> {
-    bincode::deserialize(bytes).map_err(|e| JournalError::View(format!("{what}: {e}")))
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ViewError> {
+    bincode::deserialize(bytes).map_err(|e| ViewError::Invalid(format!("{what}: {e}")))
 }
 
-fn id_of(prefix_len: usize, k: &[u8]) -> Result<String, JournalError> {
+fn id_of(prefix_len: usize, k: &[u8]) -> Result<String, ViewError> {
     String::from_utf8(k[prefix_len..].to_vec())
-        .map_err(|_| JournalError::View(format!("key {k:?} is not text")))
+        .map_err(|_| ViewError::Invalid(format!("key {k:?} is not text")))
 }
 
 /// The view's writes for one consumer after an entry of its own: the consumer record (with
@@ -201,6 +214,16 @@ pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
         }
     }
     writes
+}
+
+/// The bank-operation index: `op` is recorded in record `seq`.
+pub fn bank_op_write(op: &str, seq: u64) -> ViewWrite {
+    ViewWrite::Put(key(BANK_OP, op), seq.to_be_bytes().to_vec())
+}
+
+/// An account of the simulated bank as it is durable now (`bank::SimAccount`, encoded).
+pub fn sim_account_write(stored_name: &str, account: Vec<u8>) -> ViewWrite {
+    ViewWrite::Put(key(SIM_ACCOUNT, stored_name), account)
 }
 
 /// The view's writes for a newly opened consumer: its record and its bank account.
@@ -278,8 +301,7 @@ pub struct WriterView {
 }
 
 impl WriterView {
-    pub fn load(tree: &sled::Tree) -> Result<WriterView, JournalError> {
-        let view = StateView::new(tree.clone());
+    pub fn load(view: &StateView) -> Result<WriterView, ViewError> {
         Ok(WriterView {
             merchants: view.merchants()?,
             meta: view.meta()?.unwrap_or_default(),
@@ -292,7 +314,7 @@ impl WriterView {
         &mut self,
         seq: u64,
         deltas: impl Iterator<Item = &'a WriterDelta>,
-    ) -> Result<Vec<ViewWrite>, JournalError> {
+    ) -> Result<Vec<ViewWrite>, ViewError> {
         let mut merchants: BTreeMap<String, MerchantState> = BTreeMap::new();
         let mut meta = self.meta.clone();
         for d in deltas {
@@ -307,7 +329,7 @@ impl WriterView {
             for (m, amount) in &d.merchant_postings {
                 if !merchants.contains_key(m) {
                     let current = self.merchants.get(m).cloned().ok_or_else(|| {
-                        JournalError::View(format!("a posting names unknown merchant {m:?}"))
+                        ViewError::Invalid(format!("a posting names unknown merchant {m:?}"))
                     })?;
                     merchants.insert(m.clone(), current);
                 }
@@ -315,7 +337,7 @@ impl WriterView {
                 state.balance = state
                     .balance
                     .checked_add(*amount)
-                    .map_err(|e| JournalError::View(format!("merchant {m}: {e}")))?;
+                    .map_err(|e| ViewError::Invalid(format!("merchant {m}: {e}")))?;
             }
         }
         meta.last_seq = seq;
@@ -330,72 +352,271 @@ impl WriterView {
     }
 }
 
-/// Reads of the view. Cheap to clone; reads see every write of a batch once the batch is
-/// applied, which is before it is acknowledged.
+/// The view's changes that are durable in the log but not yet in the sled checkpoint.
+///
+/// The journal writer adds every record's writes here right after the log's sync (so a read
+/// never sees a change that is not durable) and before it answers anyone. The checkpointer
+/// seals the active layer, writes it to sled in one sorted batch stamped with the last record
+/// it covers, flushes, and only then drops the sealed layer: a key is always in the active
+/// layer, the sealed one or sled, newest first.
+#[derive(Default)]
+pub struct Overlay {
+    layers: parking_lot::RwLock<Layers>,
+}
+
+type Layer = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+#[derive(Default)]
+struct Layers {
+    active: Layer,
+    /// The last record whose writes are in `active`.
+    active_seq: u64,
+    sealed: Option<(Arc<Layer>, u64)>,
+}
+
+/// What a layer says about a key.
+enum Found {
+    Value(Vec<u8>),
+    Removed,
+    NotHere,
+}
+
+impl Overlay {
+    fn lookup(&self, k: &[u8]) -> Found {
+        let layers = self.layers.read();
+        let hit = layers
+            .active
+            .get(k)
+            .or_else(|| layers.sealed.as_ref().and_then(|(sealed, _)| sealed.get(k)));
+        match hit {
+            None => Found::NotHere,
+            Some(None) => Found::Removed,
+            Some(Some(v)) => Found::Value(v.clone()),
+        }
+    }
+
+    /// Adds the writes of record `seq`, in order (a later write of a key wins).
+    pub fn apply(&self, seq: u64, writes: impl IntoIterator<Item = ViewWrite>) {
+        let mut layers = self.layers.write();
+        for w in writes {
+            match w {
+                ViewWrite::Put(k, v) => layers.active.insert(k, Some(v)),
+                ViewWrite::Remove(k) => layers.active.insert(k, None),
+            };
+        }
+        layers.active_seq = seq;
+    }
+
+    /// Keys changed since the last checkpoint.
+    pub fn len(&self) -> usize {
+        let layers = self.layers.read();
+        layers.active.len() + layers.sealed.as_ref().map_or(0, |(l, _)| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The layer to checkpoint next and the last record it covers: the sealed one if an
+    /// earlier checkpoint did not finish, else the active one, sealed now. `None`: nothing
+    /// changed.
+    pub fn seal(&self) -> Option<(Arc<Layer>, u64)> {
+        let mut layers = self.layers.write();
+        if let Some(sealed) = &layers.sealed {
+            return Some(sealed.clone());
+        }
+        if layers.active.is_empty() {
+            return None;
+        }
+        let active = Arc::new(std::mem::take(&mut layers.active));
+        layers.sealed = Some((active, layers.active_seq));
+        layers.sealed.clone()
+    }
+
+    /// The sealed layer is in sled now.
+    pub fn checkpointed(&self) {
+        self.layers.write().sealed = None;
+    }
+
+    /// The entries under `prefix`, newest layer winning.
+    fn under(&self, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let layers = self.layers.read();
+        let mut out = BTreeMap::new();
+        if let Some((sealed, _)) = &layers.sealed {
+            for (k, v) in sealed.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in layers.active.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+}
+
+/// Writes one layer into sled as one sorted batch, with the meta record (`k`, stamped with
+/// the last record the layer covers) among its keys, and flushes.
+pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Result<(), ViewError> {
+    let mut keys: Vec<&Vec<u8>> = layer.keys().collect();
+    keys.sort_unstable();
+    let mut batch = sled::Batch::default();
+    for k in keys {
+        match &layer[k] {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Reads of the view: the overlay of changes not yet checkpointed, then sled. Cheap to clone;
+/// reads see every write of a record once the record is durable, which is before anyone is
+/// answered for it.
 #[derive(Clone)]
 pub struct StateView {
     tree: sled::Tree,
+    overlay: Arc<Overlay>,
 }
 
+type Kv = (Vec<u8>, Vec<u8>);
+
 impl StateView {
-    pub fn new(tree: sled::Tree) -> StateView {
-        StateView { tree }
+    pub fn new(tree: sled::Tree, overlay: Arc<Overlay>) -> StateView {
+        StateView { tree, overlay }
+    }
+
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.overlay
+    }
+
+    pub(crate) fn get_raw(&self, k: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
+        match self.overlay.lookup(k) {
+            Found::Value(v) => Ok(Some(v)),
+            Found::Removed => Ok(None),
+            Found::NotHere => Ok(self.tree.get(k)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Every key under `prefix` in key order, the overlay merged over sled.
+    fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
+        let mut changed = self.overlay.under(prefix).into_iter().peekable();
+        let mut stored = self.tree.scan_prefix(prefix).peekable();
+        std::iter::from_fn(move || loop {
+            let next_stored = match stored.peek() {
+                None => None,
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                Some(Err(_)) => {
+                    let e = stored.next().and_then(|r| r.err())?;
+                    return Some(Err(ViewError::Storage(e)));
+                }
+            };
+            let take_changed = match (changed.peek(), &next_stored) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ck, _)), Some(sk)) => ck.as_slice() <= sk.as_slice(),
+            };
+            if take_changed {
+                let (k, v) = changed.next()?;
+                if next_stored.as_deref() == Some(k.as_slice()) {
+                    stored.next();
+                }
+                match v {
+                    Some(v) => return Some(Ok((k, v))),
+                    None => continue,
+                }
+            }
+            let (k, v) = stored.next()?.ok()?;
+            return Some(Ok((k.to_vec(), v.to_vec())));
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
         k: &[u8],
-    ) -> Result<Option<T>, JournalError> {
-        match self.tree.get(k)? {
+    ) -> Result<Option<T>, ViewError> {
+        match self.get_raw(k)? {
             None => Ok(None),
             Some(v) => decode(what, &v).map(Some),
         }
     }
 
-    pub fn meta(&self) -> Result<Option<ViewMeta>, JournalError> {
+    /// The simulated bank's accounts: stored name and encoded account.
+    pub fn sim_accounts(&self) -> impl Iterator<Item = Result<(String, Vec<u8>), ViewError>> + '_ {
+        self.scan(&[SIM_ACCOUNT])
+            .map(|kv| kv.and_then(|(k, v)| Ok((id_of(1, &k)?, v))))
+    }
+
+    /// Whether a bank operation is recorded in a durable entry (the bank-operation index).
+    pub fn has_bank_op(&self, op: &str) -> Result<bool, ViewError> {
+        Ok(self.get_raw(&key(BANK_OP, op))?.is_some())
+    }
+
+    /// The id of the store this view belongs to (set when the store was created).
+    pub fn store_id(&self) -> Result<Option<[u8; 16]>, ViewError> {
+        match self.tree.get(STORE_ID_KEY)? {
+            None => Ok(None),
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map(Some)
+                .map_err(|_| ViewError::Invalid(format!("store id has {} bytes", v.len()))),
+        }
+    }
+
+    /// Records the store's id; done once, when the store is created, and flushed at once.
+    pub fn set_store_id(&self, id: [u8; 16]) -> Result<(), ViewError> {
+        self.tree.insert(STORE_ID_KEY, &id)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub fn meta(&self) -> Result<Option<ViewMeta>, ViewError> {
         self.get("meta", META_KEY)
     }
 
-    pub fn has_consumer(&self, id: &str) -> Result<bool, JournalError> {
-        Ok(self.tree.contains_key(key(CONSUMER, id))?)
+    pub fn has_consumer(&self, id: &str) -> Result<bool, ViewError> {
+        Ok(self.get_raw(&key(CONSUMER, id))?.is_some())
     }
 
     /// The consumer with its open orders: what its actor starts from.
-    pub fn consumer_record(&self, id: &str) -> Result<Option<ConsumerRecord>, JournalError> {
+    pub fn consumer_record(&self, id: &str) -> Result<Option<ConsumerRecord>, ViewError> {
         self.get("consumer", &key(CONSUMER, id))
     }
 
     /// The consumer with its open orders; closed orders are read one by one with
     /// [`StateView::closed_order`].
-    pub fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, JournalError> {
+    pub fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, ViewError> {
         Ok(self.consumer_record(id)?.map(ConsumerRecord::into_state))
     }
 
     /// A closed order (settled, cancelled, expired or refused).
-    pub fn closed_order(&self, id: &str) -> Result<Option<StoredOrder>, JournalError> {
+    pub fn closed_order(&self, id: &str) -> Result<Option<StoredOrder>, ViewError> {
         self.get("order", &key(ORDER, id))
     }
 
-    pub fn refund(&self, id: &str) -> Result<Option<StoredRefund>, JournalError> {
+    pub fn refund(&self, id: &str) -> Result<Option<StoredRefund>, ViewError> {
         self.get("refund", &key(REFUND, id))
     }
 
     /// The consumer a bank account is designated for.
-    pub fn bank_owner(&self, bank: &str) -> Result<Option<String>, JournalError> {
-        match self.tree.get(key(BANK, bank))? {
+    pub fn bank_owner(&self, bank: &str) -> Result<Option<String>, ViewError> {
+        match self.get_raw(&key(BANK, bank))? {
             None => Ok(None),
             Some(v) => Ok(Some(id_of(0, &v)?)),
         }
     }
 
-    pub fn merchant(&self, id: &str) -> Result<Option<MerchantState>, JournalError> {
+    pub fn merchant(&self, id: &str) -> Result<Option<MerchantState>, ViewError> {
         self.get("merchant", &key(MERCHANT, id))
     }
 
-    pub fn merchants(&self) -> Result<BTreeMap<String, MerchantState>, JournalError> {
+    pub fn merchants(&self) -> Result<BTreeMap<String, MerchantState>, ViewError> {
         let mut out = BTreeMap::new();
-        for kv in self.tree.scan_prefix([MERCHANT]) {
+        for kv in self.scan(&[MERCHANT]) {
             let (k, v) = kv?;
             out.insert(id_of(1, &k)?, decode("merchant", &v)?);
         }
@@ -406,14 +627,14 @@ impl StateView {
     pub fn auth_state(
         &self,
         config: crate::cards::AuthConfig,
-    ) -> Result<crate::cards::AuthState, JournalError> {
+    ) -> Result<crate::cards::AuthState, ViewError> {
         use crate::cards::{AuthChange, AuthState};
         let mut state = AuthState::new(config);
-        for kv in self.tree.scan_prefix([CARD]) {
+        for kv in self.scan(&[CARD]) {
             let (_, v) = kv?;
             state.apply(&AuthChange::Card(decode("card", &v)?));
         }
-        for kv in self.tree.scan_prefix([READER]) {
+        for kv in self.scan(&[READER]) {
             let (_, v) = kv?;
             state.apply(&AuthChange::Reader(decode("reader", &v)?));
         }
@@ -424,15 +645,13 @@ impl StateView {
     pub fn authorisation(
         &self,
         order: &str,
-    ) -> Result<Option<crate::cards::Authorisation>, JournalError> {
+    ) -> Result<Option<crate::cards::Authorisation>, ViewError> {
         self.get("authorisation", &key(AUTHORISATION, order))
     }
 
     /// Every consumer record, in id order.
-    pub fn consumer_records(
-        &self,
-    ) -> impl Iterator<Item = Result<ConsumerRecord, JournalError>> + '_ {
-        self.tree.scan_prefix([CONSUMER]).map(|kv| {
+    pub fn consumer_records(&self) -> impl Iterator<Item = Result<ConsumerRecord, ViewError>> + '_ {
+        self.scan(&[CONSUMER]).map(|kv| {
             let (_, v) = kv?;
             decode("consumer", &v)
         })
@@ -442,8 +661,8 @@ impl StateView {
     /// for consistency on the way: every order, refund and bank key belongs to a consumer,
     /// open orders are only inside consumer records, closed ones only outside. For `verify`,
     /// tests and end-of-run checks, not the hot path.
-    pub fn ledger(&self) -> Result<LedgerState, JournalError> {
-        let bad = JournalError::View;
+    pub fn ledger(&self) -> Result<LedgerState, ViewError> {
+        let bad = ViewError::Invalid;
         let meta = self.meta()?.unwrap_or_default();
         let mut state = LedgerState::new(meta.config.clone());
         state.clock = meta.clock;
@@ -456,7 +675,7 @@ impl StateView {
             state.bank_owner.insert(c.bank.clone(), c.id.clone());
             state.consumers.insert(c.id.clone(), c);
         }
-        for kv in self.tree.scan_prefix([ORDER]) {
+        for kv in self.scan(&[ORDER]) {
             let (k, v) = kv?;
             let id = id_of(1, &k)?;
             let s: StoredOrder = decode("order", &v)?;
@@ -481,7 +700,7 @@ impl StateView {
                 }
             }
         }
-        for kv in self.tree.scan_prefix([REFUND]) {
+        for kv in self.scan(&[REFUND]) {
             let (k, v) = kv?;
             let id = id_of(1, &k)?;
             let s: StoredRefund = decode("refund", &v)?;
@@ -493,7 +712,7 @@ impl StateView {
             c.refunds.insert(id, s.refund);
         }
         let mut banks = 0;
-        for kv in self.tree.scan_prefix([BANK]) {
+        for kv in self.scan(&[BANK]) {
             let (k, v) = kv?;
             let bank = id_of(1, &k)?;
             let owner = id_of(0, &v)?;
@@ -509,7 +728,7 @@ impl StateView {
         }
         state.merchants = self.merchants()?;
         state.auth = self.auth_state(meta.config.auth.clone())?;
-        for kv in self.tree.scan_prefix([AUTHORISATION]) {
+        for kv in self.scan(&[AUTHORISATION]) {
             let (k, v) = kv?;
             let a: crate::cards::Authorisation = decode("authorisation", &v)?;
             if a.order_id != id_of(1, &k)? {
@@ -525,10 +744,9 @@ impl StateView {
 }
 
 impl ViewWrite {
-    pub fn apply_to(self, batch: &mut sled::Batch) {
+    pub fn key(&self) -> &[u8] {
         match self {
-            ViewWrite::Put(k, v) => batch.insert(k, v),
-            ViewWrite::Remove(k) => batch.remove(k),
+            ViewWrite::Put(k, _) | ViewWrite::Remove(k) => k,
         }
     }
 }

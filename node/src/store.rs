@@ -3,17 +3,19 @@
 //! outbox's cursor in the engine's journal.
 //!
 //! Money never lives here: the engine's journal is the ledger. This store holds what the API
-//! needs around it, in its own sled database (`<data>/node`), written by a group-commit thread:
-//! every [`NodeStore::commit`] is applied as one atomic sled batch together with whatever else
-//! is queued, flushed (fsync) once, and only then acknowledged. So an API answer that depends on
+//! needs around it, in its own sled database (`<data>/node`), written by OneCard's one
+//! group-commit writer (`onecard_storage::group_commit`): every [`NodeStore::commit`] is
+//! applied as one atomic sled batch together with whatever else is queued, flushed (fsync)
+//! once, and only then acknowledged. So an API answer that depends on
 //! a write is never sent before the write is on disk, and one flush serves many requests.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use onecard_storage::group_commit::{
+    CommitError, GroupCommit, GroupCommitConfig, Sink, SinkFailure,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -24,8 +26,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("node store: record {key}: {message}")]
     Corrupt { key: String, message: String },
-    #[error("node store: the writer has stopped")]
-    Closed,
+    #[error("node store: {0}")]
+    Write(#[from] CommitError),
 }
 
 /// One key set or removed.
@@ -49,9 +51,60 @@ impl Write {
     }
 }
 
-struct Submission {
-    writes: Vec<Write>,
-    ack: tokio::sync::oneshot::Sender<Result<(), String>>,
+/// The node store's side of the group-commit writer: one sled batch and one flush.
+struct StoreSink {
+    db: sled::Db,
+    stats: Arc<StoreStats>,
+}
+
+impl Sink for StoreSink {
+    type Item = Vec<Write>;
+    type Done = ();
+
+    fn commit(&mut self, pending: &mut Vec<Vec<Write>>) -> Result<(), SinkFailure> {
+        let mut batch = sled::Batch::default();
+        for w in pending.iter().flatten() {
+            match w {
+                Write::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+                Write::Remove(k) => batch.remove(k.as_slice()),
+            }
+        }
+        let result = self
+            .db
+            .apply_batch(batch)
+            .and_then(|()| self.db.flush().map(|_| ()));
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.stats
+                    .commits
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "node store write failed");
+                Err(sled_failure(&e))
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let _ = self.db.flush();
+    }
+}
+
+fn sled_failure(e: &sled::Error) -> SinkFailure {
+    match e {
+        sled::Error::Io(io) if io.raw_os_error() == Some(libc_enospc()) => {
+            SinkFailure::disk_full(e.to_string())
+        }
+        _ => SinkFailure::new(e.to_string()),
+    }
+}
+
+/// ENOSPC on Linux.
+const fn libc_enospc() -> i32 {
+    28
 }
 
 /// Counters for `/metrics`.
@@ -65,8 +118,7 @@ pub struct StoreStats {
 #[derive(Clone)]
 pub struct NodeStore {
     db: sled::Db,
-    tx: Sender<Option<Submission>>,
-    writer: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+    writer: GroupCommit<StoreSink>,
     pub stats: Arc<StoreStats>,
 }
 
@@ -79,22 +131,21 @@ impl NodeStore {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(64 << 20)
             .open()?;
-        let (tx, rx) = crossbeam_channel::bounded::<Option<Submission>>(16384);
         let stats = Arc::new(StoreStats::default());
-        let writer = {
-            let db = db.clone();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("node-store-writer".into())
-                .spawn(move || write_loop(db, rx, stats))
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        let sink = StoreSink {
+            db: db.clone(),
+            stats: stats.clone(),
         };
-        Ok(NodeStore {
-            db,
-            tx,
-            writer: Arc::new(parking_lot::Mutex::new(Some(writer))),
-            stats,
-        })
+        let writer = GroupCommit::start(
+            "node-store-writer",
+            sink,
+            GroupCommitConfig {
+                max_batch: 8192,
+                ..GroupCommitConfig::default()
+            },
+        )
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok(NodeStore { db, writer, stats })
     }
 
     /// Applies `writes` atomically and resolves once they are on disk.
@@ -102,25 +153,14 @@ impl NodeStore {
         &self,
         writes: Vec<Write>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let (ack, rx) = tokio::sync::oneshot::channel();
-        let sent = self.tx.send(Some(Submission { writes, ack }));
-        async move {
-            sent.map_err(|_| StoreError::Closed)?;
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(message)) => Err(StoreError::Corrupt {
-                    key: "(batch)".into(),
-                    message,
-                }),
-                Err(_) => Err(StoreError::Closed),
-            }
-        }
+        let done = self.writer.submit(writes);
+        async move { Ok(done.await?) }
     }
 
     /// [`NodeStore::commit`] for threads outside any async runtime (the print and webhook
     /// workers).
     pub fn commit_blocking(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        futures::executor::block_on(self.commit(writes))
+        Ok(self.writer.submit_blocking(writes)?)
     }
 
     pub fn get_raw(&self, key: &str) -> Result<Option<sled::IVec>, StoreError> {
@@ -205,60 +245,9 @@ impl NodeStore {
 
     /// Writes everything queued, stops the writer and flushes.
     pub fn close(&self) -> Result<(), StoreError> {
-        let _ = self.tx.send(None);
-        if let Some(h) = self.writer.lock().take() {
-            let _ = h.join();
-        }
+        self.writer.close();
         self.db.flush()?;
         Ok(())
-    }
-}
-
-fn write_loop(db: sled::Db, rx: Receiver<Option<Submission>>, stats: Arc<StoreStats>) {
-    let mut pending: Vec<Submission> = Vec::new();
-    let mut stop = false;
-    while !stop {
-        match rx.recv() {
-            Ok(Some(s)) => pending.push(s),
-            Ok(None) | Err(_) => stop = true,
-        }
-        // Take everything else already queued into the same batch and flush.
-        while pending.len() < 8192 {
-            match rx.try_recv() {
-                Ok(Some(s)) => pending.push(s),
-                Ok(None) => {
-                    stop = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        let mut batch = sled::Batch::default();
-        for s in &pending {
-            for w in &s.writes {
-                match w {
-                    Write::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
-                    Write::Remove(k) => batch.remove(k.as_slice()),
-                }
-            }
-        }
-        let result = db
-            .apply_batch(batch)
-            .and_then(|()| db.flush().map(|_| ()))
-            .map_err(|e| e.to_string());
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .commits
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "node store write failed");
-        }
-        for s in pending.drain(..) {
-            let _ = s.ack.send(result.clone());
-        }
     }
 }
 

@@ -224,8 +224,8 @@ fn a_given_data_directory_is_kept_and_must_start_empty() {
     ];
     let v = load(&small);
     assert_eq!(v["data_dir"].as_str(), Some(d));
-    assert!(Path::new(d).join("journal").is_dir());
-    assert!(Path::new(d).join("simbank").is_dir());
+    assert!(Path::new(d).join("log").is_dir());
+    assert!(Path::new(d).join("view").is_dir());
     // A second population over the first would collide with its names: refused.
     let mut again = vec!["load"];
     again.extend_from_slice(&small);
