@@ -26,9 +26,7 @@ use actix::prelude::*;
 
 use crate::bank::{BankAnswer, BankOp};
 use crate::engine::{EngineError, Lease, Shared};
-use crate::ledger::{
-    ConsumerState, Entry, Event, EventKind, MerchantState, PlaceDecision, Posting, ReleaseDecision,
-};
+use crate::ledger::{ConsumerState, Entry, Event, EventKind, PlaceDecision, ReleaseDecision};
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
 use crate::money::Amount;
 use crate::view;
@@ -41,6 +39,8 @@ pub enum ConsumerCmd {
         merchant: String,
         amount: Amount,
         release: Release,
+        /// The engine found no order with this id (and holds its claim): nothing to look up.
+        fresh: bool,
     },
     ConfirmReceipt {
         order: String,
@@ -170,7 +170,11 @@ impl Run {
 
     async fn run(&self, cmd: ConsumerCmd) -> Result<ConsumerReply, EngineError> {
         match &cmd {
-            ConsumerCmd::Place { id, .. } => self.load_order(id)?,
+            ConsumerCmd::Place { id, fresh, .. } => {
+                if !fresh {
+                    self.load_order(id)?
+                }
+            }
             ConsumerCmd::ConfirmReceipt { order, .. }
             | ConsumerCmd::EnterCode { order, .. }
             | ConsumerCmd::Cancel { order } => self.load_order(order)?,
@@ -186,6 +190,7 @@ impl Run {
                 merchant,
                 amount,
                 release,
+                ..
             } => self.place(id, merchant, amount, release).await?,
             ConsumerCmd::ConfirmReceipt { order, satisfied } => {
                 let d = self.st.borrow().decide_receipt(&order, satisfied);
@@ -261,11 +266,6 @@ impl Run {
         let ops: Vec<String> = entry.bank_ops().cloned().collect();
         if !ops.is_empty() {
             self.shared.bank.confirm(&ops);
-        }
-        for ev in &entry.events {
-            if let EventKind::OrderSettled { merchant, .. } = &ev.kind {
-                self.shared.credit_merchant(merchant, ev.postings.clone());
-            }
         }
         Ok(())
     }
@@ -481,11 +481,7 @@ impl Run {
             Ok(o) => o.merchant.clone(),
             Err(r) => return Ok(Err(r)),
         };
-        if let Err(r) = self
-            .shared
-            .debit_merchant_for_refund(&merchant, amount)
-            .await?
-        {
+        if let Err(r) = self.shared.debit_merchant_for_refund(&merchant, amount)? {
             return Ok(Err(r));
         }
         let (to_wallet, to_bank) = self.st.borrow().refund_split(amount, &self.shared.rules);
@@ -557,85 +553,5 @@ impl Run {
         }
         self.journal(events).await?;
         Ok(Ok(Outcome::Ok))
-    }
-}
-
-/// Messages for a merchant's actor.
-pub enum MerchantMsg {
-    /// Apply the merchant's postings of a durable settlement (or give back a refund debit).
-    Credit(Vec<Posting>),
-    /// Take `amount` for a refund if the balance covers it.
-    DebitForRefund(Amount),
-    /// Undo a `DebitForRefund` whose refund did not happen.
-    Restore(Amount),
-    Snapshot,
-}
-
-pub enum MerchantReply {
-    Done(Result<(), Refusal>),
-    State(MerchantState),
-}
-
-impl Message for MerchantMsg {
-    type Result = MerchantReply;
-}
-
-pub struct MerchantActor {
-    state: MerchantState,
-    mailbox_capacity: usize,
-}
-
-impl MerchantActor {
-    pub fn new(state: MerchantState, mailbox_capacity: usize) -> MerchantActor {
-        MerchantActor {
-            state,
-            mailbox_capacity,
-        }
-    }
-}
-
-impl Actor for MerchantActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
-    }
-}
-
-impl Handler<MerchantMsg> for MerchantActor {
-    type Result = MessageResult<MerchantMsg>;
-
-    fn handle(&mut self, msg: MerchantMsg, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(match msg {
-            MerchantMsg::Credit(postings) => {
-                // A failure here means an amount overflow, which bounded inputs rule out.
-                let _ = self.state.apply_postings(&postings);
-                MerchantReply::Done(Ok(()))
-            }
-            MerchantMsg::DebitForRefund(amount) => {
-                if self.state.balance < amount {
-                    MerchantReply::Done(Err(Refusal::funds(format!(
-                        "merchant {} holds {}, less than the refund of {amount}",
-                        self.state.id, self.state.balance
-                    ))))
-                } else {
-                    self.state.balance = self
-                        .state
-                        .balance
-                        .checked_sub(amount)
-                        .unwrap_or(self.state.balance);
-                    MerchantReply::Done(Ok(()))
-                }
-            }
-            MerchantMsg::Restore(amount) => {
-                self.state.balance = self
-                    .state
-                    .balance
-                    .checked_add(amount)
-                    .unwrap_or(self.state.balance);
-                MerchantReply::Done(Ok(()))
-            }
-            MerchantMsg::Snapshot => MerchantReply::State(self.state.clone()),
-        })
     }
 }

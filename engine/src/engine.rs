@@ -23,10 +23,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{
-    ConsumerActor, ConsumerCmd, ConsumerMsg, ConsumerReply, MerchantActor, MerchantMsg,
-    MerchantReply,
-};
+use crate::actors::{ConsumerActor, ConsumerCmd, ConsumerMsg, ConsumerReply};
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
 use crate::cards::{
     AuthCenter, AuthChange, AuthOutcome, CardError, CardKey, ChallengeIssued, EncryptedPin,
@@ -35,7 +32,7 @@ use crate::cards::{
 use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
 use crate::ledger::{
     next_time_work, sealed_consumer_opened_event, ConsumerState, Entry, Event, EventKind,
-    LedgerState, MerchantState, Order, Posting,
+    LedgerState, MerchantState, Order,
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::Amount;
@@ -188,7 +185,8 @@ pub struct Shared {
     pub mailbox_capacity: usize,
     /// Resident consumers (activated and not yet passivated).
     residents: DashMap<String, Arc<Slot>>,
-    merchants: DashMap<String, Addr<MerchantActor>>,
+    /// Merchants' durable balances, published by the journal writer.
+    merchants: Arc<crate::view::MerchantBook>,
     /// Order ids being placed right now: claimed before they are in the view, so that two
     /// concurrent places of one id with different content cannot both go ahead.
     placing: DashMap<String, OrderKey>,
@@ -370,35 +368,29 @@ impl Shared {
         passivated
     }
 
-    pub fn credit_merchant(&self, merchant: &str, postings: Vec<Posting>) {
-        if let Some(addr) = self.merchants.get(merchant) {
-            // Unbounded on purpose: a credit is already durable and must never be dropped.
-            addr.do_send(MerchantMsg::Credit(postings));
-        }
-    }
-
+    /// Gives back a refund's hold on the merchant's balance: the refund did not happen.
     pub fn credit_merchant_back(&self, merchant: &str, amount: Amount) {
-        if let Some(addr) = self.merchants.get(merchant) {
-            addr.do_send(MerchantMsg::Restore(amount));
-        }
+        self.merchants.release(merchant, amount);
     }
 
-    pub async fn debit_merchant_for_refund(
+    /// Holds `amount` of the merchant's durable balance for a refund; the journal writer
+    /// takes the hold back when it writes the refund.
+    pub fn debit_merchant_for_refund(
         &self,
         merchant: &str,
         amount: Amount,
     ) -> Result<Result<(), Refusal>, EngineError> {
-        let addr = self
+        if self.merchants.hold(merchant, amount)? {
+            return Ok(Ok(()));
+        }
+        let balance = self
             .merchants
             .get(merchant)
-            .map(|a| a.clone())
-            .ok_or_else(|| EngineError::Internal(format!("merchant {merchant} has no actor")))?;
-        match addr.send(MerchantMsg::DebitForRefund(amount)).await? {
-            MerchantReply::Done(r) => Ok(r),
-            MerchantReply::State(_) => {
-                Err(EngineError::Internal("unexpected merchant reply".into()))
-            }
-        }
+            .map(|m| m.balance)
+            .unwrap_or(Amount::ZERO);
+        Ok(Err(Refusal::funds(format!(
+            "merchant {merchant} holds {balance} (refunds in progress included), less than the refund of {amount}"
+        ))))
     }
 }
 
@@ -688,6 +680,7 @@ impl Engine {
         }
 
         let arbiters: Vec<Arbiter> = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        let merchant_book = handle.merchants().clone();
         let shared = Arc::new(Shared {
             rules: cfg.rules.clone(),
             journal: handle,
@@ -695,7 +688,7 @@ impl Engine {
             bank,
             mailbox_capacity: cfg.mailbox_capacity.max(1),
             residents: DashMap::new(),
-            merchants: DashMap::new(),
+            merchants: merchant_book,
             placing: DashMap::new(),
             refunding: DashMap::new(),
             open_orders: DashMap::new(),
@@ -737,8 +730,7 @@ impl Engine {
         info.timed_consumers = shared.timed.len();
         info.open_orders = shared.open_orders.len();
         info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
-        let merchants = view.merchants()?;
-        info.merchants = merchants.len();
+        info.merchants = shared.merchants.len();
         let auth = match &cfg.issuer_key {
             None => None,
             Some(key) => {
@@ -766,9 +758,6 @@ impl Engine {
                 vec![Event::new(EventKind::Configured(cfg.rules.clone()))],
             );
             engine.shared.journal.append(&entry, vec![]).await?;
-        }
-        for (_, m) in merchants {
-            engine.start_merchant(m);
         }
         engine.start_passivation(cfg.passivate_after)?;
         Ok(engine)
@@ -841,15 +830,6 @@ impl Engine {
         self.clock.fetch_max(now, Ordering::AcqRel).max(now)
     }
 
-    fn start_merchant(&self, m: MerchantState) {
-        let id = m.id.clone();
-        let cap = self.shared.mailbox_capacity;
-        let addr = MerchantActor::start_in_arbiter(self.shared.arbiter_for(&id), move |_| {
-            MerchantActor::new(m, cap)
-        });
-        self.shared.merchants.insert(id, addr);
-    }
-
     /// Admission control: every command holds a place while it runs, so the work queued in
     /// the engine (mailboxes, the journal's queue, bank calls) stays bounded end to end.
     fn admit(&self) -> Result<Admission<'_>, EngineError> {
@@ -897,7 +877,7 @@ impl Engine {
         Ok(self.shared.view.has_consumer(id)?)
     }
     pub fn has_merchant(&self, id: &str) -> bool {
-        self.shared.merchants.contains_key(id)
+        self.shared.merchants.contains(id)
     }
     /// Whether a bank account is already designated for a consumer.
     pub fn has_bank_account(&self, bank: &str) -> Result<bool, EngineError> {
@@ -1037,19 +1017,14 @@ impl Engine {
         };
         let ev = Event::new(EventKind::MerchantOpened {
             merchant: merchant.to_string(),
-            bank: bank_ref.clone(),
-            bank_sealed: bank_sealed.clone(),
+            bank: bank_ref,
+            bank_sealed,
         });
         self.shared
             .journal
             .append(&Entry::new(now, vec![ev]), vec![])
             .await?;
-        self.start_merchant(MerchantState {
-            id: merchant.to_string(),
-            bank: bank_ref,
-            bank_sealed,
-            balance: Amount::ZERO,
-        });
+        // The journal writer has put the merchant in the book before answering.
         Ok(Ok(Outcome::Ok))
     }
 
@@ -1109,12 +1084,8 @@ impl Engine {
             if let Err(r) = check_id("order id", &req.id) {
                 return Ok(Err(r));
             }
-            if !self.has_consumer(&req.consumer)? {
-                return Ok(Err(Refusal::unknown(format!(
-                    "no consumer {:?}",
-                    req.consumer
-                ))));
-            }
+            // An unknown consumer is found by the routing below, which reads the consumer
+            // once (and activates it), instead of a read here and another there.
             if !self.has_merchant(&req.merchant) {
                 return Ok(Err(Refusal::unknown(format!(
                     "no merchant {:?}",
@@ -1138,6 +1109,8 @@ impl Engine {
             merchant: req.merchant,
             amount,
             release,
+            // Claimed above: no order has this id, so the actor need not look for one.
+            fresh: _claim.is_some(),
         };
         self.ask_consumer(&req.consumer, cmd, now).await
     }
@@ -1638,7 +1611,7 @@ impl Engine {
 
     /// A merchant's balance as acknowledged.
     pub async fn merchant(&self, id: &str) -> Result<Option<MerchantState>, EngineError> {
-        Ok(self.shared.view.merchant(id)?)
+        Ok(self.shared.merchants.get(id))
     }
 
     /// An order, if it exists.
@@ -1697,7 +1670,6 @@ impl Engine {
             let _ = a.join();
         }
         self.shared.residents.clear();
-        self.shared.merchants.clear();
         if let Some(j) = self.journal.take() {
             j.close()?;
         }

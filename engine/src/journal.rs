@@ -43,7 +43,7 @@ use onecard_storage::wal::{Wal, WalConfig, WalCursor, WalError, WalReader};
 
 use crate::ledger::Entry;
 use crate::view::{
-    self, Overlay, StateView, ViewError, ViewMeta, ViewWrite, WriterDelta, WriterView,
+    self, MerchantBook, Overlay, StateView, ViewError, ViewMeta, ViewWrite, WriterDelta, WriterView,
 };
 
 pub use onecard_storage::wal::Hash;
@@ -185,7 +185,7 @@ impl Sink for LogSink {
     fn commit(&mut self, batch: &mut Vec<Submission>) -> Result<u64, SinkFailure> {
         let started = Instant::now();
         let seq = self.wal.last_seq() + 1;
-        let writer_writes = self
+        let (writer_writes, published) = self
             .view
             .batch_writes(seq, batch.iter().filter_map(|s| s.delta.as_ref()))
             .map_err(|e| SinkFailure::new(e.to_string()))?;
@@ -240,6 +240,7 @@ impl Sink for LogSink {
         debug_assert_eq!(written, seq);
         // Durable: now readers may see it, and the writer answers everyone.
         self.overlay.apply(seq, writes);
+        self.view.publish(&published);
         let common = &self.shared;
         common.synced_seq.store(seq, Ordering::Release);
         let stats = &common.stats;
@@ -303,6 +304,7 @@ pub struct JournalHandle {
     writer: GroupCommit<LogSink>,
     common: Arc<Common>,
     view: StateView,
+    book: Arc<MerchantBook>,
     reader: Arc<FeedReader>,
 }
 
@@ -428,6 +430,11 @@ impl JournalHandle {
     /// Reads of the account-state view.
     pub fn view(&self) -> StateView {
         self.view.clone()
+    }
+
+    /// Merchants' durable balances, kept by the writer.
+    pub fn merchants(&self) -> &Arc<MerchantBook> {
+        &self.book
     }
 }
 
@@ -605,6 +612,7 @@ impl Journal {
         let overlay = Arc::new(Overlay::default());
         let view = StateView::new(store.tree.clone(), overlay.clone());
         let meta = view.meta()?.unwrap_or_default();
+        let book = Arc::new(MerchantBook::default());
         if meta.last_seq != opened.last_seq {
             return Err(JournalError::Corrupt {
                 seq: opened.last_seq,
@@ -627,7 +635,7 @@ impl Journal {
         });
         let sink = LogSink {
             wal,
-            view: WriterView::load(&view)?,
+            view: WriterView::load(&view, book.clone())?,
             overlay: overlay.clone(),
             shared: common.clone(),
             payload: Vec::with_capacity(1 << 20),
@@ -662,6 +670,7 @@ impl Journal {
                 writer,
                 common,
                 view,
+                book,
                 reader: Arc::new(FeedReader {
                     dir: layout.log.clone(),
                     archive_dir: cfg.archive_dir.clone(),

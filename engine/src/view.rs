@@ -260,6 +260,8 @@ pub struct WriterDelta {
     pub config: Option<Box<RulesConfig>>,
     pub merchants_opened: Vec<MerchantState>,
     pub merchant_postings: Vec<(String, Amount)>,
+    /// Refunds taken from merchants: each was held in the [`MerchantBook`] until now.
+    pub merchant_refunds: Vec<(String, Amount)>,
 }
 
 impl WriterDelta {
@@ -283,9 +285,13 @@ impl WriterDelta {
                 }),
                 _ => {}
             }
+            let refund = matches!(ev.kind, EventKind::Refunded { .. });
             for p in &ev.postings {
                 if let AccountRef::Merchant(m) = &p.account {
                     d.merchant_postings.push((m.clone(), p.amount));
+                    if refund && p.amount.is_negative() {
+                        d.merchant_refunds.push((m.clone(), p.amount.checked_neg()));
+                    }
                 }
             }
         }
@@ -293,19 +299,120 @@ impl WriterDelta {
     }
 }
 
+/// Merchants' balances as durable, for everyone: published by the journal writer right after
+/// each record's sync, from the postings it has just written. A refund holds its amount here
+/// while it runs, so that two refunds cannot both spend the same balance; the writer releases
+/// the hold when it publishes the refund's own posting (in the same step, so the amount is
+/// never counted twice).
+#[derive(Default)]
+pub struct MerchantBook {
+    merchants: dashmap::DashMap<String, BookEntry>,
+}
+
+struct BookEntry {
+    durable: MerchantState,
+    held: Amount,
+}
+
+impl MerchantBook {
+    pub fn contains(&self, id: &str) -> bool {
+        self.merchants.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.merchants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.merchants.is_empty()
+    }
+
+    /// The merchant as durable (balance without the holds).
+    pub fn get(&self, id: &str) -> Option<MerchantState> {
+        self.merchants.get(id).map(|e| e.durable.clone())
+    }
+
+    /// Holds `amount` for a refund if the balance not yet held covers it; `Ok(false)` if it
+    /// does not.
+    pub fn hold(&self, id: &str, amount: Amount) -> Result<bool, ViewError> {
+        let mut e = self
+            .merchants
+            .get_mut(id)
+            .ok_or_else(|| ViewError::Invalid(format!("no merchant {id:?}")))?;
+        let free = e
+            .durable
+            .balance
+            .checked_sub(e.held)
+            .map_err(|x| ViewError::Invalid(x.to_string()))?;
+        if free < amount {
+            return Ok(false);
+        }
+        e.held = e
+            .held
+            .checked_add(amount)
+            .map_err(|x| ViewError::Invalid(x.to_string()))?;
+        Ok(true)
+    }
+
+    /// Gives back a hold whose refund did not happen.
+    pub fn release(&self, id: &str, amount: Amount) {
+        if let Some(mut e) = self.merchants.get_mut(id) {
+            e.held = e.held.checked_sub(amount).unwrap_or(Amount::ZERO);
+        }
+    }
+
+    fn publish(&self, changed: &[MerchantState], refunds: &[(String, Amount)]) {
+        for m in changed {
+            match self.merchants.get_mut(&m.id) {
+                Some(mut e) => e.durable = m.clone(),
+                None => {
+                    self.merchants.insert(
+                        m.id.clone(),
+                        BookEntry {
+                            durable: m.clone(),
+                            held: Amount::ZERO,
+                        },
+                    );
+                }
+            }
+        }
+        for (id, amount) in refunds {
+            self.release(id, *amount);
+        }
+    }
+}
+
+/// What a written batch changes for the [`MerchantBook`], published once it is durable.
+#[derive(Default)]
+pub struct Published {
+    merchants: Vec<MerchantState>,
+    refunds: Vec<(String, Amount)>,
+}
+
 /// The writer's own part of the view: merchants and the meta record, kept in memory (merchants
 /// are few) and written for every batch that changes them.
 pub struct WriterView {
     merchants: BTreeMap<String, MerchantState>,
     meta: ViewMeta,
+    book: Arc<MerchantBook>,
 }
 
 impl WriterView {
-    pub fn load(view: &StateView) -> Result<WriterView, ViewError> {
+    /// Loads the merchants and the meta record, and fills the book with the merchants.
+    pub fn load(view: &StateView, book: Arc<MerchantBook>) -> Result<WriterView, ViewError> {
+        let merchants = view.merchants()?;
+        let all: Vec<MerchantState> = merchants.values().cloned().collect();
+        book.publish(&all, &[]);
         Ok(WriterView {
-            merchants: view.merchants()?,
+            merchants,
             meta: view.meta()?.unwrap_or_default(),
+            book,
         })
+    }
+
+    /// Makes a written batch's merchants visible in the book (after the record's sync).
+    pub fn publish(&self, p: &Published) {
+        self.book.publish(&p.merchants, &p.refunds);
     }
 
     /// Applies the deltas of one batch (record `seq`) and returns the writes for it. On an
@@ -314,10 +421,12 @@ impl WriterView {
         &mut self,
         seq: u64,
         deltas: impl Iterator<Item = &'a WriterDelta>,
-    ) -> Result<Vec<ViewWrite>, ViewError> {
+    ) -> Result<(Vec<ViewWrite>, Published), ViewError> {
         let mut merchants: BTreeMap<String, MerchantState> = BTreeMap::new();
         let mut meta = self.meta.clone();
+        let mut refunds = Vec::new();
         for d in deltas {
+            refunds.extend(d.merchant_refunds.iter().cloned());
             meta.entries += 1;
             meta.clock = meta.clock.max(d.at);
             if let Some(c) = &d.config {
@@ -346,9 +455,13 @@ impl WriterView {
             .map(|m| ViewWrite::Put(key(MERCHANT, &m.id), encode(m)))
             .collect();
         writes.push(ViewWrite::Put(META_KEY.to_vec(), encode(&meta)));
+        let published = Published {
+            merchants: merchants.values().cloned().collect(),
+            refunds,
+        };
         self.merchants.extend(merchants);
         self.meta = meta;
-        Ok(writes)
+        Ok((writes, published))
     }
 }
 
@@ -454,19 +567,36 @@ impl Overlay {
     }
 }
 
-/// Writes one layer into sled as one sorted batch, with the meta record (`k`, stamped with
-/// the last record the layer covers) among its keys, and flushes.
+/// Keys written per sled batch in a checkpoint. sled applies a batch under its tree-wide write
+/// lock, which stops every read meanwhile (an actor's activation, a query): small batches keep
+/// those pauses short.
+const CHECKPOINT_CHUNK: usize = 512;
+
+/// Writes one layer into sled in sorted chunks, flushes, and only then writes the meta record
+/// (`k`, stamped with the last record the layer covers) and flushes again. A crash part-way
+/// leaves the old stamp: the next opening replays the log's tail from it, and since every
+/// write of a record sets a key to a value, replaying over keys already written gives the
+/// same view. So the checkpoint need not be one atomic batch.
 pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Result<(), ViewError> {
-    let mut keys: Vec<&Vec<u8>> = layer.keys().collect();
+    let mut keys: Vec<&Vec<u8>> = layer.keys().filter(|k| k.as_slice() != META_KEY).collect();
     keys.sort_unstable();
-    let mut batch = sled::Batch::default();
-    for k in keys {
-        match &layer[k] {
-            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-            None => batch.remove(k.as_slice()),
+    for chunk in keys.chunks(CHECKPOINT_CHUNK) {
+        let mut batch = sled::Batch::default();
+        for k in chunk {
+            match &layer[*k] {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
         }
+        tree.apply_batch(batch)?;
     }
-    tree.apply_batch(batch)?;
+    if let Some(meta) = layer.get(META_KEY) {
+        db.flush()?;
+        match meta {
+            Some(v) => tree.insert(META_KEY, v.as_slice())?,
+            None => tree.remove(META_KEY)?,
+        };
+    }
     db.flush()?;
     Ok(())
 }
