@@ -91,9 +91,16 @@ pub trait BankPort: Send + Sync + 'static {
     /// rides on the engine's log (the simulated bank) loads it from the view, registers with
     /// the journal and answers `true`: its operations are durable with the entries that name
     /// them, so there is nothing to reconcile and no operation index to keep. `names` maps an
-    /// account to the name the node stores for it (its keyed reference under a data key, I10).
-    /// An external bank keeps its own books and answers `false`.
-    fn attach(&self, _journal: &JournalHandle, _names: AccountNames) -> Result<bool, BankError> {
+    /// account to the name the node stores for it (its keyed reference under a data key, I10);
+    /// `moved` is, by that name, what the node's ledger has moved to (positive) or from
+    /// (negative) each account: its clearing balance. An external bank keeps its own books and
+    /// answers `false`.
+    fn attach(
+        &self,
+        _journal: &JournalHandle,
+        _names: AccountNames,
+        _moved: &HashMap<String, Amount>,
+    ) -> Result<bool, BankError> {
         Ok(false)
     }
 }
@@ -101,27 +108,39 @@ pub trait BankPort: Send + Sync + 'static {
 /// How the node names a bank account at rest: the account itself, or its keyed reference.
 pub type AccountNames = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
-/// An account at the simulated bank, as stored in the view (`s` + its stored name).
+/// An account at the simulated bank as decided: every operation answered so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SimAccount {
+    balance: Amount,
+    refuse: bool,
+}
+
+/// What the view keeps of an account (`s` + its stored name): only what the operators change,
+/// in records of its own. The money the node moves to and from the account is already durable
+/// in the ledger, as the postings on the account's clearing account, in the same record as the
+/// settlement that moved it; at opening the balance is `base` plus that clearing balance. So a
+/// settlement writes nothing for the bank but its own entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimAccount {
-    pub balance: Amount,
+pub struct SimRecord {
+    /// The opening balance plus every deposit.
+    pub base: Amount,
     pub refuse: bool,
 }
 
 struct Account {
-    /// As decided: every operation answered so far.
     live: SimAccount,
-    /// As durable: only the changes whose record is on disk, in log order.
-    durable: SimAccount,
+    /// As durable: changed only by records written, in log order.
+    durable: SimRecord,
 }
 
 /// A change of the simulated bank waiting for the record that makes it durable.
 enum Change {
-    Open(SimAccount),
+    Open(Amount),
     Deposit(Amount),
     Refuse(bool),
-    Debit(Amount),
-    Credit(Amount),
+    /// A debit or credit: durable with the entry naming it (as its clearing postings); kept
+    /// here until then only to answer a repeated id.
+    Moved,
 }
 
 struct Pending {
@@ -206,10 +225,6 @@ impl SimBank {
     /// Opens an account with an opening balance (money arriving from outside the system).
     pub fn open_account(&self, name: &str, balance: Amount) -> Result<(), BankError> {
         let key = self.stored(name)?;
-        let opened = SimAccount {
-            balance,
-            refuse: false,
-        };
         {
             let mut st = self.state.lock();
             if st.accounts.contains_key(&key) {
@@ -218,12 +233,15 @@ impl SimBank {
             st.accounts.insert(
                 key.clone(),
                 Account {
-                    live: opened.clone(),
-                    durable: SimAccount::default(),
+                    live: SimAccount {
+                        balance,
+                        refuse: false,
+                    },
+                    durable: SimRecord::default(),
                 },
             );
         }
-        self.write(key, Change::Open(opened))
+        self.write(key, Change::Open(balance))
     }
 
     /// While `refuse` is set, every debit of the account is refused.
@@ -318,7 +336,7 @@ impl SimBank {
             .accounts
             .get_mut(&key)
             .ok_or_else(|| BankError::UnknownAccount(op.account.clone()))?;
-        let (answer, change) = if debit {
+        let answer = if debit {
             if acct.live.refuse {
                 return Ok(BankAnswer::Refused("the bank refused the debit".into()));
             }
@@ -333,42 +351,52 @@ impl SimBank {
                 .balance
                 .checked_sub(op.amount)
                 .map_err(|e| BankError::Storage(e.to_string()))?;
-            (BankAnswer::Done, Change::Debit(op.amount))
+            BankAnswer::Done
         } else {
             acct.live.balance = acct
                 .live
                 .balance
                 .checked_add(op.amount)
                 .map_err(|_| BankError::Overflow(op.account.clone()))?;
-            (BankAnswer::Done, Change::Credit(op.amount))
+            BankAnswer::Done
         };
         st.pending.insert(
             op.id,
             Pending {
                 account: key,
-                change,
+                change: Change::Moved,
                 answer: answer.clone(),
             },
         );
         Ok(answer)
     }
 
-    /// Loads the accounts as the engine's view holds them and registers with its journal.
+    /// Loads the accounts as the engine's view holds them, each with what the node's ledger
+    /// moved to or from it, and registers with the journal.
     fn attach(
         self: &Arc<Self>,
         journal: &JournalHandle,
         names: AccountNames,
+        moved: &HashMap<String, Amount>,
     ) -> Result<(), BankError> {
         let mut accounts = HashMap::new();
         for kv in journal.view().sim_accounts() {
             let (name, bytes) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
-            let a: SimAccount =
+            let r: SimRecord =
                 bincode::deserialize(&bytes).map_err(|e| BankError::Storage(e.to_string()))?;
+            let moved = moved.get(&name).copied().unwrap_or(Amount::ZERO);
+            let balance = r
+                .base
+                .checked_add(moved)
+                .map_err(|e| BankError::Storage(e.to_string()))?;
             accounts.insert(
                 name,
                 Account {
-                    live: a.clone(),
-                    durable: a,
+                    live: SimAccount {
+                        balance,
+                        refuse: r.refuse,
+                    },
+                    durable: r,
                 },
             );
         }
@@ -407,11 +435,14 @@ impl LogParticipant for SimBank {
             let d = &mut acct.durable;
             // Bounded amounts: the same arithmetic already succeeded on the live balance.
             match p.change {
-                Change::Open(a) => *d = a,
-                Change::Deposit(x) | Change::Credit(x) => {
-                    d.balance = d.balance.checked_add(x).unwrap_or(d.balance)
+                Change::Moved => continue,
+                Change::Open(base) => {
+                    *d = SimRecord {
+                        base,
+                        refuse: false,
+                    }
                 }
-                Change::Debit(x) => d.balance = d.balance.checked_sub(x).unwrap_or(d.balance),
+                Change::Deposit(x) => d.base = d.base.checked_add(x).unwrap_or(d.base),
                 Change::Refuse(on) => d.refuse = on,
             }
             out.push(view::sim_account_write(
@@ -446,8 +477,13 @@ impl BankPort for SimBankPort {
         Ok(())
     }
 
-    fn attach(&self, journal: &JournalHandle, names: AccountNames) -> Result<bool, BankError> {
-        self.0.attach(journal, names)?;
+    fn attach(
+        &self,
+        journal: &JournalHandle,
+        names: AccountNames,
+        moved: &HashMap<String, Amount>,
+    ) -> Result<bool, BankError> {
+        self.0.attach(journal, names, moved)?;
         Ok(true)
     }
 }
@@ -469,20 +505,22 @@ mod tests {
         futures::executor::block_on(f)
     }
 
-    fn attached(dir: &Path) -> (Journal, Arc<SimBank>, SimBankPort) {
+    /// The bank opened with a journal; `moved` plays the ledger's clearing balances.
+    fn attached(dir: &Path, moved: i64) -> (Journal, Arc<SimBank>, SimBankPort) {
         let (journal, _) = Journal::open(dir, JournalConfig::default()).unwrap();
         let bank = SimBank::open(dir).unwrap();
         let port = SimBankPort(bank.clone());
         let names: AccountNames = Arc::new(|a: &str| a.to_string());
-        assert!(port.attach(&journal.handle(), names).unwrap());
+        let moved = HashMap::from([("acct".to_string(), Amount::from_cents(moved))]);
+        assert!(port.attach(&journal.handle(), names, &moved).unwrap());
         (journal, bank, port)
     }
 
     #[test]
-    fn operations_are_durable_only_with_the_record_that_names_them() {
+    fn operator_changes_are_durable_and_money_moved_comes_from_the_ledger() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (journal, bank, port) = attached(dir.path());
+            let (journal, bank, port) = attached(dir.path(), 0);
             bank.open_account("acct", Amount::from_cents(10_000))
                 .unwrap();
             assert_eq!(
@@ -495,23 +533,17 @@ mod tests {
             assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
             let refused = block_on(port.debit(op("d2", 6_000))).unwrap();
             assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
-            // d1's record; d3 is decided but no record ever names it (a crash before it).
-            journal
-                .handle()
-                .participant_link()
-                .append_ops_blocking(vec!["d1".into()])
-                .unwrap();
-            assert_eq!(block_on(port.credit(op("d3", 500))), Ok(BankAnswer::Done));
-            assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_500)));
+            bank.deposit("acct", Amount::from_cents(1)).unwrap();
             journal.close().unwrap();
         }
-        let (journal, bank, port) = attached(dir.path());
-        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_000)));
+        // Reopened with the ledger saying 60.00 left for the node (d1's entry): opening
+        // balance and deposit from the bank's own records, the rest from the ledger.
+        let (journal, bank, port) = attached(dir.path(), -6_000);
+        assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_001)));
         assert!(port.unconfirmed().unwrap().is_empty());
         bank.set_refuse("acct", true).unwrap();
-        bank.deposit("acct", Amount::from_cents(1)).unwrap();
         journal.close().unwrap();
-        let (_journal, bank, port) = attached(dir.path());
+        let (_journal, bank, port) = attached(dir.path(), -6_000);
         assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_001)));
         let refused = block_on(port.debit(op("d4", 1))).unwrap();
         assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");

@@ -35,7 +35,7 @@ use crate::ledger::{
     LedgerState, MerchantState, Order,
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
-use crate::money::Amount;
+use crate::money::{Amount, AmountError};
 use crate::seal::{self, DataKey};
 use crate::view::{self, StateView};
 use futures::StreamExt;
@@ -109,7 +109,7 @@ impl Default for EngineConfig {
                 .unwrap_or(2),
             mailbox_capacity: 256,
             max_in_flight: 100_000,
-            passivate_after: Duration::from_secs(60),
+            passivate_after: Duration::from_secs(2),
             issuer_key: None,
             data_key: None,
         }
@@ -423,6 +423,25 @@ pub struct RefundRequest {
     pub amount: String,
 }
 
+/// A place-order command with typed fields (for callers that hold an `Amount` and a
+/// `Release` already: the simulator, an API layer after its own parsing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceCmd {
+    pub id: String,
+    pub consumer: String,
+    pub merchant: String,
+    pub amount: Amount,
+    pub release: Release,
+}
+
+/// A refund command with a typed amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundCmd {
+    pub id: String,
+    pub order: String,
+    pub amount: Amount,
+}
+
 /// Parses a release condition, refusing anything that is not exactly one of the three forms.
 pub fn parse_release(v: &serde_json::Value) -> Result<Release, Refusal> {
     let invalid = |m: &str| Refusal::invalid(format!("release {v}: {m}"));
@@ -653,8 +672,6 @@ impl Engine {
             }
         }
 
-        // Reconcile: bank operations the journal does not hold belong to commands that were
-        // never acknowledged, and are undone.
         let mut info = RecoveryInfo {
             last_seq: recovered.last_seq,
             replayed: recovered.replayed,
@@ -663,21 +680,6 @@ impl Engine {
             store_ms,
             ..Default::default()
         };
-        let names: crate::bank::AccountNames = match cfg.data_key.clone() {
-            None => Arc::new(|account: &str| account.to_string()),
-            Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
-        };
-        let durable_with_log = bank.attach(&handle, names)?;
-        handle.index_bank_ops(!durable_with_log);
-        for op in bank.unconfirmed()? {
-            if handle.has_bank_op(&op.id)? {
-                bank.confirm(std::slice::from_ref(&op.id));
-                info.bank_ops_confirmed += 1;
-            } else {
-                bank.reverse(&op.id)?;
-                info.bank_ops_reversed += 1;
-            }
-        }
 
         let arbiters: Vec<Arbiter> = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
         let merchant_book = handle.merchants().clone();
@@ -705,9 +707,14 @@ impl Engine {
         // The only start-up work that grows with the accounts: one pass over the consumer
         // records for the open orders and the consumers with reserved credit.
         let scan = Instant::now();
+        // What the ledger moved to or from each bank account: its clearing balance.
+        let mut moved: std::collections::HashMap<String, Amount> = Default::default();
         for rec in view.consumer_records() {
             let c = rec?;
             info.consumers += 1;
+            if !c.bank_clearing.is_zero() {
+                moved.insert(c.bank.clone(), c.bank_clearing);
+            }
             // A store is written with a data key from its start or never: a mix would let one
             // bank account be designated twice (once by name, once by reference).
             if c.bank_sealed.is_some() != cfg.data_key.is_some() {
@@ -725,6 +732,24 @@ impl Engine {
                 shared
                     .open_orders
                     .insert(o.id.clone(), OrderKey::of(&c.id, o));
+            }
+        }
+        let names: crate::bank::AccountNames = match cfg.data_key.clone() {
+            None => Arc::new(|account: &str| account.to_string()),
+            Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
+        };
+        let durable_with_log = shared.bank.attach(&shared.journal, names, &moved)?;
+        drop(moved);
+        shared.journal.index_bank_ops(!durable_with_log);
+        // Reconcile: bank operations the journal does not hold belong to commands that were
+        // never acknowledged, and are undone.
+        for op in shared.bank.unconfirmed()? {
+            if shared.journal.has_bank_op(&op.id)? {
+                shared.bank.confirm(std::slice::from_ref(&op.id));
+                info.bank_ops_confirmed += 1;
+            } else {
+                shared.bank.reverse(&op.id)?;
+                info.bank_ops_reversed += 1;
             }
         }
         info.timed_consumers = shared.timed.len();
@@ -1042,15 +1067,46 @@ impl Engine {
     }
 
     /// Places an order: credit check and reservation, or direct settlement for small amounts.
+    /// The request as it arrives from outside: amount and release as text and JSON.
     pub async fn place_order(
         &self,
         req: PlaceOrder,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
         let amount = Amount::parse_positive(&req.amount);
         let release = parse_release(&req.release);
+        let cmd = PlaceCmd {
+            id: req.id,
+            consumer: req.consumer,
+            merchant: req.merchant,
+            amount: Amount::ZERO,
+            release: Release::Receipt,
+        };
+        self.place_parsed(cmd, amount, release, now).await
+    }
+
+    /// [`Engine::place_order`] with its fields already typed.
+    pub async fn place(&self, cmd: PlaceCmd, now: Secs) -> Result<CommandResult, EngineError> {
+        let amount = if cmd.amount.is_positive() {
+            Ok(cmd.amount)
+        } else {
+            Err(AmountError::NotPositive(cmd.amount))
+        };
+        let release = Ok(cmd.release.clone());
+        self.place_parsed(cmd, amount, release, now).await
+    }
+
+    /// Places an order whose amount and release were parsed (or failed to parse): the checks
+    /// in FORMAT.md's precedence, then the consumer's actor.
+    async fn place_parsed(
+        &self,
+        req: PlaceCmd,
+        amount: Result<Amount, AmountError>,
+        release: Result<Release, Refusal>,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
         let key_of = |amount: Amount, release: Release| OrderKey {
             consumer: req.consumer.clone(),
             merchant: req.merchant.clone(),
@@ -1212,9 +1268,37 @@ impl Engine {
         req: RefundRequest,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
+        let amount = Amount::parse_positive(&req.amount);
+        let cmd = RefundCmd {
+            id: req.id,
+            order: req.order,
+            amount: Amount::ZERO,
+        };
+        self.refund_parsed(cmd, amount, now).await
+    }
+
+    /// [`Engine::refund`] with its amount already typed.
+    pub async fn refund_typed(
+        &self,
+        cmd: RefundCmd,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
+        let amount = if cmd.amount.is_positive() {
+            Ok(cmd.amount)
+        } else {
+            Err(AmountError::NotPositive(cmd.amount))
+        };
+        self.refund_parsed(cmd, amount, now).await
+    }
+
+    async fn refund_parsed(
+        &self,
+        req: RefundCmd,
+        amount: Result<Amount, AmountError>,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let amount = Amount::parse_positive(&req.amount);
         let conflict = || {
             Refusal::conflict(format!(
                 "refund id {:?} is already used with other content",

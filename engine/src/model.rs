@@ -119,6 +119,20 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
+    /// The outcome as scenario files write it: `refused:credit`, …
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalKind::Conflict => "refused:conflict",
+            RefusalKind::Amount => "refused:amount",
+            RefusalKind::Invalid => "refused:invalid",
+            RefusalKind::Unknown => "refused:unknown",
+            RefusalKind::State => "refused:state",
+            RefusalKind::Credit => "refused:credit",
+            RefusalKind::Code => "refused:code",
+            RefusalKind::Funds => "refused:funds",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalKind::Conflict => "conflict",
@@ -174,7 +188,7 @@ impl Refusal {
     }
     /// `refused:REASON`, the form scenario files and the API use.
     pub fn code_str(&self) -> String {
-        format!("refused:{}", self.kind.as_str())
+        self.kind.code().to_string()
     }
 }
 

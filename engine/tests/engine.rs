@@ -88,8 +88,9 @@ impl BankPort for GatedBank {
         &self,
         journal: &onecard_engine::journal::JournalHandle,
         names: onecard_engine::bank::AccountNames,
+        moved: &std::collections::HashMap<String, Amount>,
     ) -> Result<bool, BankError> {
-        self.inner.attach(journal, names)
+        self.inner.attach(journal, names, moved)
     }
 }
 

@@ -184,7 +184,7 @@ impl Report {
         writeln!(s, "lifecycles by path: {}", paths.join(", "))?;
         let outcomes: Vec<String> = self
             .rec
-            .outcomes
+            .outcomes()
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
@@ -326,7 +326,7 @@ impl Report {
             "latency_ms": latency,
         });
         let more = json!({
-            "outcomes": self.rec.outcomes,
+            "outcomes": self.rec.outcomes(),
             "order_states": self.order_states,
             "peak_rss_bytes": self.peak_rss_run,
             "peak_rss_end_bytes": self.peak_rss_end,

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use onecard_engine::engine::{PlaceOrder, RefundRequest};
+use onecard_engine::engine::{PlaceCmd, RefundCmd};
 use onecard_engine::model::Secs;
-use onecard_engine::{Amount, CommandResult, Engine, EngineError, SimBank};
-use serde_json::json;
+use onecard_engine::{Amount, CommandResult, Engine, EngineError, Release, SimBank};
 
 use crate::population::{consumer_bank, consumer_id, merchant_id};
 use crate::stats::{OpKind, Recorder};
@@ -65,10 +64,10 @@ impl Book {
 }
 
 /// Outcomes as scenario files write them: `settled`, `refused:credit`, …
-fn outcome_str(r: &CommandResult) -> String {
+fn outcome_str(r: &CommandResult) -> &'static str {
     match r {
-        Ok(o) => o.as_str().to_string(),
-        Err(refusal) => refusal.code_str(),
+        Ok(o) => o.as_str(),
+        Err(refusal) => refusal.kind.code(),
     }
 }
 
@@ -191,8 +190,13 @@ impl Ctx {
         match job {
             Job::Lifecycle(lc) => self.lifecycle(lc).await,
             Job::Tick { now } => {
-                self.command(OpKind::Tick, "tick", &["ok"], self.engine.tick(now))
-                    .await;
+                self.command(
+                    OpKind::Tick,
+                    || "tick".into(),
+                    &["ok"],
+                    self.engine.tick(now),
+                )
+                .await;
             }
             Job::Deposit { consumer, amount } => {
                 let account = consumer_bank(consumer);
@@ -250,31 +254,33 @@ impl Ctx {
 
     /// Awaits one engine command, times it, and checks its outcome. `None` when the outcome is
     /// not one of `allowed` or the engine failed (both recorded).
+    /// `what` names the command in a report line; it is only built when there is one.
     async fn command(
         &self,
         kind: OpKind,
-        what: &str,
+        what: impl FnOnce() -> String,
         allowed: &[&str],
         fut: impl Future<Output = Result<CommandResult, EngineError>>,
-    ) -> Option<String> {
+    ) -> Option<&'static str> {
         let start = Instant::now();
         let result = fut.await;
         let took = start.elapsed();
         let mut rec = self.rec.borrow_mut();
         match result {
             Err(e) => {
-                rec.error(format!("{what}: engine error: {e}"));
+                rec.error(format!("{}: engine error: {e}", what()));
                 None
             }
             Ok(r) => {
                 let outcome = outcome_str(&r);
-                rec.op(kind, took, &outcome);
-                if allowed.contains(&outcome.as_str()) {
+                rec.op(kind, took, outcome);
+                if allowed.contains(&outcome) {
                     Some(outcome)
                 } else {
                     let message = r.err().map(|r| format!(" ({})", r.message));
                     rec.unexpected(format!(
-                        "{what}: {outcome}{} where the rules allow {}",
+                        "{}: {outcome}{} where the rules allow {}",
+                        what(),
                         message.unwrap_or_default(),
                         allowed.join(" or ")
                     ));
@@ -311,18 +317,20 @@ impl Ctx {
             Path::Code { code, .. }
             | Path::CodeDisputeCancel { code }
             | Path::Cancel { code: Some(code) }
-            | Path::Abandon { code: Some(code) } => json!({"on": "code", "code": code}),
-            Path::Time { after_secs } => json!({"on": "time", "after_secs": after_secs}),
-            _ => json!({"on": "receipt"}),
+            | Path::Abandon { code: Some(code) } => Release::Code(code.clone()),
+            Path::Time { after_secs } => Release::Time {
+                after_secs: *after_secs,
+            },
+            _ => Release::Receipt,
         };
-        let req = PlaceOrder {
+        let req = PlaceCmd {
             id: id.clone(),
             consumer: consumer_id(lc.consumer),
             merchant: merchant_id(lc.merchant),
-            amount: Amount::from_cents(lc.amount).to_string(),
+            amount: Amount::from_cents(lc.amount),
             release,
         };
-        let what = format!("place_order {id}");
+        let what = || format!("place_order {id}");
         let allowed = if lc.amount <= self.direct_max {
             PLACED_DIRECT
         } else {
@@ -331,12 +339,12 @@ impl Ctx {
         let placed = self
             .command(
                 OpKind::Place,
-                &what,
+                what,
                 allowed,
-                self.engine.place_order(req.clone(), now),
+                self.engine.place(req.clone(), now),
             )
             .await?;
-        let (end, settled) = match placed.as_str() {
+        let (end, settled) = match placed {
             "refused:credit" | "refused:funds" => (End::Refused, false),
             // Direct mode settled it at once: nothing to release.
             "settled" => (End::SettledOrAwaiting, true),
@@ -348,7 +356,7 @@ impl Ctx {
             0
         };
         if lc.repeat {
-            self.repeat(lc, req, &placed, settled, now).await?;
+            self.repeat(lc, req, placed, settled, now).await?;
         }
         Some((end, refunded))
     }
@@ -361,11 +369,11 @@ impl Ctx {
                 for k in 1..=*wrong {
                     self.wrong_code(id, code, k, now).await?;
                 }
-                let what = format!("enter_code {id} (right)");
+                let what = || format!("enter_code {id} (right)");
                 let o = self
                     .command(
                         OpKind::Code,
-                        &what,
+                        what,
                         SETTLES,
                         self.engine.enter_code(id, code, now),
                     )
@@ -404,40 +412,40 @@ impl Ctx {
     async fn repeat(
         &self,
         lc: &Lifecycle,
-        req: PlaceOrder,
+        req: PlaceCmd,
         first: &str,
         settled: bool,
         now: Secs,
     ) -> Option<()> {
         let id = req.id.clone();
-        let what = format!("place_order {id} (repeated)");
+        let what = || format!("place_order {id} (repeated)");
         self.command(
             OpKind::Place,
-            &what,
+            what,
             &[first],
-            self.engine.place_order(req.clone(), now),
+            self.engine.place(req.clone(), now),
         )
         .await?;
-        let other = PlaceOrder {
-            amount: Amount::from_cents(lc.amount + 1).to_string(),
+        let other = PlaceCmd {
+            amount: Amount::from_cents(lc.amount + 1),
             ..req
         };
-        let what = format!("place_order {id} (same id, another amount)");
+        let what = || format!("place_order {id} (same id, another amount)");
         self.command(
             OpKind::Place,
-            &what,
+            what,
             &["refused:conflict"],
-            self.engine.place_order(other, now),
+            self.engine.place(other, now),
         )
         .await?;
         if let (true, Some(amount)) = (settled, lc.refunds.last()) {
             let req = refund_request(lc.n, lc.refunds.len() - 1, &id, *amount);
-            let what = format!("refund {} of {id} (repeated)", req.id);
+            let what = || format!("refund {} of {id} (repeated)", req.id);
             self.command(
                 OpKind::Refund,
-                &what,
+                what,
                 &["refunded"],
-                self.engine.refund(req, now),
+                self.engine.refund_typed(req.clone(), now),
             )
             .await?;
         }
@@ -446,11 +454,11 @@ impl Ctx {
 
     /// Receipt confirmed, satisfied.
     async fn confirm(&self, id: &str, now: Secs) -> Option<(End, bool)> {
-        let what = format!("confirm_receipt {id}");
+        let what = || format!("confirm_receipt {id}");
         let o = self
             .command(
                 OpKind::Confirm,
-                &what,
+                what,
                 SETTLES,
                 self.engine.confirm_receipt(id, true, now),
             )
@@ -460,10 +468,10 @@ impl Ctx {
 
     /// Receipt confirmed, not satisfied: a pending receipt order becomes disputed.
     async fn dissatisfied(&self, id: &str, now: Secs) -> Option<()> {
-        let what = format!("confirm_receipt {id} (not satisfied)");
+        let what = || format!("confirm_receipt {id} (not satisfied)");
         self.command(
             OpKind::Confirm,
-            &what,
+            what,
             &["disputed"],
             self.engine.confirm_receipt(id, false, now),
         )
@@ -478,11 +486,11 @@ impl Ctx {
         } else {
             &["refused:code"]
         };
-        let what = format!("enter_code {id} (wrong, attempt {k})");
+        let what = || format!("enter_code {id} (wrong, attempt {k})");
         let wrong = format!("x{code}");
         self.command(
             OpKind::Code,
-            &what,
+            what,
             allowed,
             self.engine.enter_code(id, &wrong, now),
         )
@@ -491,10 +499,10 @@ impl Ctx {
     }
 
     async fn cancel(&self, id: &str, now: Secs) -> Option<()> {
-        let what = format!("cancel_order {id}");
+        let what = || format!("cancel_order {id}");
         self.command(
             OpKind::Cancel,
-            &what,
+            what,
             &["cancelled"],
             self.engine.cancel_order(id, now),
         )
@@ -509,12 +517,12 @@ impl Ctx {
         let mut refunded = 0;
         for (k, amount) in lc.refunds.iter().enumerate() {
             let req = refund_request(lc.n, k, id, *amount);
-            let what = format!("refund {} of {id}", req.id);
+            let what = || format!("refund {} of {id}", req.id);
             self.command(
                 OpKind::Refund,
-                &what,
+                what,
                 &["refunded"],
-                self.engine.refund(req, now),
+                self.engine.refund_typed(req.clone(), now),
             )
             .await?;
             refunded += amount;
@@ -524,10 +532,10 @@ impl Ctx {
 }
 
 /// The k-th refund of lifecycle `n`: its id is derived, so a repeat sends the same request.
-fn refund_request(n: u64, k: usize, order: &str, cents: i64) -> RefundRequest {
-    RefundRequest {
+fn refund_request(n: u64, k: usize, order: &str, cents: i64) -> RefundCmd {
+    RefundCmd {
         id: format!("r{n}.{k}"),
         order: order.to_string(),
-        amount: Amount::from_cents(cents).to_string(),
+        amount: Amount::from_cents(cents),
     }
 }

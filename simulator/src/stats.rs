@@ -92,8 +92,8 @@ const SAMPLES: usize = 20;
 pub struct Recorder {
     by_kind: BTreeMap<OpKind, Histogram<u64>>,
     consumer_commands: Histogram<u64>,
-    /// `kind:outcome` → how many, e.g. `place:accepted`, `confirm:awaiting_funds`.
-    pub outcomes: BTreeMap<String, u64>,
+    /// (kind, outcome) → how many; counted without building a string per command.
+    counts: std::collections::HashMap<(OpKind, &'static str), u64>,
     /// Lifecycles completed (all their commands answered as the rules allow), by path.
     pub lifecycles: BTreeMap<&'static str, u64>,
     pub unexpected: u64,
@@ -106,7 +106,7 @@ impl Default for Recorder {
         Recorder {
             by_kind: OpKind::ALL.iter().map(|k| (*k, histogram())).collect(),
             consumer_commands: histogram(),
-            outcomes: BTreeMap::new(),
+            counts: Default::default(),
             lifecycles: BTreeMap::new(),
             unexpected: 0,
             errors: 0,
@@ -117,7 +117,15 @@ impl Default for Recorder {
 
 impl Recorder {
     /// An acknowledged operation: its latency and its outcome.
-    pub fn op(&mut self, kind: OpKind, took: Duration, outcome: &str) {
+    /// `kind:outcome` → how many, e.g. `place:accepted`, `confirm:awaiting_funds`.
+    pub fn outcomes(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .iter()
+            .map(|((kind, outcome), n)| (format!("{}:{outcome}", kind.name()), *n))
+            .collect()
+    }
+
+    pub fn op(&mut self, kind: OpKind, took: Duration, outcome: &'static str) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         if let Some(h) = self.by_kind.get_mut(&kind) {
             h.saturating_record(us);
@@ -125,10 +133,7 @@ impl Recorder {
         if kind.is_consumer_command() {
             self.consumer_commands.saturating_record(us);
         }
-        *self
-            .outcomes
-            .entry(format!("{}:{outcome}", kind.name()))
-            .or_default() += 1;
+        *self.counts.entry((kind, outcome)).or_default() += 1;
     }
 
     /// An outcome the rules do not allow here.
@@ -200,7 +205,7 @@ mod tests {
         assert!((p.p50 - 500.0).abs() < 1.0, "{p:?}");
         assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
         assert_eq!(r.percentiles(OpKind::Tick).count, 1);
-        assert_eq!(r.outcomes["place:accepted"], 1000);
+        assert_eq!(r.outcomes()["place:accepted"], 1000);
     }
 
     #[test]
