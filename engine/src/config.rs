@@ -59,6 +59,7 @@ struct RawJournal {
     archive_dir: Option<std::path::PathBuf>,
     checkpoint_interval_ms: Option<u64>,
     checkpoint_max_keys: Option<usize>,
+    id_filter_capacity: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +167,10 @@ impl NodeConfig {
                 .journal
                 .checkpoint_max_keys
                 .unwrap_or(dj.checkpoint_max_keys),
+            id_filter_capacity: raw
+                .journal
+                .id_filter_capacity
+                .unwrap_or(dj.id_filter_capacity),
         };
         if let Some(n) = raw.engine.arbiters.filter(|n| *n > 0) {
             cfg.engine.arbiters = n;

@@ -43,7 +43,8 @@ use onecard_storage::wal::{Wal, WalConfig, WalCursor, WalError, WalReader};
 
 use crate::ledger::Entry;
 use crate::view::{
-    self, MerchantBook, Overlay, StateView, ViewError, ViewMeta, ViewWrite, WriterDelta, WriterView,
+    self, IdFilter, MerchantBook, Overlay, StateView, ViewError, ViewMeta, ViewWrite, WriterDelta,
+    WriterView,
 };
 
 pub use onecard_storage::wal::Hash;
@@ -102,6 +103,9 @@ pub struct JournalConfig {
     pub checkpoint_interval_ms: u64,
     /// … and as soon as it holds this many changed keys.
     pub checkpoint_max_keys: usize,
+    /// Closed orders and refunds the in-memory id filter is sized for (16 bits each: 32 MiB
+    /// for the default 16 million); beyond it, more new ids are looked up in the store.
+    pub id_filter_capacity: usize,
 }
 
 impl Default for JournalConfig {
@@ -115,6 +119,7 @@ impl Default for JournalConfig {
             archive_dir: None,
             checkpoint_interval_ms: 1_000,
             checkpoint_max_keys: 250_000,
+            id_filter_capacity: 16_000_000,
         }
     }
 }
@@ -154,6 +159,7 @@ struct LogSink {
     wal: Wal,
     view: WriterView,
     overlay: Arc<Overlay>,
+    ids: Arc<IdFilter>,
     shared: Arc<Common>,
     payload: Vec<u8>,
     released_through: u64,
@@ -239,6 +245,11 @@ impl Sink for LogSink {
         self.wal.sync().map_err(log_failure)?;
         debug_assert_eq!(written, seq);
         // Durable: now readers may see it, and the writer answers everyone.
+        for w in &writes {
+            if IdFilter::covers(w.key()) {
+                self.ids.insert(w.key());
+            }
+        }
         self.overlay.apply(seq, writes);
         self.view.publish(&published);
         let common = &self.shared;
@@ -444,6 +455,8 @@ pub struct Journal {
     db: sled::Db,
     tree: sled::Tree,
     checkpointer: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    /// The thread filling the id filter, and its stop flag.
+    filler: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
     path: PathBuf,
 }
 
@@ -610,7 +623,8 @@ impl Journal {
             opened.last_seq,
         )?;
         let overlay = Arc::new(Overlay::default());
-        let view = StateView::new(store.tree.clone(), overlay.clone());
+        let ids = Arc::new(IdFilter::with_capacity(cfg.id_filter_capacity));
+        let view = StateView::with_filter(store.tree.clone(), overlay.clone(), ids.clone());
         let meta = view.meta()?.unwrap_or_default();
         let book = Arc::new(MerchantBook::default());
         if meta.last_seq != opened.last_seq {
@@ -637,6 +651,7 @@ impl Journal {
             wal,
             view: WriterView::load(&view, book.clone())?,
             overlay: overlay.clone(),
+            ids: ids.clone(),
             shared: common.clone(),
             payload: Vec::with_capacity(1 << 20),
             released_through: 0,
@@ -651,6 +666,20 @@ impl Journal {
             },
         )
         .map_err(|e| JournalError::Thread(e.to_string()))?;
+        // The id filter is filled from the store in the background: opening does not wait for
+        // a pass over every closed order, and until the pass is done every id is looked up.
+        let filling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let filler = {
+            let (view, stop) = (view.clone(), filling.clone());
+            std::thread::Builder::new()
+                .name("id-filter".into())
+                .spawn(move || {
+                    if let Err(e) = view.fill_id_filter(&stop) {
+                        tracing::error!(error = %e, "the id filter could not be filled; ids are looked up in the store");
+                    }
+                })
+                .map_err(|e| JournalError::Thread(e.to_string()))?
+        };
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let checkpointer = {
             let (db, tree, overlay, common) = (
@@ -680,6 +709,7 @@ impl Journal {
             db: store.db,
             tree: store.tree,
             checkpointer: Some((stop, checkpointer)),
+            filler: Some((filling, filler)),
             path: dir.to_path_buf(),
         };
         Ok((
@@ -708,6 +738,10 @@ impl Journal {
     }
 
     fn shutdown(&mut self) -> Result<(), JournalError> {
+        if let Some((stop, thread)) = self.filler.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
         self.handle.writer.close();
         self.handle.common.participant.lock().take();
         if let Some((stop, thread)) = self.checkpointer.take() {

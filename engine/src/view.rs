@@ -608,13 +608,89 @@ pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Resu
 pub struct StateView {
     tree: sled::Tree,
     overlay: Arc<Overlay>,
+    ids: Arc<IdFilter>,
+}
+
+/// Whether an id may be a closed order or a refund: a Bloom filter over their view keys, so
+/// that a new id (nearly every place and refund) is answered from memory instead of a store
+/// read that finds nothing. False positives only cost that read; there are no false
+/// negatives once the filter is ready: every key the writer adds is inserted before the
+/// record is acknowledged, and the stored ones by [`StateView::fill_id_filter`] at opening
+/// (in the background: until it is done, the filter answers "maybe").
+pub struct IdFilter {
+    bits: Vec<std::sync::atomic::AtomicU64>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+/// Hashes per key: with 16 bits per key, 6 hashes give about 1 % false positives.
+const ID_FILTER_HASHES: u64 = 6;
+
+impl IdFilter {
+    /// A filter for about `capacity` ids at 16 bits each (beyond it the false positives grow,
+    /// never the misses).
+    pub fn with_capacity(capacity: usize) -> IdFilter {
+        let words = (capacity.max(1024) * 16).div_ceil(64).next_power_of_two();
+        IdFilter {
+            bits: (0..words).map(|_| Default::default()).collect(),
+            ready: Default::default(),
+        }
+    }
+
+    fn positions(&self, k: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+        h.write(k);
+        let a = h.finish();
+        // Kirsch-Mitzenmacher: k hashes from two.
+        let b = a.rotate_left(32) | 1;
+        let mask = (self.bits.len() as u64 * 64) - 1;
+        (0..ID_FILTER_HASHES).map(move |i| {
+            let bit = a.wrapping_add(i.wrapping_mul(b)) & mask;
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    pub fn insert(&self, k: &[u8]) {
+        for (word, bit) in self.positions(k) {
+            self.bits[word].fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `true` only when the key was never inserted (and the filter is ready).
+    pub fn surely_absent(&self, k: &[u8]) -> bool {
+        use std::sync::atomic::Ordering;
+        self.ready.load(Ordering::Acquire)
+            && self
+                .positions(k)
+                .any(|(word, bit)| self.bits[word].load(Ordering::Relaxed) & bit == 0)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a view key is one the filter covers.
+    pub fn covers(k: &[u8]) -> bool {
+        matches!(k.first(), Some(&ORDER) | Some(&REFUND))
+    }
 }
 
 type Kv = (Vec<u8>, Vec<u8>);
 
 impl StateView {
+    /// A view whose id filter is never ready (every id is looked up): for checks and tools.
     pub fn new(tree: sled::Tree, overlay: Arc<Overlay>) -> StateView {
-        StateView { tree, overlay }
+        StateView::with_filter(tree, overlay, Arc::new(IdFilter::with_capacity(0)))
+    }
+
+    pub fn with_filter(tree: sled::Tree, overlay: Arc<Overlay>, ids: Arc<IdFilter>) -> StateView {
+        StateView { tree, overlay, ids }
     }
 
     pub fn overlay(&self) -> &Arc<Overlay> {
@@ -725,11 +801,40 @@ impl StateView {
 
     /// A closed order (settled, cancelled, expired or refused).
     pub fn closed_order(&self, id: &str) -> Result<Option<StoredOrder>, ViewError> {
-        self.get("order", &key(ORDER, id))
+        let k = key(ORDER, id);
+        if self.ids.surely_absent(&k) {
+            return Ok(None);
+        }
+        self.get("order", &k)
     }
 
     pub fn refund(&self, id: &str) -> Result<Option<StoredRefund>, ViewError> {
-        self.get("refund", &key(REFUND, id))
+        let k = key(REFUND, id);
+        if self.ids.surely_absent(&k) {
+            return Ok(None);
+        }
+        self.get("refund", &k)
+    }
+
+    /// The filter of closed order and refund ids.
+    pub fn ids(&self) -> &Arc<IdFilter> {
+        &self.ids
+    }
+
+    /// Fills the id filter from the stored keys (a keys-only pass over closed orders and
+    /// refunds) and marks it ready. Until then every id is a "maybe" and is looked up.
+    /// Gives up (leaving the filter not ready) once `stop` is set.
+    pub fn fill_id_filter(&self, stop: &std::sync::atomic::AtomicBool) -> Result<(), ViewError> {
+        for prefix in [ORDER, REFUND] {
+            for (n, k) in self.tree.scan_prefix([prefix]).keys().enumerate() {
+                if n % 4096 == 0 && stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                self.ids.insert(&k?);
+            }
+        }
+        self.ids.set_ready();
+        Ok(())
     }
 
     /// The consumer a bank account is designated for.
@@ -870,6 +975,29 @@ impl StateView {
             state.authorisations.insert(a.order_id.clone(), a);
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_filter_never_misses_an_inserted_key_and_rarely_claims_an_absent_one() {
+        let f = IdFilter::with_capacity(10_000);
+        let inserted: Vec<Vec<u8>> = (0..10_000).map(|i| key(ORDER, &format!("o{i}"))).collect();
+        for k in &inserted {
+            f.insert(k);
+        }
+        // Not ready: every id is a "maybe".
+        assert!(!f.surely_absent(&key(ORDER, "never")));
+        f.set_ready();
+        assert!(inserted.iter().all(|k| !f.surely_absent(k)));
+        let maybes = (0..10_000)
+            .filter(|i| !f.surely_absent(&key(ORDER, &format!("new{i}"))))
+            .count();
+        assert!(maybes < 500, "{maybes} false positives in 10,000");
+        assert!(IdFilter::covers(&key(REFUND, "r")) && !IdFilter::covers(&key(CONSUMER, "c")));
     }
 }
 
