@@ -241,9 +241,10 @@ impl Sink for LogSink {
                 }
             }
         }
-        let (written, _) = self.wal.append(buf).map_err(log_failure)?;
+        let (written, hash) = self.wal.append(buf).map_err(log_failure)?;
         self.wal.sync().map_err(log_failure)?;
         debug_assert_eq!(written, seq);
+        writes.push(view::stamp_write(seq, &hash));
         // Durable: now readers may see it, and the writer answers everyone.
         for w in &writes {
             if IdFilter::covers(w.key()) {
@@ -536,8 +537,9 @@ impl ViewStore {
     }
 }
 
-/// Replays the log's records after the checkpoint's into the checkpoint, as one more
-/// checkpoint. Returns the meta at the end and how many records were replayed.
+/// Checks that the log still holds the very record the checkpoint covers, then replays the
+/// records after it into the checkpoint, as one more checkpoint. Returns how many records were
+/// replayed.
 fn replay_tail(
     dir: &Path,
     archive_dir: Option<&Path>,
@@ -545,16 +547,22 @@ fn replay_tail(
     checkpoint_seq: u64,
     last_seq: u64,
 ) -> Result<u64, JournalError> {
-    if checkpoint_seq >= last_seq {
+    if checkpoint_seq == 0 && last_seq == 0 {
         return Ok(0);
     }
+    let checkpoint = StateView::new(store.tree.clone(), Arc::new(Overlay::default()));
     let reader = WalReader::open(&Layout::of(dir).log, archive_dir)?;
-    let mut cursor = reader.cursor_after(checkpoint_seq)?;
+    let mut cursor = reader.cursor_after(checkpoint_seq.saturating_sub(1))?;
+    if checkpoint_seq > 0 {
+        let stamp = checkpoint.checkpoint_stamp()?;
+        check_stamp(&mut cursor, checkpoint_seq, stamp)?;
+    }
     let overlay = Overlay::default();
     let mut replayed = 0;
     while let Some(rec) = cursor.next_upto(last_seq) {
         let rec = rec?;
-        let writes = decode_writes(rec.seq, &rec.payload)?;
+        let mut writes = decode_writes(rec.seq, &rec.payload)?;
+        writes.push(view::stamp_write(rec.seq, &rec.hash));
         overlay.apply(rec.seq, writes);
         replayed += 1;
     }
@@ -568,6 +576,41 @@ fn replay_tail(
         view::write_checkpoint(&store.db, &store.tree, &layer)?;
     }
     Ok(replayed)
+}
+
+/// Reads record `seq` from a cursor placed just before it and checks it is the record the
+/// checkpoint's stamp names (by hash).
+pub fn check_stamp(
+    cursor: &mut WalCursor,
+    seq: u64,
+    stamp: Option<(u64, Hash)>,
+) -> Result<(), JournalError> {
+    let Some((stamp_seq, stamp_hash)) = stamp else {
+        return Err(JournalError::Corrupt {
+            seq,
+            reason: "the view's checkpoint covers this record but has no stamp".into(),
+        });
+    };
+    if stamp_seq != seq {
+        return Err(JournalError::Corrupt {
+            seq,
+            reason: format!(
+                "the view's checkpoint is at record {seq} but its stamp names record {stamp_seq}"
+            ),
+        });
+    }
+    match cursor.next_upto(seq) {
+        Some(Ok(rec)) if rec.hash == stamp_hash => Ok(()),
+        Some(Ok(_)) => Err(JournalError::Corrupt {
+            seq,
+            reason: "altered: it is not the record the view's checkpoint covers (its hash differs from the checkpoint's stamp)".into(),
+        }),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(JournalError::Corrupt {
+            seq,
+            reason: "missing: the view's checkpoint covers it but the log does not hold it".into(),
+        }),
+    }
 }
 
 impl Journal {
@@ -585,7 +628,9 @@ impl Journal {
             segment_bytes: cfg.segment_bytes,
             archive_dir: cfg.archive_dir.clone(),
         };
-        let (wal, opened) = Wal::open(&layout.log, wal_cfg, known_store)?;
+        let checkpoint_seq = checkpoint_meta.as_ref().map_or(0, |m| m.last_seq);
+        // Records the checkpoint covers were acknowledged: never cut as a torn tail.
+        let (wal, opened) = Wal::open_keeping(&layout.log, wal_cfg, known_store, checkpoint_seq)?;
         if known_store.is_none() {
             if checkpoint_meta.is_some() {
                 return Err(JournalError::Layout {
@@ -605,7 +650,6 @@ impl Journal {
             // A new store, or a lost view rebuilt from the whole log below.
             checkpoint.set_store_id(opened.store_id)?;
         }
-        let checkpoint_seq = checkpoint_meta.as_ref().map_or(0, |m| m.last_seq);
         if checkpoint_seq > opened.last_seq {
             return Err(JournalError::Corrupt {
                 seq: opened.last_seq + 1,

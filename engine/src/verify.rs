@@ -20,7 +20,7 @@ use crate::journal::{self, JournalError, Layout, ViewStore};
 use crate::ledger::{AccountRef, EventKind, LedgerState};
 use crate::model::{OrderState, RulesConfig};
 use crate::money::Amount;
-use crate::view::{Overlay, StateView, ViewError};
+use crate::view::{Overlay, StateView, ViewError, ViewWrite};
 
 /// Where verification failed, naming the record when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +190,13 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
             reader.first_seq().unwrap_or(1) - 1
         )));
     }
+    let stamp = checkpoint
+        .checkpoint_stamp()
+        .map_err(|e| open_err(e.to_string()))?;
     // The tail after the checkpoint, as the node would replay it at opening.
     let tail = Arc::new(Overlay::default());
+    // The keys no replay of the entries derives, rebuilt from every record's writes.
+    let mut non_ledger: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut state = LedgerState::new(RulesConfig::default());
     let mut balances: BTreeMap<AccountRef, Amount> = BTreeMap::new();
     let mut report = VerifyReport::default();
@@ -211,6 +216,29 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     }
     for rec in journal::read_log(dir, archive_dir).map_err(|e| open_err(e.to_string()))? {
         let (rec, writes) = rec.map_err(rec_err(last_seq))?;
+        if rec.seq == checkpoint_seq {
+            match stamp {
+                Some((seq, hash)) if seq == rec.seq && hash == rec.hash => {}
+                _ => {
+                    return Err(VerifyError::Record {
+                        seq: rec.seq,
+                        reason: "altered: it is not the record the view's checkpoint covers (its hash differs from the checkpoint's stamp)".into(),
+                    })
+                }
+            }
+        }
+        for w in &writes {
+            if w.key()
+                .first()
+                .is_some_and(|p| StateView::NON_LEDGER_PREFIXES.contains(p))
+            {
+                let value = match w {
+                    ViewWrite::Put(_, v) => Some(v.clone()),
+                    ViewWrite::Remove(_) => None,
+                };
+                non_ledger.insert(w.key().to_vec(), value);
+            }
+        }
         if rec.seq > checkpoint_seq {
             tail.apply(rec.seq, writes);
         }
@@ -247,7 +275,9 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
             ),
         });
     }
-    check_view(&StateView::new(store.tree.clone(), tail), last_seq, &state)?;
+    let view = StateView::new(store.tree.clone(), tail);
+    check_view(&view, last_seq, &state)?;
+    check_non_ledger(&view, non_ledger)?;
     if last_seq > 0 {
         report.view_checked = Some(last_seq);
     }
@@ -334,6 +364,34 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     report.state = state;
     drop(store);
     Ok(report)
+}
+
+/// The view's keys that are not the ledger's (the simulated bank's accounts, the
+/// bank-operation index) must equal what the log's records wrote, key by key.
+fn check_non_ledger(
+    view: &StateView,
+    mut written: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<(), VerifyError> {
+    let differs = |what: String| {
+        Err(VerifyError::Final(format!(
+            "account-state view differs from the log's records: {what}"
+        )))
+    };
+    let shown = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    for prefix in StateView::NON_LEDGER_PREFIXES {
+        for kv in view.entries_under(&[prefix]) {
+            let (k, v) = kv.map_err(|e| VerifyError::Final(format!("account-state view: {e}")))?;
+            match written.remove(&k) {
+                Some(Some(w)) if w == v => {}
+                Some(Some(_)) => return differs(format!("key {} holds another value", shown(&k))),
+                _ => return differs(format!("key {} was never written", shown(&k))),
+            }
+        }
+    }
+    match written.into_iter().find(|(_, v)| v.is_some()) {
+        Some((k, _)) => differs(format!("key {} is missing", shown(&k))),
+        None => Ok(()),
+    }
 }
 
 /// The account-state view must be at the last record and equal the replay exactly. Names the

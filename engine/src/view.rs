@@ -1,9 +1,11 @@
-//! The account-state view: the current state of every account, kept in the journal's sled tree
-//! next to the records, and written in the same atomic batch as the record that produced it.
+//! The account-state view: the current state of every account. Each log record carries the
+//! view's writes it causes; right after the record's sync they go into an in-memory
+//! [`Overlay`], and a checkpointer writes them to sled behind the log ([`write_checkpoint`]),
+//! stamped with the last record covered.
 //!
 //! Why: with a million consumers and years of orders, neither "replay the journal at start-up"
 //! nor "keep every account and order in memory" scales. The view makes start-up independent of
-//! the journal's length (nothing is replayed: the view is already at the head) and lets an
+//! the journal's length (only the log's tail after the checkpoint is replayed) and lets an
 //! account actor be passivated at any time it is idle (its state is the view's) and activated
 //! again by one read. Orders and ids live here, not in memory.
 //!
@@ -19,16 +21,21 @@
 //! | `n` card token | the card ([`crate::cards::Card`]: token, last four digits, status, PIN hash, counter, failures; never the full number, I10) | the engine's authentication center |
 //! | `q` reader id | the reader and its binding ([`crate::cards::Reader`]) | the engine's authentication center |
 //! | `z` order id | the payment's authorisation at a reader ([`crate::cards::Authorisation`]) | the engine |
+//! | `s` stored account name | the simulated bank's account: base balance and refuse flag (`bank::SimRecord`) | the simulated bank's own records |
+//! | `o` bank operation | the record holding it (only for a bank that reconciles at opening) | the journal writer |
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
+//! | `h` | the checkpoint's stamp: last record covered and its hash | the journal writer, after the sync |
+//! | `i` | the store id (as in the log's segment headers) | opening, once |
 //!
-//! Each write is a sled key rewritten at random, which costs far more than the journal's
-//! sequential append, so a command writes as few keys as it can: the consumer record always,
-//! an order record only when an order closes (or a closed one is refunded). An order placed
-//! and settled costs three view writes. Which open orders exist, and which consumers have
-//! reserved credit (for ticks), the engine rebuilds at start-up from the consumer records.
+//! Each key is rewritten at random in sled when checkpointed, which costs far more than the
+//! log's sequential append, so a command writes as few keys as it can: the consumer record
+//! always, an order record only when an order closes (or a closed one is refunded); the
+//! checkpoint coalesces a key written many times. Which open orders exist, and which consumers
+//! have reserved credit (for ticks), the engine rebuilds at start-up from the consumer records.
 //!
-//! Architecture invariant: the view always equals the replay of the journal up to its head.
-//! `verify` checks exactly that, account by account and order by order.
+//! Architecture invariant: the view (checkpoint + tail) always equals the replay of the journal
+//! up to its head. `verify` checks exactly that, account by account and order by order, and
+//! the keys no replay derives (`s`, `o`) against the log's own writes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -53,6 +60,19 @@ const SIM_ACCOUNT: u8 = b's';
 const META_KEY: &[u8] = b"k";
 /// The id of the store the checkpoint belongs to, the same as in the log's segment headers.
 const STORE_ID_KEY: &[u8] = b"i";
+/// The checkpoint's stamp: the last record it covers and that record's hash, so that opening
+/// and `verify` can check the log still holds that very record (nothing chains to the log's
+/// last record; this is what catches it altered).
+const STAMP_KEY: &[u8] = b"h";
+
+/// The stamp write for record `seq` with hash `hash` (added to the overlay after the sync,
+/// not part of the record's redo: the hash is known only once the record is framed).
+pub fn stamp_write(seq: u64, hash: &[u8; 32]) -> ViewWrite {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(hash);
+    ViewWrite::Put(STAMP_KEY.to_vec(), v)
+}
 
 /// Why the view could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -590,13 +610,14 @@ pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Resu
         }
         tree.apply_batch(batch)?;
     }
-    if let Some(meta) = layer.get(META_KEY) {
-        db.flush()?;
-        match meta {
-            Some(v) => tree.insert(META_KEY, v.as_slice())?,
-            None => tree.remove(META_KEY)?,
-        };
+    db.flush()?;
+    let mut last = sled::Batch::default();
+    for k in [META_KEY, STAMP_KEY] {
+        if let Some(Some(v)) = layer.get(k) {
+            last.insert(k, v.as_slice());
+        }
     }
+    tree.apply_batch(last)?;
     db.flush()?;
     Ok(())
 }
@@ -750,6 +771,19 @@ impl StateView {
         }
     }
 
+    /// Every key under `prefix` with its value, the overlay merged over sled (for verify).
+    pub fn entries_under<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), ViewError>> + 'a {
+        self.scan(prefix)
+    }
+
+    /// The keys that are not the ledger's: written by records but not derived from the
+    /// entries (the simulated bank's accounts, the bank-operation index). `verify` rebuilds
+    /// them from the log's writes and compares.
+    pub const NON_LEDGER_PREFIXES: [u8; 2] = [SIM_ACCOUNT, BANK_OP];
+
     /// The simulated bank's accounts: stored name and encoded account.
     pub fn sim_accounts(&self) -> impl Iterator<Item = Result<(String, Vec<u8>), ViewError>> + '_ {
         self.scan(&[SIM_ACCOUNT])
@@ -759,6 +793,24 @@ impl StateView {
     /// Whether a bank operation is recorded in a durable entry (the bank-operation index).
     pub fn has_bank_op(&self, op: &str) -> Result<bool, ViewError> {
         Ok(self.get_raw(&key(BANK_OP, op))?.is_some())
+    }
+
+    /// The checkpoint's stamp in sled: the last record it covers and that record's hash.
+    pub fn checkpoint_stamp(&self) -> Result<Option<(u64, [u8; 32])>, ViewError> {
+        match self.tree.get(STAMP_KEY)? {
+            None => Ok(None),
+            Some(v) if v.len() == 40 => {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&v[..8]);
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&v[8..]);
+                Ok(Some((u64::from_be_bytes(seq), hash)))
+            }
+            Some(v) => Err(ViewError::Invalid(format!(
+                "the checkpoint's stamp has {} bytes",
+                v.len()
+            ))),
+        }
     }
 
     /// The id of the store this view belongs to (set when the store was created).
@@ -978,6 +1030,14 @@ impl StateView {
     }
 }
 
+impl ViewWrite {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ViewWrite::Put(k, _) | ViewWrite::Remove(k) => k,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,13 +1058,5 @@ mod tests {
             .count();
         assert!(maybes < 500, "{maybes} false positives in 10,000");
         assert!(IdFilter::covers(&key(REFUND, "r")) && !IdFilter::covers(&key(CONSUMER, "c")));
-    }
-}
-
-impl ViewWrite {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            ViewWrite::Put(k, _) | ViewWrite::Remove(k) => k,
-        }
     }
 }

@@ -815,6 +815,18 @@ impl Wal {
         cfg: WalConfig,
         expect_store: Option<StoreId>,
     ) -> Result<(Wal, WalOpened), WalError> {
+        Wal::open_keeping(dir, cfg, expect_store, 0)
+    }
+
+    /// [`Wal::open`] for a caller that knows records up to `keep_through` were acknowledged
+    /// (a checkpoint covers them): what looks like a torn tail at or below it cannot be an
+    /// unfinished write, so it is refused as damage and nothing is cut.
+    pub fn open_keeping(
+        dir: &Path,
+        cfg: WalConfig,
+        expect_store: Option<StoreId>,
+        keep_through: u64,
+    ) -> Result<(Wal, WalOpened), WalError> {
         let existed = dir.exists();
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         if !existed {
@@ -883,7 +895,15 @@ impl Wal {
                     records += 1;
                 }
                 Step::End => break,
-                Step::Torn(_) => {
+                Step::Torn(reason) => {
+                    if exp <= keep_through {
+                        return Err(corrupt(
+                            exp,
+                            &last.seg.path,
+                            off,
+                            format!("{reason}; the record was acknowledged (a checkpoint covers record {keep_through}), so it is damage, not an unfinished write: nothing was cut"),
+                        ));
+                    }
                     torn_bytes = r.file_len()? - off;
                     break;
                 }
