@@ -1,6 +1,9 @@
-//! The durable journal alone: appends acknowledged after the group-commit flush.
+//! The write-ahead log alone, then the journal on it: appends acknowledged after the sync.
 //!
-//! - `journal/append_flush_1`: one entry at a time, each awaited (a flush per entry).
+//! - `log/append_sync_1`: one 256-byte record appended and fdatasync'ed at a time.
+//! - `log/append_sync_4096`: 4,096 records of 256 bytes per fdatasync (a full group commit).
+//! - `journal/append_flush_1`: one entry at a time through the group-commit writer, each
+//!   awaited (a sync per entry), with its view writes.
 //! - `journal/append_flush_256`: 256 appends in flight; the writer batches them.
 //!
 //! Run: `cargo bench --bench journal`. Results: BENCHMARKS.md.
@@ -12,6 +15,7 @@ use onecard_engine::journal::{Journal, JournalConfig};
 use onecard_engine::ledger::{consumer_opened_event, ConsumerState, Entry};
 use onecard_engine::view::{self, ViewWrite};
 use onecard_engine::Amount;
+use onecard_storage::wal::{Wal, WalConfig};
 
 /// An entry of a typical size (a settlement-sized event with postings) and the view's writes
 /// that come with it (a consumer record and a bank key).
@@ -30,6 +34,31 @@ fn entry(n: u64) -> (Entry, Vec<ViewWrite>) {
     );
     c.apply(&ev, n).expect("applies");
     (Entry::new(n, vec![ev]), view::opened_consumer_writes(&c))
+}
+
+fn log_benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalConfig::default(), None).unwrap();
+    let record = vec![0x5a_u8; 256];
+    let mut group = c.benchmark_group("log");
+    group.measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("append_sync_1", |b| {
+        b.iter(|| {
+            wal.append(&record).unwrap();
+            wal.sync().unwrap();
+        })
+    });
+    group.throughput(Throughput::Elements(4096));
+    group.bench_function("append_sync_4096", |b| {
+        b.iter(|| {
+            for _ in 0..4096 {
+                wal.append(&record).unwrap();
+            }
+            wal.sync().unwrap();
+        })
+    });
+    group.finish();
 }
 
 fn journal_benches(c: &mut Criterion) {
@@ -89,5 +118,5 @@ fn journal_benches(c: &mut Criterion) {
     journal.close().unwrap();
 }
 
-criterion_group!(benches, journal_benches);
+criterion_group!(benches, log_benches, journal_benches);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Order lifecycles through the real engine: per-account actors, the group-commit journal on
-//! sled (every acknowledged command flushed) and the simulated bank (every operation flushed).
+//! the write-ahead log (every acknowledged command synced), the view checkpointed behind it,
+//! and the simulated bank (its side of a settlement durable in the same record).
 //!
 //! - `lifecycle/sequential`: one order placed, then settled on receipt (with the top-up back
 //!   to the cap), waiting for each acknowledgement: the latency of a whole lifecycle.

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod crypto;
+pub mod error;
 pub mod pin;
 pub mod prompt;
 

@@ -15,7 +15,8 @@ use onecard_sim::card::applet::CardApplet;
 #[command(
     about = "Runs a seeded population and workload over the real engine and checks every invariant",
     long_about = "Runs a seeded population and workload over the real engine, in process: per-account \
-actors, the durable journal on sled and the simulated bank on sled, all in the data directory. \
+actors, the durable journal (a write-ahead log, the view checkpointed behind it) and the simulated \
+bank, all in the data directory. \
 Opens the population (timed apart), runs the order lifecycles with CONCURRENCY of them in flight, \
 drains (bank refusals lifted, a final tick that settles what is due and expires abandoned \
 orders), closes the engine, runs `verify` on the data directory and checks conservation of \

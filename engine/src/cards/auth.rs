@@ -80,41 +80,7 @@ pub const CARD_NUMBER_MAX_DIGITS: usize = 19;
 /// Longest reader id, owner or account id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
-/// Errors of the administrative operations and of the PIN primitives. They never carry a full
-/// card number (only a masked one) nor a PIN.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CardError {
-    #[error("a PIN is 4 to 12 digits")]
-    InvalidPin,
-    #[error("PIN hashing failed: {0}")]
-    PinHashing(String),
-    #[error("not an Argon2id PIN hash")]
-    InvalidPinHash,
-    #[error("the encrypted PIN could not be read")]
-    PinTransport,
-    #[error("a card number is 12 to 19 digits")]
-    InvalidCardNumber,
-    /// A stored card whose token is not 64 lowercase hex digits, is not the key it is stored
-    /// under, or whose last four are not four digits.
-    #[error("a stored card token or last four digits are malformed")]
-    InvalidCardToken,
-    #[error("card {0} is already issued")]
-    DuplicateCard(String),
-    #[error("no card {0}")]
-    UnknownCard(String),
-    #[error("card {0} was reported lost and cannot be unlocked")]
-    CardLost(String),
-    #[error("invalid {field}: must be 1 to 128 bytes")]
-    InvalidField { field: &'static str },
-    #[error("reader {0} is already registered")]
-    DuplicateReader(String),
-    #[error("no reader {0}")]
-    UnknownReader(String),
-    #[error("card {card} is already bound to reader {reader}")]
-    CardAlreadyBound { card: String, reader: String },
-    #[error("reader account {account} is not the holder of card {card}")]
-    AccountMismatch { account: String, card: String },
-}
+pub use super::error::CardError;
 
 /// `************7890`: every character but the last four replaced by `*` (all of them for
 /// four characters or fewer).

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::auth::CardError;
 use super::crypto::CHALLENGE_LEN;
+use super::error::CardError;
 
 /// Fewest digits in a PIN.
 pub const PIN_MIN_DIGITS: usize = 4;
