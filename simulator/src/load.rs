@@ -323,8 +323,10 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     let drain_secs = drain_start.elapsed().as_secs_f64();
 
     let checks_start = Instant::now();
+    let bank_balances = bank.balances();
+    // Summarised and dropped at once: the replay below is another whole ledger.
     let live = match engine.ledger_state().await {
-        Ok(s) => Some(s),
+        Ok(s) => Some(checks::LiveSummary::of(&s, &bank_balances)),
         Err(e) => {
             common
                 .rec
@@ -334,7 +336,6 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         }
     };
     sole(engine)?.close().await?;
-    let bank_balances = bank.balances();
     bank.close();
     drop(bank);
     let verified = verify::verify(&dir);
@@ -357,8 +358,10 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         verify: &verified,
         recovery: restart.as_ref().map(|r: &Restart| &r.info),
     });
-    let final_state = verified.as_ref().ok().map(|r| &r.state).or(live.as_ref());
-    let digest = final_state.map(|s| checks::digest(s, &bank_balances));
+    let final_state = verified.as_ref().ok().map(|r| &r.state);
+    let digest = final_state
+        .map(|s| checks::digest(s, &bank_balances))
+        .or_else(|| live.as_ref().map(|l| l.digest.clone()));
     let order_states = final_state.map(checks::order_states).unwrap_or_default();
     let verify = match &verified {
         Ok(r) => VerifySummary {
