@@ -25,10 +25,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::bank::{BankAnswer, BankOp};
-use crate::engine::{EngineError, Lease, Shared};
+use crate::error::EngineError;
 use crate::ledger::{ConsumerState, Entry, Event, EventKind, PlaceDecision, ReleaseDecision};
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
 use crate::money::Amount;
+use crate::router::{Lease, Shared};
 use crate::view;
 
 /// A command for one consumer's actor.
@@ -72,7 +73,7 @@ pub struct ConsumerMsg {
     pub cmd: ConsumerCmd,
     pub now: Secs,
     /// Keeps the actor resident until this message is handled.
-    pub lease: Lease,
+    pub lease: Lease<ConsumerActor>,
 }
 
 impl Message for ConsumerMsg {

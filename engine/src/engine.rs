@@ -5,75 +5,50 @@
 //! are checked here in the precedence FORMAT.md fixes — conflict, amount, invalid, unknown —
 //! before they reach the actor that owns the account, which decides the rest.
 //!
-//! Consumer actors are activated on their first message and passivated when idle: the router
-//! (`Shared::route`) keeps a slot per resident consumer, counting the messages handed to its
-//! actor and not yet handled. A slot is removed only while that count is zero, under the map's
-//! lock, so a message either reaches the live actor or finds no slot and activates a fresh one
-//! from the account-state view. Messages arriving while an actor is being activated wait on
-//! the slot until it is up. No message can reach an actor that is being retired.
+//! This module keeps the [`Engine`] itself, its settings and its command and query methods.
+//! The rest of what the engine does lives beside it: [`crate::router`] (what the actors
+//! share, the slots of resident actors, leases, passivation), `directory` (the id
+//! directories), [`crate::recovery`] (what opening does to recover), `auth_front` (the card
+//! and reader operations, as `impl Engine` blocks), [`crate::commands`] (the request types)
+//! and [`crate::error`]. The types other crates name through `engine::` are re-exported here.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::actors::{ConsumerActor, ConsumerCmd, ConsumerMsg, ConsumerReply};
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
-use crate::cards::{
-    AuthCenter, AuthChange, AuthOutcome, CardError, CardKey, ChallengeIssued, EncryptedPin,
-    IssuerKey, NewReader, SwipeRefusal,
-};
-use crate::journal::{Journal, JournalConfig, JournalError, JournalHandle};
+use crate::cards::{AuthCenter, IssuerKey};
+use crate::directory::{claim_id, Directory, OrderKey, RefundKey};
+use crate::journal::{Journal, JournalConfig};
 use crate::ledger::{
-    next_time_work, sealed_consumer_opened_event, ConsumerState, Entry, Event, EventKind,
-    LedgerState, MerchantState, Order,
+    sealed_consumer_opened_event, ConsumerState, Entry, Event, EventKind, LedgerState,
+    MerchantState, Order,
 };
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::{Amount, AmountError};
+use crate::recovery::OpenedStore;
+use crate::router::Router;
 use crate::seal::{self, DataKey};
-use crate::view::{self, StateView};
+use crate::view;
 use futures::StreamExt;
+
+pub use crate::commands::{
+    parse_release, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder, RefundCmd, RefundRequest,
+};
+pub use crate::error::EngineError;
+pub use crate::recovery::RecoveryInfo;
+pub use crate::router::{Lease, ResidencyStats, Shared};
+
+use crate::commands::check_id;
 
 /// How many consumers a tick visits at once.
 const TICK_FAN_OUT: usize = 64;
-
-/// Faults: the command could not be carried out, and nothing was acknowledged. Business
-/// refusals are not faults; they are the `Err` side of a [`CommandResult`].
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("journal: {0}")]
-    Journal(#[from] JournalError),
-    #[error("bank: {0}")]
-    Bank(#[from] BankError),
-    #[error("engine unavailable: {0}")]
-    Unavailable(String),
-    #[error("overloaded: {0} commands already in progress; retry later with the same id")]
-    Overloaded(usize),
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("internal error (a bug): {0}")]
-    Internal(String),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl From<crate::view::ViewError> for EngineError {
-    fn from(e: crate::view::ViewError) -> Self {
-        EngineError::Journal(JournalError::View(e))
-    }
-}
-
-impl From<MailboxError> for EngineError {
-    fn from(e: MailboxError) -> Self {
-        EngineError::Unavailable(format!("account actor unreachable: {e}"))
-    }
-}
 
 /// Engine settings: the rules, the journal's tuning and the actor pool.
 #[derive(Debug, Clone)]
@@ -116,376 +91,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// The content that identifies an order id's first use (I6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct OrderKey {
-    consumer: String,
-    merchant: String,
-    amount: Amount,
-    release: Release,
-}
-
-impl OrderKey {
-    fn of(consumer: &str, o: &Order) -> OrderKey {
-        OrderKey {
-            consumer: consumer.to_string(),
-            merchant: o.merchant.clone(),
-            amount: o.amount,
-            release: o.release.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RefundKey {
-    order: String,
-    amount: Amount,
-}
-
-/// Milliseconds since the first call: a cheap clock for idle times.
-fn monotonic_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// The router's slot for one resident consumer.
-struct Slot {
-    /// The actor, once activated; messages arriving during activation wait here.
-    addr: tokio::sync::OnceCell<Addr<ConsumerActor>>,
-    /// Messages handed to the actor and not yet handled (leases alive).
-    outstanding: AtomicUsize,
-    last_used_ms: AtomicU64,
-}
-
-/// A message's claim on its consumer's slot: while any lease is alive the actor is not
-/// passivated. It travels inside the message and is dropped when the actor has handled it (or
-/// when the message is dropped unhandled), not when the caller stops waiting.
-pub struct Lease(Arc<Slot>);
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.last_used_ms.store(monotonic_ms(), Ordering::Release);
-        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Counters of the actors' residency.
-#[derive(Debug, Default)]
-pub struct ResidencyStats {
-    pub activations: AtomicU64,
-    pub passivations: AtomicU64,
-}
-
-/// What the actors share: the rules, the journal and its view, the bank and the router.
-pub struct Shared {
-    pub rules: RulesConfig,
-    pub journal: JournalHandle,
-    pub view: StateView,
-    pub bank: Arc<dyn BankPort>,
-    pub mailbox_capacity: usize,
-    /// Resident consumers (activated and not yet passivated).
-    residents: DashMap<String, Arc<Slot>>,
-    /// Merchants' durable balances, published by the journal writer.
-    merchants: Arc<crate::view::MerchantBook>,
-    /// Order ids being placed right now: claimed before they are in the view, so that two
-    /// concurrent places of one id with different content cannot both go ahead.
-    placing: DashMap<String, OrderKey>,
-    /// Refund ids being refunded right now.
-    refunding: DashMap<String, RefundKey>,
-    /// Open orders (pending, awaiting funds, disputed) → their content. Closed orders are
-    /// looked up in the view; open ones live inside their consumer's record, so this map is
-    /// what finds their consumer. Rebuilt at start-up from the consumer records.
-    open_orders: DashMap<String, OrderKey>,
-    /// Consumers that will have time-driven work, and from when on (`next_time_work`): a
-    /// tick visits only those due, so its work follows what is due, not what is open.
-    timed: DashMap<String, Secs>,
-    arbiters: Vec<ArbiterHandle>,
-    bank_op_prefix: String,
-    bank_op_counter: AtomicU64,
-    in_flight: AtomicUsize,
-    max_in_flight: usize,
-    residency: ResidencyStats,
-    /// The data key, if bank accounts are stored sealed.
-    data_key: Option<DataKey>,
-    /// Bank reference → the account it stands for, unsealed on first use. Memory only.
-    bank_accounts: DashMap<String, String>,
-}
-
-impl Shared {
-    /// The reference the node stores for bank account `account`: the account itself without
-    /// a data key.
-    pub fn bank_ref(&self, account: &str) -> String {
-        match &self.data_key {
-            None => account.to_string(),
-            Some(key) => seal::bank_ref(key, account),
-        }
-    }
-
-    /// The real bank account behind the stored reference `bank_ref` (the reference itself
-    /// without a data key): from the cache, or unsealed from its owner's consumer record.
-    pub fn real_bank_account(&self, bank_ref: &str) -> Result<String, EngineError> {
-        let Some(key) = &self.data_key else {
-            return Ok(bank_ref.to_string());
-        };
-        if let Some(a) = self.bank_accounts.get(bank_ref) {
-            return Ok(a.clone());
-        }
-        let missing = || EngineError::Internal(format!("no sealed bank account for {bank_ref}"));
-        let owner = self.view.bank_owner(bank_ref)?.ok_or_else(missing)?;
-        let sealed = self
-            .view
-            .consumer_record(&owner)?
-            .and_then(|r| r.bank_sealed)
-            .ok_or_else(missing)?;
-        let account =
-            seal::unseal(key, bank_ref, &sealed).map_err(|e| EngineError::Config(e.to_string()))?;
-        self.bank_accounts
-            .insert(bank_ref.to_string(), account.clone());
-        Ok(account)
-    }
-
-    /// A bank operation id never used before, by this run or any earlier one.
-    pub fn new_bank_op_id(&self) -> String {
-        let n = self.bank_op_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.bank_op_prefix)
-    }
-
-    /// Keeps the open-order directory up to date after an order changed durably.
-    pub fn note_order(&self, consumer: &str, order: &Order) {
-        if order.state.is_open() {
-            if !self.open_orders.contains_key(&order.id) {
-                self.open_orders
-                    .insert(order.id.clone(), OrderKey::of(consumer, order));
-            }
-        } else {
-            self.open_orders.remove(&order.id);
-        }
-    }
-
-    /// Keeps the consumers a tick must visit up to date: `next` is when this one will first
-    /// have time-driven work, if ever.
-    pub fn note_time_work(&self, consumer: &str, next: Option<Secs>) {
-        match next {
-            Some(at) => {
-                if self.timed.get(consumer).map(|e| *e) != Some(at) {
-                    self.timed.insert(consumer.to_string(), at);
-                }
-            }
-            None => {
-                if self.timed.contains_key(consumer) {
-                    self.timed.remove(consumer);
-                }
-            }
-        }
-    }
-
-    fn arbiter_for(&self, id: &str) -> &ArbiterHandle {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
-    }
-
-    /// The actor of a consumer, activated from the view if it is not resident, and a lease
-    /// that keeps it resident until the message carrying the lease is handled. `None` if
-    /// there is no such consumer.
-    async fn route(
-        self: &Arc<Self>,
-        consumer: &str,
-    ) -> Result<Option<(Addr<ConsumerActor>, Lease)>, EngineError> {
-        let slot = match self.residents.get(consumer) {
-            Some(slot) => {
-                // Under the map's read lock: the sweeper removes only under the write lock.
-                slot.outstanding.fetch_add(1, Ordering::AcqRel);
-                slot.clone()
-            }
-            None => match self.residents.entry(consumer.to_string()) {
-                MapEntry::Occupied(o) => {
-                    o.get().outstanding.fetch_add(1, Ordering::AcqRel);
-                    o.get().clone()
-                }
-                MapEntry::Vacant(v) => {
-                    let slot = Arc::new(Slot {
-                        addr: tokio::sync::OnceCell::new(),
-                        outstanding: AtomicUsize::new(1),
-                        last_used_ms: AtomicU64::new(monotonic_ms()),
-                    });
-                    v.insert(slot.clone());
-                    slot
-                }
-            },
-        };
-        let lease = Lease(slot.clone());
-        let activated = slot
-            .addr
-            .get_or_try_init(|| async {
-                match self.view.consumer_record(consumer) {
-                    Err(e) => Err(Some(e)),
-                    Ok(None) => Err(None),
-                    Ok(Some(record)) => {
-                        let state = record.into_state();
-                        let shared = self.clone();
-                        let addr = ConsumerActor::start_in_arbiter(
-                            self.arbiter_for(consumer),
-                            move |_| ConsumerActor::new(state, shared),
-                        );
-                        self.residency.activations.fetch_add(1, Ordering::Relaxed);
-                        Ok(addr)
-                    }
-                }
-            })
-            .await;
-        match activated {
-            Ok(addr) => Ok(Some((addr.clone(), lease))),
-            Err(e) => {
-                drop(lease);
-                // Free the empty slot unless another message is waiting on it.
-                self.residents.remove_if(consumer, |_, s| {
-                    s.outstanding.load(Ordering::Acquire) == 0 && !s.addr.initialized()
-                });
-                match e {
-                    None => Ok(None),
-                    Some(e) => Err(e.into()),
-                }
-            }
-        }
-    }
-
-    /// Passivates every consumer actor idle for `idle` with nothing outstanding: its slot is
-    /// removed, the actor stops when its last address is dropped. Returns how many.
-    fn passivate_idle(&self, idle: Duration) -> usize {
-        let now = monotonic_ms();
-        let idle = idle.as_millis() as u64;
-        let mut passivated = 0;
-        self.residents.retain(|_, s| {
-            let retire = s.outstanding.load(Ordering::Acquire) == 0
-                && now.saturating_sub(s.last_used_ms.load(Ordering::Acquire)) >= idle;
-            passivated += retire as usize;
-            !retire
-        });
-        self.residency
-            .passivations
-            .fetch_add(passivated as u64, Ordering::Relaxed);
-        passivated
-    }
-
-    /// Gives back a refund's hold on the merchant's balance: the refund did not happen.
-    pub fn credit_merchant_back(&self, merchant: &str, amount: Amount) {
-        self.merchants.release(merchant, amount);
-    }
-
-    /// Holds `amount` of the merchant's durable balance for a refund; the journal writer
-    /// takes the hold back when it writes the refund.
-    pub fn debit_merchant_for_refund(
-        &self,
-        merchant: &str,
-        amount: Amount,
-    ) -> Result<Result<(), Refusal>, EngineError> {
-        if self.merchants.hold(merchant, amount)? {
-            return Ok(Ok(()));
-        }
-        let balance = self
-            .merchants
-            .get(merchant)
-            .map(|m| m.balance)
-            .unwrap_or(Amount::ZERO);
-        Ok(Err(Refusal::funds(format!(
-            "merchant {merchant} holds {balance} (refunds in progress included), less than the refund of {amount}"
-        ))))
-    }
-}
-
-/// A request to open a consumer: amounts as text, checked by the engine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OpenConsumer {
-    pub consumer: String,
-    pub credit_limit: String,
-    /// The designated bank account, which must exist at the bank.
-    pub bank: String,
-    /// Moved from the bank account into the wallet at opening.
-    pub wallet: String,
-}
-
-/// A request to place an order, as it arrives from outside.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlaceOrder {
-    pub id: String,
-    pub consumer: String,
-    pub merchant: String,
-    pub amount: String,
-    /// One of `{"on":"receipt"}`, `{"on":"code","code":"…"}`, `{"on":"time","after_secs":N}`.
-    pub release: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RefundRequest {
-    pub id: String,
-    pub order: String,
-    pub amount: String,
-}
-
-/// A place-order command with typed fields (for callers that hold an `Amount` and a
-/// `Release` already: the simulator, an API layer after its own parsing).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlaceCmd {
-    pub id: String,
-    pub consumer: String,
-    pub merchant: String,
-    pub amount: Amount,
-    pub release: Release,
-}
-
-/// A refund command with a typed amount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundCmd {
-    pub id: String,
-    pub order: String,
-    pub amount: Amount,
-}
-
-/// Parses a release condition, refusing anything that is not exactly one of the three forms.
-pub fn parse_release(v: &serde_json::Value) -> Result<Release, Refusal> {
-    let invalid = |m: &str| Refusal::invalid(format!("release {v}: {m}"));
-    let obj = v.as_object().ok_or_else(|| invalid("must be an object"))?;
-    let on = obj
-        .get("on")
-        .and_then(|x| x.as_str())
-        .ok_or_else(|| invalid("needs \"on\""))?;
-    let allowed: &[&str] = match on {
-        "receipt" => &["on"],
-        "code" => &["on", "code"],
-        "time" => &["on", "after_secs"],
-        _ => return Err(invalid("\"on\" must be receipt, code or time")),
-    };
-    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(invalid(&format!("unexpected field {k:?}")));
-    }
-    match on {
-        "receipt" => Ok(Release::Receipt),
-        "code" => match obj.get("code").and_then(|c| c.as_str()) {
-            Some(c) if !c.is_empty() && c.len() <= 256 => Ok(Release::Code(c.to_string())),
-            _ => Err(invalid("a code release needs a non-empty \"code\" string")),
-        },
-        _ => match obj.get("after_secs").and_then(|s| s.as_u64()) {
-            Some(n) if n > 0 => Ok(Release::Time { after_secs: n }),
-            _ => Err(invalid(
-                "a time release needs a positive integer \"after_secs\"",
-            )),
-        },
-    }
-}
-
-/// Checks an id or a name from outside: non-empty, bounded, printable.
-fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control()) {
-        return Err(Refusal::invalid(format!(
-            "{what} {id:?} must be 1 to 128 characters with no control characters"
-        )));
-    }
-    Ok(())
-}
-
 /// A command's place among those in progress; given back on drop.
-struct Admission<'a>(&'a std::sync::atomic::AtomicUsize);
+pub(crate) struct Admission<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
@@ -511,7 +118,9 @@ impl Drop for Claim<'_> {
 pub struct Engine {
     /// The passivation sweeper's thread and the sender whose drop stops it.
     sweeper: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    /// The resident consumer actors and the arbiters they run on.
+    router: Arc<Router<ConsumerActor>>,
     arbiters: Vec<Arbiter>,
     journal: Option<Journal>,
     clock: AtomicU64,
@@ -522,123 +131,7 @@ pub struct Engine {
     recovery: RecoveryInfo,
     /// The authentication center, when an issuer key is configured. Its durable changes are
     /// journaled, in the order they were made, before the call that made them answers.
-    auth: Option<Arc<std::sync::Mutex<AuthCenter>>>,
-}
-
-/// A card to issue (F1): its number, its holder (an existing consumer), the PIN (kept only as
-/// an Argon2id hash) and the holder's registered delivery address.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct IssueCard {
-    pub number: String,
-    pub holder: String,
-    pub pin: String,
-    pub registered_address: String,
-}
-
-impl std::fmt::Debug for IssueCard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssueCard")
-            .field("number", &crate::cards::mask_card_number(&self.number))
-            .field("holder", &self.holder)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What opening the data directory found.
-#[derive(Debug, Clone, Default)]
-pub struct RecoveryInfo {
-    /// The last record of the journal, where the account-state view is.
-    pub last_seq: u64,
-    pub entries: u64,
-    pub consumers: usize,
-    pub merchants: usize,
-    /// Consumers that will have time-driven work (a tick visits them once it is due).
-    pub timed_consumers: usize,
-    pub open_orders: usize,
-    pub bank_ops_confirmed: usize,
-    pub bank_ops_reversed: usize,
-    /// Records of the log's tail replayed over the view's checkpoint.
-    pub replayed: u64,
-    /// Bytes of a torn tail (a record never acknowledged) cut off the log.
-    pub torn_bytes: u64,
-    /// Opening the store (checkpoint + tail), in milliseconds.
-    pub store_ms: f64,
-    /// The pass over the consumer records (open orders, reserved credit), in milliseconds.
-    pub scan_ms: f64,
-}
-
-/// Records an authorisation durably with its order id (the address decision included), before
-/// the caller hears of it.
-async fn record_authorisation(
-    journal: &JournalHandle,
-    now: Secs,
-    outcome: &AuthOutcome,
-) -> Result<(), EngineError> {
-    if let AuthOutcome::Authorised(a) = outcome {
-        let entry = Entry::new(
-            now,
-            vec![Event::new(EventKind::PaymentAuthorised(a.clone()))],
-        );
-        journal
-            .append(&entry, vec![view::authorisation_write(a)])
-            .await?;
-    }
-    Ok(())
-}
-
-/// Security log of an authentication's outcome (the card appears only masked: I10).
-fn log_auth_outcome(account: Option<&str>, outcome: &AuthOutcome) {
-    let account = account.unwrap_or("?");
-    match outcome {
-        AuthOutcome::Authorised(a) => tracing::info!(
-            account,
-            card = %format!("************{}", a.card_last4),
-            order = a.order_id,
-            temporary_address_change = a.temporary_address_change,
-            "payment authorised"
-        ),
-        AuthOutcome::ConfirmAddressChange => {
-            tracing::info!(account, "delivery address differs: asking the consumer")
-        }
-        AuthOutcome::CreditRefused { .. } | AuthOutcome::AddressChangeDeclined => {
-            tracing::info!(account, outcome = ?outcome, "payment not authorised")
-        }
-        other => tracing::warn!(account, outcome = ?other, "authentication refused"),
-    }
-}
-
-/// An id claimed by a command in progress; released on drop.
-struct IdClaim<'a, K> {
-    map: &'a DashMap<String, K>,
-    id: Option<String>,
-}
-
-impl<K> Drop for IdClaim<'_, K> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.map.remove(&id);
-        }
-    }
-}
-
-/// Claims `id` for `key` in `map`: `Err(())` if it is claimed with other content; a guard
-/// that releases the claim if this call made it.
-fn claim_id<'a, K: PartialEq + Clone>(
-    map: &'a DashMap<String, K>,
-    id: &str,
-    key: &K,
-) -> Result<IdClaim<'a, K>, ()> {
-    match map.entry(id.to_string()) {
-        MapEntry::Occupied(o) if o.get() != key => Err(()),
-        MapEntry::Occupied(_) => Ok(IdClaim { map, id: None }),
-        MapEntry::Vacant(v) => {
-            v.insert(key.clone());
-            Ok(IdClaim {
-                map,
-                id: Some(id.to_string()),
-            })
-        }
-    }
+    pub(crate) auth: Option<Arc<std::sync::Mutex<AuthCenter>>>,
 }
 
 impl Engine {
@@ -653,35 +146,16 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         cfg.rules.validate().map_err(EngineError::Config)?;
         std::fs::create_dir_all(dir)?;
-        let started = Instant::now();
-        let (journal, recovered) = Journal::open(dir, cfg.journal.clone())?;
-        let store_ms = started.elapsed().as_secs_f64() * 1e3;
-        let handle = journal.handle();
-        let view = handle.view();
-        let meta = recovered.meta;
-        if meta.entries > 0 && cfg.rules.wallet_cap < meta.config.wallet_cap {
-            // Only a lowered cap can be below an existing wallet: look, once.
-            for rec in view.consumer_records() {
-                let c = rec?;
-                if c.wallet > cfg.rules.wallet_cap {
-                    return Err(EngineError::Config(format!(
-                        "wallet_cap {} is below the wallet of {} ({}); lowering the cap below existing wallets is refused",
-                        cfg.rules.wallet_cap, c.id, c.wallet
-                    )));
-                }
-            }
-        }
-
-        let mut info = RecoveryInfo {
-            last_seq: recovered.last_seq,
-            replayed: recovered.replayed,
-            torn_bytes: recovered.torn_bytes,
-            entries: meta.entries,
-            store_ms,
-            ..Default::default()
-        };
+        let OpenedStore {
+            journal,
+            handle,
+            view,
+            meta,
+            mut info,
+        } = crate::recovery::open_store(dir, &cfg.rules, cfg.journal.clone())?;
 
         let arbiters: Vec<Arbiter> = (0..cfg.arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        let router = Arc::new(Router::new(arbiters.iter().map(|a| a.handle()).collect()));
         let merchant_book = handle.merchants().clone();
         let shared = Arc::new(Shared {
             rules: cfg.rules.clone(),
@@ -689,87 +163,22 @@ impl Engine {
             view: view.clone(),
             bank,
             mailbox_capacity: cfg.mailbox_capacity.max(1),
-            residents: DashMap::new(),
             merchants: merchant_book,
-            placing: DashMap::new(),
-            refunding: DashMap::new(),
-            open_orders: DashMap::new(),
-            timed: DashMap::new(),
-            arbiters: arbiters.iter().map(|a| a.handle()).collect(),
+            directory: Directory::default(),
             bank_op_prefix: format!("{:016x}", rand::random::<u64>()),
             bank_op_counter: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight.max(1),
-            residency: ResidencyStats::default(),
             data_key: cfg.data_key.clone(),
             bank_accounts: DashMap::new(),
         });
-        // The only start-up work that grows with the accounts: one pass over the consumer
-        // records for the open orders and the consumers with reserved credit.
-        let scan = Instant::now();
-        // What the ledger moved to or from each bank account: its clearing balance.
-        let mut moved: std::collections::HashMap<String, Amount> = Default::default();
-        for rec in view.consumer_records() {
-            let c = rec?;
-            info.consumers += 1;
-            if !c.bank_clearing.is_zero() {
-                moved.insert(c.bank.clone(), c.bank_clearing);
-            }
-            // A store is written with a data key from its start or never: a mix would let one
-            // bank account be designated twice (once by name, once by reference).
-            if c.bank_sealed.is_some() != cfg.data_key.is_some() {
-                return Err(EngineError::Config(format!(
-                    "consumer {} was stored {} a data key, and the node is opened {} one; set ONECARD_DATA_KEY as when the store was created",
-                    c.id,
-                    if c.bank_sealed.is_some() { "with" } else { "without" },
-                    if cfg.data_key.is_some() { "with" } else { "without" },
-                )));
-            }
-            if let Some(at) = next_time_work(c.open_orders.iter(), &cfg.rules) {
-                shared.timed.insert(c.id.clone(), at);
-            }
-            for o in &c.open_orders {
-                shared
-                    .open_orders
-                    .insert(o.id.clone(), OrderKey::of(&c.id, o));
-            }
-        }
-        let names: crate::bank::AccountNames = match cfg.data_key.clone() {
-            None => Arc::new(|account: &str| account.to_string()),
-            Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
-        };
-        let durable_with_log = shared.bank.attach(&shared.journal, names, &moved)?;
-        drop(moved);
-        shared.journal.index_bank_ops(!durable_with_log);
-        // Reconcile: bank operations the journal does not hold belong to commands that were
-        // never acknowledged, and are undone.
-        for op in shared.bank.unconfirmed()? {
-            if shared.journal.has_bank_op(&op.id)? {
-                shared.bank.confirm(std::slice::from_ref(&op.id));
-                info.bank_ops_confirmed += 1;
-            } else {
-                shared.bank.reverse(&op.id)?;
-                info.bank_ops_reversed += 1;
-            }
-        }
-        info.timed_consumers = shared.timed.len();
-        info.open_orders = shared.open_orders.len();
-        info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
-        info.merchants = shared.merchants.len();
-        let auth = match &cfg.issuer_key {
-            None => None,
-            Some(key) => {
-                let state = view.auth_state(cfg.rules.auth.clone())?;
-                let center = AuthCenter::from_state(key.clone(), state).map_err(|e| {
-                    EngineError::Config(format!("the stored cards and readers: {e}"))
-                })?;
-                Some(Arc::new(std::sync::Mutex::new(center)))
-            }
-        };
+        crate::recovery::scan_and_reconcile(&shared, &cfg.rules, cfg.data_key.as_ref(), &mut info)?;
+        let auth = crate::recovery::load_auth_center(&view, cfg.issuer_key.as_ref(), &cfg.rules)?;
         let mut engine = Engine {
             auth,
             sweeper: None,
             shared,
+            router,
             arbiters,
             journal: Some(journal),
             clock: AtomicU64::new(meta.clock),
@@ -792,7 +201,7 @@ impl Engine {
     /// the consumer actors idle for `passivate_after`, on a thread of its own.
     fn start_passivation(&mut self, passivate_after: Duration) -> Result<(), EngineError> {
         let period = (passivate_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let shared = Arc::downgrade(&self.shared);
+        let router = Arc::downgrade(&self.router);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         // Its own thread, not an arbiter: a sweep over many resident consumers must not hold
         // up the actors of an arbiter. Ends when `stop` is dropped (at close).
@@ -802,7 +211,7 @@ impl Engine {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(period)
                 {
-                    match shared.upgrade() {
+                    match router.upgrade() {
                         Some(s) => {
                             s.passivate_idle(passivate_after);
                         }
@@ -816,17 +225,17 @@ impl Engine {
 
     /// Consumer actors in memory now.
     pub fn resident_consumers(&self) -> usize {
-        self.shared.residents.len()
+        self.router.residents.len()
     }
 
     /// How many consumer actors were activated and passivated since the engine opened.
     pub fn residency(&self) -> &ResidencyStats {
-        &self.shared.residency
+        &self.router.residency
     }
 
     /// Passivates now every consumer actor idle for at least `idle` (tests, operators).
     pub fn passivate_idle(&self, idle: Duration) -> usize {
-        self.shared.passivate_idle(idle)
+        self.router.passivate_idle(idle)
     }
 
     /// The journal's counters: records written, entries in them, flushes.
@@ -851,13 +260,13 @@ impl Engine {
         self.clock.load(Ordering::Acquire)
     }
 
-    fn advance_clock(&self, now: Secs) -> Secs {
+    pub(crate) fn advance_clock(&self, now: Secs) -> Secs {
         self.clock.fetch_max(now, Ordering::AcqRel).max(now)
     }
 
     /// Admission control: every command holds a place while it runs, so the work queued in
     /// the engine (mailboxes, the journal's queue, bank calls) stays bounded end to end.
-    fn admit(&self) -> Result<Admission<'_>, EngineError> {
+    pub(crate) fn admit(&self) -> Result<Admission<'_>, EngineError> {
         let before = self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         let admission = Admission(&self.shared.in_flight);
         if before >= self.shared.max_in_flight {
@@ -892,7 +301,7 @@ impl Engine {
 
     pub fn has_consumer(&self, id: &str) -> Result<bool, EngineError> {
         if self
-            .shared
+            .router
             .residents
             .get(id)
             .is_some_and(|s| s.addr.initialized())
@@ -1053,13 +462,34 @@ impl Engine {
         Ok(Ok(Outcome::Ok))
     }
 
+    /// The actor of a consumer, activated from the view if it is not resident, and a lease
+    /// that keeps it resident until the message carrying the lease is handled. `None` if
+    /// there is no such consumer.
+    async fn route(
+        &self,
+        consumer: &str,
+    ) -> Result<Option<(Addr<ConsumerActor>, Lease<ConsumerActor>)>, EngineError> {
+        self.router
+            .route(consumer, |arbiter| {
+                let Some(record) = self.shared.view.consumer_record(consumer)? else {
+                    return Ok::<_, EngineError>(None);
+                };
+                let state = record.into_state();
+                let shared = self.shared.clone();
+                Ok(Some(ConsumerActor::start_in_arbiter(arbiter, move |_| {
+                    ConsumerActor::new(state, shared)
+                })))
+            })
+            .await
+    }
+
     async fn ask_consumer(
         &self,
         consumer: &str,
         cmd: ConsumerCmd,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
-        let Some((addr, lease)) = self.shared.route(consumer).await? else {
+        let Some((addr, lease)) = self.route(consumer).await? else {
             return Ok(Err(Refusal::unknown(format!("no consumer {consumer:?}"))));
         };
         let ConsumerReply::Done(r) = addr.send(ConsumerMsg { cmd, now, lease }).await??;
@@ -1152,7 +582,7 @@ impl Engine {
             // content goes to the same actor, which answers the repeat with the first outcome.
             // (One that finished in between is in the view, and the actor finds it there.)
             let key = key_of(amount, release);
-            match claim_id(&self.shared.placing, &req.id, &key) {
+            match claim_id(&self.shared.directory.placing, &req.id, &key) {
                 Ok(c) => _claim = Some(c),
                 Err(()) => return Ok(Err(conflict())),
             }
@@ -1174,24 +604,13 @@ impl Engine {
     /// The content an order id was first used with: being placed now, open, or closed in
     /// the view.
     fn order_key(&self, order: &str) -> Result<Option<OrderKey>, EngineError> {
-        if let Some(k) = self.shared.placing.get(order) {
-            return Ok(Some(k.clone()));
-        }
-        if let Some(k) = self.shared.open_orders.get(order) {
-            return Ok(Some(k.clone()));
-        }
-        Ok(self
-            .shared
-            .view
-            .closed_order(order)?
-            .map(|s| OrderKey::of(&s.consumer, &s.order)))
+        self.shared.directory.order_key(&self.shared.view, order)
     }
 
     fn owner_of_order(&self, order: &str) -> Result<Result<String, Refusal>, EngineError> {
-        Ok(self
-            .order_key(order)?
-            .map(|k| k.consumer)
-            .ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
+        self.shared
+            .directory
+            .owner_of_order(&self.shared.view, order)
     }
 
     /// The consumer confirms receipt: satisfied settles, not satisfied disputes.
@@ -1309,7 +728,7 @@ impl Engine {
             order: req.order.clone(),
             amount: *a,
         });
-        let recorded = match self.shared.refunding.get(&req.id) {
+        let recorded = match self.shared.directory.refunding.get(&req.id) {
             Some(k) => Some(k.clone()),
             None => self.shared.view.refund(&req.id)?.map(|s| RefundKey {
                 order: s.refund.order,
@@ -1337,7 +756,7 @@ impl Engine {
             amount,
         };
         // Claimed until it is in the view. A refused refund leaves no trace: its id stays free.
-        let Ok(_claim) = claim_id(&self.shared.refunding, &req.id, &key) else {
+        let Ok(_claim) = claim_id(&self.shared.directory.refunding, &req.id, &key) else {
             return Ok(Err(conflict()));
         };
         let cmd = ConsumerCmd::Refund {
@@ -1346,269 +765,6 @@ impl Engine {
             amount,
         };
         self.ask_consumer(&consumer, cmd, now).await
-    }
-
-    fn auth_center(&self) -> Result<Arc<std::sync::Mutex<AuthCenter>>, EngineError> {
-        self.auth.clone().ok_or_else(|| {
-            EngineError::Config(
-                "no card issuer key is configured (ONECARD_ISSUER_KEY): cards are disabled".into(),
-            )
-        })
-    }
-
-    /// Runs `op` on the authentication center on a blocking thread (PIN hashing and checks
-    /// take Argon2id's time), queues its durable changes to the journal while still holding
-    /// the center (so that changes reach the journal in the order they were made), then waits
-    /// until they are on disk before returning the result.
-    async fn with_auth<T: Send + 'static>(
-        &self,
-        now: Secs,
-        op: impl FnOnce(&mut AuthCenter) -> T + Send + 'static,
-    ) -> Result<T, EngineError> {
-        let center = self.auth_center()?;
-        let journal = self.shared.journal.clone();
-        let (result, durable) = tokio::task::spawn_blocking(move || {
-            let mut c = center
-                .lock()
-                .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?;
-            let result = op(&mut c);
-            let changes: Vec<AuthChange> = c.take_changes();
-            let durable = (!changes.is_empty()).then(|| {
-                let writes = view::auth_writes(&changes);
-                let events = changes
-                    .into_iter()
-                    .map(|ch| Event::new(EventKind::Auth(ch)))
-                    .collect();
-                journal.append(&Entry::new(now, events), writes)
-            });
-            Ok::<_, EngineError>((result, durable))
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("authentication task: {e}")))??;
-        if let Some(d) = durable {
-            d.await?;
-        }
-        Ok(result)
-    }
-
-    /// Issues a card to an existing consumer (F1). Returns the card's key, derived from the
-    /// issuer master key, for personalising the card; the node keeps only the PIN's hash.
-    pub async fn issue_card(
-        &self,
-        req: IssueCard,
-        now: Secs,
-    ) -> Result<Result<CardKey, CardError>, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        if !self.has_consumer(&req.holder)? {
-            return Ok(Err(CardError::InvalidField { field: "holder" }));
-        }
-        self.with_auth(now, move |c| {
-            c.issue_card(
-                &req.number,
-                &req.holder,
-                &req.pin,
-                &req.registered_address,
-                &mut rand::rngs::OsRng,
-            )
-        })
-        .await
-    }
-
-    /// Registers a reader and binds it 1:1 to its card and account (F2). The node stores the
-    /// reader with the card's token, not its number.
-    pub async fn register_reader(
-        &self,
-        reader: NewReader,
-        now: Secs,
-    ) -> Result<Result<(), CardError>, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        self.with_auth(now, move |c| c.register_reader(reader))
-            .await
-    }
-
-    /// Administrator: unlocks a card locked by wrong PINs.
-    pub async fn unlock_card(
-        &self,
-        number: &str,
-        now: Secs,
-    ) -> Result<Result<(), CardError>, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        let number = number.to_string();
-        self.with_auth(now, move |c| c.unlock_card(&number)).await
-    }
-
-    /// The holder reports the card lost: it never authenticates again.
-    pub async fn report_lost(
-        &self,
-        number: &str,
-        now: Secs,
-    ) -> Result<Result<(), CardError>, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        let number = number.to_string();
-        self.with_auth(now, move |c| c.report_lost(&number)).await
-    }
-
-    /// Step 2 (F2, I9): a reader, from `peer`, presents a card for an order. A challenge if
-    /// reader, card and address are bound to each other; a refusal (rate-limited) otherwise.
-    pub async fn swipe(
-        &self,
-        reader_id: &str,
-        card_number: &str,
-        peer: std::net::IpAddr,
-        order_id: &str,
-        amount: Amount,
-        now: Secs,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        let Ok(amount_cents) = u64::try_from(amount.cents()) else {
-            return Ok(Err(SwipeRefusal::InvalidOrder));
-        };
-        let masked = crate::cards::mask_card_number(card_number);
-        let (reader, card_number, order_id) = (
-            reader_id.to_string(),
-            card_number.to_string(),
-            order_id.to_string(),
-        );
-        let result = self
-            .with_auth(now, move |c| {
-                c.swipe(
-                    &reader,
-                    &card_number,
-                    peer,
-                    &order_id,
-                    amount_cents,
-                    now,
-                    &mut rand::rngs::OsRng,
-                )
-            })
-            .await?;
-        // Security log: every refused swipe, with the card masked (I10). Refusals of a reader
-        // already rate-limited are logged at debug only, so that a flood cannot flood the log.
-        match &result {
-            Err(SwipeRefusal::RateLimited { retry_at }) => {
-                tracing::debug!(reader = reader_id, card = %masked, %peer, retry_at, "swipe refused: rate-limited")
-            }
-            Err(refusal) => {
-                tracing::warn!(reader = reader_id, card = %masked, %peer, reason = %refusal, "swipe refused")
-            }
-            Ok(_) => {
-                tracing::info!(reader = reader_id, card = %masked, "swipe accepted: challenge issued")
-            }
-        }
-        Ok(result)
-    }
-
-    /// The account an outstanding challenge is for, and its available credit now in cents.
-    fn challenge_credit(&self, challenge_id: &str) -> Result<(Option<String>, u64), EngineError> {
-        let account = self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_account(challenge_id);
-        let credit = self.available_credit_cents(account.as_deref())?;
-        Ok((account, credit))
-    }
-
-    /// The available credit of a consumer now, in cents (0 if unknown).
-    fn available_credit_cents(&self, consumer: Option<&str>) -> Result<u64, EngineError> {
-        let Some(consumer) = consumer else {
-            return Ok(0);
-        };
-        Ok(match self.shared.view.consumer_record(consumer)? {
-            None => 0,
-            Some(c) => {
-                let available = c.credit_limit.cents().saturating_sub(c.reserved.cents());
-                u64::try_from(available.max(0)).unwrap_or(u64::MAX)
-            }
-        })
-    }
-
-    /// Step 3: the card's cryptogram, the encrypted PIN, the delivery address; checked in the
-    /// order SPEC F18 gives (card, PIN, address, credit against the account's available credit
-    /// now). Counter, PIN failures and a lock are durable before the answer.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn authenticate(
-        &self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-        confirm_address_change: Option<bool>,
-        now: Secs,
-    ) -> Result<AuthOutcome, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        let (account, credit) = self.challenge_credit(challenge_id)?;
-        let (challenge_id, cryptogram, pin, delivery_address) = (
-            challenge_id.to_string(),
-            cryptogram.to_vec(),
-            pin.clone(),
-            delivery_address.to_string(),
-        );
-        let outcome = self
-            .with_auth(now, move |c| {
-                c.authenticate(
-                    &challenge_id,
-                    counter,
-                    &cryptogram,
-                    &pin,
-                    &delivery_address,
-                    confirm_address_change,
-                    credit,
-                    now,
-                )
-            })
-            .await?;
-        record_authorisation(&self.shared.journal, now, &outcome).await?;
-        log_auth_outcome(account.as_deref(), &outcome);
-        Ok(outcome)
-    }
-
-    /// The authorisation given at a reader for the payment of `order`, if any: card (last
-    /// four), reader, account, and whether a one-time delivery address was confirmed.
-    pub fn authorisation(
-        &self,
-        order: &str,
-    ) -> Result<Option<crate::cards::Authorisation>, EngineError> {
-        Ok(self.shared.view.authorisation(order)?)
-    }
-
-    /// The consumer's answer to `ConfirmAddressChange`.
-    pub async fn confirm_address_change(
-        &self,
-        challenge_id: &str,
-        accept: bool,
-        now: Secs,
-    ) -> Result<AuthOutcome, EngineError> {
-        let _admission = self.admit()?;
-        let now = self.advance_clock(now);
-        let (account, credit) = self.challenge_credit(challenge_id)?;
-        let challenge_id = challenge_id.to_string();
-        let outcome = self
-            .with_auth(now, move |c| {
-                c.confirm_address_change(&challenge_id, accept, credit, now)
-            })
-            .await?;
-        record_authorisation(&self.shared.journal, now, &outcome).await?;
-        log_auth_outcome(account.as_deref(), &outcome);
-        Ok(outcome)
-    }
-
-    /// A card as the node holds it now (token, last four, status, counter, failures), if
-    /// issued; looked up by its number's token.
-    pub fn card(&self, number: &str) -> Result<Option<crate::cards::Card>, EngineError> {
-        Ok(self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .card(number)
-            .cloned())
     }
 
     /// Activates a consumer's actor if it is passivated and waits for it to answer: to warm
@@ -1651,6 +807,7 @@ impl Engine {
         let now = self.advance_clock(now);
         let due: Vec<String> = self
             .shared
+            .directory
             .timed
             .iter()
             .filter(|e| *e.value() <= now)
@@ -1661,7 +818,7 @@ impl Engine {
         // `unconstrained`: the stream is polled as one task; tokio's cooperative budget would
         // make it re-poll pending sends on every wake-up.
         let visits = futures::stream::iter(due.iter().map(|id| async move {
-            let Some((addr, lease)) = self.shared.route(id).await? else {
+            let Some((addr, lease)) = self.route(id).await? else {
                 return Ok(());
             };
             let msg = ConsumerMsg {
@@ -1701,7 +858,7 @@ impl Engine {
     /// An order, if it exists.
     /// Orders open now (pending, awaiting funds, disputed), across every consumer.
     pub fn open_order_count(&self) -> usize {
-        self.shared.open_orders.len()
+        self.shared.directory.open_orders.len()
     }
 
     /// The consumer an order belongs to, if the order exists.
@@ -1709,17 +866,13 @@ impl Engine {
         Ok(self.order_key(id)?.map(|k| k.consumer))
     }
 
-    /// The order an outstanding challenge is for (`None`: unknown, used or expired).
-    pub fn challenge_order(&self, challenge_id: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_order(challenge_id))
-    }
-
     pub async fn order(&self, id: &str) -> Result<Option<Order>, EngineError> {
-        let owner = self.shared.open_orders.get(id).map(|k| k.consumer.clone());
+        let owner = self
+            .shared
+            .directory
+            .open_orders
+            .get(id)
+            .map(|k| k.consumer.clone());
         if let Some(consumer) = owner {
             if let Some(c) = self.shared.view.consumer_record(&consumer)? {
                 if let Some(o) = c.open_orders.into_iter().find(|o| o.id == id) {
@@ -1753,7 +906,7 @@ impl Engine {
         for a in self.arbiters.drain(..) {
             let _ = a.join();
         }
-        self.shared.residents.clear();
+        self.router.residents.clear();
         if let Some(j) = self.journal.take() {
             j.close()?;
         }
@@ -1764,45 +917,5 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn release_forms_are_exact() {
-        assert_eq!(
-            parse_release(&json!({"on":"receipt"})),
-            Ok(Release::Receipt)
-        );
-        assert_eq!(
-            parse_release(&json!({"on":"code","code":"12"})),
-            Ok(Release::Code("12".into()))
-        );
-        assert_eq!(
-            parse_release(&json!({"on":"time","after_secs":5})),
-            Ok(Release::Time { after_secs: 5 })
-        );
-        for bad in [
-            json!({"on":"someday"}),
-            json!({"on":"code"}),
-            json!({"on":"code","code":""}),
-            json!({"on":"time","after_secs":0}),
-            json!({"on":"time","after_secs":-1}),
-            json!({"on":"time","after_secs":1.5}),
-            json!({"on":"time","after_secs":"5"}),
-            json!({"on":"receipt","code":"1"}),
-            json!("receipt"),
-            json!(null),
-        ] {
-            assert_eq!(
-                parse_release(&bad).map_err(|r| r.kind),
-                Err(crate::model::RefusalKind::Invalid),
-                "{bad}"
-            );
-        }
     }
 }

@@ -2,19 +2,27 @@
 //!
 //! Layers, from the bottom: [`money`] (exact amounts), [`model`] (domain types), [`ledger`]
 //! (the pure rules and the state they act on), [`journal`] (the durable, hash-chained log on
-//! sled), [`view`] (the current state of every account, stored with each record), [`bank`] (the bank port and the simulated bank), [`actors`] (per-account actors on
-//! actix) and [`engine`] (routing, recovery, the public API). [`verify`] replays a journal
-//! from scratch and checks the invariants. See `ARCHITECTURE.md` at the repository root.
+//! sled), [`view`] (the current state of every account, stored with each record), [`bank`] (the bank port and the simulated bank), [`router`] (what the actors
+//! share, resident actors, passivation), [`actors`] (per-account actors on actix) and
+//! [`engine`] (the public API), with [`recovery`] (opening a data directory), [`commands`]
+//! (the request types) and [`error`] beside it. [`verify`] replays a journal from scratch and
+//! checks the invariants. See `ARCHITECTURE.md` at the repository root.
 
 pub mod actors;
+mod auth_front;
 pub mod bank;
 pub mod cards;
+pub mod commands;
 pub mod config;
+mod directory;
 pub mod engine;
+pub mod error;
 pub mod journal;
 pub mod ledger;
 pub mod model;
 pub mod money;
+pub mod recovery;
+pub mod router;
 pub mod seal;
 pub mod verify;
 pub mod view;

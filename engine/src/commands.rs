@@ -1,0 +1,163 @@
+//! The typed commands: the requests the engine takes from outside and the checks of their
+//! raw fields that need no state.
+//!
+//! [`OpenConsumer`], [`PlaceOrder`], [`RefundRequest`] and [`IssueCard`] arrive as text and
+//! JSON (a scenario file, the CLI, an HTTP body); [`PlaceCmd`] and [`RefundCmd`] carry an
+//! `Amount` and a `Release` already, for callers that did their own parsing. Kept apart from
+//! the `Engine` so that the request shapes (which the node, the CLI and the simulator build)
+//! can be read without the routing and recovery around them, and so that the pure parsing
+//! ([`parse_release`], `check_id`) is testable on its own. Re-exported by `engine`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Refusal, Release};
+use crate::money::Amount;
+
+/// A request to open a consumer: amounts as text, checked by the engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenConsumer {
+    pub consumer: String,
+    pub credit_limit: String,
+    /// The designated bank account, which must exist at the bank.
+    pub bank: String,
+    /// Moved from the bank account into the wallet at opening.
+    pub wallet: String,
+}
+
+/// A request to place an order, as it arrives from outside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    pub id: String,
+    pub consumer: String,
+    pub merchant: String,
+    pub amount: String,
+    /// One of `{"on":"receipt"}`, `{"on":"code","code":"…"}`, `{"on":"time","after_secs":N}`.
+    pub release: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub id: String,
+    pub order: String,
+    pub amount: String,
+}
+
+/// A place-order command with typed fields (for callers that hold an `Amount` and a
+/// `Release` already: the simulator, an API layer after its own parsing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceCmd {
+    pub id: String,
+    pub consumer: String,
+    pub merchant: String,
+    pub amount: Amount,
+    pub release: Release,
+}
+
+/// A refund command with a typed amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundCmd {
+    pub id: String,
+    pub order: String,
+    pub amount: Amount,
+}
+
+/// Parses a release condition, refusing anything that is not exactly one of the three forms.
+pub fn parse_release(v: &serde_json::Value) -> Result<Release, Refusal> {
+    let invalid = |m: &str| Refusal::invalid(format!("release {v}: {m}"));
+    let obj = v.as_object().ok_or_else(|| invalid("must be an object"))?;
+    let on = obj
+        .get("on")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| invalid("needs \"on\""))?;
+    let allowed: &[&str] = match on {
+        "receipt" => &["on"],
+        "code" => &["on", "code"],
+        "time" => &["on", "after_secs"],
+        _ => return Err(invalid("\"on\" must be receipt, code or time")),
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(&format!("unexpected field {k:?}")));
+    }
+    match on {
+        "receipt" => Ok(Release::Receipt),
+        "code" => match obj.get("code").and_then(|c| c.as_str()) {
+            Some(c) if !c.is_empty() && c.len() <= 256 => Ok(Release::Code(c.to_string())),
+            _ => Err(invalid("a code release needs a non-empty \"code\" string")),
+        },
+        _ => match obj.get("after_secs").and_then(|s| s.as_u64()) {
+            Some(n) if n > 0 => Ok(Release::Time { after_secs: n }),
+            _ => Err(invalid(
+                "a time release needs a positive integer \"after_secs\"",
+            )),
+        },
+    }
+}
+
+/// Checks an id or a name from outside: non-empty, bounded, printable.
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control()) {
+        return Err(Refusal::invalid(format!(
+            "{what} {id:?} must be 1 to 128 characters with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A card to issue (F1): its number, its holder (an existing consumer), the PIN (kept only as
+/// an Argon2id hash) and the holder's registered delivery address.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IssueCard {
+    pub number: String,
+    pub holder: String,
+    pub pin: String,
+    pub registered_address: String,
+}
+
+impl std::fmt::Debug for IssueCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueCard")
+            .field("number", &crate::cards::mask_card_number(&self.number))
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn release_forms_are_exact() {
+        assert_eq!(
+            parse_release(&json!({"on":"receipt"})),
+            Ok(Release::Receipt)
+        );
+        assert_eq!(
+            parse_release(&json!({"on":"code","code":"12"})),
+            Ok(Release::Code("12".into()))
+        );
+        assert_eq!(
+            parse_release(&json!({"on":"time","after_secs":5})),
+            Ok(Release::Time { after_secs: 5 })
+        );
+        for bad in [
+            json!({"on":"someday"}),
+            json!({"on":"code"}),
+            json!({"on":"code","code":""}),
+            json!({"on":"time","after_secs":0}),
+            json!({"on":"time","after_secs":-1}),
+            json!({"on":"time","after_secs":1.5}),
+            json!({"on":"time","after_secs":"5"}),
+            json!({"on":"receipt","code":"1"}),
+            json!("receipt"),
+            json!(null),
+        ] {
+            assert_eq!(
+                parse_release(&bad).map_err(|r| r.kind),
+                Err(crate::model::RefusalKind::Invalid),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The id directories: which consumer an order id belongs to, and which order and refund ids
+//! are taken, without asking an actor.
+//!
+//! The engine checks an id's first use (I6) and finds the consumer that owns an order before
+//! it routes a command, so these lookups must not need the actor. What is open or in progress
+//! lives here, in memory: ids being placed or refunded right now (claimed before they reach
+//! the view, so that two concurrent commands with one id and different content cannot both
+//! go ahead), the open orders (they live inside their consumer's record, so this is what finds
+//! their consumer) and the consumers with time-driven work. Closed orders and refunds are
+//! looked up in the account-state view. Separate from the router because it is about ids, not
+//! actors: the actors keep it current (`Shared::note_order`, `Shared::note_time_work`),
+//! recovery rebuilds it from the consumer records, and the engine's commands read it.
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+
+use crate::error::EngineError;
+use crate::ledger::Order;
+use crate::model::{Refusal, Release, Secs};
+use crate::money::Amount;
+use crate::view::StateView;
+
+/// The content that identifies an order id's first use (I6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrderKey {
+    pub(crate) consumer: String,
+    pub(crate) merchant: String,
+    pub(crate) amount: Amount,
+    pub(crate) release: Release,
+}
+
+impl OrderKey {
+    pub(crate) fn of(consumer: &str, o: &Order) -> OrderKey {
+        OrderKey {
+            consumer: consumer.to_string(),
+            merchant: o.merchant.clone(),
+            amount: o.amount,
+            release: o.release.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefundKey {
+    pub(crate) order: String,
+    pub(crate) amount: Amount,
+}
+
+/// The directories of ids in progress, open orders and consumers with time-driven work.
+#[derive(Default)]
+pub(crate) struct Directory {
+    /// Order ids being placed right now: claimed before they are in the view, so that two
+    /// concurrent places of one id with different content cannot both go ahead.
+    pub(crate) placing: DashMap<String, OrderKey>,
+    /// Refund ids being refunded right now.
+    pub(crate) refunding: DashMap<String, RefundKey>,
+    /// Open orders (pending, awaiting funds, disputed) → their content. Closed orders are
+    /// looked up in the view; open ones live inside their consumer's record, so this map is
+    /// what finds their consumer. Rebuilt at start-up from the consumer records.
+    pub(crate) open_orders: DashMap<String, OrderKey>,
+    /// Consumers that will have time-driven work, and from when on (`next_time_work`): a
+    /// tick visits only those due, so its work follows what is due, not what is open.
+    pub(crate) timed: DashMap<String, Secs>,
+}
+
+impl Directory {
+    /// Keeps the open-order directory up to date after an order changed durably.
+    pub(crate) fn note_order(&self, consumer: &str, order: &Order) {
+        if order.state.is_open() {
+            if !self.open_orders.contains_key(&order.id) {
+                self.open_orders
+                    .insert(order.id.clone(), OrderKey::of(consumer, order));
+            }
+        } else {
+            self.open_orders.remove(&order.id);
+        }
+    }
+
+    /// Keeps the consumers a tick must visit up to date: `next` is when this one will first
+    /// have time-driven work, if ever.
+    pub(crate) fn note_time_work(&self, consumer: &str, next: Option<Secs>) {
+        match next {
+            Some(at) => {
+                if self.timed.get(consumer).map(|e| *e) != Some(at) {
+                    self.timed.insert(consumer.to_string(), at);
+                }
+            }
+            None => {
+                if self.timed.contains_key(consumer) {
+                    self.timed.remove(consumer);
+                }
+            }
+        }
+    }
+
+    /// The content an order id was first used with: being placed now, open, or closed in
+    /// the view.
+    pub(crate) fn order_key(
+        &self,
+        view: &StateView,
+        order: &str,
+    ) -> Result<Option<OrderKey>, EngineError> {
+        if let Some(k) = self.placing.get(order) {
+            return Ok(Some(k.clone()));
+        }
+        if let Some(k) = self.open_orders.get(order) {
+            return Ok(Some(k.clone()));
+        }
+        Ok(view
+            .closed_order(order)?
+            .map(|s| OrderKey::of(&s.consumer, &s.order)))
+    }
+
+    pub(crate) fn owner_of_order(
+        &self,
+        view: &StateView,
+        order: &str,
+    ) -> Result<Result<String, Refusal>, EngineError> {
+        Ok(self
+            .order_key(view, order)?
+            .map(|k| k.consumer)
+            .ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
+    }
+}
+
+/// An id claimed by a command in progress; released on drop.
+pub(crate) struct IdClaim<'a, K> {
+    map: &'a DashMap<String, K>,
+    id: Option<String>,
+}
+
+impl<K> Drop for IdClaim<'_, K> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.map.remove(&id);
+        }
+    }
+}
+
+/// Claims `id` for `key` in `map`: `Err(())` if it is claimed with other content; a guard
+/// that releases the claim if this call made it.
+pub(crate) fn claim_id<'a, K: PartialEq + Clone>(
+    map: &'a DashMap<String, K>,
+    id: &str,
+    key: &K,
+) -> Result<IdClaim<'a, K>, ()> {
+    match map.entry(id.to_string()) {
+        MapEntry::Occupied(o) if o.get() != key => Err(()),
+        MapEntry::Occupied(_) => Ok(IdClaim { map, id: None }),
+        MapEntry::Vacant(v) => {
+            v.insert(key.clone());
+            Ok(IdClaim {
+                map,
+                id: Some(id.to_string()),
+            })
+        }
+    }
+}
