@@ -415,10 +415,12 @@ pub async fn play_stdin(data: &Path, cfg: EngineConfig) -> Result<(), String> {
     {
         let r = player.engine().recovery();
         eprintln!(
-            "play: serving after {:.0} ms (simulated bank {bank_ms:.0} ms; engine {engine_ms:.0} ms: store {:.0} ms, consumer records {:.0} ms): journal at record {}, {} entries; {} consumers, {} open orders, {} with time-driven work ahead, {} merchants; bank operations: {} confirmed, {} reversed",
+            "play: serving after {:.0} ms (simulated bank {bank_ms:.0} ms; engine {engine_ms:.0} ms: store {:.0} ms ({} records of the log's tail replayed), consumer records and the bank's accounts {:.0} ms, of which the bank {:.0} ms): journal at record {}, {} entries; {} consumers, {} open orders, {} with time-driven work ahead, {} merchants; bank operations: {} confirmed, {} reversed",
             bank_ms + engine_ms,
             r.store_ms,
+            r.replayed,
             r.scan_ms,
+            r.bank_ms,
             r.last_seq,
             r.entries,
             r.consumers,

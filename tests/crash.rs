@@ -1,13 +1,19 @@
 //! I7 under SIGKILL: an acknowledged command survives a crash, and a command whose
 //! acknowledgement was lost is either fully there or fully absent.
 //!
-//! `onecard play --data DIR` takes a steady stream of commands on stdin (at most `WINDOW` of
-//! them unanswered at any time) and prints one JSON line per step once the step's effects are
-//! durable. The test kills it with SIGKILL at a random moment, restarts it on the same
-//! directory, and checks every acknowledged command against what the engine now reports,
-//! allowing the unacknowledged tail to be applied or not (but never half-applied: `total`
-//! must be conserved, and `onecard verify` must pass). Several rounds run on the same
-//! directory, so each restart also recovers from the previous crashes.
+//! `onecard play --data DIR` takes a steady stream of commands on stdin (at most `WINDOW`, 256,
+//! of them unanswered at any time) and prints one JSON line per step once the step's effects
+//! are durable. The test kills it with SIGKILL at a random moment (0 to `KILL_MAX_MS` after the
+//! engine is serving the stream, so before, at and after the view's checkpoints, which run every
+//! `checkpoint_interval_ms`), restarts it on the same directory, and checks every acknowledged
+//! command against what the engine now reports, allowing the unacknowledged tail to be applied
+//! or not (but never half-applied: `total` must be conserved, and `onecard verify` must pass).
+//! `ROUNDS` rounds (24 by default, so at least 20 kills with the window full; the environment
+//! variable `ONECARD_CRASH_ROUNDS=N` sets another count, as `scripts/crash-loop.sh` does) run on
+//! the same directory, so each restart also recovers from the previous crashes.
+//!
+//! (`play` runs one command at a time: the unanswered commands wait in its standard input,
+//! and the engine answers them in order.)
 //!
 //! What is checked after each restart, against the acknowledgements of the round before:
 //! - every order: its state is one that the acknowledged outcomes (in order) allow, widened only
@@ -20,18 +26,22 @@
 //!   unacknowledged ones), wallets stay within the cap;
 //! - `onecard verify` passes on the crashed store, and again at the end.
 //!
-//! Between rounds the store also sees a clean stop and a kill during recovery itself. `verify`
-//! checks the account-state view (written with every record, what a restart starts from)
-//! against the replay each time.
+//! Between rounds the store also sees a clean stop and a kill during recovery itself (a random
+//! moment within about as long as the last start took to serve). About a third of the sessions
+//! run with a configuration that checkpoints every 20 ms (and whenever 200 keys have
+//! changed), so that kills also land in and right after checkpoints; the others use the
+//! default interval (1 s). `verify` checks the account-state view (checkpoint + log tail, what a
+//! restart starts from) against the replay each time.
 //!
-//! The seed is printed; `ONECARD_CRASH_SEED=N` replays the same command streams and kill
-//! delays (the exact kill point still depends on timing).
+//! The seed is printed; `ONECARD_CRASH_SEED=N` replays the same command streams, kill delays
+//! and configurations (the exact kill point still depends on timing). On a failure the data
+//! directory is kept, and its path printed.
 
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -47,11 +57,26 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onecard");
-const ROUNDS: usize = 5;
+/// Rounds (kills with commands in flight) unless `ONECARD_CRASH_ROUNDS` says otherwise.
+const ROUNDS: usize = 24;
 /// Most stream commands written ahead of the last acknowledgement.
-const WINDOW: usize = 16;
-/// Commands prepared per round; far more than a round can get through before the kill.
-const STREAM_LEN: usize = 3_000;
+const WINDOW: usize = 256;
+/// The kill comes 0 to this many milliseconds after the engine is serving the stream: past the
+/// second checkpoint at the default interval (1 s).
+const KILL_MAX_MS: u64 = 2_500;
+/// Commands prepared for the first round; later rounds prepare more if the rate measured so
+/// far could get through that many before the latest kill. (If the stream runs dry all the
+/// same, the writer holds the input open and the kill finds the engine idle; the round says so.)
+const STREAM_LEN: usize = if cfg!(debug_assertions) {
+    4_000
+} else {
+    20_000
+};
+/// The configuration of the "fast checkpoints" sessions.
+const FAST_CHECKPOINTS: &str =
+    "[journal]\ncheckpoint_interval_ms = 20\ncheckpoint_max_keys = 200\n";
+const FAST_CHECKPOINT_MS: u64 = 20;
+const DEFAULT_CHECKPOINT_MS: u64 = 1_000;
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,14 +101,27 @@ fn cents(s: &str) -> Option<u64> {
     Some(i * 100 + f)
 }
 
-/// Every sum of a subset of `v` (including the empty one).
-fn subset_sums(v: &[u64]) -> BTreeSet<u64> {
-    let mut sums = BTreeSet::from([0u64]);
-    for x in v {
-        let more: Vec<u64> = sums.iter().map(|s| s + x).collect();
-        sums.extend(more);
+/// Whether `target` is the sum of a subset of `v` (the empty one included). A table of the
+/// reachable sums up to `target`: with 256 commands unanswered, two dozen unacknowledged
+/// deposits are common, too many to list every subset's sum.
+fn is_subset_sum(v: &[u64], target: u64) -> bool {
+    let Ok(t) = usize::try_from(target) else {
+        return false;
+    };
+    if t > v.iter().sum::<u64>() as usize {
+        return false;
     }
-    sums
+    let mut reachable = vec![false; t + 1];
+    reachable[0] = true;
+    for &x in v {
+        let x = x as usize;
+        for s in (x..=t).rev() {
+            if reachable[s - x] {
+                reachable[s] = true;
+            }
+        }
+    }
+    reachable[t]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,16 +159,75 @@ struct Session {
     acks: SharedAcks,
     reader_done: mpsc::Receiver<()>,
     stderr: Arc<Mutex<String>>,
+    stderr_done: mpsc::Receiver<()>,
     /// Lines written to stdin so far (by the session and by a stream writer).
     written: usize,
+    /// When the process was spawned, and when its "serving" line came.
+    spawned: Instant,
+    serving: Arc<Mutex<Option<Serving>>>,
+    /// The view's checkpoint interval this session runs with.
+    checkpoint_ms: u64,
+}
+
+/// When a session said it was serving, and when its journal's checkpointer started (the end
+/// of the journal's opening, a little earlier: estimated from the times the line gives).
+#[derive(Clone, Copy)]
+struct Serving {
+    at: Instant,
+    checkpoints_from: Instant,
+}
+
+impl Serving {
+    /// From `play`'s line "play: serving after … (…; engine E ms: store S ms, …)" read at `at`.
+    fn parse(line: &str, at: Instant) -> Serving {
+        let ms = |label: &str| -> Option<f64> {
+            let rest = &line[line.find(label)? + label.len()..];
+            rest.split(' ').next()?.parse().ok()
+        };
+        let after_store = match (ms("engine "), ms("store ")) {
+            (Some(e), Some(s)) if e >= s => Duration::from_secs_f64((e - s) / 1e3),
+            _ => Duration::ZERO,
+        };
+        Serving {
+            at,
+            checkpoints_from: at.checked_sub(after_store).unwrap_or(at),
+        }
+    }
+}
+
+/// The configuration a session runs with.
+#[derive(Clone, Copy)]
+enum Checkpoints {
+    /// No `--config`: the built-in defaults (checkpoints every second).
+    Default,
+    /// `--config` with `FAST_CHECKPOINTS`.
+    Fast,
+}
+
+impl Checkpoints {
+    fn pick(rng: &mut StdRng) -> Checkpoints {
+        if rng.gen_ratio(1, 3) {
+            Checkpoints::Fast
+        } else {
+            Checkpoints::Default
+        }
+    }
 }
 
 impl Session {
-    fn start(dir: &Path) -> Session {
-        let mut child = Command::new(BIN)
-            .arg("play")
-            .arg("--data")
-            .arg(dir)
+    /// `onecard play` on `dir`; `fast_config` is the file holding `FAST_CHECKPOINTS`.
+    fn start(dir: &Path, checkpoints: Checkpoints, fast_config: &Path) -> Session {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("play").arg("--data").arg(dir);
+        let checkpoint_ms = match checkpoints {
+            Checkpoints::Default => DEFAULT_CHECKPOINT_MS,
+            Checkpoints::Fast => {
+                cmd.arg("--config").arg(fast_config);
+                FAST_CHECKPOINT_MS
+            }
+        };
+        let spawned = Instant::now();
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,19 +254,31 @@ impl Session {
             });
         }
         let stderr = Arc::new(Mutex::new(String::new()));
+        let serving = Arc::new(Mutex::new(None));
+        let (stderr_tx, stderr_done) = mpsc::channel();
         {
             let stderr = stderr.clone();
+            let serving = serving.clone();
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = stderr_pipe.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
-                    stderr
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let mut e = stderr.lock().unwrap();
+                    e.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let mut serving = serving.lock().unwrap();
+                    if serving.is_none() {
+                        if let Some(line) = e
+                            .find("play: serving after")
+                            .and_then(|i| e[i..].split_once('\n'))
+                            .map(|(line, _)| line)
+                        {
+                            *serving = Some(Serving::parse(line, Instant::now()));
+                        }
+                    }
                 }
+                let _ = stderr_tx.send(());
             });
         }
         let stdin = child.stdin.take();
@@ -179,8 +288,43 @@ impl Session {
             acks,
             reader_done,
             stderr,
+            stderr_done,
             written: 0,
+            spawned,
+            serving,
+            checkpoint_ms,
         }
+    }
+
+    /// When the engine said it was serving, if it did.
+    fn serving(&self) -> Option<Serving> {
+        *self.serving.lock().unwrap()
+    }
+
+    /// Waits until the engine says it is serving.
+    fn wait_serving(&self) -> Serving {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            if let Some(s) = self.serving() {
+                return s;
+            }
+            assert!(
+                !self.acks.0.lock().unwrap().eof,
+                "onecard play ended before it was serving; stderr:\n{}",
+                self.err()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "onecard play not serving after {WAIT_TIMEOUT:?}; stderr:\n{}",
+                self.err()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// How long the start took, from the spawn to the "serving" line, if it came.
+    fn open_time(&self) -> Option<Duration> {
+        self.serving().map(|t| t.at.duration_since(self.spawned))
     }
 
     fn send(&mut self, line: &str) {
@@ -221,7 +365,7 @@ impl Session {
         g.lines[..n].to_vec()
     }
 
-    /// SIGKILL, reap, and wait for the reader to see the end of stdout.
+    /// SIGKILL, reap, and wait for the readers to see the end of stdout and stderr.
     fn kill(&mut self) -> Vec<Value> {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
@@ -243,6 +387,9 @@ impl Session {
         self.reader_done
             .recv_timeout(WAIT_TIMEOUT)
             .expect("the reader sees the end of a killed child's stdout");
+        self.stderr_done
+            .recv_timeout(WAIT_TIMEOUT)
+            .expect("the reader sees the end of a killed child's stderr");
         self.acks.0.lock().unwrap().lines.clone()
     }
 
@@ -273,19 +420,28 @@ impl Drop for Session {
     }
 }
 
+/// What a stream writer did.
+struct Written {
+    /// Lines it *tried* to write: any of those may have reached the engine.
+    tried: usize,
+    /// Whether it wrote the whole list before `stop` (then it held stdin open until `stop`).
+    ran_dry: bool,
+}
+
 /// Writes `lines` to the child, keeping at most `WINDOW` of them unanswered, until the list
-/// ends, the child dies or `stop` is set. Sends back how many lines it *tried* to write: any of
-/// those may have reached the engine.
+/// ends, the child dies or `stop` is set. When the list ends first, it keeps stdin open until
+/// `stop` (closing it would stop `onecard play` cleanly before the kill).
 fn spawn_writer(
     mut stdin: ChildStdin,
     lines: Vec<String>,
     acks: SharedAcks,
     already_written: usize,
     stop: Arc<AtomicBool>,
-) -> mpsc::Receiver<usize> {
+) -> mpsc::Receiver<Written> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut tried = 0usize;
+        let total = lines.len();
         'lines: for line in lines {
             let deadline = Instant::now() + ACK_TIMEOUT;
             {
@@ -306,7 +462,16 @@ fn spawn_writer(
                 break;
             }
         }
-        let _ = tx.send(tried);
+        let ran_dry = tried == total;
+        if ran_dry {
+            let (m, cv) = &*acks;
+            let mut g = m.lock().unwrap();
+            while !g.eof && !stop.load(Ordering::SeqCst) {
+                g = cv.wait_timeout(g, Duration::from_millis(20)).unwrap().0;
+            }
+        }
+        drop(stdin);
+        let _ = tx.send(Written { tried, ran_dry });
     });
     rx
 }
@@ -811,33 +976,36 @@ fn check_after_crash(w: &mut World, log: &RoundLog, checks: &serde_json::Map<Str
             0
         };
         let extra = r.checked_sub(base_refund[i]);
-        let allowed = subset_sums(maybe_refund.get(&i).map(Vec::as_slice).unwrap_or(&[]));
-        if !extra.is_some_and(|e| allowed.contains(&e)) {
+        let unacked = maybe_refund.get(&i).map(Vec::as_slice).unwrap_or(&[]);
+        if !extra.is_some_and(|e| is_subset_sum(unacked, e)) {
             errors.push(format!(
                 "order {}: refunded {} after the restart; acknowledged refunds make {}, and the \
-                 unacknowledged ones could add one of {:?} (cents); this round's commands:\n      {}",
+                 unacknowledged ones could add a subset of {:?} (cents); this round's \
+                 commands:\n      {}",
                 o.id,
                 money(r),
                 money(base_refund[i]),
-                allowed,
-                history.get(&i).map(|h| h.join("\n      ")).unwrap_or_default()
+                unacked,
+                history
+                    .get(&i)
+                    .map(|h| h.join("\n      "))
+                    .unwrap_or_default()
             ));
         }
         refunded.push(r);
     }
     // Money: conserved, plus acknowledged deposits, plus possibly some unacknowledged ones.
     let got_total = cents(&get("total")).expect("total is an amount");
-    let allowed = subset_sums(&maybe_deposits);
     if !got_total
         .checked_sub(total)
-        .is_some_and(|e| allowed.contains(&e))
+        .is_some_and(|e| is_subset_sum(&maybe_deposits, e))
     {
         errors.push(format!(
-            "total {} after the restart, expected {} plus one of {:?} (cents) from \
-             unacknowledged deposits: money was created or lost",
+            "total {} after the restart, expected {} plus the sum of a subset of the \
+             unacknowledged deposits {:?} (cents): money was created or lost",
             money(got_total),
             money(total),
-            allowed
+            maybe_deposits
         ));
     }
     for c in &CONSUMERS {
@@ -891,12 +1059,36 @@ fn outcome_of(v: &Value, step: usize, seed: u64, stderr: &str) -> Option<String>
     v.get("outcome").and_then(Value::as_str).map(str::to_string)
 }
 
-/// Restarts on `dir`, checks the last round, and returns the session (ready for more).
-fn restart_and_check(w: &mut World, dir: &Path, log: &RoundLog) -> Session {
-    let mut s = Session::start(dir);
+/// Where a run keeps its store, and the configuration file of the fast-checkpoint sessions.
+struct Paths {
+    data: PathBuf,
+    fast_config: PathBuf,
+}
+
+impl Paths {
+    fn start(&self, checkpoints: Checkpoints) -> Session {
+        Session::start(&self.data, checkpoints, &self.fast_config)
+    }
+}
+
+/// Restarts on the store, checks the last round, and returns the session (ready for more).
+fn restart_and_check(
+    w: &mut World,
+    paths: &Paths,
+    checkpoints: Checkpoints,
+    log: &RoundLog,
+) -> Session {
+    let mut s = paths.start(checkpoints);
     s.send(&check_line(w));
     let answer = s.wait_acks(1).remove(0);
     outcome_of(&answer, 1, w.seed, &s.err());
+    if let Some(line) = s
+        .err()
+        .lines()
+        .find(|l| l.starts_with("play: serving after"))
+    {
+        eprintln!("  restart: {line}");
+    }
     let checks = answer
         .get("checks")
         .and_then(Value::as_object)
@@ -906,6 +1098,78 @@ fn restart_and_check(w: &mut World, dir: &Path, log: &RoundLog) -> Session {
     s
 }
 
+/// The temporary directory, kept (and its path printed) when the test fails.
+struct KeepOnFailure(Option<tempfile::TempDir>);
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            if let Some(t) = self.0.take() {
+                eprintln!(
+                    "crash test FAILED: the store is kept in {}",
+                    t.keep().join("data").display()
+                );
+            }
+        }
+    }
+}
+
+/// What was killed, and when.
+#[derive(Default)]
+struct Kills {
+    /// Sessions killed with the stream running.
+    stream: usize,
+    /// … with `WINDOW` commands unanswered at the kill (one less when the kill falls between
+    /// an acknowledgement and the writer's next line).
+    full_window: usize,
+    /// … whose stream had been written out (the engine idle at the kill).
+    dry: usize,
+    /// … running with checkpoints every `FAST_CHECKPOINT_MS`.
+    fast: usize,
+    /// … running with the default interval, killed less than 100 ms after a checkpoint was
+    /// due (timed from the end of the journal's opening, as `play`'s "serving" line tells).
+    after_checkpoint: usize,
+    /// … of which aimed there on purpose.
+    aimed: usize,
+    /// Restarts killed (no stream).
+    restart: usize,
+    /// … before they said they were serving: during recovery.
+    recovering: usize,
+    /// The fewest and the most commands unanswered at a kill with the stream running.
+    in_flight: Option<(usize, usize)>,
+}
+
+impl Kills {
+    fn total(&self) -> usize {
+        self.stream + self.restart
+    }
+}
+
+/// How long after the journal opened (the checkpointer's start) `at` is, in ms, and where
+/// it falls between checkpoints; `None` if the engine was not serving yet.
+fn since_open(s: &Session, at: Instant) -> Option<(u64, String)> {
+    let serving = s.serving().filter(|t| t.at <= at)?;
+    let ms = at
+        .saturating_duration_since(serving.checkpoints_from)
+        .as_millis() as u64;
+    let due = ms / s.checkpoint_ms;
+    Some((
+        ms,
+        format!(
+            "{ms} ms after the journal opened; a checkpoint every {} ms: {}",
+            s.checkpoint_ms,
+            if due == 0 {
+                "none due yet".to_string()
+            } else {
+                format!(
+                    "{due} due so far, the last {} ms before the kill",
+                    ms % s.checkpoint_ms
+                )
+            }
+        ),
+    ))
+}
+
 #[test]
 fn acknowledged_commands_survive_sigkill() {
     let started = Instant::now();
@@ -913,13 +1177,31 @@ fn acknowledged_commands_survive_sigkill() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("crash test seed: {seed} (ONECARD_CRASH_SEED={seed} to replay)");
+    let rounds: usize =
+        match std::env::var("ONECARD_CRASH_ROUNDS") {
+            Err(_) => ROUNDS,
+            Ok(v) => v.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+                panic!("ONECARD_CRASH_ROUNDS={v:?}: expected a positive integer")
+            }),
+        };
+    eprintln!(
+        "crash test seed: {seed} (ONECARD_CRASH_SEED={seed} to replay); {rounds} rounds, up to \
+         {WINDOW} commands in flight, kills 0-{KILL_MAX_MS} ms after the engine is serving"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
-    let tmp = tempfile::Builder::new()
-        .prefix("onecard-crash-")
-        .tempdir()
-        .expect("tempdir");
-    let dir = tmp.path().join("data");
+    let tmp = KeepOnFailure(Some(
+        tempfile::Builder::new()
+            .prefix("onecard-crash-")
+            .tempdir()
+            .expect("tempdir"),
+    ));
+    let root = tmp.0.as_ref().expect("tempdir").path();
+    let paths = Paths {
+        data: root.join("data"),
+        fast_config: root.join("fast-checkpoints.toml"),
+    };
+    std::fs::write(&paths.fast_config, FAST_CHECKPOINTS).expect("write the configuration");
+    let dir = paths.data.clone();
     let mut w = World {
         seed,
         orders: vec![],
@@ -928,11 +1210,15 @@ fn acknowledged_commands_survive_sigkill() {
     };
     let mut last: Option<RoundLog> = None;
     let mut total_acked = 0;
+    let mut kills = Kills::default();
+    // How long the last start took to serve: kills of a restart fall within about that.
+    let mut last_open = Duration::from_millis(40);
+    let mut stream_len = STREAM_LEN;
 
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut s = match &last {
             None => {
-                let mut s = Session::start(&dir);
+                let mut s = paths.start(Checkpoints::pick(&mut rng));
                 let setup = World::setup_lines();
                 for l in &setup {
                     s.send(l);
@@ -944,7 +1230,8 @@ fn acknowledged_commands_survive_sigkill() {
                 s
             }
             Some(log) => {
-                let mut s = restart_and_check(&mut w, &dir, log);
+                let mut s = restart_and_check(&mut w, &paths, Checkpoints::pick(&mut rng), log);
+                last_open = s.open_time().unwrap_or(last_open);
                 if round % 2 == 1 {
                     // Now and then a clean stop in between (after a write: an extra merchant,
                     // which changes no order and no money), so that crashes follow clean
@@ -970,30 +1257,49 @@ fn acknowledged_commands_survive_sigkill() {
                         &format!("after the clean stop in round {round}"),
                         seed,
                     );
-                    Session::start(&dir)
+                    paths.start(Checkpoints::pick(&mut rng))
                 } else {
                     s
                 }
             }
         };
 
-        let cmds = w.generate(&mut rng, round, STREAM_LEN);
+        let cmds = w.generate(&mut rng, round, stream_len);
         let lines: Vec<String> = cmds.iter().map(|c| w.line(c)).collect();
         let first_step = s.written + 1;
         let stop = Arc::new(AtomicBool::new(false));
-        let tried = spawn_writer(
+        let written = spawn_writer(
             s.stdin.take().expect("stdin"),
             lines,
             s.acks.clone(),
             s.written,
             stop.clone(),
         );
-        let delay = Duration::from_millis(rng.gen_range(50..=400));
-        thread::sleep(delay);
+        // Mostly a moment drawn over the 2.5 s after the engine is serving (the stream waits in
+        // its input until then; kills during recovery come below); one in three default
+        // sessions is killed instead 0-30 ms after its first or second checkpoint is due.
+        let stream_start = Instant::now();
+        let delay = Duration::from_millis(rng.gen_range(0..=KILL_MAX_MS));
+        let aim = rng.gen_ratio(1, 3) && s.checkpoint_ms == DEFAULT_CHECKPOINT_MS;
+        let aim_after = Duration::from_millis(
+            rng.gen_range(1..=2) * DEFAULT_CHECKPOINT_MS + rng.gen_range(0..=30),
+        );
+        if aim {
+            let mut target = s.wait_serving().checkpoints_from + aim_after;
+            while target < Instant::now() {
+                target += Duration::from_millis(DEFAULT_CHECKPOINT_MS);
+            }
+            thread::sleep(target.saturating_duration_since(Instant::now()));
+        } else {
+            let target = s.wait_serving().at.max(stream_start) + delay;
+            thread::sleep(target.saturating_duration_since(Instant::now()));
+        }
+        let killed_at = Instant::now();
+        let delay = killed_at.duration_since(stream_start);
         let answers = s.kill();
         stop.store(true, Ordering::SeqCst);
         s.acks.1.notify_all();
-        let tried = tried
+        let Written { tried, ran_dry } = written
             .recv_timeout(WAIT_TIMEOUT)
             .expect("the writer stops after the kill");
 
@@ -1007,21 +1313,80 @@ fn acknowledged_commands_survive_sigkill() {
             sent[k].1 = Some(got.unwrap_or_else(|| panic!("no outcome in {a}")));
         }
         let acked = answers.len() + 1 - first_step;
+        let in_flight = tried - acked;
+        kills.stream += 1;
+        kills.full_window += usize::from(in_flight >= WINDOW);
+        kills.in_flight = Some(kills.in_flight.map_or((in_flight, in_flight), |(lo, hi)| {
+            (lo.min(in_flight), hi.max(in_flight))
+        }));
+        kills.dry += usize::from(ran_dry);
+        let when = match since_open(&s, killed_at) {
+            None => "before the engine was serving".to_string(),
+            Some((ms, when)) => {
+                if s.checkpoint_ms == FAST_CHECKPOINT_MS {
+                    kills.fast += 1;
+                } else if ms >= s.checkpoint_ms && ms % s.checkpoint_ms < 100 {
+                    kills.after_checkpoint += 1;
+                    kills.aimed += usize::from(aim);
+                }
+                when
+            }
+        };
+        last_open = s.open_time().unwrap_or(last_open);
+        if let Some(serving) = s.serving().filter(|t| t.at < killed_at) {
+            // Commands a second, from this round: prepare for the longest round at that rate,
+            // with room to spare.
+            let secs = killed_at
+                .duration_since(serving.at.max(stream_start))
+                .as_secs_f64();
+            if secs > 0.2 {
+                let longest = (KILL_MAX_MS as f64 / 1e3) + 0.5;
+                let need = (acked as f64 / secs * longest * 1.5) as usize + WINDOW;
+                stream_len = stream_len.max(need);
+            }
+        }
         eprintln!(
-            "  round {round}: killed after {delay:?}: {tried} commands written, {acked} acknowledged"
+            "  round {round}: killed {delay:?} into the stream{} ({when}): {tried} commands \
+             written, {acked} acknowledged, {in_flight} in flight{}",
+            if aim {
+                ", aimed just after a checkpoint"
+            } else {
+                ""
+            },
+            if ran_dry {
+                "; the stream had run dry"
+            } else {
+                ""
+            }
         );
         total_acked += acked;
         drop(s);
         // The crashed store itself is consistent, before any recovery.
         assert_verifies(&dir, &format!("after the kill in round {round}"), seed);
         if round % 2 == 0 {
-            // A second kill while the next start is still recovering (replaying, reversing
-            // unrecorded bank operations): recovery must be restartable.
-            let delay = Duration::from_millis(rng.gen_range(0..=40));
-            let mut s = Session::start(&dir);
+            // A second kill while the next start is still recovering (replaying the log's
+            // tail over the checkpoint, reversing unrecorded bank operations): recovery must
+            // be restartable.
+            let max = (last_open.as_millis() as u64).max(40) + 10;
+            let delay = Duration::from_millis(rng.gen_range(0..=max));
+            let mut s = paths.start(Checkpoints::pick(&mut rng));
             thread::sleep(delay);
             s.kill();
-            eprintln!("  round {round}: killed a restart after {delay:?}");
+            // (The whole of its standard error has been read: a "serving" line printed
+            // before the kill has been seen.)
+            let open_time = s.open_time();
+            kills.restart += 1;
+            kills.recovering += usize::from(open_time.is_none());
+            eprintln!(
+                "  round {round}: killed a restart after {delay:?} ({})",
+                match open_time {
+                    None => "while it was recovering".to_string(),
+                    Some(t) => {
+                        last_open = t;
+                        format!("after it was serving, in {t:?}")
+                    }
+                }
+            );
         }
         last = Some(RoundLog { round, sent });
     }
@@ -1030,7 +1395,12 @@ fn acknowledged_commands_survive_sigkill() {
         total_acked > 0,
         "seed {seed}: no stream command was acknowledged before any kill"
     );
-    let s = restart_and_check(&mut w, &dir, last.as_ref().expect("rounds ran"));
+    let s = restart_and_check(
+        &mut w,
+        &paths,
+        Checkpoints::pick(&mut rng),
+        last.as_ref().expect("rounds ran"),
+    );
     let status = s.finish();
     assert!(
         status.success(),
@@ -1042,7 +1412,23 @@ fn acknowledged_commands_survive_sigkill() {
         *states.entry(format!("{:?}", o.known)).or_default() += 1;
     }
     eprintln!(
-        "crash test: {ROUNDS} rounds, {} orders {states:?}, seed {seed}, {:?}",
+        "crash test: {rounds} rounds, {} kills: {} with the stream running ({} with {WINDOW} \
+         commands in flight, {} to {} at every one, {} with the stream run dry, {} checkpointing \
+         every {FAST_CHECKPOINT_MS} ms, {} within 100 ms after a {DEFAULT_CHECKPOINT_MS} ms \
+         checkpoint was due ({} of them aimed there)), {} of a restart ({} while it was \
+         recovering); {total_acked} commands acknowledged; {} orders {states:?}; seed {seed}; \
+         {:?}",
+        kills.total(),
+        kills.stream,
+        kills.full_window,
+        kills.in_flight.map_or(0, |(lo, _)| lo),
+        kills.in_flight.map_or(0, |(_, hi)| hi),
+        kills.dry,
+        kills.fast,
+        kills.after_checkpoint,
+        kills.aimed,
+        kills.restart,
+        kills.recovering,
         w.orders.len(),
         started.elapsed()
     );

@@ -111,6 +111,8 @@ impl Handler<ConsumerMsg> for ConsumerActor {
             st: self.state.clone(),
             shared: self.shared.clone(),
             now: msg.now,
+            bank_ops: RefCell::new(Vec::new()),
+            submitted: std::cell::Cell::new(false),
         };
         let ConsumerMsg { cmd, lease, .. } = msg;
         AtomicResponse::new(Box::pin(
@@ -130,11 +132,18 @@ struct Run {
     st: Rc<RefCell<ConsumerState>>,
     shared: Arc<Shared>,
     now: Secs,
+    /// Bank operations the bank did for this command and no durable entry names yet.
+    bank_ops: RefCell<Vec<String>>,
+    /// Whether an entry of this command went to the journal (whatever came of it).
+    submitted: std::cell::Cell<bool>,
 }
 
 impl Run {
     async fn command(&self, cmd: ConsumerCmd) -> Result<ConsumerReply, EngineError> {
         let result = self.run(cmd).await;
+        if result.is_err() {
+            self.undo();
+        }
         // Closed orders and refunds live in the view; only open orders stay resident.
         {
             let mut st = self.st.borrow_mut();
@@ -142,6 +151,30 @@ impl Run {
             st.refunds.clear();
         }
         result
+    }
+
+    /// After a fault the events applied in memory are not all durable: the account goes back
+    /// to what the view holds (the durable state), and bank operations no durable entry names
+    /// are undone. Not after a failed journal write, though: the record may have reached the
+    /// disk even so, and the journal accepts nothing more, so the restart that must follow
+    /// settles the bank's side (the simulated bank from the log itself; an external one by the
+    /// reconciliation at opening).
+    fn undo(&self) {
+        if !self.submitted.get() {
+            for op in self.bank_ops.borrow_mut().drain(..) {
+                if let Err(e) = self.shared.bank.reverse(&op) {
+                    tracing::error!(op = %op, error = %e, "could not undo a bank operation of a failed command; the next opening reconciles it");
+                }
+            }
+        }
+        let id = self.st.borrow().id.clone();
+        match self.shared.view.consumer(&id) {
+            Ok(Some(durable)) => *self.st.borrow_mut() = durable,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(consumer = %id, error = %e, "could not reload a consumer after a failed command")
+            }
+        }
     }
 
     /// Makes an order this consumer owns resident. Open orders always are; a closed one is
@@ -255,7 +288,10 @@ impl Run {
         }
         let entry = Entry::new(self.now, events);
         let writes = view::consumer_writes(&self.st.borrow(), &entry);
+        self.submitted.set(true);
         self.shared.journal.append(&entry, writes).await?;
+        // Durable: the bank operations it names are no longer this command's to undo.
+        self.bank_ops.borrow_mut().clear();
         {
             let st = self.st.borrow();
             for order in entry.events.iter().filter_map(Event::order) {
@@ -372,7 +408,10 @@ impl Run {
             amount,
         };
         match self.shared.bank.debit(op).await? {
-            BankAnswer::Done => Ok(Ok(id)),
+            BankAnswer::Done => {
+                self.bank_ops.borrow_mut().push(id.clone());
+                Ok(Ok(id))
+            }
             BankAnswer::Refused(reason) => Ok(Err(reason)),
         }
     }
@@ -508,7 +547,10 @@ impl Run {
                 })
                 .await;
             match answer {
-                Ok(BankAnswer::Done) => bank_op = Some(op_id),
+                Ok(BankAnswer::Done) => {
+                    self.bank_ops.borrow_mut().push(op_id.clone());
+                    bank_op = Some(op_id)
+                }
                 other => {
                     // Give the merchant its money back: nothing of the refund happened.
                     self.shared.credit_merchant_back(&merchant, amount);

@@ -138,9 +138,9 @@ enum Change {
     Open(Amount),
     Deposit(Amount),
     Refuse(bool),
-    /// A debit or credit: durable with the entry naming it (as its clearing postings); kept
-    /// here until then only to answer a repeated id.
-    Moved,
+    /// A debit (negative) or credit: durable with the entry naming it (as its clearing
+    /// postings); kept here until then to answer a repeated id, or to be undone.
+    Moved(Amount),
 }
 
 struct Pending {
@@ -360,11 +360,16 @@ impl SimBank {
                 .map_err(|_| BankError::Overflow(op.account.clone()))?;
             BankAnswer::Done
         };
+        let delta = if debit {
+            op.amount.checked_neg()
+        } else {
+            op.amount
+        };
         st.pending.insert(
             op.id,
             Pending {
                 account: key,
-                change: Change::Moved,
+                change: Change::Moved(delta),
                 answer: answer.clone(),
             },
         );
@@ -435,7 +440,7 @@ impl LogParticipant for SimBank {
             let d = &mut acct.durable;
             // Bounded amounts: the same arithmetic already succeeded on the live balance.
             match p.change {
-                Change::Moved => continue,
+                Change::Moved(_) => continue,
                 Change::Open(base) => {
                     *d = SimRecord {
                         base,
@@ -473,7 +478,20 @@ impl BankPort for SimBankPort {
 
     fn confirm(&self, _ids: &[String]) {}
 
-    fn reverse(&self, _id: &str) -> Result<(), BankError> {
+    /// Undoes an operation no durable entry names (its command failed before journaling).
+    /// Idempotent: an unknown or already undone id changes nothing.
+    fn reverse(&self, id: &str) -> Result<(), BankError> {
+        let mut st = self.0.state.lock();
+        let Some(p) = st.pending.remove(id) else {
+            return Ok(());
+        };
+        if let (Change::Moved(delta), Some(acct)) = (p.change, st.accounts.get_mut(&p.account)) {
+            acct.live.balance = acct
+                .live
+                .balance
+                .checked_sub(delta)
+                .map_err(|e| BankError::Storage(e.to_string()))?;
+        }
         Ok(())
     }
 

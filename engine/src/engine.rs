@@ -238,6 +238,12 @@ impl Engine {
         self.router.passivate_idle(idle)
     }
 
+    /// Why the journal stopped accepting writes, if it did (a full disk, an I/O error): every
+    /// command fails until a restart, reads keep working.
+    pub fn journal_failure(&self) -> Option<String> {
+        self.shared.journal.failure()
+    }
+
     /// The journal's counters: records written, entries in them, flushes.
     pub fn journal_stats(&self) -> &crate::journal::JournalStats {
         self.shared.journal.stats()

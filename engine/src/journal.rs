@@ -57,7 +57,7 @@ const MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
 pub enum JournalError {
     #[error("log: {0}")]
     Log(#[from] WalError),
-    #[error("journal: {0}")]
+    #[error("{0}")]
     Commit(#[from] CommitError),
     #[error(transparent)]
     View(#[from] ViewError),
@@ -178,6 +178,10 @@ struct Common {
     /// Cleared at close, so that the participant (which holds a link back) is let go.
     participant: parking_lot::Mutex<Option<Arc<dyn LogParticipant>>>,
     index_bank_ops: std::sync::atomic::AtomicBool,
+    /// Set when a checkpoint failed: sled keeps its first I/O error until it is reopened, so
+    /// no later checkpoint can succeed and the overlay would grow until memory runs out. The
+    /// writer then accepts nothing more, like after a failed sync: a restart recovers.
+    checkpoint_failure: std::sync::OnceLock<SinkFailure>,
 }
 
 fn put_u32(buf: &mut Vec<u8>, n: usize) {
@@ -189,6 +193,9 @@ impl Sink for LogSink {
     type Done = u64;
 
     fn commit(&mut self, batch: &mut Vec<Submission>) -> Result<u64, SinkFailure> {
+        if let Some(f) = self.shared.checkpoint_failure.get() {
+            return Err(f.clone());
+        }
         let started = Instant::now();
         let seq = self.wal.last_seq() + 1;
         let (writer_writes, published) = self
@@ -690,6 +697,7 @@ impl Journal {
             checkpoint_max_keys: cfg.checkpoint_max_keys.max(1),
             participant: parking_lot::Mutex::new(None),
             index_bank_ops: std::sync::atomic::AtomicBool::new(true),
+            checkpoint_failure: std::sync::OnceLock::new(),
         });
         let sink = LogSink {
             wal,
@@ -845,10 +853,29 @@ fn checkpoint_loop(
             default(every) => {},
         }
         if let Err(e) = checkpoint_once(&db, &tree, &overlay, &common) {
-            // The overlay keeps the sealed layer: the next turn tries again, and the log still
-            // holds every record, so nothing is lost meanwhile.
-            tracing::error!(error = %e, "checkpoint of the account-state view failed");
+            // The overlay keeps the sealed layer and the log every record: nothing is lost. But
+            // sled will not write again before it is reopened, so the journal stops too.
+            tracing::error!(error = %e, "checkpoint of the account-state view failed; the journal stops: restart once it is fixed");
+            let reason = format!("checkpoint of the account-state view: {e}");
+            let failure = if is_enospc(&e) {
+                SinkFailure::disk_full(reason)
+            } else {
+                SinkFailure::new(reason)
+            };
+            let _ = common.checkpoint_failure.set(failure);
+            return;
         }
+    }
+}
+
+/// Whether a checkpoint failed because the device is full (sled reports ENOSPC as an I/O
+/// error).
+fn is_enospc(e: &JournalError) -> bool {
+    match e {
+        JournalError::View(ViewError::Storage(sled::Error::Io(io))) => {
+            io.raw_os_error() == Some(28) || io.to_string().contains("No space left")
+        }
+        _ => false,
     }
 }
 

@@ -44,8 +44,11 @@ pub struct RecoveryInfo {
     pub torn_bytes: u64,
     /// Opening the store (checkpoint + tail), in milliseconds.
     pub store_ms: f64,
-    /// The pass over the consumer records (open orders, reserved credit), in milliseconds.
+    /// The pass over the consumer records (open orders, reserved credit) and the bank's
+    /// attach, in milliseconds.
     pub scan_ms: f64,
+    /// Of which the bank's attach (the simulated bank loads its accounts), in milliseconds.
+    pub bank_ms: f64,
 }
 
 /// The journal opened at its head, and what opening it found.
@@ -144,7 +147,9 @@ pub(crate) fn scan_and_reconcile(
         None => Arc::new(|account: &str| account.to_string()),
         Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
     };
+    let attach = Instant::now();
     let durable_with_log = shared.bank.attach(&shared.journal, names, &moved)?;
+    info.bank_ms = attach.elapsed().as_secs_f64() * 1e3;
     drop(moved);
     shared.journal.index_bank_ops(!durable_with_log);
     // Reconcile: bank operations the journal does not hold belong to commands that were

@@ -598,7 +598,10 @@ const CHECKPOINT_CHUNK: usize = 512;
 /// write of a record sets a key to a value, replaying over keys already written gives the
 /// same view. So the checkpoint need not be one atomic batch.
 pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Result<(), ViewError> {
-    let mut keys: Vec<&Vec<u8>> = layer.keys().filter(|k| k.as_slice() != META_KEY).collect();
+    let mut keys: Vec<&Vec<u8>> = layer
+        .keys()
+        .filter(|k| k.as_slice() != META_KEY && k.as_slice() != STAMP_KEY)
+        .collect();
     keys.sort_unstable();
     for chunk in keys.chunks(CHECKPOINT_CHUNK) {
         let mut batch = sled::Batch::default();

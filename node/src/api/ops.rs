@@ -14,13 +14,19 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 pub async fn healthz(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let journal_seq = node.engine.last_seq()?;
     let cursor = crate::outbox::cursor(&node)?;
-    let status = if node.is_stopping() {
-        StatusCode::SERVICE_UNAVAILABLE
+    // A stopped journal (a full disk, an I/O error) takes no more commands until a restart:
+    // the node is not healthy, though it still answers reads.
+    let journal_failure = node.engine.journal_failure();
+    let (status, word) = if node.is_stopping() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if journal_failure.is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "journal_stopped")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, "ok")
     };
     Ok(HttpResponse::build(status).json(serde_json::json!({
-        "status": if node.is_stopping() { "stopping" } else { "ok" },
+        "status": word,
+        "journal_failure": journal_failure,
         "journal_seq": journal_seq,
         "outbox_seq": cursor,
         "in_flight": node.engine.in_flight(),
