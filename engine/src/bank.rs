@@ -91,17 +91,17 @@ pub trait BankPort: Send + Sync + 'static {
     /// rides on the engine's log (the simulated bank) loads it from the view, registers with
     /// the journal and answers `true`: its operations are durable with the entries that name
     /// them, so there is nothing to reconcile and no operation index to keep. `names` maps an
-    /// account to the name the node stores for it (its keyed reference under a data key, I10);
-    /// `moved` is, by that name, what the node's ledger has moved to (positive) or from
-    /// (negative) each account: its clearing balance. An external bank keeps its own books and
-    /// answers `false`.
-    fn attach(
-        &self,
-        _journal: &JournalHandle,
-        _names: AccountNames,
-        _moved: &HashMap<String, Amount>,
-    ) -> Result<bool, BankError> {
+    /// account to the name the node stores for it (its keyed reference under a data key, I10).
+    /// An external bank keeps its own books and answers `false`. Runs while the engine scans
+    /// its consumers, on another thread.
+    fn attach(&self, _journal: &JournalHandle, _names: AccountNames) -> Result<bool, BankError> {
         Ok(false)
+    }
+    /// After `attach`, before any operation: `moved` is, by stored account name, what the
+    /// node's ledger has moved to (positive) or from (negative) each account, its clearing
+    /// balance. The simulated bank adds it to the accounts' balances.
+    fn add_moved(&self, _moved: &HashMap<String, Amount>) -> Result<(), BankError> {
+        Ok(())
     }
 }
 
@@ -376,24 +376,19 @@ impl SimBank {
         Ok(answer)
     }
 
-    /// Loads the accounts as the engine's view holds them, each with what the node's ledger
-    /// moved to or from it, and registers with the journal.
+    /// Loads the accounts as the engine's view holds them (what the ledger moved comes after,
+    /// [`BankPort::add_moved`]) and registers with the journal.
     fn attach(
         self: &Arc<Self>,
         journal: &JournalHandle,
         names: AccountNames,
-        moved: &HashMap<String, Amount>,
     ) -> Result<(), BankError> {
         let mut accounts = HashMap::new();
         for kv in journal.view().sim_accounts() {
             let (name, bytes) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
             let r: SimRecord =
                 bincode::deserialize(&bytes).map_err(|e| BankError::Storage(e.to_string()))?;
-            let moved = moved.get(&name).copied().unwrap_or(Amount::ZERO);
-            let balance = r
-                .base
-                .checked_add(moved)
-                .map_err(|e| BankError::Storage(e.to_string()))?;
+            let balance = r.base;
             accounts.insert(
                 name,
                 Account {
@@ -495,14 +490,23 @@ impl BankPort for SimBankPort {
         Ok(())
     }
 
-    fn attach(
-        &self,
-        journal: &JournalHandle,
-        names: AccountNames,
-        moved: &HashMap<String, Amount>,
-    ) -> Result<bool, BankError> {
-        self.0.attach(journal, names, moved)?;
+    fn attach(&self, journal: &JournalHandle, names: AccountNames) -> Result<bool, BankError> {
+        self.0.attach(journal, names)?;
         Ok(true)
+    }
+
+    fn add_moved(&self, moved: &HashMap<String, Amount>) -> Result<(), BankError> {
+        let mut st = self.0.state.lock();
+        for (name, amount) in moved {
+            if let Some(a) = st.accounts.get_mut(name) {
+                a.live.balance = a
+                    .live
+                    .balance
+                    .checked_add(*amount)
+                    .map_err(|e| BankError::Storage(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -530,7 +534,8 @@ mod tests {
         let port = SimBankPort(bank.clone());
         let names: AccountNames = Arc::new(|a: &str| a.to_string());
         let moved = HashMap::from([("acct".to_string(), Amount::from_cents(moved))]);
-        assert!(port.attach(&journal.handle(), names, &moved).unwrap());
+        assert!(port.attach(&journal.handle(), names).unwrap());
+        port.add_moved(&moved).unwrap();
         (journal, bank, port)
     }
 

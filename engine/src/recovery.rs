@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cards::{AuthCenter, IssuerKey};
 use crate::directory::OrderKey;
@@ -115,7 +115,62 @@ pub(crate) fn scan_and_reconcile(
     info: &mut RecoveryInfo,
 ) -> Result<(), EngineError> {
     let scan = Instant::now();
-    // What the ledger moved to or from each bank account: its clearing balance.
+    let names: crate::bank::AccountNames = match data_key.cloned() {
+        None => Arc::new(|account: &str| account.to_string()),
+        Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
+    };
+    // The bank loads its accounts on another thread while this one scans the consumers: the
+    // two passes over the view (a million keys each at a million consumers) are the bulk of
+    // a restart.
+    let (attached, moved) = std::thread::scope(|scope| {
+        let bank = scope.spawn(|| {
+            let started = Instant::now();
+            let r = shared.bank.attach(&shared.journal, names);
+            (r, started.elapsed())
+        });
+        let moved = scan_consumers(shared, rules, data_key, info);
+        let attached = bank.join().unwrap_or_else(|_| {
+            (
+                Err(crate::bank::BankError::Unavailable(
+                    "the bank's attach panicked".into(),
+                )),
+                Duration::ZERO,
+            )
+        });
+        (attached, moved)
+    });
+    let (durable_with_log, bank_took) = attached;
+    info.bank_ms = bank_took.as_secs_f64() * 1e3;
+    let durable_with_log = durable_with_log?;
+    shared.bank.add_moved(&moved?)?;
+    shared.journal.index_bank_ops(!durable_with_log);
+    // Reconcile: bank operations the journal does not hold belong to commands that were
+    // never acknowledged, and are undone.
+    for op in shared.bank.unconfirmed()? {
+        if shared.journal.has_bank_op(&op.id)? {
+            shared.bank.confirm(std::slice::from_ref(&op.id));
+            info.bank_ops_confirmed += 1;
+        } else {
+            shared.bank.reverse(&op.id)?;
+            info.bank_ops_reversed += 1;
+        }
+    }
+    info.timed_consumers = shared.directory.timed.len();
+    info.open_orders = shared.directory.open_orders.len();
+    info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
+    info.merchants = shared.merchants.len();
+    Ok(())
+}
+
+/// One pass over the consumer records: the open orders and the consumers with time-driven
+/// work into `shared`'s directories; returns what the ledger moved to or from each bank
+/// account (its clearing balance), by stored name.
+fn scan_consumers(
+    shared: &Shared,
+    rules: &RulesConfig,
+    data_key: Option<&DataKey>,
+    info: &mut RecoveryInfo,
+) -> Result<std::collections::HashMap<String, Amount>, EngineError> {
     let mut moved: std::collections::HashMap<String, Amount> = Default::default();
     for rec in shared.view.consumer_records() {
         let c = rec?;
@@ -143,31 +198,7 @@ pub(crate) fn scan_and_reconcile(
                 .insert(o.id.clone(), OrderKey::of(&c.id, o));
         }
     }
-    let names: crate::bank::AccountNames = match data_key.cloned() {
-        None => Arc::new(|account: &str| account.to_string()),
-        Some(key) => Arc::new(move |account: &str| seal::bank_ref(&key, account)),
-    };
-    let attach = Instant::now();
-    let durable_with_log = shared.bank.attach(&shared.journal, names, &moved)?;
-    info.bank_ms = attach.elapsed().as_secs_f64() * 1e3;
-    drop(moved);
-    shared.journal.index_bank_ops(!durable_with_log);
-    // Reconcile: bank operations the journal does not hold belong to commands that were
-    // never acknowledged, and are undone.
-    for op in shared.bank.unconfirmed()? {
-        if shared.journal.has_bank_op(&op.id)? {
-            shared.bank.confirm(std::slice::from_ref(&op.id));
-            info.bank_ops_confirmed += 1;
-        } else {
-            shared.bank.reverse(&op.id)?;
-            info.bank_ops_reversed += 1;
-        }
-    }
-    info.timed_consumers = shared.directory.timed.len();
-    info.open_orders = shared.directory.open_orders.len();
-    info.scan_ms = scan.elapsed().as_secs_f64() * 1e3;
-    info.merchants = shared.merchants.len();
-    Ok(())
+    Ok(moved)
 }
 
 /// The authentication center with the cards and readers the view holds, when an issuer key

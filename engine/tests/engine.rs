@@ -88,9 +88,14 @@ impl BankPort for GatedBank {
         &self,
         journal: &onecard_engine::journal::JournalHandle,
         names: onecard_engine::bank::AccountNames,
-        moved: &std::collections::HashMap<String, Amount>,
     ) -> Result<bool, BankError> {
-        self.inner.attach(journal, names, moved)
+        self.inner.attach(journal, names)
+    }
+    fn add_moved(
+        &self,
+        moved: &std::collections::HashMap<String, Amount>,
+    ) -> Result<(), BankError> {
+        self.inner.add_moved(moved)
     }
 }
 
