@@ -47,6 +47,11 @@ enum Command {
         /// Configuration file (rules, journal, actors); the built-in defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How many steps may run at once (1: one after the other). Steps on the same order
+        /// still run in turn; ticks, checks, bank steps, openings and restarts wait for every
+        /// step before them. Answers stay one per step, in step order.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        in_flight: u64,
     },
     /// The settlement node: the HTTP API for merchants, readers, consumers and operators,
     /// with the print queue and the webhooks. Stops cleanly on SIGTERM or SIGINT.
@@ -117,7 +122,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Play { data, config } => {
+        Command::Play {
+            data,
+            config,
+            in_flight,
+        } => {
             let mut cfg = match config.map(|p| onecard_engine::NodeConfig::load(&p)) {
                 None => onecard_engine::EngineConfig::default(),
                 Some(Ok(c)) => c.engine,
@@ -133,7 +142,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let system = actix_rt::System::new();
-            match system.block_on(scenario::play_stdin(&data, cfg)) {
+            match system.block_on(scenario::play_stdin(&data, cfg, in_flight as usize)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("play FAILED: {e}");

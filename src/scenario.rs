@@ -148,7 +148,16 @@ impl Player {
 
     /// Runs one command; `Ok` is the outcome string (`ok`, `settled`, `refused:credit`, …).
     async fn command(&mut self, op: &str, step: &Map<String, Value>) -> Result<String, String> {
-        let now = self.clock;
+        if op == "restart" {
+            self.close().await?;
+            self.open().await?;
+            return Ok(outcome_str(&Ok(onecard_engine::Outcome::Ok)));
+        }
+        self.run(op, step, self.clock).await
+    }
+
+    /// Runs one command other than `restart` at the clock `now`.
+    async fn run(&self, op: &str, step: &Map<String, Value>, now: u64) -> Result<String, String> {
         let fault = |e: EngineError| format!("engine fault: {e}");
         let result: CommandResult = match op {
             "open_consumer" => self.open_consumer(step, now).await.map_err(fault)?,
@@ -239,11 +248,6 @@ impl Player {
                 self.engine().refund(req, now).await.map_err(fault)?
             }
             "tick" => self.engine().tick(now).await.map_err(fault)?,
-            "restart" => {
-                self.close().await?;
-                self.open().await?;
-                Ok(onecard_engine::Outcome::Ok)
-            }
             other => return Err(format!("unknown command {other:?}")),
         };
         Ok(outcome_str(&result))
@@ -400,9 +404,10 @@ fn same_value(expected: &str, actual: &str) -> bool {
 /// and runs them against the engine on DIR (created or reopened). For each step it prints one
 /// JSON line — `{"step":N,"outcome":"…","checks":{"key":"value"}}` — only after the command's
 /// effects are durable, so a line on standard output is an acknowledgement. Used by the crash
-/// tests, and handy for scripting.
-pub async fn play_stdin(data: &Path, cfg: EngineConfig) -> Result<(), String> {
-    use std::io::{BufRead, Write};
+/// tests, and handy for scripting. With `in_flight` above 1, up to that many steps run at once
+/// (see `play_concurrent`); the answers still come one per step, in step order.
+pub async fn play_stdin(data: &Path, cfg: EngineConfig, in_flight: usize) -> Result<(), String> {
+    use std::io::BufRead;
     std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
     let mut player = Player {
         dir: DataDir::Given(data.to_path_buf()),
@@ -431,53 +436,226 @@ pub async fn play_stdin(data: &Path, cfg: EngineConfig) -> Result<(), String> {
             r.bank_ops_reversed
         );
     }
-    let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
+    if in_flight > 1 {
+        play_concurrent(&mut player, in_flight, &mut out).await?;
+        return player.close().await;
+    }
+    let stdin = std::io::stdin();
     for (i, line) in stdin.lock().lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut reply = serde_json::Map::new();
-        reply.insert("step".into(), Value::from(i + 1));
-        match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(step)) => {
-                if let Some(t) = step.get("at").and_then(Value::as_u64) {
-                    player.clock = player.clock.max(t);
-                }
-                if let Some(op) = step.get("do") {
-                    let op = op.as_str().unwrap_or("<not a string>");
-                    match player.command(op, &step).await {
-                        Ok(got) => reply.insert("outcome".into(), Value::from(got)),
-                        Err(e) => reply.insert("error".into(), Value::from(e)),
-                    };
-                }
-                if let Some(checks) = step.get("check").and_then(Value::as_object) {
-                    let mut got = serde_json::Map::new();
-                    for key in checks.keys() {
-                        let v = player
-                            .read(key)
-                            .await
-                            .unwrap_or_else(|e| format!("error: {e}"));
-                        got.insert(key.clone(), Value::from(v));
-                    }
-                    reply.insert("checks".into(), Value::Object(got));
-                }
-            }
-            Ok(_) | Err(_) => {
-                reply.insert(
-                    "error".into(),
-                    Value::from("each line must be one JSON object"),
-                );
-            }
-        }
-        writeln!(out, "{}", Value::Object(reply)).map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
+        let reply = step_reply(&mut player, i + 1, &line).await;
+        emit(&mut out, reply)?;
         if player.engine.is_none() {
             return Err("the engine stopped".into());
         }
     }
     player.close().await
+}
+
+/// Prints one answer line and flushes it.
+fn emit(out: &mut impl std::io::Write, reply: Map<String, Value>) -> Result<(), String> {
+    writeln!(out, "{}", Value::Object(reply)).map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// Runs step `n` (one input line) on its own: the command (at the step's `at`, if later than
+/// the clock), then its checks. Returns the answer.
+async fn step_reply(player: &mut Player, n: usize, line: &str) -> Map<String, Value> {
+    let mut reply = Map::new();
+    reply.insert("step".into(), Value::from(n));
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(step)) => {
+            if let Some(t) = step.get("at").and_then(Value::as_u64) {
+                player.clock = player.clock.max(t);
+            }
+            if let Some(op) = step.get("do") {
+                let op = op.as_str().unwrap_or("<not a string>");
+                match player.command(op, &step).await {
+                    Ok(got) => reply.insert("outcome".into(), Value::from(got)),
+                    Err(e) => reply.insert("error".into(), Value::from(e)),
+                };
+            }
+            if let Some(checks) = step.get("check").and_then(Value::as_object) {
+                let mut got = Map::new();
+                for key in checks.keys() {
+                    let v = player
+                        .read(key)
+                        .await
+                        .unwrap_or_else(|e| format!("error: {e}"));
+                    got.insert(key.clone(), Value::from(v));
+                }
+                reply.insert("checks".into(), Value::Object(got));
+            }
+        }
+        Ok(_) | Err(_) => {
+            reply.insert(
+                "error".into(),
+                Value::from("each line must be one JSON object"),
+            );
+        }
+    }
+    reply
+}
+
+/// The commands that may run alongside others (`--in-flight` above 1): they touch one order,
+/// named by this field. Everything else (ticks, checks, the bank's steps, opening consumers and
+/// merchants, restarts, anything unknown) is a barrier.
+fn order_key(op: &str) -> Option<&'static str> {
+    match op {
+        "place_order" => Some("id"),
+        "confirm_receipt" | "enter_code" | "cancel_order" | "refund" => Some("order"),
+        _ => None,
+    }
+}
+
+/// What the reader thread hands over: a step's number and its line, or a read error.
+type InputLine = Result<(usize, String), String>;
+
+/// `play --in-flight N`, N > 1: standard input is read on a thread of its own (a blocking read
+/// here would stall the commands running); up to `n` steps run at once, and their answers are
+/// printed one per step, in step order, each once that step's future has resolved (its effects
+/// durable). Steps on the same order run one after the other (a step waits for the previous one
+/// on its order to resolve); a barrier step waits for every step before it and holds back the
+/// ones after it.
+async fn play_concurrent(
+    player: &mut Player,
+    n: usize,
+    out: &mut impl std::io::Write,
+) -> Result<(), String> {
+    use futures::SinkExt;
+    let (mut tx, mut rx) = futures::channel::mpsc::channel::<InputLine>(n);
+    std::thread::Builder::new()
+        .name("play-stdin".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                let item = line.map(|l| (i + 1, l)).map_err(|e| e.to_string());
+                let failed = item.is_err();
+                if futures::executor::block_on(tx.send(item)).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    loop {
+        let mut clock = player.clock;
+        let barrier = run_until_barrier(player, &mut clock, n, &mut rx, out).await?;
+        player.clock = clock;
+        let Some((i, line)) = barrier else {
+            return Ok(());
+        };
+        let reply = step_reply(player, i, &line).await;
+        emit(out, reply)?;
+        if player.engine.is_none() {
+            return Err("the engine stopped".into());
+        }
+    }
+}
+
+/// Runs the steps read from `rx` concurrently (at most `n` at once) until a barrier step or the
+/// end of the input; prints every answer, in step order, and returns the barrier step unrun.
+async fn run_until_barrier(
+    player: &Player,
+    clock: &mut u64,
+    n: usize,
+    rx: &mut futures::channel::mpsc::Receiver<InputLine>,
+    out: &mut impl std::io::Write,
+) -> Result<Option<(usize, String)>, String> {
+    use futures::channel::oneshot;
+    use futures::future::{self, Either, FutureExt, LocalBoxFuture, Shared};
+    use futures::stream::{FuturesOrdered, StreamExt};
+    use std::collections::HashMap;
+
+    let mut running: FuturesOrdered<LocalBoxFuture<'_, Map<String, Value>>> = FuturesOrdered::new();
+    // The last step started on each order; it resolves when that step's future has.
+    let mut last: HashMap<String, Shared<oneshot::Receiver<()>>> = HashMap::new();
+    let barrier = loop {
+        if running.len() >= n {
+            if let Some(reply) = running.next().await {
+                emit(out, reply)?;
+            }
+            continue;
+        }
+        let item = if running.is_empty() {
+            rx.next().await
+        } else {
+            let ev = match future::select(running.next(), rx.next()).await {
+                Either::Left((reply, _)) => Either::Left(reply),
+                Either::Right((item, _)) => Either::Right(item),
+            };
+            match ev {
+                Either::Left(reply) => {
+                    if let Some(reply) = reply {
+                        emit(out, reply)?;
+                    }
+                    continue;
+                }
+                Either::Right(item) => item,
+            }
+        };
+        let Some(item) = item else { break None };
+        let (i, line) = item?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut reply = Map::new();
+        reply.insert("step".into(), Value::from(i));
+        let step = match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(step)) => step,
+            Ok(_) | Err(_) => {
+                reply.insert(
+                    "error".into(),
+                    Value::from("each line must be one JSON object"),
+                );
+                running.push_back(future::ready(reply).boxed_local());
+                continue;
+            }
+        };
+        let op = match step.get("do") {
+            None if !step.contains_key("check") => None,
+            Some(Value::String(op)) if !step.contains_key("check") => match order_key(op) {
+                Some(field) => Some((op.clone(), field)),
+                None => break Some((i, line)),
+            },
+            _ => break Some((i, line)),
+        };
+        if let Some(t) = step.get("at").and_then(Value::as_u64) {
+            *clock = (*clock).max(t);
+        }
+        let Some((op, field)) = op else {
+            // Nothing to do: only the clock moves.
+            running.push_back(future::ready(reply).boxed_local());
+            continue;
+        };
+        let now = *clock;
+        let key = text(&step, field).unwrap_or_default().to_string();
+        let before = last.get(&key).cloned();
+        let (done, resolved) = oneshot::channel::<()>();
+        last.insert(key, resolved.shared());
+        running.push_back(
+            async move {
+                if let Some(before) = before {
+                    // Resolves (cancelled) when the previous step on this order has finished.
+                    let _ = before.await;
+                }
+                match player.run(&op, &step, now).await {
+                    Ok(got) => reply.insert("outcome".into(), Value::from(got)),
+                    Err(e) => reply.insert("error".into(), Value::from(e)),
+                };
+                drop(done);
+                reply
+            }
+            .boxed_local(),
+        );
+    };
+    while let Some(reply) = running.next().await {
+        emit(out, reply)?;
+    }
+    Ok(barrier)
 }
 
 /// Plays one scenario file and returns what failed.
