@@ -419,8 +419,6 @@ fn without_pcscd_the_terminal_says_no_reader_service_is_available() {
 /// bound to loopback; returns the engine, its bank, and her card personalised.
 async fn node_with_alice(dir: &std::path::Path) -> (Engine, Arc<SimBank>, CardApplet) {
     let bank = SimBank::open(dir).expect("bank");
-    bank.open_account("alice-bank", Amount::from_cents(900_000))
-        .expect("bank account");
     let cfg = EngineConfig {
         issuer_key: Some(master()),
         ..EngineConfig::default()
@@ -428,6 +426,9 @@ async fn node_with_alice(dir: &std::path::Path) -> (Engine, Arc<SimBank>, CardAp
     let engine = Engine::open(dir, cfg, Arc::new(SimBankPort(bank.clone())))
         .await
         .expect("engine");
+    // The simulated bank opens with the engine: its accounts are records of the engine's log.
+    bank.open_account("alice-bank", Amount::from_cents(900_000))
+        .expect("bank account");
     engine
         .open_consumer(
             OpenConsumer {
