@@ -37,6 +37,10 @@ enum Command {
         /// The data directory to check.
         #[arg(long)]
         data: PathBuf,
+        /// Where the node moved the log's old segments (`[journal] archive_dir`): read first,
+        /// so that the replay still starts at record 1.
+        #[arg(long)]
+        archive: Option<PathBuf>,
     },
     /// Run scenario steps read from standard input, one JSON object a line, on a data
     /// directory; prints one JSON line per step once its effects are durable.
@@ -88,16 +92,18 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Verify { data } => match onecard_engine::verify::verify(&data) {
-            Ok(report) => {
-                println!("{report}");
-                ExitCode::SUCCESS
+        Command::Verify { data, archive } => {
+            match onecard_engine::verify::verify_with_archive(&data, archive.as_deref()) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("verify FAILED for {}: {e}", data.display());
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("verify FAILED for {}: {e}", data.display());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Scenario { files } => {
             let system = actix_rt::System::new();
             let ok = system.block_on(async move {

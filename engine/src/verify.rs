@@ -217,14 +217,23 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     for rec in journal::read_log(dir, archive_dir).map_err(|e| open_err(e.to_string()))? {
         let (rec, writes) = rec.map_err(rec_err(last_seq))?;
         if rec.seq == checkpoint_seq {
-            match stamp {
-                Some((seq, hash)) if seq == rec.seq && hash == rec.hash => {}
-                _ => {
-                    return Err(VerifyError::Record {
-                        seq: rec.seq,
-                        reason: "altered: it is not the record the view's checkpoint covers (its hash differs from the checkpoint's stamp)".into(),
-                    })
-                }
+            let reason = match stamp {
+                Some((seq, hash)) if seq == rec.seq && hash == rec.hash => None,
+                Some((seq, _)) if seq != rec.seq => Some(format!(
+                    "the view's checkpoint covers this record but its stamp names record {seq}"
+                )),
+                Some(_) => Some(
+                    "altered: it is not the record the view's checkpoint covers (its hash differs from the checkpoint's stamp)".to_string(),
+                ),
+                None => Some(
+                    "the view's checkpoint covers this record but has no stamp (written by an older version?)".to_string(),
+                ),
+            };
+            if let Some(reason) = reason {
+                return Err(VerifyError::Record {
+                    seq: rec.seq,
+                    reason,
+                });
             }
         }
         for w in &writes {
