@@ -873,7 +873,7 @@ fn checkpoint_loop(
 fn is_enospc(e: &JournalError) -> bool {
     match e {
         JournalError::View(ViewError::Storage(sled::Error::Io(io))) => {
-            io.raw_os_error() == Some(28) || io.to_string().contains("No space left")
+            onecard_storage::is_disk_full(io)
         }
         _ => false,
     }

@@ -95,16 +95,11 @@ impl Sink for StoreSink {
 
 fn sled_failure(e: &sled::Error) -> SinkFailure {
     match e {
-        sled::Error::Io(io) if io.raw_os_error() == Some(libc_enospc()) => {
+        sled::Error::Io(io) if onecard_storage::is_disk_full(io) => {
             SinkFailure::disk_full(e.to_string())
         }
         _ => SinkFailure::new(e.to_string()),
     }
-}
-
-/// ENOSPC on Linux.
-const fn libc_enospc() -> i32 {
-    28
 }
 
 /// Counters for `/metrics`.

@@ -6,3 +6,10 @@
 
 pub mod group_commit;
 pub mod wal;
+
+/// Whether an I/O error says the device is full (ENOSPC): the one test of it, for the log, the
+/// view's checkpoint and the node store, so that each says "disk full" in words alike.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    // sled re-wraps some of its I/O errors as custom ones that keep only the message.
+    e.raw_os_error() == Some(libc::ENOSPC) || e.to_string().contains("No space left on device")
+}

@@ -191,7 +191,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn io_err(path: &Path, e: io::Error) -> WalError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
+    if crate::is_disk_full(&e) {
         WalError::DiskFull {
             path: path.to_path_buf(),
         }
