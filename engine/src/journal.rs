@@ -43,8 +43,8 @@ use onecard_storage::wal::{Wal, WalConfig, WalCursor, WalError, WalReader};
 
 use crate::ledger::Entry;
 use crate::view::{
-    self, IdFilter, MerchantBook, Overlay, StateView, ViewError, ViewMeta, ViewWrite, WriterDelta,
-    WriterView,
+    self, IdFilter, MerchantBook, Overlay, StateView, ViewError, ViewFailure, ViewMeta, ViewWrite,
+    WriterDelta, WriterView,
 };
 
 pub use onecard_storage::wal::Hash;
@@ -178,10 +178,9 @@ struct Common {
     /// Cleared at close, so that the participant (which holds a link back) is let go.
     participant: parking_lot::Mutex<Option<Arc<dyn LogParticipant>>>,
     index_bank_ops: std::sync::atomic::AtomicBool,
-    /// Set when a checkpoint failed: sled keeps its first I/O error until it is reopened, so
-    /// no later checkpoint can succeed and the overlay would grow until memory runs out. The
-    /// writer then accepts nothing more, like after a failed sync: a restart recovers.
-    checkpoint_failure: std::sync::OnceLock<SinkFailure>,
+    /// Set when a checkpoint or a read of sled failed (see [`ViewFailure`]): the writer then
+    /// accepts nothing more, like after a failed sync; a restart recovers.
+    view_failure: Arc<ViewFailure>,
 }
 
 fn put_u32(buf: &mut Vec<u8>, n: usize) {
@@ -193,7 +192,7 @@ impl Sink for LogSink {
     type Done = u64;
 
     fn commit(&mut self, batch: &mut Vec<Submission>) -> Result<u64, SinkFailure> {
-        if let Some(f) = self.shared.checkpoint_failure.get() {
+        if let Some(f) = self.shared.view_failure.get() {
             return Err(f.clone());
         }
         let started = Instant::now();
@@ -397,6 +396,7 @@ impl JournalHandle {
     pub fn failure(&self) -> Option<String> {
         self.writer
             .failure()
+            .or_else(|| self.common.view_failure.get().cloned())
             .map(|f| CommitError::Stopped(f).to_string())
     }
 
@@ -697,7 +697,7 @@ impl Journal {
             checkpoint_max_keys: cfg.checkpoint_max_keys.max(1),
             participant: parking_lot::Mutex::new(None),
             index_bank_ops: std::sync::atomic::AtomicBool::new(true),
-            checkpoint_failure: std::sync::OnceLock::new(),
+            view_failure: view.failure().clone(),
         });
         let sink = LogSink {
             wal,
@@ -856,26 +856,17 @@ fn checkpoint_loop(
             // The overlay keeps the sealed layer and the log every record: nothing is lost. But
             // sled will not write again before it is reopened, so the journal stops too.
             tracing::error!(error = %e, "checkpoint of the account-state view failed; the journal stops: restart once it is fixed");
-            let reason = format!("checkpoint of the account-state view: {e}");
-            let failure = if is_enospc(&e) {
-                SinkFailure::disk_full(reason)
-            } else {
-                SinkFailure::new(reason)
-            };
-            let _ = common.checkpoint_failure.set(failure);
+            let doing = "checkpoint of the account-state view";
+            match e {
+                JournalError::View(e) if e.is_storage_failure() => {
+                    common.view_failure.note(doing, e);
+                }
+                e => common
+                    .view_failure
+                    .set(SinkFailure::new(format!("{doing}: {e}"))),
+            }
             return;
         }
-    }
-}
-
-/// Whether a checkpoint failed because the device is full (sled reports ENOSPC as an I/O
-/// error).
-fn is_enospc(e: &JournalError) -> bool {
-    match e {
-        JournalError::View(ViewError::Storage(sled::Error::Io(io))) => {
-            onecard_storage::is_disk_full(io)
-        }
-        _ => false,
     }
 }
 

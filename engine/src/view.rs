@@ -77,10 +77,64 @@ pub fn stamp_write(seq: u64, hash: &[u8; 32]) -> ViewWrite {
 /// Why the view could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
-    #[error("account-state view: storage: {0}")]
+    #[error("account-state view: storage: {}", describe_sled(.0))]
     Storage(#[from] sled::Error),
     #[error("account-state view: {0}")]
     Invalid(String),
+}
+
+fn describe_sled(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) if onecard_storage::is_disk_full(io) => format!("disk full: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+impl ViewError {
+    /// Whether sled reported a failure of the disk under it (I/O or corruption), rather than
+    /// a bad value.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            ViewError::Storage(sled::Error::Io(_) | sled::Error::Corruption { .. })
+        )
+    }
+
+    fn is_disk_full(&self) -> bool {
+        matches!(self, ViewError::Storage(sled::Error::Io(io)) if onecard_storage::is_disk_full(io))
+    }
+}
+
+/// The first storage failure sled reported, on a read or on a checkpoint. sled 0.34 keeps its
+/// first I/O error until it is reopened (a read can meet it too: sled finishes page splits and
+/// flushes while reading), so no later checkpoint could succeed and the overlay would grow
+/// until memory runs out. The journal's writer checks this before every record and accepts
+/// nothing more once it is set, like after a failed sync: a restart recovers.
+#[derive(Debug, Default)]
+pub struct ViewFailure(std::sync::OnceLock<onecard_storage::group_commit::SinkFailure>);
+
+impl ViewFailure {
+    /// Records `e` if it is a storage failure (the first one wins) and gives it back.
+    pub fn note(&self, doing: &str, e: ViewError) -> ViewError {
+        if e.is_storage_failure() {
+            let reason = format!("{doing}: {e}");
+            let _ = self.0.set(if e.is_disk_full() {
+                onecard_storage::group_commit::SinkFailure::disk_full(reason)
+            } else {
+                onecard_storage::group_commit::SinkFailure::new(reason)
+            });
+        }
+        e
+    }
+
+    /// Records a failure that is not sled's (the first one wins).
+    pub fn set(&self, failure: onecard_storage::group_commit::SinkFailure) {
+        let _ = self.0.set(failure);
+    }
+
+    pub fn get(&self) -> Option<&onecard_storage::group_commit::SinkFailure> {
+        self.0.get()
+    }
 }
 
 /// One change to the view: a key set to a value, or removed.
@@ -633,6 +687,7 @@ pub struct StateView {
     tree: sled::Tree,
     overlay: Arc<Overlay>,
     ids: Arc<IdFilter>,
+    failure: Arc<ViewFailure>,
 }
 
 /// Whether an id may be a closed order or a refund: a Bloom filter over their view keys, so
@@ -714,7 +769,18 @@ impl StateView {
     }
 
     pub fn with_filter(tree: sled::Tree, overlay: Arc<Overlay>, ids: Arc<IdFilter>) -> StateView {
-        StateView { tree, overlay, ids }
+        StateView {
+            tree,
+            overlay,
+            ids,
+            failure: Arc::default(),
+        }
+    }
+
+    /// Where a storage failure met by a read is recorded: the journal shares it with its
+    /// writer and its checkpointer.
+    pub fn failure(&self) -> &Arc<ViewFailure> {
+        &self.failure
     }
 
     pub fn overlay(&self) -> &Arc<Overlay> {
@@ -725,7 +791,10 @@ impl StateView {
         match self.overlay.lookup(k) {
             Found::Value(v) => Ok(Some(v)),
             Found::Removed => Ok(None),
-            Found::NotHere => Ok(self.tree.get(k)?.map(|v| v.to_vec())),
+            Found::NotHere => match self.tree.get(k) {
+                Ok(v) => Ok(v.map(|v| v.to_vec())),
+                Err(e) => Err(self.failure.note("a read of the view", e.into())),
+            },
         }
     }
 
@@ -739,7 +808,7 @@ impl StateView {
                 Some(Ok((k, _))) => Some(k.to_vec()),
                 Some(Err(_)) => {
                     let e = stored.next().and_then(|r| r.err())?;
-                    return Some(Err(ViewError::Storage(e)));
+                    return Some(Err(self.failure.note("a scan of the view", e.into())));
                 }
             };
             let take_changed = match (changed.peek(), &next_stored) {

@@ -585,8 +585,9 @@ struct ViewFilled {
 }
 
 /// The view's checkpoint (sled) is on a tmpfs of its own, which fills while the log, on a roomy
-/// disk, goes on. The first checkpoint that fails stops the journal (sled keeps its first I/O
-/// error until it is reopened, so no later checkpoint could succeed): every command from then
+/// disk, goes on. The first checkpoint that fails, or the first read that meets sled's error
+/// (sled finishes page splits and flushes while reading), stops the journal (sled keeps its
+/// first I/O error until it is reopened, so no later checkpoint could succeed): every command from then
 /// on fails with "disk full", nothing acknowledged is lost, reads of what changed since the last
 /// checkpoint (held in memory) keep working, and a restart in place, with room again, has every
 /// acknowledged order and verifies.
@@ -643,7 +644,7 @@ fn view_fills(f: &ViewFill) -> Option<ViewFilled> {
                     first_failure = Some((message, full));
                 }
                 (Err(_), Some(_)) => refused_after += 1,
-                (other, _) => panic!("{}: place {id}: {other:?}", f.name),
+                (other, first) => panic!("{}: place {id}: {other:?} (first failure: {first:?})", f.name),
             }
             if first_failure.is_some() && refused_after >= 8 {
                 break;
