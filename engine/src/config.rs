@@ -55,6 +55,7 @@ struct RawJournal {
     max_batch: Option<usize>,
     batch_window_micros: Option<u64>,
     cache_mib: Option<u64>,
+    record_cache_mib: Option<u64>,
     segment_mib: Option<u64>,
     archive_dir: Option<std::path::PathBuf>,
     checkpoint_interval_ms: Option<u64>,
@@ -152,6 +153,11 @@ impl NodeConfig {
                 .cache_mib
                 .map(|m| m.saturating_mul(1024 * 1024))
                 .unwrap_or(dj.cache_bytes),
+            record_cache_bytes: raw
+                .journal
+                .record_cache_mib
+                .map(|m| m.saturating_mul(1024 * 1024))
+                .unwrap_or(dj.record_cache_bytes),
             segment_bytes: raw
                 .journal
                 .segment_mib

@@ -94,6 +94,8 @@ pub struct JournalConfig {
     pub batch_window_micros: u64,
     /// sled's page cache for the view's checkpoint, in bytes.
     pub cache_bytes: u64,
+    /// Checkpointed consumer records kept in memory in front of sled, in bytes (0: none).
+    pub record_cache_bytes: u64,
     /// The log rotates to a new segment file at this size.
     pub segment_bytes: u64,
     /// Where segments the checkpoint no longer needs are moved; `None` keeps them in place.
@@ -115,6 +117,7 @@ impl Default for JournalConfig {
             max_batch: 4_096,
             batch_window_micros: 0,
             cache_bytes: 256 * 1024 * 1024,
+            record_cache_bytes: 256 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             archive_dir: None,
             checkpoint_interval_ms: 1_000,
@@ -673,7 +676,9 @@ impl Journal {
             checkpoint_seq,
             opened.last_seq,
         )?;
-        let overlay = Arc::new(Overlay::default());
+        let overlay = Arc::new(Overlay::with_record_cache(
+            usize::try_from(cfg.record_cache_bytes).unwrap_or(usize::MAX),
+        ));
         let ids = Arc::new(IdFilter::with_capacity(cfg.id_filter_capacity));
         let view = StateView::with_filter(store.tree.clone(), overlay.clone(), ids.clone());
         let meta = view.meta()?.unwrap_or_default();
