@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: allocation was about a fifth of the node's CPU under an
-/// HTTP load of order creations (BENCHMARKS.md), as in the simulator.
+/// HTTP load of order creations (BENCHMARKS.md), as in the simulator. Tuned by
+/// `onecard_sim::allocator::tune`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -79,6 +80,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    onecard_sim::allocator::tune();
     // The node's log on standard error: warnings by default (refused swipes and
     // authentications, the authentication center's security events); RUST_LOG=info shows
     // every swipe and authorisation too.

@@ -268,11 +268,17 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         common: common.clone(),
     };
     let mut run_time = Duration::ZERO;
+    let mut run_cpu = 0.0;
+    let cpu_at = crate::stats::process_cpu_secs;
+    let cpu_start = cpu_at();
     let start = Instant::now();
     phase(&engine, &bank, restart_at.unwrap_or(args.orders))
         .run(args.concurrency)
         .await;
     run_time += start.elapsed();
+    run_cpu += cpu_at()
+        .zip(cpu_start)
+        .map_or(0.0, |(end, start)| end - start);
     let mut restart = None;
     if let Some(at) = restart_at.filter(|_| !common.stopped.get()) {
         // Every lifecycle of the first phase has finished: a clean close, as an operator's
@@ -290,11 +296,15 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             recovery_ms: ms(t.elapsed()),
             info: engine.recovery().clone(),
         });
+        let cpu_start = cpu_at();
         let start = Instant::now();
         phase(&engine, &bank, args.orders)
             .run(args.concurrency)
             .await;
         run_time += start.elapsed();
+        run_cpu += cpu_at()
+            .zip(cpu_start)
+            .map_or(0.0, |(end, start)| end - start);
     }
     pb.finish_and_clear();
     let peak_rss_run = peak_rss_bytes();
@@ -402,6 +412,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         data_kept,
         setup_secs,
         run_secs: run_time.as_secs_f64(),
+        run_cpu_secs: run_cpu,
         drain_secs,
         checks_secs,
         lifecycles_started: gen.emitted(),

@@ -54,6 +54,8 @@ pub struct Report {
     pub setup_secs: f64,
     /// The measured run: the phases, without setup, the restart and the drain.
     pub run_secs: f64,
+    /// CPU time of the whole process (every thread) during the measured run.
+    pub run_cpu_secs: f64,
     pub drain_secs: f64,
     pub checks_secs: f64,
     /// Lifecycles generated; the recorder counts those completed.
@@ -148,6 +150,12 @@ impl Report {
             } else {
                 ""
             }
+        )?;
+        writeln!(
+            s,
+            "  CPU: {:.1} s of all threads, {:.1} µs per lifecycle",
+            self.run_cpu_secs,
+            self.run_cpu_secs * 1e6 / self.lifecycles_done().max(1) as f64
         )?;
         writeln!(
             s,
@@ -314,6 +322,8 @@ impl Report {
             "stopped_by_duration": self.stopped_by_duration,
             "setup_secs": round3(self.setup_secs),
             "run_secs": round3(self.run_secs),
+            "run_cpu_secs": round3(self.run_cpu_secs),
+            "cpu_us_per_lifecycle": round3(self.run_cpu_secs * 1e6 / self.lifecycles_done().max(1) as f64),
             "drain_secs": round3(self.drain_secs),
             "checks_secs": round3(self.checks_secs),
             "lifecycles_per_sec": round3(self.lifecycles_per_sec()),
