@@ -2002,7 +2002,7 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
                 .map_err(fault)?
                 .ok_or_else(|| format!("order:{id}: the order query does not find it"))?;
             ensure!(
-                full.orders.get(id) == Some(&eo),
+                full.orders.get(id).map(|o| &**o) == Some(&eo),
                 "order:{id}: the query and the ledger disagree"
             );
             let (mo, eo) = (&m.orders[id], &eo);

@@ -186,7 +186,7 @@ impl Run {
         if let Some(stored) = self.shared.view.closed_order(order)? {
             let mut st = self.st.borrow_mut();
             if stored.consumer == st.id {
-                st.orders.insert(order.to_string(), stored.order);
+                st.orders.insert(order.to_string(), Box::new(stored.order));
             }
         }
         Ok(())

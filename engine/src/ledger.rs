@@ -340,7 +340,10 @@ pub struct ConsumerState {
     pub bank_sealed: Option<Vec<u8>>,
     /// The external clearing account mirroring money moved to and from `bank`.
     pub bank_clearing: Amount,
-    pub orders: HashMap<String, Order>,
+    /// Boxed: a consumer holds a few orders, and a small map's spare slots would each be the
+    /// size of a whole order (160 bytes) instead of a pointer. A million consumers' replayed
+    /// ledger (verify, the end-of-run checks) is about 300 MB smaller for it.
+    pub orders: HashMap<String, Box<Order>>,
     pub next_placement: u64,
     pub refunds: HashMap<String, RefundRecord>,
     /// A top-up requested from the bank and not yet answered. Counts against the headroom
@@ -391,6 +394,7 @@ impl ConsumerState {
     fn order(&self, id: &str) -> Result<&Order, Refusal> {
         self.orders
             .get(id)
+            .map(|o| &**o)
             .ok_or_else(|| Refusal::unknown(format!("no order {id:?}")))
     }
 
@@ -711,7 +715,7 @@ impl ConsumerState {
     /// order awaits funds (every tick retries it), the due time of a time order, the expiry of
     /// a pending receipt or code order; `None` if no tick ever could.
     pub fn next_time_work(&self, cfg: &RulesConfig) -> Option<Secs> {
-        next_time_work(self.orders.values(), cfg)
+        next_time_work(self.orders.values().map(|o| &**o), cfg)
     }
 
     fn orders_where(
@@ -719,7 +723,12 @@ impl ConsumerState {
         keep: impl Fn(&Order) -> bool,
         key: impl Fn(&Order) -> (Secs, u64),
     ) -> Vec<String> {
-        let mut v: Vec<&Order> = self.orders.values().filter(|o| keep(o)).collect();
+        let mut v: Vec<&Order> = self
+            .orders
+            .values()
+            .map(|o| &**o)
+            .filter(|o| keep(o))
+            .collect();
         v.sort_by_key(|o| key(o));
         v.into_iter().map(|o| o.id.clone()).collect()
     }
@@ -789,7 +798,7 @@ impl ConsumerState {
                 }
                 self.orders.insert(
                     order.clone(),
-                    Order {
+                    Box::new(Order {
                         id: order.clone(),
                         merchant: merchant.clone(),
                         amount: *amount,
@@ -801,7 +810,7 @@ impl ConsumerState {
                         code_attempts: 0,
                         refunded: Amount::ZERO,
                         first_result: result.clone(),
-                    },
+                    }),
                 );
                 self.next_placement += 1;
             }
@@ -906,6 +915,7 @@ impl ConsumerState {
     fn order_mut(&mut self, id: &str) -> Result<&mut Order, LedgerError> {
         self.orders
             .get_mut(id)
+            .map(|o| &mut **o)
             .ok_or_else(|| LedgerError::UnknownOrder(id.to_string()))
     }
 

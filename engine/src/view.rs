@@ -176,7 +176,7 @@ impl ConsumerRecord {
             .orders
             .values()
             .filter(|o| o.state.is_open())
-            .cloned()
+            .map(|o| Order::clone(o))
             .collect();
         open_orders.sort_by_key(|o| o.placement);
         ConsumerRecord {
@@ -203,7 +203,7 @@ impl ConsumerRecord {
         c.orders = self
             .open_orders
             .into_iter()
-            .map(|o| (o.id.clone(), o))
+            .map(|o| (o.id.clone(), Box::new(o)))
             .collect();
         c
     }
@@ -213,6 +213,51 @@ impl ConsumerRecord {
 pub struct StoredOrder {
     pub consumer: String,
     pub order: Order,
+}
+
+/// [`StoredOrder`] borrowed, for writing: the same encoding without copying the order.
+#[derive(Serialize)]
+struct StoredOrderRef<'a> {
+    consumer: &'a str,
+    order: &'a Order,
+}
+
+/// [`ConsumerRecord`] borrowed, for writing: the same encoding (bincode writes a `&str` as a
+/// `String` and a `Vec<&Order>` as a `Vec<Order>`) without copying the open orders, on every
+/// command's path.
+#[derive(Serialize)]
+struct ConsumerRecordRef<'a> {
+    id: &'a str,
+    credit_limit: Amount,
+    reserved: Amount,
+    wallet: Amount,
+    bank: &'a str,
+    bank_sealed: &'a Option<Vec<u8>>,
+    bank_clearing: Amount,
+    next_placement: u64,
+    open_orders: Vec<&'a Order>,
+}
+
+/// A consumer's record as the view stores it (a [`ConsumerRecord`], encoded).
+fn encoded_record(c: &ConsumerState) -> Vec<u8> {
+    let mut open_orders: Vec<&Order> = c
+        .orders
+        .values()
+        .map(|o| &**o)
+        .filter(|o| o.state.is_open())
+        .collect();
+    open_orders.sort_by_key(|o| o.placement);
+    encode(&ConsumerRecordRef {
+        id: &c.id,
+        credit_limit: c.credit_limit,
+        reserved: c.reserved,
+        wallet: c.wallet,
+        bank: &c.bank,
+        bank_sealed: &c.bank_sealed,
+        bank_clearing: c.bank_clearing,
+        next_placement: c.next_placement,
+        open_orders,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,10 +290,7 @@ fn id_of(prefix_len: usize, k: &[u8]) -> Result<String, ViewError> {
 /// The view's writes for one consumer after an entry of its own: the consumer record (with
 /// its open orders), the orders the entry closed or refunded, and new refunds.
 pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
-    let mut writes = vec![ViewWrite::Put(
-        key(CONSUMER, &c.id),
-        encode(&ConsumerRecord::of(c)),
-    )];
+    let mut writes = vec![ViewWrite::Put(key(CONSUMER, &c.id), encoded_record(c))];
     let mut touched = BTreeSet::new();
     for ev in &entry.events {
         use EventKind::*;
@@ -279,9 +321,9 @@ pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
             // Open orders travel inside the consumer record.
             Some(o) if !o.state.is_open() => writes.push(ViewWrite::Put(
                 key(ORDER, id),
-                encode(&StoredOrder {
-                    consumer: c.id.clone(),
-                    order: o.clone(),
+                encode(&StoredOrderRef {
+                    consumer: &c.id,
+                    order: o,
                 }),
             )),
             _ => {}
@@ -303,7 +345,7 @@ pub fn sim_account_write(stored_name: &str, account: Vec<u8>) -> ViewWrite {
 /// The view's writes for a newly opened consumer: its record and its bank account.
 pub fn opened_consumer_writes(c: &ConsumerState) -> Vec<ViewWrite> {
     vec![
-        ViewWrite::Put(key(CONSUMER, &c.id), encode(&ConsumerRecord::of(c))),
+        ViewWrite::Put(key(CONSUMER, &c.id), encoded_record(c)),
         ViewWrite::Put(key(BANK, &c.bank), c.id.as_bytes().to_vec()),
     ]
 }
@@ -1194,7 +1236,7 @@ impl StateView {
                 .get(&stored.consumer)
                 .and_then(|c| c.orders.get(&id))
             {
-                Some(o) if *o == stored.order => {}
+                Some(o) if **o == stored.order => {}
                 _ => return Ok(Err(format!("consumer {}, order {id}", stored.consumer))),
             }
         }
@@ -1314,7 +1356,7 @@ impl StateView {
             if s.order.id != id {
                 return Err(bad(format!("order record {id} holds order {}", s.order.id)));
             }
-            if c.orders.insert(id.clone(), s.order).is_some() {
+            if c.orders.insert(id.clone(), Box::new(s.order)).is_some() {
                 return Err(bad(format!("order {id} is both open and closed")));
             }
         }
@@ -1379,6 +1421,52 @@ impl ViewWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The borrowed forms written on the command path encode exactly as the owned forms read
+    /// back (a record written by one is read by the other).
+    #[test]
+    fn borrowed_records_encode_as_the_owned_ones() {
+        let mut c = ConsumerState::new("c1".into(), Amount::parse("500.00").unwrap(), "b1".into());
+        c.bank_sealed = Some(vec![1, 2, 3]);
+        for (i, state) in [
+            crate::model::OrderState::Pending,
+            crate::model::OrderState::Settled,
+            crate::model::OrderState::AwaitingFunds,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("o{i}");
+            c.orders.insert(
+                id.clone(),
+                Box::new(Order {
+                    id,
+                    merchant: "shop".into(),
+                    amount: Amount::parse("12.34").unwrap(),
+                    release: crate::model::Release::Code("x1".into()),
+                    placed_at: 7,
+                    placement: 3 - i as u64,
+                    state,
+                    reserved: true,
+                    code_attempts: 1,
+                    refunded: Amount::ZERO,
+                    first_result: Ok(crate::model::Outcome::Accepted),
+                }),
+            );
+        }
+        assert_eq!(encoded_record(&c), encode(&ConsumerRecord::of(&c)));
+        let o = &c.orders["o1"];
+        assert_eq!(
+            encode(&StoredOrderRef {
+                consumer: &c.id,
+                order: o
+            }),
+            encode(&StoredOrder {
+                consumer: c.id.clone(),
+                order: Order::clone(o)
+            })
+        );
+    }
 
     /// The overlay over a checkpoint: every read equals a plain map of the newest writes,
     /// whether the key is in the active layer, the sealed one, the record cache (both of its

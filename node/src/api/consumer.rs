@@ -79,7 +79,12 @@ pub async fn account(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResp
         .engine
         .bank_account_of(&consumer)?
         .unwrap_or_else(|| c.bank.clone());
-    let mut open: Vec<&Order> = c.orders.values().filter(|o| o.state.is_open()).collect();
+    let mut open: Vec<&Order> = c
+        .orders
+        .values()
+        .map(|o| &**o)
+        .filter(|o| o.state.is_open())
+        .collect();
     open.sort_by_key(|o| o.placement);
     Ok(HttpResponse::Ok().json(AccountView {
         consumer: c.id.clone(),
