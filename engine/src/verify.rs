@@ -162,6 +162,19 @@ pub fn verify_with_archive(
     }
 }
 
+/// An account's balance as the ledger holds it; `None` if the account does not exist.
+fn balance_of(state: &LedgerState, account: &AccountRef) -> Option<Amount> {
+    match account {
+        AccountRef::Wallet(c) => state.consumers.get(c).map(|c| c.wallet),
+        AccountRef::Merchant(m) => state.merchants.get(m).map(|m| m.balance),
+        AccountRef::BankClearing(b) => state
+            .bank_owner
+            .get(b)
+            .and_then(|c| state.consumers.get(c))
+            .map(|c| c.bank_clearing),
+    }
+}
+
 fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, VerifyError> {
     let open_err = |e: String| VerifyError::Open {
         path: dir.display().to_string(),
@@ -198,7 +211,8 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     // The keys no replay of the entries derives, rebuilt from every record's writes.
     let mut non_ledger: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut state = LedgerState::new(RulesConfig::default());
-    let mut balances: BTreeMap<AccountRef, Amount> = BTreeMap::new();
+    // The sum of every posting so far (I2: zero at the end).
+    let mut posted = Amount::ZERO;
     let mut report = VerifyReport::default();
     let mut last_seq = 0u64;
     fn rec_err(last_seq: u64) -> impl Fn(JournalError) -> VerifyError {
@@ -252,23 +266,49 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
             tail.apply(rec.seq, writes);
         }
         for entry in &rec.entries {
-            state.apply_entry(entry).map_err(|e| VerifyError::Record {
+            let record_err = |reason: String| VerifyError::Record {
                 seq: rec.seq,
-                reason: e.to_string(),
-            })?;
+                reason,
+            };
+            // What the entry's postings move, per account, and the ledger's balances before.
+            let mut moved: Vec<(&AccountRef, Amount)> = Vec::new();
+            for p in entry.events.iter().flat_map(|ev| &ev.postings) {
+                posted = posted
+                    .checked_add(p.amount)
+                    .map_err(|e| record_err(e.to_string()))?;
+                match moved.iter_mut().find(|(a, _)| *a == &p.account) {
+                    Some((_, m)) => {
+                        *m = m
+                            .checked_add(p.amount)
+                            .map_err(|e| record_err(e.to_string()))?
+                    }
+                    None => moved.push((&p.account, p.amount)),
+                }
+            }
+            let before: Vec<Option<Amount>> =
+                moved.iter().map(|(a, _)| balance_of(&state, a)).collect();
+            state
+                .apply_entry(entry)
+                .map_err(|e| record_err(e.to_string()))?;
+            // Balances from the postings alone must move as the ledger's did: checked entry by
+            // entry, so that no second copy of every balance is held.
+            for ((account, amount), before) in moved.iter().zip(before) {
+                let after = balance_of(&state, account);
+                let expected = before.unwrap_or(Amount::ZERO).checked_add(*amount).ok();
+                if after.is_none() || after != expected {
+                    return Err(record_err(format!(
+                        "{} {account:?}: its postings move {amount} from {} but the ledger holds {after:?}",
+                        account.kind(),
+                        before.unwrap_or(Amount::ZERO)
+                    )));
+                }
+            }
             for ev in &entry.events {
                 report.events += 1;
                 match ev.kind {
                     EventKind::WalletToppedUp { .. } => report.topups_done += 1,
                     EventKind::TopUpRefused { .. } => report.topups_refused += 1,
                     _ => {}
-                }
-                for p in &ev.postings {
-                    let b = balances.entry(p.account.clone()).or_insert(Amount::ZERO);
-                    *b = b.checked_add(p.amount).map_err(|e| VerifyError::Record {
-                        seq: rec.seq,
-                        reason: e.to_string(),
-                    })?;
                 }
             }
             report.entries += 1;
@@ -291,51 +331,26 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
         report.view_checked = Some(last_seq);
     }
 
-    // Balances from the postings alone must equal the ledger's, and sum to zero (I2).
-    let mut sum = Amount::ZERO;
-    for (account, amount) in &balances {
-        sum = sum
-            .checked_add(*amount)
-            .map_err(|e| VerifyError::Final(e.to_string()))?;
-        let ledger = match account {
-            AccountRef::Wallet(c) => state.consumers.get(c).map(|c| c.wallet),
-            AccountRef::Merchant(m) => state.merchants.get(m).map(|m| m.balance),
-            AccountRef::BankClearing(b) => state
-                .bank_owner
-                .get(b)
-                .and_then(|c| state.consumers.get(c))
-                .map(|c| c.bank_clearing),
-        };
-        if ledger != Some(*amount) {
-            return Err(VerifyError::Final(format!(
-                "{} {account:?}: postings sum to {amount} but the ledger holds {ledger:?}",
-                account.kind()
-            )));
-        }
-        match account {
-            AccountRef::Wallet(_) => {
-                report.wallets_total = report
-                    .wallets_total
-                    .checked_add(*amount)
-                    .unwrap_or(report.wallets_total)
-            }
-            AccountRef::Merchant(_) => {
-                report.merchants_total = report
-                    .merchants_total
-                    .checked_add(*amount)
-                    .unwrap_or(report.merchants_total)
-            }
-            AccountRef::BankClearing(_) => {
-                report.clearing_total = report
-                    .clearing_total
-                    .checked_add(*amount)
-                    .unwrap_or(report.clearing_total)
-            }
-        }
+    // Every posting sums to zero (I2), and so do the balances they made.
+    fn total(
+        mut amounts: impl Iterator<Item = Amount>,
+    ) -> Result<Amount, crate::money::AmountError> {
+        amounts.try_fold(Amount::ZERO, |t, a| t.checked_add(a))
     }
-    if !sum.is_zero() {
+    let final_err = |e: crate::money::AmountError| VerifyError::Final(e.to_string());
+    report.wallets_total = total(state.consumers.values().map(|c| c.wallet)).map_err(final_err)?;
+    report.merchants_total =
+        total(state.merchants.values().map(|m| m.balance)).map_err(final_err)?;
+    report.clearing_total =
+        total(state.consumers.values().map(|c| c.bank_clearing)).map_err(final_err)?;
+    let sum = report
+        .wallets_total
+        .checked_add(report.merchants_total)
+        .and_then(|s| s.checked_add(report.clearing_total))
+        .map_err(final_err)?;
+    if !posted.is_zero() || sum != posted {
         return Err(VerifyError::Final(format!(
-            "I2 violated: all balances sum to {sum}, not zero"
+            "I2 violated: the postings sum to {posted} and the balances to {sum}, not zero"
         )));
     }
     report.consumers = state.consumers.len();
