@@ -8,6 +8,11 @@
 //! is confirmed; one it does not hold belonged to a command nobody was told about, and is
 //! reversed.
 //!
+//! A bank reached by messages answers many operations in one: [`BankPort::perform_batch`].
+//! The engine still asks for one operation at a time (each command waits for its own answer);
+//! [`crate::bank_batch::BatchingBankPort`] sits in between and gathers the operations asked
+//! for meanwhile into one batch call.
+//!
 //! The simulated bank ([`SimBank`]) keeps no store of its own: its accounts live in memory,
 //! and each change becomes durable in the engine's log, in the same record as the entry that
 //! names it (one sync for the settlement and the bank's side of it). A crash therefore loses
@@ -71,7 +76,39 @@ pub enum BankError {
     Overflow(String),
     #[error("bank storage: {0}")]
     Storage(String),
+    /// The bank's answer did not fit the request (a batch answered with the wrong number of
+    /// answers, a message that cannot be read): nothing is known of the operations it was for.
+    #[error("bank protocol: {0}")]
+    Protocol(String),
 }
+
+/// One operation of a batch ([`BankPort::perform_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BankRequest {
+    /// What [`BankPort::debit`] does.
+    Debit(BankOp),
+    /// What [`BankPort::credit`] does.
+    Credit(BankOp),
+}
+
+impl BankRequest {
+    pub fn op(&self) -> &BankOp {
+        match self {
+            BankRequest::Debit(op) | BankRequest::Credit(op) => op,
+        }
+    }
+
+    pub fn kind(&self) -> BankOpKind {
+        match self {
+            BankRequest::Debit(_) => BankOpKind::Debit,
+            BankRequest::Credit(_) => BankOpKind::Credit,
+        }
+    }
+}
+
+/// The outcome of one operation: the bank's answer, or why this operation failed (an unknown
+/// account, …) while the others of its batch may have been done.
+pub type BankResult = Result<BankAnswer, BankError>;
 
 /// What the engine needs from a bank. Implementations: [`SimBank`] here; the ISO 20022 adapter
 /// in `onecard-adapters` later.
@@ -80,6 +117,38 @@ pub trait BankPort: Send + Sync + 'static {
     fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>>;
     /// Pushes money from the node to a bank account (refund overflow sweep).
     fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>>;
+    /// Performs many operations in one call (for a bank reached by messages: one message for
+    /// the batch). Answers in the order of `requests`, one per request, each as `debit` or
+    /// `credit` would have answered it alone: a refusal or an error concerns that operation
+    /// only. `Err` means the call as a whole failed (the bank unreachable, …) and nothing is
+    /// known of any of its operations. Every operation keeps its own id, so a repeat of the
+    /// batch, or of one of its operations, moves no money twice.
+    ///
+    /// The default performs them one after the other through `debit` and `credit`, so a port
+    /// that has nothing better to do need not implement it. [`crate::bank_batch`] gathers
+    /// concurrent `debit`s and `credit`s into such calls.
+    fn perform_batch(
+        &self,
+        requests: Vec<BankRequest>,
+    ) -> BoxFuture<'static, Result<Vec<BankResult>, BankError>> {
+        // Started in order, awaited in order: a port whose calls do their work when polled
+        // does it one after the other; one that does it when called, in the batch's order.
+        let calls: Vec<_> = requests
+            .into_iter()
+            .map(|r| match r {
+                BankRequest::Debit(op) => self.debit(op),
+                BankRequest::Credit(op) => self.credit(op),
+            })
+            .collect();
+        async move {
+            let mut answers = Vec::with_capacity(calls.len());
+            for call in calls {
+                answers.push(call.await);
+            }
+            Ok(answers)
+        }
+        .boxed()
+    }
     /// Operations done for the node that it has not confirmed as journaled.
     fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError>;
     /// Marks operations as recorded by the node. Best effort: a lost confirmation only means
@@ -570,6 +639,41 @@ mod tests {
         assert_eq!(bank.balance("acct"), Some(Amount::from_cents(4_001)));
         let refused = block_on(port.debit(op("d4", 1))).unwrap();
         assert!(matches!(refused, BankAnswer::Refused(_)), "{refused:?}");
+    }
+
+    #[test]
+    fn a_batch_answers_every_operation_in_order_and_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_journal, bank, port) = attached(dir.path(), 0);
+        bank.open_account("acct", Amount::from_cents(10_000))
+            .unwrap();
+        let nobody = BankOp {
+            account: "nobody".into(),
+            ..op("x", 1)
+        };
+        let answers = block_on(port.perform_batch(vec![
+            BankRequest::Debit(op("b1", 6_000)),
+            BankRequest::Debit(nobody),
+            // Refused: 40.00 left after b1, in the batch's order.
+            BankRequest::Debit(op("b2", 6_000)),
+            BankRequest::Credit(op("b3", 2_000)),
+            // A repeated id gets the first answer.
+            BankRequest::Debit(op("b1", 6_000)),
+            BankRequest::Debit(op("b4", 6_000)),
+        ]))
+        .unwrap();
+        assert_eq!(answers.len(), 6);
+        assert_eq!(answers[0], Ok(BankAnswer::Done));
+        assert_eq!(answers[1], Err(BankError::UnknownAccount("nobody".into())));
+        assert!(
+            matches!(answers[2], Ok(BankAnswer::Refused(_))),
+            "{answers:?}"
+        );
+        assert_eq!(answers[3], Ok(BankAnswer::Done));
+        assert_eq!(answers[4], Ok(BankAnswer::Done));
+        assert_eq!(answers[5], Ok(BankAnswer::Done));
+        assert_eq!(bank.balance("acct"), Some(Amount::ZERO));
+        assert_eq!(block_on(port.perform_batch(vec![])), Ok(vec![]));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Layers, from the bottom: [`money`] (exact amounts), [`model`] (domain types), [`ledger`]
 //! (the pure rules and the state they act on), [`journal`] (the durable, hash-chained log on
-//! sled), [`view`] (the current state of every account, stored with each record), [`bank`] (the bank port and the simulated bank), [`router`] (what the actors
+//! sled), [`view`] (the current state of every account, stored with each record), [`bank`] (the bank port and the simulated bank; [`bank_batch`] batches its calls), [`router`] (what the actors
 //! share, resident actors, passivation), [`actors`] (per-account actors on actix) and
 //! [`engine`] (the public API), with [`recovery`] (opening a data directory), [`commands`]
 //! (the request types) and [`error`] beside it. [`verify`] replays a journal from scratch and
@@ -11,6 +11,7 @@
 pub mod actors;
 mod auth_front;
 pub mod bank;
+pub mod bank_batch;
 pub mod cards;
 pub mod commands;
 pub mod config;
