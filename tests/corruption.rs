@@ -1100,6 +1100,25 @@ fn a_bank_account_missing_from_the_checkpoint_is_caught() {
     );
 }
 
+#[test]
+fn a_bank_account_altered_in_the_checkpoint_is_caught() {
+    let (_tmp, dir, _) = demo_at_rest();
+    let view = View::open(&dir);
+    // verify keeps a digest of what the log wrote to each `s` key, not the value: one changed
+    // byte of the stored account must still differ.
+    let key = view.first_key(b's');
+    let mut value = view.get(&key);
+    value[0] ^= 0x01;
+    view.tree.insert(&key, value).expect("insert");
+    view.close();
+    let r = assert_refused(&dir, "a bank account altered in the checkpoint");
+    assert!(
+        r.stderr.contains("holds another value"),
+        "verify names the altered key; stderr:\n{}",
+        r.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files damaged
 

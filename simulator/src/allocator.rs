@@ -15,7 +15,11 @@
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Applies OneCard's mimalloc options. Call it at the start of `main`, before the threads.
+/// An operator's `MIMALLOC_PURGE_DELAY` in the environment wins.
 pub fn tune() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only stores an option value; any option and value are accepted.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
@@ -35,6 +39,8 @@ mod tests {
         }
         tune();
         let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(after, -1);
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(after, -1);
+        }
     }
 }
