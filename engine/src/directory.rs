@@ -11,6 +11,8 @@
 //! actors: the actors keep it current (`Shared::note_order`, `Shared::note_time_work`),
 //! recovery rebuilds it from the consumer records, and the engine's commands read it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
@@ -61,6 +63,8 @@ pub(crate) struct Directory {
     /// Consumers that will have time-driven work, and from when on (`next_time_work`): a
     /// tick visits only those due, so its work follows what is due, not what is open.
     pub(crate) timed: DashMap<String, Secs>,
+    /// Wakes commands waiting for a claim of `placing` or `refunding` to be released.
+    pub(crate) releases: Releases,
 }
 
 impl Directory {
@@ -126,6 +130,7 @@ impl Directory {
 /// An id claimed by a command in progress; released on drop.
 pub(crate) struct IdClaim<'a, K> {
     map: &'a DashMap<String, K>,
+    releases: &'a Releases,
     id: Option<String>,
 }
 
@@ -133,6 +138,7 @@ impl<K> Drop for IdClaim<'_, K> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.map.remove(&id);
+            self.releases.released();
         }
     }
 }
@@ -141,18 +147,68 @@ impl<K> Drop for IdClaim<'_, K> {
 /// that releases the claim if this call made it.
 pub(crate) fn claim_id<'a, K: PartialEq + Clone>(
     map: &'a DashMap<String, K>,
+    releases: &'a Releases,
     id: &str,
     key: &K,
 ) -> Result<IdClaim<'a, K>, ()> {
     match map.entry(id.to_string()) {
         MapEntry::Occupied(o) if o.get() != key => Err(()),
-        MapEntry::Occupied(_) => Ok(IdClaim { map, id: None }),
+        MapEntry::Occupied(_) => Ok(IdClaim {
+            map,
+            releases,
+            id: None,
+        }),
         MapEntry::Vacant(v) => {
             v.insert(key.clone());
             Ok(IdClaim {
                 map,
+                releases,
                 id: Some(id.to_string()),
             })
+        }
+    }
+}
+
+/// Lets a command whose id is claimed in flight by another command with other content wait
+/// for that command to finish, and then decide. Refusing at once would answer "conflict" for
+/// an id the other command may yet leave free (a refused refund leaves no trace; a crash loses
+/// an unacknowledged place): an answer no serial order of the two commands gives.
+#[derive(Default)]
+pub(crate) struct Releases {
+    /// Commands waiting now: a release wakes them only when there are some.
+    waiting: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Releases {
+    fn released(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until `claimed_by_another()` is false, checked again after every release.
+    pub(crate) async fn wait_while(&self, claimed_by_another: impl Fn() -> bool) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if !claimed_by_another() {
+            return;
+        }
+        // Counted before the check below, so that a release after the check sees a waiter.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !claimed_by_another() {
+                return;
+            }
+            notified.await;
         }
     }
 }

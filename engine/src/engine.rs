@@ -560,11 +560,20 @@ impl Engine {
             ))
         };
         let mut _claim = None;
-        if let Some(k) = self.order_key(&req.id)? {
-            if !same_as(&k) {
-                return Ok(Err(conflict()));
+        let directory = &self.shared.directory;
+        loop {
+            // Another place of this id with other content in flight: wait for it to finish.
+            // It may leave the id taken (then a conflict) or free (an unknown consumer, a crash).
+            directory
+                .releases
+                .wait_while(|| directory.placing.get(&req.id).is_some_and(|k| !same_as(&k)))
+                .await;
+            if let Some(k) = self.order_key(&req.id)? {
+                if !same_as(&k) {
+                    return Ok(Err(conflict()));
+                }
+                break;
             }
-        } else {
             let amount = match &amount {
                 Ok(a) => *a,
                 Err(e) => return Ok(Err(Refusal::amount(e.to_string()))),
@@ -588,9 +597,10 @@ impl Engine {
             // content goes to the same actor, which answers the repeat with the first outcome.
             // (One that finished in between is in the view, and the actor finds it there.)
             let key = key_of(amount, release);
-            match claim_id(&self.shared.directory.placing, &req.id, &key) {
-                Ok(c) => _claim = Some(c),
-                Err(()) => return Ok(Err(conflict())),
+            // Claimed by another with other content since the wait: wait again.
+            if let Ok(c) = claim_id(&directory.placing, &directory.releases, &req.id, &key) {
+                _claim = Some(c);
+                break;
             }
         }
         let (Ok(amount), Ok(release)) = (amount, release) else {
@@ -734,36 +744,51 @@ impl Engine {
             order: req.order.clone(),
             amount: *a,
         });
-        let recorded = match self.shared.directory.refunding.get(&req.id) {
-            Some(k) => Some(k.clone()),
-            None => self.shared.view.refund(&req.id)?.map(|s| RefundKey {
-                order: s.refund.order,
-                amount: s.refund.amount,
-            }),
-        };
-        if let Some(k) = recorded {
-            if Some(&k) != key.as_ref() {
-                return Ok(Err(conflict()));
+        let directory = &self.shared.directory;
+        let (amount, consumer, _claim) = loop {
+            // Another refund of this id with other content in flight: wait for it to finish.
+            // A refused refund leaves no trace, so the id may be free again afterwards.
+            directory
+                .releases
+                .wait_while(|| {
+                    directory
+                        .refunding
+                        .get(&req.id)
+                        .is_some_and(|k| Some(&*k) != key.as_ref())
+                })
+                .await;
+            let recorded = match directory.refunding.get(&req.id) {
+                Some(k) => Some(k.clone()),
+                None => self.shared.view.refund(&req.id)?.map(|s| RefundKey {
+                    order: s.refund.order,
+                    amount: s.refund.amount,
+                }),
+            };
+            if let Some(k) = recorded {
+                if Some(&k) != key.as_ref() {
+                    return Ok(Err(conflict()));
+                }
             }
-        }
-        let amount = match amount {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(Refusal::amount(e.to_string()))),
-        };
-        if let Err(r) = check_id("refund id", &req.id) {
-            return Ok(Err(r));
-        }
-        let consumer = match self.owner_of_order(&req.order)? {
-            Ok(c) => c,
-            Err(r) => return Ok(Err(r)),
-        };
-        let key = RefundKey {
-            order: req.order.clone(),
-            amount,
-        };
-        // Claimed until it is in the view. A refused refund leaves no trace: its id stays free.
-        let Ok(_claim) = claim_id(&self.shared.directory.refunding, &req.id, &key) else {
-            return Ok(Err(conflict()));
+            let amount = match &amount {
+                Ok(a) => *a,
+                Err(e) => return Ok(Err(Refusal::amount(e.to_string()))),
+            };
+            if let Err(r) = check_id("refund id", &req.id) {
+                return Ok(Err(r));
+            }
+            let consumer = match self.owner_of_order(&req.order)? {
+                Ok(c) => c,
+                Err(r) => return Ok(Err(r)),
+            };
+            let key = RefundKey {
+                order: req.order.clone(),
+                amount,
+            };
+            // Claimed until it is in the view; claimed by another with other content since
+            // the wait: wait again.
+            if let Ok(claim) = claim_id(&directory.refunding, &directory.releases, &req.id, &key) {
+                break (amount, consumer, claim);
+            }
         };
         let cmd = ConsumerCmd::Refund {
             id: req.id.clone(),

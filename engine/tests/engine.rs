@@ -539,6 +539,76 @@ fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
     });
 }
 
+/// Two refunds with one new id and different content, at once: the first is refused (more
+/// than its order) and leaves no trace, so the second must be refunded, as in either serial
+/// order; it used to get "conflict" while the first was in flight. The same for places: a
+/// place of a new id held by a place of an unknown consumer goes ahead once that one is
+/// refused.
+#[test]
+fn a_command_waits_for_another_holding_its_id_and_answers_as_a_serial_order_would() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        open_consumer(&engine, &sim, "alice", "1000.00", "5000.00", "50.00").await;
+        open_consumer(&engine, &sim, "bob", "1000.00", "5000.00", "50.00").await;
+        for i in 0..20 {
+            let (oa, ob) = (format!("oa{i}"), format!("ob{i}"));
+            for (id, who) in [(&oa, "alice"), (&ob, "bob")] {
+                let placed = engine
+                    .place_order(order(id, who, "10.00"), 1)
+                    .await
+                    .unwrap();
+                assert_eq!(placed, Ok(Outcome::Accepted));
+                let settled = engine.confirm_receipt(id, true, 1).await.unwrap();
+                assert_eq!(settled, Ok(Outcome::Settled));
+            }
+            let too_much = RefundRequest {
+                id: format!("r{i}"),
+                order: oa.clone(),
+                amount: "50.00".into(),
+            };
+            let fine = RefundRequest {
+                id: format!("r{i}"),
+                order: ob.clone(),
+                amount: "5.00".into(),
+            };
+            let (first, second) =
+                futures::join!(engine.refund(too_much, 2), engine.refund(fine, 2));
+            let first = first.unwrap();
+            assert!(
+                matches!(&first, Err(r) if r.kind != RefusalKind::Conflict),
+                "the refund above its order is refused for what it is: {first:?}"
+            );
+            assert_eq!(second.unwrap(), Ok(Outcome::Refunded), "round {i}");
+
+            // A place by an unknown consumer holds the id until it is refused; a place of the
+            // same id by bob then goes ahead.
+            let id = format!("p{i}");
+            let (ghost, real) = futures::join!(
+                engine.place_order(order(&id, "ghost", "10.00"), 3),
+                engine.place_order(order(&id, "bob", "11.00"), 3)
+            );
+            let ghost = ghost.unwrap();
+            assert!(
+                matches!(&ghost, Err(r) if r.kind == RefusalKind::Unknown),
+                "{ghost:?}"
+            );
+            assert_eq!(real.unwrap(), Ok(Outcome::Accepted), "round {i}");
+        }
+        engine.close().await.unwrap();
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_eq!(report.state.consumers["bob"].refunds.len(), 20);
+    });
+}
+
 #[test]
 fn concurrent_opens_of_one_name_let_exactly_one_through() {
     actix_rt::System::new().block_on(async {
