@@ -172,13 +172,7 @@ pub struct ConsumerRecord {
 
 impl ConsumerRecord {
     pub fn of(c: &ConsumerState) -> ConsumerRecord {
-        let mut open_orders: Vec<Order> = c
-            .orders
-            .values()
-            .filter(|o| o.state.is_open())
-            .map(|o| Order::clone(o))
-            .collect();
-        open_orders.sort_by_key(|o| o.placement);
+        let open_orders = open_orders_by_placement(c).into_iter().cloned().collect();
         ConsumerRecord {
             id: c.id.clone(),
             credit_limit: c.credit_limit,
@@ -238,15 +232,21 @@ struct ConsumerRecordRef<'a> {
     open_orders: Vec<&'a Order>,
 }
 
-/// A consumer's record as the view stores it (a [`ConsumerRecord`], encoded).
-fn encoded_record(c: &ConsumerState) -> Vec<u8> {
-    let mut open_orders: Vec<&Order> = c
+/// The orders a consumer record holds: the open ones, in placement order.
+fn open_orders_by_placement(c: &ConsumerState) -> Vec<&Order> {
+    let mut open: Vec<&Order> = c
         .orders
         .values()
         .map(|o| &**o)
         .filter(|o| o.state.is_open())
         .collect();
-    open_orders.sort_by_key(|o| o.placement);
+    open.sort_by_key(|o| o.placement);
+    open
+}
+
+/// A consumer's record as the view stores it (a [`ConsumerRecord`], encoded).
+fn encoded_record(c: &ConsumerState) -> Vec<u8> {
+    let open_orders = open_orders_by_placement(c);
     encode(&ConsumerRecordRef {
         id: &c.id,
         credit_limit: c.credit_limit,
