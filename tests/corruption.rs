@@ -264,7 +264,7 @@ fn copy_of(good: &Path, name: &str) -> PathBuf {
 // The log, read and written from its documented format (storage/src/wal.rs).
 
 const SEG_MAGIC: &[u8; 8] = b"OCWAL\0\0\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const SEG_HEADER_LEN: usize = 72;
 const REC_HEADER_LEN: usize = 48;
 

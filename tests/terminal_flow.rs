@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use onecard_engine::cards::{
     AuthCenter, AuthConfig, AuthOutcome, ChallengeIssued, EncryptedPin, IssuerKey, NewReader,
-    PinHasher, Prompt, SoundCue, SwipeRefusal,
+    Prompt, SoundCue, SwipeRefusal,
 };
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
@@ -66,20 +66,22 @@ impl Console for Consumer {
 }
 
 fn setup() -> (AuthCenter, MemoryCard) {
-    let mut rng = StdRng::seed_from_u64(9);
-    let mut center = AuthCenter::new(IssuerKey::from_bytes([3; 32]), AuthConfig::default())
-        .with_pin_hasher(PinHasher::with_params(256, 1, 1).unwrap());
+    let center = AuthCenter::new(IssuerKey::from_bytes([3; 32]), AuthConfig::default());
+    let mut changes = Vec::new();
     let key = center
-        .issue_card(CARD, "alice", PIN, HOME, &mut rng)
+        .issue_card(CARD, "alice", PIN, HOME, &mut changes)
         .unwrap();
     center
-        .register_reader(NewReader {
-            id: "reader-1".into(),
-            owner: "alice".into(),
-            card_number: CARD.into(),
-            account: "alice".into(),
-            network: "192.168.1.0/24".parse().unwrap(),
-        })
+        .register_reader(
+            NewReader {
+                id: "reader-1".into(),
+                owner: "alice".into(),
+                card_number: CARD.into(),
+                account: "alice".into(),
+                network: "192.168.1.0/24".parse().unwrap(),
+            },
+            &mut changes,
+        )
         .unwrap();
     let card = MemoryCard {
         applet: CardApplet::new(CARD.into(), "alice".into(), key, 0),
@@ -95,6 +97,7 @@ fn setup() -> (AuthCenter, MemoryCard) {
 fn local(center: &mut AuthCenter) -> LocalCenter<'_, StdRng> {
     LocalCenter {
         center,
+        changes: Vec::new(),
         peer: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)),
         available_credit_cents: 100_000,
         now: 50,

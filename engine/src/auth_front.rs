@@ -1,46 +1,77 @@
 //! The authentication front end: the engine's card and reader operations (F1–F3, F13–F15,
 //! I9, I10) in front of the authentication center (`cards::AuthCenter`).
 //!
-//! The center is pure and held under a mutex; this is where it meets the engine: admission
-//! and the engine's clock, the blocking thread for Argon2id, the journaling of its durable
-//! changes in the order they were made (before the call answers), the consumer's available
-//! credit for the F18 check, the authorisation recorded before the reader hears of it, and the
-//! security log with cards masked. Separate from the money commands in `engine.rs` because it
-//! shares none of their routing: it never talks to a consumer actor. These are `impl Engine`
-//! blocks; `engine` does not import this module.
+//! The center is concurrent (sharded maps, no process-wide lock) and its checks cost
+//! microseconds (MACs and one X25519 agreement), so its operations run right on the caller's
+//! task. This is where it meets the engine: admission and the engine's clock, the journaling of
+//! its durable changes (queued by [`JournalLog`] while the center holds the changed card, so a
+//! card's changes reach the log in the order they were made, and awaited before the call
+//! answers), the consumer's available credit for the F18 check, the authorisation recorded with
+//! the card's change before the reader hears of it, and the security log with cards masked.
+//! Separate from the money commands in `engine.rs` because it shares none of their routing: it
+//! never talks to a consumer actor. These are `impl Engine` blocks; `engine` does not import
+//! this module.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::cards::{
-    AuthCenter, AuthChange, AuthOutcome, CardError, CardKey, ChallengeIssued, EncryptedPin,
-    NewReader, SwipeRefusal,
+    AuthCenter, AuthChange, AuthOutcome, Authorisation, CardError, CardKey, ChallengeIssued,
+    ChangeLog, EncryptedPin, NewReader, SwipeRefusal,
 };
 use crate::commands::IssueCard;
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::journal::JournalHandle;
+use crate::journal::{JournalError, JournalHandle};
 use crate::ledger::{Entry, Event, EventKind};
 use crate::model::Secs;
 use crate::money::Amount;
 use crate::view;
 
-/// Records an authorisation durably with its order id (the address decision included), before
-/// the caller hears of it.
-async fn record_authorisation(
-    journal: &JournalHandle,
+type Appended = Pin<Box<dyn Future<Output = Result<u64, JournalError>> + Send>>;
+
+/// The center's [`ChangeLog`] on the journal: each record becomes one journal entry (the card
+/// or reader changes, then the authorisation), queued at once; [`JournalLog::durable`] waits
+/// until all are on disk.
+struct JournalLog<'a> {
+    journal: &'a JournalHandle,
     now: Secs,
-    outcome: &AuthOutcome,
-) -> Result<(), EngineError> {
-    if let AuthOutcome::Authorised(a) = outcome {
-        let entry = Entry::new(
+    queued: Vec<Appended>,
+}
+
+impl<'a> JournalLog<'a> {
+    fn new(journal: &'a JournalHandle, now: Secs) -> JournalLog<'a> {
+        JournalLog {
+            journal,
             now,
-            vec![Event::new(EventKind::PaymentAuthorised(a.clone()))],
-        );
-        journal
-            .append(&entry, vec![view::authorisation_write(a)])
-            .await?;
+            queued: Vec::new(),
+        }
     }
-    Ok(())
+
+    async fn durable(self) -> Result<(), EngineError> {
+        for appended in self.queued {
+            appended.await?;
+        }
+        Ok(())
+    }
+}
+
+impl ChangeLog for JournalLog<'_> {
+    fn record(&mut self, changes: Vec<AuthChange>, authorised: Option<&Authorisation>) {
+        let mut writes = view::auth_writes(&changes);
+        let mut events: Vec<Event> = changes
+            .into_iter()
+            .map(|ch| Event::new(EventKind::Auth(ch)))
+            .collect();
+        if let Some(a) = authorised {
+            writes.push(view::authorisation_write(a));
+            events.push(Event::new(EventKind::PaymentAuthorised(a.clone())));
+        }
+        let entry = Entry::new(self.now, events);
+        self.queued
+            .push(Box::pin(self.journal.append(&entry, writes)));
+    }
 }
 
 /// Security log of an authentication's outcome (the card appears only masked: I10).
@@ -65,46 +96,25 @@ fn log_auth_outcome(account: Option<&str>, outcome: &AuthOutcome) {
 }
 
 impl Engine {
-    fn auth_center(&self) -> Result<Arc<std::sync::Mutex<AuthCenter>>, EngineError> {
-        self.auth.clone().ok_or_else(|| {
+    fn auth_center(&self) -> Result<&Arc<AuthCenter>, EngineError> {
+        self.auth.as_ref().ok_or_else(|| {
             EngineError::Config(
                 "no card issuer key is configured (ONECARD_ISSUER_KEY): cards are disabled".into(),
             )
         })
     }
 
-    /// Runs `op` on the authentication center on a blocking thread (PIN hashing and checks
-    /// take Argon2id's time), queues its durable changes to the journal while still holding
-    /// the center (so that changes reach the journal in the order they were made), then waits
-    /// until they are on disk before returning the result.
-    async fn with_auth<T: Send + 'static>(
+    /// Runs `op` on the authentication center with a journal log, then waits until the
+    /// changes it recorded are on disk before returning its result.
+    async fn with_auth<T>(
         &self,
         now: Secs,
-        op: impl FnOnce(&mut AuthCenter) -> T + Send + 'static,
+        op: impl FnOnce(&AuthCenter, &mut JournalLog<'_>) -> T,
     ) -> Result<T, EngineError> {
         let center = self.auth_center()?;
-        let journal = self.shared.journal.clone();
-        let (result, durable) = tokio::task::spawn_blocking(move || {
-            let mut c = center
-                .lock()
-                .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?;
-            let result = op(&mut c);
-            let changes: Vec<AuthChange> = c.take_changes();
-            let durable = (!changes.is_empty()).then(|| {
-                let writes = view::auth_writes(&changes);
-                let events = changes
-                    .into_iter()
-                    .map(|ch| Event::new(EventKind::Auth(ch)))
-                    .collect();
-                journal.append(&Entry::new(now, events), writes)
-            });
-            Ok::<_, EngineError>((result, durable))
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("authentication task: {e}")))??;
-        if let Some(d) = durable {
-            d.await?;
-        }
+        let mut log = JournalLog::new(&self.shared.journal, now);
+        let result = op(center, &mut log);
+        log.durable().await?;
         Ok(result)
     }
 
@@ -120,13 +130,13 @@ impl Engine {
         if !self.has_consumer(&req.holder)? {
             return Ok(Err(CardError::InvalidField { field: "holder" }));
         }
-        self.with_auth(now, move |c| {
+        self.with_auth(now, |c, log| {
             c.issue_card(
                 &req.number,
                 &req.holder,
                 &req.pin,
                 &req.registered_address,
-                &mut rand::rngs::OsRng,
+                log,
             )
         })
         .await
@@ -141,7 +151,7 @@ impl Engine {
     ) -> Result<Result<(), CardError>, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        self.with_auth(now, move |c| c.register_reader(reader))
+        self.with_auth(now, |c, log| c.register_reader(reader, log))
             .await
     }
 
@@ -153,8 +163,8 @@ impl Engine {
     ) -> Result<Result<(), CardError>, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let number = number.to_string();
-        self.with_auth(now, move |c| c.unlock_card(&number)).await
+        self.with_auth(now, |c, log| c.unlock_card(number, log))
+            .await
     }
 
     /// The holder reports the card lost: it never authenticates again.
@@ -165,8 +175,8 @@ impl Engine {
     ) -> Result<Result<(), CardError>, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let number = number.to_string();
-        self.with_auth(now, move |c| c.report_lost(&number)).await
+        self.with_auth(now, |c, log| c.report_lost(number, log))
+            .await
     }
 
     /// Step 2 (F2, I9): a reader, from `peer`, presents a card for an order. A challenge if
@@ -186,24 +196,15 @@ impl Engine {
             return Ok(Err(SwipeRefusal::InvalidOrder));
         };
         let masked = crate::cards::mask_card_number(card_number);
-        let (reader, card_number, order_id) = (
-            reader_id.to_string(),
-            card_number.to_string(),
-            order_id.to_string(),
+        let result = self.auth_center()?.swipe(
+            reader_id,
+            card_number,
+            peer,
+            order_id,
+            amount_cents,
+            now,
+            &mut rand::rngs::OsRng,
         );
-        let result = self
-            .with_auth(now, move |c| {
-                c.swipe(
-                    &reader,
-                    &card_number,
-                    peer,
-                    &order_id,
-                    amount_cents,
-                    now,
-                    &mut rand::rngs::OsRng,
-                )
-            })
-            .await?;
         // Security log: every refused swipe, with the card masked (I10). Refusals of a reader
         // already rate-limited are logged at debug only, so that a flood cannot flood the log.
         match &result {
@@ -222,11 +223,7 @@ impl Engine {
 
     /// The account an outstanding challenge is for, and its available credit now in cents.
     fn challenge_credit(&self, challenge_id: &str) -> Result<(Option<String>, u64), EngineError> {
-        let account = self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_account(challenge_id);
+        let account = self.auth_center()?.challenge_account(challenge_id);
         let credit = self.available_credit_cents(account.as_deref())?;
         Ok((account, credit))
     }
@@ -262,27 +259,36 @@ impl Engine {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let (account, credit) = self.challenge_credit(challenge_id)?;
-        let (challenge_id, cryptogram, pin, delivery_address) = (
-            challenge_id.to_string(),
-            cryptogram.to_vec(),
-            pin.clone(),
-            delivery_address.to_string(),
-        );
+        // Asked while the authentication holds the order, so no other can slip in between.
+        let mut lookup_failed = None;
+        let order_authorised = |order: &str| match self.shared.view.authorisation(order) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                lookup_failed = Some(e);
+                // Unknown: refuse rather than risk a second authorisation.
+                true
+            }
+        };
         let outcome = self
-            .with_auth(now, move |c| {
+            .with_auth(now, |c, log| {
                 c.authenticate(
-                    &challenge_id,
+                    challenge_id,
                     counter,
-                    &cryptogram,
-                    &pin,
-                    &delivery_address,
+                    cryptogram,
+                    pin,
+                    delivery_address,
                     confirm_address_change,
                     credit,
                     now,
+                    order_authorised,
+                    log,
                 )
             })
-            .await?;
-        record_authorisation(&self.shared.journal, now, &outcome).await?;
+            .await;
+        let outcome = self.authorisation_settled(challenge_id, outcome)?;
+        if let Some(e) = lookup_failed {
+            return Err(e.into());
+        }
         log_auth_outcome(account.as_deref(), &outcome);
         Ok(outcome)
     }
@@ -306,34 +312,43 @@ impl Engine {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let (account, credit) = self.challenge_credit(challenge_id)?;
-        let challenge_id = challenge_id.to_string();
         let outcome = self
-            .with_auth(now, move |c| {
-                c.confirm_address_change(&challenge_id, accept, credit, now)
+            .with_auth(now, |c, log| {
+                c.confirm_address_change(challenge_id, accept, credit, now, log)
             })
-            .await?;
-        record_authorisation(&self.shared.journal, now, &outcome).await?;
+            .await;
+        let outcome = self.authorisation_settled(challenge_id, outcome)?;
         log_auth_outcome(account.as_deref(), &outcome);
         Ok(outcome)
+    }
+
+    /// After an authentication's changes were written (or failed to be): an authorisation on
+    /// record lets go of its order (the record now refuses a second payer); one whose record
+    /// failed lets go too, and the error is the answer (nothing was authorised).
+    fn authorisation_settled(
+        &self,
+        challenge_id: &str,
+        outcome: Result<AuthOutcome, EngineError>,
+    ) -> Result<AuthOutcome, EngineError> {
+        let center = self.auth_center()?;
+        match &outcome {
+            Ok(AuthOutcome::Authorised(a)) => {
+                center.authorisation_recorded(&a.order_id, challenge_id)
+            }
+            Ok(_) => {}
+            Err(_) => center.abandon_challenge(challenge_id),
+        }
+        outcome
     }
 
     /// A card as the node holds it now (token, last four, status, counter, failures), if
     /// issued; looked up by its number's token.
     pub fn card(&self, number: &str) -> Result<Option<crate::cards::Card>, EngineError> {
-        Ok(self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .card(number)
-            .cloned())
+        Ok(self.auth_center()?.card(number))
     }
 
     /// The order an outstanding challenge is for (`None`: unknown, used or expired).
     pub fn challenge_order(&self, challenge_id: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .auth_center()?
-            .lock()
-            .map_err(|_| EngineError::Internal("the authentication center panicked".into()))?
-            .challenge_order(challenge_id))
+        Ok(self.auth_center()?.challenge_order(challenge_id))
     }
 }

@@ -46,6 +46,7 @@ struct RawRules {
     max_pin_failures: Option<u32>,
     challenge_ttl_secs: Option<u64>,
     refused_swipes_per_minute: Option<u32>,
+    max_counter_jump: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +134,10 @@ impl NodeConfig {
                     .rules
                     .refused_swipes_per_minute
                     .unwrap_or(d.auth.refused_swipes_per_minute),
+                max_counter_jump: raw
+                    .rules
+                    .max_counter_jump
+                    .unwrap_or(d.auth.max_counter_jump),
             },
         };
         rules.validate()?;

@@ -131,7 +131,7 @@ pub struct Engine {
     recovery: RecoveryInfo,
     /// The authentication center, when an issuer key is configured. Its durable changes are
     /// journaled, in the order they were made, before the call that made them answers.
-    pub(crate) auth: Option<Arc<std::sync::Mutex<AuthCenter>>>,
+    pub(crate) auth: Option<Arc<AuthCenter>>,
 }
 
 impl Engine {

@@ -256,6 +256,9 @@ impl RulesConfig {
         if self.auth.max_pin_failures == 0 {
             return Err("max_pin_failures must be at least 1".into());
         }
+        if self.auth.max_counter_jump == 0 {
+            return Err("max_counter_jump must be positive".into());
+        }
         if self.auth.challenge_ttl_secs == 0 {
             return Err("challenge_ttl_secs must be positive".into());
         }

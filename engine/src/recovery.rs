@@ -207,14 +207,14 @@ pub(crate) fn load_auth_center(
     view: &StateView,
     issuer_key: Option<&IssuerKey>,
     rules: &RulesConfig,
-) -> Result<Option<Arc<std::sync::Mutex<AuthCenter>>>, EngineError> {
+) -> Result<Option<Arc<AuthCenter>>, EngineError> {
     Ok(match issuer_key {
         None => None,
         Some(key) => {
             let state = view.auth_state(rules.auth.clone())?;
             let center = AuthCenter::from_state(key.clone(), state)
                 .map_err(|e| EngineError::Config(format!("the stored cards and readers: {e}")))?;
-            Some(Arc::new(std::sync::Mutex::new(center)))
+            Some(Arc::new(center))
         }
     })
 }

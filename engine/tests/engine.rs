@@ -707,7 +707,8 @@ mod cards {
     use super::*;
     use onecard_engine::cards::crypto::{card_token, cryptogram, derive_token_key};
     use onecard_engine::cards::{
-        encrypt_pin, AuthOutcome, CardKey, CardStatus, ChallengeIssued, IssuerKey, NewReader,
+        derive_pin_key, encrypt_pin, pin_verifier, AuthOutcome, CardKey, CardStatus,
+        ChallengeIssued, IssuerKey, NewReader,
     };
     use onecard_engine::engine::IssueCard;
     use std::net::IpAddr;
@@ -902,15 +903,44 @@ mod cards {
             ["o-1", "o-away"],
             "the replay holds both authorisations"
         );
-        // No PIN, no card key, no card number in the store (I10): only the Argon2id hash and
+        // No PIN, no key, no card number in the store (I10): only the keyed PIN verifier and
         // the card's token.
         let mut bytes = Vec::new();
         for f in super::files_under(dir.path()) {
             bytes.extend(std::fs::read(f).unwrap());
         }
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(has(b"$argon2id$"), "the PIN hash is stored");
+        let master = IssuerKey::from_bytes([5; 32]);
+        let pvk = derive_pin_key(&master);
+        let verifier = pin_verifier(&pvk, &token, PIN).unwrap();
+        assert_eq!(
+            card.pin_verifier, verifier,
+            "the replay holds the keyed verifier"
+        );
+        let verifier_hex = String::from(verifier.clone());
+        assert!(has(verifier_hex.as_bytes()), "the PIN verifier is stored");
         assert!(!has(PIN.as_bytes()), "the PIN is never stored");
+        assert!(!has(&[5u8; 32]), "the issuer master key is never stored");
+        // Without the key the verifier gives nothing away: trying every 4-digit PIN and the
+        // real one under a key guessed wrong (zero, or another issuer's) never reproduces it,
+        // and no unkeyed digest of token and PIN is stored either.
+        for guess_key in [
+            derive_pin_key(&IssuerKey::from_bytes([0; 32])),
+            derive_pin_key(&IssuerKey::from_bytes([6; 32])),
+        ] {
+            let candidates = (0..10_000)
+                .map(|n| format!("{n:04}"))
+                .chain([PIN.to_string()]);
+            for pin in candidates {
+                let guess = pin_verifier(&guess_key, &token, &pin).unwrap();
+                assert!(!guess.matches(&verifier));
+            }
+        }
+        {
+            use sha2::{Digest, Sha256};
+            let unkeyed = Sha256::digest(format!("{token}{PIN}").as_bytes());
+            assert!(!has(&unkeyed) && !has(hex::encode(unkeyed).as_bytes()));
+        }
         assert!(!has(key.as_bytes()), "the card key is never stored");
         assert!(!has(CARD.as_bytes()), "the card number is never stored");
         assert!(has(token.as_bytes()), "the card's token is stored");

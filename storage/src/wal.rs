@@ -68,8 +68,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// The log format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The log format this code writes and reads. The version covers the records' contents too,
+/// since a record is an engine entry in its encoding: 2 since cards keep a keyed PIN verifier
+/// and the rules a counter window (issue 11); 1 before.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];

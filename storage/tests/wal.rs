@@ -661,24 +661,30 @@ fn foreign_segment_and_wrong_version_are_refused() {
     assert_eq!(opened.store_id, a_id);
     drop(_wal);
 
-    // A segment from a future format.
-    for which in [0usize, 1] {
-        let dir = tmp.path().join(format!("v2-{which}"));
-        copy_dir(&a, &dir);
-        let seg = segments(&dir)[which].clone();
-        patch_header(&seg, 8, &2u32.to_le_bytes());
-        let err = open(&dir).unwrap_err();
-        assert!(
-            matches!(&err, WalError::UnsupportedVersion { found: 2, segment } if segment == &seg),
-            "{err}"
-        );
-        let msg = err.to_string();
-        assert!(msg.contains("log format 2"), "{msg}");
-        assert!(msg.contains("this OneCard reads format 1"), "{msg}");
-        assert!(matches!(
-            read_all(&dir, None),
-            Err(WalError::UnsupportedVersion { found: 2, .. })
-        ));
+    // A segment from an older format (its records' contents differ: refused, not misread) or
+    // a future one.
+    for version in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+        for which in [0usize, 1] {
+            let dir = tmp.path().join(format!("v{version}-{which}"));
+            copy_dir(&a, &dir);
+            let seg = segments(&dir)[which].clone();
+            patch_header(&seg, 8, &version.to_le_bytes());
+            let err = open(&dir).unwrap_err();
+            assert!(
+                matches!(&err, WalError::UnsupportedVersion { found, segment } if segment == &seg && *found == version),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("log format {version}")), "{msg}");
+            assert!(
+                msg.contains(&format!("this OneCard reads format {FORMAT_VERSION}")),
+                "{msg}"
+            );
+            assert!(matches!(
+                read_all(&dir, None),
+                Err(WalError::UnsupportedVersion { found, .. }) if found == version
+            ));
+        }
     }
 
     // Not a segment at all.

@@ -267,7 +267,9 @@ pub fn pay(
 /// are what the node would know: where the reader connects from, the account's available
 /// credit, the time; `reachable: false` makes every call fail as an unreachable node would.
 pub struct LocalCenter<'a, R> {
-    pub center: &'a mut onecard_engine::cards::AuthCenter,
+    pub center: &'a onecard_engine::cards::AuthCenter,
+    /// The changes the center made (what the node would journal).
+    pub changes: Vec<onecard_engine::cards::AuthChange>,
     pub peer: std::net::IpAddr,
     pub available_credit_cents: u64,
     pub now: u64,
@@ -323,6 +325,10 @@ impl<R: RngCore + CryptoRng> NodeLink for LocalCenter<'_, R> {
             None,
             self.available_credit_cents,
             self.now,
+            // No journal here: the order's claim, which an authorisation keeps, refuses a
+            // second payer in this process.
+            |_| false,
+            &mut self.changes,
         ))
     }
 
@@ -337,6 +343,7 @@ impl<R: RngCore + CryptoRng> NodeLink for LocalCenter<'_, R> {
             accept,
             self.available_credit_cents,
             self.now,
+            &mut self.changes,
         ))
     }
 }

@@ -56,10 +56,14 @@
 //! Card numbers are masked ([`mask_card_number`], or `************` and the last four) in
 //! every `Debug` and `Display` text of this module.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -68,7 +72,9 @@ use super::crypto::{
     card_token, cryptogram_matches, derive_card_key, derive_token_key, is_card_token, CardKey,
     IssuerKey, TokenKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
 };
-use super::pin::{decrypt_pin, random_secret, verify_pin, EncryptedPin, PinHash, PinHasher};
+use super::pin::{
+    decrypt_pin, derive_pin_key, pin_verifier, random_secret, EncryptedPin, PinKey, PinVerifier,
+};
 use super::prompt::Prompt;
 
 /// Length of the window of the refused-swipe limiter, in seconds.
@@ -153,6 +159,10 @@ pub struct AuthConfig {
     /// Refused swipes a reader may have in a 60-second window; the next swipe in the window is
     /// refused with `RateLimited`.
     pub refused_swipes_per_minute: u32,
+    /// How far above the last accepted transaction counter a card's counter may be: as card
+    /// schemes bound the jump of the application transaction counter, so that one cryptogram
+    /// with a huge counter cannot use up the card.
+    pub max_counter_jump: u32,
 }
 
 impl Default for AuthConfig {
@@ -161,6 +171,7 @@ impl Default for AuthConfig {
             max_pin_failures: 3,
             challenge_ttl_secs: 120,
             refused_swipes_per_minute: 5,
+            max_counter_jump: 1000,
         }
     }
 }
@@ -187,7 +198,8 @@ pub struct Card {
     /// The holder's consumer id (the account the card pays from).
     pub holder: String,
     pub status: CardStatus,
-    pub pin_hash: PinHash,
+    /// The keyed PIN verifier ([`PinVerifier`]): useless without the issuer master key.
+    pub pin_verifier: PinVerifier,
     /// The highest transaction counter accepted so far (0: none yet).
     pub last_counter: u32,
     /// Wrong PINs since the last right one or unlock.
@@ -202,7 +214,7 @@ impl std::fmt::Debug for Card {
             .field("number", &mask_last4(&self.last4))
             .field("holder", &self.holder)
             .field("status", &self.status)
-            .field("pin_hash", &self.pin_hash)
+            .field("pin_verifier", &self.pin_verifier)
             .field("last_counter", &self.last_counter)
             .field("pin_failures", &self.pin_failures)
             .finish_non_exhaustive()
@@ -457,6 +469,12 @@ pub enum AuthOutcome {
     BadCryptogram,
     /// The cryptogram is right but its counter is not above the last one accepted.
     Replayed,
+    /// The cryptogram is right but its counter is more than `max_counter_jump` above the last
+    /// one accepted. The challenge stays usable and the card is not changed.
+    CounterOutOfWindow,
+    /// Another payment holds this order: it is authorised already, or being authorised right
+    /// now. Refused before the PIN; the challenge ends.
+    OrderTaken,
     /// The encrypted PIN could not be decrypted (damaged or tampered with). Not counted as a
     /// wrong PIN.
     PinUnreadable,
@@ -484,6 +502,8 @@ impl AuthOutcome {
             AuthOutcome::CardLocked => Prompt::card_locked(),
             AuthOutcome::CardLost => Prompt::card_lost(),
             AuthOutcome::BadCryptogram | AuthOutcome::Replayed => Prompt::card_not_recognised(),
+            AuthOutcome::CounterOutOfWindow => Prompt::counter_out_of_window(),
+            AuthOutcome::OrderTaken => Prompt::order_taken(),
             AuthOutcome::PinUnreadable => Prompt::pin_unreadable(),
             AuthOutcome::WrongPin { tries_left } => Prompt::wrong_pin(*tries_left),
             AuthOutcome::ConfirmAddressChange => Prompt::confirm_address_change(),
@@ -534,70 +554,96 @@ impl RefusalWindow {
     }
 }
 
-/// The authentication center: the durable [`AuthState`], the issuer master key, the
-/// outstanding challenges and the refused-swipe limiter.
+/// Where the center writes its durable changes: the node journals them. The center calls it
+/// while it still holds the changed card, so that changes of one card reach it in the order
+/// they were made; it must only queue them (the caller waits for them to be on disk before it
+/// answers). An authentication that authorises a payment passes the authorisation along with
+/// the card's change, so both can be made durable at once.
+pub trait ChangeLog {
+    fn record(&mut self, changes: Vec<AuthChange>, authorised: Option<&Authorisation>);
+}
+
+/// Collects the changes (tests and tools without a journal).
+impl ChangeLog for Vec<AuthChange> {
+    fn record(&mut self, changes: Vec<AuthChange>, _authorised: Option<&Authorisation>) {
+        self.extend(changes);
+    }
+}
+
+/// Swipes between two sweeps of expired challenges and refusal windows.
+const PURGE_EVERY_SWIPES: u64 = 4096;
+
+/// The authentication center: cards, readers, outstanding challenges, the refused-swipe
+/// limiter and the orders being authorised, in concurrent maps (sharded, one lock per shard
+/// held only for map operations and the cheap checks of one card). No lock is held across a
+/// key agreement or a MAC, and no lock is process-wide: authentications of different cards
+/// run in parallel; two of one card are ordered by the card's map entry.
 pub struct AuthCenter {
-    state: AuthState,
+    config: AuthConfig,
     master: IssuerKey,
     /// Derived from `master`; card tokens are computed under it.
     token_key: TokenKey,
-    hasher: PinHasher,
-    /// Card token → the reader bound to it (derived from `state.readers`).
-    reader_by_card: HashMap<String, String>,
-    challenges: HashMap<String, Challenge>,
+    /// Derived from `master`; PIN verifiers are MACs under it.
+    pin_key: PinKey,
+    /// Card token → card.
+    cards: DashMap<String, Card>,
+    /// Reader id → reader.
+    readers: DashMap<String, Reader>,
+    /// Card token → the reader bound to it (derived from `readers`).
+    reader_by_card: DashMap<String, String>,
+    /// Registering a reader checks and changes `readers` and `reader_by_card` together; this
+    /// keeps two registrations from interleaving. Administrative only: no payment takes it.
+    registration: Mutex<()>,
+    challenges: DashMap<String, Challenge>,
     /// Reader id → the id of its outstanding challenge.
-    challenge_by_reader: HashMap<String, String>,
-    refusals: HashMap<String, RefusalWindow>,
-    /// Cards (by token) changed and readers registered since the last
-    /// [`AuthCenter::take_changes`].
-    dirty_cards: BTreeSet<String>,
-    new_readers: Vec<String>,
+    challenge_by_reader: DashMap<String, String>,
+    refusals: DashMap<String, RefusalWindow>,
+    /// Order id → the challenge whose authentication holds the order: an order takes one
+    /// authorisation, so a second payer is refused while the first is being decided, and
+    /// after it by the recorded authorisation.
+    order_claims: DashMap<String, String>,
+    swipes: AtomicU64,
 }
 
 impl std::fmt::Debug for AuthCenter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthCenter")
-            .field("cards", &self.state.cards.len())
-            .field("readers", &self.state.readers.len())
+            .field("cards", &self.cards.len())
+            .field("readers", &self.readers.len())
             .field("outstanding_challenges", &self.challenges.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Whether `counter` may follow `last`: above it, by at most `max_jump`.
+fn counter_check(last: u32, counter: u32, max_jump: u32) -> Result<(), AuthOutcome> {
+    if counter <= last {
+        Err(AuthOutcome::Replayed)
+    } else if counter - last > max_jump {
+        Err(AuthOutcome::CounterOutOfWindow)
+    } else {
+        Ok(())
+    }
+}
+
 impl AuthCenter {
-    /// An empty center with the production PIN hasher.
+    /// An empty center.
     pub fn new(master: IssuerKey, config: AuthConfig) -> AuthCenter {
         AuthCenter {
-            state: AuthState {
-                config,
-                ..AuthState::default()
-            },
+            config,
             token_key: derive_token_key(&master),
+            pin_key: derive_pin_key(&master),
             master,
-            hasher: PinHasher::default(),
-            reader_by_card: HashMap::new(),
-            challenges: HashMap::new(),
-            challenge_by_reader: HashMap::new(),
-            refusals: HashMap::new(),
-            dirty_cards: BTreeSet::new(),
-            new_readers: Vec::new(),
+            cards: DashMap::new(),
+            readers: DashMap::new(),
+            reader_by_card: DashMap::new(),
+            registration: Mutex::new(()),
+            challenges: DashMap::new(),
+            challenge_by_reader: DashMap::new(),
+            refusals: DashMap::new(),
+            order_claims: DashMap::new(),
+            swipes: AtomicU64::new(0),
         }
-    }
-
-    /// The durable changes made since the last call, in an order that replays to the current
-    /// state: cards first (a reader names its card), then new readers. The node journals them
-    /// before it answers the call that made them.
-    pub fn take_changes(&mut self) -> Vec<AuthChange> {
-        let mut changes: Vec<AuthChange> = std::mem::take(&mut self.dirty_cards)
-            .into_iter()
-            .filter_map(|n| self.state.cards.get(&n).cloned().map(AuthChange::Card))
-            .collect();
-        changes.extend(
-            std::mem::take(&mut self.new_readers)
-                .into_iter()
-                .filter_map(|id| self.state.readers.get(&id).cloned().map(AuthChange::Reader)),
-        );
-        changes
     }
 
     /// A center restored from its stored state (no challenges: they do not survive a
@@ -607,7 +653,7 @@ impl AuthCenter {
     /// master key cannot be checked without the card's number: a card of another issuer's
     /// store would simply never match a swipe.)
     pub fn from_state(master: IssuerKey, state: AuthState) -> Result<AuthCenter, CardError> {
-        let mut center = AuthCenter::new(master, state.config.clone());
+        let center = AuthCenter::new(master, state.config.clone());
         for (token, card) in &state.cards {
             if token != &card.token
                 || !is_card_token(token)
@@ -638,23 +684,34 @@ impl AuthCenter {
                 });
             }
         }
-        center.state = state;
+        for (token, card) in state.cards {
+            center.cards.insert(token, card);
+        }
+        for (id, reader) in state.readers {
+            center.readers.insert(id, reader);
+        }
         Ok(center)
     }
 
-    /// Hash new PINs with `hasher` (e.g. cheap parameters in tests).
-    pub fn with_pin_hasher(mut self, hasher: PinHasher) -> AuthCenter {
-        self.hasher = hasher;
-        self
-    }
-
-    /// The durable state, to store.
-    pub fn state(&self) -> &AuthState {
-        &self.state
+    /// The durable state as it is now (a copy), to store or compare.
+    pub fn state(&self) -> AuthState {
+        AuthState {
+            config: self.config.clone(),
+            cards: self
+                .cards
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+            readers: self
+                .readers
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+        }
     }
 
     pub fn config(&self) -> &AuthConfig {
-        &self.state.config
+        &self.config
     }
 
     /// The token of `card_number` under this center's token key (what the node stores for it).
@@ -662,20 +719,22 @@ impl AuthCenter {
         card_token(&self.token_key, card_number)
     }
 
-    /// The card with this number, if issued (looked up by its token).
-    pub fn card(&self, number: &str) -> Option<&Card> {
-        self.state.cards.get(&self.card_token(number))
+    /// The card with this number as it is now, if issued (looked up by its token).
+    pub fn card(&self, number: &str) -> Option<Card> {
+        self.cards.get(&self.card_token(number)).map(|c| c.clone())
     }
 
-    pub fn reader(&self, id: &str) -> Option<&Reader> {
-        self.state.readers.get(id)
+    pub fn reader(&self, id: &str) -> Option<Reader> {
+        self.readers.get(id).map(|r| r.clone())
     }
 
     /// The reader `card_number` is bound to, if any.
-    pub fn reader_of_card(&self, card_number: &str) -> Option<&Reader> {
-        self.reader_by_card
+    pub fn reader_of_card(&self, card_number: &str) -> Option<Reader> {
+        let id = self
+            .reader_by_card
             .get(&self.card_token(card_number))
-            .and_then(|id| self.state.readers.get(id))
+            .map(|id| id.clone())?;
+        self.reader(&id)
     }
 
     /// How many challenges are outstanding (expired ones included until purged or used).
@@ -685,46 +744,49 @@ impl AuthCenter {
 
     /// Issues a card to consumer `holder` with `pin` and the holder's registered delivery
     /// address. Returns the card key for personalisation (it goes into the card's chip and
-    /// nowhere else; the node does not keep it). The node keeps the card's token and last four
-    /// digits, not its number.
+    /// nowhere else; the node does not keep it). The node keeps the card's token, last four
+    /// digits and PIN verifier, not its number nor its PIN.
     pub fn issue_card(
-        &mut self,
+        &self,
         number: &str,
         holder: &str,
         pin: &str,
         registered_address: &str,
-        rng: &mut (impl RngCore + CryptoRng),
+        log: &mut impl ChangeLog,
     ) -> Result<CardKey, CardError> {
         if !is_valid_card_number(number) {
             return Err(CardError::InvalidCardNumber);
         }
         check_field(holder, "holder")?;
         let token = self.card_token(number);
-        if self.state.cards.contains_key(&token) {
-            return Err(CardError::DuplicateCard(mask_card_number(number)));
+        let pin_verifier = pin_verifier(&self.pin_key, &token, pin)?;
+        match self.cards.entry(token.clone()) {
+            Entry::Occupied(_) => Err(CardError::DuplicateCard(mask_card_number(number))),
+            Entry::Vacant(slot) => {
+                let card = slot.insert(Card {
+                    token,
+                    last4: last4_of(number),
+                    holder: holder.to_string(),
+                    status: CardStatus::Active,
+                    pin_verifier,
+                    last_counter: 0,
+                    pin_failures: 0,
+                    registered_address: registered_address.to_string(),
+                });
+                log.record(vec![AuthChange::Card(card.clone())], None);
+                Ok(derive_card_key(&self.master, number))
+            }
         }
-        let pin_hash = self.hasher.hash(pin, rng)?;
-        self.dirty_cards.insert(token.clone());
-        self.state.cards.insert(
-            token.clone(),
-            Card {
-                token,
-                last4: last4_of(number),
-                holder: holder.to_string(),
-                status: CardStatus::Active,
-                pin_hash,
-                last_counter: 0,
-                pin_failures: 0,
-                registered_address: registered_address.to_string(),
-            },
-        );
-        Ok(derive_card_key(&self.master, number))
     }
 
     /// Registers a reader and binds it to its card: one reader per card and one card per
     /// reader. The reader's account must be the card's holder. The stored [`Reader`] names the
     /// card by its token.
-    pub fn register_reader(&mut self, new: NewReader) -> Result<(), CardError> {
+    pub fn register_reader(
+        &self,
+        new: NewReader,
+        log: &mut impl ChangeLog,
+    ) -> Result<(), CardError> {
         let NewReader {
             id,
             owner,
@@ -735,14 +797,15 @@ impl AuthCenter {
         check_field(&id, "reader id")?;
         check_field(&owner, "owner")?;
         check_field(&account, "account")?;
-        if self.state.readers.contains_key(&id) {
+        let _registering = self.registration.lock();
+        if self.readers.contains_key(&id) {
             return Err(CardError::DuplicateReader(id));
         }
         let card_token = self.card_token(&card_number);
-        let card = self
-            .state
+        let holder = self
             .cards
             .get(&card_token)
+            .map(|c| c.holder.clone())
             .ok_or_else(|| CardError::UnknownCard(mask_card_number(&card_number)))?;
         if let Some(other) = self.reader_by_card.get(&card_token) {
             return Err(CardError::CardAlreadyBound {
@@ -750,93 +813,137 @@ impl AuthCenter {
                 reader: other.clone(),
             });
         }
-        if card.holder != account {
+        if holder != account {
             return Err(CardError::AccountMismatch {
                 account,
                 card: mask_card_number(&card_number),
             });
         }
-        self.reader_by_card.insert(card_token.clone(), id.clone());
-        self.new_readers.push(id.clone());
-        self.state.readers.insert(
-            id.clone(),
-            Reader {
-                id,
-                owner,
-                card_token,
-                account,
-                network,
-            },
-        );
+        let reader = Reader {
+            id: id.clone(),
+            owner,
+            card_token: card_token.clone(),
+            account,
+            network,
+        };
+        log.record(vec![AuthChange::Reader(reader.clone())], None);
+        self.reader_by_card.insert(card_token, id.clone());
+        self.readers.insert(id, reader);
         Ok(())
     }
 
-    /// The card with this number, to change; it is recorded as changed.
-    fn card_mut(&mut self, number: &str) -> Result<&mut Card, CardError> {
+    /// Changes the card with this number under its entry's lock and records the new value.
+    fn change_card<T>(
+        &self,
+        number: &str,
+        log: &mut impl ChangeLog,
+        change: impl FnOnce(&mut Card) -> Result<T, CardError>,
+    ) -> Result<T, CardError> {
         let token = self.card_token(number);
-        let card = self
-            .state
+        let mut card = self
             .cards
             .get_mut(&token)
             .ok_or_else(|| CardError::UnknownCard(mask_card_number(number)))?;
-        self.dirty_cards.insert(token);
-        Ok(card)
+        let result = change(&mut card)?;
+        log.record(vec![AuthChange::Card(card.clone())], None);
+        Ok(result)
     }
 
     /// Administrator: unlocks a locked card and clears its PIN failures. A lost card stays
     /// lost (`CardLost`).
-    pub fn unlock_card(&mut self, number: &str) -> Result<(), CardError> {
-        let card = self.card_mut(number)?;
-        if card.status == CardStatus::Lost {
-            return Err(CardError::CardLost(mask_card_number(number)));
-        }
-        card.status = CardStatus::Active;
-        card.pin_failures = 0;
-        Ok(())
+    pub fn unlock_card(&self, number: &str, log: &mut impl ChangeLog) -> Result<(), CardError> {
+        self.change_card(number, log, |card| {
+            if card.status == CardStatus::Lost {
+                return Err(CardError::CardLost(mask_card_number(number)));
+            }
+            card.status = CardStatus::Active;
+            card.pin_failures = 0;
+            Ok(())
+        })
     }
 
     /// The holder reports the card lost: no swipe or outstanding challenge of it succeeds any
     /// more.
-    pub fn report_lost(&mut self, number: &str) -> Result<(), CardError> {
-        self.card_mut(number)?.status = CardStatus::Lost;
-        Ok(())
+    pub fn report_lost(&self, number: &str, log: &mut impl ChangeLog) -> Result<(), CardError> {
+        self.change_card(number, log, |card| {
+            card.status = CardStatus::Lost;
+            Ok(())
+        })
     }
 
     /// Changes the card holder's registered delivery address (a permanent change).
-    pub fn set_registered_address(&mut self, number: &str, address: &str) -> Result<(), CardError> {
-        self.card_mut(number)?.registered_address = address.to_string();
-        Ok(())
+    pub fn set_registered_address(
+        &self,
+        number: &str,
+        address: &str,
+        log: &mut impl ChangeLog,
+    ) -> Result<(), CardError> {
+        self.change_card(number, log, |card| {
+            card.registered_address = address.to_string();
+            Ok(())
+        })
     }
 
-    /// Drops every expired challenge.
-    pub fn purge_expired(&mut self, now: u64) {
+    /// Drops every expired challenge (and the order claims of those waiting for an address
+    /// answer) and every ended refusal window. Swipes call it now and then; tests call it.
+    pub fn purge_expired(&self, now: u64) {
         let expired: Vec<String> = self
             .challenges
             .iter()
-            .filter(|(_, c)| now >= c.expires_at)
-            .map(|(id, _)| id.clone())
+            .filter(|c| now >= c.expires_at)
+            .map(|c| c.key().clone())
             .collect();
         for id in expired {
-            self.take_challenge(&id);
+            if let Some(c) = self.take_challenge(&id) {
+                self.release_claim(&c.order_id, &id);
+            }
         }
         self.refusals.retain(|_, w| now < w.end());
     }
 
-    fn take_challenge(&mut self, id: &str) -> Option<Challenge> {
-        let challenge = self.challenges.remove(id)?;
-        if self
-            .challenge_by_reader
-            .get(&challenge.reader_id)
-            .map(String::as_str)
-            == Some(id)
-        {
-            self.challenge_by_reader.remove(&challenge.reader_id);
-        }
+    /// Removes challenge `id` (at most one caller gets it) and its reader's pointer to it.
+    fn take_challenge(&self, id: &str) -> Option<Challenge> {
+        let (_, challenge) = self.challenges.remove(id)?;
+        self.challenge_by_reader
+            .remove_if(&challenge.reader_id, |_, current| current == id);
         Some(challenge)
     }
 
-    fn refuse(&mut self, reader_id: &str, refusal: SwipeRefusal, now: u64) -> SwipeRefusal {
-        let window = self
+    /// Puts a challenge taken by [`AuthCenter::take_challenge`] back, unless its reader has a
+    /// newer one meanwhile (then it is dropped, as a new swipe drops the previous challenge).
+    fn restore_challenge(&self, id: &str, challenge: Challenge) -> bool {
+        match self.challenge_by_reader.entry(challenge.reader_id.clone()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                // Inserted under the reader's entry lock: a swipe on this reader waits for it.
+                self.challenges.insert(id.to_string(), challenge);
+                slot.insert(id.to_string());
+                true
+            }
+        }
+    }
+
+    /// Releases `order`'s claim if challenge `challenge_id` holds it.
+    fn release_claim(&self, order: &str, challenge_id: &str) {
+        self.order_claims
+            .remove_if(order, |_, holder| holder == challenge_id);
+    }
+
+    /// The node calls this once the authorisation of `order` by `challenge_id` is durable
+    /// (and visible to `order_authorised`): from then on that record refuses a second payer.
+    pub fn authorisation_recorded(&self, order: &str, challenge_id: &str) {
+        self.release_claim(order, challenge_id);
+    }
+
+    /// Ends challenge `id` and lets go of whatever order it held (after its changes could not
+    /// be written: nothing it decided counts).
+    pub fn abandon_challenge(&self, id: &str) {
+        self.take_challenge(id);
+        self.order_claims.retain(|_, holder| holder != id);
+    }
+
+    fn refuse(&self, reader_id: &str, refusal: SwipeRefusal, now: u64) -> SwipeRefusal {
+        let mut window = self
             .refusals
             .entry(reader_id.to_string())
             .or_insert(RefusalWindow {
@@ -864,7 +971,7 @@ impl AuthCenter {
     /// the transport).
     #[allow(clippy::too_many_arguments)]
     pub fn swipe(
-        &mut self,
+        &self,
         reader_id: &str,
         card_number: &str,
         peer: IpAddr,
@@ -873,25 +980,36 @@ impl AuthCenter {
         now: u64,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<ChallengeIssued, SwipeRefusal> {
+        if self.swipes.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY_SWIPES
+            == PURGE_EVERY_SWIPES - 1
+        {
+            self.purge_expired(now);
+        }
         if let Some(window) = self.refusals.get(reader_id) {
-            if now < window.end() && window.refused >= self.state.config.refused_swipes_per_minute {
+            if now < window.end() && window.refused >= self.config.refused_swipes_per_minute {
                 return Err(SwipeRefusal::RateLimited {
                     retry_at: window.end(),
                 });
             }
         }
-        let Some(reader) = self.state.readers.get(reader_id) else {
+        let Some((bound_token, account, network_ok)) = self.readers.get(reader_id).map(|r| {
+            (
+                r.card_token.clone(),
+                r.account.clone(),
+                r.accepts_peer(peer),
+            )
+        }) else {
             return Err(SwipeRefusal::UnknownReader);
         };
         let token = self.card_token(card_number);
-        if reader.card_token != token {
+        if bound_token != token {
             return Err(self.refuse(reader_id, SwipeRefusal::CardNotBound, now));
         }
-        if !reader.accepts_peer(peer) {
+        if !network_ok {
             return Err(self.refuse(reader_id, SwipeRefusal::WrongNetwork, now));
         }
-        let (status, holder_matches) = match self.state.cards.get(&token) {
-            Some(card) => (card.status, card.holder == reader.account),
+        let (status, holder_matches) = match self.cards.get(&token) {
+            Some(card) => (card.status, card.holder == account),
             None => return Err(self.refuse(reader_id, SwipeRefusal::CardNotBound, now)),
         };
         if !holder_matches {
@@ -915,32 +1033,41 @@ impl AuthCenter {
 
         let mut id_bytes = [0u8; 16];
         rng.fill_bytes(&mut id_bytes);
-        let challenge_id = format!("ch_{}", hex(&id_bytes));
+        let challenge_id = format!("ch_{}", hex::encode(id_bytes));
         let mut challenge = [0u8; CHALLENGE_LEN];
         rng.fill_bytes(&mut challenge);
         let node_secret = random_secret(rng);
         let node_public = PublicKey::from(&node_secret).to_bytes();
-        let expires_at = now.saturating_add(self.state.config.challenge_ttl_secs);
+        let expires_at = now.saturating_add(self.config.challenge_ttl_secs);
 
-        if let Some(previous) = self.challenge_by_reader.get(reader_id).cloned() {
-            self.take_challenge(&previous);
+        // One live challenge per reader: the new one replaces the previous. The reader's entry
+        // is held while both maps change, so two swipes on one reader cannot both stay live.
+        let previous = {
+            let mut slot = self
+                .challenge_by_reader
+                .entry(reader_id.to_string())
+                .or_default();
+            self.challenges.insert(
+                challenge_id.clone(),
+                Challenge {
+                    reader_id: reader_id.to_string(),
+                    card_number: card_number.to_string(),
+                    card_token: token,
+                    order_id: order_id.to_string(),
+                    amount_cents,
+                    challenge,
+                    node_secret,
+                    expires_at,
+                    stage: Stage::Issued,
+                },
+            );
+            std::mem::replace(&mut *slot, challenge_id.clone())
+        };
+        if !previous.is_empty() {
+            if let Some((_, old)) = self.challenges.remove(&previous) {
+                self.release_claim(&old.order_id, &previous);
+            }
         }
-        self.challenges.insert(
-            challenge_id.clone(),
-            Challenge {
-                reader_id: reader_id.to_string(),
-                card_number: card_number.to_string(),
-                card_token: token,
-                order_id: order_id.to_string(),
-                amount_cents,
-                challenge,
-                node_secret,
-                expires_at,
-                stage: Stage::Issued,
-            },
-        );
-        self.challenge_by_reader
-            .insert(reader_id.to_string(), challenge_id.clone());
         Ok(ChallengeIssued {
             challenge_id,
             challenge,
@@ -949,16 +1076,11 @@ impl AuthCenter {
         })
     }
 
-    /// The live challenge `id`, taken out of the table; `None` (and dropped) if unknown or
-    /// expired.
     /// The account (consumer id) an outstanding challenge is for: the node looks up its
     /// available credit before [`AuthCenter::authenticate`].
     pub fn challenge_account(&self, challenge_id: &str) -> Option<String> {
-        let challenge = self.challenges.get(challenge_id)?;
-        self.state
-            .cards
-            .get(&challenge.card_token)
-            .map(|c| c.holder.clone())
+        let token = self.challenges.get(challenge_id)?.card_token.clone();
+        self.cards.get(&token).map(|c| c.holder.clone())
     }
 
     /// The order an outstanding challenge is for.
@@ -968,21 +1090,21 @@ impl AuthCenter {
             .map(|c| c.order_id.clone())
     }
 
-    fn take_live_challenge(&mut self, id: &str, now: u64) -> Option<Challenge> {
-        let challenge = self.take_challenge(id)?;
-        (now < challenge.expires_at).then_some(challenge)
-    }
-
     /// Step 3 for challenge `challenge_id`: the card's `cryptogram` over the challenge, order,
     /// amount and `counter`; the encrypted PIN; the order's delivery address (empty: nothing to
     /// deliver); the consumer's decision about a different address if the caller already has
-    /// it; the account's available credit now.
+    /// it; the account's available credit now; and whether the order already has a recorded
+    /// authorisation (`order_authorised`, asked while this authentication holds the order).
     ///
-    /// Checks, in order: challenge, card status, cryptogram, counter, PIN, address, credit. See
-    /// the module documentation for the address-change round trip.
+    /// Checks, in order: challenge, card status, cryptogram, counter (above the last, within
+    /// `max_counter_jump`), the order (no other authorisation), PIN, address, credit. See the
+    /// module documentation for the address-change round trip. The card's new counter, PIN
+    /// failures and lock go to `log` under the card's entry lock, with the authorisation if
+    /// there is one. On `Authorised` the order stays held until the node calls
+    /// [`AuthCenter::authorisation_recorded`].
     #[allow(clippy::too_many_arguments)]
     pub fn authenticate(
-        &mut self,
+        &self,
         challenge_id: &str,
         counter: u32,
         cryptogram: &[u8],
@@ -991,22 +1113,72 @@ impl AuthCenter {
         confirm_address_change: Option<bool>,
         available_credit_cents: u64,
         now: u64,
+        order_authorised: impl FnOnce(&str) -> bool,
+        log: &mut impl ChangeLog,
     ) -> AuthOutcome {
-        let Some(mut challenge) = self.take_live_challenge(challenge_id, now) else {
+        let Some(challenge) = self.take_challenge(challenge_id) else {
             return AuthOutcome::TimedOut;
         };
-        let max_failures = self.state.config.max_pin_failures;
-        let Some(card) = self.state.cards.get_mut(&challenge.card_token) else {
+        let order = challenge.order_id.clone();
+        let outcome = if now >= challenge.expires_at {
+            AuthOutcome::TimedOut
+        } else {
+            self.authenticate_challenge(
+                challenge_id,
+                challenge,
+                counter,
+                cryptogram,
+                pin,
+                delivery_address,
+                confirm_address_change,
+                available_credit_cents,
+                order_authorised,
+                log,
+            )
+        };
+        // A challenge that goes on (or an authorisation on its way to the record) keeps the
+        // order; every other outcome ends the challenge and lets the order go.
+        if !matches!(
+            outcome,
+            AuthOutcome::Authorised(_)
+                | AuthOutcome::ConfirmAddressChange
+                | AuthOutcome::CounterOutOfWindow
+        ) {
+            self.release_claim(&order, challenge_id);
+        }
+        outcome
+    }
+
+    /// [`AuthCenter::authenticate`] for a live challenge taken out of the table.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate_challenge(
+        &self,
+        challenge_id: &str,
+        mut challenge: Challenge,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+        confirm_address_change: Option<bool>,
+        available_credit_cents: u64,
+        order_authorised: impl FnOnce(&str) -> bool,
+        log: &mut impl ChangeLog,
+    ) -> AuthOutcome {
+        let Some((status, last_counter)) = self
+            .cards
+            .get(&challenge.card_token)
+            .map(|c| (c.status, c.last_counter))
+        else {
             return AuthOutcome::TimedOut;
         };
-        match card.status {
+        match status {
             CardStatus::Active => {}
             CardStatus::Locked => return AuthOutcome::CardLocked,
             CardStatus::Lost => return AuthOutcome::CardLost,
         }
 
         // Card authenticity: the key of the number presented at the swipe (its token is this
-        // card's, checked then).
+        // card's, checked then). No lock is held for the MACs and the key agreement.
         let key = derive_card_key(&self.master, &challenge.card_number);
         if !cryptogram_matches(
             &key,
@@ -1018,88 +1190,155 @@ impl AuthCenter {
         ) {
             return AuthOutcome::BadCryptogram;
         }
-        if counter <= card.last_counter {
-            return AuthOutcome::Replayed;
-        }
-        // From here on the card changes (counter, PIN failures, lock): it must be journaled.
-        self.dirty_cards.insert(card.token.clone());
-        card.last_counter = counter;
-
-        // Identity.
-        let Ok(pin) = decrypt_pin(&challenge.node_secret, &challenge.challenge, pin) else {
-            return AuthOutcome::PinUnreadable;
-        };
-        if !verify_pin(&card.pin_hash, pin.expose()) {
-            card.pin_failures = card.pin_failures.saturating_add(1);
-            if card.pin_failures >= max_failures {
-                card.status = CardStatus::Locked;
-                return AuthOutcome::CardLocked;
-            }
-            return AuthOutcome::WrongPin {
-                tries_left: max_failures - card.pin_failures,
-            };
-        }
-        drop(pin);
-        card.pin_failures = 0;
-
-        // Address.
-        let temporary_address_change = if same_address(&card.registered_address, delivery_address) {
-            false
-        } else {
-            match confirm_address_change {
-                None => {
-                    challenge.stage = Stage::AwaitingAddressConfirmation;
-                    self.challenge_by_reader
-                        .insert(challenge.reader_id.clone(), challenge_id.to_string());
-                    self.challenges.insert(challenge_id.to_string(), challenge);
-                    return AuthOutcome::ConfirmAddressChange;
+        match counter_check(last_counter, counter, self.config.max_counter_jump) {
+            Ok(()) => {}
+            Err(AuthOutcome::CounterOutOfWindow) => {
+                // Refused without using up the challenge: the card is genuine, its counter is
+                // not one the node takes (ARCHITECTURE.md, the counter window).
+                if !self.restore_challenge(challenge_id, challenge) {
+                    return AuthOutcome::TimedOut;
                 }
-                Some(false) => return AuthOutcome::AddressChangeDeclined,
-                Some(true) => true,
+                return AuthOutcome::CounterOutOfWindow;
             }
-        };
+            Err(other) => return other,
+        }
 
-        // Credit.
-        self.finish(challenge, temporary_address_change, available_credit_cents)
+        // One authorisation per order: held from here until decided (and, when authorised,
+        // until the authorisation is on record), and refused if another holds it or is on
+        // record.
+        match self.order_claims.entry(challenge.order_id.clone()) {
+            // A challenge parked for the address answer already holds its order.
+            Entry::Occupied(holder) if holder.get() == challenge_id => {}
+            Entry::Occupied(_) => return AuthOutcome::OrderTaken,
+            Entry::Vacant(slot) => {
+                slot.insert(challenge_id.to_string());
+            }
+        }
+        if order_authorised(&challenge.order_id) {
+            return AuthOutcome::OrderTaken;
+        }
+
+        // Identity, computed before the card's lock is taken.
+        // `Err`: unreadable; `Ok(None)`: not a PIN at all, which matches no verifier.
+        let pin_check = decrypt_pin(&challenge.node_secret, &challenge.challenge, pin)
+            .map(|pin| pin_verifier(&self.pin_key, &challenge.card_token, pin.expose()).ok());
+
+        let max_failures = self.config.max_pin_failures;
+        let outcome = {
+            let Some(mut card) = self.cards.get_mut(&challenge.card_token) else {
+                return AuthOutcome::TimedOut;
+            };
+            // The card may have changed since it was read: another authentication of it, a
+            // lock or a loss report. Decided again under its lock.
+            let decided = match card.status {
+                CardStatus::Active => {
+                    counter_check(card.last_counter, counter, self.config.max_counter_jump)
+                }
+                CardStatus::Locked => Err(AuthOutcome::CardLocked),
+                CardStatus::Lost => Err(AuthOutcome::CardLost),
+            };
+            let outcome = match decided {
+                Err(outcome) => outcome,
+                Ok(()) => {
+                    card.last_counter = counter;
+                    match pin_check {
+                        Err(_) => AuthOutcome::PinUnreadable,
+                        Ok(candidate)
+                            if !candidate
+                                .as_ref()
+                                .is_some_and(|c| c.matches(&card.pin_verifier)) =>
+                        {
+                            card.pin_failures = card.pin_failures.saturating_add(1);
+                            if card.pin_failures >= max_failures {
+                                card.status = CardStatus::Locked;
+                                AuthOutcome::CardLocked
+                            } else {
+                                AuthOutcome::WrongPin {
+                                    tries_left: max_failures - card.pin_failures,
+                                }
+                            }
+                        }
+                        Ok(_) => {
+                            card.pin_failures = 0;
+                            if same_address(&card.registered_address, delivery_address) {
+                                self.finish(&challenge, &card, false, available_credit_cents)
+                            } else {
+                                match confirm_address_change {
+                                    None => AuthOutcome::ConfirmAddressChange,
+                                    Some(false) => AuthOutcome::AddressChangeDeclined,
+                                    Some(true) => {
+                                        self.finish(&challenge, &card, true, available_credit_cents)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            if card.last_counter == counter {
+                let authorised = match &outcome {
+                    AuthOutcome::Authorised(a) => Some(a),
+                    _ => None,
+                };
+                log.record(vec![AuthChange::Card(card.clone())], authorised);
+            }
+            outcome
+        };
+        if outcome == AuthOutcome::ConfirmAddressChange {
+            challenge.stage = Stage::AwaitingAddressConfirmation;
+            if !self.restore_challenge(challenge_id, challenge) {
+                return AuthOutcome::TimedOut;
+            }
+        }
+        outcome
     }
 
     /// The consumer's answer to [`AuthOutcome::ConfirmAddressChange`] for `challenge_id`:
     /// `accept` goes on with the credit check (with the available credit now), a refusal ends
     /// with `AddressChangeDeclined`. A challenge that is unknown, expired or not waiting for
-    /// this answer gives `TimedOut` (and is dropped).
+    /// this answer gives `TimedOut` (and is dropped). An authorisation goes to `log`.
     pub fn confirm_address_change(
-        &mut self,
+        &self,
         challenge_id: &str,
         accept: bool,
         available_credit_cents: u64,
         now: u64,
+        log: &mut impl ChangeLog,
     ) -> AuthOutcome {
-        let Some(challenge) = self.take_live_challenge(challenge_id, now) else {
+        let Some(challenge) = self.take_challenge(challenge_id) else {
             return AuthOutcome::TimedOut;
         };
-        if challenge.stage != Stage::AwaitingAddressConfirmation {
-            return AuthOutcome::TimedOut;
-        }
-        match self
-            .state
-            .cards
-            .get(&challenge.card_token)
-            .map(|c| c.status)
+        let outcome = if now >= challenge.expires_at
+            || challenge.stage != Stage::AwaitingAddressConfirmation
         {
-            Some(CardStatus::Active) => {}
-            Some(CardStatus::Locked) => return AuthOutcome::CardLocked,
-            Some(CardStatus::Lost) => return AuthOutcome::CardLost,
-            None => return AuthOutcome::TimedOut,
+            AuthOutcome::TimedOut
+        } else {
+            match self.cards.get(&challenge.card_token) {
+                None => AuthOutcome::TimedOut,
+                Some(card) => match card.status {
+                    CardStatus::Locked => AuthOutcome::CardLocked,
+                    CardStatus::Lost => AuthOutcome::CardLost,
+                    CardStatus::Active if !accept => AuthOutcome::AddressChangeDeclined,
+                    CardStatus::Active => {
+                        let outcome = self.finish(&challenge, &card, true, available_credit_cents);
+                        if let AuthOutcome::Authorised(a) = &outcome {
+                            log.record(Vec::new(), Some(a));
+                        }
+                        outcome
+                    }
+                },
+            }
+        };
+        if !outcome.is_authorised() {
+            self.release_claim(&challenge.order_id, challenge_id);
         }
-        if !accept {
-            return AuthOutcome::AddressChangeDeclined;
-        }
-        self.finish(challenge, true, available_credit_cents)
+        outcome
     }
 
     fn finish(
         &self,
-        challenge: Challenge,
+        challenge: &Challenge,
+        card: &Card,
         temporary_address_change: bool,
         available_credit_cents: u64,
     ) -> AuthOutcome {
@@ -1109,23 +1348,13 @@ impl AuthCenter {
                 available_cents: available_credit_cents,
             };
         }
-        let (account, card_last4) = self
-            .state
-            .cards
-            .get(&challenge.card_token)
-            .map(|c| (c.holder.clone(), c.last4.clone()))
-            .unwrap_or_default();
         AuthOutcome::Authorised(Authorisation {
-            order_id: challenge.order_id,
+            order_id: challenge.order_id.clone(),
             amount_cents: challenge.amount_cents,
-            card_last4,
-            account,
-            reader_id: challenge.reader_id,
+            card_last4: card.last4.clone(),
+            account: card.holder.clone(),
+            reader_id: challenge.reader_id.clone(),
             temporary_address_change,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -53,6 +53,11 @@ impl IssuerKey {
     pub fn from_bytes(bytes: [u8; 32]) -> IssuerKey {
         IssuerKey(bytes)
     }
+
+    /// The key itself, for the derivations of this module and `pin`.
+    pub(super) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl CardKey {

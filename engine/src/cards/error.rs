@@ -7,10 +7,8 @@
 pub enum CardError {
     #[error("a PIN is 4 to 12 digits")]
     InvalidPin,
-    #[error("PIN hashing failed: {0}")]
-    PinHashing(String),
-    #[error("not an Argon2id PIN hash")]
-    InvalidPinHash,
+    #[error("a stored PIN verifier is not 64 hex digits")]
+    InvalidPinVerifier,
     #[error("the encrypted PIN could not be read")]
     PinTransport,
     #[error("a card number is 12 to 19 digits")]

@@ -1,9 +1,11 @@
 //! PINs (F13): how the node stores them and how they travel from the reader program.
 //!
-//! - **Storage:** only an Argon2id hash in PHC string format ([`PinHash`]); the production
-//!   parameters are the `argon2` crate's defaults ([`PinHasher::default`]), tests use a cheap
-//!   set ([`PinHasher::with_params`]). Verification reads the parameters from the stored hash,
-//!   so hashes made with other parameters still verify.
+//! - **Storage:** only a keyed PIN verifier ([`PinVerifier`]): an HMAC-SHA256 of the card's
+//!   token and the PIN under the PIN verification key ([`PinKey`]), which is derived from the
+//!   issuer master key and never stored, as banks keep PIN verification values under a key in
+//!   their HSM. A PIN has only 10⁴–10⁶ values, so no unkeyed hash, however slow, protects it
+//!   once the store leaks; a keyed MAC does, and costs microseconds instead of an Argon2id's
+//!   14 ms (ARCHITECTURE.md, "Threat model of the PIN").
 //! - **Transport:** the PIN never travels in the clear. With each challenge the node sends the
 //!   public half of a fresh X25519 key pair; the reader program makes its own ephemeral pair,
 //!   agrees on a shared secret, expands it with HKDF-SHA256 (salt [`PIN_TRANSPORT_SALT`], info =
@@ -12,19 +14,19 @@
 //!   [`decrypt_pin`], node side). A ciphertext is bound to its challenge: it cannot be replayed
 //!   against another one, and any change to it is detected.
 //!
-//! Nothing here formats a PIN: [`PinHash`] and [`PinSecret`] print as fixed placeholders (I10).
+//! Nothing here formats a PIN: [`PinVerifier`] and [`PinSecret`] print as fixed placeholders (I10).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::crypto::CHALLENGE_LEN;
+use super::crypto::{IssuerKey, CHALLENGE_LEN};
 use super::error::CardError;
 
 /// Fewest digits in a PIN.
@@ -37,8 +39,6 @@ pub const PIN_TRANSPORT_SALT: &[u8] = b"OneCard PIN v1";
 pub const PIN_NONCE_LEN: usize = 12;
 /// Bytes of the Poly1305 tag appended to the ciphertext.
 const TAG_LEN: usize = 16;
-/// Bytes of the random salt of a PIN hash.
-const SALT_LEN: usize = 16;
 
 /// Whether `pin` is 4 to 12 ASCII digits.
 pub fn is_valid_pin(pin: &str) -> bool {
@@ -46,115 +46,107 @@ pub fn is_valid_pin(pin: &str) -> bool {
         && pin.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// An Argon2id PIN hash, kept as its PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+/// Salt of the HKDF that derives the PIN verification key from the issuer master key.
+pub const PIN_KEY_SALT: &[u8] = b"OneCard PIN verification key v1";
+/// Info of the PIN verification key's HKDF.
+pub const PIN_KEY_INFO: &[u8] = b"pvk";
+/// The domain tag that starts every PIN verifier's input.
+pub const PIN_VERIFIER_TAG: &[u8] = b"OCPV1";
+/// Bytes of a PIN verifier (HMAC-SHA256).
+pub const PIN_VERIFIER_LEN: usize = 32;
+
+/// The PIN verification key (PVK): derived from the issuer master key, held in memory by the
+/// authentication center only and never stored. Every PIN verifier is a MAC under it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PinKey([u8; 32]);
+
+impl std::fmt::Debug for PinKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinKey(<secret>)")
+    }
+}
+
+/// The PIN verification key of `master`: HKDF-SHA256 (salt [`PIN_KEY_SALT`], info
+/// [`PIN_KEY_INFO`]), 32 bytes.
+pub fn derive_pin_key(master: &IssuerKey) -> PinKey {
+    let hk = Hkdf::<Sha256>::new(Some(PIN_KEY_SALT), master.as_bytes());
+    let mut okm = [0u8; 32];
+    hk.expand(PIN_KEY_INFO, &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    PinKey(okm)
+}
+
+/// What the node stores to check a card's PIN (a PIN verification value): HMAC-SHA256 under
+/// the [`PinKey`] over
 ///
-/// Serialises as that string; deserialising checks it is a well-formed Argon2id PHC string.
+/// ```text
+/// "OCPV1" | card token length u8 | card token (ASCII) | PIN length u8 | PIN (ASCII digits)
+/// ```
+///
+/// Without the key it says nothing about the PIN, however few values a PIN has: that is why
+/// it is keyed and not a (slow) hash. Serialises as lowercase hex.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct PinHash(String);
+pub struct PinVerifier([u8; PIN_VERIFIER_LEN]);
 
-impl PinHash {
-    /// A stored hash, checked to be an Argon2id PHC string.
-    pub fn from_phc(phc: String) -> Result<PinHash, CardError> {
-        let parsed = PasswordHash::new(&phc).map_err(|_| CardError::InvalidPinHash)?;
-        if parsed.algorithm != argon2::ARGON2ID_IDENT || parsed.hash.is_none() {
-            return Err(CardError::InvalidPinHash);
-        }
-        Ok(PinHash(phc))
-    }
-
-    /// The PHC string (a hash: safe to store, still not worth logging).
-    pub fn as_phc(&self) -> &str {
+impl PinVerifier {
+    pub fn as_bytes(&self) -> &[u8; PIN_VERIFIER_LEN] {
         &self.0
     }
+
+    /// Whether `other` is this verifier, compared in constant time.
+    pub fn matches(&self, other: &PinVerifier) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
 }
 
-impl TryFrom<String> for PinHash {
+impl TryFrom<String> for PinVerifier {
     type Error = CardError;
-    fn try_from(phc: String) -> Result<PinHash, CardError> {
-        PinHash::from_phc(phc)
+    fn try_from(hex: String) -> Result<PinVerifier, CardError> {
+        let mut bytes = [0u8; PIN_VERIFIER_LEN];
+        hex::decode_to_slice(&hex, &mut bytes).map_err(|_| CardError::InvalidPinVerifier)?;
+        Ok(PinVerifier(bytes))
     }
 }
 
-impl From<PinHash> for String {
-    fn from(hash: PinHash) -> String {
-        hash.0
+impl From<PinVerifier> for String {
+    fn from(v: PinVerifier) -> String {
+        hex::encode(v.0)
     }
 }
 
-impl std::fmt::Debug for PinHash {
+impl std::fmt::Debug for PinVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PinHash(argon2id)")
+        f.write_str("PinVerifier(<keyed>)")
     }
 }
 
-/// Hashes PINs with Argon2id under fixed parameters.
-#[derive(Clone, Debug)]
-pub struct PinHasher {
-    params: Params,
-}
-
-impl Default for PinHasher {
-    /// The `argon2` crate's default Argon2id parameters (19 MiB, 2 passes, 1 lane): production.
-    fn default() -> PinHasher {
-        PinHasher {
-            params: Params::DEFAULT,
-        }
-    }
-}
-
-impl PinHasher {
-    /// Other parameters (memory in KiB, passes, lanes), e.g. a cheap set for tests.
-    pub fn with_params(m_cost_kib: u32, t_cost: u32, p_cost: u32) -> Result<PinHasher, CardError> {
-        let params = Params::new(m_cost_kib, t_cost, p_cost, None)
-            .map_err(|e| CardError::PinHashing(e.to_string()))?;
-        Ok(PinHasher { params })
-    }
-
-    /// The parameters new hashes are made with.
-    pub fn params(&self) -> &Params {
-        &self.params
-    }
-
-    /// The Argon2id hash of `pin` under a fresh random salt; `InvalidPin` unless `pin` is 4 to
-    /// 12 ASCII digits.
-    pub fn hash(
-        &self,
-        pin: &str,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<PinHash, CardError> {
-        if !is_valid_pin(pin) {
-            return Err(CardError::InvalidPin);
-        }
-        let mut salt = [0u8; SALT_LEN];
-        rng.fill_bytes(&mut salt);
-        let salt =
-            SaltString::encode_b64(&salt).map_err(|e| CardError::PinHashing(e.to_string()))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
-        let hash = argon
-            .hash_password(pin.as_bytes(), &salt)
-            .map_err(|e| CardError::PinHashing(e.to_string()))?;
-        Ok(PinHash(hash.to_string()))
-    }
-}
-
-/// [`PinHasher::hash`] with the production parameters.
-pub fn hash_pin(pin: &str, rng: &mut (impl RngCore + CryptoRng)) -> Result<PinHash, CardError> {
-    PinHasher::default().hash(pin, rng)
-}
-
-/// Whether `pin` is the PIN `hash` was made from (constant-time comparison of the Argon2
-/// outputs; the parameters come from the hash). A malformed PIN never matches.
-pub fn verify_pin(hash: &PinHash, pin: &str) -> bool {
+/// The verifier of `pin` for the card with token `card_token` (see [`PinVerifier`]);
+/// `InvalidPin` unless the PIN is 4 to 12 ASCII digits.
+pub fn pin_verifier(key: &PinKey, card_token: &str, pin: &str) -> Result<PinVerifier, CardError> {
     if !is_valid_pin(pin) {
-        return false;
+        return Err(CardError::InvalidPin);
     }
-    let Ok(parsed) = PasswordHash::new(&hash.0) else {
-        return false;
-    };
-    Argon2::default()
-        .verify_password(pin.as_bytes(), &parsed)
-        .is_ok()
+    // A token is 64 hex digits (checked where cards are made); the length byte keeps the
+    // encoding unambiguous for any token the caller passes.
+    let token = card_token.as_bytes();
+    let token_len = u8::try_from(token.len()).map_err(|_| CardError::InvalidPin)?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC takes any key length");
+    mac.update(PIN_VERIFIER_TAG);
+    mac.update(&[token_len]);
+    mac.update(token);
+    mac.update(&[pin.len() as u8]);
+    mac.update(pin.as_bytes());
+    Ok(PinVerifier(mac.finalize().into_bytes().into()))
+}
+
+/// Whether `pin` is the PIN `stored` was made from, for the card `card_token`: a MAC and a
+/// constant-time comparison, microseconds. A malformed PIN never matches.
+pub fn verify_pin(key: &PinKey, card_token: &str, stored: &PinVerifier, pin: &str) -> bool {
+    match pin_verifier(key, card_token, pin) {
+        Ok(v) => v.matches(stored),
+        Err(_) => false,
+    }
 }
 
 /// A PIN as the reader program sends it: encrypted to the node's per-challenge key.

@@ -118,4 +118,15 @@ impl Prompt {
     pub fn invalid_order() -> Prompt {
         Prompt::new("Order not valid: return to the shop", SoundCue::Error)
     }
+
+    /// The card's transaction counter jumped further than the node accepts: the card must be
+    /// checked by its issuer.
+    pub fn counter_out_of_window() -> Prompt {
+        Prompt::new("Card needs checking: contact your bank", SoundCue::Error)
+    }
+
+    /// Someone else is paying, or has paid, this order.
+    pub fn order_taken() -> Prompt {
+        Prompt::new("This order is already being paid", SoundCue::Error)
+    }
 }

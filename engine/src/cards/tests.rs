@@ -26,10 +26,6 @@ fn master() -> IssuerKey {
     IssuerKey::from_bytes([9u8; 32])
 }
 
-fn cheap() -> PinHasher {
-    PinHasher::with_params(8, 1, 1).unwrap()
-}
-
 fn home_peer() -> IpAddr {
     "192.168.1.20".parse().unwrap()
 }
@@ -43,6 +39,8 @@ struct Fixture {
     rng: StdRng,
     key: CardKey,
     counter: u32,
+    /// What the node would journal, in order.
+    changes: Vec<AuthChange>,
 }
 
 fn fixture() -> Fixture {
@@ -50,37 +48,45 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(config: AuthConfig) -> Fixture {
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut center = AuthCenter::new(master(), config).with_pin_hasher(cheap());
+    let rng = StdRng::seed_from_u64(7);
+    let center = AuthCenter::new(master(), config);
+    let mut changes = Vec::new();
     let key = center
-        .issue_card(CARD, "alice", PIN, HOME, &mut rng)
+        .issue_card(CARD, "alice", PIN, HOME, &mut changes)
         .unwrap();
     center
-        .issue_card(CARD_BOB, "bob", "987654", "1 Main Street", &mut rng)
+        .issue_card(CARD_BOB, "bob", "987654", "1 Main Street", &mut changes)
         .unwrap();
     center
-        .register_reader(NewReader {
-            id: READER.into(),
-            owner: "Alice Martin".into(),
-            card_number: CARD.into(),
-            account: "alice".into(),
-            network: "192.168.1.0/24".parse().unwrap(),
-        })
+        .register_reader(
+            NewReader {
+                id: READER.into(),
+                owner: "Alice Martin".into(),
+                card_number: CARD.into(),
+                account: "alice".into(),
+                network: "192.168.1.0/24".parse().unwrap(),
+            },
+            &mut changes,
+        )
         .unwrap();
     center
-        .register_reader(NewReader {
-            id: READER_BOB.into(),
-            owner: "Bob & Co".into(),
-            card_number: CARD_BOB.into(),
-            account: "bob".into(),
-            network: "2001:db8:1::/48".parse().unwrap(),
-        })
+        .register_reader(
+            NewReader {
+                id: READER_BOB.into(),
+                owner: "Bob & Co".into(),
+                card_number: CARD_BOB.into(),
+                account: "bob".into(),
+                network: "2001:db8:1::/48".parse().unwrap(),
+            },
+            &mut changes,
+        )
         .unwrap();
     Fixture {
         center,
         rng,
         key,
         counter: 0,
+        changes,
     }
 }
 
@@ -127,7 +133,7 @@ impl Fixture {
         credit: u64,
         now: u64,
     ) -> AuthOutcome {
-        self.center.authenticate(
+        let outcome = self.center.authenticate(
             &ch.challenge_id,
             s.counter,
             &s.cryptogram,
@@ -136,7 +142,21 @@ impl Fixture {
             confirm,
             credit,
             now,
-        )
+            |_| false,
+            &mut self.changes,
+        );
+        self.recorded(ch, &outcome);
+        outcome
+    }
+
+    /// What the node does once an authorisation is on record: the order is let go (these
+    /// tests pay one order id again and again; the record, which refuses a second payer in the
+    /// node, has its own tests).
+    fn recorded(&self, ch: &ChallengeIssued, outcome: &AuthOutcome) {
+        if let AuthOutcome::Authorised(a) = outcome {
+            self.center
+                .authorisation_recorded(&a.order_id, &ch.challenge_id);
+        }
     }
 
     /// Swipe for the standard order and authenticate with `pin` from home.
@@ -146,7 +166,7 @@ impl Fixture {
         self.submit(&ch, &s, HOME, None, CREDIT, now)
     }
 
-    fn card(&self) -> &Card {
+    fn card(&self) -> Card {
         self.center.card(CARD).unwrap()
     }
 }
@@ -196,11 +216,13 @@ fn issue_card_returns_the_derived_card_key() {
     assert_eq!(f.key, derive_card_key(&master(), CARD));
     assert_eq!(f.card().status, CardStatus::Active);
     assert_eq!(f.card().last_counter, 0);
-    assert!(f
-        .card()
-        .pin_hash
-        .as_phc()
-        .starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+    let token = f.center.card_token(CARD);
+    let pvk = derive_pin_key(&master());
+    assert_eq!(
+        f.card().pin_verifier,
+        pin_verifier(&pvk, &token, PIN).unwrap(),
+        "the stored verifier is the keyed MAC of the card and its PIN"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,7 +246,7 @@ fn wrong_pins_are_counted_and_lock_the_card_until_an_administrator_unlocks_it() 
     assert_eq!(refused, SwipeRefusal::CardLocked);
     assert_eq!(refused.prompt(), Prompt::card_locked());
 
-    f.center.unlock_card(CARD).unwrap();
+    f.center.unlock_card(CARD, &mut f.changes).unwrap();
     assert_eq!(f.card().status, CardStatus::Active);
     assert_eq!(f.card().pin_failures, 0);
     assert_eq!(f.pay(PIN, T0 + 1), authorised(false));
@@ -255,7 +277,7 @@ fn a_card_reported_lost_after_the_swipe_is_refused_at_authentication() {
     let mut f = fixture();
     let ch = f.swipe(ORDER, AMOUNT, T0);
     let s = f.submission(&ch, ORDER, AMOUNT, PIN);
-    f.center.report_lost(CARD).unwrap();
+    f.center.report_lost(CARD, &mut f.changes).unwrap();
     assert_eq!(
         f.submit(&ch, &s, HOME, None, CREDIT, T0),
         AuthOutcome::CardLost
@@ -504,37 +526,43 @@ fn the_reader_must_connect_from_its_registered_ipv6_network() {
 #[test]
 fn a_single_address_registration_accepts_only_that_address() {
     let mut rng = StdRng::seed_from_u64(1);
-    let mut center = AuthCenter::new(
+    let center = AuthCenter::new(
         master(),
         AuthConfig {
             refused_swipes_per_minute: 100,
             ..AuthConfig::default()
         },
-    )
-    .with_pin_hasher(cheap());
+    );
+    let mut changes = Vec::new();
     center
-        .issue_card(CARD, "alice", PIN, HOME, &mut rng)
+        .issue_card(CARD, "alice", PIN, HOME, &mut changes)
         .unwrap();
     center
-        .issue_card(CARD_BOB, "bob", PIN, HOME, &mut rng)
+        .issue_card(CARD_BOB, "bob", PIN, HOME, &mut changes)
         .unwrap();
     center
-        .register_reader(NewReader {
-            id: "v4".into(),
-            owner: "alice".into(),
-            card_number: CARD.into(),
-            account: "alice".into(),
-            network: "203.0.113.7/32".parse().unwrap(),
-        })
+        .register_reader(
+            NewReader {
+                id: "v4".into(),
+                owner: "alice".into(),
+                card_number: CARD.into(),
+                account: "alice".into(),
+                network: "203.0.113.7/32".parse().unwrap(),
+            },
+            &mut changes,
+        )
         .unwrap();
     center
-        .register_reader(NewReader {
-            id: "v6".into(),
-            owner: "bob".into(),
-            card_number: CARD_BOB.into(),
-            account: "bob".into(),
-            network: "2001:db8::7/128".parse().unwrap(),
-        })
+        .register_reader(
+            NewReader {
+                id: "v6".into(),
+                owner: "bob".into(),
+                card_number: CARD_BOB.into(),
+                account: "bob".into(),
+                network: "2001:db8::7/128".parse().unwrap(),
+            },
+            &mut changes,
+        )
         .unwrap();
     let mut try_peer = |reader: &str, card: &str, peer: &str| {
         center
@@ -581,7 +609,8 @@ fn bindings_are_one_to_one() {
     };
     // A second reader for Alice's card.
     assert_eq!(
-        f.center.register_reader(reader("RDR-2", CARD, "alice")),
+        f.center
+            .register_reader(reader("RDR-2", CARD, "alice"), &mut f.changes),
         Err(CardError::CardAlreadyBound {
             card: "************7890".into(),
             reader: READER.into()
@@ -589,21 +618,24 @@ fn bindings_are_one_to_one() {
     );
     // A second binding for Alice's reader.
     assert_eq!(
-        f.center.register_reader(reader(READER, CARD_BOB, "bob")),
+        f.center
+            .register_reader(reader(READER, CARD_BOB, "bob"), &mut f.changes),
         Err(CardError::DuplicateReader(READER.into()))
     );
     // A reader for a card nobody issued, or for someone else's account.
     f.center
-        .issue_card("4000005555555555", "carol", PIN, HOME, &mut f.rng)
+        .issue_card("4000005555555555", "carol", PIN, HOME, &mut f.changes)
         .unwrap();
     assert_eq!(
         f.center
-            .register_reader(reader("RDR-3", "4000000000000000", "carol")),
+            .register_reader(reader("RDR-3", "4000000000000000", "carol"), &mut f.changes),
         Err(CardError::UnknownCard("************0000".into()))
     );
     assert_eq!(
-        f.center
-            .register_reader(reader("RDR-3", "4000005555555555", "mallory")),
+        f.center.register_reader(
+            reader("RDR-3", "4000005555555555", "mallory"),
+            &mut f.changes
+        ),
         Err(CardError::AccountMismatch {
             account: "mallory".into(),
             card: "************5555".into()
@@ -611,12 +643,12 @@ fn bindings_are_one_to_one() {
     );
     assert_eq!(
         f.center
-            .register_reader(reader("", "4000005555555555", "carol")),
+            .register_reader(reader("", "4000005555555555", "carol"), &mut f.changes),
         Err(CardError::InvalidField { field: "reader id" })
     );
     assert_eq!(
         f.center
-            .register_reader(reader("RDR-3", "4000005555555555", "carol")),
+            .register_reader(reader("RDR-3", "4000005555555555", "carol"), &mut f.changes),
         Ok(())
     );
     assert_eq!(
@@ -630,7 +662,7 @@ fn issuing_checks_number_pin_and_duplicates() {
     let mut f = fixture();
     let mut issue = |number: &str, pin: &str| {
         f.center
-            .issue_card(number, "dave", pin, HOME, &mut f.rng)
+            .issue_card(number, "dave", pin, HOME, &mut f.changes)
             .map(|_| ())
     };
     assert_eq!(
@@ -657,7 +689,7 @@ fn issuing_checks_number_pin_and_duplicates() {
 #[test]
 fn a_lost_card_is_refused_and_cannot_be_unlocked() {
     let mut f = fixture();
-    f.center.report_lost(CARD).unwrap();
+    f.center.report_lost(CARD, &mut f.changes).unwrap();
     assert_eq!(f.card().status, CardStatus::Lost);
     let refused = f
         .center
@@ -666,12 +698,12 @@ fn a_lost_card_is_refused_and_cannot_be_unlocked() {
     assert_eq!(refused, SwipeRefusal::CardLost);
     assert_eq!(refused.prompt(), Prompt::card_lost());
     assert_eq!(
-        f.center.unlock_card(CARD),
+        f.center.unlock_card(CARD, &mut f.changes),
         Err(CardError::CardLost("************7890".into()))
     );
     assert_eq!(f.card().status, CardStatus::Lost);
     assert_eq!(
-        f.center.report_lost("4000000000000000"),
+        f.center.report_lost("4000000000000000", &mut f.changes),
         Err(CardError::UnknownCard("************0000".into()))
     );
 }
@@ -734,9 +766,9 @@ fn a_different_address_is_asked_then_confirmed() {
     );
     assert_eq!(f.card().last_counter, 1, "card and PIN are proven");
 
-    let out = f
-        .center
-        .confirm_address_change(&ch.challenge_id, true, CREDIT, T0 + 30);
+    let out =
+        f.center
+            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0 + 30, &mut f.changes);
     assert_eq!(out, authorised(true));
     assert_eq!(
         f.card().registered_address,
@@ -747,7 +779,7 @@ fn a_different_address_is_asked_then_confirmed() {
     // Answering twice does nothing.
     assert_eq!(
         f.center
-            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0 + 31),
+            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0 + 31, &mut f.changes),
         AuthOutcome::TimedOut
     );
 }
@@ -761,9 +793,9 @@ fn a_different_address_is_asked_then_declined() {
         f.submit(&ch, &s, "elsewhere", None, CREDIT, T0),
         AuthOutcome::ConfirmAddressChange
     );
-    let out = f
-        .center
-        .confirm_address_change(&ch.challenge_id, false, CREDIT, T0 + 1);
+    let out =
+        f.center
+            .confirm_address_change(&ch.challenge_id, false, CREDIT, T0 + 1, &mut f.changes);
     assert_eq!(out, AuthOutcome::AddressChangeDeclined);
     assert_eq!(out.prompt(), Prompt::address_change_declined());
     assert_eq!(f.center.outstanding_challenges(), 0);
@@ -812,7 +844,7 @@ fn the_address_question_comes_after_the_pin_and_before_credit() {
     );
     assert_eq!(
         f.center
-            .confirm_address_change(&ch.challenge_id, true, AMOUNT - 1, T0),
+            .confirm_address_change(&ch.challenge_id, true, AMOUNT - 1, T0, &mut f.changes),
         AuthOutcome::CreditRefused {
             amount_cents: AMOUNT,
             available_cents: AMOUNT - 1
@@ -827,7 +859,7 @@ fn the_address_answer_is_only_taken_for_a_waiting_challenge_in_time() {
     let ch = f.swipe(ORDER, AMOUNT, T0);
     assert_eq!(
         f.center
-            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0),
+            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0, &mut f.changes),
         AuthOutcome::TimedOut
     );
     assert_eq!(f.center.outstanding_challenges(), 0);
@@ -840,8 +872,13 @@ fn the_address_answer_is_only_taken_for_a_waiting_challenge_in_time() {
         AuthOutcome::ConfirmAddressChange
     );
     assert_eq!(
-        f.center
-            .confirm_address_change(&ch.challenge_id, true, CREDIT, ch.expires_at),
+        f.center.confirm_address_change(
+            &ch.challenge_id,
+            true,
+            CREDIT,
+            ch.expires_at,
+            &mut f.changes
+        ),
         AuthOutcome::TimedOut
     );
 
@@ -858,7 +895,7 @@ fn the_address_answer_is_only_taken_for_a_waiting_challenge_in_time() {
     );
     assert_eq!(
         f.center
-            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0),
+            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0, &mut f.changes),
         AuthOutcome::TimedOut
     );
 
@@ -869,10 +906,10 @@ fn the_address_answer_is_only_taken_for_a_waiting_challenge_in_time() {
         f.submit(&ch, &s, "elsewhere", None, CREDIT, T0),
         AuthOutcome::ConfirmAddressChange
     );
-    f.center.report_lost(CARD).unwrap();
+    f.center.report_lost(CARD, &mut f.changes).unwrap();
     assert_eq!(
         f.center
-            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0),
+            .confirm_address_change(&ch.challenge_id, true, CREDIT, T0, &mut f.changes),
         AuthOutcome::CardLost
     );
 }
@@ -933,8 +970,18 @@ fn a_challenge_expires_after_its_ttl() {
 
     // Unknown ids and purging.
     assert_eq!(
-        f.center
-            .authenticate("ch_nope", 9, &[0; 16], &s.pin, HOME, None, CREDIT, T0),
+        f.center.authenticate(
+            "ch_nope",
+            9,
+            &[0; 16],
+            &s.pin,
+            HOME,
+            None,
+            CREDIT,
+            T0,
+            |_| false,
+            &mut f.changes
+        ),
         AuthOutcome::TimedOut
     );
     f.swipe(ORDER, AMOUNT, T0);
@@ -1232,65 +1279,55 @@ fn a_tampered_encrypted_pin_is_refused_and_not_counted() {
 }
 
 #[test]
-fn pin_hashes_verify_only_the_right_pin() {
-    let mut rng = StdRng::seed_from_u64(11);
-    let hasher = cheap();
-    let h = hasher.hash("0042", &mut rng).unwrap();
-    assert!(verify_pin(&h, "0042"));
-    for wrong in ["0043", "042", "00420", "", "abcd"] {
-        assert!(!verify_pin(&h, wrong), "{wrong:?}");
+fn pin_verifiers_match_only_the_right_pin_of_the_right_card_under_the_right_key() {
+    let pvk = derive_pin_key(&master());
+    let token = card_token(&derive_token_key(&master()), CARD);
+    let v = pin_verifier(&pvk, &token, "0042").unwrap();
+    assert!(verify_pin(&pvk, &token, &v, "0042"));
+    for wrong in ["0043", "042", "00420", "", "abcd", "0042 "] {
+        assert!(!verify_pin(&pvk, &token, &v, wrong), "{wrong:?}");
     }
-    // A fresh salt each time.
-    let h2 = hasher.hash("0042", &mut rng).unwrap();
-    assert_ne!(h, h2);
-    assert!(verify_pin(&h2, "0042"));
-    assert_eq!(format!("{h:?}"), "PinHash(argon2id)");
-    assert!(h.as_phc().starts_with("$argon2id$"));
-    assert!(!h.as_phc().contains("0042"));
+    // Bound to the card: the same PIN on another card gives another verifier.
+    let other = card_token(&derive_token_key(&master()), CARD_BOB);
+    assert_ne!(pin_verifier(&pvk, &other, "0042").unwrap(), v);
+    assert!(!verify_pin(&pvk, &other, &v, "0042"));
+    // And to the key: another issuer's key gives another verifier.
+    let other_key = derive_pin_key(&IssuerKey::from_bytes([10u8; 32]));
+    assert_ne!(pin_verifier(&other_key, &token, "0042").unwrap(), v);
+    assert!(!verify_pin(&other_key, &token, &v, "0042"));
+    // Deterministic: no salt is needed, the key is the secret.
+    assert_eq!(pin_verifier(&pvk, &token, "0042").unwrap(), v);
+    assert_eq!(format!("{v:?}"), "PinVerifier(<keyed>)");
+    assert_eq!(format!("{pvk:?}"), "PinKey(<secret>)");
 
     for bad in ["123", "1234567890123", "12 4", "+123", "١٢٣٤"] {
         assert_eq!(
-            hasher.hash(bad, &mut rng).unwrap_err(),
+            pin_verifier(&pvk, &token, bad).unwrap_err(),
             CardError::InvalidPin,
             "{bad:?}"
         );
     }
-    assert!(hasher.hash("1234", &mut rng).is_ok());
-    assert!(hasher.hash("123456789012", &mut rng).is_ok());
+    assert!(pin_verifier(&pvk, &token, "1234").is_ok());
+    assert!(pin_verifier(&pvk, &token, "123456789012").is_ok());
 }
 
 #[test]
-fn pin_hashes_serialise_as_phc_strings_and_only_argon2id_is_accepted() {
-    let mut rng = StdRng::seed_from_u64(12);
-    let h = cheap().hash("7777", &mut rng).unwrap();
-    let json = serde_json::to_string(&h).unwrap();
-    assert_eq!(json, format!("\"{}\"", h.as_phc()));
-    let back: PinHash = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, h);
-    assert!(verify_pin(&back, "7777"));
-    let argon2i = h.as_phc().replacen("argon2id", "argon2i", 1);
-    assert_eq!(PinHash::from_phc(argon2i), Err(CardError::InvalidPinHash));
-    assert_eq!(
-        PinHash::from_phc("7777".into()),
-        Err(CardError::InvalidPinHash)
-    );
-    assert!(serde_json::from_str::<PinHash>("\"$argon2id$v=19$m=8,t=1,p=1\"").is_err());
-}
-
-#[test]
-fn the_production_hasher_uses_the_argon2_defaults() {
-    let hasher = PinHasher::default();
-    assert_eq!(hasher.params().m_cost(), 19 * 1024);
-    assert_eq!(hasher.params().t_cost(), 2);
-    assert_eq!(hasher.params().p_cost(), 1);
-    let mut rng = StdRng::seed_from_u64(13);
-    let h = hash_pin("31415", &mut rng).unwrap();
-    assert!(h.as_phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-    assert!(verify_pin(&h, "31415"));
-    assert!(
-        PinHasher::with_params(1, 1, 1).is_err(),
-        "below Argon2's minimum memory"
-    );
+fn pin_verifiers_serialise_as_hex_and_nothing_else_is_accepted() {
+    let pvk = derive_pin_key(&master());
+    let v = pin_verifier(&pvk, &"ab".repeat(32), "7777").unwrap();
+    let json = serde_json::to_string(&v).unwrap();
+    assert_eq!(json.len(), 2 + 64);
+    assert!(!json.contains("7777"));
+    let back: PinVerifier = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, v);
+    for bad in [
+        "\"7777\"",
+        "\"\"",
+        &format!("\"{}\"", "zz".repeat(32)),
+        &format!("\"{}\"", "ab".repeat(31)),
+    ] {
+        assert!(serde_json::from_str::<PinVerifier>(bad).is_err(), "{bad}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1441,7 +1478,7 @@ fn card_numbers_are_masked_in_every_text() {
     }
     assert!(format!("{out:?}").contains("************7890"));
     assert!(format!("{:?}", f.card()).contains("************7890"));
-    assert!(format!("{:?}", f.card()).contains("PinHash(argon2id)"));
+    assert!(format!("{:?}", f.card()).contains("PinVerifier(<keyed>)"));
     assert_eq!(mask_last4("7890"), "************7890");
 }
 
@@ -1453,18 +1490,20 @@ fn the_node_keeps_a_token_and_the_last_four_digits_never_the_card_number() {
     assert_eq!(f.card().token, token);
     assert_eq!(f.card().last4, "7890");
     assert_eq!(f.center.reader(READER).unwrap().card_token, token);
-    assert_eq!(f.center.state().card_by_token(&token), Some(f.card()));
+    assert_eq!(f.center.state().card_by_token(&token), Some(&f.card()));
     assert_eq!(f.center.card(CARD_BOB).unwrap().last4, "3210");
 
     // Everything the node journals and stores, through every kind of change.
-    let mut changes = f.center.take_changes();
+    let mut changes = std::mem::take(&mut f.changes);
     assert_eq!(f.pay("0000", T0), AuthOutcome::WrongPin { tries_left: 2 });
     assert_eq!(f.pay(PIN, T0), authorised(false));
-    f.center.set_registered_address(CARD, "2 New Road").unwrap();
-    f.center.report_lost(CARD_BOB).unwrap();
-    changes.extend(f.center.take_changes());
+    f.center
+        .set_registered_address(CARD, "2 New Road", &mut f.changes)
+        .unwrap();
+    f.center.report_lost(CARD_BOB, &mut f.changes).unwrap();
+    changes.extend(std::mem::take(&mut f.changes));
     let stored = [
-        serde_json::to_string(f.center.state()).unwrap(),
+        serde_json::to_string(&f.center.state()).unwrap(),
         serde_json::to_string(&changes).unwrap(),
     ];
     let binary = bincode::serialize(&changes).unwrap();
@@ -1478,7 +1517,8 @@ fn the_node_keeps_a_token_and_the_last_four_digits_never_the_card_number() {
         );
     }
     assert!(stored[0].contains(&token) && stored[0].contains("\"last4\":\"7890\""));
-    assert!(!stored[1].contains(PIN) && stored[1].contains("$argon2id$"));
+    let verifier = String::from(f.card().pin_verifier);
+    assert!(!stored[1].contains(PIN) && stored[1].contains(&verifier));
 }
 
 #[test]
@@ -1504,7 +1544,7 @@ fn a_token_is_only_matched_by_its_card_number_under_its_issuer_key() {
     // token cannot be checked without the number) but none of its cards matches a swipe.
     let other = AuthCenter::new(IssuerKey::from_bytes([10u8; 32]), AuthConfig::default());
     assert_ne!(other.card_token(CARD), f.center.card_token(CARD));
-    let mut restored =
+    let restored =
         AuthCenter::from_state(IssuerKey::from_bytes([10u8; 32]), f.center.state().clone())
             .unwrap();
     assert!(restored.card(CARD).is_none());
@@ -1519,7 +1559,7 @@ fn a_token_is_only_matched_by_its_card_number_under_its_issuer_key() {
 #[test]
 fn a_stored_card_with_a_malformed_token_or_last_four_is_refused() {
     let f = fixture();
-    let json = serde_json::to_string(f.center.state()).unwrap();
+    let json = serde_json::to_string(&f.center.state()).unwrap();
     let token = f.center.card_token(CARD);
     for (what, tampered) in [
         (
@@ -1563,13 +1603,13 @@ fn the_state_round_trips_but_challenges_do_not_survive_a_restart() {
     let pending = f.swipe(ORDER, AMOUNT, T0);
     let s = f.submission(&pending, ORDER, AMOUNT, PIN);
 
-    let json = serde_json::to_string(f.center.state()).unwrap();
+    let json = serde_json::to_string(&f.center.state()).unwrap();
     assert!(json.contains("\"network\":\"192.168.1.0/24\""));
-    assert!(json.contains("$argon2id$"));
+    assert!(json.contains(&String::from(f.card().pin_verifier)));
     let state: AuthState = serde_json::from_str(&json).unwrap();
-    assert_eq!(&state, f.center.state());
+    assert_eq!(state, f.center.state());
 
-    let mut restarted = AuthCenter::from_state(master(), state).unwrap();
+    let restarted = AuthCenter::from_state(master(), state).unwrap();
     assert_eq!(restarted.outstanding_challenges(), 0);
     assert_eq!(restarted.card(CARD).unwrap().pin_failures, 1);
     assert_eq!(restarted.card(CARD).unwrap().last_counter, 1);
@@ -1583,7 +1623,9 @@ fn the_state_round_trips_but_challenges_do_not_survive_a_restart() {
             HOME,
             None,
             CREDIT,
-            T0
+            T0,
+            |_| false,
+            &mut f.changes
         ),
         AuthOutcome::TimedOut
     );
@@ -1595,7 +1637,18 @@ fn the_state_round_trips_but_challenges_do_not_survive_a_restart() {
     let c = cryptogram(&f.key, &ch.challenge, ORDER, AMOUNT, 7).unwrap();
     let pin = encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rng).unwrap();
     assert_eq!(
-        restarted.authenticate(&ch.challenge_id, 7, &c, &pin, HOME, None, CREDIT, T0),
+        restarted.authenticate(
+            &ch.challenge_id,
+            7,
+            &c,
+            &pin,
+            HOME,
+            None,
+            CREDIT,
+            T0,
+            |_| false,
+            &mut f.changes
+        ),
         authorised(false)
     );
     // Defaults fill in a missing configuration.
@@ -1607,7 +1660,7 @@ fn the_state_round_trips_but_challenges_do_not_survive_a_restart() {
 #[test]
 fn an_inconsistent_stored_state_is_refused() {
     let f = fixture();
-    let json = serde_json::to_string(f.center.state()).unwrap();
+    let json = serde_json::to_string(&f.center.state()).unwrap();
     // Bob's reader pointed at Alice's card: two readers for one card, and the wrong account.
     let tampered = json.replace(
         &format!("\"card_token\":\"{}\"", f.center.card_token(CARD_BOB)),
@@ -1686,7 +1739,7 @@ proptest! {
             let now = T0 + 61 * i as u64;
             match op {
                 PinOp::Unlock => {
-                    f.center.unlock_card(CARD).unwrap();
+                    f.center.unlock_card(CARD, &mut f.changes).unwrap();
                     locked = false;
                     failures = 0;
                 }
@@ -1754,12 +1807,12 @@ fn replayed(changes: &[AuthChange], config: AuthConfig) -> AuthState {
 #[test]
 fn the_changes_taken_after_each_call_replay_to_the_same_state() {
     let mut f = fixture();
-    let mut journal = f.center.take_changes();
+    let mut journal = std::mem::take(&mut f.changes);
     assert_eq!(journal.len(), 4, "two cards and two readers");
     let check = |f: &mut Fixture, journal: &mut Vec<AuthChange>, what: &str| {
-        journal.extend(f.center.take_changes());
+        journal.extend(std::mem::take(&mut f.changes));
         assert_eq!(
-            &replayed(journal, AuthConfig::default()),
+            replayed(journal, AuthConfig::default()),
             f.center.state(),
             "after {what}"
         );
@@ -1771,9 +1824,11 @@ fn the_changes_taken_after_each_call_replay_to_the_same_state() {
     }
     assert_eq!(f.card().status, CardStatus::Locked);
     check(&mut f, &mut journal, "three wrong PINs (lock)");
-    f.center.unlock_card(CARD).unwrap();
+    f.center.unlock_card(CARD, &mut f.changes).unwrap();
     check(&mut f, &mut journal, "unlock");
-    f.center.set_registered_address(CARD, "2 New Road").unwrap();
+    f.center
+        .set_registered_address(CARD, "2 New Road", &mut f.changes)
+        .unwrap();
     check(&mut f, &mut journal, "address");
     // A refused cryptogram changes nothing, and nothing is taken.
     let ch = f.swipe("o-x", 10, T0);
@@ -1783,8 +1838,8 @@ fn the_changes_taken_after_each_call_replay_to_the_same_state() {
         f.submit(&ch, &s, HOME, None, CREDIT, T0),
         AuthOutcome::BadCryptogram
     );
-    assert!(f.center.take_changes().is_empty());
-    f.center.report_lost(CARD).unwrap();
+    assert!(std::mem::take(&mut f.changes).is_empty());
+    f.center.report_lost(CARD, &mut f.changes).unwrap();
     check(&mut f, &mut journal, "lost");
     // Restored from the replayed state, the center refuses what the original refuses.
     let restored =
