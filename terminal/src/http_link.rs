@@ -2,8 +2,11 @@
 //! (`/v1/reader/...`), with the JSON bodies of [`crate::wire`].
 //!
 //! Blocking (ureq), one request at a time, each with a fresh random `X-Request-Id` so that the
-//! node's logs can be matched with the reader's. Nothing is retried: a challenge is single-use,
-//! so a swipe or an authentication sent twice is not the same as once. Every failure (the node
+//! node's logs can be matched with the reader's. Every POST carries a fresh `Idempotency-Key`
+//! and is sent once more, with the same key, when its answer is lost on the way (a transport
+//! failure after the request may have arrived): the node then answers the retry with the
+//! answer it gave, so an authentication whose answer was lost is neither decided twice (a
+//! challenge is single-use) nor reported as failed when it succeeded. Every failure (the node
 //! unreachable, a 4xx/5xx with its [`ErrorBody`], an answer that does not parse) is a
 //! [`LinkError`]; no answer makes this module panic.
 //!
@@ -26,6 +29,9 @@ use crate::wire::{
     to_hex, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, ErrorBody, PinBody,
     SwipeAnswer, SwipeBody,
 };
+
+/// How long the link waits before it sends a POST whose answer was lost once more.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The largest answer body read from the node (the reader API's bodies are a few hundred bytes).
 const MAX_BODY: u64 = 1 << 20;
@@ -115,7 +121,7 @@ impl HttpLink {
             return Err(LinkError(format!("not an order id: {order_id:?}")));
         }
         let path = format!("/v1/reader/checkouts/{}", encode_path_segment(order_id));
-        match self.exchange::<(), CheckoutView>("GET", &path, None) {
+        match self.exchange::<(), CheckoutView>("GET", &path, None, None) {
             Err(Failure::Status(404, message)) => Err(LinkError(format!(
                 "the order {order_id:?} is unknown to the node ({message})"
             ))),
@@ -134,8 +140,15 @@ impl HttpLink {
         path: &str,
         body: &B,
     ) -> Result<A, LinkError> {
-        self.exchange("POST", path, Some(body))
-            .map_err(Failure::into_link_error)
+        let key = request_id() + &request_id();
+        match self.exchange("POST", path, Some(body), Some(&key)) {
+            Err(Failure::Lost(_)) => {
+                std::thread::sleep(RETRY_PAUSE);
+                self.exchange("POST", path, Some(body), Some(&key))
+            }
+            other => other,
+        }
+        .map_err(Failure::into_link_error)
     }
 
     fn auth_answer(&mut self, answer: AuthAnswer) -> Result<AuthOutcome, LinkError> {
@@ -155,14 +168,18 @@ impl HttpLink {
         method: &str,
         path: &str,
         body: Option<&B>,
+        idempotency_key: Option<&str>,
     ) -> Result<A, Failure> {
         let url = format!("{}{}", self.base, path);
         let request_id = request_id();
-        let request = self
+        let mut request = self
             .agent
             .request(method, &url)
             .set("X-Request-Id", &request_id)
             .set("Accept", "application/json");
+        if let Some(key) = idempotency_key {
+            request = request.set("Idempotency-Key", key);
+        }
         let result = match body {
             Some(b) => {
                 let json = serde_json::to_string(b)
@@ -178,7 +195,7 @@ impl HttpLink {
             Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => {
                 // The transport error names the URL.
-                return Err(Failure::Other(format!(
+                return Err(Failure::Lost(format!(
                     "{t} ({method}, request {request_id})"
                 )));
             }
@@ -211,10 +228,12 @@ impl HttpLink {
     }
 }
 
-/// Why an exchange failed: a status with the node's message, or anything else.
+/// Why an exchange failed: a status with the node's message, no answer (the node unreachable
+/// or the connection lost: the request may or may not have arrived), or anything else.
 #[derive(Debug)]
 enum Failure {
     Status(u16, String),
+    Lost(String),
     Other(String),
 }
 
@@ -224,7 +243,7 @@ impl Failure {
             Failure::Status(status, message) => {
                 LinkError(format!("the node answered {status}: {message}"))
             }
-            Failure::Other(message) => LinkError(message),
+            Failure::Lost(message) | Failure::Other(message) => LinkError(message),
         }
     }
 }
@@ -502,6 +521,32 @@ mod tests {
         let got = link(&base).swipe("r", "c", "o", 1);
         assert_eq!(got, Ok(Err(SwipeRefusal::RateLimited { retry_at: 77 })));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_post_whose_answer_is_lost_is_sent_once_more_with_the_same_idempotency_key() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let answer = serde_json::to_string(&SwipeAnswer::from_result(Ok(challenge()))).unwrap();
+        let server = std::thread::spawn(move || {
+            // The first request arrives and its connection drops before any answer.
+            let (mut first, _) = listener.accept().unwrap();
+            let lost = read_request(&mut first);
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            let retried = read_request(&mut second);
+            second
+                .write_all(response("200 OK", &answer).as_bytes())
+                .unwrap();
+            (lost, retried)
+        });
+        let got = link(&base).swipe("reader-1", "4000123412341234", "o-42", 1234);
+        assert_eq!(got, Ok(Ok(challenge())));
+        let (lost, retried) = server.join().unwrap();
+        let key = lost.header("idempotency-key").expect("an Idempotency-Key");
+        assert_eq!(key.len(), 32);
+        assert_eq!(retried.header("idempotency-key"), Some(key), "the same key");
+        assert_eq!(lost.body, retried.body, "the same request");
     }
 
     #[test]
