@@ -1191,7 +1191,8 @@ impl Wal {
 }
 
 /// Whether a last segment is one whose creation never completed: its header is short, zero,
-/// or ours but failing its CRC (a torn write of it), and no intact record follows it. Its
+/// or ours but failing its CRC (a torn write of it: the magic, or the part of it that reached
+/// the file, then zeros where the rest did not), and no intact record follows it. Its
 /// header reaches the disk with its first records, at the first sync after the rotation, so
 /// such a segment never held an acknowledged record. A header that is damaged but followed by
 /// an intact record was synced once: that is damage, refused by the header check.
@@ -1201,7 +1202,10 @@ fn unfinished_segment(r: &mut SegReader, first_seq: u64) -> Result<bool, WalErro
     }
     let b = r.bytes(0, SEGMENT_HEADER_LEN);
     let zero = b.iter().all(|&x| x == 0);
-    let ours_torn = b[0..8] == MAGIC
+    let magic = &b[0..8];
+    let torn_magic = (0..=MAGIC.len())
+        .any(|k| magic[..k] == MAGIC[..k] && magic[k..].iter().all(|&x| x == 0));
+    let ours_torn = torn_magic
         && matches!(u32_at(b, HEADER_OFF_VERSION as usize), 0 | FORMAT_VERSION)
         && crc32fast::hash(&b[0..68]) != u32_at(b, 68);
     if !zero && !ours_torn {
