@@ -29,7 +29,7 @@ ONECARD_ADMIN_TOKEN=$token ./target/release/onecard serve --listen 127.0.0.1:$po
 node=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 key=$(curl -sf -X POST "http://127.0.0.1:$port/v1/admin/merchants" -H "Authorization: Bearer $token" \
-  -d '{"id":"load-shop","name":"Load Shop"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  -H "Content-Type: application/json" -d '{"id":"load-shop","name":"Load Shop"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
 echo "==> wrk -t1 -c$conns -d${secs}s POST /v1/orders"
 ONECARD_API_KEY=$key ONECARD_RUN="run$$" wrk -t1 -c"$conns" -d"${secs}s" --latency \

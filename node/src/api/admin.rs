@@ -124,13 +124,18 @@ pub struct MerchantCreated {
     pub printer: Option<String>,
 }
 
+/// The longest webhook URL, in characters.
+const MAX_URL_CHARS: usize = 2048;
+
 fn check_url(url: &str) -> Result<(), ApiError> {
-    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 {
+    if (url.starts_with("http://") || url.starts_with("https://"))
+        && url.chars().count() <= MAX_URL_CHARS
+    {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "webhook_url must be an http:// or https:// URL",
-        ))
+        Err(ApiError::invalid(format!(
+            "webhook_url must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters"
+        )))
     }
 }
 
@@ -486,6 +491,13 @@ pub async fn register_reader(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, ReaderBody);
+    // Ids end up in the security log: no control characters (the engine bounds their length).
+    for (field, value) in [("id", &b.id), ("owner", &b.owner)] {
+        if value.chars().any(char::is_control) {
+            let e = ApiError::invalid(format!("{field} must not contain control characters"));
+            return idem.finish(Reply::error(&e)).await;
+        }
+    }
     let network = match b.network.parse::<ipnet::IpNet>().or_else(|_| {
         b.network
             .parse::<std::net::IpAddr>()
@@ -510,6 +522,10 @@ pub async fn register_reader(
             StatusCode::CREATED,
             &serde_json::json!({"id": b.id, "card": masked, "account": b.account, "network": network.to_string()}),
         ),
+        // A field the engine finds empty or too long is the body's fault, not a conflict.
+        Err(e @ onecard_engine::cards::CardError::InvalidField { .. }) => {
+            Reply::error(&ApiError::invalid(e.to_string()))
+        }
         Err(e) => Reply::error(&ApiError::conflict(
             "reader_refused",
             e.to_string().replace(&b.card_number, &masked),

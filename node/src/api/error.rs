@@ -1,5 +1,6 @@
 //! The API's errors: a status, a stable code and a message a person can act on, always as
-//! `{"error":{"code","message"}}` JSON.
+//! `{"error":{"code","message"}}` JSON, with the headers HTTP asks of some statuses (`Allow`
+//! on a 405, `WWW-Authenticate` on a 401, `Retry-After` on a 503).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -13,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// Headers the answer carries besides the body (`Allow`, `WWW-Authenticate`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -33,7 +36,13 @@ impl ApiError {
             status,
             code: code.to_string(),
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+    /// The same error with one more header on the answer.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
     }
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
@@ -47,8 +56,15 @@ impl ApiError {
     pub fn conflict(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, code, message)
     }
-    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+    /// 401 for a route of `realm` (RFC 9110, 11.6.1: with its `WWW-Authenticate` challenge;
+    /// RFC 6750, 3: `error="invalid_token"` when a token was sent and refused).
+    pub fn unauthenticated(realm: Realm, token_sent: bool, message: impl Into<String>) -> ApiError {
+        let mut challenge = format!("Bearer realm=\"{}\"", realm.name());
+        if token_sent {
+            challenge.push_str(", error=\"invalid_token\"");
+        }
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            .with_header("WWW-Authenticate", challenge)
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -78,6 +94,28 @@ impl ApiError {
     }
 }
 
+/// The protection spaces of the API's three kinds of bearer credentials, named in the
+/// `WWW-Authenticate` challenge of a 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Realm {
+    /// The administrator's token (`/v1/admin/...`).
+    Admin,
+    /// A merchant's API key (`/v1/merchant`, `/v1/orders...`).
+    Merchant,
+    /// A consumer's session token (`/v1/consumer/...`).
+    Consumer,
+}
+
+impl Realm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Realm::Admin => "onecard-admin",
+            Realm::Merchant => "onecard-merchant",
+            Realm::Consumer => "onecard-consumer",
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
@@ -87,6 +125,9 @@ impl ResponseError for ApiError {
         let mut r = HttpResponse::build(self.status);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.insert_header(("Retry-After", "1"));
+        }
+        for (name, value) in &self.headers {
+            r.append_header((*name, value.as_str()));
         }
         r.json(self.body())
     }

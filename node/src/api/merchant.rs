@@ -18,6 +18,11 @@ use crate::store::Write;
 
 const MAX_ITEMS: usize = 100;
 
+/// The largest order amount, in cents: 9999999999999999.99 (16 digits before the point). It
+/// keeps any amount within the checkout's and the reader's integer cents with room to spare,
+/// and is a bound the OpenAPI document can state exactly as a pattern.
+pub const MAX_ORDER_CENTS: i128 = 999_999_999_999_999_999;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
@@ -75,10 +80,12 @@ pub struct OrderView {
     pub print: PrintStatus,
 }
 
+/// A text field: 1 to `max` characters (Unicode scalar values, as JSON Schema's `maxLength`
+/// counts them), not blank, no control characters but newline.
 pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.len() > max {
+    if value.trim().is_empty() || value.chars().count() > max {
         return Err(ApiError::invalid(format!(
-            "{field} must be 1 to {max} bytes, not blank"
+            "{field} must be 1 to {max} characters, not blank"
         )));
     }
     if value.chars().any(|c| c.is_control() && c != '\n') {
@@ -93,8 +100,10 @@ impl CreateOrder {
     fn check(&self) -> Result<Amount, ApiError> {
         let amount = Amount::parse_positive(&self.amount)
             .map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
-        if amount.cents() > i128::from(i64::MAX / 2) {
-            return Err(ApiError::invalid("amount: too large"));
+        if amount.cents() > MAX_ORDER_CENTS {
+            return Err(ApiError::invalid(
+                "amount: at most 9999999999999999.99 (16 digits before the point)",
+            ));
         }
         validate_text("delivery.name", &self.delivery.name, 200)?;
         validate_text("delivery.address", &self.delivery.address, 500)?;

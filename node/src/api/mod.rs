@@ -1,12 +1,20 @@
-//! The HTTP API: every route in one table ([`ROUTES`]), which both registers the handlers and
-//! is what the OpenAPI document is checked against.
+//! The HTTP API: every route in one table ([`ROUTES`], with credentials and body kind in
+//! [`ROUTE_TABLE`]), which both registers the handlers and is what the OpenAPI document and
+//! the HTTP conformance test are checked against.
 //!
 //! Common to every route:
+//! - HEAD wherever there is GET (the same headers, no body), OPTIONS on every path (204 with
+//!   `Allow`), and any other method 405 `method_not_allowed` with `Allow` (RFC 9110, 15.5.6);
+//! - a 401 carries `WWW-Authenticate: Bearer realm="onecard-…"` naming the credentials the
+//!   route asks for ([`Realm`]);
+//! - a body must be declared `Content-Type: application/json` (415 `unsupported_media_type`
+//!   otherwise): always on a route that reads JSON, on the others only when a body is sent;
 //! - bodies are read with a size limit (413) and parsed with clear errors: 400 `invalid_json`
 //!   for malformed JSON, 422 `invalid_field` for a missing field or a wrong type;
 //! - mutating routes honour `Idempotency-Key` ([`idem`]);
-//! - every answer carries `X-Request-Id` (the caller's, or a fresh one), and every request is
-//!   logged with it, its route, status and time, never with a body (no secret is logged, I10).
+//! - every answer carries `X-Request-Id` (the caller's, or a fresh one; an invalid one is
+//!   refused with 400 `invalid_request_id`), and every request is logged with it, its route,
+//!   status and time, never with a body (no secret is logged, I10).
 
 /// Reads the body and begins an idempotent request as `principal` (see [`idem`]): returns
 /// from the handler with the stored answer on a replay; otherwise gives `(Idem, body)`.
@@ -32,29 +40,115 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-pub use error::ApiError;
+pub use error::{ApiError, Realm};
 
 use crate::records;
 use crate::state::Node;
 
+/// Who may call a route: the credentials it asks for in `Authorization: Bearer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials (`/healthz`, `/metrics`, `/openapi.json`, the reader API).
+    Open,
+    /// The administrator's token.
+    Admin,
+    /// A merchant's API key.
+    Merchant,
+    /// A consumer's session token.
+    Consumer,
+}
+
+impl Access {
+    /// The realm of its `WWW-Authenticate` challenge (none for an open route).
+    pub fn realm(self) -> Option<Realm> {
+        match self {
+            Access::Open => None,
+            Access::Admin => Some(Realm::Admin),
+            Access::Merchant => Some(Realm::Merchant),
+            Access::Consumer => Some(Realm::Consumer),
+        }
+    }
+}
+
+/// What a route reads from the request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Nothing: an empty body is fine with any `Content-Type` or none; a non-empty one (it is
+    /// ignored, but counts for `Idempotency-Key`) must still be declared JSON.
+    None,
+    /// A JSON document: `Content-Type: application/json` is required (415 otherwise).
+    Json,
+}
+
+/// One route of the table: method (lower case, as OpenAPI spells it), path template, the
+/// credentials it asks for and what it reads from the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    pub body: BodyKind,
+}
+
+macro_rules! body_kind {
+    () => {
+        BodyKind::None
+    };
+    (json) => {
+        BodyKind::Json
+    };
+}
+
+/// A GET route answers HEAD too, with the same handler (the server sends no body for HEAD).
+macro_rules! add_route {
+    ($resource:expr, get, $handler:path) => {
+        $resource
+            .route(web::get().to($handler))
+            .route(web::head().to($handler))
+    };
+    ($resource:expr, $method:ident, $handler:path) => {
+        $resource.route(web::$method().to($handler))
+    };
+}
+
 macro_rules! routes {
-    ($( $path:literal => { $( $method:ident : $handler:path ),+ $(,)? } ),* $(,)?) => {
-        /// Every route the server answers: (method, path template).
+    ($( $path:literal => $access:ident {
+        $( $method:ident $( ( $body:ident ) )? : $handler:path ),+ $(,)?
+    } ),* $(,)?) => {
+        /// Every route the server answers: (method, path template). HEAD (on every path with
+        /// GET) and OPTIONS (on every path) are answered too and are not listed.
         pub const ROUTES: &[(&str, &str)] = &[ $( $( (stringify!($method), $path) ),+ ),* ];
 
-        /// Registers every route of [`ROUTES`].
+        /// Every route with its credentials and body: the same routes as [`ROUTES`].
+        pub const ROUTE_TABLE: &[Route] = &[ $( $( Route {
+            method: stringify!($method),
+            path: $path,
+            access: Access::$access,
+            body: body_kind!($( $body )?),
+        } ),+ ),* ];
+
+        /// Registers every route of [`ROUTES`], HEAD wherever there is GET, OPTIONS on every
+        /// path, and a 405 with `Allow` for any other method.
         pub fn configure(cfg: &mut web::ServiceConfig) {
             $(
+                let resource = web::resource($path);
+                $( let resource = add_route!(resource, $method, $handler); )+
                 cfg.service(
-                    web::resource($path)
-                        $( .route(web::$method().to($handler)) )+
-                        .default_service(web::to(method_not_allowed)),
+                    resource
+                        .route(
+                            web::route()
+                                .method(Method::OPTIONS)
+                                .to(|| async { options($path) }),
+                        )
+                        .default_service(web::to(|req: HttpRequest| async move {
+                            method_not_allowed(req, $path)
+                        })),
                 );
             )*
         }
@@ -62,40 +156,78 @@ macro_rules! routes {
 }
 
 routes! {
-    "/healthz" => { get: ops::healthz },
-    "/metrics" => { get: ops::metrics },
-    "/openapi.json" => { get: ops::openapi },
-    "/v1/admin/bank-accounts" => { post: admin::open_bank_account },
-    "/v1/admin/consumers" => { post: admin::open_consumer },
-    "/v1/admin/merchants" => { post: admin::open_merchant },
-    "/v1/admin/merchants/{merchant}" => { patch: admin::update_merchant },
-    "/v1/admin/merchants/{merchant}/api-key" => { post: admin::rotate_api_key },
-    "/v1/admin/cards" => { post: admin::issue_card },
-    "/v1/admin/cards/unlock" => { post: admin::unlock_card },
-    "/v1/admin/readers" => { post: admin::register_reader },
-    "/v1/merchant" => { get: merchant::account },
-    "/v1/orders" => { post: merchant::create_order, get: merchant::list_orders },
-    "/v1/orders/{order}" => { get: merchant::get_order },
-    "/v1/orders/{order}/cancel" => { post: merchant::cancel_order },
-    "/v1/orders/{order}/refunds" => { post: merchant::refund_order },
-    "/v1/orders/{order}/reprint" => { post: merchant::reprint },
-    "/v1/reader/checkouts/{order}" => { get: reader::checkout },
-    "/v1/reader/swipe" => { post: reader::swipe },
-    "/v1/reader/authenticate" => { post: reader::authenticate },
-    "/v1/reader/confirm-address" => { post: reader::confirm_address },
-    "/v1/consumer/account" => { get: consumer::account },
-    "/v1/consumer/statement" => { get: consumer::statement },
-    "/v1/consumer/orders/{order}" => { get: consumer::order },
-    "/v1/consumer/orders/{order}/receipt" => { post: consumer::confirm_receipt },
-    "/v1/consumer/orders/{order}/code" => { post: consumer::enter_code },
+    "/healthz" => Open { get: ops::healthz },
+    "/metrics" => Open { get: ops::metrics },
+    "/openapi.json" => Open { get: ops::openapi },
+    "/v1/admin/bank-accounts" => Admin { post(json): admin::open_bank_account },
+    "/v1/admin/consumers" => Admin { post(json): admin::open_consumer },
+    "/v1/admin/merchants" => Admin { post(json): admin::open_merchant },
+    "/v1/admin/merchants/{merchant}" => Admin { patch(json): admin::update_merchant },
+    "/v1/admin/merchants/{merchant}/api-key" => Admin { post: admin::rotate_api_key },
+    "/v1/admin/cards" => Admin { post(json): admin::issue_card },
+    "/v1/admin/cards/unlock" => Admin { post(json): admin::unlock_card },
+    "/v1/admin/readers" => Admin { post(json): admin::register_reader },
+    "/v1/merchant" => Merchant { get: merchant::account },
+    "/v1/orders" => Merchant { post(json): merchant::create_order, get: merchant::list_orders },
+    "/v1/orders/{order}" => Merchant { get: merchant::get_order },
+    "/v1/orders/{order}/cancel" => Merchant { post: merchant::cancel_order },
+    "/v1/orders/{order}/refunds" => Merchant { post(json): merchant::refund_order },
+    "/v1/orders/{order}/reprint" => Merchant { post: merchant::reprint },
+    "/v1/reader/checkouts/{order}" => Open { get: reader::checkout },
+    "/v1/reader/swipe" => Open { post(json): reader::swipe },
+    "/v1/reader/authenticate" => Open { post(json): reader::authenticate },
+    "/v1/reader/confirm-address" => Open { post(json): reader::confirm_address },
+    "/v1/consumer/account" => Consumer { get: consumer::account },
+    "/v1/consumer/statement" => Consumer { get: consumer::statement },
+    "/v1/consumer/orders/{order}" => Consumer { get: consumer::order },
+    "/v1/consumer/orders/{order}/receipt" => Consumer { post(json): consumer::confirm_receipt },
+    "/v1/consumer/orders/{order}/code" => Consumer { post(json): consumer::enter_code },
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// The route table, for tests and tools ([`ROUTE_TABLE`]).
+pub fn routes() -> &'static [Route] {
+    ROUTE_TABLE
+}
+
+/// The methods a path template answers, in the order of `Allow`: its routes' methods and
+/// HEAD wherever there is GET, then OPTIONS.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    const ORDER: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let has = |m: &str| {
+        m == "OPTIONS"
+            || ROUTE_TABLE.iter().any(|r| {
+                r.path == path
+                    && (r.method.eq_ignore_ascii_case(m) || (m == "HEAD" && r.method == "get"))
+            })
+    };
+    ORDER.into_iter().filter(|m| has(m)).collect()
+}
+
+/// The value of `Allow` for a path template.
+fn allow(path: &str) -> String {
+    allowed_methods(path).join(", ")
+}
+
+/// OPTIONS on a path: 204 with the methods it allows (no CORS: the API is not for browsers).
+fn options(path: &'static str) -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ALLOW, allow(path)))
+        .finish()
+}
+
+/// A method the path does not have: 405 with `Allow` (RFC 9110, 15.5.6).
+fn method_not_allowed(req: HttpRequest, path: &'static str) -> Result<HttpResponse, ApiError> {
+    let allowed = allow(path);
     Err(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+        format!(
+            "{} is not allowed on {}; allowed: {allowed}",
+            req.method(),
+            req.path()
+        ),
+    )
+    .with_header("Allow", allowed))
 }
 
 /// The answer to a path no route matches.
@@ -116,19 +248,37 @@ pub struct RequestId(pub String);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A caller's `X-Request-Id`: 1 to 128 visible ASCII characters.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Middleware: the request id, the access log line and the latency metrics.
+///
+/// A caller's `X-Request-Id` is kept when it is valid ([`valid_request_id`], one header). An
+/// invalid one is refused with 400 `invalid_request_id` before the route runs (nothing is
+/// done), under a fresh id: a settlement node does not quietly log a request under another id
+/// than the one its caller will quote.
 pub async fn request_log(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| records::random_hex(8));
+    let given: Vec<&HeaderValue> = req.headers().get_all(&REQUEST_ID).collect();
+    let (id, refused) = match given.as_slice() {
+        [] => (records::random_hex(8), None),
+        [one] => match one.to_str() {
+            Ok(v) if valid_request_id(v) => (v.to_string(), None),
+            _ => (
+                records::random_hex(8),
+                Some("X-Request-Id must be 1 to 128 visible ASCII characters (no spaces)"),
+            ),
+        },
+        _ => (
+            records::random_hex(8),
+            Some("send at most one X-Request-Id header"),
+        ),
+    };
     req.extensions_mut().insert(RequestId(id.clone()));
     // A label from a closed set: a client cannot grow the metrics with made-up methods.
     let method = match req.method().as_str() {
@@ -137,7 +287,13 @@ pub async fn request_log(
     }
     .to_string();
     let node = req.app_data::<web::Data<Node>>().cloned();
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let mut res = match refused {
+        Some(why) => {
+            let e = ApiError::bad_request("invalid_request_id", why);
+            req.into_response(actix_web::ResponseError::error_response(&e))
+        }
+        None => next.call(req).await?.map_into_boxed_body(),
+    };
     if res.status().as_u16() >= 400 {
         res = with_request_id_in_error(res, &id).await;
     }
@@ -181,12 +337,72 @@ async fn with_request_id_in_error(
     ServiceResponse::new(req, res)
 }
 
+/// The media type of a JSON body: `application/json`, any case, with parameters; a `charset`
+/// parameter, if any, must be UTF-8 (RFC 8259, 8.1: JSON between systems is UTF-8).
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        Some(_) => true,
+        // `application/json;` (an empty parameter) is harmless; a bare word is not a parameter.
+        None => param.trim().is_empty(),
+    })
+}
+
+/// What the route being answered reads from the body ([`ROUTE_TABLE`]).
+fn body_kind(req: &HttpRequest) -> BodyKind {
+    let Some(pattern) = req.match_pattern() else {
+        return BodyKind::None;
+    };
+    ROUTE_TABLE
+        .iter()
+        .find(|r| r.path == pattern && r.method.eq_ignore_ascii_case(req.method().as_str()))
+        .map_or(BodyKind::None, |r| r.body)
+}
+
+/// 415 unless the body is declared JSON (one `Content-Type`, [`is_json_media_type`]).
+fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let values: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_TYPE).collect();
+    let declared = match values.as_slice() {
+        [one] => one.to_str().ok(),
+        _ => None,
+    };
+    if declared.is_some_and(is_json_media_type) {
+        return Ok(());
+    }
+    let got = match values.as_slice() {
+        [] => "no Content-Type".to_string(),
+        [one] => {
+            let shown: String = String::from_utf8_lossy(one.as_bytes())
+                .chars()
+                .take(100)
+                .collect();
+            format!("Content-Type {shown:?}")
+        }
+        _ => "more than one Content-Type".to_string(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("send the body as JSON with `Content-Type: application/json` (got {got})"),
+    ))
+}
+
 /// How long a client may take to send a body once its headers are in.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a body of at most the configured size: refused at once (413) when its declared
 /// length is over the limit, and with 408 when it does not arrive in time, so that a client
-/// cannot hold a worker's connection by promising a body it never sends.
+/// cannot hold a worker's connection by promising a body it never sends. A body must be
+/// declared `application/json` (415 otherwise): on a route that reads JSON before it is read,
+/// on another as soon as there is one.
 pub async fn read_body(
     node: &Node,
     req: &HttpRequest,
@@ -205,6 +421,9 @@ pub async fn read_body(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if body_kind(req) == BodyKind::Json || declared.is_some_and(|n| n > 0) {
+        check_content_type(req)?;
+    }
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -219,7 +438,7 @@ pub async fn read_body(
         }
         Ok(body.freeze())
     };
-    tokio::time::timeout(BODY_TIMEOUT, read)
+    let body = tokio::time::timeout(BODY_TIMEOUT, read)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
@@ -230,7 +449,12 @@ pub async fn read_body(
                     BODY_TIMEOUT.as_secs()
                 ),
             ))
-        })
+        })?;
+    // A body without a declared length (chunked) on a route that reads none.
+    if !body.is_empty() {
+        check_content_type(req)?;
+    }
+    Ok(body)
 }
 
 /// Parses a JSON body: 400 for malformed JSON, 422 for the wrong shape.
@@ -264,18 +488,24 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 /// The merchant an API key belongs to (401 otherwise).
 pub fn merchant_of(node: &Node, req: &HttpRequest) -> Result<String, ApiError> {
     let key = bearer(req).ok_or_else(|| {
-        ApiError::unauthenticated("send the merchant's API key as `Authorization: Bearer <key>`")
+        ApiError::unauthenticated(
+            Realm::Merchant,
+            false,
+            "send the merchant's API key as `Authorization: Bearer <key>`",
+        )
     })?;
     node.api_keys
         .get(records::api_key_key(key).trim_start_matches("ak/"))
         .map(|m| m.clone())
-        .ok_or_else(|| ApiError::unauthenticated("unknown API key"))
+        .ok_or_else(|| ApiError::unauthenticated(Realm::Merchant, true, "unknown API key"))
 }
 
 /// Checks the administrator's token (401 otherwise).
 pub fn require_admin(node: &Node, req: &HttpRequest) -> Result<(), ApiError> {
     let token = bearer(req).ok_or_else(|| {
         ApiError::unauthenticated(
+            Realm::Admin,
+            false,
             "send the administrator's token as `Authorization: Bearer <token>`",
         )
     })?;
@@ -284,7 +514,11 @@ pub fn require_admin(node: &Node, req: &HttpRequest) -> Result<(), ApiError> {
     if given == node.admin_token_hash {
         Ok(())
     } else {
-        Err(ApiError::unauthenticated("wrong administrator token"))
+        Err(ApiError::unauthenticated(
+            Realm::Admin,
+            true,
+            "wrong administrator token",
+        ))
     }
 }
 
@@ -292,6 +526,8 @@ pub fn require_admin(node: &Node, req: &HttpRequest) -> Result<(), ApiError> {
 pub fn consumer_of(node: &Node, req: &HttpRequest) -> Result<String, ApiError> {
     let token = bearer(req).ok_or_else(|| {
         ApiError::unauthenticated(
+            Realm::Consumer,
+            false,
             "send the session issued at your reader as `Authorization: Bearer <token>`",
         )
     })?;
@@ -301,9 +537,15 @@ pub fn consumer_of(node: &Node, req: &HttpRequest) -> Result<String, ApiError> {
     {
         Some(s) if s.expires_at > node.now() => Ok(s.consumer),
         Some(_) => Err(ApiError::unauthenticated(
+            Realm::Consumer,
+            true,
             "the session has expired: authenticate at your reader again",
         )),
-        None => Err(ApiError::unauthenticated("unknown session")),
+        None => Err(ApiError::unauthenticated(
+            Realm::Consumer,
+            true,
+            "unknown session",
+        )),
     }
 }
 
