@@ -25,9 +25,11 @@ use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest}
 use onecard_engine::model::{CommandResult, Refusal};
 use onecard_engine::{verify, Amount, DataKey, Engine, NodeConfig, SimBank, SimBankPort};
 use onecard_node::workers::release_words;
+use onecard_protocol::mask_card_number;
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
-use onecard_terminal::flow::{self, Console, EngineLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, Console, PaymentEnd, PaymentRequest};
+use onecard_testkit::EngineLink;
 use serde_json::json;
 
 /// Where every consumer's reader connects from in the demo (its registered network).
@@ -226,7 +228,7 @@ impl Demo {
         )
     }
 
-    /// Issues the consumer's card (the PIN kept as an Argon2id hash, the card key derived from
+    /// Issues the consumer's card (the PIN kept only as a keyed verifier, the card key derived from
     /// the issuer master key) and registers their reader, bound 1:1 to card and account.
     async fn issue_card_and_reader(&mut self, who: &str, name: &str) -> DemoResult<()> {
         let n = self.holders.len() + 1;
@@ -266,8 +268,8 @@ impl Demo {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         println!(
-            "  {who}'s card {} issued (PIN kept only as an Argon2id hash), bound to {reader_id} at {HOME_NETWORK}",
-            onecard_engine::cards::mask_card_number(&number)
+            "  {who}'s card {} issued (PIN kept only as a keyed verifier), bound to {reader_id} at {HOME_NETWORK}",
+            mask_card_number(&number)
         );
         self.holders.insert(
             who.to_string(),
@@ -409,7 +411,7 @@ impl Demo {
             c.reserved,
             c.credit_limit,
             c.available_credit(),
-            mask_account(&account),
+            mask_card_number(&account),
             bank
         ))
     }
@@ -866,7 +868,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
             "  bank:{:<14} {:>10}   account {}",
             c.id,
             bal,
-            mask_account(&acct)
+            mask_card_number(&acct)
         );
     }
     println!("  total (banks + wallets + merchants) {total}");
@@ -880,14 +882,4 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     let report = verify::verify(&dir).map_err(|e| e.to_string())?;
     println!("{report}");
     Ok(())
-}
-
-/// A bank account as the demo shows it: its last four characters, the rest masked (I10).
-fn mask_account(account: &str) -> String {
-    let n = account.chars().count();
-    account
-        .chars()
-        .enumerate()
-        .map(|(i, ch)| if i + 4 < n { '*' } else { ch })
-        .collect()
 }

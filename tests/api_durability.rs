@@ -698,7 +698,8 @@ fn an_authorisation_journaled_before_a_crash_is_placed_after_the_restart() {
 
     use onecard_engine::cards::IssuerKey;
     use onecard_engine::{DataKey, Engine, EngineConfig, SimBank, SimBankPort};
-    use onecard_terminal::flow::{self, EngineLink, PaymentEnd, PaymentRequest};
+    use onecard_terminal::flow::{self, PaymentEnd, PaymentRequest};
+    use onecard_testkit::EngineLink;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -5,8 +5,8 @@
 mod common;
 
 use common::node::*;
-use onecard_engine::cards::crypto::cryptogram;
-use onecard_engine::cards::{encrypt_pin, AuthOutcome, CardKey, ChallengeIssued};
+use onecard_protocol::crypto::cryptogram;
+use onecard_protocol::{encrypt_pin, AuthOutcome, CardKey, ChallengeIssued};
 use onecard_terminal::flow::NodeLink;
 use onecard_terminal::http_link::{HttpLink, LinkOptions};
 use serde_json::json;

@@ -8,13 +8,12 @@
 
 use std::collections::VecDeque;
 
-use onecard_engine::cards::crypto::{
-    card_token, cryptogram, cryptogram_input, derive_card_key, derive_token_key, CardKey, IssuerKey,
-};
-use onecard_engine::cards::pin::{decrypt_pin, encrypt_pin, EncryptedPin};
+use onecard_engine::cards::crypto::{card_token, derive_card_key, derive_token_key, IssuerKey};
+use onecard_protocol::crypto::{cryptogram, cryptogram_input, CardKey};
+use onecard_protocol::pin::{decrypt_pin, encrypt_pin, EncryptedPin};
+use onecard_protocol::wire::PinBody;
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::apdu;
-use onecard_terminal::wire::PinBody;
 use rand::{CryptoRng, RngCore};
 
 // ---- Fixed inputs ---------------------------------------------------------------------------
@@ -77,18 +76,11 @@ const CIPHERTEXT_AND_TAG: &str = "1436ac0b83f139d4fc065e1a61b728c79ef95ed5";
 // ---- Helpers --------------------------------------------------------------------------------
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let pair = std::str::from_utf8(pair).expect("ASCII");
-            assert_eq!(pair.len(), 2, "odd-length hex {text:?}");
-            u8::from_str_radix(pair, 16).expect("hex")
-        })
-        .collect()
+    hex::decode(text).expect("hex")
 }
 
 fn unhex_n<const N: usize>(text: &str) -> [u8; N] {
@@ -233,7 +225,7 @@ fn encrypt_pin_with_fixed_secret_and_nonce_gives_the_published_ciphertext() {
 
 #[test]
 fn decrypt_pin_opens_the_published_ciphertext_with_the_node_secret() {
-    // The engine re-exports no x25519 type; the node secret's type (x25519_dalek::StaticSecret,
+    // The protocol crate re-exports no x25519 type; the node secret's type (x25519_dalek::StaticSecret,
     // which is `From<[u8; 32]>`) is inferred from decrypt_pin's parameter.
     let secret = node_secret().into();
     let encrypted = EncryptedPin {

@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use onecard_engine::cards::{AuthCenter, AuthConfig, IssuerKey, NewReader, PinHasher, Prompt};
+use onecard_engine::cards::{AuthCenter, AuthConfig, IssuerKey, NewReader, Prompt};
 use onecard_engine::engine::{EngineConfig, IssueCard, OpenConsumer};
 use onecard_engine::{Amount, Engine, SimBank, SimBankPort};
 use onecard_sim::card::applet::CardApplet;
 use onecard_sim::card::vpcd;
-use onecard_terminal::flow::{self, Console, EngineLink, LocalCenter, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, Console, PaymentEnd, PaymentRequest};
 use onecard_terminal::pcsc_reader::{PcscReader, ReaderError};
+use onecard_testkit::{EngineLink, LocalCenter};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -180,22 +181,24 @@ impl Console for Consumer {
 
 /// Two cards, each bound 1:1 to its reader id on the loopback network.
 fn node() -> (AuthCenter, CardApplet, CardApplet) {
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut center = AuthCenter::new(master(), AuthConfig::default())
-        .with_pin_hasher(PinHasher::with_params(256, 1, 1).expect("params"));
+    let center = AuthCenter::new(master(), AuthConfig::default());
+    let mut changes = Vec::new();
     let mut applets = Vec::new();
     for (number, holder, reader) in [(CARD_A, "alice", "reader-A"), (CARD_B, "bob", "reader-B")] {
         let key = center
-            .issue_card(number, holder, PIN, HOME, &mut rng)
+            .issue_card(number, holder, PIN, HOME, &mut changes)
             .expect("issue");
         center
-            .register_reader(NewReader {
-                id: reader.into(),
-                owner: holder.into(),
-                card_number: number.into(),
-                account: holder.into(),
-                network: "127.0.0.0/8".parse().expect("net"),
-            })
+            .register_reader(
+                NewReader {
+                    id: reader.into(),
+                    owner: holder.into(),
+                    card_number: number.into(),
+                    account: holder.into(),
+                    network: "127.0.0.0/8".parse().expect("net"),
+                },
+                &mut changes,
+            )
             .expect("register");
         applets.push(CardApplet::new(number.into(), holder.into(), key, 0));
     }
@@ -209,6 +212,7 @@ fn node() -> (AuthCenter, CardApplet, CardApplet) {
 fn link(center: &mut AuthCenter) -> LocalCenter<'_, StdRng> {
     LocalCenter {
         center,
+        changes: Vec::new(),
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         available_credit_cents: 100_000,
         now: 1_000,
@@ -476,22 +480,21 @@ async fn node_with_alice(dir: &std::path::Path) -> (Engine, Arc<SimBank>, CardAp
     )
 }
 
-/// The node's data directory with alice, her card and her reader, closed for another process.
-fn node_dir_with_alice() -> (tempfile::TempDir, CardApplet) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let applet = actix_rt::System::new().block_on(async {
-        let (engine, bank, applet) = node_with_alice(dir.path()).await;
-        engine.close().await.expect("close");
-        bank.close();
-        applet
-    });
-    (dir, applet)
+/// The reader program: the `onecard-terminal` binary of the terminal crate (which carries
+/// nothing of the node), built with its `pcsc` feature.
+fn terminal_program() -> std::path::PathBuf {
+    common::workspace_binary(
+        "onecard-terminal",
+        "onecard-terminal",
+        &["pcsc"],
+        &["terminal", "protocol"],
+    )
 }
 
 /// Runs the `onecard-terminal` binary with `stdin` typed in; (status, stdout, stderr).
 fn terminal(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, String) {
     use std::io::{Read, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_onecard-terminal"))
+    let mut child = Command::new(terminal_program())
         .args(args)
         .env("ONECARD_ISSUER_KEY", "2a".repeat(32))
         .stdin(Stdio::piped())
@@ -533,53 +536,29 @@ fn terminal(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, St
 }
 
 #[test]
-fn the_terminal_program_pays_at_the_virtual_reader_with_the_pin_typed_in() {
-    let (dir, applet) = node_dir_with_alice();
-    let _pcscd = Pcscd::start();
-    let _inserted = InsertedCard::insert(PORT_0, applet);
+fn the_terminal_program_reaches_the_node_only_over_http() {
+    // The reader program carries nothing of the node: it cannot open a node's data directory
+    // in process (the test kit's `EngineLink` does that for the tests and the demo), and it
+    // says what it needs before it looks for a reader.
+    let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().to_str().expect("utf-8 path");
-    let pay = |order: &str, pin: &str| {
-        terminal(
-            &[
-                "pay",
-                "--node-data",
-                data,
-                "--reader",
-                READER_0,
-                "--reader-id",
-                "reader-A",
-                "--order",
-                order,
-                "--amount",
-                "42.50",
-                "--address",
-                HOME,
-                "--wait-secs",
-                "10",
-            ],
-            &format!("{pin}\n"),
-        )
-    };
-    let (status, out, err) = pay("o-7", PIN);
-    assert!(status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("Enter your PIN"), "{out}");
-    assert!(out.contains("Payment authorised"), "{out}");
-    assert!(
-        !out.contains(PIN) && !err.contains(PIN),
-        "the PIN is never shown"
+    let (status, _, err) = terminal(
+        &[
+            "pay",
+            "--node-data",
+            data,
+            "--reader-id",
+            "reader-A",
+            "--order",
+            "o-7",
+        ],
+        "",
     );
-    // A wrong PIN: refused with the tries left, and the bell rung.
-    let (status, out, _) = pay("o-8", "000000");
     assert!(!status.success());
-    assert!(out.contains("\u{7}\u{7}Wrong PIN, 2 tries left"), "{out}");
-    // The node recorded both: counter 2, one failure, and the store verifies.
-    let report = onecard_engine::verify::verify(dir.path()).expect("verify");
-    let token = onecard_engine::cards::crypto::card_token(
-        &onecard_engine::cards::crypto::derive_token_key(&master()),
-        CARD_A,
-    );
-    let card = report.state.auth.card_by_token(&token).expect("card");
-    assert_eq!((card.last_counter, card.pin_failures), (2, 1));
+    assert!(err.contains("unknown option \"--node-data\""), "{err}");
+    let (status, _, err) = terminal(&["pay", "--reader-id", "reader-A", "--order", "o-7"], "");
+    assert!(!status.success());
+    assert!(err.contains("missing --node"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ use onecard_engine::cards::{
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::channel::{CardChannel, CardIoError};
 use onecard_terminal::flow::{
-    self, prompts, Console, LinkError, LocalCenter, NodeLink, PaymentEnd, PaymentRequest,
+    self, prompts, Console, LinkError, NodeLink, PaymentEnd, PaymentRequest,
 };
+use onecard_testkit::LocalCenter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -1,18 +1,22 @@
 //! Cards, readers and the authentication center (issue 4; SPEC F1–F3, F13–F15, I9, I10).
 //!
-//! - [`crypto`]: card keys (HKDF from the issuer master key), cryptograms (HMAC) and card
-//!   tokens (HMAC under a key derived from the issuer master key: what the node stores instead
-//!   of a card number, I10).
-//! - [`pin`]: keyed PIN verifiers (HMAC under a key derived from the issuer master key) and the
-//!   encrypted PIN transport (X25519, HKDF, ChaCha20-Poly1305).
-//! - [`prompt`]: what the reader displays and plays at each step.
+//! What both sides of the reader protocol need (the cryptogram, the PIN's transport
+//! encryption, the prompts, the messages, masking) is the `onecard-protocol` crate's; this
+//! module re-exports it at the paths it always had, and adds the issuer's and the node's part:
+//!
+//! - [`crypto`]: the issuer master key, card keys (HKDF from it) and card tokens (HMAC under a
+//!   key derived from it: what the node stores instead of a card number, I10); the cryptogram
+//!   (HMAC) from the protocol.
+//! - [`pin`]: keyed PIN verifiers (HMAC under a key derived from the issuer master key); the
+//!   encrypted PIN transport (X25519, HKDF, ChaCha20-Poly1305) from the protocol.
+//! - [`prompt`]: what the reader displays and plays at each step (the protocol's).
 //! - [`auth`]: cards, readers, bindings and the swipe / authenticate flow.
 
 pub mod auth;
 pub mod crypto;
 pub mod error;
 pub mod pin;
-pub mod prompt;
+pub use onecard_protocol::prompt;
 
 #[cfg(test)]
 mod concurrency_tests;
@@ -26,7 +30,7 @@ pub use auth::{
 };
 pub use crypto::{CardKey, IssuerKey, TokenKey};
 pub use pin::{
-    decrypt_pin, derive_pin_key, encrypt_pin, pin_verifier, verify_pin, EncryptedPin, PinKey,
-    PinSecret, PinVerifier,
+    decrypt_pin, derive_pin_key, encrypt_pin, pin_verifier, verify_pin, EncryptedPin, PinError,
+    PinKey, PinSecret, PinVerifier,
 };
 pub use prompt::{Prompt, SoundCue};

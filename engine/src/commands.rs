@@ -104,7 +104,7 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
 }
 
 /// A card to issue (F1): its number, its holder (an existing consumer), the PIN (kept only as
-/// an Argon2id hash) and the holder's registered delivery address.
+/// a keyed verifier) and the holder's registered delivery address.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct IssueCard {
     pub number: String,

@@ -223,16 +223,10 @@ pub fn secret_keys_from_env(
 }
 
 /// 32 bytes from 64 hex digits; the error never repeats the value (it is a secret).
-fn key_bytes(name: &str, hex: &str) -> Result<[u8; 32], String> {
-    let hex = hex.trim();
-    let bad = || format!("{name} must be 64 hex digits (32 bytes)");
-    if hex.len() != 64 {
-        return Err(bad());
-    }
+fn key_bytes(name: &str, text: &str) -> Result<[u8; 32], String> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| format!("{name} must be 64 hex digits (32 bytes)"))?;
     Ok(out)
 }
 
@@ -271,6 +265,21 @@ mod tests {
         assert!(
             secret_keys_from_env(&mut EngineConfig::default(), |_| Some("abc".into())).is_err()
         );
+        // Upper case and surrounding whitespace are fine; a sign, an odd length or 63 bytes
+        // of digits are not.
+        let upper = format!(" {} \n", "AB".repeat(32));
+        secret_keys_from_env(&mut EngineConfig::default(), |_| Some(upper.clone())).unwrap();
+        for bad in [
+            "+f".repeat(32),
+            "0".repeat(63),
+            "0".repeat(66),
+            "é".repeat(32),
+        ] {
+            assert!(
+                secret_keys_from_env(&mut EngineConfig::default(), |_| Some(bad.clone())).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

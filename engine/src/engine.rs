@@ -828,6 +828,29 @@ impl Engine {
             .collect())
     }
 
+    /// The typed feed of what happened to orders and wallets after record `after`, at most
+    /// `max` records (`feed`): what followers outside the engine read instead of the ledger.
+    pub fn feed_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<crate::feed::FeedRecord>, EngineError> {
+        Ok(self
+            .shared
+            .journal
+            .records_after(after, max)?
+            .into_iter()
+            .map(|r| crate::feed::FeedRecord {
+                seq: r.seq,
+                entries: r
+                    .entries
+                    .into_iter()
+                    .map(crate::feed::FeedEntry::of)
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// The last durable record's sequence number.
     pub fn last_seq(&self) -> Result<u64, EngineError> {
         Ok(self.shared.journal.last_seq())
@@ -879,6 +902,28 @@ impl Engine {
     /// if it exists. Read from the account-state view: no actor is activated for a query.
     pub async fn consumer(&self, id: &str) -> Result<Option<ConsumerState>, EngineError> {
         Ok(self.shared.view.consumer(id)?)
+    }
+
+    /// A consumer's account as the consumer may see it (`query`).
+    pub async fn account_summary(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::query::AccountSummary>, EngineError> {
+        Ok(self
+            .consumer(id)
+            .await?
+            .map(|c| crate::query::AccountSummary::from(&c)))
+    }
+
+    /// An order as its consumer and merchant may see it (`query`), if it exists.
+    pub async fn order_summary(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::query::OrderSummary>, EngineError> {
+        Ok(self
+            .order(id)
+            .await?
+            .map(|o| crate::query::OrderSummary::from(&o)))
     }
 
     /// A merchant's balance as acknowledged.

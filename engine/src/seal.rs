@@ -73,12 +73,7 @@ pub fn bank_ref(key: &DataKey, account: &str) -> String {
         <Hmac<Sha256> as Mac>::new_from_slice(&token_key).expect("HMAC takes any key length");
     mac.update(account.as_bytes());
     let full = mac.finalize().into_bytes();
-    let mut s = String::with_capacity(BANK_REF_PREFIX.len() + 2 * BANK_REF_BYTES);
-    s.push_str(BANK_REF_PREFIX);
-    for b in &full[..BANK_REF_BYTES] {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("{BANK_REF_PREFIX}{}", hex::encode(&full[..BANK_REF_BYTES]))
 }
 
 /// `account` sealed under `key` for `bank_ref`: nonce (12 random bytes) | ChaCha20-Poly1305

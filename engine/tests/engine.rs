@@ -1108,3 +1108,56 @@ fn with_a_data_key_no_bank_account_is_stored_and_the_money_flows_as_without() {
         "a merchant's bank account stored in the clear"
     );
 }
+
+#[test]
+fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stable_positions() {
+    use onecard_engine::feed::{FeedKind, OrderChange};
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        open_consumer(&engine, &sim, "alice", "1000", "9000", "100").await;
+        engine
+            .place_order(order("o1", "alice", "30"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        engine.cancel_order("o1", 2).await.unwrap().unwrap();
+        engine
+            .place_order(order("o2", "alice", "5000"), 3)
+            .await
+            .unwrap()
+            .unwrap_err();
+
+        let feed = engine.feed_after(0, usize::MAX).unwrap();
+        let seqs: Vec<u64> = feed.iter().map(|r| r.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let kinds: Vec<&FeedKind> = feed
+            .iter()
+            .flat_map(|r| &r.entries)
+            .flat_map(|e| &e.events)
+            .map(|e| &e.kind)
+            .collect();
+        // Opening accounts and the configuration are not the feed's; the orders are, in order.
+        assert!(matches!(
+            kinds.as_slice(),
+            [
+                FeedKind::OrderPlaced { order: o1, result: Ok(_), .. },
+                FeedKind::OrderChanged { order: c1, change: OrderChange::Cancelled, .. },
+                FeedKind::OrderPlaced { order: o2, result: Err(_), amount, .. },
+            ] if o1 == "o1" && c1 == "o1" && o2 == "o2" && *amount == Amount::parse("5000").unwrap()
+        ), "{kinds:#?}");
+        // A follower's cursor: what came after a record, read again, is the same.
+        let after_first = engine.feed_after(feed[0].seq, usize::MAX).unwrap();
+        assert_eq!(after_first, feed[1..].to_vec());
+        engine.close().await.unwrap();
+        sim.close();
+    });
+}

@@ -1,6 +1,8 @@
 //! The OneCard settlement node: `onecard serve`.
 //!
 //! - [`api`]: the HTTP API (actix-web) for merchants, readers, consumers and operators;
+//! - [`app`]: what the handlers and the outbox do with orders, apart from HTTP: the order view,
+//!   the per-order lock, placing an authorised order;
 //! - [`store`]: the node's own durable store (checkouts, idempotency, queues), group-committed;
 //! - [`outbox`]: follows the engine's journal and queues print jobs, webhooks and statements;
 //! - [`workers`]: the print queue (ESC/POS over TCP) and the webhook deliveries;
@@ -11,6 +13,7 @@
 //! between two jobs, and the node store and the journal are flushed and closed.
 
 pub mod api;
+pub mod app;
 pub mod metrics;
 pub mod outbox;
 pub mod records;

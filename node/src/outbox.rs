@@ -11,7 +11,7 @@
 //! It also closes the one gap between an authorisation and its order: a `PaymentAuthorised`
 //! whose order is not placed (the node stopped in between) is placed here.
 
-use onecard_engine::ledger::{Entry, EventKind};
+use onecard_engine::feed::{FeedEntry, FeedKind, FeedRecord, OrderChange};
 use onecard_engine::Amount;
 
 use crate::records::{
@@ -59,7 +59,7 @@ pub async fn step(node: &Node) -> Result<usize, String> {
     let cursor = cursor(node).map_err(|e| e.to_string())?;
     let batch = node
         .engine
-        .records_after(cursor, BATCH)
+        .feed_after(cursor, BATCH)
         .map_err(|e| e.to_string())?;
     if batch.is_empty() {
         return Ok(0);
@@ -67,7 +67,7 @@ pub async fn step(node: &Node) -> Result<usize, String> {
     let mut writes = Vec::new();
     let mut counted = Vec::new();
     let mut last = cursor;
-    for (seq, entries) in &batch {
+    for FeedRecord { seq, entries } in &batch {
         for (ei, entry) in entries.iter().enumerate() {
             handle_entry(node, *seq, ei, entry, &mut writes, &mut counted).await?;
         }
@@ -205,12 +205,13 @@ async fn handle_entry(
     node: &Node,
     seq: u64,
     ei: usize,
-    entry: &Entry,
+    entry: &FeedEntry,
     writes: &mut Vec<Write>,
     counted: &mut Vec<&'static str>,
 ) -> Result<(), String> {
     let at = entry.at;
-    for (vi, ev) in entry.events.iter().enumerate() {
+    for ev in &entry.events {
+        let vi = ev.index;
         let id = format!("evt_{seq}_{ei}_{vi}");
         let n = (ei, vi);
         let mut order_event = |merchant: &str, order: &str, kind: &str, state: &str, extra| {
@@ -219,7 +220,7 @@ async fn handle_entry(
             ));
         };
         match &ev.kind {
-            EventKind::PaymentAuthorised(a) => {
+            FeedKind::PaymentAuthorised(a) => {
                 let placed = node
                     .engine
                     .order_owner(&a.order_id)
@@ -232,18 +233,17 @@ async fn handle_entry(
                     .is_some();
                 if !placed && has_checkout {
                     tracing::warn!(order = %a.order_id, "placing an authorised order whose placement was interrupted");
-                    crate::api::reader::place(node, a)
+                    crate::app::place(node, a)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
             }
-            EventKind::OrderPlaced {
+            FeedKind::OrderPlaced {
                 order,
                 consumer,
                 merchant,
                 amount,
                 result,
-                ..
             } => {
                 let state = match result {
                     Ok(onecard_engine::Outcome::Settled) => "settled",
@@ -285,13 +285,12 @@ async fn handle_entry(
                     writes.extend(print_job(node, order, merchant)?);
                 }
             }
-            EventKind::OrderSettled {
+            FeedKind::OrderSettled {
                 order,
                 consumer,
                 merchant,
                 wallet_paid,
                 bank_paid,
-                ..
             } => {
                 counted.push("settled");
                 let total = wallet_paid
@@ -319,21 +318,16 @@ async fn handle_entry(
                     },
                 );
             }
-            EventKind::OrderAwaitingFunds {
-                order, consumer, ..
-            }
-            | EventKind::OrderDisputed {
-                order, consumer, ..
-            }
-            | EventKind::OrderCancelled { order, consumer }
-            | EventKind::OrderExpired { order, consumer } => {
-                let (kind, state) = match &ev.kind {
-                    EventKind::OrderAwaitingFunds { .. } => {
-                        ("order.awaiting_funds", "awaiting_funds")
-                    }
-                    EventKind::OrderDisputed { .. } => ("order.disputed", "disputed"),
-                    EventKind::OrderCancelled { .. } => ("order.cancelled", "cancelled"),
-                    _ => ("order.expired", "expired"),
+            FeedKind::OrderChanged {
+                order,
+                consumer,
+                change,
+            } => {
+                let (kind, state) = match change {
+                    OrderChange::AwaitingFunds { .. } => ("order.awaiting_funds", "awaiting_funds"),
+                    OrderChange::Disputed => ("order.disputed", "disputed"),
+                    OrderChange::Cancelled => ("order.cancelled", "cancelled"),
+                    OrderChange::Expired => ("order.expired", "expired"),
                 };
                 counted.push(state);
                 if let Some(m) = merchant_of_order(node, order).await {
@@ -350,21 +344,19 @@ async fn handle_entry(
                         order_id: Some(order.clone()),
                         merchant: None,
                         amount: None,
-                        detail: if let EventKind::OrderAwaitingFunds { reason, .. } = &ev.kind {
-                            Some(reason.clone())
-                        } else {
-                            None
+                        detail: match change {
+                            OrderChange::AwaitingFunds { reason } => Some(reason.clone()),
+                            _ => None,
                         },
                     },
                 );
             }
-            EventKind::Refunded {
+            FeedKind::Refunded {
                 refund,
                 order,
                 consumer,
                 merchant,
                 amount,
-                ..
             } => {
                 counted.push("refunded");
                 order_event(
@@ -389,9 +381,7 @@ async fn handle_entry(
                     },
                 );
             }
-            EventKind::WalletToppedUp {
-                consumer, amount, ..
-            } => line(
+            FeedKind::WalletToppedUp { consumer, amount } => line(
                 writes,
                 consumer,
                 seq,
@@ -405,7 +395,7 @@ async fn handle_entry(
                     detail: Some("from the designated bank account".into()),
                 },
             ),
-            EventKind::TopUpRefused {
+            FeedKind::TopUpRefused {
                 consumer,
                 amount,
                 reason,
@@ -423,7 +413,6 @@ async fn handle_entry(
                     detail: Some(reason.clone()),
                 },
             ),
-            _ => {}
         }
     }
     Ok(())

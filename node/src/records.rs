@@ -95,14 +95,14 @@ pub fn statement_key(consumer: &str, seq: u64, entry: usize, event: usize) -> St
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    onecard_terminal::wire::to_hex(&Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A random token of `bytes` random bytes, hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-    onecard_terminal::wire::to_hex(&b)
+    hex::encode(b)
 }
 
 /// A new order id: creation time first, so that ids sort in creation order.

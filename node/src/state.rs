@@ -26,7 +26,8 @@ pub struct Node {
     /// `Idempotency-Key`s whose first request is in progress.
     pub idem_in_flight: DashMap<String, ()>,
     /// Orders with a payment or a cancellation in progress: the two never run at once.
-    pub checkout_busy: DashMap<String, ()>,
+    /// One payment or cancellation of an order at a time.
+    pub order_locks: crate::app::OrderLocks,
     pub metrics: Metrics,
     /// Wakes the outbox when the journal has grown.
     pub outbox_wake: tokio::sync::Notify,
@@ -61,7 +62,7 @@ impl Node {
             api_keys: DashMap::new(),
             merchants: DashMap::new(),
             idem_in_flight: DashMap::new(),
-            checkout_busy: DashMap::new(),
+            order_locks: crate::app::OrderLocks::default(),
             metrics: Metrics::default(),
             outbox_wake: tokio::sync::Notify::new(),
             work_wake: crate::workers::Wake::default(),

@@ -306,10 +306,7 @@ pub fn signature(secret: &str, t: u64, body: &str) -> String {
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    format!(
-        "t={t},v1={}",
-        onecard_terminal::wire::to_hex(&mac.finalize().into_bytes())
-    )
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Merchants whose endpoint failed, and until when their events wait.

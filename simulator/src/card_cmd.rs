@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use onecard_engine::cards::crypto;
+use onecard_engine::cards::mask_card_number;
 
 use crate::options::CardArgs;
 use onecard_sim::card::applet::CardApplet;
@@ -36,17 +37,6 @@ pub enum CardError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The card number with all but its last 4 characters masked (all of it if 4 or fewer).
-pub fn mask_card_number(number: &str) -> String {
-    let n = number.chars().count();
-    let shown = if n > 4 { n - 4 } else { n };
-    number
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if i < shown { '*' } else { c })
-        .collect()
 }
 
 /// `host:port`, with an IPv6 host in brackets.
@@ -139,14 +129,6 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<CardArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("card").chain(args.iter().copied())).map(|c| c.card)
-    }
-
-    #[test]
-    fn masking_keeps_only_the_last_four() {
-        assert_eq!(mask_card_number("4000001234567890"), "************7890");
-        assert_eq!(mask_card_number("12345"), "*2345");
-        assert_eq!(mask_card_number("1234"), "****");
-        assert_eq!(mask_card_number(""), "");
     }
 
     #[test]

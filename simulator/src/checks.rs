@@ -405,7 +405,7 @@ pub fn digest(s: &LedgerState, bank_balances: &[(String, Amount)]) -> String {
     for (account, b) in balances {
         put(format!("bank {account} {b}"));
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

@@ -9,11 +9,15 @@
 //!
 //! `onecard-sim card` plugs a virtual OneCard smart card into a reader of pcscd's vpcd driver
 //! (see `card`).
+//!
+//! `onecard-sim pay` runs many simulated card readers paying against a running `onecard serve`
+//! over real HTTP (see `pay`).
 
 mod card_cmd;
 mod checks;
 mod load;
 mod options;
+mod pay;
 mod population;
 mod report;
 mod runner;
@@ -39,7 +43,9 @@ over the real engine in process (actors, durable journal, simulated bank), check
 against the rules and every invariant at the end, and reports throughput, latency percentiles, \
 peak memory and a digest of the final state. See `onecard-sim load --help` for every option.\n\n\
 `onecard-sim card` plugs a virtual OneCard smart card into a reader of pcscd's vpcd driver. See \
-`onecard-sim card --help`."
+`onecard-sim card --help`.\n\n\
+`onecard-sim pay` runs simulated card readers paying against a running `onecard serve` over HTTP \
+and reports payments per second and the latency of each step. See `onecard-sim pay --help`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +56,7 @@ struct Cli {
 enum Command {
     Load(options::LoadArgs),
     Card(options::CardArgs),
+    Pay(options::PayArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Load(args) => load::main(args),
         Command::Card(args) => card_cmd::main(args),
+        Command::Pay(args) => pay::main(args),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The options of `onecard-sim load` and `onecard-sim card`, and their checks.
+//! The options of `onecard-sim load`, `onecard-sim card` and `onecard-sim pay`, and their checks.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -351,4 +351,142 @@ fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
         *byte = (hi * 16 + lo) as u8;
     }
     Some(key)
+}
+
+/// Every option of `onecard-sim pay`. The doc comments are the `--help` text.
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Runs simulated card readers paying against a running `onecard serve` over HTTP",
+    long_about = "Runs simulated card readers against a running `onecard serve` over real HTTP and \
+reports payments per second, the latency of each step and of the whole payment, and errors by kind.\n\n\
+Setup, through the admin API (ids carry a random run number, so runs against the same node do not \
+collide): --merchants merchants, and per reader a bank account at the simulated bank, a consumer, a \
+card (its applet in memory, personalised with the card key the node returns) and the reader, bound \
+to the card and registered at its own address 127.B.x.y/32; the reader's keep-alive connection is \
+bound to that address.\n\n\
+A payment: the merchant creates the order (merchant API), the reader opens the checkout, swipes, \
+authenticates with the card's cryptogram and the encrypted PIN, confirms the delivery address when \
+the node asks (--address-change-share of the orders go elsewhere), and the node places the order on \
+authorisation. Then the consumer confirms receipt (unless --no-receipt), so the order settles and \
+its credit is free again; that request is timed on its own, not as part of the payment.\n\n\
+Planted refusals: --wrong-pin-share of the payments first try a wrong PIN (the right one follows, so \
+no card locks), --foreign-reader-share first swipe another reader's card (at most \
+--foreign-per-minute per reader in any 62 s, under the node's limit of refused swipes). Each must \
+be refused (`wrong_pin`, `card_not_bound`); `refusals_ok` is false otherwise, or if anything else \
+was refused. A payment's latency includes its planted detour.\n\n\
+Readers run as tasks on --threads event loops (one by default: the client shares the machine \
+with the node); the report gives the client's CPU time per payment (and the node's, with \
+--node-pid). --warmup seconds of payments come first and are not in the rates and latencies; \
+the totals (and errors) cover the whole run, as the node's own counters do.\n\n\
+Plain HTTP to a node on a loopback address only. Exit 0 when payments were made with no error and \
+`refusals_ok`; 1 otherwise or when the setup fails; 2 for invalid options."
+)]
+pub struct PayArgs {
+    /// The node's base URL: http:// and a loopback address (the readers connect from
+    /// 127.x.y.z).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub node: String,
+
+    /// The node's administrator token. Default: the environment's ONECARD_ADMIN_TOKEN (better:
+    /// a command line is visible to other local users).
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// Simulated readers, each with its own card, consumer and connection, paying one payment
+    /// after the other.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65_000))]
+    pub readers: u32,
+
+    /// Seconds measured (after --warmup). Readers then finish the payment in progress.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs)]
+    pub duration: f64,
+
+    /// Seconds of payments before the measured ones (not in the rates and latencies; their
+    /// errors and planted refusals still count).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = non_negative_secs)]
+    pub warmup: f64,
+
+    /// Print one JSON object as the last line of standard output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Merchants; reader i buys from merchant i mod M.
+    #[arg(long, value_name = "M", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub merchants: u32,
+
+    /// Share of payments (0 to 1) that first enter a wrong PIN, then the right one.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.01, value_parser = fraction)]
+    pub wrong_pin_share: f64,
+
+    /// Share of payments (0 to 1) that first swipe another reader's card (needs 2 readers).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.01, value_parser = fraction)]
+    pub foreign_reader_share: f64,
+
+    /// Most foreign-card swipes a reader plants in any 62 seconds: each is a refused swipe, and
+    /// the node rate-limits a reader after `refused_swipes_per_minute` (5 by default) of them.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub foreign_per_minute: u32,
+
+    /// Share of orders (0 to 1) delivered elsewhere than the card's registered address: the
+    /// node asks the reader to confirm the change.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.05, value_parser = fraction)]
+    pub address_change_share: f64,
+
+    /// Leave the orders pending instead of confirming receipt after each payment. Every open
+    /// order stays in its consumer's record, so the node slows down as they pile up.
+    #[arg(long)]
+    pub no_receipt: bool,
+
+    /// Seed of each reader's choices (amounts, planted refusals, addresses) and of the PINs.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+
+    /// The node's process id, to report its CPU time during the measured run (same machine).
+    #[arg(long, value_name = "PID")]
+    pub node_pid: Option<u32>,
+
+    /// Timeout of each HTTP request, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
+    pub timeout: f64,
+
+    /// Event-loop threads the readers are spread over (each a current-thread runtime). One
+    /// is usually enough; the client shares the machine with the node.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+
+    /// Registrations sent at once during setup.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub setup_concurrency: u32,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number between 0 and 1")),
+    }
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
+}
+
+impl PayArgs {
+    /// Checks what clap cannot check option by option.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.wrong_pin_share + self.foreign_reader_share > 1.0 + 1e-9 {
+            return Err(
+                "--wrong-pin-share and --foreign-reader-share add up to more than 1".into(),
+            );
+        }
+        Ok(())
+    }
 }

@@ -144,7 +144,7 @@ pub enum WalError {
     },
     #[error(
         "segment {} belongs to another store (store id {}, this store is {})",
-        .segment.display(), hex(.found), hex(.expected)
+        .segment.display(), hex::encode(.found), hex::encode(.expected)
     )]
     ForeignStore {
         segment: PathBuf,
@@ -181,15 +181,6 @@ fn file_name(p: &Path) -> String {
         Some(n) => n.to_string_lossy().into_owned(),
         None => p.display().to_string(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 fn io_err(path: &Path, e: io::Error) -> WalError {
@@ -789,7 +780,7 @@ impl fmt::Debug for Wal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wal")
             .field("dir", &self.dir)
-            .field("store_id", &hex(&self.store_id))
+            .field("store_id", &hex::encode(self.store_id))
             .field("segments", &self.segments.len())
             .field("last_seq", &self.last_seq)
             .field("synced_seq", &self.synced_seq)
@@ -1203,8 +1194,8 @@ fn unfinished_segment(r: &mut SegReader, first_seq: u64) -> Result<bool, WalErro
     let b = r.bytes(0, SEGMENT_HEADER_LEN);
     let zero = b.iter().all(|&x| x == 0);
     let magic = &b[0..8];
-    let torn_magic = (0..=MAGIC.len())
-        .any(|k| magic[..k] == MAGIC[..k] && magic[k..].iter().all(|&x| x == 0));
+    let torn_magic =
+        (0..=MAGIC.len()).any(|k| magic[..k] == MAGIC[..k] && magic[k..].iter().all(|&x| x == 0));
     let ours_torn = torn_magic
         && matches!(u32_at(b, HEADER_OFF_VERSION as usize), 0 | FORMAT_VERSION)
         && crc32fast::hash(&b[0..68]) != u32_at(b, 68);

@@ -622,7 +622,7 @@ fn foreign_segment_and_wrong_version_are_refused() {
     let a_id = WalReader::open(&a, None).unwrap().store_id().unwrap();
     let b_id = WalReader::open(&b, None).unwrap().store_id().unwrap();
     assert_ne!(a_id, b_id);
-    let hex = |id: &[u8]| id.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let hex = hex::encode::<&[u8]>;
 
     // B's first segment slipped into A's directory as if it continued A.
     let dir = tmp.path().join("mixed");

@@ -10,7 +10,7 @@
 //!
 //! Status words other than `90 00` are errors with a meaning of their own (see [`StatusWord`]).
 
-use onecard_engine::cards::crypto::{CHALLENGE_LEN, CRYPTOGRAM_LEN, MAX_ORDER_ID_LEN};
+use onecard_protocol::crypto::{CHALLENGE_LEN, CRYPTOGRAM_LEN, MAX_ORDER_ID_LEN};
 
 /// The OneCard applet's AID: a proprietary `F0` RID, "ONECARD", version 1.
 pub const AID: [u8; 9] = [0xF0, 0x4F, 0x4E, 0x45, 0x43, 0x41, 0x52, 0x44, 0x01];

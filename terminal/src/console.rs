@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 
-use onecard_engine::cards::{Prompt, SoundCue};
+use onecard_protocol::{Prompt, SoundCue};
 
 use crate::flow::Console;
 

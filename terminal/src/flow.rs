@@ -3,13 +3,14 @@
 //! about a different delivery address if the node wants to know, and show every outcome.
 //!
 //! The card is reached through a [`CardChannel`] (PC/SC in the real program), the node through
-//! a [`NodeLink`] (the node's HTTP API once it exists; in process in the tests), the consumer
+//! a [`NodeLink`] (the node's HTTP API, `crate::http_link`; in process in the tests and the
+//! demo, with the links of `onecard-testkit`), the consumer
 //! through a [`Console`] (display, keypad, sound). Nothing here blocks on anything else, and no
 //! failure is silent: every way a payment can end has a prompt.
 
-use onecard_engine::cards::{
-    encrypt_pin, AuthOutcome, Authorisation, ChallengeIssued, EncryptedPin, Prompt, SoundCue,
-    SwipeRefusal,
+use onecard_protocol::{
+    encrypt_pin, is_sign_in, AuthOutcome, Authorisation, ChallengeIssued, EncryptedPin, Prompt,
+    SoundCue, SwipeRefusal, SIGN_IN_PREFIX,
 };
 use rand::{CryptoRng, RngCore};
 
@@ -77,11 +78,7 @@ impl PaymentRequest {
         rng.fill_bytes(&mut nonce);
         PaymentRequest {
             reader_id: reader_id.to_string(),
-            order_id: format!(
-                "{}{}",
-                onecard_engine::cards::SIGN_IN_PREFIX,
-                crate::wire::to_hex(&nonce)
-            ),
+            order_id: format!("{SIGN_IN_PREFIX}{}", hex::encode(nonce)),
             amount_cents: 0,
             delivery_address: String::new(),
         }
@@ -100,7 +97,7 @@ pub enum PaymentEnd {
     Aborted { reason: String, prompt: Prompt },
 }
 
-/// Prompts of the reader program's own (the node's are in `onecard_engine::cards::Prompt`).
+/// Prompts of the reader program's own (the node's are `onecard_protocol::Prompt`'s).
 pub mod prompts {
     use super::{Prompt, SoundCue};
 
@@ -226,7 +223,7 @@ pub fn pay(
         Ok(e) => e,
         Err(_) => {
             // Not a PIN at all (wrong length, not digits): the node would count nothing.
-            let prompt = onecard_engine::cards::AuthOutcome::PinUnreadable.prompt();
+            let prompt = AuthOutcome::PinUnreadable.prompt();
             console.show(&prompt);
             return PaymentEnd::Refused(prompt);
         }
@@ -250,169 +247,12 @@ pub fn pay(
         };
     }
     let prompt = match &outcome {
-        AuthOutcome::Authorised(_) if onecard_engine::cards::is_sign_in(&req.order_id) => {
-            prompts::signed_in()
-        }
+        AuthOutcome::Authorised(_) if is_sign_in(&req.order_id) => prompts::signed_in(),
         _ => outcome.prompt(),
     };
     console.show(&prompt);
     match outcome {
         AuthOutcome::Authorised(a) => PaymentEnd::Authorised(a),
         _ => PaymentEnd::Refused(prompt),
-    }
-}
-
-/// The node's authentication center in this process, as a [`NodeLink`]: for tests and tools
-/// with no node to talk to (the reader program's real link is the node's HTTP API). The fields
-/// are what the node would know: where the reader connects from, the account's available
-/// credit, the time; `reachable: false` makes every call fail as an unreachable node would.
-pub struct LocalCenter<'a, R> {
-    pub center: &'a onecard_engine::cards::AuthCenter,
-    /// The changes the center made (what the node would journal).
-    pub changes: Vec<onecard_engine::cards::AuthChange>,
-    pub peer: std::net::IpAddr,
-    pub available_credit_cents: u64,
-    pub now: u64,
-    pub rng: R,
-    pub reachable: bool,
-}
-
-impl<R: RngCore + CryptoRng> LocalCenter<'_, R> {
-    fn reach(&self) -> Result<(), LinkError> {
-        if self.reachable {
-            Ok(())
-        } else {
-            Err(LinkError("connection refused".into()))
-        }
-    }
-}
-
-impl<R: RngCore + CryptoRng> NodeLink for LocalCenter<'_, R> {
-    fn swipe(
-        &mut self,
-        reader_id: &str,
-        card_number: &str,
-        order_id: &str,
-        amount_cents: u64,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
-        self.reach()?;
-        Ok(self.center.swipe(
-            reader_id,
-            card_number,
-            self.peer,
-            order_id,
-            amount_cents,
-            self.now,
-            &mut self.rng,
-        ))
-    }
-
-    fn authenticate(
-        &mut self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-    ) -> Result<AuthOutcome, LinkError> {
-        self.reach()?;
-        Ok(self.center.authenticate(
-            challenge_id,
-            counter,
-            cryptogram,
-            pin,
-            delivery_address,
-            None,
-            self.available_credit_cents,
-            self.now,
-            // No journal here: the order's claim, which an authorisation keeps, refuses a
-            // second payer in this process.
-            |_| false,
-            &mut self.changes,
-        ))
-    }
-
-    fn confirm_address_change(
-        &mut self,
-        challenge_id: &str,
-        accept: bool,
-    ) -> Result<AuthOutcome, LinkError> {
-        self.reach()?;
-        Ok(self.center.confirm_address_change(
-            challenge_id,
-            accept,
-            self.available_credit_cents,
-            self.now,
-            &mut self.changes,
-        ))
-    }
-}
-
-/// The node itself, in this process, as a [`NodeLink`]: the engine's authentication center,
-/// with every change journaled, and the account's available credit read from the engine. For
-/// the demo and the tests until the node's HTTP API is the reader program's link.
-///
-/// The engine's calls are async; this link waits for each one on the calling thread, which
-/// must be inside the engine's runtime (an actix `System`), as the demo's and the tests' are.
-pub struct EngineLink<'a> {
-    pub engine: &'a onecard_engine::Engine,
-    /// The address the reader program connects from.
-    pub peer: std::net::IpAddr,
-    pub now: u64,
-}
-
-impl NodeLink for EngineLink<'_> {
-    fn swipe(
-        &mut self,
-        reader_id: &str,
-        card_number: &str,
-        order_id: &str,
-        amount_cents: u64,
-    ) -> Result<Result<ChallengeIssued, SwipeRefusal>, LinkError> {
-        let amount = i64::try_from(amount_cents)
-            .map(onecard_engine::Amount::from_cents)
-            .map_err(|e| LinkError(e.to_string()))?;
-        futures::executor::block_on(self.engine.swipe(
-            reader_id,
-            card_number,
-            self.peer,
-            order_id,
-            amount,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
-    }
-
-    fn authenticate(
-        &mut self,
-        challenge_id: &str,
-        counter: u32,
-        cryptogram: &[u8],
-        pin: &EncryptedPin,
-        delivery_address: &str,
-    ) -> Result<AuthOutcome, LinkError> {
-        futures::executor::block_on(self.engine.authenticate(
-            challenge_id,
-            counter,
-            cryptogram,
-            pin,
-            delivery_address,
-            None,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
-    }
-
-    fn confirm_address_change(
-        &mut self,
-        challenge_id: &str,
-        accept: bool,
-    ) -> Result<AuthOutcome, LinkError> {
-        futures::executor::block_on(self.engine.confirm_address_change(
-            challenge_id,
-            accept,
-            self.now,
-        ))
-        .map_err(|e| LinkError(e.to_string()))
     }
 }

@@ -20,13 +20,13 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onecard_engine::cards::{AuthOutcome, ChallengeIssued, EncryptedPin, SwipeRefusal};
+use onecard_protocol::{AuthOutcome, ChallengeIssued, EncryptedPin, SwipeRefusal};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::flow::{LinkError, NodeLink};
 use crate::wire::{
-    to_hex, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, ErrorBody, PinBody,
+    AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, ErrorBody, PinBody,
     SwipeAnswer, SwipeBody,
 };
 
@@ -279,7 +279,7 @@ impl NodeLink for HttpLink {
         let body = AuthenticateBody {
             challenge_id: challenge_id.to_string(),
             counter,
-            cryptogram: to_hex(cryptogram),
+            cryptogram: hex::encode(cryptogram),
             pin: PinBody::of(pin),
             delivery_address: delivery_address.to_string(),
         };
@@ -358,7 +358,7 @@ fn snippet(text: &str) -> String {
 
 /// 16 random lowercase hex digits.
 fn request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 /// A URL path segment: every byte but the unreserved ones (RFC 3986: `A-Z a-z 0-9 - . _ ~`)
@@ -381,7 +381,7 @@ pub fn encode_path_segment(segment: &str) -> String {
 mod tests {
     use super::*;
     use crate::wire::{PlacedOrder, SessionBody};
-    use onecard_engine::cards::Authorisation;
+    use onecard_protocol::Authorisation;
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream};
     use std::thread::JoinHandle;

@@ -60,5 +60,72 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+/// The newest modification time of the `.rs` and `Cargo.toml` files below `dir`.
+fn newest_source(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs")
+            || path.file_name().is_some_and(|n| n == "Cargo.toml")
+        {
+            entry.metadata().ok()?.modified().ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// A binary of another package of the workspace, in this build's target directory and profile
+/// (beside `onecard`). `env!("CARGO_BIN_EXE_…")` names only the binaries of the tests' own
+/// package, and `cargo test -p onecard` builds no other package's binary: when `bin` is
+/// missing or older than any source below the workspace directories `sources`, it is built
+/// here (`cargo build -p PACKAGE --bin BIN --features FEATURES`). A workspace build
+/// (`cargo nextest run --workspace --all-targets --all-features`, as CI runs) has built it
+/// already.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn workspace_binary(
+    package: &str,
+    bin: &str,
+    features: &[&str],
+    sources: &[&str],
+) -> std::path::PathBuf {
+    use std::path::Path;
+    let onecard = Path::new(env!("CARGO_BIN_EXE_onecard"));
+    let profile_dir = onecard.parent().expect("the binaries' directory");
+    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest = sources
+        .iter()
+        .filter_map(|d| newest_source(&root.join(d)))
+        .max();
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    if built.is_some() && built >= newest {
+        return path;
+    }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", package, "--bin", bin, "--profile", profile])
+        .arg("--target-dir")
+        .arg(profile_dir.parent().expect("the target directory"))
+        .current_dir(root);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    path
+}
+
 /// A running `onecard serve` and the peers it talks to, for the HTTP API's tests.
 pub mod node;

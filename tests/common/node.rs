@@ -299,10 +299,7 @@ pub fn setup(node: &NodeProc, printer: Option<&str>, webhook: Option<&str>) -> W
     );
     assert_eq!(reader.status, 201, "{:?}", reader.body);
     let key_hex = card.body["card_key"].as_str().unwrap();
-    let key: [u8; 32] = onecard_terminal::wire::from_hex(key_hex)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let key: [u8; 32] = hex::decode(key_hex).unwrap().try_into().unwrap();
     World {
         api_key: merchant.body["api_key"].as_str().unwrap().to_string(),
         webhook_secret: merchant.body["webhook_secret"]
@@ -560,7 +557,7 @@ pub fn signature_ok(secret: &str, hook: &Hook) -> bool {
     };
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{}", hook.body).as_bytes());
-    onecard_terminal::wire::to_hex(&mac.finalize().into_bytes()) == v1
+    hex::encode(mac.finalize().into_bytes()) == v1
 }
 
 /// Polls `f` until it gives `Some`, for at most `secs` seconds.

@@ -1,13 +1,15 @@
-//! The card's cryptography, shared by the node (which derives every card key from the issuer
-//! master key) and the card applet (which holds its own key from personalisation).
+//! The issuer's side of the card's cryptography: the master key and what is derived from it.
+//! The cryptogram itself, which the card computes and the node checks, is the protocol's
+//! (`onecard_protocol::crypto`), re-exported here.
 //!
 //! - **Card key:** HKDF-SHA256 with the issuer master key as input keying material, the salt
 //!   [`CARD_KEY_SALT`] and the card number (ASCII) as info; 32 bytes. A standard KDF, so one
-//!   master key yields a distinct key per card and no card key is ever stored.
+//!   master key yields a distinct key per card and no card key is ever stored. Here and not in
+//!   the protocol crate: only the issuer holds a master key (the card holds its own key from
+//!   personalisation, the reader program none), so the master key's bytes never leave this
+//!   module and its sibling `pin`.
 //! - **Cryptogram:** HMAC-SHA256 under the card key over [`cryptogram_input`], truncated to
-//!   [`CRYPTOGRAM_LEN`] bytes. It binds the node's fresh challenge, the order, the amount and
-//!   the card's transaction counter, so a replay (same counter) or a cryptogram for another
-//!   order or amount is refused.
+//!   [`CRYPTOGRAM_LEN`] bytes (`onecard_protocol::crypto`).
 //! - **Card token:** what the node stores instead of a card number (I10). A *token key* is
 //!   derived once from the issuer master key (HKDF-SHA256, salt [`CARD_TOKEN_SALT`], info
 //!   [`CARD_TOKEN_INFO`], 32 bytes); a card's token is the lowercase hex of HMAC-SHA256 under
@@ -19,7 +21,11 @@
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
+
+pub use onecard_protocol::crypto::{
+    cryptogram, cryptogram_input, cryptogram_matches, CardKey, CHALLENGE_LEN, CRYPTOGRAM_LEN,
+    MAX_ORDER_ID_LEN,
+};
 
 /// Salt of the card-key derivation; changing it changes every card key.
 pub const CARD_KEY_SALT: &[u8] = b"OneCard card key v1";
@@ -29,20 +35,10 @@ pub const CARD_TOKEN_SALT: &[u8] = b"OneCard card token v1";
 pub const CARD_TOKEN_INFO: &[u8] = b"token";
 /// Hex digits of a card token (HMAC-SHA256, 32 bytes).
 pub const CARD_TOKEN_LEN: usize = 64;
-/// Bytes of the node's challenge.
-pub const CHALLENGE_LEN: usize = 16;
-/// Bytes of a cryptogram (a truncated HMAC-SHA256).
-pub const CRYPTOGRAM_LEN: usize = 16;
-/// Longest order id a cryptogram can cover (the engine's own limit on ids).
-pub const MAX_ORDER_ID_LEN: usize = 128;
 
 /// The issuer's master key. Never stored by the node; read from its configuration.
 #[derive(Clone)]
 pub struct IssuerKey([u8; 32]);
-
-/// One card's secret key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CardKey([u8; 32]);
 
 /// The key card tokens are computed under, derived from the issuer master key. Held in memory
 /// by the authentication center only; never stored.
@@ -60,24 +56,10 @@ impl IssuerKey {
     }
 }
 
-impl CardKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> CardKey {
-        CardKey(bytes)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
 // Keys never appear in logs or debug output (I10).
 impl std::fmt::Debug for IssuerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("IssuerKey(<secret>)")
-    }
-}
-impl std::fmt::Debug for CardKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardKey(<secret>)")
     }
 }
 impl std::fmt::Debug for TokenKey {
@@ -93,7 +75,7 @@ pub fn derive_card_key(master: &IssuerKey, card_number: &str) -> CardKey {
     // 32 bytes is far below HKDF-SHA256's limit of 255 × 32: expand cannot fail.
     hk.expand(card_number.as_bytes(), &mut okm)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    CardKey(okm)
+    CardKey::from_bytes(okm)
 }
 
 /// The token key under `master`: HKDF-SHA256 (salt [`CARD_TOKEN_SALT`], info
@@ -111,11 +93,7 @@ pub fn derive_token_key(master: &IssuerKey) -> TokenKey {
 pub fn card_token(key: &TokenKey, card_number: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes any key length");
     mac.update(card_number.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Whether `token` looks like a card token: [`CARD_TOKEN_LEN`] lowercase hex digits.
@@ -124,68 +102,6 @@ pub fn is_card_token(token: &str) -> bool {
         && token
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The bytes a cryptogram covers:
-///
-/// ```text
-/// "OCC1" | challenge [16] | order id length u8 | order id (UTF-8) | amount in cents u64 BE | counter u32 BE
-/// ```
-///
-/// `None` if the order id is empty or longer than [`MAX_ORDER_ID_LEN`].
-pub fn cryptogram_input(
-    challenge: &[u8; CHALLENGE_LEN],
-    order_id: &str,
-    amount_cents: u64,
-    counter: u32,
-) -> Option<Vec<u8>> {
-    let id = order_id.as_bytes();
-    if id.is_empty() || id.len() > MAX_ORDER_ID_LEN {
-        return None;
-    }
-    let mut v = Vec::with_capacity(4 + CHALLENGE_LEN + 1 + id.len() + 8 + 4);
-    v.extend_from_slice(b"OCC1");
-    v.extend_from_slice(challenge);
-    v.push(id.len() as u8);
-    v.extend_from_slice(id);
-    v.extend_from_slice(&amount_cents.to_be_bytes());
-    v.extend_from_slice(&counter.to_be_bytes());
-    Some(v)
-}
-
-/// The cryptogram a card with `key` computes; `None` for an order id [`cryptogram_input`]
-/// refuses.
-pub fn cryptogram(
-    key: &CardKey,
-    challenge: &[u8; CHALLENGE_LEN],
-    order_id: &str,
-    amount_cents: u64,
-    counter: u32,
-) -> Option<[u8; CRYPTOGRAM_LEN]> {
-    let input = cryptogram_input(challenge, order_id, amount_cents, counter)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes any key length");
-    mac.update(&input);
-    let full = mac.finalize().into_bytes();
-    let mut out = [0u8; CRYPTOGRAM_LEN];
-    out.copy_from_slice(&full[..CRYPTOGRAM_LEN]);
-    Some(out)
-}
-
-/// Whether `presented` is the cryptogram for these values, compared in constant time.
-pub fn cryptogram_matches(
-    key: &CardKey,
-    challenge: &[u8; CHALLENGE_LEN],
-    order_id: &str,
-    amount_cents: u64,
-    counter: u32,
-    presented: &[u8],
-) -> bool {
-    match cryptogram(key, challenge, order_id, amount_cents, counter) {
-        Some(expected) => {
-            presented.len() == CRYPTOGRAM_LEN && bool::from(expected.ct_eq(presented))
-        }
-        None => false,
-    }
 }
 
 #[cfg(test)]
@@ -208,27 +124,13 @@ mod tests {
     }
 
     #[test]
-    fn a_cryptogram_covers_challenge_order_amount_and_counter() {
+    fn the_cryptogram_is_made_under_the_derived_card_key() {
         let key = derive_card_key(&master(), "4000001234567890");
         let ch = [1u8; CHALLENGE_LEN];
         let c = cryptogram(&key, &ch, "o-1", 1999, 7).unwrap();
         assert!(cryptogram_matches(&key, &ch, "o-1", 1999, 7, &c));
-        assert!(!cryptogram_matches(
-            &key,
-            &[2u8; CHALLENGE_LEN],
-            "o-1",
-            1999,
-            7,
-            &c
-        ));
-        assert!(!cryptogram_matches(&key, &ch, "o-2", 1999, 7, &c));
-        assert!(!cryptogram_matches(&key, &ch, "o-1", 2000, 7, &c));
-        assert!(!cryptogram_matches(&key, &ch, "o-1", 1999, 8, &c));
-        assert!(!cryptogram_matches(&key, &ch, "o-1", 1999, 7, &c[..15]));
         let other = derive_card_key(&master(), "4000001234567891");
         assert!(!cryptogram_matches(&other, &ch, "o-1", 1999, 7, &c));
-        assert_eq!(cryptogram(&key, &ch, "", 1, 1), None);
-        assert_eq!(cryptogram(&key, &ch, &"x".repeat(129), 1, 1), None);
     }
 
     #[test]
@@ -237,7 +139,7 @@ mod tests {
         assert_eq!(key, derive_token_key(&master()));
         assert_eq!(format!("{key:?}"), "TokenKey(<secret>)");
         // Not a card key: another salt and info.
-        assert_ne!(key.0, derive_card_key(&master(), "token").0);
+        assert_ne!(&key.0, derive_card_key(&master(), "token").as_bytes());
         let a = card_token(&key, "4000001234567890");
         assert_eq!(a, card_token(&key, "4000001234567890"), "stable");
         assert!(is_card_token(&a), "{a}");
@@ -249,7 +151,7 @@ mod tests {
         // "token", 32 bytes), then HMAC-SHA256 over the ASCII number, lowercase hex (computed
         // independently with Python's hmac and hashlib).
         assert_eq!(
-            hex(&key.0),
+            hex::encode(key.0),
             "f52a69dc4673a0a2285b882055bbb3b9fec214fcc66897e98f112fa7fdff61dc"
         );
         assert_eq!(
@@ -259,10 +161,6 @@ mod tests {
         assert!(!is_card_token(&a.to_uppercase()));
         assert!(!is_card_token(&a[1..]));
         assert!(!is_card_token(""));
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// RFC 5869 test case 1 pins the KDF to the standard (HKDF-SHA256), independently of this

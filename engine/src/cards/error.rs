@@ -34,3 +34,12 @@ pub enum CardError {
     #[error("reader account {account} is not the holder of card {card}")]
     AccountMismatch { account: String, card: String },
 }
+
+impl From<onecard_protocol::PinError> for CardError {
+    fn from(e: onecard_protocol::PinError) -> CardError {
+        match e {
+            onecard_protocol::PinError::InvalidPin => CardError::InvalidPin,
+            onecard_protocol::PinError::Transport => CardError::PinTransport,
+        }
+    }
+}

@@ -1189,56 +1189,7 @@ fn refusals_in_an_old_window_do_not_count() {
 // ---------------------------------------------------------------------------------------------
 // PIN transport and storage
 
-#[test]
-fn an_encrypted_pin_round_trips_only_for_its_challenge() {
-    let mut rng = StdRng::seed_from_u64(3);
-    let node = random_secret_for_test(&mut rng);
-    let node_public = x25519_dalek::PublicKey::from(&node).to_bytes();
-    let challenge = [5u8; 16];
-    let enc = encrypt_pin(&node_public, &challenge, "123456", &mut rng).unwrap();
-    assert_eq!(enc.ciphertext.len(), 6 + 16);
-    assert!(!enc.ciphertext.windows(6).any(|w| w == b"123456"));
-    let pin = decrypt_pin(&node, &challenge, &enc).unwrap();
-    assert_eq!(pin.expose(), "123456");
-    assert_eq!(format!("{pin:?}"), "PinSecret(<secret>)");
-
-    // Two encryptions of the same PIN differ (fresh key pair and nonce).
-    let again = encrypt_pin(&node_public, &challenge, "123456", &mut rng).unwrap();
-    assert_ne!(enc.reader_public, again.reader_public);
-    assert_ne!(enc.ciphertext, again.ciphertext);
-
-    // Another challenge, another node key.
-    assert_eq!(
-        decrypt_pin(&node, &[6u8; 16], &enc).unwrap_err(),
-        CardError::PinTransport
-    );
-    let other = random_secret_for_test(&mut rng);
-    assert_eq!(
-        decrypt_pin(&other, &challenge, &enc).unwrap_err(),
-        CardError::PinTransport
-    );
-
-    // Bad PINs are refused before anything is sent.
-    for bad in ["123", "1234567890123", "12a4", "", "١٢٣٤"] {
-        assert_eq!(
-            encrypt_pin(&node_public, &challenge, bad, &mut rng).unwrap_err(),
-            CardError::InvalidPin,
-            "{bad:?}"
-        );
-    }
-    // A low-order node key would make the transport key public.
-    assert_eq!(
-        encrypt_pin(&[0u8; 32], &challenge, "1234", &mut rng).unwrap_err(),
-        CardError::PinTransport
-    );
-}
-
-fn random_secret_for_test(rng: &mut StdRng) -> x25519_dalek::StaticSecret {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rng.fill_bytes(&mut b);
-    x25519_dalek::StaticSecret::from(b)
-}
+// (The transport itself is tested in `onecard_protocol::pin`.)
 
 #[test]
 fn a_tampered_encrypted_pin_is_refused_and_not_counted() {

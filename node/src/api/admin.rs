@@ -74,7 +74,7 @@ pub async fn open_bank_account(
 }
 
 fn mask(s: &str) -> String {
-    onecard_terminal::mask(s)
+    onecard_protocol::mask_card_number(s)
 }
 
 pub async fn open_consumer(
@@ -426,7 +426,7 @@ pub async fn issue_card(
             &CardIssued {
                 holder,
                 card_last4: last4,
-                card_key: Some(onecard_terminal::wire::to_hex(key.as_bytes())),
+                card_key: Some(hex::encode(key.as_bytes())),
             },
         )
         .redacting(&["/card_key"]),

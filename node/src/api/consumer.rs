@@ -4,8 +4,10 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use onecard_engine::ledger::Order;
+use onecard_engine::query::OrderSummary;
 use onecard_engine::CommandResult;
+// The bank account is shown by its last four, with the one masking rule of the workspace.
+use onecard_protocol::mask_card_number as mask;
 use serde::{Deserialize, Serialize};
 
 use super::idem::Reply;
@@ -42,7 +44,7 @@ pub struct AccountView {
     pub open_orders: Vec<ConsumerOrder>,
 }
 
-fn order_json(node: &Node, o: &Order) -> ConsumerOrder {
+fn order_json(node: &Node, o: &OrderSummary) -> ConsumerOrder {
     let delivery_address = node
         .store
         .get::<Checkout>(&records::checkout_key(&o.id))
@@ -61,51 +63,37 @@ fn order_json(node: &Node, o: &Order) -> ConsumerOrder {
     }
 }
 
-fn mask(account: &str) -> String {
-    let n = account.chars().count();
-    let keep = n.min(4);
-    let mut s = "*".repeat(n - keep);
-    s.extend(account.chars().skip(n - keep));
-    s
-}
-
 pub async fn account(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let consumer = consumer_of(&node, &req)?;
-    let c =
-        node.engine.consumer(&consumer).await?.ok_or_else(|| {
-            ApiError::not_found("unknown_consumer", "the account no longer exists")
-        })?;
+    let c = node
+        .engine
+        .account_summary(&consumer)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_consumer", "the account no longer exists"))?;
     let bank = node
         .engine
         .bank_account_of(&consumer)?
         .unwrap_or_else(|| c.bank.clone());
-    let mut open: Vec<&Order> = c
-        .orders
-        .values()
-        .map(|o| &**o)
-        .filter(|o| o.state.is_open())
-        .collect();
-    open.sort_by_key(|o| o.placement);
     Ok(HttpResponse::Ok().json(AccountView {
         consumer: c.id.clone(),
         currency: node.currency.clone(),
         credit_limit: c.credit_limit.to_string(),
         reserved: c.reserved.to_string(),
-        available_credit: c.available_credit().to_string(),
+        available_credit: c.available_credit.to_string(),
         wallet: c.wallet.to_string(),
         wallet_cap: node.engine.rules().wallet_cap.to_string(),
         bank_account: mask(&bank),
-        open_orders: open.into_iter().map(|o| order_json(&node, o)).collect(),
+        open_orders: c.open_orders.iter().map(|o| order_json(&node, o)).collect(),
     }))
 }
 
 /// The consumer's own order, or 404.
-async fn own_order(node: &Node, consumer: &str, order: &str) -> Result<Order, ApiError> {
+async fn own_order(node: &Node, consumer: &str, order: &str) -> Result<OrderSummary, ApiError> {
     let unknown = || ApiError::not_found("unknown_order", format!("no order {order:?} of yours"));
     if node.engine.order_owner(order)?.as_deref() != Some(consumer) {
         return Err(unknown());
     }
-    node.engine.order(order).await?.ok_or_else(unknown)
+    node.engine.order_summary(order).await?.ok_or_else(unknown)
 }
 
 pub async fn order(

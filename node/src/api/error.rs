@@ -5,7 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use onecard_engine::{EngineError, Refusal, RefusalKind};
-use onecard_terminal::wire::{ErrorBody, ErrorDetail};
+use onecard_protocol::wire::{ErrorBody, ErrorDetail};
 
 use crate::store::StoreError;
 
@@ -153,6 +153,21 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %other, "engine error");
                 ApiError::internal(format!("the engine failed: {other}"))
             }
+        }
+    }
+}
+
+impl From<crate::app::AppError> for ApiError {
+    fn from(e: crate::app::AppError) -> ApiError {
+        use crate::app::AppError;
+        match e {
+            AppError::UnknownOrder(order) => {
+                ApiError::not_found("unknown_order", format!("no order {order:?}"))
+            }
+            AppError::OrderBusy => ApiError::conflict("order_busy", e.to_string()),
+            AppError::Engine(e) => e.into(),
+            AppError::Store(e) => e.into(),
+            AppError::Internal(m) => ApiError::internal(m),
         }
     }
 }

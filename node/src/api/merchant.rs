@@ -7,11 +7,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use onecard_engine::{Amount, OrderState, RefundRequest};
+use onecard_engine::{Amount, RefundRequest};
 use serde::{Deserialize, Serialize};
 
 use super::idem::Reply;
 use super::{merchant_of, parse_json, ApiError};
+use crate::app::{new_order_view, order_view, OrderView};
 use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
 use crate::state::{now_ms, Node};
 use crate::store::Write;
@@ -36,48 +37,6 @@ pub struct CreateOrder {
     pub digital: bool,
     #[serde(default)]
     pub reference: Option<String>,
-}
-
-/// The print status shown on an order.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PrintStatus {
-    /// `not_applicable` (digital goods: confirmed online), `no_printer`, `waiting_for_payment`,
-    /// `queued` (retrying while the printer is offline), `printed`.
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub printed_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reprints: Option<u32>,
-}
-
-/// An order as the merchant sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OrderView {
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
-    pub merchant: String,
-    pub amount: String,
-    pub currency: String,
-    pub items: Vec<Item>,
-    pub delivery: Delivery,
-    pub release: serde_json::Value,
-    pub digital: bool,
-    pub created_at: u64,
-    /// `awaiting_payment`, `pending`, `awaiting_funds`, `disputed`, `settled`, `cancelled`,
-    /// `expired`, `refused`.
-    pub state: String,
-    pub refunded: String,
-    /// Where the consumer's reader opens this checkout (the order id is the checkout
-    /// session's id).
-    pub checkout_path: String,
-    /// After this (unix seconds) an unpaid order can no longer be paid: it is `expired`.
-    pub checkout_expires_at: u64,
-    pub print: PrintStatus,
 }
 
 /// A text field: 1 to `max` characters (Unicode scalar values, as JSON Schema's `maxLength`
@@ -135,106 +94,6 @@ impl CreateOrder {
         onecard_engine::engine::parse_release(&self.release)
             .map_err(|r| ApiError::invalid(r.message))?;
         Ok(amount)
-    }
-}
-
-/// A checkout just created: nothing to look up (no order in the engine, no print job yet).
-fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
-    let has_printer = node
-        .merchants
-        .get(&c.merchant)
-        .map(|m| m.printer.is_some())
-        .unwrap_or(false);
-    OrderView {
-        id: c.order_id.clone(),
-        reference: c.reference.clone(),
-        merchant: c.merchant.clone(),
-        amount: Amount::from_cents(c.amount_cents).to_string(),
-        currency: c.currency.clone(),
-        items: c.items.clone(),
-        delivery: c.delivery.clone(),
-        release: c.release.clone(),
-        digital: c.digital,
-        created_at: c.created_at,
-        state: "awaiting_payment".into(),
-        refunded: Amount::ZERO.to_string(),
-        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
-        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
-        print: status(if c.digital {
-            "not_applicable"
-        } else if has_printer {
-            "waiting_for_payment"
-        } else {
-            "no_printer"
-        }),
-    }
-}
-
-/// What the merchant sees of an order now: the checkout, the engine's state, the print job.
-pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, ApiError> {
-    let placed = node.engine.order(&c.order_id).await?;
-    let (state, refunded) = match &placed {
-        Some(o) => (o.state.as_str().to_string(), o.refunded),
-        None if c.cancelled_at.is_some() => ("cancelled".to_string(), Amount::ZERO),
-        None if node.now() >= c.created_at.saturating_add(node.settings.checkout_ttl_secs) => {
-            ("expired".to_string(), Amount::ZERO)
-        }
-        None => ("awaiting_payment".to_string(), Amount::ZERO),
-    };
-    let merchant_has_printer = node
-        .merchants
-        .get(&c.merchant)
-        .map(|m| m.printer.is_some())
-        .unwrap_or(false);
-    let job = node
-        .store
-        .get::<PrintJob>(&records::print_job_key(&c.order_id))?;
-    let print = match (&job, c.digital) {
-        (_, true) => status("not_applicable"),
-        (Some(j), _) => PrintStatus {
-            status: match j.state {
-                PrintState::Queued => "queued",
-                PrintState::Printed => "printed",
-            }
-            .to_string(),
-            attempts: Some(j.attempts),
-            last_error: j.last_error.clone(),
-            printed_at: j.printed_at,
-            reprints: Some(j.reprints),
-        },
-        (None, false) if !merchant_has_printer => status("no_printer"),
-        (None, false) => match placed.as_ref().map(|o| o.state) {
-            // Placed and accepted: the outbox is about to queue the slip.
-            Some(s) if s != OrderState::Refused => status("queued"),
-            _ => status("waiting_for_payment"),
-        },
-    };
-    Ok(OrderView {
-        id: c.order_id.clone(),
-        reference: c.reference.clone(),
-        merchant: c.merchant.clone(),
-        amount: Amount::from_cents(c.amount_cents).to_string(),
-        currency: c.currency.clone(),
-        items: c.items.clone(),
-        delivery: c.delivery.clone(),
-        release: c.release.clone(),
-        digital: c.digital,
-        created_at: c.created_at,
-        state,
-        refunded: refunded.to_string(),
-        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
-        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
-        print,
-    })
-}
-
-fn status(s: &str) -> PrintStatus {
-    PrintStatus {
-        status: s.to_string(),
-        attempts: None,
-        last_error: None,
-        printed_at: None,
-        reprints: None,
     }
 }
 
@@ -385,28 +244,6 @@ pub async fn list_orders(
 }
 
 /// Claims an order against a concurrent payment or cancellation; released on drop.
-pub struct Busy<'a>(&'a Node, String);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.checkout_busy.remove(&self.1);
-    }
-}
-
-/// Waits (briefly) until nobody else is paying or cancelling this order.
-pub async fn claim_order<'a>(node: &'a Node, order: &str) -> Result<Busy<'a>, ApiError> {
-    for _ in 0..200 {
-        if node.checkout_busy.insert(order.to_string(), ()).is_none() {
-            return Ok(Busy(node, order.to_string()));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    Err(ApiError::conflict(
-        "order_busy",
-        "the order is being paid or cancelled right now; retry shortly",
-    ))
-}
-
 pub async fn cancel_order(
     req: HttpRequest,
     node: web::Data<Node>,
@@ -419,7 +256,7 @@ pub async fn cancel_order(
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
-    let _busy = claim_order(&node, &c.order_id).await?;
+    let _busy = node.order_locks.lock(&c.order_id).await?;
     let mut writes = Vec::new();
     if node.engine.order_owner(&c.order_id)?.is_some() {
         if let Err(r) = node.engine.cancel_order(&c.order_id, node.now()).await? {

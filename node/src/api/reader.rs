@@ -13,25 +13,19 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use onecard_engine::cards::{is_sign_in, AuthOutcome, Authorisation};
-use onecard_engine::{Amount, Outcome, PlaceOrder};
-use onecard_terminal::wire::{
-    self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, PlacedOrder, SessionBody,
-    SwipeAnswer, SwipeBody,
+use onecard_engine::cards::{is_sign_in, AuthOutcome};
+use onecard_engine::Amount;
+use onecard_protocol::wire::{
+    self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, SessionBody, SwipeAnswer,
+    SwipeBody,
 };
 
 use super::idem::{Idem, Reply};
-use super::merchant::{claim_order, order_view};
 use super::{parse_json, ApiError};
-use crate::records::{self, Checkout, Session};
+use crate::app::{checkout_of, order_view, place};
+use crate::records::{self, Session};
 use crate::state::Node;
 use crate::store::Write;
-
-fn checkout_of(node: &Node, order: &str) -> Result<Checkout, ApiError> {
-    node.store
-        .get::<Checkout>(&records::checkout_key(order))?
-        .ok_or_else(|| ApiError::not_found("unknown_order", format!("no order {order:?}")))
-}
 
 pub async fn checkout(
     node: web::Data<Node>,
@@ -100,7 +94,7 @@ pub async fn swipe(
     }
     let c = match checkout_of(&node, &s.order_id) {
         Ok(c) => c,
-        Err(e) => return idem.finish(Reply::error(&e)).await,
+        Err(e) => return idem.finish(Reply::error(&ApiError::from(e))).await,
     };
     if u64::try_from(c.amount_cents).ok() != Some(s.amount_cents) {
         let e = ApiError::invalid(format!(
@@ -236,75 +230,4 @@ async fn answer(
         .await?;
     node.outbox_wake.notify_one();
     Ok(response)
-}
-
-/// Step 4: places the authorised order in the consumer's virtual account. Idempotent by the
-/// order id: the outbox calls it again for every authorisation it finds in the journal, so an
-/// authorisation whose placement a crash interrupted is still placed.
-pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, ApiError> {
-    let c = checkout_of(node, &auth.order_id)?;
-    let _busy = claim_order(node, &c.order_id).await?;
-    let c = checkout_of(node, &auth.order_id)?;
-    if c.cancelled_at.is_some() {
-        return Ok(PlacedOrder {
-            id: c.order_id,
-            state: "cancelled".into(),
-            refusal: Some("refused:state".into()),
-        });
-    }
-    // A payment started (swiped) before the checkout expired may finish within a challenge's
-    // lifetime after it; later, nothing is placed, whatever the journal says was authorised.
-    let deadline = c
-        .created_at
-        .saturating_add(node.settings.checkout_ttl_secs)
-        .saturating_add(node.engine.rules().auth.challenge_ttl_secs);
-    if node.now() >= deadline && node.engine.order_owner(&c.order_id)?.is_none() {
-        return Ok(PlacedOrder {
-            id: c.order_id,
-            state: "expired".into(),
-            refusal: Some("refused:state".into()),
-        });
-    }
-    let amount = Amount::from_cents(c.amount_cents);
-    if u64::try_from(c.amount_cents).ok() != Some(auth.amount_cents) {
-        return Err(ApiError::internal(format!(
-            "authorised {} cents for order {} of {} cents",
-            auth.amount_cents, c.order_id, c.amount_cents
-        )));
-    }
-    let result = node
-        .engine
-        .place_order(
-            PlaceOrder {
-                id: c.order_id.clone(),
-                consumer: auth.account.clone(),
-                merchant: c.merchant.clone(),
-                amount: amount.to_string(),
-                release: c.release.clone(),
-            },
-            node.now(),
-        )
-        .await?;
-    Ok(match result {
-        Ok(Outcome::Settled) => PlacedOrder {
-            id: c.order_id,
-            state: "settled".into(),
-            refusal: None,
-        },
-        Ok(Outcome::AwaitingFunds) => PlacedOrder {
-            id: c.order_id,
-            state: "awaiting_funds".into(),
-            refusal: None,
-        },
-        Ok(_) => PlacedOrder {
-            id: c.order_id,
-            state: "pending".into(),
-            refusal: None,
-        },
-        Err(r) => PlacedOrder {
-            id: c.order_id,
-            state: "refused".into(),
-            refusal: Some(r.code_str()),
-        },
-    })
 }

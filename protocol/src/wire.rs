@@ -1,11 +1,13 @@
 //! The reader API's JSON bodies: what the reader program and the node exchange over HTTP
 //! (`/v1/reader/...`). Both sides use these types, so they cannot drift apart. Bytes travel as
-//! lowercase hex; amounts as decimal strings ("12.34") next to their cents.
+//! hex (the `hex` crate: sent in lower case; upper-case digits are accepted too, as
+//! docs/reader-protocol.md says); amounts as decimal strings ("12.34") next to their cents.
 
-use onecard_engine::cards::{
-    AuthOutcome, Authorisation, ChallengeIssued, EncryptedPin, Prompt, SwipeRefusal,
-};
 use serde::{Deserialize, Serialize};
+
+use crate::messages::{AuthOutcome, Authorisation, ChallengeIssued, SwipeRefusal};
+use crate::pin::EncryptedPin;
+use crate::prompt::Prompt;
 
 /// `GET /v1/reader/checkouts/{order_id}`: the checkout session as the reader shows it before
 /// the card is read (step 1 → 2).
@@ -149,36 +151,22 @@ pub struct ErrorDetail {
     pub request_id: Option<String>,
 }
 
-/// Lowercase hex of bytes.
+/// Lowercase hex of bytes: `hex::encode`, as a function of `&[u8]`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(bytes)
 }
 
-/// Bytes of hex text; `None` if it is not even-length hex.
+/// Bytes of hex text (either case); `None` if it is not even-length hex: `hex::decode`, with
+/// the error as `None`.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 == 1 {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    text.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    hex::decode(text).ok()
 }
 
+/// Exactly `N` bytes of hex text; `None` for anything else.
 fn fixed<const N: usize>(text: &str) -> Option<[u8; N]> {
-    from_hex(text)?.try_into().ok()
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
 }
 
 impl SwipeAnswer {
@@ -202,7 +190,7 @@ impl SwipeAnswer {
         }
     }
 
-    /// Back to the engine's types; `None` if the body is not one the node sends.
+    /// Back to the protocol's types; `None` if the body is not one the node sends.
     pub fn into_result(self) -> Option<Result<ChallengeIssued, SwipeRefusal>> {
         match self {
             SwipeAnswer::Challenge {
@@ -317,7 +305,7 @@ impl AuthAnswer {
         a
     }
 
-    /// Back to the engine's outcome; `None` if the body is not one the node sends.
+    /// Back to the protocol's outcome; `None` if the body is not one the node sends.
     pub fn to_outcome(&self) -> Option<AuthOutcome> {
         Some(match self.outcome.as_str() {
             "timed_out" => AuthOutcome::TimedOut,
@@ -372,8 +360,34 @@ mod tests {
         let bytes = [0u8, 1, 0xab, 0xff, 0x10];
         assert_eq!(to_hex(&bytes), "0001abff10");
         assert_eq!(from_hex("0001ABff10").unwrap(), bytes);
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("zz"), None);
+        assert_eq!(from_hex(""), Some(Vec::new()));
+        for bad in ["abc", "zz", "+f", " 0", "0x01", "é1"] {
+            assert_eq!(from_hex(bad), None, "{bad:?}");
+        }
+        assert_eq!(fixed::<2>("00ff"), Some([0, 255]));
+        assert_eq!(fixed::<2>("00FF"), Some([0, 255]));
+        assert_eq!(fixed::<2>("00ff00"), None);
+        assert_eq!(fixed::<2>("00f"), None);
+    }
+
+    #[test]
+    fn a_pin_body_of_the_wrong_sizes_is_no_pin() {
+        let pin = EncryptedPin {
+            reader_public: [1; 32],
+            nonce: [2; 12],
+            ciphertext: vec![3; 20],
+        };
+        let body = PinBody::of(&pin);
+        assert_eq!(body.to_pin(), Some(pin));
+        let mut short_key = body.clone();
+        short_key.reader_public.truncate(62);
+        assert_eq!(short_key.to_pin(), None);
+        let mut long_nonce = body.clone();
+        long_nonce.nonce.push_str("00");
+        assert_eq!(long_nonce.to_pin(), None);
+        let mut odd = body;
+        odd.ciphertext.push('0');
+        assert_eq!(odd.to_pin(), None);
     }
 
     #[test]

@@ -16,31 +16,26 @@
 //! - `onecard-terminal login --node URL --reader-id ID [--ca-cert FILE] [--reader NAME]` signs
 //!   in with card and PIN at this reader, nothing paid, and prints a session for the node's
 //!   consumer API (`session: TOKEN`).
-//! - `onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT]
-//!   [--reader NAME] [--wait-secs N]` runs the same authentication with the node in process, on
-//!   its data directory (the node's own store, with its keys from `ONECARD_ISSUER_KEY` /
-//!   `ONECARD_DATA_KEY`): for a machine with the node's store and no node running. Exit code 0
-//!   when authorised.
+//!
+//! The program runs on the consumer's machine and reaches the node only over its reader API: it
+//! carries the reader protocol (`onecard-protocol`) and nothing of the node (no engine, no
+//! store), so it cannot run the node in process.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use onecard_engine::{Amount, Engine, EngineConfig, SimBank, SimBankPort};
 use onecard_terminal::apdu;
 use onecard_terminal::channel::CardChannel;
 use onecard_terminal::console::TerminalConsole;
-use onecard_terminal::flow::{self, EngineLink, PaymentEnd, PaymentRequest};
+use onecard_terminal::flow::{self, PaymentEnd, PaymentRequest};
 use onecard_terminal::http_link::{HttpLink, LinkOptions};
 use onecard_terminal::pcsc_reader::{list_readers, PcscReader};
 
 const USAGE: &str = "usage: onecard-terminal readers
        onecard-terminal read-card [--reader NAME] [--wait-secs N]
        onecard-terminal pay --node URL --reader-id ID --order ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]
-       onecard-terminal login --node URL --reader-id ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]
-       onecard-terminal pay --node-data DIR --reader-id ID --order ID --amount A [--address TEXT] [--reader NAME] [--wait-secs N]";
+       onecard-terminal login --node URL --reader-id ID [--ca-cert FILE] [--reader NAME] [--wait-secs N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,11 +66,8 @@ struct Options {
     wait: Option<Duration>,
     node: Option<String>,
     ca_cert: Option<PathBuf>,
-    node_data: Option<PathBuf>,
     reader_id: Option<String>,
     order: Option<String>,
-    amount: Option<String>,
-    address: Option<String>,
 }
 
 fn options(args: &[String]) -> Result<Options, String> {
@@ -97,11 +89,8 @@ fn options(args: &[String]) -> Result<Options, String> {
             }
             "--node" => o.node = Some(value()?),
             "--ca-cert" => o.ca_cert = Some(PathBuf::from(value()?)),
-            "--node-data" => o.node_data = Some(PathBuf::from(value()?)),
             "--reader-id" => o.reader_id = Some(value()?),
             "--order" => o.order = Some(value()?),
-            "--amount" => o.amount = Some(value()?),
-            "--address" => o.address = Some(value()?),
             other => return Err(format!("unknown option {other:?}; {USAGE}")),
         }
     }
@@ -144,64 +133,6 @@ fn need(v: &Option<String>, name: &str) -> Result<String, String> {
     v.clone().ok_or_else(|| format!("missing {name}; {USAGE}"))
 }
 
-fn pay(o: &Options) -> Result<bool, String> {
-    if let Some(node) = &o.node {
-        return pay_over_http(o, node);
-    }
-    if o.ca_cert.is_some() {
-        return Err(format!("--ca-cert goes with --node; {USAGE}"));
-    }
-    let dir = o
-        .node_data
-        .clone()
-        .ok_or_else(|| format!("pay needs --node URL or --node-data DIR; {USAGE}"))?;
-    let amount = Amount::parse_positive(&need(&o.amount, "--amount")?)
-        .map_err(|e| format!("--amount: {e}"))?;
-    let request = PaymentRequest {
-        reader_id: need(&o.reader_id, "--reader-id")?,
-        order_id: need(&o.order, "--order")?,
-        amount_cents: u64::try_from(amount.cents()).map_err(|e| e.to_string())?,
-        delivery_address: o.address.clone().unwrap_or_default(),
-    };
-    let mut cfg = EngineConfig::default();
-    onecard_engine::config::secret_keys_from_env(&mut cfg, |v| std::env::var(v).ok())?;
-    let mut card = connect(o)?;
-    actix_rt::System::new().block_on(async move {
-        let bank = SimBank::open(&dir).map_err(|e| e.to_string())?;
-        let engine = Engine::open(&dir, cfg, Arc::new(SimBankPort(bank.clone())))
-            .await
-            .map_err(|e| format!("the node at {}: {e}", dir.display()))?;
-        let now = engine.clock();
-        let end = flow::pay(
-            &mut card,
-            &mut EngineLink {
-                engine: &engine,
-                peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                now,
-            },
-            &mut TerminalConsole::stdio(),
-            &request,
-            &mut rand::rngs::OsRng,
-        );
-        engine.close().await.map_err(|e| e.to_string())?;
-        bank.close();
-        Ok(match end {
-            PaymentEnd::Authorised(a) => {
-                println!(
-                    "authorised: order {} for {} from account {}",
-                    a.order_id, amount, a.account
-                );
-                true
-            }
-            PaymentEnd::Refused(_) => false,
-            PaymentEnd::Aborted { reason, .. } => {
-                eprintln!("onecard-terminal: {reason}");
-                false
-            }
-        })
-    })
-}
-
 fn link_to(o: &Options, node: &str) -> Result<HttpLink, String> {
     let mut opts = LinkOptions::default();
     if let Some(path) = &o.ca_cert {
@@ -211,6 +142,23 @@ fn link_to(o: &Options, node: &str) -> Result<HttpLink, String> {
     HttpLink::new(node, opts).map_err(|e| e.0)
 }
 
+/// Waits for the card in the reader and runs the payment's authentication (or a sign-in) at
+/// it, over `link`, on this terminal.
+fn at_the_reader(
+    o: &Options,
+    link: &mut HttpLink,
+    request: &PaymentRequest,
+) -> Result<PaymentEnd, String> {
+    let mut card = connect(o)?;
+    Ok(flow::pay(
+        &mut card,
+        link,
+        &mut TerminalConsole::stdio(),
+        request,
+        &mut rand::rngs::OsRng,
+    ))
+}
+
 /// `login --node URL`: card and PIN at this reader for a session of the node's consumer API
 /// (account, statement, receipts, codes); nothing is paid. Prints `session: TOKEN`.
 fn login(o: &Options) -> Result<bool, String> {
@@ -218,14 +166,7 @@ fn login(o: &Options) -> Result<bool, String> {
     let reader_id = need(&o.reader_id, "--reader-id")?;
     let mut link = link_to(o, &node)?;
     let request = PaymentRequest::sign_in(&reader_id, &mut rand::rngs::OsRng);
-    let mut card = connect(o)?;
-    let end = flow::pay(
-        &mut card,
-        &mut link,
-        &mut TerminalConsole::stdio(),
-        &request,
-        &mut rand::rngs::OsRng,
-    );
+    let end = at_the_reader(o, &mut link, &request)?;
     match end {
         PaymentEnd::Authorised(a) => {
             println!("signed in: account {}", a.account);
@@ -250,19 +191,12 @@ fn login(o: &Options) -> Result<bool, String> {
 }
 
 /// `pay --node URL`: the checkout, the payment and the placed order, through the node's reader
-/// API.
-fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
-    if o.node_data.is_some() {
-        return Err(format!("give --node or --node-data, not both; {USAGE}"));
-    }
-    if o.amount.is_some() || o.address.is_some() {
-        return Err(format!(
-            "with --node the amount and the delivery address are the node's: no --amount or --address; {USAGE}"
-        ));
-    }
+/// API. The amount and the delivery address are the checkout's, as the node has them.
+fn pay(o: &Options) -> Result<bool, String> {
+    let node = need(&o.node, "--node")?;
     let reader_id = need(&o.reader_id, "--reader-id")?;
     let order_id = need(&o.order, "--order")?;
-    let mut link = link_to(o, node)?;
+    let mut link = link_to(o, &node)?;
     let view = link.checkout(&order_id).map_err(|e| e.0)?;
     println!("checkout: order {}", view.order_id);
     println!("merchant: {}", view.merchant);
@@ -280,14 +214,7 @@ fn pay_over_http(o: &Options, node: &str) -> Result<bool, String> {
         amount_cents: view.amount_cents,
         delivery_address: view.delivery_address.clone(),
     };
-    let mut card = connect(o)?;
-    let end = flow::pay(
-        &mut card,
-        &mut link,
-        &mut TerminalConsole::stdio(),
-        &request,
-        &mut rand::rngs::OsRng,
-    );
+    let end = at_the_reader(o, &mut link, &request)?;
     match end {
         PaymentEnd::Authorised(a) => {
             println!(

@@ -1,0 +1,360 @@
+//! The node's application layer: what the HTTP handlers and the outbox do with orders, apart
+//! from HTTP. The checkout lookup, the order as a merchant sees it, one payment or
+//! cancellation of an order at a time ([`OrderLocks`]), and step 4 (placing an authorised
+//! order). The API's handlers (`api`) and the outbox both call down into it; it calls the
+//! engine and the node store, and knows nothing of requests and status codes ([`AppError`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use onecard_engine::cards::Authorisation;
+use onecard_engine::{Amount, EngineError, OrderState, Outcome, PlaceOrder};
+use onecard_protocol::wire::PlacedOrder;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
+use crate::state::Node;
+use crate::store::StoreError;
+
+/// Why an application operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no order {0:?}")]
+    UnknownOrder(String),
+    /// Another payment or cancellation of the order held it for longer than
+    /// [`ORDER_LOCK_WAIT`].
+    #[error("the order is being paid or cancelled right now; retry shortly")]
+    OrderBusy,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How long a payment or cancellation waits for another one of the same order.
+pub const ORDER_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// One lock per order in progress: a payment's placement and a cancellation of the same order
+/// take turns (fairly, in arrival order), without polling; the entry goes when nobody holds
+/// or waits for it.
+#[derive(Default)]
+pub struct OrderLocks {
+    locks: DashMap<String, Arc<Mutex<()>>>,
+}
+
+/// The order's lock, held until dropped.
+pub struct OrderGuard<'a> {
+    locks: &'a OrderLocks,
+    order: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl OrderLocks {
+    /// Waits (up to [`ORDER_LOCK_WAIT`]) until nobody else is paying or cancelling `order`.
+    pub async fn lock(&self, order: &str) -> Result<OrderGuard<'_>, AppError> {
+        self.lock_within(order, ORDER_LOCK_WAIT).await
+    }
+
+    async fn lock_within(&self, order: &str, wait: Duration) -> Result<OrderGuard<'_>, AppError> {
+        let mutex = self.locks.entry(order.to_string()).or_default().clone();
+        // Whatever happens next, the entry is cleaned up by the guard or here.
+        let mut pending = OrderGuard {
+            locks: self,
+            order: order.to_string(),
+            guard: None,
+        };
+        match tokio::time::timeout(wait, mutex.lock_owned()).await {
+            Ok(guard) => {
+                pending.guard = Some(guard);
+                Ok(pending)
+            }
+            Err(_) => Err(AppError::OrderBusy),
+        }
+    }
+
+    /// How many orders have a lock entry (held or waited for).
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        // Only the map holds the mutex now: nobody holds or waits for it.
+        self.locks
+            .locks
+            .remove_if(&self.order, |_, m| Arc::strong_count(m) == 1);
+    }
+}
+
+/// The checkout session of `order`.
+pub fn checkout_of(node: &Node, order: &str) -> Result<Checkout, AppError> {
+    node.store
+        .get::<Checkout>(&records::checkout_key(order))?
+        .ok_or_else(|| AppError::UnknownOrder(order.to_string()))
+}
+
+/// The print status shown on an order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrintStatus {
+    /// `not_applicable` (digital goods: confirmed online), `no_printer`, `waiting_for_payment`,
+    /// `queued` (retrying while the printer is offline), `printed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub printed_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reprints: Option<u32>,
+}
+
+/// An order as the merchant sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub merchant: String,
+    pub amount: String,
+    pub currency: String,
+    pub items: Vec<Item>,
+    pub delivery: Delivery,
+    pub release: serde_json::Value,
+    pub digital: bool,
+    pub created_at: u64,
+    /// `awaiting_payment`, `pending`, `awaiting_funds`, `disputed`, `settled`, `cancelled`,
+    /// `expired`, `refused`.
+    pub state: String,
+    pub refunded: String,
+    /// Where the consumer's reader opens this checkout (the order id is the checkout
+    /// session's id).
+    pub checkout_path: String,
+    /// After this (unix seconds) an unpaid order can no longer be paid: it is `expired`.
+    pub checkout_expires_at: u64,
+    pub print: PrintStatus,
+}
+
+/// A checkout just created: nothing to look up (no order in the engine, no print job yet).
+pub fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
+    let has_printer = node
+        .merchants
+        .get(&c.merchant)
+        .map(|m| m.printer.is_some())
+        .unwrap_or(false);
+    OrderView {
+        id: c.order_id.clone(),
+        reference: c.reference.clone(),
+        merchant: c.merchant.clone(),
+        amount: Amount::from_cents(c.amount_cents).to_string(),
+        currency: c.currency.clone(),
+        items: c.items.clone(),
+        delivery: c.delivery.clone(),
+        release: c.release.clone(),
+        digital: c.digital,
+        created_at: c.created_at,
+        state: "awaiting_payment".into(),
+        refunded: Amount::ZERO.to_string(),
+        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
+        print: status(if c.digital {
+            "not_applicable"
+        } else if has_printer {
+            "waiting_for_payment"
+        } else {
+            "no_printer"
+        }),
+    }
+}
+
+/// What the merchant sees of an order now: the checkout, the engine's state, the print job.
+pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, AppError> {
+    let placed = node.engine.order_summary(&c.order_id).await?;
+    let (state, refunded) = match &placed {
+        Some(o) => (o.state.as_str().to_string(), o.refunded),
+        None if c.cancelled_at.is_some() => ("cancelled".to_string(), Amount::ZERO),
+        None if node.now() >= c.created_at.saturating_add(node.settings.checkout_ttl_secs) => {
+            ("expired".to_string(), Amount::ZERO)
+        }
+        None => ("awaiting_payment".to_string(), Amount::ZERO),
+    };
+    let merchant_has_printer = node
+        .merchants
+        .get(&c.merchant)
+        .map(|m| m.printer.is_some())
+        .unwrap_or(false);
+    let job = node
+        .store
+        .get::<PrintJob>(&records::print_job_key(&c.order_id))?;
+    let print = match (&job, c.digital) {
+        (_, true) => status("not_applicable"),
+        (Some(j), _) => PrintStatus {
+            status: match j.state {
+                PrintState::Queued => "queued",
+                PrintState::Printed => "printed",
+            }
+            .to_string(),
+            attempts: Some(j.attempts),
+            last_error: j.last_error.clone(),
+            printed_at: j.printed_at,
+            reprints: Some(j.reprints),
+        },
+        (None, false) if !merchant_has_printer => status("no_printer"),
+        (None, false) => match placed.as_ref().map(|o| o.state) {
+            // Placed and accepted: the outbox is about to queue the slip.
+            Some(s) if s != OrderState::Refused => status("queued"),
+            _ => status("waiting_for_payment"),
+        },
+    };
+    Ok(OrderView {
+        id: c.order_id.clone(),
+        reference: c.reference.clone(),
+        merchant: c.merchant.clone(),
+        amount: Amount::from_cents(c.amount_cents).to_string(),
+        currency: c.currency.clone(),
+        items: c.items.clone(),
+        delivery: c.delivery.clone(),
+        release: c.release.clone(),
+        digital: c.digital,
+        created_at: c.created_at,
+        state,
+        refunded: refunded.to_string(),
+        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
+        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
+        print,
+    })
+}
+
+fn status(s: &str) -> PrintStatus {
+    PrintStatus {
+        status: s.to_string(),
+        attempts: None,
+        last_error: None,
+        printed_at: None,
+        reprints: None,
+    }
+}
+
+/// Step 4: places the authorised order in the consumer's virtual account. Idempotent by the
+/// order id: the outbox calls it again for every authorisation it finds in the journal, so an
+/// authorisation whose placement a crash interrupted is still placed.
+pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, AppError> {
+    let c = checkout_of(node, &auth.order_id)?;
+    let _busy = node.order_locks.lock(&c.order_id).await?;
+    let c = checkout_of(node, &auth.order_id)?;
+    if c.cancelled_at.is_some() {
+        return Ok(PlacedOrder {
+            id: c.order_id,
+            state: "cancelled".into(),
+            refusal: Some("refused:state".into()),
+        });
+    }
+    // A payment started (swiped) before the checkout expired may finish within a challenge's
+    // lifetime after it; later, nothing is placed, whatever the journal says was authorised.
+    let deadline = c
+        .created_at
+        .saturating_add(node.settings.checkout_ttl_secs)
+        .saturating_add(node.engine.rules().auth.challenge_ttl_secs);
+    if node.now() >= deadline && node.engine.order_owner(&c.order_id)?.is_none() {
+        return Ok(PlacedOrder {
+            id: c.order_id,
+            state: "expired".into(),
+            refusal: Some("refused:state".into()),
+        });
+    }
+    let amount = Amount::from_cents(c.amount_cents);
+    if u64::try_from(c.amount_cents).ok() != Some(auth.amount_cents) {
+        return Err(AppError::Internal(format!(
+            "authorised {} cents for order {} of {} cents",
+            auth.amount_cents, c.order_id, c.amount_cents
+        )));
+    }
+    let result = node
+        .engine
+        .place_order(
+            PlaceOrder {
+                id: c.order_id.clone(),
+                consumer: auth.account.clone(),
+                merchant: c.merchant.clone(),
+                amount: amount.to_string(),
+                release: c.release.clone(),
+            },
+            node.now(),
+        )
+        .await?;
+    Ok(match result {
+        Ok(Outcome::Settled) => PlacedOrder {
+            id: c.order_id,
+            state: "settled".into(),
+            refusal: None,
+        },
+        Ok(Outcome::AwaitingFunds) => PlacedOrder {
+            id: c.order_id,
+            state: "awaiting_funds".into(),
+            refusal: None,
+        },
+        Ok(_) => PlacedOrder {
+            id: c.order_id,
+            state: "pending".into(),
+            refusal: None,
+        },
+        Err(r) => PlacedOrder {
+            id: c.order_id,
+            state: "refused".into(),
+            refusal: Some(r.code_str()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_order_lock_is_taken_in_turn_without_polling_and_then_forgotten() {
+        let locks = Arc::new(OrderLocks::default());
+        let first = locks.lock("o-1").await.unwrap();
+        // Another order is not held up.
+        drop(locks.lock("o-2").await.unwrap());
+        // A second payer of o-1 waits for the first, and gets it as soon as it is let go.
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let _held = locks.lock("o-1").await.unwrap();
+                started.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "o-1 is held");
+        drop(first);
+        let waited = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(50));
+        assert!(locks.is_empty(), "nobody holds or waits: the entry is gone");
+    }
+
+    #[tokio::test]
+    async fn an_order_held_too_long_is_busy_and_nothing_is_left_behind() {
+        let locks = OrderLocks::default();
+        let held = locks.lock("o-1").await.unwrap();
+        let err = locks
+            .lock_within("o-1", Duration::from_millis(20))
+            .await
+            .err()
+            .expect("busy");
+        assert!(matches!(err, AppError::OrderBusy));
+        assert_eq!(locks.len(), 1, "still held");
+        drop(held);
+        assert!(locks.is_empty());
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Card payment load over HTTP: `onecard-sim pay` against a fresh `onecard serve` on loopback.
+#
+#   scripts/pay-load.sh [SECONDS] [READERS] [extra onecard-sim pay options…]
+#                                                      (defaults: 20 s, 64 readers)
+#
+# Builds the release binaries, starts `onecard serve` on a fresh data directory with its keys in
+# the environment, runs `onecard-sim pay` (each reader its own card, consumer and registration
+# on 127.0.0.0/8; every payment: order created by the merchant, checkout, swipe, card
+# cryptogram and encrypted PIN, address answer when asked, the placed order checked, then the
+# consumer's receipt), prints its report (the last line is JSON, with the node's CPU per
+# payment), then stops the node with SIGTERM. PERF=1 records the node with `perf record -g`
+# into pay-load.perf.data during the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+readers=${2:-64}
+shift $(( $# > 2 ? 2 : $# ))
+cargo build --release --quiet --workspace
+work=$(mktemp -d)
+trap 'kill $node 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export ONECARD_ADMIN_TOKEN="pay-admin-token-$(date +%s)"
+export ONECARD_ISSUER_KEY=$(python3 -c 'import os; print(os.urandom(32).hex())')
+export ONECARD_DATA_KEY=$(python3 -c 'import os; print(os.urandom(32).hex())')
+./target/release/onecard serve --listen 127.0.0.1:$port --data "$work/data" --config config.toml \
+  2>"$work/serve.log" &
+node=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
+recorder=
+if [ "${PERF:-0}" = 1 ]; then
+  (sleep 3; perf record -g -o pay-load.perf.data -p $node -- sleep $((secs - 4)) >/dev/null 2>&1) &
+  recorder=$!
+fi
+echo "==> onecard-sim pay --readers $readers --duration $secs $*"
+./target/release/onecard-sim pay --node "http://127.0.0.1:$port" --readers "$readers" \
+  --duration "$secs" --node-pid "$node" --json "$@"
+if [ -n "$recorder" ]; then wait "$recorder"; fi
+kill -TERM $node
+wait $node
+echo "==> node stopped cleanly (exit 0)"
