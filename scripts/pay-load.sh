@@ -33,10 +33,29 @@ if [ "${PERF:-0}" = 1 ]; then
   (sleep 3; perf record -g -o pay-load.perf.data -p $node -- sleep $((secs - 4)) >/dev/null 2>&1) &
   recorder=$!
 fi
+python3 - "$port" "$secs" >"$work/healthz.txt" <<'PY' &
+import http.client, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+time.sleep(2.0)  # past the simulator's set-up and warm-up
+lat, end = [], time.monotonic() + secs - 2.5
+while time.monotonic() < end:
+    t = time.monotonic()
+    conn.request("GET", "/healthz")
+    r = conn.getresponse(); r.read()
+    lat.append((time.monotonic() - t) * 1000)
+    time.sleep(max(0.0, 0.02 - (time.monotonic() - t)))
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"healthz during the run: {len(lat)} requests, p50 {q(0.5):.2f} ms, p99 {q(0.99):.2f} ms, max {lat[-1]:.2f} ms")
+PY
+probe=$!
 echo "==> onecard-sim pay --readers $readers --duration $secs $*"
 ./target/release/onecard-sim pay --node "http://127.0.0.1:$port" --readers "$readers" \
   --duration "$secs" --node-pid "$node" --json "$@"
 if [ -n "$recorder" ]; then wait "$recorder"; fi
+wait "$probe"
+echo "==> $(cat "$work/healthz.txt")"
 kill -TERM $node
 wait $node
 echo "==> node stopped cleanly (exit 0)"

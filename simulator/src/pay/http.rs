@@ -117,6 +117,8 @@ pub struct Conn {
     pub connects: u64,
     /// Requests sent so far.
     pub requests: u64,
+    /// Random, per connection: with `requests`, each POST's `Idempotency-Key`.
+    key_prefix: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -146,6 +148,7 @@ impl Conn {
             chunked_body: None,
             connects: 0,
             requests: 0,
+            key_prefix: rand::random(),
         }
     }
 
@@ -218,6 +221,15 @@ impl Conn {
             b"\r\nAccept: application/json\r\n",
         ] {
             out.extend_from_slice(part);
+        }
+        if method == "POST" {
+            // As the reference reader program and a careful merchant do: every POST can be
+            // retried safely, so the node stores each answer with its key (a real cost the load
+            // must include).
+            out.extend_from_slice(b"Idempotency-Key: ");
+            out.extend_from_slice(hex::encode(self.key_prefix.to_be_bytes()).as_bytes());
+            push_decimal(out, self.requests as usize);
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(token) = extra.bearer {
             out.extend_from_slice(b"Authorization: Bearer ");
