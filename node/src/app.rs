@@ -177,6 +177,14 @@ pub fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
     }
 }
 
+/// Whether the order can still be paid: not placed, not cancelled, not expired. The cheap
+/// question a swipe asks ([`order_view`] answers the full one).
+pub fn awaiting_payment(node: &Node, c: &Checkout) -> Result<bool, AppError> {
+    Ok(c.cancelled_at.is_none()
+        && node.now() < c.created_at.saturating_add(node.settings.checkout_ttl_secs)
+        && node.engine.order_owner(&c.order_id)?.is_none())
+}
+
 /// What the merchant sees of an order now: the checkout, the engine's state, the print job.
 pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, AppError> {
     let placed = node.engine.order_summary(&c.order_id).await?;
@@ -249,8 +257,8 @@ fn status(s: &str) -> PrintStatus {
 /// order id: the outbox calls it again for every authorisation it finds in the journal, so an
 /// authorisation whose placement a crash interrupted is still placed.
 pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, AppError> {
-    let c = checkout_of(node, &auth.order_id)?;
-    let _busy = node.order_locks.lock(&c.order_id).await?;
+    // Read under the order's lock: a cancellation may have just gone before.
+    let _busy = node.order_locks.lock(&auth.order_id).await?;
     let c = checkout_of(node, &auth.order_id)?;
     if c.cancelled_at.is_some() {
         return Ok(PlacedOrder {

@@ -22,7 +22,7 @@ use onecard_protocol::wire::{
 
 use super::idem::{Idem, Reply};
 use super::{parse_json, ApiError};
-use crate::app::{checkout_of, order_view, place};
+use crate::app::{awaiting_payment, checkout_of, order_view, place};
 use crate::records::{self, Session};
 use crate::state::Node;
 use crate::store::Write;
@@ -103,8 +103,8 @@ pub async fn swipe(
         ));
         return idem.finish(Reply::error(&e)).await;
     }
-    let state = order_view(&node, &c).await?.state;
-    if state != "awaiting_payment" {
+    if !awaiting_payment(&node, &c)? {
+        let state = order_view(&node, &c).await?.state;
         let e = ApiError::conflict(
             "order_not_payable",
             format!("the order is {state}; it cannot be paid"),
