@@ -29,22 +29,7 @@ fn add_bob(node: &NodeProc) -> CardKey {
         json!({"consumer": "bob", "credit_limit": "2000.00", "bank": BANK_BOB, "wallet": "0.00"}),
     );
     assert_eq!(a.status, 201, "{:?}", a.body);
-    let card = admin(
-        node,
-        "/v1/admin/cards",
-        json!({"number": CARD_BOB, "holder": "bob", "pin": PIN_BOB, "registered_address": HOME}),
-    );
-    assert_eq!(card.status, 201, "{:?}", card.body);
-    let reader = admin(
-        node,
-        "/v1/admin/readers",
-        json!({"id": "reader-bob", "owner": "bob", "card_number": CARD_BOB, "account": "bob", "network": "127.0.0.1"}),
-    );
-    assert_eq!(reader.status, 201, "{:?}", reader.body);
-    let key: [u8; 32] = hex::decode(card.body["card_key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let key = issue_card_with_reader(node, "bob", CARD_BOB, PIN_BOB, "reader-bob");
     CardKey::from_bytes(key)
 }
 

@@ -385,6 +385,19 @@ impl ConsumerState {
         }
     }
 
+    /// The orders open now (pending, awaiting funds, disputed), in placement order: what a
+    /// consumer record holds and what the consumer sees.
+    pub fn open_orders_by_placement(&self) -> Vec<&Order> {
+        let mut open: Vec<&Order> = self
+            .orders
+            .values()
+            .map(|o| &**o)
+            .filter(|o| o.state.is_open())
+            .collect();
+        open.sort_by_key(|o| o.placement);
+        open
+    }
+
     pub fn available_credit(&self) -> Amount {
         self.credit_limit
             .checked_sub(self.reserved)

@@ -47,13 +47,6 @@ pub struct AccountSummary {
 
 impl From<&ConsumerState> for AccountSummary {
     fn from(c: &ConsumerState) -> AccountSummary {
-        let mut open: Vec<&Order> = c
-            .orders
-            .values()
-            .map(|o| &**o)
-            .filter(|o| o.state.is_open())
-            .collect();
-        open.sort_by_key(|o| o.placement);
         AccountSummary {
             id: c.id.clone(),
             credit_limit: c.credit_limit,
@@ -61,7 +54,11 @@ impl From<&ConsumerState> for AccountSummary {
             available_credit: c.available_credit(),
             wallet: c.wallet,
             bank: c.bank.clone(),
-            open_orders: open.into_iter().map(OrderSummary::from).collect(),
+            open_orders: c
+                .open_orders_by_placement()
+                .into_iter()
+                .map(OrderSummary::from)
+                .collect(),
         }
     }
 }

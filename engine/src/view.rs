@@ -172,7 +172,7 @@ pub struct ConsumerRecord {
 
 impl ConsumerRecord {
     pub fn of(c: &ConsumerState) -> ConsumerRecord {
-        let open_orders = open_orders_by_placement(c).into_iter().cloned().collect();
+        let open_orders = c.open_orders_by_placement().into_iter().cloned().collect();
         ConsumerRecord {
             id: c.id.clone(),
             credit_limit: c.credit_limit,
@@ -232,21 +232,9 @@ struct ConsumerRecordRef<'a> {
     open_orders: Vec<&'a Order>,
 }
 
-/// The orders a consumer record holds: the open ones, in placement order.
-fn open_orders_by_placement(c: &ConsumerState) -> Vec<&Order> {
-    let mut open: Vec<&Order> = c
-        .orders
-        .values()
-        .map(|o| &**o)
-        .filter(|o| o.state.is_open())
-        .collect();
-    open.sort_by_key(|o| o.placement);
-    open
-}
-
 /// A consumer's record as the view stores it (a [`ConsumerRecord`], encoded).
 fn encoded_record(c: &ConsumerState) -> Vec<u8> {
-    let open_orders = open_orders_by_placement(c);
+    let open_orders = c.open_orders_by_placement();
     encode(&ConsumerRecordRef {
         id: &c.id,
         credit_limit: c.credit_limit,

@@ -286,20 +286,7 @@ pub fn setup(node: &NodeProc, printer: Option<&str>, webhook: Option<&str>) -> W
     }
     let merchant = admin(node, "/v1/admin/merchants", m);
     assert_eq!(merchant.status, 201, "{:?}", merchant.body);
-    let card = admin(
-        node,
-        "/v1/admin/cards",
-        json!({"number": CARD, "holder": "alice", "pin": PIN, "registered_address": HOME}),
-    );
-    assert_eq!(card.status, 201, "{:?}", card.body);
-    let reader = admin(
-        node,
-        "/v1/admin/readers",
-        json!({"id": "reader-alice", "owner": "alice", "card_number": CARD, "account": "alice", "network": "127.0.0.1"}),
-    );
-    assert_eq!(reader.status, 201, "{:?}", reader.body);
-    let key_hex = card.body["card_key"].as_str().unwrap();
-    let key: [u8; 32] = hex::decode(key_hex).unwrap().try_into().unwrap();
+    let key = issue_card_with_reader(node, "alice", CARD, PIN, "reader-alice");
     World {
         api_key: merchant.body["api_key"].as_str().unwrap().to_string(),
         webhook_secret: merchant.body["webhook_secret"]
@@ -309,6 +296,33 @@ pub fn setup(node: &NodeProc, printer: Option<&str>, webhook: Option<&str>) -> W
         card_key: key,
         reader_id: "reader-alice".into(),
     }
+}
+
+/// Issues `holder` a card with `pin` (registered address [`HOME`]) and registers its reader
+/// `reader_id` at 127.0.0.1; returns the card key the node gave for personalising the card.
+pub fn issue_card_with_reader(
+    node: &NodeProc,
+    holder: &str,
+    card: &str,
+    pin: &str,
+    reader_id: &str,
+) -> [u8; 32] {
+    let issued = admin(
+        node,
+        "/v1/admin/cards",
+        json!({"number": card, "holder": holder, "pin": pin, "registered_address": HOME}),
+    );
+    assert_eq!(issued.status, 201, "{:?}", issued.body);
+    let reader = admin(
+        node,
+        "/v1/admin/readers",
+        json!({"id": reader_id, "owner": holder, "card_number": card, "account": holder, "network": "127.0.0.1"}),
+    );
+    assert_eq!(reader.status, 201, "{:?}", reader.body);
+    hex::decode(issued.body["card_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 /// A merchant's order body.
