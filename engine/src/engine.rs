@@ -851,6 +851,12 @@ impl Engine {
             .collect())
     }
 
+    /// The records of the layer above, durable in this engine's journal
+    /// ([`crate::records`]).
+    pub fn records(&self) -> crate::records::RecordStore {
+        crate::records::RecordStore::new(self.shared.journal.clone(), self.shared.view.clone())
+    }
+
     /// The last durable record's sequence number.
     pub fn last_seq(&self) -> Result<u64, EngineError> {
         Ok(self.shared.journal.last_seq())

@@ -152,6 +152,17 @@ pub struct Submission {
     delta: Option<WriterDelta>,
 }
 
+impl Submission {
+    fn writes(view_writes: Vec<ViewWrite>) -> Submission {
+        Submission {
+            entry_bytes: None,
+            bank_ops: Vec::new(),
+            view_writes,
+            delta: None,
+        }
+    }
+}
+
 /// State outside the ledger that is made durable by the log's own records: the simulated
 /// bank, whose operations become durable in the record of the entry that names them.
 pub trait LogParticipant: Send + Sync + 'static {
@@ -357,6 +368,24 @@ impl JournalHandle {
             })
         });
         async move { Ok(submitted?.await?) }
+    }
+
+    /// Queues view writes with no entry (the upper layer's records, [`crate::records`]):
+    /// they go into the next record with everyone else's, and the future resolves once that
+    /// record is on disk and the writes are readable.
+    pub fn append_writes(
+        &self,
+        view_writes: Vec<ViewWrite>,
+    ) -> impl std::future::Future<Output = Result<u64, JournalError>> + 'static {
+        let done = self.writer.submit(Submission::writes(view_writes));
+        async move { Ok(done.await?) }
+    }
+
+    /// [`JournalHandle::append_writes`] for threads outside any async runtime.
+    pub fn append_writes_blocking(&self, view_writes: Vec<ViewWrite>) -> Result<u64, JournalError> {
+        Ok(self
+            .writer
+            .submit_blocking(Submission::writes(view_writes))?)
     }
 
     /// Whether bank operations are indexed in the view (`has_bank_op`), which only a bank

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod model;
 pub mod money;
 pub mod query;
+pub mod records;
 pub mod recovery;
 pub mod router;
 pub mod seal;

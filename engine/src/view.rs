@@ -26,6 +26,7 @@
 //! | `k` | [`ViewMeta`]: rules, clock, entries, last record | the journal writer |
 //! | `h` | the checkpoint's stamp: last record covered and its hash | the journal writer, after the sync |
 //! | `i` | the store id (as in the log's segment headers) | opening, once |
+//! | `x` record key | a record of the layer above ([`crate::records`]: the node's checkouts, idempotency records, sessions, queues), opaque to the engine | whoever commits it through [`crate::records::RecordStore`] |
 //!
 //! Each key is rewritten at random in sled when checkpointed, which costs far more than the
 //! log's sequential append, so a command writes as few keys as it can: the consumer record
@@ -57,6 +58,9 @@ const AUTHORISATION: u8 = b'z';
 const READER: u8 = b'q';
 const BANK_OP: u8 = b'o';
 const SIM_ACCOUNT: u8 = b's';
+/// The records of the layer above (see [`crate::records`]): kept in key order in the overlay,
+/// since they are scanned by prefix (queues, listings), and never interpreted here.
+pub(crate) const UPPER_RECORD: u8 = b'x';
 const META_KEY: &[u8] = b"k";
 /// The id of the store the checkpoint belongs to, the same as in the log's segment headers.
 const STORE_ID_KEY: &[u8] = b"i";
@@ -588,7 +592,80 @@ pub struct Overlay {
     record_cache_bytes: usize,
 }
 
-type Layer = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// The writes of the records since a checkpoint, a later write of a key replacing an earlier
+/// one (`None`: removed). The engine's keys are looked up one at a time, so they sit in a hash
+/// map; the upper layer's records (`x`) are scanned by prefix, so they sit in key order and a
+/// scan reads only its range.
+#[derive(Default)]
+pub struct Layer {
+    hashed: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ordered: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+type LayerEntry<'a> = (&'a Vec<u8>, &'a Option<Vec<u8>>);
+
+/// sled's side of a scan.
+type StoredScan<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+
+fn is_ordered_key(k: &[u8]) -> bool {
+    k.first() == Some(&UPPER_RECORD)
+}
+
+impl Layer {
+    pub fn get(&self, k: &[u8]) -> Option<&Option<Vec<u8>>> {
+        if is_ordered_key(k) {
+            self.ordered.get(k)
+        } else {
+            self.hashed.get(k)
+        }
+    }
+
+    fn set(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
+        if is_ordered_key(&k) {
+            self.ordered.insert(k, v);
+        } else {
+            self.hashed.insert(k, v);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashed.len() + self.ordered.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashed.is_empty() && self.ordered.is_empty()
+    }
+
+    /// Every key and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> {
+        self.hashed.iter().chain(self.ordered.iter())
+    }
+
+    /// The entries under `prefix` from `start` on (inclusive), in key order for the ordered
+    /// part; the hashed part is filtered whole (its prefixes are only scanned by checks).
+    fn under_from<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start: &'a [u8],
+    ) -> Box<dyn Iterator<Item = LayerEntry<'a>> + 'a> {
+        if is_ordered_key(prefix) {
+            Box::new(
+                self.ordered
+                    .range::<[u8], _>((
+                        std::ops::Bound::Included(start),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(move |(k, _)| k.starts_with(prefix)),
+            )
+        } else {
+            Box::new(
+                self.hashed
+                    .iter()
+                    .filter(move |(k, _)| k.starts_with(prefix) && k.as_slice() >= start),
+            )
+        }
+    }
+}
 
 #[derive(Default)]
 struct Layers {
@@ -622,7 +699,11 @@ impl RecordCache {
     /// lock: dropping half a million records takes a while).
     fn absorb(&mut self, layer: &Layer, budget: usize) -> Option<HashMap<Vec<u8>, Vec<u8>>> {
         let mut retired: Option<HashMap<Vec<u8>, Vec<u8>>> = None;
-        for (k, v) in layer.iter().filter(|(k, _)| k.first() == Some(&CONSUMER)) {
+        for (k, v) in layer
+            .hashed
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&CONSUMER))
+        {
             match v {
                 Some(v) => {
                     self.older.remove(k);
@@ -654,6 +735,14 @@ impl RecordCache {
         }
         retired
     }
+}
+
+/// A piece of the overlay's range for a scan: every entry before `resume` (all of them when
+/// `complete`), newest layer winning.
+struct OverlayChunk {
+    entries: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    resume: Option<Vec<u8>>,
+    complete: bool,
 }
 
 /// What a layer says about a key.
@@ -705,8 +794,8 @@ impl Overlay {
         let mut layers = self.layers.write();
         for w in writes {
             match w {
-                ViewWrite::Put(k, v) => layers.active.insert(k, Some(v)),
-                ViewWrite::Remove(k) => layers.active.insert(k, None),
+                ViewWrite::Put(k, v) => layers.active.set(k, Some(v)),
+                ViewWrite::Remove(k) => layers.active.set(k, None),
             };
         }
         layers.active_seq = seq;
@@ -751,19 +840,42 @@ impl Overlay {
         drop(retired);
     }
 
-    /// The entries under `prefix`, newest layer winning.
-    fn under(&self, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    /// The entries under `prefix` from `start` on (inclusive), newest layer winning, in key
+    /// order. For ordered keys at most `limit` keys of each layer are read, so a scan of a long
+    /// range copies it piece by piece (see [`StateView::scan_from`]); `complete` says whether
+    /// the range was read to its end.
+    fn under_from(&self, prefix: &[u8], start: &[u8], limit: usize) -> OverlayChunk {
         let layers = self.layers.read();
-        let mut out = BTreeMap::new();
-        if let Some((sealed, _)) = &layers.sealed {
-            for (k, v) in sealed.iter().filter(|(k, _)| k.starts_with(prefix)) {
-                out.insert(k.clone(), v.clone());
+        let mut entries = BTreeMap::new();
+        let mut complete = true;
+        let mut upto: Option<Vec<u8>> = None;
+        let layer_list = layers
+            .sealed
+            .as_ref()
+            .map(|(sealed, _)| sealed.as_ref())
+            .into_iter()
+            .chain(std::iter::once(&layers.active));
+        for layer in layer_list {
+            for (taken, (k, v)) in layer.under_from(prefix, start).enumerate() {
+                if is_ordered_key(prefix) && taken == limit {
+                    // This layer goes on past `k`: only keys before it are known to be whole.
+                    complete = false;
+                    if upto.as_ref().is_none_or(|u| k < u) {
+                        upto = Some(k.clone());
+                    }
+                    break;
+                }
+                entries.insert(k.clone(), v.clone());
             }
         }
-        for (k, v) in layers.active.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            out.insert(k.clone(), v.clone());
+        if let Some(u) = &upto {
+            entries.retain(|k, _| k < u);
         }
-        out
+        OverlayChunk {
+            entries,
+            resume: upto,
+            complete,
+        }
     }
 }
 
@@ -778,15 +890,15 @@ const CHECKPOINT_CHUNK: usize = 512;
 /// write of a record sets a key to a value, replaying over keys already written gives the
 /// same view. So the checkpoint need not be one atomic batch.
 pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Result<(), ViewError> {
-    let mut keys: Vec<&Vec<u8>> = layer
-        .keys()
-        .filter(|k| k.as_slice() != META_KEY && k.as_slice() != STAMP_KEY)
+    let mut writes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = layer
+        .iter()
+        .filter(|(k, _)| k.as_slice() != META_KEY && k.as_slice() != STAMP_KEY)
         .collect();
-    keys.sort_unstable();
-    for chunk in keys.chunks(CHECKPOINT_CHUNK) {
+    writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for chunk in writes.chunks(CHECKPOINT_CHUNK) {
         let mut batch = sled::Batch::default();
-        for k in chunk {
-            match &layer[*k] {
+        for (k, v) in chunk {
+            match v {
                 Some(v) => batch.insert(k.as_slice(), v.as_slice()),
                 None => batch.remove(k.as_slice()),
             }
@@ -888,6 +1000,65 @@ impl IdFilter {
 
 type Kv = (Vec<u8>, Vec<u8>);
 
+/// Keys of the overlay copied per piece of a scan.
+const SCAN_CHUNK: usize = 256;
+
+/// A scan of the view: the overlay's entries (a piece at a time) merged over sled's, the
+/// overlay winning on equal keys and its removals hiding sled's keys.
+struct MergedScan<'a> {
+    view: &'a StateView,
+    prefix: Vec<u8>,
+    changed: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<Vec<u8>>>>,
+    /// Where the overlay's next piece starts, while there may be one.
+    resume: Option<Vec<u8>>,
+    stored: std::iter::Peekable<StoredScan<'a>>,
+}
+
+impl Iterator for MergedScan<'_> {
+    type Item = Result<Kv, ViewError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.changed.peek().is_none() {
+                if let Some(from) = self.resume.take() {
+                    let chunk = self
+                        .view
+                        .overlay
+                        .under_from(&self.prefix, &from, SCAN_CHUNK);
+                    self.resume = if chunk.complete { None } else { chunk.resume };
+                    self.changed = chunk.entries.into_iter().peekable();
+                }
+            }
+            let next_stored = match self.stored.peek() {
+                None => None,
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                Some(Err(_)) => {
+                    let e = self.stored.next().and_then(|r| r.err())?;
+                    return Some(Err(self.view.failure.note("a scan of the view", e.into())));
+                }
+            };
+            let take_changed = match (self.changed.peek(), &next_stored) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ck, _)), Some(sk)) => ck.as_slice() <= sk.as_slice(),
+            };
+            if take_changed {
+                let (k, v) = self.changed.next()?;
+                if next_stored.as_deref() == Some(k.as_slice()) {
+                    self.stored.next();
+                }
+                match v {
+                    Some(v) => return Some(Ok((k, v))),
+                    None => continue,
+                }
+            }
+            let (k, v) = self.stored.next()?.ok()?;
+            return Some(Ok((k.to_vec(), v.to_vec())));
+        }
+    }
+}
+
 impl StateView {
     /// A view whose id filter is never ready (every id is looked up): for checks and tools.
     pub fn new(tree: sled::Tree, overlay: Arc<Overlay>) -> StateView {
@@ -926,36 +1097,31 @@ impl StateView {
 
     /// Every key under `prefix` in key order, the overlay merged over sled.
     fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
-        let mut changed = self.overlay.under(prefix).into_iter().peekable();
-        let mut stored = self.tree.scan_prefix(prefix).peekable();
-        std::iter::from_fn(move || loop {
-            let next_stored = match stored.peek() {
-                None => None,
-                Some(Ok((k, _))) => Some(k.to_vec()),
-                Some(Err(_)) => {
-                    let e = stored.next().and_then(|r| r.err())?;
-                    return Some(Err(self.failure.note("a scan of the view", e.into())));
-                }
-            };
-            let take_changed = match (changed.peek(), &next_stored) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((ck, _)), Some(sk)) => ck.as_slice() <= sk.as_slice(),
-            };
-            if take_changed {
-                let (k, v) = changed.next()?;
-                if next_stored.as_deref() == Some(k.as_slice()) {
-                    stored.next();
-                }
-                match v {
-                    Some(v) => return Some(Ok((k, v))),
-                    None => continue,
-                }
-            }
-            let (k, v) = stored.next()?.ok()?;
-            return Some(Ok((k.to_vec(), v.to_vec())));
-        })
+        self.scan_from(prefix.to_vec(), prefix.to_vec())
+    }
+
+    /// Every key under `prefix` from `start` on (inclusive), in key order, the overlay merged
+    /// over sled. The overlay's range is copied a piece at a time, so taking a few keys of a
+    /// long range costs a few keys. Not a snapshot: a key written during the scan may or may
+    /// not be seen, as with a scan of sled alone.
+    pub(crate) fn scan_from(
+        &self,
+        prefix: Vec<u8>,
+        start: Vec<u8>,
+    ) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
+        let stored_prefix = prefix.clone();
+        let stored: StoredScan<'_> =
+            Box::new(self.tree.range(start.clone()..).take_while(move |r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.starts_with(&stored_prefix))
+            }));
+        MergedScan {
+            view: self,
+            prefix,
+            changed: BTreeMap::new().into_iter().peekable(),
+            resume: Some(start),
+            stored: stored.peekable(),
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -1459,6 +1625,74 @@ mod tests {
     /// The overlay over a checkpoint: every read equals a plain map of the newest writes,
     /// whether the key is in the active layer, the sealed one, the record cache (both of its
     /// generations, across many swaps) or only sled.
+    /// A scan of the upper layer's records while a layer is sealed but not yet checkpointed,
+    /// the active layer overwrites and removes keys of it, and sled holds older values: every
+    /// key once, in order, with its newest value, whatever the piece size cuts.
+    #[test]
+    fn a_scan_across_sealed_active_and_sled_sees_each_key_once_with_its_newest_value() {
+        // (every n-th key in sled, in the sealed layer, put in the active one, removed there)
+        for (sled_step, sealed_step, put_mod, remove_mod) in
+            [(3, 2, 5, 7), (2, 3, 1, 11), (5, 1, 2, 3), (1, 1, 1, 13)]
+        {
+            scan_case(sled_step, sealed_step, put_mod, remove_mod);
+        }
+    }
+
+    fn scan_case(sled_step: usize, sealed_step: usize, put_mod: u32, remove_mod: u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("view").unwrap();
+        let overlay = Arc::new(Overlay::default());
+        let view = StateView::new(tree.clone(), overlay.clone());
+        let k = |n: u32| format!("xq/{n:05}").into_bytes();
+        let mut want: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        overlay.apply(
+            1,
+            (0..1_000)
+                .step_by(sled_step)
+                .map(|n| ViewWrite::Put(k(n), b"sled".to_vec())),
+        );
+        let (layer, _) = overlay.seal().unwrap();
+        write_checkpoint(&db, &tree, &layer).unwrap();
+        overlay.checkpointed();
+        for n in (0..1_000).step_by(sled_step) {
+            want.insert(k(n), b"sled".to_vec());
+        }
+        overlay.apply(
+            2,
+            (0..1_000)
+                .step_by(sealed_step)
+                .map(|n| ViewWrite::Put(k(n), b"sealed".to_vec())),
+        );
+        overlay.seal().unwrap();
+        for n in (0..1_000).step_by(sealed_step) {
+            want.insert(k(n), b"sealed".to_vec());
+        }
+        let mut writes = Vec::new();
+        for n in 0..1_000 {
+            if n % remove_mod == 0 {
+                writes.push(ViewWrite::Remove(k(n)));
+                want.remove(&k(n));
+            } else if n % put_mod == 0 {
+                writes.push(ViewWrite::Put(k(n), format!("active{n}").into_bytes()));
+                want.insert(k(n), format!("active{n}").into_bytes());
+            }
+        }
+        overlay.apply(3, writes);
+        let case = (sled_step, sealed_step, put_mod, remove_mod);
+        for start in [0u32, 1, 255, 256, 257, 511, 512, 999] {
+            let got: Vec<_> = view
+                .scan_from(b"xq/".to_vec(), k(start))
+                .map(|kv| kv.unwrap())
+                .collect();
+            let expected: Vec<_> = want
+                .range(k(start)..)
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect();
+            assert_eq!(got, expected, "case {case:?} from {start}");
+        }
+    }
+
     #[test]
     fn reads_through_the_record_cache_always_see_the_newest_checkpointed_value() {
         let dir = tempfile::tempdir().unwrap();

@@ -28,7 +28,6 @@
 //! `ledger_state()` equals the full replay (`report.state`), every acknowledged command is
 //! there, and the reopened engine can write, close and verify again.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -514,7 +513,7 @@ type Write = (Vec<u8>, Option<Vec<u8>>);
 /// on a scratch sled tree: the ones before its last batch, and its last batch (the trailing
 /// writes of the meta `k` and the stamp `h`). So the crash below cuts the checkpoint the
 /// engine's code writes, whatever its order.
-fn checkpoint_writes(layer: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> (Vec<Write>, Vec<Write>) {
+fn checkpoint_writes(layer: &view::Layer) -> (Vec<Write>, Vec<Write>) {
     const END: &[u8] = b"~end";
     let db = sled::Config::new().temporary(true).open().unwrap();
     let tree = db.open_tree("view").unwrap();
