@@ -828,27 +828,27 @@ impl Engine {
             .collect())
     }
 
-    /// The typed feed of what happened to orders and wallets after record `after`, at most
-    /// `max` records (`feed`): what followers outside the engine read instead of the ledger.
-    pub fn feed_after(
-        &self,
-        after: u64,
-        max: usize,
-    ) -> Result<Vec<crate::feed::FeedRecord>, EngineError> {
-        Ok(self
-            .shared
-            .journal
-            .records_after(after, max)?
-            .into_iter()
-            .map(|r| crate::feed::FeedRecord {
-                seq: r.seq,
-                entries: r
-                    .entries
-                    .into_iter()
-                    .map(crate::feed::FeedEntry::of)
-                    .collect(),
-            })
-            .collect())
+    /// The typed feed of what happened to orders and wallets after record `after`, reading at
+    /// most `max` records (`feed`): what followers outside the engine read instead of the
+    /// ledger.
+    pub fn feed_after(&self, after: u64, max: usize) -> Result<crate::feed::Feed, EngineError> {
+        let read = self.shared.journal.records_after(after, max)?;
+        let through = read.last().map_or(after, |r| r.seq);
+        Ok(crate::feed::Feed {
+            records: read
+                .into_iter()
+                .filter(|r| !r.entries.is_empty())
+                .map(|r| crate::feed::FeedRecord {
+                    seq: r.seq,
+                    entries: r
+                        .entries
+                        .into_iter()
+                        .map(crate::feed::FeedEntry::of)
+                        .collect(),
+                })
+                .collect(),
+            through,
+        })
     }
 
     /// The records of the layer above, durable in this engine's journal

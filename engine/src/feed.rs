@@ -13,6 +13,17 @@ use crate::ledger::{Entry, EventKind};
 use crate::model::{CommandResult, Secs};
 use crate::money::Amount;
 
+/// What a follower reads in one call: the records with entries, and how far it read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Feed {
+    /// The records read that hold entries, in order.
+    pub records: Vec<FeedRecord>,
+    /// The last record read (with or without entries): the follower's next cursor. Records
+    /// without entries (the upper layer's own records, the simulated bank's) are read past but
+    /// not handed out.
+    pub through: u64,
+}
+
 /// One journal record's worth of the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRecord {

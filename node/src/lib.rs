@@ -166,7 +166,7 @@ async fn run(
     let bank = SimBank::open(&data).map_err(|e| ServeError::Config(e.to_string()))?;
     let engine =
         Arc::new(Engine::open(&data, engine_cfg, Arc::new(SimBankPort(bank.clone()))).await?);
-    let store = NodeStore::open(&data.join("node"))?;
+    let store = NodeStore::open(engine.records(), &data.join("node"))?;
     let node = web::Data::new(Node::new(
         engine.clone(),
         store.clone(),
@@ -291,7 +291,7 @@ async fn run(
         let _ = webhooks.join();
     })
     .await;
-    store.close()?;
+    drop(store);
     drop(node);
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.close().await?,

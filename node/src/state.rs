@@ -10,7 +10,7 @@ use onecard_engine::{Engine, SimBank};
 use crate::metrics::Metrics;
 use crate::records::{self, MerchantProfile};
 use crate::settings::NodeSettings;
-use crate::store::{NodeStore, StoreError};
+use crate::store::{self, NodeStore, StoreError};
 
 pub struct Node {
     pub engine: Arc<Engine>,
@@ -31,6 +31,10 @@ pub struct Node {
     pub metrics: Metrics,
     /// Wakes the outbox when the journal has grown.
     pub outbox_wake: tokio::sync::Notify,
+    /// The last journal record the outbox has read (`u64::MAX` until it is loaded from the
+    /// durable cursor), and the last one the durable cursor names: see [`crate::outbox`].
+    pub outbox_read: std::sync::atomic::AtomicU64,
+    pub outbox_saved: std::sync::atomic::AtomicU64,
     /// Wakes the print and webhook workers when their queues have grown.
     pub work_wake: crate::workers::Wake,
     pub stopping: AtomicBool,
@@ -65,6 +69,8 @@ impl Node {
             order_locks: crate::app::OrderLocks::default(),
             metrics: Metrics::default(),
             outbox_wake: tokio::sync::Notify::new(),
+            outbox_read: std::sync::atomic::AtomicU64::new(u64::MAX),
+            outbox_saved: std::sync::atomic::AtomicU64::new(0),
             work_wake: crate::workers::Wake::default(),
             stopping: AtomicBool::new(false),
             session_sweep_from: parking_lot::Mutex::new(None),
@@ -122,7 +128,7 @@ async fn sweep<T: serde::de::DeserializeOwned>(
     let gone: Vec<crate::store::Write> = batch
         .into_iter()
         .filter(|(_, r)| expired(r))
-        .map(|(k, _)| crate::store::Write::remove(k))
+        .map(|(k, _)| store::remove(k))
         .collect();
     let n = gone.len();
     if n > 0 {

@@ -1,21 +1,24 @@
-//! The node's own durable store: checkout sessions, merchants' API settings, idempotency
-//! records, the print queue, webhook deliveries, consumer sessions and statements, and the
-//! outbox's cursor in the engine's journal.
+//! The node's own records: checkout sessions, merchants' API settings, idempotency records,
+//! the print queue, webhook deliveries, consumer sessions and statements, and the outbox's
+//! cursor in the engine's journal.
 //!
-//! Money never lives here: the engine's journal is the ledger. This store holds what the API
-//! needs around it, in its own sled database (`<data>/node`), written by OneCard's one
-//! group-commit writer (`onecard_storage::group_commit`): every [`NodeStore::commit`] is
-//! applied as one atomic sled batch together with whatever else is queued, flushed (fsync)
-//! once, and only then acknowledged. So an API answer that depends on
-//! a write is never sent before the write is on disk, and one flush serves many requests.
+//! Money never lives here: the engine's journal is the ledger. These records are what the API
+//! needs around it, and they are made durable by that same journal
+//! ([`onecard_engine::records`]): every [`NodeStore::commit`] rides in the next record of the
+//! engine's write-ahead log together with whatever else is queued (the engine's entries and
+//! other commits), one `fdatasync` for all of them, and resolves only once that record is on
+//! disk. So an API answer that depends on a write is never sent before the write is durable,
+//! and the node has one writer and one log, not two.
+//!
+//! A data directory written by an earlier version kept these records in a sled store of its
+//! own (`<data>/node`); opening imports it once into the journal and renames it to
+//! `<data>/node.imported`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use onecard_storage::group_commit::{
-    CommitError, GroupCommit, GroupCommitConfig, Sink, SinkFailure,
-};
+use onecard_engine::records::{RecordError, RecordStore, RecordWrite};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -23,124 +26,100 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("node store: {0}")]
-    Sled(#[from] sled::Error),
+    Records(#[from] RecordError),
     #[error("node store: record {key}: {message}")]
     Corrupt { key: String, message: String },
-    #[error("node store: {0}")]
-    Write(#[from] CommitError),
+    #[error("node store: importing the store of an earlier version ({dir}): {message}")]
+    Import { dir: String, message: String },
+}
+
+impl StoreError {
+    /// Whether a write failed because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Records(r) if r.is_disk_full())
+    }
 }
 
 /// One key set or removed.
-#[derive(Debug, Clone)]
-pub enum Write {
-    Put(Vec<u8>, Vec<u8>),
-    Remove(Vec<u8>),
+pub type Write = RecordWrite;
+
+/// A JSON record under a text key.
+pub fn json<T: Serialize>(key: impl Into<String>, value: &T) -> Write {
+    // Serialising our own plain data types to JSON cannot fail (no maps with non-string
+    // keys, no custom serialisers that error).
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    RecordWrite::Put(key.into().into_bytes(), bytes)
 }
 
-impl Write {
-    /// A JSON record under a text key.
-    pub fn json<T: Serialize>(key: impl Into<String>, value: &T) -> Write {
-        // Serialising our own plain data types to JSON cannot fail (no maps with non-string
-        // keys, no custom serialisers that error).
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        Write::Put(key.into().into_bytes(), bytes)
-    }
-
-    pub fn remove(key: impl Into<String>) -> Write {
-        Write::Remove(key.into().into_bytes())
-    }
-}
-
-/// The node store's side of the group-commit writer: one sled batch and one flush.
-struct StoreSink {
-    db: sled::Db,
-    stats: Arc<StoreStats>,
-}
-
-impl Sink for StoreSink {
-    type Item = Vec<Write>;
-    type Done = ();
-
-    fn commit(&mut self, pending: &mut Vec<Vec<Write>>) -> Result<(), SinkFailure> {
-        let mut batch = sled::Batch::default();
-        for w in pending.iter().flatten() {
-            match w {
-                Write::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
-                Write::Remove(k) => batch.remove(k.as_slice()),
-            }
-        }
-        let result = self
-            .db
-            .apply_batch(batch)
-            .and_then(|()| self.db.flush().map(|_| ()));
-        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                self.stats
-                    .commits
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "node store write failed");
-                Err(sled_failure(&e))
-            }
-        }
-    }
-
-    fn close(&mut self) {
-        let _ = self.db.flush();
-    }
-}
-
-fn sled_failure(e: &sled::Error) -> SinkFailure {
-    match e {
-        sled::Error::Io(io) if onecard_storage::is_disk_full(io) => {
-            SinkFailure::disk_full(e.to_string())
-        }
-        _ => SinkFailure::new(e.to_string()),
-    }
+/// The removal of a text key.
+pub fn remove(key: impl Into<String>) -> Write {
+    RecordWrite::Remove(key.into().into_bytes())
 }
 
 /// Counters for `/metrics`.
 #[derive(Default, Debug)]
 pub struct StoreStats {
     pub commits: AtomicU64,
-    pub flushes: AtomicU64,
 }
 
 /// The node store. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeStore {
-    db: sled::Db,
-    writer: GroupCommit<StoreSink>,
+    records: RecordStore,
     pub stats: Arc<StoreStats>,
 }
 
+/// Writes per commit when importing an earlier version's store.
+const IMPORT_CHUNK: usize = 4096;
+
 impl NodeStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<NodeStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    /// The store on the engine's journal; imports `legacy_dir` (an earlier version's sled
+    /// store) first if it exists, then renames it so that it is imported once.
+    pub fn open(records: RecordStore, legacy_dir: &Path) -> Result<NodeStore, StoreError> {
+        let store = NodeStore {
+            records,
+            stats: Arc::new(StoreStats::default()),
+        };
+        if legacy_dir.is_dir() {
+            store.import(legacy_dir)?;
+        }
+        Ok(store)
+    }
+
+    fn import(&self, dir: &Path) -> Result<(), StoreError> {
+        let failed = |message: String| StoreError::Import {
+            dir: dir.display().to_string(),
+            message,
+        };
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(64 << 20)
-            .open()?;
-        let stats = Arc::new(StoreStats::default());
-        let sink = StoreSink {
-            db: db.clone(),
-            stats: stats.clone(),
-        };
-        let writer = GroupCommit::start(
-            "node-store-writer",
-            sink,
-            GroupCommitConfig {
-                max_batch: 8192,
-                ..GroupCommitConfig::default()
-            },
-        )
-        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        Ok(NodeStore { db, writer, stats })
+            .open()
+            .map_err(|e| failed(e.to_string()))?;
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        let mut imported = 0usize;
+        for kv in db.iter() {
+            let (k, v) = kv.map_err(|e| failed(e.to_string()))?;
+            chunk.push(RecordWrite::Put(k.to_vec(), v.to_vec()));
+            if chunk.len() == IMPORT_CHUNK {
+                imported += chunk.len();
+                self.records.commit_blocking(std::mem::take(&mut chunk))?;
+            }
+        }
+        imported += chunk.len();
+        if !chunk.is_empty() {
+            self.records.commit_blocking(chunk)?;
+        }
+        drop(db);
+        let target = dir.with_extension("imported");
+        std::fs::rename(dir, &target).map_err(|e| failed(format!("renaming it: {e}")))?;
+        tracing::info!(records = imported, from = %dir.display(), to = %target.display(),
+            "imported the node store of an earlier version into the journal");
+        eprintln!(
+            "serve: imported {imported} node records from {} into the journal (the old store is kept as {})",
+            dir.display(),
+            target.display()
+        );
+        Ok(())
     }
 
     /// Applies `writes` atomically and resolves once they are on disk.
@@ -148,23 +127,30 @@ impl NodeStore {
         &self,
         writes: Vec<Write>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let done = self.writer.submit(writes);
-        async move { Ok(done.await?) }
+        let done = self.records.commit(writes);
+        let stats = self.stats.clone();
+        async move {
+            done.await?;
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
     }
 
     /// [`NodeStore::commit`] for threads outside any async runtime (the print and webhook
     /// workers).
     pub fn commit_blocking(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        Ok(self.writer.submit_blocking(writes)?)
+        self.records.commit_blocking(writes)?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    pub fn get_raw(&self, key: &str) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.db.get(key.as_bytes())?)
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.records.get(key.as_bytes())?)
     }
 
     /// A JSON record; a record that does not decode is an error, never a panic.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.db.get(key.as_bytes())? {
+        match self.get_raw(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -192,23 +178,26 @@ impl NodeStore {
             None => prefix.as_bytes().to_vec(),
         };
         let mut out = Vec::new();
-        for kv in self.db.range(start..) {
+        if limit == 0 {
+            return Ok(out);
+        }
+        for kv in self.records.scan_from(prefix.as_bytes(), &start) {
             let (k, v) = kv?;
-            if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                break;
-            }
             let key = String::from_utf8_lossy(&k).into_owned();
             let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 key: key.clone(),
                 message: e.to_string(),
             })?;
             out.push((key, value));
+            if out.len() >= limit {
+                break;
+            }
         }
         Ok(out)
     }
 
     /// The keys starting with `prefix`, in order, while `take` says so, at most `limit`; and
-    /// the first key `take` refused, if any. Values are not read.
+    /// the first key `take` refused, if any. Values are not decoded.
     pub fn keys_while(
         &self,
         prefix: &str,
@@ -216,11 +205,11 @@ impl NodeStore {
         mut take: impl FnMut(&str) -> bool,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(prefix.as_bytes()).keys() {
+        for kv in self.records.scan(prefix.as_bytes()) {
             if out.len() >= limit {
                 break;
             }
-            let key = String::from_utf8_lossy(&kv?).into_owned();
+            let key = String::from_utf8_lossy(&kv?.0).into_owned();
             if !take(&key) {
                 return Ok((out, Some(key)));
             }
@@ -231,55 +220,101 @@ impl NodeStore {
 
     /// How many keys start with `prefix`, counting up to `cap`.
     pub fn count_prefix(&self, prefix: &str, cap: usize) -> usize {
-        self.db
-            .scan_prefix(prefix.as_bytes())
-            .keys()
+        self.records
+            .scan(prefix.as_bytes())
             .take(cap)
+            .filter(|kv| kv.is_ok())
             .count()
-    }
-
-    /// Writes everything queued, stops the writer and flushes.
-    pub fn close(&self) -> Result<(), StoreError> {
-        self.writer.close();
-        self.db.flush()?;
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use onecard_engine::{Engine, EngineConfig, SimBank, SimBankPort};
+
+    async fn engine(dir: &Path) -> Engine {
+        let bank = SimBank::open(dir).unwrap();
+        Engine::open(dir, EngineConfig::default(), Arc::new(SimBankPort(bank)))
+            .await
+            .unwrap()
+    }
 
     #[test]
     fn committed_records_survive_a_reopen_and_scan_in_key_order() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = NodeStore::open(dir.path()).unwrap();
-            store
-                .commit_blocking(vec![
-                    Write::json("a/2", &2u32),
-                    Write::json("a/1", &1u32),
-                    Write::json("b/1", &9u32),
-                ])
-                .unwrap();
-            store.commit_blocking(vec![Write::remove("a/2")]).unwrap();
-            store.close().unwrap();
-        }
-        let store = NodeStore::open(dir.path()).unwrap();
-        let all: Vec<(String, u32)> = store.scan("a/", None, 10).unwrap();
-        assert_eq!(all, vec![("a/1".to_string(), 1)]);
-        assert_eq!(store.get::<u32>("b/1").unwrap(), Some(9));
-        let after: Vec<(String, u32)> = store.scan("a/", Some("a/1"), 10).unwrap();
-        assert!(after.is_empty());
+        actix_rt::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let engine = engine(dir.path()).await;
+                let store = NodeStore::open(engine.records(), &dir.path().join("node")).unwrap();
+                store
+                    .commit(vec![
+                        json("a/2", &2u32),
+                        json("a/1", &1u32),
+                        json("b/1", &9u32),
+                    ])
+                    .await
+                    .unwrap();
+                store.commit(vec![remove("a/2")]).await.unwrap();
+                engine.close().await.unwrap();
+            }
+            let engine = engine(dir.path()).await;
+            let store = NodeStore::open(engine.records(), &dir.path().join("node")).unwrap();
+            let all: Vec<(String, u32)> = store.scan("a/", None, 10).unwrap();
+            assert_eq!(all, vec![("a/1".to_string(), 1)]);
+            assert_eq!(store.get::<u32>("b/1").unwrap(), Some(9));
+            let after: Vec<(String, u32)> = store.scan("a/", Some("a/1"), 10).unwrap();
+            assert!(after.is_empty());
+            assert_eq!(store.count_prefix("", 10), 2);
+            engine.close().await.unwrap();
+        });
     }
 
     #[test]
     fn a_record_that_does_not_decode_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(dir.path()).unwrap();
-        store
-            .commit_blocking(vec![Write::Put(b"x".to_vec(), b"not json".to_vec())])
-            .unwrap();
-        assert!(store.get::<u32>("x").is_err());
+        actix_rt::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine(dir.path()).await;
+            let store = NodeStore::open(engine.records(), &dir.path().join("node")).unwrap();
+            store
+                .commit_blocking(vec![Write::Put(b"x".to_vec(), b"not json".to_vec())])
+                .unwrap();
+            assert!(store.get::<u32>("x").is_err());
+            engine.close().await.unwrap();
+        });
+    }
+
+    /// An earlier version's sled store is imported once, whole, and kept aside.
+    #[test]
+    fn the_store_of_an_earlier_version_is_imported_once() {
+        actix_rt::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let legacy = dir.path().join("node");
+            {
+                let db = sled::open(&legacy).unwrap();
+                for i in 0..5_000u32 {
+                    db.insert(format!("ck/ord_{i:05}"), serde_json::to_vec(&i).unwrap())
+                        .unwrap();
+                }
+                db.insert("outbox/cursor", b"42".to_vec()).unwrap();
+                db.flush().unwrap();
+            }
+            {
+                let engine = engine(dir.path()).await;
+                let store = NodeStore::open(engine.records(), &legacy).unwrap();
+                assert!(!legacy.exists(), "the old store is renamed");
+                assert!(dir.path().join("node.imported").is_dir());
+                assert_eq!(store.get::<u64>("outbox/cursor").unwrap(), Some(42));
+                assert_eq!(store.count_prefix("ck/", 10_000), 5_000);
+                store.commit(vec![remove("ck/ord_00000")]).await.unwrap();
+                engine.close().await.unwrap();
+            }
+            // Reopened: nothing imported again (the removal stays).
+            let engine = engine(dir.path()).await;
+            let store = NodeStore::open(engine.records(), &legacy).unwrap();
+            assert_eq!(store.count_prefix("ck/", 10_000), 4_999);
+            assert_eq!(store.get::<u32>("ck/ord_04999").unwrap(), Some(4_999));
+            engine.close().await.unwrap();
+        });
     }
 }

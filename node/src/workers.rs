@@ -26,7 +26,7 @@ use sha2::Sha256;
 
 use crate::records::{self, Checkout, DeliveryState, PrintJob, PrintState, WebhookDelivery};
 use crate::state::{now_ms, Node};
-use crate::store::Write;
+use crate::store::{self, Write};
 
 /// Wakes the workers when work was queued.
 #[derive(Default)]
@@ -170,7 +170,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
     let mut stale = Vec::new();
     for key in due {
         let Some((_, order)) = records::parse_queue_key(&key) else {
-            stale.push(Write::remove(key));
+            stale.push(store::remove(key));
             continue;
         };
         let job = node
@@ -179,7 +179,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
             .map_err(|e| e.to_string())?;
         let Some(job) = job.filter(|j| j.state == PrintState::Queued) else {
             // Printed or gone: not queued any more.
-            stale.push(Write::remove(key));
+            stale.push(store::remove(key));
             continue;
         };
         let Some(checkout) = node
@@ -188,7 +188,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
             .map_err(|e| e.to_string())?
         else {
             tracing::error!(order = %order, "a print job without its order: dropped from the queue");
-            stale.push(Write::remove(key));
+            stale.push(store::remove(key));
             continue;
         };
         by_printer
@@ -227,9 +227,9 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
 fn requeue_print(key: &str, job: &mut PrintJob, due_ms: u64) -> Vec<Write> {
     job.next_attempt_ms = due_ms;
     vec![
-        Write::remove(key.to_string()),
-        Write::json(records::print_queue_key(due_ms, &job.order_id), &()),
-        Write::json(records::print_job_key(&job.order_id), &*job),
+        store::remove(key.to_string()),
+        store::json(records::print_queue_key(due_ms, &job.order_id), &()),
+        store::json(records::print_job_key(&job.order_id), &*job),
     ]
 }
 
@@ -271,8 +271,8 @@ fn print_on_one_printer(node: &Node, jobs: &[DueSlip]) -> Result<Option<u64>, St
                 job.last_error = None;
                 node.store
                     .commit_blocking(vec![
-                        Write::remove(key.clone()),
-                        Write::json(records::print_job_key(order), &job),
+                        store::remove(key.clone()),
+                        store::json(records::print_job_key(order), &job),
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -388,7 +388,7 @@ fn webhook_pass(
     let mut moved = Vec::new();
     for key in due {
         let Some((_, event)) = records::parse_queue_key(&key) else {
-            moved.push(Write::remove(key));
+            moved.push(store::remove(key));
             continue;
         };
         let event = event.to_string();
@@ -401,15 +401,15 @@ fn webhook_pass(
             .map_err(|e| e.to_string())?
             .filter(|d| d.state == DeliveryState::Pending)
         else {
-            moved.push(Write::remove(key));
+            moved.push(store::remove(key));
             continue;
         };
         let open_until = circuits.lock().get(&d.merchant).copied();
         if let Some(until) = open_until.filter(|u| *u > now_ms()) {
             d.next_attempt_ms = until;
-            moved.push(Write::remove(key));
-            moved.push(Write::json(records::webhook_queue_key(until, &event), &()));
-            moved.push(Write::json(records::webhook_key(&event), &d));
+            moved.push(store::remove(key));
+            moved.push(store::json(records::webhook_queue_key(until, &event), &()));
+            moved.push(store::json(records::webhook_key(&event), &d));
             next_due = min_due(next_due, Some(until));
             continue;
         }
@@ -453,7 +453,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
         .filter(|d| d.state == DeliveryState::Pending)
     else {
         node.store
-            .commit_blocking(vec![Write::remove(key.to_string())])
+            .commit_blocking(vec![store::remove(key.to_string())])
             .map_err(|e| e.to_string())?;
         return Ok(Attempt::Nothing);
     };
@@ -469,8 +469,8 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
         d.state = DeliveryState::Abandoned;
         node.store
             .commit_blocking(vec![
-                Write::remove(key.to_string()),
-                Write::json(record_key, &d),
+                store::remove(key.to_string()),
+                store::json(record_key, &d),
             ])
             .map_err(|e| e.to_string())?;
         return Ok(Attempt::Nothing);
@@ -493,7 +493,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
         .set("OneCard-Signature", &signature(&secret, t, &d.payload))
         .send_string(&d.payload);
     d.attempts += 1;
-    let mut writes = vec![Write::remove(key.to_string())];
+    let mut writes = vec![store::remove(key.to_string())];
     let attempt = match result {
         Ok(r) if (200..300).contains(&r.status()) => {
             node.metrics.webhooks_ok.fetch_add(1, Ordering::Relaxed);
@@ -514,7 +514,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
             d.last_error = Some(e);
             d.next_attempt_ms =
                 now_ms() + backoff_ms(d.attempts, node.settings.webhook_retry_max_ms);
-            writes.push(Write::json(
+            writes.push(store::json(
                 records::webhook_queue_key(d.next_attempt_ms, event),
                 &(),
             ));
@@ -524,7 +524,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
             }
         }
     };
-    writes.push(Write::json(record_key, &d));
+    writes.push(store::json(record_key, &d));
     node.store
         .commit_blocking(writes)
         .map_err(|e| e.to_string())?;

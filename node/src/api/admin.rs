@@ -14,7 +14,7 @@ use super::merchant::validate_text;
 use super::{parse_json, require_admin, ApiError};
 use crate::records::{self, MerchantProfile};
 use crate::state::Node;
-use crate::store::Write;
+use crate::store::{self, Write};
 
 macro_rules! run {
     ($node:expr, $req:expr, $payload:expr, $ty:ty) => {{
@@ -170,16 +170,16 @@ async fn check_printer(p: String) -> Result<String, ApiError> {
 fn new_api_key(node: &Node, profile: &mut MerchantProfile) -> (String, Vec<Write>) {
     let api_key = format!("ock_{}", records::random_hex(24));
     let hash = records::sha256_hex(api_key.as_bytes());
-    let mut writes = vec![Write::json(records::api_key_hash_key(&hash), &profile.id)];
+    let mut writes = vec![store::json(records::api_key_hash_key(&hash), &profile.id)];
     let previous = node
         .merchants
         .get(&profile.id)
         .and_then(|m| m.api_key_sha256.clone());
     if let Some(old) = previous {
-        writes.push(Write::remove(records::api_key_hash_key(&old)));
+        writes.push(store::remove(records::api_key_hash_key(&old)));
     }
     profile.api_key_sha256 = Some(hash);
-    writes.push(Write::json(records::merchant_key(&profile.id), &*profile));
+    writes.push(store::json(records::merchant_key(&profile.id), &*profile));
     (api_key, writes)
 }
 
@@ -234,8 +234,8 @@ pub async fn open_merchant(
     };
     let (api_key, writes) = new_api_key(&node, &mut profile);
     let rollback = vec![
-        Write::remove(records::merchant_key(&b.id)),
-        Write::remove(records::api_key_key(&api_key)),
+        store::remove(records::merchant_key(&b.id)),
+        store::remove(records::api_key_key(&api_key)),
     ];
     node.store.commit(writes).await?;
     let opened = node
@@ -379,7 +379,7 @@ pub async fn update_merchant(
         webhook_url: profile.webhook_url.clone(),
         printer: profile.printer.clone(),
     };
-    let writes = vec![Write::json(records::merchant_key(&profile.id), &profile)];
+    let writes = vec![store::json(records::merchant_key(&profile.id), &profile)];
     let response = idem
         .finish(Reply::new(StatusCode::OK, &settings).with_writes(writes))
         .await?;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::ApiError;
 use crate::records::{self, IdemRecord};
 use crate::state::Node;
-use crate::store::Write;
+use crate::store::{self, Write};
 
 /// A request's answer and the writes that make it true.
 pub struct Reply {
@@ -134,7 +134,7 @@ impl<'a> Idem<'a> {
         let mut writes = reply.writes;
         if let Some((key, fingerprint)) = &self.claim {
             if reply.status.as_u16() < 500 && !is_validation_error(&reply.body) {
-                writes.push(Write::json(
+                writes.push(store::json(
                     key.clone(),
                     &IdemRecord {
                         fingerprint: fingerprint.clone(),

@@ -15,7 +15,7 @@ use super::{merchant_of, parse_json, ApiError};
 use crate::app::{new_order_view, order_view, OrderView};
 use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
 use crate::state::{now_ms, Node};
-use crate::store::Write;
+use crate::store;
 
 const MAX_ITEMS: usize = 100;
 
@@ -140,8 +140,8 @@ pub async fn create_order(
     };
     let view = new_order_view(&node, &checkout);
     let writes = vec![
-        Write::json(records::checkout_key(&checkout.order_id), &checkout),
-        Write::json(
+        store::json(records::checkout_key(&checkout.order_id), &checkout),
+        store::json(
             records::merchant_order_key(&merchant, &checkout.order_id),
             &(),
         ),
@@ -273,7 +273,7 @@ pub async fn cancel_order(
             return idem.finish(Reply::error(&e)).await;
         }
         c.cancelled_at = Some(node.now());
-        writes.push(Write::json(records::checkout_key(&c.order_id), &c));
+        writes.push(store::json(records::checkout_key(&c.order_id), &c));
         // The engine never saw this order, so the outbox will not tell the merchant: the
         // webhook goes in with the cancellation itself.
         writes.extend(crate::outbox::webhook_write(
@@ -403,11 +403,11 @@ pub async fn reprint(
     job.next_attempt_ms = now_ms();
     job.last_error = None;
     let writes = vec![
-        Write::json(
+        store::json(
             records::print_queue_key(job.next_attempt_ms, &job.order_id),
             &(),
         ),
-        Write::json(key, &job),
+        store::json(key, &job),
     ];
     let mut view = order_view(&node, &c).await?;
     view.print.status = "queued".into();

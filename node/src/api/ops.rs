@@ -96,9 +96,9 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             webhooks as f64,
         ),
         (
-            "onecard_node_store_flushes_total",
-            "Node store flushes (fsync) since start.",
-            node.store.stats.flushes.load(Ordering::Relaxed) as f64,
+            "onecard_node_store_commits_total",
+            "Node record commits since start (each rides in a journal record).",
+            node.store.stats.commits.load(Ordering::Relaxed) as f64,
         ),
     ];
     Ok(HttpResponse::Ok()

@@ -25,7 +25,7 @@ use super::{parse_json, ApiError};
 use crate::app::{awaiting_payment, checkout_of, order_view, place};
 use crate::records::{self, Session};
 use crate::state::Node;
-use crate::store::Write;
+use crate::store;
 
 pub async fn checkout(
     node: web::Data<Node>,
@@ -212,7 +212,7 @@ async fn answer(
         }
         let token = records::random_hex(32);
         let expires_at = node.now().saturating_add(node.settings.session_ttl_secs);
-        writes.push(Write::json(
+        writes.push(store::json(
             records::session_key(&token),
             &Session {
                 consumer: auth.account.clone(),
