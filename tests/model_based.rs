@@ -1905,6 +1905,14 @@ fn torn_bytes(torn: &Torn, next_seq: u64) -> Vec<u8> {
 /// record in its `{first_seq:020}.wal` name). Nothing when the segment is no more than a header
 /// (a segment being created: that case is the log's own). Says how many bytes were appended.
 fn append_to_last_segment(log: &Path, tail: &[u8]) -> Result<u64, String> {
+    // The log writes zeros ahead of its records; a torn write lands where the records end, on
+    // those zeros, not after them. Opening the log cuts them (and only them: the image holds
+    // every record the crashed engine synced), so the tail goes right after the last record and
+    // the engine's recovery cuts exactly the tail.
+    drop(
+        onecard_storage::wal::Wal::open(log, onecard_storage::wal::WalConfig::default(), None)
+            .map_err(|e| format!("open {}: {e}", log.display()))?,
+    );
     if tail.is_empty() {
         return Ok(0);
     }

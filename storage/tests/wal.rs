@@ -1132,6 +1132,7 @@ proptest! {
         flush_before_crash in any::<bool>(),
         cut in 0.0f64..=1.0,
         zeros in prop_oneof![3 => Just(0usize), 1 => 1usize..3000],
+        killed in any::<bool>(),
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("log");
@@ -1153,9 +1154,9 @@ proptest! {
                 Op::Sync => {
                     wal.sync().unwrap();
                     synced = payloads.len();
+                    // The records' end, not the file's: zeros are written ahead of them.
                     let last = segments(&dir).pop().unwrap();
-                    let len = fs::metadata(&last).unwrap().len();
-                    synced_at = Some((last, len));
+                    synced_at = Some((last, wal.synced_len()));
                 }
                 Op::Flush => wal.flush().unwrap(),
             }
@@ -1163,7 +1164,12 @@ proptest! {
         if flush_before_crash {
             wal.flush().unwrap();
         }
-        drop(wal);
+        if killed {
+            // SIGKILL: no destructor; the zeros written ahead of the records stay.
+            std::mem::forget(wal);
+        } else {
+            drop(wal);
+        }
 
         // The crash: the last segment keeps its durable part and some of the rest.
         let last = segments(&dir).pop().unwrap();
