@@ -1,5 +1,5 @@
 //! Checkpoint + tail = replay: a property test with checkpoints and crashes at random moments,
-//! including between the checkpoint's batches.
+//! including part-way through a checkpoint's writes.
 //!
 //! The real engine (actors, group-commit writer, log, checkpointer, simulated bank) runs random
 //! commands with checkpoints every few milliseconds or every few keys, so that they happen
@@ -15,14 +15,14 @@
 //!   delay: every command answered before the copy started must be in the copy, and the copy's
 //!   log must be a prefix of the original's.
 //!
-//! A crash *between a checkpoint's batches* cannot be timed from outside, so it is made at the
-//! view level: the crashed copy's sled view gets a prefix of the batches of a checkpoint of the
+//! A crash *part-way through a checkpoint* cannot be timed from outside, so it is made at the
+//! view level: the crashed copy's sled view gets a prefix of the writes of a checkpoint of the
 //! log's tail (a random number of the records after the one it covers), exactly as
 //! `view::write_checkpoint` writes them (its writes are recorded on a scratch sled tree: the
-//! sorted batches of 512, then the last batch, the meta `k` with the stamp `h`), and the crash
-//! comes before that last batch, as when the node dies after some batches. In the property
-//! test the prefix is cut at any write (a superset of what sled's atomic batches allow); a
-//! deterministic test cuts a checkpoint of more than 1,536 writes at each 512-write boundary.
+//! keys one by one in sorted order, then the last batch, the meta `k` with the stamp `h`), and
+//! the crash comes before that last batch, as when the node dies part-way. In the property test
+//! the prefix is cut at any write; a deterministic test cuts a checkpoint of more than 1,536
+//! writes at every 512th write.
 //!
 //! After each reopening: `verify` passes on the crashed copy, the reopened engine's
 //! `ledger_state()` equals the full replay (`report.state`), every acknowledged command is
@@ -44,7 +44,7 @@ use onecard_engine::{
 use proptest::prelude::*;
 use serde_json::json;
 
-/// The batch size of `view::write_checkpoint` (`CHECKPOINT_CHUNK`, private there).
+/// Where the deterministic test cuts a checkpoint: every this many writes.
 const CHECKPOINT_CHUNK: usize = 512;
 /// The view's meta key (rules, clock, entries, the last record covered), written last.
 const META_KEY: &[u8] = b"k";
@@ -583,8 +583,8 @@ impl std::fmt::Display for CutCheckpoint {
 /// `view::write_checkpoint` makes for a checkpoint of the log's records after the one the
 /// checkpoint in sled covers, up to a later record, and not its last batch. The layer is what
 /// the overlay holds for those records (each record's writes, then its stamp write `h`).
-/// `chunks`: cut at a batch boundary (that many batches of 512); else at the write `cut.keep`
-/// points to (a superset of what sled's atomic batches allow). None when the log has no
+/// `chunks`: cut after that many times 512 writes; else at the write `cut.keep` points to.
+/// None when the log has no
 /// record after the checkpoint.
 fn cut_checkpoint(dir: &Path, cut: Cut, chunks: Option<usize>) -> Option<CutCheckpoint> {
     let store = ViewStore::open(dir, None).expect("open the crashed view");
@@ -870,10 +870,10 @@ proptest! {
     }
 }
 
-/// A checkpoint of more than three 512-key batches, cut at every batch boundary (and at a
-/// record half-way through the tail): each reopens to exactly the state before the crash.
+/// A checkpoint of more than 1,536 writes, cut at every 512th write (and at a record half-way
+/// through the tail): each reopens to exactly the state before the crash.
 #[test]
-fn a_checkpoint_cut_between_its_512_key_batches_reopens_to_the_same_state() {
+fn a_checkpoint_cut_part_way_reopens_to_the_same_state() {
     const CONSUMERS: usize = 500;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
