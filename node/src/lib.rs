@@ -217,11 +217,12 @@ async fn run(
     };
     drop(shared);
 
-    // Two HTTP workers per core by default: a worker waiting on the store's group commit
-    // leaves its core to another, and the batches grow (BENCHMARKS.md: on 2 cores, 4 workers
-    // answered 21,300-22,700 order creations/s at 64 connections against 18,900-20,700 with 2).
+    // One HTTP worker per core by default. A worker waiting on a group commit serves its other
+    // connections meanwhile (the waits are futures), and more workers than cores only add
+    // thread switches: on 2 cores, 2 workers did 2,343-2,361 card payments/s against
+    // 2,160-2,216 with 4, and the same order creations (BENCHMARKS.md, 2026-12-06).
     let workers = if settings.workers == 0 {
-        2 * std::thread::available_parallelism()
+        std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     } else {
