@@ -34,7 +34,7 @@ echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 echo "==> wrk -t1 -c$conns -d${secs}s POST /v1/orders"
 ONECARD_API_KEY=$key ONECARD_RUN="run$$" wrk -t1 -c"$conns" -d"${secs}s" --latency \
   -s scripts/wrk-orders.lua "http://127.0.0.1:$port" | tee "$work/wrk.out"
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(orders_created_total|journal_batch|node_store_commits_total)' || true
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(orders_created_total|journal_batch_commits|journal_flushes_total|node_store_commits_total)' || true
 kill -TERM $node
 wait $node
 echo "==> node stopped cleanly (exit 0)"

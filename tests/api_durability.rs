@@ -350,7 +350,8 @@ fn metrics_counters_move_when_orders_are_created_and_settled() {
     for gauge in [
         "onecard_journal_records_total",
         "onecard_journal_entries_total",
-        "onecard_journal_batch_entries",
+        "onecard_journal_batch_commits",
+        "onecard_node_store_commits_total",
         "onecard_journal_flushes_total",
     ] {
         assert!(

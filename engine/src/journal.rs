@@ -135,6 +135,9 @@ impl Default for JournalConfig {
 pub struct JournalStats {
     pub records: AtomicU64,
     pub entries: AtomicU64,
+    /// Everything written: entries, the upper layer's record commits, the simulated bank's
+    /// own records (commits / records is the group commit's batch size).
+    pub commits: AtomicU64,
     /// Syncs of the log (one per record).
     pub flushes: AtomicU64,
     /// Time spent encoding, appending and syncing, in microseconds.
@@ -285,6 +288,9 @@ impl Sink for LogSink {
             batch.iter().filter(|s| s.entry_bytes.is_some()).count() as u64,
             Ordering::Relaxed,
         );
+        stats
+            .commits
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         stats
             .write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -15,7 +15,7 @@ pub struct NodeSettings {
     /// only on a loopback address.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// HTTP worker threads; 0 = two per core.
+    /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
     /// Largest request body accepted; a larger one gets 413.
     pub max_body_bytes: usize,

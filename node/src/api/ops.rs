@@ -52,10 +52,11 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             entries,
         ),
         (
-            "onecard_journal_batch_entries",
-            "Mean entries per journal record since start (the group-commit batch size).",
+            "onecard_journal_batch_commits",
+            "Mean commits (engine entries and node record commits) per journal record since \
+             start: the group commit's batch size.",
             if records > 0.0 {
-                entries / records
+                j.commits.load(Ordering::Relaxed) as f64 / records
             } else {
                 0.0
             },
