@@ -30,7 +30,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && 
 echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
 recorder=
 if [ "${PERF:-0}" = 1 ]; then
-  (sleep 3; perf record -g -o pay-load.perf.data -p $node -- sleep $((secs - 4)) >/dev/null 2>&1) &
+  (sleep 3; perf record ${PERF_ARGS:--g} -o pay-load.perf.data -p $node -- sleep $((secs - 4)) >/dev/null 2>&1) &
   recorder=$!
 fi
 python3 - "$port" "$secs" >"$work/healthz.txt" <<'PY' &

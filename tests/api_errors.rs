@@ -491,6 +491,21 @@ fn the_same_key_replays_the_answer_and_a_different_request_is_refused() {
     assert_eq!(orders(&node, &shop).len(), 1);
     assert_eq!(orders(&node, &other).len(), 1);
 
+    // The replay is the answer as it was given, whatever happened to the order since (it is
+    // rebuilt from the checkout, not stored whole).
+    let cancelled = post(
+        &node,
+        &format!("/v1/orders/{id}/cancel"),
+        &shop,
+        Some("cancel-order-1"),
+        &json!({}),
+    );
+    assert!(cancelled.status / 100 == 2, "{:?}", cancelled.body);
+    assert_eq!(order_state(&node, &shop, &id), "cancelled");
+    let after_cancel = post(&node, "/v1/orders", &shop, Some("order-1"), &body);
+    assert!(after_cancel.replayed);
+    assert_eq!(after_cancel.body, first.body);
+
     // A body that does not validate ran nothing: its answer is not stored, so the caller can
     // fix the body and retry with the same key.
     let zero = order_body("0", false);

@@ -979,6 +979,28 @@ impl<'a> PayloadReader<'a> {
         Ok(())
     }
 
+    /// Checks the writes' framing without copying them (what the feed needs).
+    fn skip_writes(&mut self) -> Result<(), String> {
+        let count = self.u32()?;
+        for _ in 0..count {
+            let tag = self.take(1)?[0];
+            let klen = self.u32()?;
+            self.take(klen)?;
+            match tag {
+                0 => {
+                    let vlen = self.u32()?;
+                    self.take(vlen)?;
+                }
+                1 => {}
+                t => return Err(format!("unknown write tag {t}")),
+            }
+        }
+        if !self.rest.is_empty() {
+            return Err(format!("{} stray bytes after the writes", self.rest.len()));
+        }
+        Ok(())
+    }
+
     fn writes(&mut self) -> Result<Vec<ViewWrite>, String> {
         let count = self.u32()?;
         let mut writes = Vec::with_capacity(count.min(65_536));
@@ -1015,7 +1037,7 @@ pub fn decode_record(
     };
     let mut r = PayloadReader { rest: payload };
     let entries = r.entries().map_err(corrupt)?;
-    r.writes().map_err(corrupt)?;
+    r.skip_writes().map_err(corrupt)?;
     Ok(DecodedRecord {
         seq,
         prev_hash,

@@ -14,7 +14,7 @@ use onecard_protocol::wire::PlacedOrder;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
+use crate::records::{self, Checkout, Delivery, Item, NewOrderAnswer, PrintJob, PrintState};
 use crate::state::Node;
 use crate::store::StoreError;
 
@@ -145,13 +145,31 @@ pub struct OrderView {
     pub print: PrintStatus,
 }
 
-/// A checkout just created: nothing to look up (no order in the engine, no print job yet).
-pub fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
+/// What a checkout just created answers beyond the checkout itself (see
+/// [`order_view_as_created`]).
+pub fn new_order_answer(node: &Node, c: &Checkout) -> NewOrderAnswer {
     let has_printer = node
         .merchants
         .get(&c.merchant)
         .map(|m| m.printer.is_some())
         .unwrap_or(false);
+    NewOrderAnswer {
+        order: c.order_id.clone(),
+        print: if c.digital {
+            "not_applicable"
+        } else if has_printer {
+            "waiting_for_payment"
+        } else {
+            "no_printer"
+        }
+        .into(),
+        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
+    }
+}
+
+/// The order as its creation answered it: nothing to look up (no order in the engine, no
+/// print job yet), the same bytes whenever it is rebuilt (an idempotent replay).
+pub fn order_view_as_created(c: &Checkout, created: &NewOrderAnswer) -> OrderView {
     OrderView {
         id: c.order_id.clone(),
         reference: c.reference.clone(),
@@ -166,14 +184,8 @@ pub fn new_order_view(node: &Node, c: &Checkout) -> OrderView {
         state: "awaiting_payment".into(),
         refunded: Amount::ZERO.to_string(),
         checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
-        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
-        print: status(if c.digital {
-            "not_applicable"
-        } else if has_printer {
-            "waiting_for_payment"
-        } else {
-            "no_printer"
-        }),
+        checkout_expires_at: created.checkout_expires_at,
+        print: status(&created.print),
     }
 }
 

@@ -167,10 +167,25 @@ pub struct IdemRecord {
     /// SHA-256 of method, path and body.
     pub fingerprint: String,
     pub status: u16,
+    /// The answer; null when `new_order` says how to rebuild it.
+    #[serde(default)]
     pub body: serde_json::Value,
+    /// An order creation's answer in a few fields: with the checkout (written in the same
+    /// commit, never removed) it rebuilds the answer exactly, so the record does not hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_order: Option<NewOrderAnswer>,
     /// When it was stored (unix seconds); swept after `[node] idempotency_ttl_secs`.
     #[serde(default)]
     pub at: u64,
+}
+
+/// What an order creation answered beyond its checkout: the print status and the payment
+/// deadline, which depend on settings that may change later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrderAnswer {
+    pub order: String,
+    pub print: String,
+    pub checkout_expires_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

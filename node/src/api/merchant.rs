@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idem::Reply;
 use super::{merchant_of, parse_json, ApiError};
-use crate::app::{new_order_view, order_view, OrderView};
+use crate::app::{new_order_answer, order_view, order_view_as_created, OrderView};
 use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
 use crate::state::{now_ms, Node};
 use crate::store;
@@ -138,7 +138,8 @@ pub async fn create_order(
         created_at: now_ms / 1000,
         cancelled_at: None,
     };
-    let view = new_order_view(&node, &checkout);
+    let created = new_order_answer(&node, &checkout);
+    let view = order_view_as_created(&checkout, &created);
     let writes = vec![
         store::json(records::checkout_key(&checkout.order_id), &checkout),
         store::json(
@@ -146,7 +147,9 @@ pub async fn create_order(
             &(),
         ),
     ];
-    let reply = Reply::new(StatusCode::CREATED, &view).with_writes(writes);
+    let reply = Reply::new(StatusCode::CREATED, &view)
+        .with_writes(writes)
+        .replayed_as_created(created);
     let response = idem.finish(reply).await?;
     node.metrics
         .orders_created
