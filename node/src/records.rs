@@ -99,9 +99,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A random token of `bytes` random bytes, hex.
+///
+/// From the thread's CSPRNG (`rand::thread_rng`: ChaCha, seeded and reseeded from the OS),
+/// not a `getrandom` system call per id: ids and tokens are drawn for every request.
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
     hex::encode(b)
 }
 

@@ -137,7 +137,7 @@ macro_rules! routes {
         /// path, and a 405 with `Allow` for any other method.
         pub fn configure(cfg: &mut web::ServiceConfig) {
             $(
-                let resource = web::resource($path);
+                let resource = web::resource($path).app_data(RoutePattern($path));
                 $( let resource = add_route!(resource, $method, $handler); )+
                 cfg.service(
                     resource
@@ -259,6 +259,9 @@ pub fn valid_request_id(id: &str) -> bool {
 /// invalid one is refused with 400 `invalid_request_id` before the route runs (nothing is
 /// done), under a fresh id: a settlement node does not quietly log a request under another id
 /// than the one its caller will quote.
+/// The route table's pattern of a resource, kept in its data for the request log and metrics.
+struct RoutePattern(&'static str);
+
 pub async fn request_log(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -281,11 +284,16 @@ pub async fn request_log(
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     // A label from a closed set: a client cannot grow the metrics with made-up methods.
-    let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
         _ => "OTHER",
-    }
-    .to_string();
+    };
     let node = req.app_data::<web::Data<Node>>().cloned();
     let mut res = match refused {
         Some(why) => {
@@ -297,17 +305,19 @@ pub async fn request_log(
     if res.status().as_u16() >= 400 {
         res = with_request_id_in_error(res, &id).await;
     }
+    // The matched resource's pattern, from its data: `match_pattern` would run the router's
+    // regexes a second time.
     let route = res
         .request()
-        .match_pattern()
-        .unwrap_or_else(|| "(none)".to_string());
+        .app_data::<RoutePattern>()
+        .map_or("(none)", |p| p.0);
     let status = res.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
     if let Some(node) = node {
-        node.metrics.request(&route, &method, status, secs);
+        node.metrics.request(route, method, status, secs);
     }
     tracing::info!(request_id = %id, %method, %route, status, micros = (secs * 1e6) as u64, "request");
     Ok(res)
