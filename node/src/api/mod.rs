@@ -136,21 +136,28 @@ macro_rules! routes {
         /// Registers every route of [`ROUTES`], HEAD wherever there is GET, OPTIONS on every
         /// path, and a 405 with `Allow` for any other method.
         pub fn configure(cfg: &mut web::ServiceConfig) {
-            $(
-                let resource = web::resource($path).app_data(RoutePattern($path));
-                $( let resource = add_route!(resource, $method, $handler); )+
-                cfg.service(
-                    resource
-                        .route(
-                            web::route()
-                                .method(Method::OPTIONS)
-                                .to(|| async { options($path) }),
-                        )
-                        .default_service(web::to(|req: HttpRequest| async move {
-                            method_not_allowed(req, $path)
-                        })),
-                );
-            )*
+            // Paths without segments first: actix tries resources in the order they were
+            // registered, and a fixed path is a string comparison where a path with segments
+            // runs a regex. No fixed path here is also matched by a path with segments.
+            for with_segments in [false, true] {
+                $(
+                    if $path.contains('{') == with_segments {
+                        let resource = web::resource($path).app_data(RoutePattern($path));
+                        $( let resource = add_route!(resource, $method, $handler); )+
+                        cfg.service(
+                            resource
+                                .route(
+                                    web::route()
+                                        .method(Method::OPTIONS)
+                                        .to(|| async { options($path) }),
+                                )
+                                .default_service(web::to(|req: HttpRequest| async move {
+                                    method_not_allowed(req, $path)
+                                })),
+                        );
+                    }
+                )*
+            }
         }
     };
 }
@@ -562,4 +569,32 @@ pub fn consumer_of(node: &Node, req: &HttpRequest) -> Result<String, ApiError> {
 /// A JSON answer.
 pub fn json(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
     HttpResponse::build(status).json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `configure` registers fixed paths before paths with segments; that is only the same
+    /// routing if no path with segments also matches a fixed path.
+    #[test]
+    fn no_path_with_segments_matches_a_fixed_path() {
+        let fixed: Vec<&str> = ROUTES
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !p.contains('{'))
+            .collect();
+        for (_, pattern) in ROUTES.iter().filter(|(_, p)| p.contains('{')) {
+            let def = actix_web::dev::ResourceDef::new(*pattern);
+            for path in &fixed {
+                assert!(
+                    !def.is_match(path),
+                    "{pattern} matches the fixed path {path}"
+                );
+            }
+        }
+        // The check can fail: a pattern with a segment does match a path of its shape.
+        let def = actix_web::dev::ResourceDef::new("/v1/orders/{order}");
+        assert!(def.is_match("/v1/orders/cancel"));
+    }
 }
