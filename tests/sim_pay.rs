@@ -163,3 +163,43 @@ fn simulated_readers_pay_and_the_node_counts_the_same_payments() {
         }
     }
 }
+
+/// `--rate` paces the readers: never more payments than were due, however fast the node is,
+/// and the report says the rate it was paced at.
+#[test]
+fn a_paced_run_makes_no_more_payments_than_were_due() {
+    let sim = onecard_sim();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let (readers, rate, duration, warmup) = (4.0, 20.0, 2.0, 0.5);
+    let out = Command::new(&sim)
+        .args(["pay", "--node", &node.base, "--json"])
+        .args([
+            "--readers",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ])
+        .args(["--wrong-pin-share", "0", "--foreign-reader-share", "0"])
+        .env("ONECARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("onecard-sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {stdout}"));
+    assert!(out.status.success(), "{v:#}");
+    assert_eq!(v["rate"].as_f64(), Some(rate), "{v:#}");
+    let payments = n(&v, "/payments") as f64;
+    let all = n(&v, "/totals/payments") as f64;
+    assert!(payments > 0.0, "{v:#}");
+    // Due in the whole run: one per reader at the start, then `rate` a second; a payment
+    // due before the end may finish after it.
+    let due = readers + rate * (warmup + duration);
+    assert!(all <= due, "{all} payments, {due} were due: {v:#}");
+    assert!(payments <= rate * duration + readers, "{v:#}");
+}

@@ -411,6 +411,13 @@ pub struct PayArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Payments per second in all, paced: each reader starts one every readers/RATE seconds
+    /// (staggered), and a payment's latency counts from when it was due, so a node that falls
+    /// behind shows it in the latency (no coordinated omission). Default: as fast as the node
+    /// answers.
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+
     /// Merchants; reader i buys from merchant i mod M.
     #[arg(long, value_name = "M", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use crate::options::PayArgs;
 use crate::stats::{process_cpu_secs, Percentiles};
 use http::Conn;
-use reader::{Clock, Plan, Reader};
+use reader::{Clock, Pace, Plan, Reader};
 use setup::SetupConfig;
 use tally::{Latencies, Step, Tally};
 
@@ -229,7 +229,18 @@ fn run(args: &PayArgs) -> Result<Report, PayError> {
         let now = Instant::now();
         let measure_from = now + Duration::from_secs_f64(args.warmup);
         let end = measure_from + Duration::from_secs_f64(args.duration);
-        clock.set(Clock { measure_from, end }).expect("set once");
+        let pace = args.rate.map(|rate| Pace {
+            origin: now,
+            every: Duration::from_secs_f64(args.readers as f64 / rate),
+            readers: args.readers as usize,
+        });
+        clock
+            .set(Clock {
+                measure_from,
+                end,
+                pace,
+            })
+            .expect("set once");
         go.wait();
         if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             for h in handles {
@@ -280,6 +291,7 @@ fn run(args: &PayArgs) -> Result<Report, PayError> {
         node: args.node.clone(),
         run: world.run,
         readers: n,
+        rate: args.rate,
         threads,
         merchants: world.merchants.len(),
         seed: args.seed,
@@ -357,6 +369,8 @@ struct Report {
     node: String,
     run: String,
     readers: usize,
+    /// `--rate`, when paced.
+    rate: Option<f64>,
     threads: usize,
     merchants: usize,
     seed: u64,
@@ -406,6 +420,7 @@ impl Report {
             "node": self.node,
             "run": self.run,
             "readers": self.readers,
+            "rate": self.rate,
             "threads": self.threads,
             "merchants": self.merchants,
             "seed": self.seed,
@@ -465,6 +480,12 @@ impl Report {
             "onecard-sim pay: run {} against {}: {} readers, {} merchants, {:.1} s measured after {} s of warm-up",
             self.run, self.node, self.readers, self.merchants, self.measured_secs, self.warmup_secs
         );
+        if let Some(rate) = self.rate {
+            let _ = writeln!(
+                s,
+                "paced at {rate} payments/s in all; a payment's latency counts from when it was due"
+            );
+        }
         let pay = self.latencies.percentiles(Step::Payment);
         let _ = writeln!(
             s,

@@ -88,6 +88,25 @@ pub struct Plan {
 pub struct Clock {
     pub measure_from: Instant,
     pub end: Instant,
+    /// With `--rate`: when the payments are due. Reader i's first is due at `origin` plus
+    /// i/readers of `every`, and each next one `every` later.
+    pub pace: Option<Pace>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub origin: Instant,
+    pub every: Duration,
+    pub readers: usize,
+}
+
+impl Pace {
+    fn first_due(&self, reader: usize) -> Instant {
+        self.origin
+            + self
+                .every
+                .mul_f64(reader as f64 / self.readers.max(1) as f64)
+    }
 }
 
 /// The window in which the node counts a reader's refused swipes is 60 s from the first one;
@@ -322,17 +341,31 @@ impl Reader {
         latencies: &Latencies,
         done: &AtomicU64,
     ) -> (Tally, Instant) {
+        let mut next_due = clock.pace.map(|p| p.first_due(self.spec.index));
         loop {
+            // Paced: wait until the payment is due, and time it from then.
+            let due = match (next_due.as_mut(), clock.pace) {
+                (Some(next), Some(pace)) => {
+                    let due = *next;
+                    *next += pace.every;
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        actix_rt::time::sleep(wait).await;
+                    }
+                    due
+                }
+                _ => Instant::now(),
+            };
             let started = Instant::now();
             if started >= clock.end {
                 break;
             }
-            let measured = started >= clock.measure_from;
+            let measured = due >= clock.measure_from;
             self.net.times.clear();
             match self.payment(started).await {
                 Ok(placed) => {
                     if measured {
-                        self.net.times.push((Step::Payment, started.elapsed()));
+                        self.net.times.push((Step::Payment, due.elapsed()));
                         self.tally.payments += 1;
                         if placed.asked_address {
                             self.tally.address_confirmations += 1;
