@@ -95,7 +95,8 @@ pub fn parse_release(v: &serde_json::Value) -> Result<Release, Refusal> {
 
 /// Checks an id or a name from outside: non-empty, bounded, printable.
 pub(crate) fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control()) {
+    // Characters, not bytes, as the API's schema says (`maxLength` counts characters).
+    if id.is_empty() || id.chars().count() > 128 || id.chars().any(|c| c.is_control()) {
         return Err(Refusal::invalid(format!(
             "{what} {id:?} must be 1 to 128 characters with no control characters"
         )));
@@ -159,5 +160,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_id_is_limited_in_characters_not_bytes() {
+        let wide = "é".repeat(128);
+        assert_eq!(wide.len(), 256);
+        assert!(check_id("order", &wide).is_ok());
+        assert!(check_id("order", &"é".repeat(129)).is_err());
+        assert!(check_id("order", &"a".repeat(128)).is_ok());
+        assert!(check_id("order", &"a".repeat(129)).is_err());
+        assert!(check_id("order", "").is_err());
+        assert!(check_id("order", "a\u{7}b").is_err());
     }
 }
