@@ -338,7 +338,9 @@ impl Demo {
             delivery_address: holder.address.clone(),
             delivery_phone: holder.delivery_phone.clone(),
             items: demo_items(merchant),
-            release: release_words(release),
+            release: onecard_engine::engine::parse_release(release)
+                .map(|r| release_words(&r))
+                .map_err(|r| r.message)?,
         };
         let bytes = slip.to_escpos();
         let printer = &shop.printer;

@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use onecard_engine::cards::Authorisation;
-use onecard_engine::{Amount, EngineError, OrderState, Outcome, PlaceOrder};
+use onecard_engine::commands::PlaceCmd;
+use onecard_engine::{Amount, EngineError, OrderState, Outcome};
 use onecard_protocol::wire::PlacedOrder;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::records::{self, Checkout, Delivery, Item, NewOrderAnswer, PrintJob, PrintState};
+use crate::records::{
+    self, Checkout, Delivery, Item, NewOrderAnswer, PrintJob, PrintState, ReleaseJson,
+};
 use crate::state::Node;
 use crate::store::StoreError;
 
@@ -130,7 +133,7 @@ pub struct OrderView {
     pub currency: String,
     pub items: Vec<Item>,
     pub delivery: Delivery,
-    pub release: serde_json::Value,
+    pub release: ReleaseJson,
     pub digital: bool,
     pub created_at: u64,
     /// `awaiting_payment`, `pending`, `awaiting_funds`, `disputed`, `settled`, `cancelled`,
@@ -301,13 +304,13 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
     }
     let result = node
         .engine
-        .place_order(
-            PlaceOrder {
+        .place(
+            PlaceCmd {
                 id: c.order_id.clone(),
                 consumer: auth.account.clone(),
                 merchant: c.merchant.clone(),
-                amount: amount.to_string(),
-                release: c.release.clone(),
+                amount,
+                release: c.release.0.clone(),
             },
             node.now(),
         )

@@ -139,13 +139,43 @@ pub struct Checkout {
     pub currency: String,
     pub items: Vec<Item>,
     pub delivery: Delivery,
-    /// The release condition in the engine's form (`{"on":"receipt"}`, …).
-    pub release: serde_json::Value,
+    /// The release condition, typed; stored in the API's form (`{"on":"receipt"}`, …).
+    pub release: ReleaseJson,
     pub digital: bool,
     /// Unix seconds.
     pub created_at: u64,
     /// Cancelled by the merchant before it was paid.
     pub cancelled_at: Option<u64>,
+}
+
+/// A release condition, typed, in the API's JSON form on the wire and in the store:
+/// `{"on":"receipt"}`, `{"on":"code","code":"…"}`, `{"on":"time","after_secs":…}`. A stored
+/// form that does not parse is an error when the record is read, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub struct ReleaseJson(pub onecard_engine::Release);
+
+impl TryFrom<serde_json::Value> for ReleaseJson {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        onecard_engine::engine::parse_release(&v)
+            .map(ReleaseJson)
+            .map_err(|r| r.message)
+    }
+}
+
+impl From<ReleaseJson> for serde_json::Value {
+    fn from(r: ReleaseJson) -> Self {
+        use onecard_engine::Release;
+        match r.0 {
+            Release::Receipt => serde_json::json!({"on": "receipt"}),
+            Release::Code(code) => serde_json::json!({"on": "code", "code": code}),
+            Release::Time { after_secs } => {
+                serde_json::json!({"on": "time", "after_secs": after_secs})
+            }
+        }
+    }
 }
 
 /// A merchant's API settings. The API key is kept only as its SHA-256 (`ak/…`).
@@ -266,6 +296,21 @@ pub struct StatementLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The typed release is stored and answered in the API's own form, and a stored form that
+    /// does not parse is an error on reading.
+    #[test]
+    fn a_release_keeps_the_apis_json_form() {
+        for v in [
+            serde_json::json!({"on": "receipt"}),
+            serde_json::json!({"on": "code", "code": "4711"}),
+            serde_json::json!({"on": "time", "after_secs": 86400}),
+        ] {
+            let typed: ReleaseJson = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&typed).unwrap(), v);
+        }
+        assert!(serde_json::from_value::<ReleaseJson>(serde_json::json!({"on": "later"})).is_err());
+    }
 
     #[test]
     fn ids_with_slashes_cannot_reach_into_other_ids_keys() {

@@ -88,18 +88,17 @@ pub fn backoff_ms(attempts: u32, max_ms: u64) -> u64 {
 }
 
 /// The release condition in words, for the slip: never the special code itself.
-pub fn release_words(release: &serde_json::Value) -> String {
-    match onecard_engine::engine::parse_release(release) {
-        Ok(onecard_engine::Release::Receipt) => "on receipt".into(),
-        Ok(onecard_engine::Release::Code(_)) => "with the consumer's delivery code".into(),
-        Ok(onecard_engine::Release::Time { after_secs }) => {
+pub fn release_words(release: &onecard_engine::Release) -> String {
+    match release {
+        onecard_engine::Release::Receipt => "on receipt".into(),
+        onecard_engine::Release::Code(_) => "with the consumer's delivery code".into(),
+        onecard_engine::Release::Time { after_secs } => {
             if after_secs % 86_400 == 0 {
                 format!("automatically after {} day(s)", after_secs / 86_400)
             } else {
                 format!("automatically after {after_secs} s")
             }
         }
-        Err(_) => "see the order".into(),
     }
 }
 
@@ -122,7 +121,7 @@ pub fn slip_of(node: &Node, c: &Checkout) -> DeliverySlip {
             .iter()
             .map(|i| (i.name.clone(), i.quantity))
             .collect(),
-        release: release_words(&c.release),
+        release: release_words(&c.release.0),
     }
 }
 
@@ -555,10 +554,12 @@ mod tests {
 
     #[test]
     fn the_slip_never_shows_the_release_code() {
-        let w = release_words(&serde_json::json!({"on":"code","code":"SECRET-42"}));
+        let w = release_words(&onecard_engine::Release::Code("SECRET-42".into()));
         assert!(!w.contains("SECRET"));
         assert_eq!(
-            release_words(&serde_json::json!({"on":"time","after_secs":172800})),
+            release_words(&onecard_engine::Release::Time {
+                after_secs: 172_800
+            }),
             "automatically after 2 day(s)"
         );
     }

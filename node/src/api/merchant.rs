@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::idem::Reply;
 use super::{merchant_of, parse_json, ApiError};
 use crate::app::{new_order_answer, order_view, order_view_as_created, OrderView};
-use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState};
+use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState, ReleaseJson};
 use crate::state::{now_ms, Node};
 use crate::store;
 
@@ -56,7 +56,8 @@ pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiErro
 }
 
 impl CreateOrder {
-    fn check(&self) -> Result<Amount, ApiError> {
+    /// The amount and the release condition, typed, or why the order is refused.
+    fn check(&self) -> Result<(Amount, ReleaseJson), ApiError> {
         let amount = Amount::parse_positive(&self.amount)
             .map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
         if amount.cents() > MAX_ORDER_CENTS {
@@ -91,9 +92,9 @@ impl CreateOrder {
         if let Some(r) = &self.reference {
             validate_text("reference", r, 128)?;
         }
-        onecard_engine::engine::parse_release(&self.release)
+        let release = onecard_engine::engine::parse_release(&self.release)
             .map_err(|r| ApiError::invalid(r.message))?;
-        Ok(amount)
+        Ok((amount, ReleaseJson(release)))
     }
 }
 
@@ -119,8 +120,8 @@ pub async fn create_order(
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
-    let amount = match create.check() {
-        Ok(a) => a,
+    let (amount, release) = match create.check() {
+        Ok(checked) => checked,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
     let now_ms = now_ms();
@@ -133,7 +134,7 @@ pub async fn create_order(
         currency: node.currency.clone(),
         items: create.items,
         delivery: create.delivery,
-        release: create.release,
+        release,
         digital: create.digital,
         created_at: now_ms / 1000,
         cancelled_at: None,
