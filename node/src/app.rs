@@ -151,11 +151,7 @@ pub struct OrderView {
 /// What a checkout just created answers beyond the checkout itself (see
 /// [`order_view_as_created`]).
 pub fn new_order_answer(node: &Node, c: &Checkout) -> NewOrderAnswer {
-    let has_printer = node
-        .merchants
-        .get(&c.merchant)
-        .map(|m| m.printer.is_some())
-        .unwrap_or(false);
+    let has_printer = merchant_has_printer(node, &c.merchant);
     NewOrderAnswer {
         order: c.order_id.clone(),
         print: if c.digital {
@@ -166,13 +162,42 @@ pub fn new_order_answer(node: &Node, c: &Checkout) -> NewOrderAnswer {
             "no_printer"
         }
         .into(),
-        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
+        checkout_expires_at: checkout_expires_at(node, c),
     }
+}
+
+/// When an unpaid order stops being payable (unix seconds).
+fn checkout_expires_at(node: &Node, c: &Checkout) -> u64 {
+    c.created_at.saturating_add(node.settings.checkout_ttl_secs)
+}
+
+fn merchant_has_printer(node: &Node, merchant: &str) -> bool {
+    node.merchants
+        .get(merchant)
+        .map(|m| m.printer.is_some())
+        .unwrap_or(false)
 }
 
 /// The order as its creation answered it: nothing to look up (no order in the engine, no
 /// print job yet), the same bytes whenever it is rebuilt (an idempotent replay).
 pub fn order_view_as_created(c: &Checkout, created: &NewOrderAnswer) -> OrderView {
+    view_of(
+        c,
+        "awaiting_payment".into(),
+        Amount::ZERO,
+        created.checkout_expires_at,
+        status(&created.print),
+    )
+}
+
+/// The checkout's fields with what is known of the order beyond them.
+fn view_of(
+    c: &Checkout,
+    state: String,
+    refunded: Amount,
+    checkout_expires_at: u64,
+    print: PrintStatus,
+) -> OrderView {
     OrderView {
         id: c.order_id.clone(),
         reference: c.reference.clone(),
@@ -184,11 +209,11 @@ pub fn order_view_as_created(c: &Checkout, created: &NewOrderAnswer) -> OrderVie
         release: c.release.clone(),
         digital: c.digital,
         created_at: c.created_at,
-        state: "awaiting_payment".into(),
-        refunded: Amount::ZERO.to_string(),
+        state,
+        refunded: refunded.to_string(),
         checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
-        checkout_expires_at: created.checkout_expires_at,
-        print: status(&created.print),
+        checkout_expires_at,
+        print,
     }
 }
 
@@ -196,7 +221,7 @@ pub fn order_view_as_created(c: &Checkout, created: &NewOrderAnswer) -> OrderVie
 /// question a swipe asks ([`order_view`] answers the full one).
 pub fn awaiting_payment(node: &Node, c: &Checkout) -> Result<bool, AppError> {
     Ok(c.cancelled_at.is_none()
-        && node.now() < c.created_at.saturating_add(node.settings.checkout_ttl_secs)
+        && node.now() < checkout_expires_at(node, c)
         && node.engine.order_owner(&c.order_id)?.is_none())
 }
 
@@ -206,16 +231,10 @@ pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, AppError
     let (state, refunded) = match &placed {
         Some(o) => (o.state.as_str().to_string(), o.refunded),
         None if c.cancelled_at.is_some() => ("cancelled".to_string(), Amount::ZERO),
-        None if node.now() >= c.created_at.saturating_add(node.settings.checkout_ttl_secs) => {
-            ("expired".to_string(), Amount::ZERO)
-        }
+        None if node.now() >= checkout_expires_at(node, c) => ("expired".to_string(), Amount::ZERO),
         None => ("awaiting_payment".to_string(), Amount::ZERO),
     };
-    let merchant_has_printer = node
-        .merchants
-        .get(&c.merchant)
-        .map(|m| m.printer.is_some())
-        .unwrap_or(false);
+    let merchant_has_printer = merchant_has_printer(node, &c.merchant);
     let job = node
         .store
         .get::<PrintJob>(&records::print_job_key(&c.order_id))?;
@@ -239,23 +258,13 @@ pub async fn order_view(node: &Node, c: &Checkout) -> Result<OrderView, AppError
             _ => status("waiting_for_payment"),
         },
     };
-    Ok(OrderView {
-        id: c.order_id.clone(),
-        reference: c.reference.clone(),
-        merchant: c.merchant.clone(),
-        amount: Amount::from_cents(c.amount_cents).to_string(),
-        currency: c.currency.clone(),
-        items: c.items.clone(),
-        delivery: c.delivery.clone(),
-        release: c.release.clone(),
-        digital: c.digital,
-        created_at: c.created_at,
+    Ok(view_of(
+        c,
         state,
-        refunded: refunded.to_string(),
-        checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
-        checkout_expires_at: c.created_at.saturating_add(node.settings.checkout_ttl_secs),
+        refunded,
+        checkout_expires_at(node, c),
         print,
-    })
+    ))
 }
 
 fn status(s: &str) -> PrintStatus {
@@ -284,10 +293,8 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
     }
     // A payment started (swiped) before the checkout expired may finish within a challenge's
     // lifetime after it; later, nothing is placed, whatever the journal says was authorised.
-    let deadline = c
-        .created_at
-        .saturating_add(node.settings.checkout_ttl_secs)
-        .saturating_add(node.engine.rules().auth.challenge_ttl_secs);
+    let deadline =
+        checkout_expires_at(node, &c).saturating_add(node.engine.rules().auth.challenge_ttl_secs);
     if node.now() >= deadline && node.engine.order_owner(&c.order_id)?.is_none() {
         return Ok(PlacedOrder {
             id: c.order_id,
