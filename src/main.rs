@@ -43,6 +43,23 @@ enum Command {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
+    /// Match a bank's end-of-day statement (camt.053.001.08 of the settlement center's own
+    /// account) against the bank operations of a data directory's journal. Changes nothing;
+    /// exits 1 when there is a mismatch.
+    Reconcile {
+        /// The data directory (of a stopped node, or a copy).
+        #[arg(long)]
+        data: PathBuf,
+        /// The camt.053 statement (XML).
+        #[arg(long)]
+        statement: PathBuf,
+        /// Where the node moved the log's old segments (`[journal] archive_dir`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run scenario steps read from standard input, one JSON object a line, on a data
     /// directory; prints one JSON line per step once its effects are durable.
     Play {
@@ -106,6 +123,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reconcile {
+            data,
+            statement,
+            archive,
+            json,
+        } => reconcile(&data, &statement, archive.as_deref(), json),
         Command::Scenario { files } => {
             let system = actix_rt::System::new();
             let ok = system.block_on(async move {
@@ -183,5 +206,59 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `onecard reconcile`: 0 when the statement matches, 1 on a mismatch, 2 when it cannot run.
+fn reconcile(
+    data: &std::path::Path,
+    statement: &std::path::Path,
+    archive: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    use onecard_adapters::iso20022::{reconcile, xml::MAX_MESSAGE_BYTES, Statement};
+    let fail = |what: String| {
+        eprintln!("reconcile: {what}");
+        ExitCode::from(2)
+    };
+    let bytes = match std::fs::metadata(statement) {
+        Ok(m) if m.len() > MAX_MESSAGE_BYTES as u64 => {
+            return fail(format!(
+                "{}: over {MAX_MESSAGE_BYTES} bytes",
+                statement.display()
+            ))
+        }
+        Ok(_) => match std::fs::read(statement) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("{}: {e}", statement.display())),
+        },
+        Err(e) => return fail(format!("{}: {e}", statement.display())),
+    };
+    let stmt = match Statement::from_xml(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(format!(
+                "{}: not a camt.053.001.08 statement: {e}",
+                statement.display()
+            ))
+        }
+    };
+    let ops = match onecard_engine::bank_ops::journal_bank_ops(data, archive) {
+        Ok(o) => o,
+        Err(e) => return fail(format!("the journal in {}: {e}", data.display())),
+    };
+    let report = reconcile::reconcile(&ops, &stmt);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        print!("{report}");
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

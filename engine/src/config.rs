@@ -32,6 +32,8 @@ struct RawFile {
     engine: RawEngine,
     #[serde(default)]
     node: toml::Table,
+    #[serde(default)]
+    bank: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +82,9 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     /// The `[node]` table, kept for the parts of the node that read it (HTTP API, adapters).
     pub node: toml::Table,
+    /// The `[bank]` table: which bank the node works with (`kind`, default `"simulated"`) and
+    /// the settings of the ISO 20022 adapter (`onecard-adapters`), which reads it.
+    pub bank: toml::Table,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +93,7 @@ impl Default for NodeConfig {
             currency: "EUR".into(),
             engine: EngineConfig::default(),
             node: toml::Table::new(),
+            bank: toml::Table::new(),
         }
     }
 }
@@ -196,6 +202,7 @@ impl NodeConfig {
             cfg.engine.passivate_after = std::time::Duration::from_millis(ms);
         }
         cfg.node = raw.node;
+        cfg.bank = raw.bank;
         Ok(cfg)
     }
 }

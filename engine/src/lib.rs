@@ -12,6 +12,7 @@ pub mod actors;
 mod auth_front;
 pub mod bank;
 pub mod bank_batch;
+pub mod bank_ops;
 pub mod cards;
 pub mod commands;
 pub mod config;

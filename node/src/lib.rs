@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{middleware, web, App, HttpServer};
-use onecard_engine::{Engine, EngineError, NodeConfig, SimBank, SimBankPort};
+use onecard_adapters::banks::{open_bank, BankKind};
+use onecard_engine::{Engine, EngineError, NodeConfig};
 
 pub use settings::NodeSettings;
 use state::Node;
@@ -151,26 +152,29 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         _ => None,
     };
     let currency = cfg.currency.clone();
-    actix_rt::System::new().block_on(run(settings, engine_cfg, currency, token, tls))
+    let bank = BankKind::from_table(&cfg.bank, &currency).map_err(ServeError::Config)?;
+    actix_rt::System::new().block_on(run(settings, engine_cfg, bank, currency, token, tls))
 }
 
 async fn run(
     settings: NodeSettings,
     engine_cfg: onecard_engine::EngineConfig,
+    bank: BankKind,
     currency: String,
     token: String,
     tls: Option<rustls::ServerConfig>,
 ) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let data = settings.data_dir.clone();
-    let bank = SimBank::open(&data).map_err(|e| ServeError::Config(e.to_string()))?;
-    let engine =
-        Arc::new(Engine::open(&data, engine_cfg, Arc::new(SimBankPort(bank.clone()))).await?);
+    let bank = open_bank(&bank, &data, engine_cfg.data_key.clone())
+        .map_err(|e| ServeError::Config(format!("the bank: {e}")))?;
+    let engine = Arc::new(Engine::open(&data, engine_cfg, bank.port.clone()).await?);
     let store = NodeStore::open(engine.records(), &data.join("node"))?;
     let node = web::Data::new(Node::new(
         engine.clone(),
         store.clone(),
-        bank,
+        bank.simulated.clone(),
+        bank.iso20022.clone(),
         settings.clone(),
         currency,
         &token,
@@ -304,6 +308,7 @@ async fn run(
             )))
         }
     }
+    bank.close();
     eprintln!("serve: stopped cleanly");
     Ok(())
 }

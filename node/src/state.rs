@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use onecard_adapters::iso20022::bank::Iso20022Bank;
 use onecard_engine::{Engine, SimBank};
 
 use crate::metrics::Metrics;
@@ -15,7 +16,10 @@ use crate::store::{self, NodeStore, StoreError};
 pub struct Node {
     pub engine: Arc<Engine>,
     pub store: NodeStore,
-    pub bank: Arc<SimBank>,
+    /// The simulated bank, when the node runs with it (`[bank] kind = "simulated"`).
+    pub bank: Option<Arc<SimBank>>,
+    /// The ISO 20022 bank adapter, when the node runs with a real bank: its counters.
+    pub bank_adapter: Option<Iso20022Bank>,
     pub settings: NodeSettings,
     pub currency: String,
     /// SHA-256 of the administrator's token.
@@ -51,7 +55,8 @@ impl Node {
     pub fn new(
         engine: Arc<Engine>,
         store: NodeStore,
-        bank: Arc<SimBank>,
+        bank: Option<Arc<SimBank>>,
+        bank_adapter: Option<Iso20022Bank>,
         settings: NodeSettings,
         currency: String,
         admin_token: &str,
@@ -60,6 +65,7 @@ impl Node {
             engine,
             store,
             bank,
+            bank_adapter,
             settings,
             currency,
             admin_token_hash: records::sha256_hex(admin_token.as_bytes()),

@@ -12,6 +12,9 @@
 //!
 //! `onecard-sim pay` runs many simulated card readers paying against a running `onecard serve`
 //! over real HTTP (see `pay`).
+//!
+//! `onecard-sim bank` serves a simulated bank over HTTP that speaks ISO 20022, with durable
+//! balances and faults (see `onecard_sim::bank` and docs/bank-http.md).
 
 mod card_cmd;
 mod checks;
@@ -45,7 +48,9 @@ peak memory and a digest of the final state. See `onecard-sim load --help` for e
 `onecard-sim card` plugs a virtual OneCard smart card into a reader of pcscd's vpcd driver. See \
 `onecard-sim card --help`.\n\n\
 `onecard-sim pay` runs simulated card readers paying against a running `onecard serve` over HTTP \
-and reports payments per second and the latency of each step. See `onecard-sim pay --help`."
+and reports payments per second and the latency of each step. See `onecard-sim pay --help`.\n\n\
+`onecard-sim bank` serves a simulated bank over HTTP (ISO 20022) with durable balances and \
+faults. See `onecard-sim bank --help`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +62,7 @@ enum Command {
     Load(options::LoadArgs),
     Card(options::CardArgs),
     Pay(options::PayArgs),
+    Bank(onecard_sim::bank::BankArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load::main(args),
         Command::Card(args) => card_cmd::main(args),
         Command::Pay(args) => pay::main(args),
+        Command::Bank(args) => onecard_sim::bank::main(args),
     }
 }
 

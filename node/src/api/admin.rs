@@ -38,8 +38,8 @@ pub struct BankAccountBody {
     pub balance: String,
 }
 
-/// Opens an account at the simulated bank the node runs with (there is no real bank adapter
-/// yet).
+/// Opens an account at the simulated bank the node runs with; refused (409) with a real
+/// bank, whose accounts are opened at the bank.
 pub async fn open_bank_account(
     req: HttpRequest,
     node: web::Data<Node>,
@@ -51,7 +51,14 @@ pub async fn open_bank_account(
         Ok(balance) => match validate_text("account", &b.account, 64) {
             Err(e) => Reply::error(&e),
             Ok(()) => {
-                let bank = node.bank.clone();
+                let Some(bank) = node.bank.clone() else {
+                    return idem
+                        .finish(Reply::error(&ApiError::conflict(
+                            "real_bank",
+                            "the node works with a real bank ([bank] kind = \"iso20022\"): accounts are opened at the bank, not here",
+                        )))
+                        .await;
+                };
                 let account = b.account.clone();
                 let opened =
                     tokio::task::spawn_blocking(move || bank.open_account(&account, balance))

