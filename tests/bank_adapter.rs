@@ -235,6 +235,26 @@ fn settle(node: &NodeProc) {
 /// id is booked twice, the bank's total is unchanged, and `onecard verify` passes.
 fn check_after(mut node: NodeProc, bank: &BankSim, bank_total: &str, dir: &Path) -> Statement {
     settle(&node);
+    let status = call(
+        "GET",
+        &node.url("/v1/admin/bank"),
+        Some(ADMIN_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(status.status, 200, "{status:?}");
+    assert_eq!(status.body["kind"], "iso20022");
+    assert_eq!(status.body["unresolved"], json!([]), "{status:?}");
+    // The node's own reconciliation job: it fetches the statement from the bank.
+    let online = call(
+        "POST",
+        &node.url("/v1/admin/reconciliations"),
+        Some(ADMIN_TOKEN),
+        None,
+        Some(&json!({})),
+    );
+    assert_eq!(online.status, 200, "{online:?}");
+    assert_eq!(online.body["mismatches"], json!([]), "{online:?}");
     let status = node.terminate();
     assert!(status.success(), "{status:?}\n{}", node.log());
     assert_eq!(bank.total(), bank_total, "the bank's total changed");
@@ -313,7 +333,10 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
         Some(&config(dir.path(), &bank)),
     );
 
-    // No fault: a batch of openings, each a debit of the consumer's account.
+    // Notifications come twice and out of order all along: the node takes each once, in order.
+    bank.faults(json!({"duplicate_notifications": true, "reorder_notifications": true}));
+
+    // A batch of openings, each a debit of the consumer's account.
     assert_eq!(open_consumers(&node, "c", 8), 8);
     assert_eq!(bank.balance("c-bank-0"), "900.00");
 
@@ -385,6 +408,43 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // 500.00 to open; 42.50 paid from the wallet (457.50 left), which is topped up to the
     // 5000.00 cap with 4542.50 from the bank: 10000.00 - 500.00 - 4542.50.
     assert_eq!(bank.balance(BANK), "4957.50");
+
+    // Every notification the bank made was taken once, in order.
+    let made = {
+        bank.faults(json!({"duplicate_notifications": false, "reorder_notifications": false}));
+        let mut n = 0;
+        while agent()
+            .get(&bank.url(&format!("/iso20022/notifications?after={n}")))
+            .call()
+            .expect("notifications")
+            .status()
+            == 200
+        {
+            n += 1;
+        }
+        n
+    };
+    let taken = eventually(20, || {
+        let s = call(
+            "GET",
+            &node.url("/v1/admin/bank"),
+            Some(ADMIN_TOKEN),
+            None,
+            None,
+        );
+        (s.body["notifications"] == made).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the node did not take the bank's {made} notifications"));
+    assert!(made > 5, "{made}");
+    assert!(
+        taken.body["notification_duplicates"].as_u64().unwrap() > 0,
+        "{taken:?}"
+    );
+    assert!(
+        taken.body["notifications_out_of_order"].as_u64().unwrap() > 0,
+        "{taken:?}"
+    );
+    assert_eq!(taken.body["notification_mismatches"], 0, "{taken:?}");
 
     let statement = check_after(node, &bank, &total, dir.path());
     assert!(statement.entries.len() >= 19, "{}", statement.entries.len());
@@ -468,6 +528,14 @@ fn reconciliation_reports_a_line_the_bank_left_out_and_nothing_else() {
     );
     assert_eq!(open_consumers(&node, "r", 3), 3);
     settle(&node);
+    let bad = call(
+        "POST",
+        &node.url("/v1/admin/reconciliations"),
+        Some(ADMIN_TOKEN),
+        None,
+        Some(&json!({"date": "2026-13-01"})),
+    );
+    assert_eq!(bad.status, 422, "{bad:?}");
     assert!(node.terminate().success());
     bank.faults(json!({"omit_statement_line": true}));
     let file = dir.path().join("statement.xml");
@@ -592,4 +660,30 @@ fn every_message_of_the_adapter_and_the_simulator_is_valid_against_the_official_
     validate(&xsd, "camt.054.001.08", &notification, dir.path());
     validate(&xsd, "camt.053.001.08", &bank.statement_xml(), dir.path());
     adapter.close();
+}
+
+#[test]
+fn a_node_with_the_simulated_bank_has_no_statement_to_reconcile() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let status = call(
+        "GET",
+        &node.url("/v1/admin/bank"),
+        Some(ADMIN_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(status.body, json!({"kind": "simulated"}));
+    let a = call(
+        "POST",
+        &node.url("/v1/admin/reconciliations"),
+        Some(ADMIN_TOKEN),
+        None,
+        Some(&json!({})),
+    );
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("simulated_bank")),
+        "{a:?}"
+    );
 }

@@ -244,6 +244,13 @@ fn every_hostile_or_broken_answer_is_an_error_and_nothing_is_taken_as_booked() {
             1,
             "{what}: sent again without an answer"
         );
+        let unresolved = adapter.unresolved();
+        assert_eq!(unresolved.len(), 1, "{what}");
+        assert_eq!(
+            (unresolved[0].id.as_str(), unresolved[0].booked),
+            (ids[0], false)
+        );
+        assert_eq!(unresolved[0].msg_id, msg_id);
         assert!(adapter.unconfirmed().unwrap().is_empty(), "{what}");
         // The bank then says it never received it. That is not taken as "not booked" (the
         // message could still be on its way): it is sent again, and the bank rejects it now.

@@ -128,6 +128,8 @@ pub struct Engine {
     /// of one name cannot both succeed while opens of different names run in parallel.
     opening: DashMap<String, ()>,
     data_dir: PathBuf,
+    /// Where the log's old segments go (`[journal] archive_dir`), for readers of the whole log.
+    archive_dir: Option<PathBuf>,
     recovery: RecoveryInfo,
     /// The authentication center, when an issuer key is configured. Its durable changes are
     /// journaled, in the order they were made, before the call that made them answers.
@@ -184,6 +186,7 @@ impl Engine {
             clock: AtomicU64::new(meta.clock),
             opening: DashMap::new(),
             data_dir: dir.to_path_buf(),
+            archive_dir: cfg.journal.archive_dir.clone(),
             recovery: info,
         };
         if meta.entries == 0 || meta.config != cfg.rules {
@@ -255,6 +258,14 @@ impl Engine {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Every bank operation the journal holds, read from the log's files (synced records
+    /// only): what reconciliation matches against a bank's statement. Blocking; reads the
+    /// whole log.
+    pub fn bank_operations(&self) -> Result<Vec<crate::bank_ops::JournalBankOp>, EngineError> {
+        crate::bank_ops::journal_bank_ops(&self.data_dir, self.archive_dir.as_deref())
+            .map_err(EngineError::from)
     }
 
     pub fn rules(&self) -> &RulesConfig {

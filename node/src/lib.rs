@@ -256,6 +256,15 @@ async fn run(
     } else {
         "http"
     };
+    // SIGTERM and SIGINT are caught from here on, before anyone is told the node listens:
+    // a stop asked for right after start is still a graceful one.
+    let stop_signals = {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
     for a in server.addrs() {
         eprintln!(
             "serve: listening on {scheme}://{a} (data {}, opened in {} ms)",
@@ -266,11 +275,7 @@ async fn run(
     let server = server.run();
     let handle = server.handle();
     let signals = actix_rt::spawn(async move {
-        use actix_rt::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = stop_signals else {
             tracing::error!("cannot listen for SIGTERM/SIGINT");
             return;
         };

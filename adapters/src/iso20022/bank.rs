@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::xml::MAX_MESSAGE_BYTES;
-use super::{Direction, Initiation, Reason, StatusReport, Transfer, TxStatus};
+use super::{Direction, Initiation, Reason, Statement, StatusReport, Transfer, TxStatus};
 
 /// The `[bank]` table of `config.toml` for `kind = "iso20022"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +236,37 @@ pub struct AdapterStats {
     pub unresolved_overdue: AtomicU64,
     /// Orphans the bank had booked, reversed.
     pub reversals: AtomicU64,
+    /// camt.054 notifications taken in sequence order; those served again (ignored); those
+    /// that came ahead of their turn (kept until it came).
+    pub notifications: AtomicU64,
+    pub notification_duplicates: AtomicU64,
+    pub notifications_out_of_order: AtomicU64,
+    /// Entries of notifications that disagree with what the adapter sent (amount or
+    /// direction): logged as errors, for operators.
+    pub notification_mismatches: AtomicU64,
+}
+
+/// An operation whose outcome is not known yet (the admin API's view of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnresolvedOp {
+    pub id: String,
+    pub msg_id: String,
+    #[serde(serialize_with = "direction_name")]
+    pub direction: Direction,
+    pub amount: Amount,
+    /// Known to be booked, waiting for its reversal to go through.
+    pub booked: bool,
+    /// Seconds since it was answered with an unknown outcome.
+    pub secs: u64,
+    /// For a reversal: the operation it undoes.
+    pub reverses: Option<String>,
+}
+
+fn direction_name<S: serde::Serializer>(d: &Direction, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match d {
+        Direction::Debit => "debit",
+        Direction::Credit => "credit",
+    })
 }
 
 /// An account as the log keeps it: sealed under the data key, or as is without one.
@@ -313,6 +344,8 @@ enum Line {
     Confirmed { ids: Vec<String> },
     /// An orphan the bank had booked, reversed by `reversal`.
     Reversed { id: String, reversal: String },
+    /// Notifications up to this sequence number are taken.
+    Notified { seq: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +383,8 @@ struct SentLog {
     messages: HashMap<String, Vec<String>>,
     /// Lines appended since the file was last rewritten.
     appended: u64,
+    /// The last notification taken (all before it taken too).
+    notified: u64,
 }
 
 /// Lines appended before the log is rewritten with only what is still open.
@@ -369,6 +404,7 @@ impl SentLog {
             ops: HashMap::new(),
             messages: HashMap::new(),
             appended: 0,
+            notified: 0,
         };
         let reader = BufReader::new(File::open(path).map_err(storage)?);
         let lines: Vec<String> = reader.lines().collect::<Result<_, _>>().map_err(storage)?;
@@ -399,6 +435,9 @@ impl SentLog {
         let tmp = path.with_extension("jsonl.tmp");
         {
             let mut f = File::create(&tmp).map_err(storage)?;
+            if self.notified > 0 {
+                write_line(&mut f, &Line::Notified { seq: self.notified }).map_err(storage)?;
+            }
             for (msg_id, ids) in &self.messages {
                 let list: Vec<(&String, &OpState)> = ids
                     .iter()
@@ -536,6 +575,10 @@ impl SentLog {
                 }
                 vec![id]
             }
+            Line::Notified { seq } => {
+                self.notified = self.notified.max(seq);
+                Vec::new()
+            }
         };
         // A message nothing is left to do for leaves memory.
         let mut done: Vec<String> = Vec::new();
@@ -657,6 +700,57 @@ impl Iso20022Bank {
     /// Stops the background resolver (it also stops once the adapter is dropped).
     pub fn close(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The operations whose outcome is unknown now, oldest first: for operators (the admin
+    /// API). No account is named (I10).
+    pub fn unresolved(&self) -> Vec<UnresolvedOp> {
+        let log = self.inner.log.lock();
+        let mut list: Vec<UnresolvedOp> = log
+            .ops
+            .iter()
+            .filter(|(_, op)| op.open())
+            .filter_map(|(id, op)| {
+                op.orphaned_at.map(|at| UnresolvedOp {
+                    id: id.clone(),
+                    msg_id: op.msg_id.clone(),
+                    direction: op.direction.into(),
+                    amount: op.amount,
+                    booked: op.known == Known::Booked,
+                    secs: at.elapsed().as_secs(),
+                    reverses: op.reverses.clone(),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| b.secs.cmp(&a.secs).then_with(|| a.id.cmp(&b.id)));
+        list
+    }
+
+    /// The bank's statement (camt.053) of the settlement center's own account for `date`.
+    pub fn statement(&self, date: super::Date) -> Result<Statement, BankError> {
+        let url = format!(
+            "{}/iso20022/statements/{}/{date}",
+            self.inner.settings.endpoint, self.inner.settings.own_account
+        );
+        match self.inner.agent.get(&url).call() {
+            Ok(resp) => {
+                let body = read_capped(resp).map_err(BankError::Unavailable)?;
+                let statement = Statement::from_xml(&body).map_err(|e| {
+                    BankError::Protocol(format!("the bank's statement cannot be read: {e}"))
+                })?;
+                if statement.account != self.inner.settings.own_account || statement.date != date {
+                    return Err(BankError::Protocol(format!(
+                        "asked for the statement of {} on {date}, the bank sent {} on {}",
+                        self.inner.settings.own_account, statement.account, statement.date
+                    )));
+                }
+                Ok(statement)
+            }
+            Err(ureq::Error::Status(code, _)) => Err(BankError::Unavailable(format!(
+                "the bank answered HTTP {code} for the statement of {date}"
+            ))),
+            Err(ureq::Error::Transport(t)) => Err(BankError::Unavailable(t.to_string())),
+        }
     }
 
     fn store_account(&self, account: &str) -> StoredAccount {
@@ -1011,9 +1105,111 @@ impl Iso20022Bank {
         }
     }
 
+    /// Takes the bank's camt.054 notifications in sequence order: one served again is
+    /// ignored, one ahead of its turn is kept until the ones before it came. Each booked entry
+    /// settles an operation whose outcome was unknown, and one that disagrees with what was
+    /// sent is reported. Stops at the first gap the bank does not fill in this pass.
+    pub fn take_notifications(&self) {
+        let stats = &self.inner.stats;
+        let mut next = self.inner.log.lock().notified + 1;
+        let mut ahead: std::collections::BTreeMap<u64, super::Notification> = Default::default();
+        // Bounded: a bank serving the same few notifications forever cannot hold the thread.
+        for _ in 0..10_000 {
+            let url = format!(
+                "{}/iso20022/notifications?after={}",
+                self.inner.settings.endpoint,
+                next - 1
+            );
+            let n = match self.inner.agent.get(&url).call() {
+                Ok(resp) if resp.status() == 204 => break,
+                Ok(resp) => match read_capped(resp)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| super::Notification::from_xml(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a notification from the bank cannot be read");
+                        break;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot fetch the bank's notifications now");
+                    break;
+                }
+            };
+            if n.sequence < next || ahead.contains_key(&n.sequence) {
+                stats
+                    .notification_duplicates
+                    .fetch_add(1, Ordering::Relaxed);
+                if n.sequence >= next {
+                    // The one ahead again: the gap before it is not filled yet.
+                    break;
+                }
+                continue;
+            }
+            if n.sequence > next {
+                stats
+                    .notifications_out_of_order
+                    .fetch_add(1, Ordering::Relaxed);
+                ahead.insert(n.sequence, n);
+                continue;
+            }
+            self.take_notification(&n);
+            next += 1;
+            while let Some(n) = ahead.remove(&next) {
+                self.take_notification(&n);
+                next += 1;
+            }
+            let _ = self
+                .inner
+                .log
+                .lock()
+                .append(Line::Notified { seq: next - 1 }, false);
+        }
+    }
+
+    fn take_notification(&self, n: &super::Notification) {
+        let stats = &self.inner.stats;
+        stats.notifications.fetch_add(1, Ordering::Relaxed);
+        if n.account != self.inner.settings.own_account {
+            tracing::error!(
+                seq = n.sequence,
+                "a notification from the bank is for another account than ours"
+            );
+            stats
+                .notification_mismatches
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut booked = Vec::new();
+        {
+            let log = self.inner.log.lock();
+            for e in &n.entries {
+                let Some(op) = log.ops.get(&e.end_to_end_id) else {
+                    continue;
+                };
+                // On the own account a debit of a consumer is a credit, and the other way round.
+                let side = match op.direction {
+                    Dir::Debit => super::Side::Credit,
+                    Dir::Credit => super::Side::Debit,
+                };
+                if e.amount != op.amount || e.side != side {
+                    stats
+                        .notification_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(op = %e.end_to_end_id, seq = n.sequence, "the bank notified a booking that differs from the operation sent");
+                } else if op.known == Known::Unknown {
+                    booked.push(e.end_to_end_id.clone());
+                }
+            }
+        }
+        self.record(booked, Known::Booked);
+    }
+
     /// Asks the bank about every orphan (an operation answered with an unknown outcome, that
     /// the engine therefore never journals) and reverses those it booked.
     pub fn resolve_orphans(&self) {
+        self.take_notifications();
         let orphans: Vec<(String, OpState)> = {
             let log = self.inner.log.lock();
             log.ops

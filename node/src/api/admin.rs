@@ -540,3 +540,99 @@ pub async fn register_reader(
     };
     idem.finish(reply).await
 }
+
+/// The bank the node works with: its kind, and with a real bank the adapter's counters and the
+/// operations whose outcome is still unknown (resolved in the background; the oldest first).
+pub async fn bank_status(
+    req: HttpRequest,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&node, &req)?;
+    let body = match &node.bank_adapter {
+        None => serde_json::json!({"kind": "simulated"}),
+        Some(bank) => {
+            let s = bank.stats();
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let unresolved = bank.unresolved();
+            serde_json::json!({
+                "kind": "iso20022",
+                "endpoint": bank.settings().endpoint,
+                "messages": n(&s.messages),
+                "resends": n(&s.resends),
+                "status_queries": n(&s.status_queries),
+                "unknown_outcomes": n(&s.unknown_outcomes),
+                "reversals": n(&s.reversals),
+                "notifications": n(&s.notifications),
+                "notification_duplicates": n(&s.notification_duplicates),
+                "notifications_out_of_order": n(&s.notifications_out_of_order),
+                "notification_mismatches": n(&s.notification_mismatches),
+                "unresolved_alert_secs": bank.settings().unresolved_alert.as_secs(),
+                "unresolved": unresolved,
+            })
+        }
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileBody {
+    /// `YYYY-MM-DD` (UTC); today when absent.
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+/// Reconciliation: fetches the bank's camt.053 statement of the settlement center's own account
+/// for the day and matches it against the journal's bank operations. Changes nothing; the
+/// report lists every mismatch (`onecard reconcile` does the same from a file).
+pub async fn reconcile(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, ReconcileBody);
+    let Some(bank) = node.bank_adapter.clone() else {
+        return idem
+            .finish(Reply::error(&ApiError::conflict(
+                "simulated_bank",
+                "the node works with the simulated bank, which keeps no statements: reconciliation is for a real bank ([bank] kind = \"iso20022\")",
+            )))
+            .await;
+    };
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = match &b.date {
+        None => time::OffsetDateTime::now_utc().date(),
+        Some(d) => match time::Date::parse(d, &format) {
+            Ok(d) => d,
+            Err(_) => {
+                return idem
+                    .finish(Reply::error(&ApiError::invalid(format!(
+                        "date: {d:?} is not a date YYYY-MM-DD"
+                    ))))
+                    .await
+            }
+        },
+    };
+    let engine = node.engine.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let statement = bank.statement(date)?;
+        let ops = engine
+            .bank_operations()
+            .map_err(|e| onecard_engine::bank::BankError::Storage(e.to_string()))?;
+        Ok::<_, onecard_engine::bank::BankError>(onecard_adapters::iso20022::reconcile::reconcile(
+            &ops, &statement,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let reply = match done {
+        Ok(report) => Reply::new(StatusCode::OK, &report),
+        Err(onecard_engine::bank::BankError::Storage(e)) => Reply::error(&ApiError::internal(e)),
+        Err(e) => Reply::error(&ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bank_unavailable",
+            format!("the bank's statement of {date}: {e}"),
+        )),
+    };
+    idem.finish(reply).await
+}

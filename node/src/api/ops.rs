@@ -141,6 +141,16 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
                 "Operations the bank booked that the node never recorded, reversed.",
                 n(&b.reversals),
             ),
+            (
+                "onecard_bank_notifications_total",
+                "camt.054 notifications taken from the bank, in sequence order.",
+                n(&b.notifications),
+            ),
+            (
+                "onecard_bank_notification_mismatches_total",
+                "Notified bookings that differ from the operation sent (amount or direction), or are for another account.",
+                n(&b.notification_mismatches),
+            ),
         ]);
     }
     Ok(HttpResponse::Ok()

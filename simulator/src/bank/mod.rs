@@ -7,11 +7,15 @@
 //! same pain.002, other content under the same id gets 409. Faults (slow or lost answers,
 //! duplicated or reordered notifications, a statement missing a line, forced rejections) are
 //! set at start or through `/admin/faults`.
+//!
+//! Plain HTTP by default; HTTPS with `--tls-cert` and `--tls-key`, and client-certificate
+//! authentication with `--client-ca` (see [`tls`]).
 
 pub mod faults;
 pub mod journal;
 mod server;
 pub mod state;
+pub mod tls;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,8 +39,8 @@ use state::{content_sha256, now_ms, Record, State, StateError};
 with pain.002, camt.054 notifications and camt.053 statements, and JSON admin calls to open and \
 close accounts, read totals and set faults (docs/bank-http.md). Balances are real and durable: \
 every change is written and fdatasynced to DIR/bank.journal before it is answered, and replayed \
-at start. Prints `bank simulator listening on http://ADDR` once listening; stops on SIGTERM or \
-SIGINT."
+at start. Prints `bank simulator listening on http://ADDR` (https:// with --tls-cert) once \
+listening; stops on SIGTERM or SIGINT."
 )]
 pub struct BankArgs {
     /// Address to listen on, such as 127.0.0.1:8090; port 0 picks a free port (printed).
@@ -46,6 +50,21 @@ pub struct BankArgs {
     /// Directory of the journal (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
+
+    /// Serve HTTPS instead of HTTP with this certificate chain (PEM, the server's certificate
+    /// first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require of every client a certificate signed by this CA (PEM, one or more
+    /// certificates): a client without a valid one is refused at the TLS handshake. Needs
+    /// --tls-cert. Without it, no client certificate is asked for.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 
     /// The currency of every account (ISO 4217). Transactions of initiations in another
     /// currency are rejected AG01.
@@ -146,6 +165,8 @@ pub enum BankError {
     },
     #[error("the server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The books and their journal, under one lock: checking a message id and booking it are one
@@ -314,6 +335,14 @@ pub fn main(args: BankArgs) -> ExitCode {
 }
 
 async fn run(args: BankArgs) -> Result<(), BankError> {
+    // The TLS files are checked first: a bad one stops the start before the journal is opened.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls::server_config(cert, key, args.client_ca.as_deref()).map_err(BankError::Tls)?)
+        }
+        // clap requires both, and --client-ca requires --tls-cert.
+        _ => None,
+    };
     let bank = Bank::open(&args.data, args.currency.clone())?;
     let shared = web::Data::new(Shared {
         bank: Mutex::new(bank),
@@ -329,8 +358,12 @@ async fn run(args: BankArgs) -> Result<(), BankError> {
     })
     .workers(2)
     // A dropped answer hangs for `hang_ms`: do not let it hold up SIGTERM.
-    .shutdown_timeout(1)
-    .bind(&args.listen)
+    .shutdown_timeout(1);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(&args.listen, config),
+        None => server.bind(&args.listen),
+    }
     .map_err(|source| BankError::Listen {
         addr: args.listen.clone(),
         source,
@@ -338,7 +371,7 @@ async fn run(args: BankArgs) -> Result<(), BankError> {
     if let Some(addr) = server.addrs().first() {
         let mut out = std::io::stdout().lock();
         // Tests and scripts read the port from this line: it must not sit in a buffer.
-        let _ = writeln!(out, "bank simulator listening on http://{addr}");
+        let _ = writeln!(out, "bank simulator listening on {scheme}://{addr}");
         let _ = out.flush();
     }
     server.run().await.map_err(BankError::Serve)
