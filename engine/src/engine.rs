@@ -479,6 +479,114 @@ impl Engine {
         Ok(Ok(Outcome::Ok))
     }
 
+    /// Pays out a merchant's balance to its bank account: all of what is not held for a refund
+    /// in progress, or `amount` of it. The amount is held while the bank is asked (a credit
+    /// transfer: with the ISO 20022 adapter, part of a pain.001 with whatever else is asked
+    /// for meanwhile). The bank booked it: `PayoutMade` is journaled and the merchant's
+    /// balance goes down. The bank rejected it: `PayoutRefused` is journaled with the reason,
+    /// the hold is given back, and the answer is a refusal. The bank could not be asked or its
+    /// answer is unknown: the hold is given back and the error returned (the adapter resolves
+    /// the operation with the bank, and reverses it if the bank booked it after all).
+    pub async fn pay_out(
+        &self,
+        merchant: &str,
+        amount: Option<Amount>,
+        now: Secs,
+    ) -> Result<Result<PaidOut, Refusal>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let Some(state) = self.shared.merchants.get(merchant) else {
+            return Ok(Err(Refusal::unknown(format!("no merchant {merchant:?}"))));
+        };
+        let Some(bank_ref) = state.bank.clone() else {
+            return Ok(Err(Refusal::invalid(format!(
+                "merchant {merchant} has no bank account to pay out to"
+            ))));
+        };
+        let amount = match amount {
+            Some(a) if !a.is_positive() => {
+                return Ok(Err(Refusal::amount(format!(
+                    "a payout must be greater than zero, not {a}"
+                ))))
+            }
+            Some(a) => a,
+            None => self.shared.merchants.free(merchant).unwrap_or(Amount::ZERO),
+        };
+        if !amount.is_positive() {
+            return Ok(Err(Refusal::funds(format!(
+                "merchant {merchant} has nothing to pay out"
+            ))));
+        }
+        if let Err(r) = self.shared.debit_merchant_for_refund(merchant, amount)? {
+            return Ok(Err(r));
+        }
+        let account = match (&self.shared.data_key, &state.bank_sealed) {
+            (None, _) => Ok(bank_ref.clone()),
+            (Some(key), Some(sealed)) => {
+                seal::unseal(key, &bank_ref, sealed).map_err(|e| EngineError::Config(e.to_string()))
+            }
+            (Some(_), None) => Err(EngineError::Internal(format!(
+                "no sealed bank account for merchant {merchant}"
+            ))),
+        };
+        let account = match account {
+            Ok(a) => a,
+            Err(e) => {
+                self.shared.credit_merchant_back(merchant, amount);
+                return Err(e);
+            }
+        };
+        let payout = self.shared.new_bank_op_id();
+        let answer = self
+            .shared
+            .bank
+            .credit(BankOp {
+                id: payout.clone(),
+                account,
+                amount,
+            })
+            .await;
+        match answer {
+            Ok(BankAnswer::Done) => {
+                let ev = crate::ledger::payout_made_event(&payout, merchant, &bank_ref, amount);
+                let entry = Entry::new(now, vec![ev]);
+                // The journal writer takes the hold back as it publishes the payout's posting.
+                if let Err(e) = self.shared.journal.append(&entry, vec![]).await {
+                    self.shared.credit_merchant_back(merchant, amount);
+                    return Err(e.into());
+                }
+                self.shared.bank.confirm(std::slice::from_ref(&payout));
+                Ok(Ok(PaidOut { payout, amount }))
+            }
+            Ok(BankAnswer::Refused(reason)) => {
+                self.shared.credit_merchant_back(merchant, amount);
+                let ev = Event::new(EventKind::PayoutRefused {
+                    payout: payout.clone(),
+                    merchant: merchant.to_string(),
+                    amount,
+                    reason: reason.clone(),
+                });
+                self.shared
+                    .journal
+                    .append(&Entry::new(now, vec![ev]), vec![])
+                    .await?;
+                Ok(Err(Refusal::funds(format!(
+                    "the bank refused payout {payout} of {amount}: {reason}"
+                ))))
+            }
+            Err(BankError::UnknownAccount(_)) => {
+                self.shared.credit_merchant_back(merchant, amount);
+                Ok(Err(Refusal::unknown(format!(
+                    "the bank does not know merchant {merchant}'s account"
+                ))))
+            }
+            Err(e) => {
+                self.shared.credit_merchant_back(merchant, amount);
+                Err(e.into())
+            }
+        }
+    }
+
     /// The actor of a consumer, activated from the view if it is not resident, and a lease
     /// that keeps it resident until the message carrying the lease is handled. `None` if
     /// there is no such consumer.
@@ -1011,4 +1119,12 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// A payout the bank booked ([`Engine::pay_out`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidOut {
+    /// The payout's id: its bank operation's id (the pain.001's end-to-end id).
+    pub payout: String,
+    pub amount: Amount,
 }

@@ -199,6 +199,8 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
         | EventKind::MerchantOpened { .. }
         | EventKind::CodeRejected { .. }
         | EventKind::ClockAdvanced
-        | EventKind::Auth(_) => return None,
+        | EventKind::Auth(_)
+        | EventKind::PayoutMade { .. }
+        | EventKind::PayoutRefused { .. } => return None,
     })
 }

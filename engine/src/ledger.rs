@@ -144,6 +144,23 @@ pub enum EventKind {
     /// A payment authorised at a reader (SPEC F18 step 3), recorded with its order id: which
     /// card and reader, and whether the consumer confirmed a one-time delivery address.
     PaymentAuthorised(crate::cards::Authorisation),
+    /// A merchant's balance paid out to its bank account: a credit transfer the bank booked
+    /// (pain.002 `ACSC`). `payout` is the bank operation's id. Postings: the merchant
+    /// −amount, the clearing account of its bank account (`bank`, its reference with a data
+    /// key; the clearing account is [`merchant_clearing`]`(bank)`) +amount. (New variants go last: the log's records name variants by position.)
+    PayoutMade {
+        payout: BankOpId,
+        merchant: String,
+        bank: String,
+        amount: Amount,
+    },
+    /// A payout the bank rejected: moves nothing; kept with the bank's reason.
+    PayoutRefused {
+        payout: BankOpId,
+        merchant: String,
+        amount: Amount,
+        reason: String,
+    },
 }
 
 /// An event and the money it moves. The postings of one event sum to zero (I1).
@@ -183,7 +200,9 @@ impl Event {
             | MerchantOpened { .. }
             | ClockAdvanced
             | Auth(_)
-            | PaymentAuthorised(_) => None,
+            | PaymentAuthorised(_)
+            | PayoutMade { .. }
+            | PayoutRefused { .. } => None,
         }
     }
 
@@ -211,6 +230,7 @@ impl Event {
             | OrderSettled { bank_op, .. }
             | Refunded { bank_op, .. } => bank_op.as_ref(),
             WalletToppedUp { bank_op, .. } => Some(bank_op),
+            PayoutMade { payout, .. } => Some(payout),
             _ => None,
         }
     }
@@ -920,7 +940,9 @@ impl ConsumerState {
             | MerchantOpened { .. }
             | ClockAdvanced
             | Auth(_)
-            | PaymentAuthorised(_) => {}
+            | PaymentAuthorised(_)
+            | PayoutMade { .. }
+            | PayoutRefused { .. } => {}
         }
         Ok(())
     }
@@ -1040,6 +1062,9 @@ pub struct LedgerState {
     pub auth: crate::cards::AuthState,
     /// Payments authorised at readers, by order id.
     pub authorisations: BTreeMap<String, crate::cards::Authorisation>,
+    /// The clearing accounts of merchants' bank accounts (payouts), by clearing account name
+    /// ([`merchant_clearing`]). Not in the view: only replays (`verify`) and I2 need it.
+    pub merchant_clearing: BTreeMap<String, Amount>,
 }
 
 impl LedgerState {
@@ -1147,6 +1172,15 @@ impl LedgerState {
                 AccountRef::Wallet(w) if !self.consumers.contains_key(w) => {
                     return Err(LedgerError::UnknownConsumer(w.clone()));
                 }
+                // A consumer's clearing account moves with the consumer (above); any other is
+                // a merchant's bank account's.
+                AccountRef::BankClearing(b) if ev.consumer().is_none() => {
+                    let c = self
+                        .merchant_clearing
+                        .entry(b.clone())
+                        .or_insert(Amount::ZERO);
+                    *c = c.checked_add(p.amount)?;
+                }
                 _ => {}
             }
         }
@@ -1161,6 +1195,9 @@ impl LedgerState {
         }
         for m in self.merchants.values() {
             sum = sum.checked_add(m.balance)?;
+        }
+        for c in self.merchant_clearing.values() {
+            sum = sum.checked_add(*c)?;
         }
         Ok(sum)
     }
@@ -1186,8 +1223,46 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         ClockAdvanced => "ClockAdvanced",
         Auth(_) => "Auth",
         PaymentAuthorised(_) => "PaymentAuthorised",
+        PayoutMade { .. } => "PayoutMade",
+        PayoutRefused { .. } => "PayoutRefused",
     }
 }
+
+/// A payout of `amount` from `merchant` to its bank account `bank` (its reference with a data
+/// key), done by the bank as operation `payout`.
+pub fn payout_made_event(payout: &str, merchant: &str, bank: &str, amount: Amount) -> Event {
+    Event {
+        kind: EventKind::PayoutMade {
+            payout: payout.to_string(),
+            merchant: merchant.to_string(),
+            bank: bank.to_string(),
+            amount,
+        },
+        postings: vec![
+            Posting::new(
+                AccountRef::Merchant(merchant.to_string()),
+                amount.checked_neg(),
+            ),
+            Posting::new(AccountRef::BankClearing(merchant_clearing(bank)), amount),
+        ],
+    }
+}
+
+/// The clearing account of a merchant's bank account: named apart from consumers' clearing
+/// accounts, so that a bank account that is both a consumer's and a merchant's has one
+/// clearing account for each.
+pub fn merchant_clearing(bank: &str) -> String {
+    format!("{MERCHANT_CLEARING_PREFIX}{bank}")
+}
+
+/// The bank account (its stored name) of a merchant's clearing account.
+pub fn merchant_clearing_bank(clearing: &str) -> &str {
+    clearing
+        .strip_prefix(MERCHANT_CLEARING_PREFIX)
+        .unwrap_or(clearing)
+}
+
+const MERCHANT_CLEARING_PREFIX: &str = "merchant:";
 
 /// Opening a consumer: the wallet is filled from the designated bank account.
 pub fn consumer_opened_event(

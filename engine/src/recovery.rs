@@ -172,11 +172,22 @@ fn scan_consumers(
     info: &mut RecoveryInfo,
 ) -> Result<std::collections::HashMap<String, Amount>, EngineError> {
     let mut moved: std::collections::HashMap<String, Amount> = Default::default();
+    // Payouts: what the ledger moved to merchants' bank accounts.
+    for (name, amount) in shared.view.merchant_clearing()? {
+        let account = crate::ledger::merchant_clearing_bank(&name).to_string();
+        let m = moved.entry(account).or_insert(Amount::ZERO);
+        *m = m
+            .checked_add(amount)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+    }
     for rec in shared.view.consumer_records() {
         let c = rec?;
         info.consumers += 1;
         if !c.bank_clearing.is_zero() {
-            moved.insert(c.bank.clone(), c.bank_clearing);
+            let m = moved.entry(c.bank.clone()).or_insert(Amount::ZERO);
+            *m = m
+                .checked_add(c.bank_clearing)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
         }
         // A store is written with a data key from its start or never: a mix would let one
         // bank account be designated twice (once by name, once by reference).

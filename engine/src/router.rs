@@ -145,8 +145,8 @@ impl Shared {
         self.merchants.release(merchant, amount);
     }
 
-    /// Holds `amount` of the merchant's durable balance for a refund; the journal writer
-    /// takes the hold back when it writes the refund.
+    /// Holds `amount` of the merchant's durable balance for a refund or a payout; the journal
+    /// writer takes the hold back when it writes it.
     pub fn debit_merchant_for_refund(
         &self,
         merchant: &str,
@@ -161,7 +161,7 @@ impl Shared {
             .map(|m| m.balance)
             .unwrap_or(Amount::ZERO);
         Ok(Err(Refusal::funds(format!(
-            "merchant {merchant} holds {balance} (refunds in progress included), less than the refund of {amount}"
+            "merchant {merchant} holds {balance} (refunds and payouts in progress included), less than the {amount} asked for"
         ))))
     }
 }

@@ -167,11 +167,11 @@ fn balance_of(state: &LedgerState, account: &AccountRef) -> Option<Amount> {
     match account {
         AccountRef::Wallet(c) => state.consumers.get(c).map(|c| c.wallet),
         AccountRef::Merchant(m) => state.merchants.get(m).map(|m| m.balance),
-        AccountRef::BankClearing(b) => state
-            .bank_owner
-            .get(b)
-            .and_then(|c| state.consumers.get(c))
-            .map(|c| c.bank_clearing),
+        AccountRef::BankClearing(b) => match state.bank_owner.get(b) {
+            Some(c) => state.consumers.get(c).map(|c| c.bank_clearing),
+            // A merchant's bank account (payouts).
+            None => state.merchant_clearing.get(b).copied(),
+        },
     }
 }
 
@@ -342,8 +342,15 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     report.wallets_total = total(state.consumers.values().map(|c| c.wallet)).map_err(final_err)?;
     report.merchants_total =
         total(state.merchants.values().map(|m| m.balance)).map_err(final_err)?;
-    report.clearing_total =
-        total(state.consumers.values().map(|c| c.bank_clearing)).map_err(final_err)?;
+    // The clearing accounts of consumers' and merchants' (payouts) bank accounts.
+    report.clearing_total = total(
+        state
+            .consumers
+            .values()
+            .map(|c| c.bank_clearing)
+            .chain(state.merchant_clearing.values().copied()),
+    )
+    .map_err(final_err)?;
     let sum = report
         .wallets_total
         .checked_add(report.merchants_total)

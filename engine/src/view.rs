@@ -58,6 +58,8 @@ const AUTHORISATION: u8 = b'z';
 const READER: u8 = b'q';
 const BANK_OP: u8 = b'o';
 const SIM_ACCOUNT: u8 = b's';
+/// The clearing accounts of merchants' bank accounts (payouts), by clearing account name.
+const MERCHANT_CLEARING: u8 = b'g';
 /// The records of the layer above (see [`crate::records`]): kept in key order in the overlay,
 /// since they are scanned by prefix (queues, listings), and never interpreted here.
 pub(crate) const UPPER_RECORD: u8 = b'x';
@@ -368,8 +370,11 @@ pub struct WriterDelta {
     pub config: Option<Box<RulesConfig>>,
     pub merchants_opened: Vec<MerchantState>,
     pub merchant_postings: Vec<(String, Amount)>,
-    /// Refunds taken from merchants: each was held in the [`MerchantBook`] until now.
+    /// Refunds and payouts taken from merchants: each was held in the [`MerchantBook`] until
+    /// now.
     pub merchant_refunds: Vec<(String, Amount)>,
+    /// Postings on merchants' bank clearing accounts (payouts): clearing account, amount.
+    pub merchant_clearing: Vec<(String, Amount)>,
 }
 
 impl WriterDelta {
@@ -393,13 +398,25 @@ impl WriterDelta {
                 }),
                 _ => {}
             }
-            let refund = matches!(ev.kind, EventKind::Refunded { .. });
+            // A refund and a payout each held their amount in the book while they ran.
+            let refund = matches!(
+                ev.kind,
+                EventKind::Refunded { .. } | EventKind::PayoutMade { .. }
+            );
             for p in &ev.postings {
-                if let AccountRef::Merchant(m) = &p.account {
-                    d.merchant_postings.push((m.clone(), p.amount));
-                    if refund && p.amount.is_negative() {
-                        d.merchant_refunds.push((m.clone(), p.amount.checked_neg()));
+                match &p.account {
+                    AccountRef::Merchant(m) => {
+                        d.merchant_postings.push((m.clone(), p.amount));
+                        if refund && p.amount.is_negative() {
+                            d.merchant_refunds.push((m.clone(), p.amount.checked_neg()));
+                        }
                     }
+                    // A consumer's clearing account is in its record; any other is a
+                    // merchant's (as the ledger keeps them).
+                    AccountRef::BankClearing(b) if ev.consumer().is_none() => {
+                        d.merchant_clearing.push((b.clone(), p.amount));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -438,6 +455,16 @@ impl MerchantBook {
     /// The merchant as durable (balance without the holds).
     pub fn get(&self, id: &str) -> Option<MerchantState> {
         self.merchants.get(id).map(|e| e.durable.clone())
+    }
+
+    /// The balance not held for a refund or payout in progress.
+    pub fn free(&self, id: &str) -> Option<Amount> {
+        self.merchants.get(id).map(|e| {
+            e.durable
+                .balance
+                .checked_sub(e.held)
+                .unwrap_or(Amount::ZERO)
+        })
     }
 
     /// Holds `amount` for a refund if the balance not yet held covers it; `Ok(false)` if it
@@ -501,6 +528,8 @@ pub struct Published {
 /// are few) and written for every batch that changes them.
 pub struct WriterView {
     merchants: BTreeMap<String, MerchantState>,
+    /// Merchants' bank clearing accounts (payouts).
+    clearing: BTreeMap<String, Amount>,
     meta: ViewMeta,
     book: Arc<MerchantBook>,
 }
@@ -513,6 +542,7 @@ impl WriterView {
         book.publish(&all, &[]);
         Ok(WriterView {
             merchants,
+            clearing: view.merchant_clearing()?,
             meta: view.meta()?.unwrap_or_default(),
             book,
         })
@@ -533,8 +563,19 @@ impl WriterView {
         let mut merchants: BTreeMap<String, MerchantState> = BTreeMap::new();
         let mut meta = self.meta.clone();
         let mut refunds = Vec::new();
+        let mut clearing: BTreeMap<String, Amount> = BTreeMap::new();
         for d in deltas {
             refunds.extend(d.merchant_refunds.iter().cloned());
+            for (name, amount) in &d.merchant_clearing {
+                let now = match clearing.get(name) {
+                    Some(a) => *a,
+                    None => self.clearing.get(name).copied().unwrap_or(Amount::ZERO),
+                };
+                let next = now
+                    .checked_add(*amount)
+                    .map_err(|e| ViewError::Invalid(format!("clearing {name}: {e}")))?;
+                clearing.insert(name.clone(), next);
+            }
             meta.entries += 1;
             meta.clock = meta.clock.max(d.at);
             if let Some(c) = &d.config {
@@ -562,7 +603,13 @@ impl WriterView {
             .values()
             .map(|m| ViewWrite::Put(key(MERCHANT, &m.id), encode(m)))
             .collect();
+        writes.extend(
+            clearing
+                .iter()
+                .map(|(name, amount)| ViewWrite::Put(key(MERCHANT_CLEARING, name), encode(amount))),
+        );
         writes.push(ViewWrite::Put(META_KEY.to_vec(), encode(&meta)));
+        self.clearing.extend(clearing);
         let published = Published {
             merchants: merchants.values().cloned().collect(),
             refunds,
@@ -1259,6 +1306,16 @@ impl StateView {
         self.get("merchant", &key(MERCHANT, id))
     }
 
+    /// Merchants' bank clearing accounts (payouts): what the ledger paid out to each.
+    pub fn merchant_clearing(&self) -> Result<BTreeMap<String, Amount>, ViewError> {
+        let mut out = BTreeMap::new();
+        for kv in self.scan(&[MERCHANT_CLEARING]) {
+            let (k, v) = kv?;
+            out.insert(id_of(1, &k)?, decode("merchant clearing", &v)?);
+        }
+        Ok(out)
+    }
+
     pub fn merchants(&self) -> Result<BTreeMap<String, MerchantState>, ViewError> {
         let mut out = BTreeMap::new();
         for kv in self.scan(&[MERCHANT]) {
@@ -1320,6 +1377,11 @@ impl StateView {
                 "the rules, the clock or the entry count (view: clock {}, {} entries; replay: clock {}, {} entries)",
                 meta.clock, meta.entries, ledger.clock, ledger.entries
             )));
+        }
+        if self.merchant_clearing()? != ledger.merchant_clearing {
+            return Ok(Err(
+                "the clearing accounts of merchants' bank accounts".into()
+            ));
         }
         let (mut consumers, mut orders, mut refunds, mut banks) = (0usize, 0usize, 0usize, 0usize);
         for rec in self.consumer_records() {
