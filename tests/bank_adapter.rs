@@ -324,6 +324,7 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     bank.open_account(BANK, "10000.00");
     bank.open_account("poor", "10.00");
     bank.open_account("gone", "500.00");
+    bank.open_account("shop-bank", "0.00");
     let a = bank.admin("POST", "/admin/accounts/gone/close", None);
     assert_eq!(a.status, 200, "{a:?}");
     let total = bank.total();
@@ -409,6 +410,53 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // 5000.00 cap with 4542.50 from the bank: 10000.00 - 500.00 - 4542.50.
     assert_eq!(bank.balance(BANK), "4957.50");
 
+    // Payouts: none without an Idempotency-Key; then by the merchant's policy, to its bank
+    // account in a pain.001, once.
+    let payout = |key: Option<&str>| {
+        call(
+            "POST",
+            &node.url("/v1/merchant/payouts"),
+            Some(&w.api_key),
+            key,
+            Some(&json!({"amount": "2.50"})),
+        )
+    };
+    assert_eq!(payout(None).status, 400);
+    let first = payout(Some("payout-1"));
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.body["amount"], "2.50");
+    let again = payout(Some("payout-1"));
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.body["payout"], first.body["payout"]);
+    assert_eq!(bank.balance("shop-bank"), "2.50");
+    let policy = call(
+        "PATCH",
+        &node.url("/v1/admin/merchants/shop"),
+        Some(ADMIN_TOKEN),
+        None,
+        Some(&json!({"payout": {"threshold": "40.00"}})),
+    );
+    assert_eq!(policy.status, 200, "{policy:?}");
+    assert_eq!(policy.body["payout"]["threshold"], "40.00");
+    let paid = eventually(20, || (bank.balance("shop-bank") == "42.50").then_some(()));
+    assert!(
+        paid.is_some(),
+        "the scheduled payout did not arrive: {}",
+        bank.balance("shop-bank")
+    );
+    let shop = call(
+        "GET",
+        &node.url("/v1/merchant"),
+        Some(&w.api_key),
+        None,
+        None,
+    );
+    assert_eq!(shop.body["balance"], "0.00", "{shop:?}");
+    // Nothing left: the next payout is refused, and nothing moves.
+    let empty = payout(Some("payout-2"));
+    assert_eq!(empty.status, 409, "{empty:?}");
+    assert_eq!(bank.balance("shop-bank"), "42.50");
+
     // Every notification the bank made was taken once, in order.
     let made = {
         bank.faults(json!({"duplicate_notifications": false, "reorder_notifications": false}));
@@ -462,7 +510,7 @@ fn setup_at_bank(node: &NodeProc) -> World {
     let merchant = admin(
         node,
         "/v1/admin/merchants",
-        json!({"id": "shop", "name": "The Tea Shop"}),
+        json!({"id": "shop", "name": "The Tea Shop", "bank": "shop-bank"}),
     );
     assert_eq!(merchant.status, 201, "{merchant:?}");
     let key = issue_card_with_reader(node, "alice", CARD, PIN, "reader-alice");

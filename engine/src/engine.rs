@@ -479,6 +479,12 @@ impl Engine {
         Ok(Ok(Outcome::Ok))
     }
 
+    /// A merchant's balance not held for a refund or payout in progress, as durable; `None`
+    /// for an unknown merchant.
+    pub fn merchant_free_balance(&self, merchant: &str) -> Option<Amount> {
+        self.shared.merchants.free(merchant)
+    }
+
     /// Pays out a merchant's balance to its bank account: all of what is not held for a refund
     /// in progress, or `amount` of it. The amount is held while the bank is asked (a credit
     /// transfer: with the ISO 20022 adapter, part of a pain.001 with whatever else is asked

@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod metrics;
 pub mod outbox;
+pub mod payouts;
 pub mod records;
 pub mod settings;
 pub mod state;
@@ -196,12 +197,29 @@ async fn run(
                     Ok(_) => node.outbox_wake.notify_one(),
                     Err(e) => tracing::error!(error = %e, "tick failed"),
                 }
+
                 if last_sweep.elapsed() >= Duration::from_secs(node.settings.sweep_secs) {
                     last_sweep = std::time::Instant::now();
                     if let Err(e) = state::sweep_expired(&node).await {
                         tracing::error!(error = %e, "sweeping expired records failed");
                     }
                 }
+            }
+        })
+    };
+    // Payouts by the merchants' policies: a task of their own, so that a slow bank never
+    // holds up the ticks.
+    let payout_task = {
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let every = Duration::from_millis(node.settings.tick_interval_ms);
+            let mut scheduler = payouts::Scheduler::default();
+            while !node.is_stopping() {
+                tokio::time::sleep(every).await;
+                if node.is_stopping() {
+                    break;
+                }
+                scheduler.run(&node, node.now()).await;
             }
         })
     };
@@ -295,6 +313,7 @@ async fn run(
     node.outbox_wake.notify_one();
     node.work_wake.notify();
     let _ = ticker.await;
+    let _ = payout_task.await;
     let _ = outbox.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();

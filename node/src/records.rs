@@ -191,6 +191,28 @@ pub struct MerchantProfile {
     /// The SHA-256 of the merchant's API key (hex), so that rotating the key can revoke it.
     #[serde(default)]
     pub api_key_sha256: Option<String>,
+    /// When the node pays the merchant's balance out to its bank account by itself.
+    #[serde(default)]
+    pub payout: Option<PayoutPolicy>,
+}
+
+/// When a merchant's balance is paid out by itself (the node's scheduler, `payouts.rs`): once
+/// it reaches `threshold`, and/or every `every_secs` (at each multiple of it since the Unix
+/// epoch) when there is anything to pay. The whole balance not held for a refund goes out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<onecard_engine::Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+}
+
+impl PayoutPolicy {
+    /// An empty policy (`{}`) means none.
+    pub fn is_empty(&self) -> bool {
+        self.threshold.is_none() && self.every_secs.is_none()
+    }
 }
 
 /// What a request with an `Idempotency-Key` got: replayed for the same request, refused (422)

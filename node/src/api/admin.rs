@@ -238,6 +238,7 @@ pub async fn open_merchant(
         webhook_secret: format!("whsec_{}", records::random_hex(24)),
         printer: printer.clone(),
         api_key_sha256: None,
+        payout: None,
     };
     let (api_key, writes) = new_api_key(&node, &mut profile);
     let rollback = vec![
@@ -325,6 +326,9 @@ pub struct MerchantUpdate {
     /// `""` removes it.
     #[serde(default)]
     pub printer: Option<String>,
+    /// When the balance is paid out to the merchant's bank account by itself; `{}` removes it.
+    #[serde(default)]
+    pub payout: Option<records::PayoutPolicy>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -333,6 +337,7 @@ pub struct MerchantSettings {
     pub name: String,
     pub webhook_url: Option<String>,
     pub printer: Option<String>,
+    pub payout: Option<records::PayoutPolicy>,
 }
 
 pub async fn update_merchant(
@@ -375,8 +380,37 @@ pub async fn update_merchant(
             Some(_) => profile.printer = printer,
             None => {}
         }
+        match &b.payout {
+            Some(p) if p.is_empty() => profile.payout = None,
+            Some(p) => {
+                if p.threshold.is_some_and(|t| !t.is_positive()) {
+                    return Err(ApiError::invalid(
+                        "payout.threshold must be greater than zero",
+                    ));
+                }
+                if p.every_secs == Some(0) {
+                    return Err(ApiError::invalid("payout.every_secs must be at least 1"));
+                }
+                profile.payout = Some(p.clone());
+            }
+            None => {}
+        }
         Ok::<(), ApiError>(())
     })();
+    if profile.payout.is_some() {
+        let bank = node
+            .engine
+            .merchant(&profile.id)
+            .await?
+            .and_then(|m| m.bank);
+        if bank.is_none() {
+            let e = ApiError::invalid(format!(
+                "payout: merchant {} has no bank account to pay out to",
+                profile.id
+            ));
+            return idem.finish(Reply::error(&e)).await;
+        }
+    }
     if let Err(e) = updated {
         return idem.finish(Reply::error(&e)).await;
     }
@@ -385,6 +419,7 @@ pub async fn update_merchant(
         name: profile.name.clone(),
         webhook_url: profile.webhook_url.clone(),
         printer: profile.printer.clone(),
+        payout: profile.payout.clone(),
     };
     let writes = vec![store::json(records::merchant_key(&profile.id), &profile)];
     let response = idem

@@ -422,3 +422,53 @@ pub async fn reprint(
     node.work_wake.notify();
     Ok(response)
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutBody {
+    /// How much to pay out; the whole balance not held for a refund when absent.
+    #[serde(default)]
+    pub amount: Option<String>,
+}
+
+/// A payout asked for by the merchant: its balance (or `amount` of it) to its bank account,
+/// as a credit transfer. Needs an `Idempotency-Key`, so that a retry is never paid twice.
+pub async fn request_payout(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let (idem, body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
+    if idem.key().is_none() {
+        return Err(ApiError::bad_request(
+            "idempotency_key_required",
+            "a payout needs an Idempotency-Key header, so that a retry is never paid twice",
+        ));
+    }
+    let parsed: PayoutBody = match parse_json(&body) {
+        Ok(b) => b,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let amount = match parsed.amount.as_deref().map(Amount::parse_positive) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            return idem
+                .finish(Reply::error(&ApiError::invalid(format!("amount: {e}"))))
+                .await
+        }
+    };
+    let reply = match node.engine.pay_out(&merchant, amount, node.now()).await? {
+        Ok(paid) => Reply::new(
+            StatusCode::CREATED,
+            &serde_json::json!({
+                "payout": paid.payout,
+                "amount": paid.amount.to_string(),
+                "status": "paid",
+            }),
+        ),
+        Err(r) => Reply::error(&ApiError::refusal(&r)),
+    };
+    idem.finish(reply).await
+}

@@ -177,6 +177,7 @@ routes! {
     "/v1/admin/cards/unlock" => Admin { post(json): admin::unlock_card },
     "/v1/admin/readers" => Admin { post(json): admin::register_reader },
     "/v1/merchant" => Merchant { get: merchant::account },
+    "/v1/merchant/payouts" => Merchant { post(json): merchant::request_payout },
     "/v1/orders" => Merchant { post(json): merchant::create_order, get: merchant::list_orders },
     "/v1/orders/{order}" => Merchant { get: merchant::get_order },
     "/v1/orders/{order}/cancel" => Merchant { post: merchant::cancel_order },
