@@ -363,7 +363,9 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
         assert_eq!(again.status, 201, "{again:?}");
     }
 
-    // Rejections, with ISO reason codes, refuse the opening and book nothing.
+    // Rejections, with ISO reason codes, refuse the opening and book nothing. (Once nothing
+    // runs in the background: the forced rejection is for the next transaction whatever it is.)
+    settle(&node);
     bank.faults(json!({"reject_next": {"count": 1, "code": "AM04"}}));
     let a = admin(
         &node,
@@ -410,6 +412,39 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // 5000.00 cap with 4542.50 from the bank: 10000.00 - 500.00 - 4542.50.
     assert_eq!(bank.balance(BANK), "4957.50");
 
+    // The bank slower than the node's timeout: the settlement is acknowledged when the wallet
+    // has paid; the top-up's outcome is unknown, so it is recorded as not done, and the
+    // operation, booked late, is reversed by the adapter: the bank account ends as before.
+    let order = create_order(&node, &w, "10.00", false);
+    let mut card = card_for(&w, 2);
+    let (end, answer) = pay(&node, &w, &mut card, &order, PIN);
+    assert!(
+        matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
+        "{end:?}"
+    );
+    let session = answer.expect("answer").session.expect("session").token;
+    bank.faults(json!({"delay_ms": 900}));
+    let confirmed = call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
+        Some(&session),
+        Some("receipt-2"),
+        Some(&json!({"satisfied": true})),
+    );
+    bank.faults(json!({"delay_ms": 0}));
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    assert_eq!(confirmed.body["state"], "settled");
+    settle(&node);
+    let account = call(
+        "GET",
+        &node.url("/v1/consumer/account"),
+        Some(&session),
+        None,
+        None,
+    );
+    assert_eq!(account.body["wallet"], "4990.00", "{account:?}");
+    assert_eq!(bank.balance(BANK), "4957.50");
+
     // Payouts: none without an Idempotency-Key; then by the merchant's policy, to its bank
     // account in a pain.001, once.
     let payout = |key: Option<&str>| {
@@ -438,7 +473,8 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     );
     assert_eq!(policy.status, 200, "{policy:?}");
     assert_eq!(policy.body["payout"]["threshold"], "40.00");
-    let paid = eventually(20, || (bank.balance("shop-bank") == "42.50").then_some(()));
+    // 42.50 + 10.00 earned, 2.50 paid out already: 50.00 goes.
+    let paid = eventually(20, || (bank.balance("shop-bank") == "52.50").then_some(()));
     assert!(
         paid.is_some(),
         "the scheduled payout did not arrive: {}",
@@ -455,7 +491,7 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // Nothing left: the next payout is refused, and nothing moves.
     let empty = payout(Some("payout-2"));
     assert_eq!(empty.status, 409, "{empty:?}");
-    assert_eq!(bank.balance("shop-bank"), "42.50");
+    assert_eq!(bank.balance("shop-bank"), "52.50");
 
     // Every notification the bank made was taken once, in order.
     let made = {

@@ -426,6 +426,14 @@ impl Run {
         self.st.borrow_mut().topup_in_flight = amount;
         let answer = self.debit_bank(amount).await;
         self.st.borrow_mut().topup_in_flight = Amount::ZERO;
+        // A top-up the bank could not be asked for, or whose answer is unknown, does not undo
+        // the settlement that needed it: the wallet has paid, and the top-up is recorded as
+        // not done (the next settlement tries again). An operation the bank did after all is
+        // resolved by the bank's adapter, which reverses it: the journal never names it.
+        let answer = match answer {
+            Err(EngineError::Bank(e)) => Ok(Err(format!("the bank could not be asked: {e}"))),
+            other => other,
+        };
         let ev = match answer? {
             Ok(op) => self.st.borrow().topped_up_event(amount, op),
             Err(reason) => {
@@ -456,7 +464,14 @@ impl Run {
         let funding = self.st.borrow().funding(amount);
         let mut bank_op = None;
         if funding.bank_part.is_positive() {
-            match self.debit_bank(funding.bank_part).await? {
+            // The bank unreachable, or its answer unknown: the order awaits funds (and is tried
+            // again at the next tick) rather than failing; an operation the bank did after all
+            // is reversed by the bank's adapter, as the journal never names it.
+            let answer = match self.debit_bank(funding.bank_part).await {
+                Err(EngineError::Bank(e)) => Ok(Err(format!("the bank could not be asked: {e}"))),
+                other => other,
+            };
+            match answer? {
                 Ok(op) => bank_op = Some(op),
                 Err(reason) => {
                     if state == OrderState::AwaitingFunds {
