@@ -124,6 +124,8 @@ fn settings(base: &str) -> BankSettings {
     s.retry_backoff = std::time::Duration::from_millis(10);
     s.pending_wait = std::time::Duration::from_millis(50);
     s.resolve_interval = std::time::Duration::from_secs(3600);
+    // Every unresolved operation is overdue at once: reported to operators.
+    s.unresolved_alert = std::time::Duration::ZERO;
     s
 }
 
@@ -238,6 +240,11 @@ fn every_hostile_or_broken_answer_is_an_error_and_nothing_is_taken_as_booked() {
         adapter.resolve_orphans();
         let stats = adapter.stats();
         assert_eq!(stats.unresolved.load(Ordering::Relaxed), 1, "{what}");
+        assert_eq!(
+            stats.unresolved_overdue.load(Ordering::Relaxed),
+            1,
+            "{what}"
+        );
         assert_eq!(stats.reversals.load(Ordering::Relaxed), 0, "{what}");
         assert_eq!(
             *bank.posts.lock().unwrap(),
@@ -264,6 +271,11 @@ fn every_hostile_or_broken_answer_is_an_error_and_nothing_is_taken_as_booked() {
         adapter.resolve_orphans();
         assert_eq!(*bank.posts.lock().unwrap(), 2, "{what}: sent again once");
         assert_eq!(stats.unresolved.load(Ordering::Relaxed), 0, "{what}");
+        assert_eq!(
+            stats.unresolved_overdue.load(Ordering::Relaxed),
+            0,
+            "{what}"
+        );
         assert_eq!(stats.reversals.load(Ordering::Relaxed), 0, "{what}");
         adapter.close();
     }
