@@ -1,8 +1,9 @@
 //! The checks at the end of a run, and the digest of the final state.
 //!
 //! They read the state three ways and make them agree: the actors' live state (read before
-//! closing), the journal's replay by `verify` (after closing) and the simulated bank's
-//! balances; and they hold all three against the simulator's own book of what was opened,
+//! closing), the journal's replay by `verify` (after closing) and the bank's balances (the
+//! in-process simulated bank's, or with `--bank` the bank simulator's, read over its admin
+//! API); and they hold all three against the simulator's own book of what was opened,
 //! deposited and acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +67,31 @@ pub struct Inputs<'a> {
     pub verify: &'a Result<VerifyReport, VerifyError>,
     /// What reopening found, if the run restarted the engine.
     pub recovery: Option<&'a RecoveryInfo>,
+    /// With `--bank`: what the bank simulator and the adapter said at the end. `bank_balances`
+    /// then holds every account but the settlement center's own.
+    pub external: Option<&'a ExternalBank>,
+}
+
+/// What the checks read of an external bank (`--bank`) and of the ISO 20022 adapter.
+#[derive(Debug, Clone)]
+pub struct ExternalBank {
+    /// The settlement center's own account (`ONECARD-SETTLEMENT`): the creditor of every
+    /// debit of a consumer, the debtor of every credit to one.
+    pub own_account: String,
+    /// Its balance in cents (0.00 if no message has named it yet).
+    pub own_balance: i128,
+    /// `GET /admin/totals`: the sum of every balance, and how many accounts.
+    pub total: i128,
+    pub accounts: u64,
+    /// Also of `/admin/totals`: the messages the bank answered, the transactions it booked.
+    pub bank_messages: u64,
+    pub bank_bookings: u64,
+    /// The adapter's counters: messages sent, sent again, operations answered with an
+    /// unknown outcome, and those still unresolved at the end.
+    pub messages: u64,
+    pub resends: u64,
+    pub unknown_outcomes: u64,
+    pub unresolved: usize,
 }
 
 /// What the checks keep of the actors' live state: enough to hold it against the replay
@@ -136,6 +162,24 @@ pub fn run(i: &Inputs) -> Vec<Check> {
     }
     // The remaining checks read orders and clearing balances from the journal's replay (when
     // verify failed, the run has failed already).
+    if let Some(ext) = i.external {
+        checks.push(settlement_account(i, ext, replay));
+        checks.push(Check::new(
+            "bank_adapter",
+            ext.unresolved == 0,
+            format!(
+                "the adapter (since it last opened): {} messages sent, {} sent again after a lost answer, {} operations answered with \
+                 an unknown outcome, {} still unresolved at the end (must be 0); the bank answered \
+                 {} messages and booked {} transactions",
+                ext.messages,
+                ext.resends,
+                ext.unknown_outcomes,
+                ext.unresolved,
+                ext.bank_messages,
+                ext.bank_bookings
+            ),
+        ));
+    }
     if let Some(state) = replay {
         checks.push(population(i, state));
         checks.push(bank_reconciliation(i, state, &bank));
@@ -165,11 +209,18 @@ fn conservation(i: &Inputs, bank_total: i128, replay: Option<&LedgerState>) -> C
         ("journal", replay.map(wallets_and_merchants)),
         ("live", i.live.map(|l| l.wallets_and_merchants)),
     ];
+    // With an external bank, its own account is left out here: it holds what the node owes
+    // (the settlement_account check), which is the wallets and merchants' balances.
+    let accounts = if i.external.is_some() {
+        "the population's bank accounts"
+    } else {
+        "bank"
+    };
     for (name, held) in held_by {
         let Some(held) = held else { continue };
         ok &= bank_total + held == expected;
         parts.push(format!(
-            "{name}: bank {} + wallets and merchants {} = {}",
+            "{name}: {accounts} {} + wallets and merchants {} = {}",
             money(bank_total),
             money(held),
             money(bank_total + held)
@@ -182,7 +233,47 @@ fn conservation(i: &Inputs, bank_total: i128, replay: Option<&LedgerState>) -> C
         money(i.book.deposits_total),
         money(expected)
     ));
+    if let Some(ext) = i.external {
+        // Bookings only move money between the bank's accounts: its total (the settlement
+        // center's account included) stays what was opened.
+        ok &= ext.total == expected;
+        parts.push(format!(
+            "the bank's total over {} accounts (its own included): {}",
+            ext.accounts,
+            money(ext.total)
+        ));
+    }
     Check::new("conservation", ok, parts.join("; "))
+}
+
+/// The settlement center's account at the bank holds exactly what the node owes: every
+/// booked debit of a consumer was credited to it and every credit to one debited from it,
+/// and each is one posting on that consumer's clearing account, so it holds minus the sum
+/// of the clearing accounts — which by I2 (every balance of the ledger sums to zero) is the
+/// sum of the wallets and the merchants' balances.
+fn settlement_account(i: &Inputs, ext: &ExternalBank, replay: Option<&LedgerState>) -> Check {
+    let own = ext.own_balance;
+    let mut ok = true;
+    let mut parts = vec![format!("{} holds {}", ext.own_account, money(own))];
+    if let Some(s) = replay {
+        let clearing: i128 = s.consumers.values().map(|c| c.bank_clearing.cents()).sum();
+        let held = wallets_and_merchants(s);
+        ok &= own == -clearing && own == held;
+        parts.push(format!(
+            "journal: minus the clearing accounts {}, wallets and merchants {}",
+            money(-clearing),
+            money(held)
+        ));
+    }
+    if let Some(live) = i.live {
+        ok &= own == live.wallets_and_merchants;
+        parts.push(format!(
+            "live: wallets and merchants {}",
+            money(live.wallets_and_merchants)
+        ));
+    }
+    ok &= replay.is_some() || i.live.is_some();
+    Check::new("settlement_account", ok, parts.join("; "))
 }
 
 /// The journal rebuilds exactly what the actors held: the same digest of every account,

@@ -6,16 +6,18 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use onecard_adapters::banks::{open_bank, BankKind, OpenedBank};
+use onecard_adapters::iso20022::bank::BankSettings;
 use onecard_engine::engine::EngineConfig;
-use onecard_engine::{verify, Engine, EngineError, NodeConfig, SimBank, SimBankPort};
+use onecard_engine::{verify, Amount, Engine, EngineError, NodeConfig};
 
-use crate::checks;
+use crate::bank_admin::{self, AdminError, BankAdmin};
+use crate::checks::{self, ExternalBank};
 use crate::options::LoadArgs;
-use crate::population::{self, SetupError};
+use crate::population::{self, Accounts, SetupError};
 use crate::report::{Report, Residency, Restart, VerifySummary};
 use crate::runner::{Book, Common, Ctx, Pace};
 use crate::stats::{peak_rss_bytes, Recorder};
@@ -33,8 +35,10 @@ pub enum LoadError {
     DataDir { path: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("opening the simulated bank: {0}")]
+    #[error("opening the bank: {0}")]
     Bank(#[from] onecard_engine::bank::BankError),
+    #[error("bank simulator: {0}")]
+    Admin(#[from] AdminError),
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
     #[error("setup: {0}")]
@@ -133,19 +137,18 @@ pub fn main(args: LoadArgs) -> ExitCode {
     }
 }
 
-fn engine_config(args: &LoadArgs) -> Result<EngineConfig, LoadError> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            NodeConfig::load(path)
-                .map_err(|e| LoadError::Config(e.to_string()))?
-                .engine
-        }
-        None => EngineConfig::default(),
+/// The engine's configuration and the currency (`[rules] currency`, for the ISO 20022 bank's
+/// messages).
+fn engine_config(args: &LoadArgs) -> Result<(EngineConfig, String), LoadError> {
+    let node = match &args.config {
+        Some(path) => NodeConfig::load(path).map_err(|e| LoadError::Config(e.to_string()))?,
+        None => NodeConfig::default(),
     };
+    let mut cfg = node.engine;
     if let Some(n) = args.arbiters {
         cfg.arbiters = n as usize;
     }
-    Ok(cfg)
+    Ok((cfg, node.currency))
 }
 
 /// A progress bar on standard error, or a hidden one when that is not a terminal or the
@@ -170,16 +173,87 @@ fn progress(args: &LoadArgs, len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-async fn open_node(dir: &Path, cfg: &EngineConfig) -> Result<(Engine, Arc<SimBank>), LoadError> {
-    let bank = SimBank::open(dir)?;
-    let engine = Engine::open(dir, cfg.clone(), Arc::new(SimBankPort(bank.clone()))).await?;
-    Ok((engine, bank))
+/// The engine over its bank: the in-process simulated bank (`BankKind::Simulated`: exactly
+/// `SimBank::open` and `SimBankPort`), or the ISO 20022 adapter to a bank simulator.
+async fn open_node(
+    dir: &Path,
+    cfg: &EngineConfig,
+    kind: &BankKind,
+) -> Result<(Engine, OpenedBank), LoadError> {
+    let bank = open_bank(kind, dir, cfg.data_key.clone())?;
+    match Engine::open(dir, cfg.clone(), bank.port.clone()).await {
+        Ok(engine) => Ok((engine, bank)),
+        Err(e) => {
+            bank.close();
+            Err(e.into())
+        }
+    }
 }
 
-async fn close_node(engine: Engine, bank: Arc<SimBank>) -> Result<(), LoadError> {
+async fn close_node(engine: Engine, bank: OpenedBank) -> Result<(), LoadError> {
     engine.close().await?;
     bank.close();
     Ok(())
+}
+
+/// Every balance at the bank: the in-process bank's, or the bank simulator's read over its
+/// admin API (`None` beside them); then its own account taken out of the list, and its
+/// totals.
+async fn bank_balances(
+    bank: &OpenedBank,
+    admin: Option<&BankAdmin>,
+) -> Result<(Vec<(String, Amount)>, Option<ExternalBank>), LoadError> {
+    let (Some(admin), Some(iso)) = (admin, &bank.iso20022) else {
+        let balances = bank.simulated.as_ref().map(|b| b.balances());
+        return Ok((balances.unwrap_or_default(), None));
+    };
+    let own_account = iso.settings().own_account.clone();
+    let reader = admin.clone();
+    let (lines, totals) = actix_rt::task::spawn_blocking(move || {
+        Ok::<_, AdminError>((reader.accounts()?, reader.totals()?))
+    })
+    .await
+    .map_err(|e| LoadError::Setup(SetupError::Join(e.to_string())))??;
+    let what = format!("GET {}/admin/accounts", admin.base());
+    let mut own_balance = 0;
+    let mut balances = Vec::with_capacity(lines.len());
+    for line in lines {
+        let cents = bank_admin::cents(&what, &line.balance)?;
+        if line.account == own_account {
+            own_balance = cents;
+        } else {
+            let amount = Amount::from_cents_i128(cents).map_err(|e| AdminError::Answer {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+            balances.push((line.account, amount));
+        }
+    }
+    let ext = ExternalBank {
+        own_account,
+        own_balance,
+        total: bank_admin::cents("GET /admin/totals", &totals.total)?,
+        accounts: totals.accounts,
+        bank_messages: totals.messages,
+        bank_bookings: totals.bookings,
+        messages: 0,
+        resends: 0,
+        unknown_outcomes: 0,
+        unresolved: 0,
+    };
+    Ok((balances, Some(ext)))
+}
+
+/// The ISO 20022 adapter's counters, once the engine has closed.
+fn adapter_counters(bank: &OpenedBank, ext: &mut ExternalBank) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(iso) = &bank.iso20022 {
+        let stats = iso.stats();
+        ext.messages = stats.messages.load(Relaxed);
+        ext.resends = stats.resends.load(Relaxed);
+        ext.unknown_outcomes = stats.unknown_outcomes.load(Relaxed);
+        ext.unresolved = iso.unresolved().len();
+    }
 }
 
 /// The engine, once every worker that shared it has finished.
@@ -196,7 +270,18 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
-    let cfg = engine_config(args)?;
+    let (cfg, currency) = engine_config(args)?;
+    let (kind, admin) = match &args.bank {
+        None => (BankKind::Simulated, None),
+        Some(url) => {
+            let settings = BankSettings::for_endpoint(url, &currency);
+            settings
+                .validate()
+                .map_err(|e| LoadError::Usage(format!("--bank: {e}")))?;
+            let admin = BankAdmin::new(&settings.endpoint);
+            (BankKind::Iso20022(Box::new(settings)), Some(admin))
+        }
+    };
     // The simulated clock advances TICK_SECS a tick. With a short expiry, an order could expire
     // between its placement and its release, which the lifecycles do not expect.
     if cfg.rules.order_expiry_secs < MIN_EXPIRY_SECS {
@@ -208,7 +293,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     }
     let data = DataDir::new(args.data.as_deref())?;
     let dir = data.path().to_path_buf();
-    let (engine, mut bank) = open_node(&dir, &cfg).await?;
+    let (engine, mut bank) = open_node(&dir, &cfg, &kind).await?;
     let rules = engine.rules().clone();
     let cents = |a: onecard_engine::Amount| i64::try_from(a.cents()).unwrap_or(i64::MAX);
 
@@ -216,9 +301,14 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     let pb = progress(args, args.consumers, "consumers opened");
     pb.set_prefix("setup");
     let setup_start = Instant::now();
+    let accounts = match (&admin, &bank.simulated) {
+        (Some(admin), _) => Accounts::External(admin),
+        (None, Some(sim)) => Accounts::Embedded(sim),
+        (None, None) => return Err(LoadError::Config("the in-process bank did not open".into())),
+    };
     let opened = population::open_all(
         &engine,
-        &bank,
+        accounts,
         args.seed,
         args.consumers,
         args.merchants,
@@ -261,9 +351,9 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         .filter(|r| *r > 0 && *r < args.orders);
 
     let mut engine = Rc::new(engine);
-    let phase = |engine: &Rc<Engine>, bank: &Arc<SimBank>, limit: u64| Ctx {
+    let phase = |engine: &Rc<Engine>, bank: &OpenedBank, limit: u64| Ctx {
         engine: engine.clone(),
-        bank: bank.clone(),
+        bank: bank.simulated.clone(),
         limit,
         common: common.clone(),
     };
@@ -288,7 +378,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         close_node(sole(engine)?, bank).await?;
         let close_ms = ms(t.elapsed());
         let t = Instant::now();
-        let (reopened, rebank) = open_node(&dir, &cfg).await?;
+        let (reopened, rebank) = open_node(&dir, &cfg, &kind).await?;
         (engine, bank) = (Rc::new(reopened), rebank);
         restart = Some(Restart {
             after_lifecycles: at,
@@ -333,7 +423,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     let drain_secs = drain_start.elapsed().as_secs_f64();
 
     let checks_start = Instant::now();
-    let bank_balances = bank.balances();
+    let (bank_balances, mut external) = bank_balances(&bank, admin.as_ref()).await?;
     // Summarised and dropped at once: the replay below is another whole ledger.
     let live = match engine.ledger_state().await {
         Ok(s) => Some(checks::LiveSummary::of(&s, &bank_balances)),
@@ -346,6 +436,9 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         }
     };
     sole(engine)?.close().await?;
+    if let Some(ext) = external.as_mut() {
+        adapter_counters(&bank, ext);
+    }
     bank.close();
     drop(bank);
     let verified = verify::verify(&dir);
@@ -367,6 +460,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         bank_balances: &bank_balances,
         verify: &verified,
         recovery: restart.as_ref().map(|r: &Restart| &r.info),
+        external: external.as_ref(),
     });
     let final_state = verified.as_ref().ok().map(|r| &r.state);
     let digest = final_state
@@ -408,6 +502,23 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         concurrency: args.concurrency,
         arbiters: cfg.arbiters,
         tick_every: args.tick_every(),
+        bank: match &args.bank {
+            None => "the in-process simulated bank".into(),
+            Some(_) => format!(
+                "the ISO 20022 adapter to the bank simulator at {}",
+                admin.as_ref().map_or("", |a| a.base())
+            ),
+        },
+        notes: if args.bank.is_some() {
+            vec![
+                "deposits and bank refusals were not run (--deposit-pct and --refuse-pct need the \
+                 in-process bank's operator powers; 0 with --bank): conservation and bank_vs_ledger \
+                 count no deposits, and the drain had no refusal to lift"
+                    .into(),
+            ]
+        } else {
+            vec![]
+        },
         data_dir,
         data_kept,
         setup_secs,

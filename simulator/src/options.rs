@@ -28,7 +28,11 @@ The same seed gives the same population and the same stream of commands; with --
 it also gives the same final state, hence the same digest.\n\n\
 Mix percentages are per order lifecycle. --code-pct, --time-pct, --cancel-pct, --dispute-pct \
 and --abandon-pct choose the lifecycle's path and may add up to at most 100; the rest are \
-released on receipt. --refund-pct, --repeat-pct, --deposit-pct and --refuse-pct are drawn independently."
+released on receipt. --refund-pct, --repeat-pct, --deposit-pct and --refuse-pct are drawn independently.\n\n\
+With --bank URL the engine works through the ISO 20022 adapter against a running `onecard-sim bank` \
+instead of the in-process bank: the population's accounts are opened there (admin API), its balances \
+are read for the checks, and conservation also checks the bank's total and its settlement account \
+against the node's wallets and merchant balances."
 )]
 pub struct LoadArgs {
     /// Consumers to open, each with a credit limit, a designated account at the simulated bank
@@ -123,15 +127,17 @@ pub struct LoadArgs {
     pub repeat_pct: f64,
 
     /// Lifecycles preceded by a recharge: money arriving from outside at the consumer's bank
-    /// account (a bank deposit).
-    #[arg(long, value_name = "PCT", default_value_t = 5.0, value_parser = percentage)]
-    pub deposit_pct: f64,
+    /// account (a bank deposit). Default 5; with --bank 0, and nothing else is allowed (a
+    /// deposit needs the in-process bank's operator powers).
+    #[arg(long, value_name = "PCT", value_parser = percentage)]
+    pub deposit_pct: Option<f64>,
 
     /// Lifecycles preceded by the consumer's bank starting to refuse every debit, for the next
     /// --refuse-window lifecycles: settlements the wallet cannot cover wait for funds (ticks
-    /// retry them) and top-ups are refused.
-    #[arg(long, value_name = "PCT", default_value_t = 2.0, value_parser = percentage)]
-    pub refuse_pct: f64,
+    /// retry them) and top-ups are refused. Default 2; with --bank 0, and nothing else is
+    /// allowed (the refuse flag is the in-process bank's).
+    #[arg(long, value_name = "PCT", value_parser = percentage)]
+    pub refuse_pct: Option<f64>,
 
     /// How many lifecycles a bank refusal lasts.
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -149,7 +155,19 @@ pub struct LoadArgs {
     /// Consumers being opened at once during setup.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub setup_concurrency: usize,
+
+    /// Work against a running bank simulator (`onecard-sim bank`) at this base URL (plain
+    /// http:// on a loopback address) through the ISO 20022 adapter, instead of the in-process
+    /// simulated bank. The population's bank accounts are opened through the simulator's admin
+    /// API and the checks read its balances. Deposits and refusals are not available
+    /// (--deposit-pct and --refuse-pct must be 0, their default then).
+    #[arg(long, value_name = "URL")]
+    pub bank: Option<String>,
 }
+
+/// The defaults of --deposit-pct and --refuse-pct with the in-process bank.
+const DEPOSIT_PCT: f64 = 5.0;
+const REFUSE_PCT: f64 = 2.0;
 
 fn percentage(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
@@ -215,10 +233,51 @@ impl LoadArgs {
                 return Err("--duration must be a positive number of seconds".into());
             }
         }
-        if self.refuse_window == 0 && self.refuse_pct > 0.0 {
+        if self.refuse_window == 0 && self.refuse_pct() > 0.0 {
             return Err("--refuse-window must be at least 1".into());
         }
+        if let Some(url) = &self.bank {
+            let Some(rest) = url.strip_prefix("http://") else {
+                return Err(format!(
+                    "--bank {url:?}: expected the bank simulator's plain http:// URL on a loopback \
+                     address, such as http://127.0.0.1:8090"
+                ));
+            };
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            if !(host == "localhost" || host.starts_with("127.") || rest.starts_with("[::1]")) {
+                return Err(format!(
+                    "--bank {url:?}: plain http is only for a bank on this machine (a loopback address)"
+                ));
+            }
+            for (flag, pct) in [
+                ("--deposit-pct", self.deposit_pct),
+                ("--refuse-pct", self.refuse_pct),
+            ] {
+                if pct.is_some_and(|p| p > 0.0) {
+                    return Err(format!(
+                        "{flag} is not available with --bank: deposits and refusals need the \
+                         in-process bank's operator powers; leave it out (0 with --bank)"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// `--deposit-pct`, or its default: 5, or 0 with `--bank`.
+    pub fn deposit_pct(&self) -> f64 {
+        let default = if self.bank.is_some() {
+            0.0
+        } else {
+            DEPOSIT_PCT
+        };
+        self.deposit_pct.unwrap_or(default)
+    }
+
+    /// `--refuse-pct`, or its default: 2, or 0 with `--bank`.
+    pub fn refuse_pct(&self) -> f64 {
+        let default = if self.bank.is_some() { 0.0 } else { REFUSE_PCT };
+        self.refuse_pct.unwrap_or(default)
     }
 
     pub fn mix(&self) -> Mix {
@@ -230,8 +289,8 @@ impl LoadArgs {
             abandon: self.abandon_pct,
             refund: self.refund_pct,
             repeat: self.repeat_pct,
-            deposit: self.deposit_pct,
-            refuse: self.refuse_pct,
+            deposit: self.deposit_pct(),
+            refuse: self.refuse_pct(),
             refuse_window: self.refuse_window,
         }
     }

@@ -17,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
+use crate::bank_admin::{AdminError, BankAdmin};
+
 /// A random generator keyed by the seed and a purpose, so the population and the workload
 /// never share a stream (changing one cannot shift the other).
 pub fn keyed_rng(seed: u64, purpose: &str) -> ChaCha8Rng {
@@ -82,6 +84,13 @@ pub fn consumer(seed: u64, i: u64, cap: i64) -> ConsumerSpec {
 pub enum SetupError {
     #[error("simulated bank: {0}")]
     Bank(#[from] BankError),
+    #[error("bank simulator: {0}")]
+    Admin(#[from] AdminError),
+    #[error(
+        "the bank at {url} already has {accounts} accounts: give each run a bank simulator of \
+         its own (`onecard-sim bank --data` on a fresh directory)"
+    )]
+    BankNotEmpty { url: String, accounts: u64 },
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
     #[error("opening {what} was answered {outcome}")]
@@ -93,7 +102,7 @@ pub enum SetupError {
 /// What setup opened.
 #[derive(Debug, Clone, Default)]
 pub struct Opened {
-    /// Money put into the simulated bank at opening, in cents (the conservation baseline).
+    /// Money put into the bank at opening, in cents (the conservation baseline).
     pub opening_total: i128,
 }
 
@@ -127,13 +136,56 @@ async fn open_bank_account(
     Ok(())
 }
 
+/// Where the population's bank accounts are opened.
+#[derive(Clone, Copy)]
+pub enum Accounts<'a> {
+    /// The engine's in-process simulated bank, one account at a time as each owner opens.
+    Embedded(&'a Arc<SimBank>),
+    /// A bank simulator's admin API: every account first, in bulk.
+    External(&'a BankAdmin),
+}
+
+/// Opens every account at the bank simulator in a few bulk requests (the same names and
+/// balances as the in-process bank gets), off the runtime's thread. Returns their sum.
+async fn open_external(
+    admin: &BankAdmin,
+    seed: u64,
+    consumers: u64,
+    merchants: u64,
+    cap: i64,
+) -> Result<i128, SetupError> {
+    let mut list: Vec<(String, i64)> = (0..merchants).map(|j| (merchant_bank(j), 0)).collect();
+    let mut total = 0i128;
+    for i in 0..consumers {
+        let balance = consumer(seed, i, cap).bank_balance;
+        total += i128::from(balance);
+        list.push((consumer_bank(i), balance));
+    }
+    let admin = admin.clone();
+    actix_rt::task::spawn_blocking(move || {
+        // The checks hold the bank's total against what this run opened: another run's
+        // accounts (or this population's, already moved) would be counted too.
+        let before = admin.totals()?.accounts;
+        if before > 0 {
+            return Err(SetupError::BankNotEmpty {
+                url: admin.base().to_string(),
+                accounts: before,
+            });
+        }
+        Ok(admin.open_accounts(&list)?)
+    })
+    .await
+    .map_err(|e| SetupError::Join(e.to_string()))??;
+    Ok(total)
+}
+
 /// Opens the merchants, then the consumers, `concurrency` at a time. Each consumer: its
-/// account at the simulated bank with its balance, then `open_consumer`, which moves the
-/// starting wallet from that account.
+/// account at the bank with its balance (with an external bank, all accounts first), then
+/// `open_consumer`, which moves the starting wallet from that account.
 #[allow(clippy::too_many_arguments)]
 pub async fn open_all(
     engine: &Engine,
-    bank: &Arc<SimBank>,
+    accounts: Accounts<'_>,
     seed: u64,
     consumers: u64,
     merchants: u64,
@@ -142,9 +194,18 @@ pub async fn open_all(
 ) -> Result<Opened, SetupError> {
     let cap = i64::try_from(engine.rules().wallet_cap.cents()).unwrap_or(i64::MAX);
     let opening = Cell::new(0i128);
+    let bank = match accounts {
+        Accounts::Embedded(bank) => Some(bank),
+        Accounts::External(admin) => {
+            opening.set(open_external(admin, seed, consumers, merchants, cap).await?);
+            None
+        }
+    };
     stream::iter((0..merchants).map(Ok::<u64, SetupError>))
         .try_for_each_concurrent(concurrency, |j| async move {
-            open_bank_account(bank, merchant_bank(j), 0).await?;
+            if let Some(bank) = bank {
+                open_bank_account(bank, merchant_bank(j), 0).await?;
+            }
             let r = engine
                 .open_merchant(&merchant_id(j), Some(&merchant_bank(j)), 0)
                 .await;
@@ -156,8 +217,10 @@ pub async fn open_all(
             let opening = &opening;
             async move {
                 let spec = consumer(seed, i, cap);
-                open_bank_account(bank, consumer_bank(i), spec.bank_balance).await?;
-                opening.set(opening.get() + i128::from(spec.bank_balance));
+                if let Some(bank) = bank {
+                    open_bank_account(bank, consumer_bank(i), spec.bank_balance).await?;
+                    opening.set(opening.get() + i128::from(spec.bank_balance));
+                }
                 let req = OpenConsumer {
                     consumer: consumer_id(i),
                     credit_limit: Amount::from_cents(spec.credit_limit).to_string(),

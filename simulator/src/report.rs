@@ -49,6 +49,11 @@ pub struct Report {
     pub concurrency: usize,
     pub arbiters: usize,
     pub tick_every: u64,
+    /// Which bank the engine worked with: the in-process one, or the ISO 20022 adapter to a
+    /// bank simulator's URL.
+    pub bank: String,
+    /// What the run did not exercise or check, and why (for `--bank`).
+    pub notes: Vec<String>,
     pub data_dir: String,
     pub data_kept: bool,
     pub setup_secs: f64,
@@ -119,6 +124,10 @@ impl Report {
             "onecard-sim load: seed {}, {} consumers, {} merchants, {} orders, concurrency {}, {} arbiters, a tick every {} lifecycles",
             self.seed, self.consumers, self.merchants, self.orders, self.concurrency, self.arbiters, self.tick_every
         )?;
+        writeln!(s, "bank: {}", self.bank)?;
+        for n in &self.notes {
+            writeln!(s, "note: {n}")?;
+        }
         writeln!(
             s,
             "data: {}{}",
@@ -268,7 +277,7 @@ impl Report {
         for c in &self.checks {
             writeln!(
                 s,
-                "  {:<4} {:<16} {}",
+                "  {:<4} {:<18} {}",
                 if c.ok { "ok" } else { "FAIL" },
                 c.name,
                 c.detail
@@ -316,6 +325,8 @@ impl Report {
             "concurrency": self.concurrency,
             "arbiters": self.arbiters,
             "tick_every": self.tick_every,
+            "bank": self.bank,
+            "notes": self.notes,
             "lifecycles_started": self.lifecycles_started,
             "lifecycles": self.lifecycles_done(),
             "lifecycles_by_path": self.rec.lifecycles,

@@ -130,7 +130,9 @@ impl Pace {
 #[derive(Clone)]
 pub struct Ctx {
     pub engine: Rc<Engine>,
-    pub bank: Arc<SimBank>,
+    /// The in-process simulated bank, for deposits and refuse flags; `None` with an external
+    /// bank (`--bank`), where the workload has neither.
+    pub bank: Option<Arc<SimBank>>,
     /// Generate lifecycles up to this index (exclusive) in this phase.
     pub limit: u64,
     pub common: Rc<Common>,
@@ -229,7 +231,12 @@ impl Ctx {
     where
         F: FnOnce(&SimBank) -> Result<(), onecard_engine::bank::BankError> + Send + 'static,
     {
-        let bank = self.bank.clone();
+        let Some(bank) = self.bank.clone() else {
+            self.rec.borrow_mut().error(format!(
+                "{what}: needs the in-process simulated bank (not available with --bank)"
+            ));
+            return false;
+        };
         let start = Instant::now();
         let r = actix_rt::task::spawn_blocking(move || f(&bank)).await;
         match r {

@@ -420,6 +420,64 @@ fn balances_and_messages_survive_a_kill_and_a_torn_line() {
 }
 
 #[test]
+fn accounts_open_in_bulk_all_or_nothing_and_are_listed_in_one_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bank");
+    let sim = start(&dir, &[]);
+    sim.open("ACC-A", "1.00");
+    let list: Vec<Value> = (0..2_500)
+        .map(|i| json!({"account": format!("B{i}"), "balance": format!("{i}.05")}))
+        .collect();
+    // The same opening again (ACC-A) counts as existing; the rest are created.
+    let mut body = list.clone();
+    body.push(json!({"account": "ACC-A", "balance": "1.00"}));
+    let (code, answer) = sim.post_json("/admin/accounts", Value::Array(body));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer, json!({"created": 2_500, "existing": 1}));
+    // One conflict anywhere, or an account named twice with two balances: nothing opened.
+    let conflicts = [
+        json!([{"account": "NEW-1", "balance": "1.00"}, {"account": "B7", "balance": "0.00"}]),
+        json!([{"account": "NEW-1", "balance": "1.00"}, {"account": "NEW-1", "balance": "2.00"}]),
+    ];
+    for body in conflicts {
+        let (code, answer) = sim.post_json("/admin/accounts", body);
+        assert_eq!(code, 409, "{answer}");
+    }
+    let bad =
+        json!([{"account": "NEW-2", "balance": "1.00"}, {"account": "a b", "balance": "1.00"}]);
+    assert_eq!(sim.post_json("/admin/accounts", bad).0, 400);
+    assert_eq!(sim.get("/admin/accounts/NEW-1").0, 404);
+    assert_eq!(sim.get("/admin/accounts/NEW-2").0, 404);
+    // 1.00 + sum(i + 0.05 for i < 2500)
+    let total = "3123876.00";
+    assert_eq!(sim.total(), total);
+
+    let check = |sim: &Sim| {
+        let all = sim.json("/admin/accounts");
+        let all = all["accounts"].as_array().unwrap();
+        assert_eq!(all.len(), 2_501);
+        assert_eq!(
+            all[0],
+            json!({"account": "ACC-A", "balance": "1.00", "closed": false})
+        );
+        assert!(all
+            .iter()
+            .any(|a| a == &json!({"account": "B42", "balance": "42.05", "closed": false})));
+        assert_eq!(sim.balance("B2499"), "2499.05");
+        assert_eq!(sim.json("/admin/totals")["accounts"], 2_501);
+        assert_eq!(sim.total(), total);
+    };
+    check(&sim);
+    // The bulk opening is in the journal: a restart replays it.
+    drop(sim);
+    let sim = start(&dir, &[]);
+    check(&sim);
+    let (code, answer) = sim.post_json("/admin/accounts", Value::Array(list));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer, json!({"created": 0, "existing": 2_500}));
+}
+
+#[test]
 fn a_damaged_journal_line_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("bank");

@@ -1,8 +1,9 @@
 //! End-to-end tests of `onecard-sim load`: the built binary over the real engine, each run in
 //! its own temporary data directory. Nothing here asserts on speed.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -264,6 +265,7 @@ fn help_documents_every_option_and_bad_options_are_refused() {
         "--tick-every",
         "--zipf-s",
         "--setup-concurrency",
+        "--bank",
     ] {
         assert!(help.contains(opt), "load --help does not mention {opt}");
     }
@@ -279,5 +281,144 @@ fn help_documents_every_option_and_bad_options_are_refused() {
     ] {
         let out = sim(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?} was not refused");
+    }
+}
+
+/// A running `onecard-sim bank` on a free port, killed when dropped.
+struct BankSim {
+    child: Child,
+    url: String,
+}
+
+impl Drop for BankSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bank_sim(dir: &Path) -> BankSim {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onecard-sim"))
+        .args(["bank", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("onecard-sim bank runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("bank simulator listening on ")
+        .unwrap_or_else(|| panic!("the bank simulator did not start: {line:?}"))
+        .to_string();
+    BankSim { child, url }
+}
+
+#[test]
+fn against_the_iso_20022_bank_simulator_every_check_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bank = bank_sim(&tmp.path().join("bank"));
+    let v = load(&[
+        "--consumers",
+        "200",
+        "--merchants",
+        "20",
+        "--orders",
+        "2000",
+        "--seed",
+        "5",
+        "--bank",
+        &bank.url,
+    ]);
+    assert!(
+        v["bank"].as_str().unwrap().contains(&bank.url),
+        "{}",
+        v["bank"]
+    );
+    assert_eq!(v["notes"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(n(&v, &["lifecycles"]), 2000);
+    // Neither deposits nor refusals against an external bank.
+    assert_eq!(n(&v, &["counts", "deposit"]), 0);
+    assert_eq!(n(&v, &["counts", "bank_mode"]), 0);
+    // Money went through the bank: top-ups paid, and some refused for funds (a quarter of the
+    // consumers have little at the bank).
+    assert!(n(&v, &["topups_done"]) > 0, "{v:#}");
+    assert!(n(&v, &["order_states", "settled"]) > 1_000, "{v:#}");
+    let checks = v["checks"].as_array().unwrap();
+    for c in checks {
+        assert_eq!(c["ok"], Value::Bool(true), "{c}");
+    }
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for name in [
+        "outcomes",
+        "verify",
+        "conservation",
+        "live_vs_journal",
+        "settlement_account",
+        "bank_adapter",
+        "population",
+        "bank_vs_ledger",
+        "orders",
+    ] {
+        assert!(names.contains(&name), "no {name} check in {names:?}");
+    }
+
+    // The bank now holds this population: a second run against it is refused, not mixed in.
+    let out = sim(&[
+        "load",
+        "--consumers",
+        "5",
+        "--merchants",
+        "2",
+        "--orders",
+        "10",
+        "--bank",
+        &bank.url,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already has 221 accounts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn deposits_and_refusals_are_refused_with_an_external_bank() {
+    for flag in ["--deposit-pct", "--refuse-pct"] {
+        let out = sim(&["load", "--bank", "http://127.0.0.1:9", flag, "1"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains("--bank"), "{err}");
+    }
+    // Naming them at 0 is fine (the run then fails to reach the bank: exit 1, not 2).
+    let out = sim(&[
+        "load",
+        "--bank",
+        "http://127.0.0.1:9",
+        "--deposit-pct",
+        "0",
+        "--refuse-pct",
+        "0",
+        "--consumers",
+        "2",
+        "--merchants",
+        "1",
+        "--orders",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    for bad in [
+        "https://127.0.0.1:9",
+        "http://example.com:80",
+        "127.0.0.1:9",
+    ] {
+        let out = sim(&["load", "--bank", bad]);
+        assert_eq!(out.status.code(), Some(2), "--bank {bad} was not refused");
     }
 }

@@ -17,6 +17,7 @@ mod server;
 pub mod state;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -197,6 +198,18 @@ pub enum Opened {
     Conflict,
 }
 
+/// What became of a bulk opening.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bulk {
+    Done {
+        created: usize,
+        existing: usize,
+    },
+    /// This account exists (or is named before in the list) with another opening balance:
+    /// nothing was opened.
+    Conflict(String),
+}
+
 impl Bank {
     /// Opens the journal in `dir` and replays it.
     pub fn open(dir: &Path, currency: String) -> Result<Bank, BankError> {
@@ -282,6 +295,53 @@ impl Bank {
         })?;
         tracing::info!(account, %balance, "account opened");
         Ok(Opened::Created)
+    }
+
+    /// Opens many accounts at once: one journal write and one `fdatasync` for all of them
+    /// (a population of 100,000 accounts opened one request at a time would wait for 100,000
+    /// syncs). All or nothing: if any account exists with another opening balance, or is named
+    /// twice with different balances, nothing is opened. The same opening again (here or
+    /// earlier) is counted as existing.
+    pub fn open_accounts(&mut self, list: &[(String, Amount)]) -> Result<Bulk, BankError> {
+        let mut seen: HashMap<&str, Amount> = HashMap::with_capacity(list.len());
+        let mut records = Vec::new();
+        let mut existing = 0usize;
+        let mut sum = self.state.opened();
+        for (account, balance) in list {
+            let opening = self
+                .state
+                .account(account)
+                .map(|a| a.opening)
+                .or_else(|| seen.get(account.as_str()).copied());
+            match opening {
+                Some(b) if b == *balance => existing += 1,
+                Some(_) => return Ok(Bulk::Conflict(account.clone())),
+                None => {
+                    seen.insert(account, *balance);
+                    sum = sum
+                        .checked_add(*balance)
+                        .map_err(|_| StateError::Overflow)?;
+                    records.push(Record::AccountOpened {
+                        account: account.clone(),
+                        balance: *balance,
+                        at_ms: now_ms(),
+                    });
+                }
+            }
+        }
+        let changes = records
+            .iter()
+            .map(|r| self.state.prepare(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.journal.append_all(&records)?;
+        for change in changes {
+            self.state.commit(change);
+        }
+        tracing::info!(created = records.len(), existing, "accounts opened in bulk");
+        Ok(Bulk::Done {
+            created: records.len(),
+            existing,
+        })
     }
 
     /// `false` for an unknown account; closing a closed account changes nothing.

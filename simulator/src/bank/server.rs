@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::faults::FaultsUpdate;
 use super::state::Account;
-use super::{BankError, Initiated, Opened, Shared};
+use super::{BankError, Bulk, Initiated, Opened, Shared};
 
 type Data = web::Data<Shared>;
 
@@ -26,7 +26,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/iso20022/statements/{account}/{date}").route(web::get().to(statement)),
         )
-        .service(web::resource("/admin/accounts").route(web::post().to(open_account)))
+        .service(
+            web::resource("/admin/accounts")
+                .route(web::post().to(open_account))
+                .route(web::get().to(accounts)),
+        )
         .service(web::resource("/admin/accounts/{account}").route(web::get().to(account)))
         .service(
             web::resource("/admin/accounts/{account}/close").route(web::post().to(close_account)),
@@ -221,10 +225,19 @@ fn check_account(id: &str) -> Result<(), String> {
     }
 }
 
+/// `POST /admin/accounts`: one opening (an object), or a list of them (an array: a bulk
+/// opening).
 async fn open_account(data: Data, body: web::Bytes) -> HttpResponse {
+    let bad = |e: serde_json::Error| text(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}"));
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return match serde_json::from_slice::<Vec<Opening>>(&body) {
+            Ok(list) => open_accounts(data, list).await,
+            Err(e) => bad(e),
+        };
+    }
     let opening: Opening = match serde_json::from_slice(&body) {
         Ok(o) => o,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
+        Err(e) => return bad(e),
     };
     if let Err(e) = check_account(&opening.account) {
         return text(StatusCode::BAD_REQUEST, e);
@@ -262,6 +275,51 @@ async fn open_account(data: Data, body: web::Bytes) -> HttpResponse {
         }
         Ok(Ok((_, None))) => internal("the account vanished"),
     }
+}
+
+/// A bulk opening: every account checked first, then all opened with one journal sync, or
+/// none (`409` naming the account that conflicts).
+async fn open_accounts(data: Data, list: Vec<Opening>) -> HttpResponse {
+    let mut checked = Vec::with_capacity(list.len());
+    for (i, o) in list.into_iter().enumerate() {
+        if let Err(e) = check_account(&o.account) {
+            return text(StatusCode::BAD_REQUEST, format!("opening {i}: {e}"));
+        }
+        match Amount::parse_non_negative(&o.balance) {
+            Ok(b) => checked.push((o.account, b)),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("opening {i}: {e}")),
+        }
+    }
+    let shared = data.clone();
+    let result = web::block(move || shared.bank.lock().open_accounts(&checked)).await;
+    match result {
+        Err(e) => internal(e),
+        Ok(Err(e @ BankError::State(_))) => text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Ok(Err(e)) => internal(e),
+        Ok(Ok(Bulk::Conflict(account))) => text(
+            StatusCode::CONFLICT,
+            format!(
+                "account {account:?} exists (or is named twice) with another opening balance; nothing was opened"
+            ),
+        ),
+        Ok(Ok(Bulk::Done { created, existing })) => {
+            HttpResponse::Ok().json(json!({"created": created, "existing": existing}))
+        }
+    }
+}
+
+/// Every account with its balance, in id order, in one answer.
+async fn accounts(data: Data) -> HttpResponse {
+    let body = {
+        let bank = data.bank.lock();
+        let list: Vec<serde_json::Value> = bank
+            .state()
+            .accounts()
+            .map(|(id, a)| account_json(id, a))
+            .collect();
+        json!({ "accounts": list })
+    };
+    HttpResponse::Ok().json(body)
 }
 
 async fn account(data: Data, id: web::Path<String>) -> HttpResponse {

@@ -148,6 +148,9 @@ pub struct State {
     notifications: Vec<Notification>,
     /// Accepted transactions.
     bookings: u64,
+    /// The sum of every opening: what the bank holds in all, since bookings only move money
+    /// between accounts. Kept so that an opening's overflow check does not sum every balance.
+    opened: Amount,
 }
 
 /// A checked record, ready to apply.
@@ -272,6 +275,7 @@ impl State {
             messages: HashMap::new(),
             notifications: Vec::new(),
             bookings: 0,
+            opened: Amount::ZERO,
         }
     }
 
@@ -281,6 +285,16 @@ impl State {
 
     pub fn message(&self, msg_id: &str) -> Option<&Message> {
         self.messages.get(msg_id)
+    }
+
+    /// Every account, in id order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&String, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// The sum of every opening balance (what the bank holds in all).
+    pub fn opened(&self) -> Amount {
+        self.opened
     }
 
     pub fn notifications(&self) -> &[Notification] {
@@ -389,8 +403,7 @@ impl State {
                     return Err(StateError::NegativeOpening(account.clone()));
                 }
                 // Every later balance is at most the total, so no booking can overflow.
-                let (_, total, _, _) = self.totals()?;
-                total
+                self.opened
                     .checked_add(*balance)
                     .map_err(|_| StateError::Overflow)?;
                 Ok(Change::Open {
@@ -492,6 +505,8 @@ impl State {
     pub fn commit(&mut self, change: Change) {
         match change {
             Change::Open { account, balance } => {
+                // Checked by `prepare`.
+                self.opened = self.opened.checked_add(balance).unwrap_or(self.opened);
                 self.accounts.insert(
                     account,
                     Account {
