@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,27 +25,6 @@ use serde_json::{json, Value};
 
 const OWN_ACCOUNT: &str = "ONECARD-SETTLEMENT";
 
-fn onecard_sim() -> PathBuf {
-    let features: &[&str] = if cfg!(feature = "pcsc") {
-        &["onecard-terminal/pcsc"]
-    } else {
-        &[]
-    };
-    common::workspace_binary(
-        "onecard-sim",
-        "onecard-sim",
-        features,
-        &[
-            "simulator",
-            "adapters",
-            "terminal",
-            "protocol",
-            "engine",
-            "storage",
-        ],
-    )
-}
-
 /// `onecard-sim bank` as a process; killed (SIGKILL) when dropped.
 struct BankSim {
     child: Child,
@@ -55,30 +33,7 @@ struct BankSim {
 
 impl BankSim {
     fn start(data: &Path) -> BankSim {
-        let mut child = Command::new(onecard_sim())
-            .args(["bank", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start onecard-sim bank");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the bank simulator listens");
+        let (child, base) = common::start_bank_sim(data, &[]);
         BankSim { child, base }
     }
 

@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,27 +28,6 @@ use serde_json::{json, Value};
 
 const CONSUMER: &str = "CONSUMER-TLS-1";
 const OWN_ACCOUNT: &str = "ONECARD-SETTLEMENT";
-
-fn onecard_sim() -> PathBuf {
-    let features: &[&str] = if cfg!(feature = "pcsc") {
-        &["onecard-terminal/pcsc"]
-    } else {
-        &[]
-    };
-    common::workspace_binary(
-        "onecard-sim",
-        "onecard-sim",
-        features,
-        &[
-            "simulator",
-            "adapters",
-            "terminal",
-            "protocol",
-            "engine",
-            "storage",
-        ],
-    )
-}
 
 /// A certificate authority: its certificate and key, to sign others.
 struct Ca {
@@ -171,35 +149,8 @@ struct BankSim {
 
 impl BankSim {
     fn start(data: &Path, tls_flags: &[&Path], pki: &Pki) -> BankSim {
-        let mut cmd = Command::new(onecard_sim());
-        cmd.args(["bank", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data);
-        for pair in tls_flags.chunks(2) {
-            cmd.arg(pair[0]).arg(pair[1]);
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start onecard-sim bank");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the bank simulator listens");
+        let args: Vec<&std::ffi::OsStr> = tls_flags.iter().map(|p| p.as_os_str()).collect();
+        let (child, base) = common::start_bank_sim(data, &args);
         let admin = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(10))
             .tls_config(client_tls(
@@ -441,7 +392,7 @@ fn unreadable_or_invalid_pem_files_stop_the_start_with_a_clear_error() {
     std::fs::write(&garbage, "not a PEM file\n").unwrap();
     let missing = dir.path().join("missing.pem");
     let run = |flags: &[&Path], expect: &str| {
-        let mut cmd = Command::new(onecard_sim());
+        let mut cmd = Command::new(common::onecard_sim());
         cmd.args(["bank", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("bank"))
             .args(flags);

@@ -4,28 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::node::*;
 use serde_json::Value;
-
-/// The `onecard-sim` binary of this build (another package's binary: built here when missing
-/// or older than its sources).
-fn onecard_sim() -> PathBuf {
-    let features: &[&str] = if cfg!(feature = "pcsc") {
-        // As the workspace build has it, so that nothing is built twice.
-        &["onecard-terminal/pcsc"]
-    } else {
-        &[]
-    };
-    common::workspace_binary(
-        "onecard-sim",
-        "onecard-sim",
-        features,
-        &["simulator", "terminal", "protocol", "engine", "storage"],
-    )
-}
 
 /// A counter of the node's `/metrics` text: the sample whose name and labels are `series`.
 fn metric(text: &str, series: &str) -> u64 {
@@ -43,7 +25,7 @@ fn n(v: &Value, path: &str) -> u64 {
 
 #[test]
 fn simulated_readers_pay_and_the_node_counts_the_same_payments() {
-    let sim = onecard_sim();
+    let sim = common::onecard_sim();
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start(&dir.path().join("data"));
 
@@ -168,7 +150,7 @@ fn simulated_readers_pay_and_the_node_counts_the_same_payments() {
 /// and the report says the rate it was paced at.
 #[test]
 fn a_paced_run_makes_no_more_payments_than_were_due() {
-    let sim = onecard_sim();
+    let sim = common::onecard_sim();
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start(&dir.path().join("data"));
     let (readers, rate, duration, warmup) = (4.0, 20.0, 2.0, 0.5);

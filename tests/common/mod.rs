@@ -129,3 +129,68 @@ pub fn workspace_binary(
 
 /// A running `onecard serve` and the peers it talks to, for the HTTP API's tests.
 pub mod node;
+
+/// The `onecard-sim` binary of this build (another package's binary: built here when missing
+/// or older than its sources).
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn onecard_sim() -> std::path::PathBuf {
+    let features: &[&str] = if cfg!(feature = "pcsc") {
+        // As the workspace build has it, so that nothing is built twice.
+        &["onecard-terminal/pcsc"]
+    } else {
+        &[]
+    };
+    workspace_binary(
+        "onecard-sim",
+        "onecard-sim",
+        features,
+        &[
+            "simulator",
+            "adapters",
+            "terminal",
+            "protocol",
+            "engine",
+            "storage",
+        ],
+    )
+}
+
+/// Starts `onecard-sim bank --listen 127.0.0.1:0 --data DATA ARGS…` (standard error passed
+/// through) and waits until it says where it listens: the child and its base URL.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn start_bank_sim(
+    data: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(onecard_sim())
+        .args(["bank", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start onecard-sim bank");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.split("listening on ").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(base) => (child, base),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the bank simulator did not start");
+        }
+    }
+}
