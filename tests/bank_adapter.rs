@@ -364,8 +364,10 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     assert_eq!(confirmed.body["state"], "settled");
     // 500.00 to open; 42.50 paid from the wallet (457.50 left), which is topped up to the
-    // 5000.00 cap with 4542.50 from the bank: 10000.00 - 500.00 - 4542.50.
-    assert_eq!(bank.balance(BANK), "4957.50");
+    // 5000.00 cap with 4542.50 from the bank, after the settlement was acknowledged:
+    // 10000.00 - 500.00 - 4542.50.
+    let topped_up = eventually(20, || (bank.balance(BANK) == "4957.50").then_some(()));
+    assert!(topped_up.is_some(), "{}", bank.balance(BANK));
 
     // The bank slower than the node's timeout: the settlement is acknowledged when the wallet
     // has paid; the top-up's outcome is unknown, so it is recorded as not done, and the
@@ -378,6 +380,7 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
         "{end:?}"
     );
     let session = answer.expect("answer").session.expect("session").token;
+    let unknown_before = metric(&node, "onecard_bank_unknown_outcomes_total");
     bank.faults(json!({"delay_ms": 900}));
     let confirmed = call(
         "POST",
@@ -386,9 +389,14 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
         Some("receipt-2"),
         Some(&json!({"satisfied": true})),
     );
-    bank.faults(json!({"delay_ms": 0}));
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     assert_eq!(confirmed.body["state"], "settled");
+    // The top-up, asked for after the acknowledgement, gets no answer in time.
+    let gave_up = eventually(30, || {
+        (metric(&node, "onecard_bank_unknown_outcomes_total") > unknown_before).then_some(())
+    });
+    assert!(gave_up.is_some(), "{}", node.log());
+    bank.faults(json!({"delay_ms": 0}));
     settle(&node);
     let account = call(
         "GET",

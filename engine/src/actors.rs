@@ -62,6 +62,14 @@ pub enum ConsumerCmd {
     Tick,
     /// Nothing to do: answers once the actor is up (activation, liveness).
     Touch,
+    /// The bank's answer to a top-up asked for after a settlement was acknowledged (an
+    /// external bank): sent by the actor to itself. `answer` is the bank's answer, or why it
+    /// could not be had (a fault: the outcome unknown).
+    TopUpAnswered {
+        amount: Amount,
+        op: String,
+        answer: Result<BankAnswer, String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -106,19 +114,25 @@ impl Actor for ConsumerActor {
 impl Handler<ConsumerMsg> for ConsumerActor {
     type Result = AtomicResponse<Self, Result<ConsumerReply, EngineError>>;
 
-    fn handle(&mut self, msg: ConsumerMsg, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ConsumerMsg, ctx: &mut Self::Context) -> Self::Result {
+        let ConsumerMsg { cmd, lease, now } = msg;
         let run = Run {
             st: self.state.clone(),
             shared: self.shared.clone(),
-            now: msg.now,
+            now,
             bank_ops: RefCell::new(Vec::new()),
             submitted: std::cell::Cell::new(false),
+            topups: RefCell::new(Vec::new()),
         };
-        let ConsumerMsg { cmd, lease, .. } = msg;
+        let addr = ctx.address();
         AtomicResponse::new(Box::pin(
             async move {
                 let result = run.command(cmd).await;
-                // Handled: the actor may be passivated from now on.
+                if result.is_ok() {
+                    run.start_topups(&addr, &lease);
+                }
+                // Handled: the actor may be passivated from now on (not while a top-up it
+                // started waits for the bank: that holds a lease of its own).
                 drop(lease);
                 result
             }
@@ -136,6 +150,9 @@ struct Run {
     bank_ops: RefCell<Vec<String>>,
     /// Whether an entry of this command went to the journal (whatever came of it).
     submitted: std::cell::Cell<bool>,
+    /// Top-ups to ask the bank for once this command is done (an external bank), each
+    /// counted in the account's `topup_in_flight` meanwhile.
+    topups: RefCell<Vec<Amount>>,
 }
 
 impl Run {
@@ -160,6 +177,20 @@ impl Run {
     /// settles the bank's side (the simulated bank from the log itself; an external one by the
     /// reconciliation at opening).
     fn undo(&self) {
+        // Top-ups of earlier commands may still wait for the bank: they stay counted; this
+        // command's never start.
+        let pending = self
+            .topups
+            .borrow_mut()
+            .drain(..)
+            .try_fold(Amount::ZERO, |s, a| s.checked_add(a))
+            .unwrap_or(Amount::ZERO);
+        let in_flight = self
+            .st
+            .borrow()
+            .topup_in_flight
+            .checked_sub(pending)
+            .unwrap_or(Amount::ZERO);
         if !self.submitted.get() {
             for op in self.bank_ops.borrow_mut().drain(..) {
                 if let Err(e) = self.shared.bank.reverse(&op) {
@@ -169,7 +200,10 @@ impl Run {
         }
         let id = self.st.borrow().id.clone();
         match self.shared.view.consumer(&id) {
-            Ok(Some(durable)) => *self.st.borrow_mut() = durable,
+            Ok(Some(mut durable)) => {
+                durable.topup_in_flight = in_flight;
+                *self.st.borrow_mut() = durable
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(consumer = %id, error = %e, "could not reload a consumer after a failed command")
@@ -216,7 +250,7 @@ impl Run {
                 self.load_order(order)?;
                 self.load_refund(id)?;
             }
-            ConsumerCmd::Tick | ConsumerCmd::Touch => {}
+            ConsumerCmd::Tick | ConsumerCmd::Touch | ConsumerCmd::TopUpAnswered { .. } => {}
         }
         let result = match cmd {
             ConsumerCmd::Place {
@@ -250,6 +284,10 @@ impl Run {
             ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
             ConsumerCmd::Tick => self.tick().await?,
             ConsumerCmd::Touch => Ok(Outcome::Ok),
+            ConsumerCmd::TopUpAnswered { amount, op, answer } => {
+                self.topup_answered(amount, op, answer).await?;
+                Ok(Outcome::Ok)
+            }
         };
         let (id, next) = {
             let st = self.st.borrow();
@@ -418,11 +456,32 @@ impl Run {
 
     /// Events for a top-up back to exactly the cap, if the wallet is below the threshold.
     /// Applied already; the caller journals them with the rest of the command.
+    ///
+    /// With an external bank the top-up does not hold up the settlement: it is counted in
+    /// `topup_in_flight` (so that no later command asks for it again, and the wallet with it
+    /// stays within the cap, I3), asked for once the command is done, and journaled when the
+    /// bank answers (`TopUpAnswered`). A crash meanwhile loses only the request: the bank's
+    /// side is reconciled at opening.
     async fn top_up(&self) -> Result<Vec<Event>, EngineError> {
         let needed = self.st.borrow().topup_needed(&self.shared.rules);
         let Some(amount) = needed else {
             return Ok(vec![]);
         };
+        if self
+            .shared
+            .async_topups
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            {
+                let mut st = self.st.borrow_mut();
+                st.topup_in_flight = st
+                    .topup_in_flight
+                    .checked_add(amount)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+            }
+            self.topups.borrow_mut().push(amount);
+            return Ok(vec![]);
+        }
         self.st.borrow_mut().topup_in_flight = amount;
         let answer = self.debit_bank(amount).await;
         self.st.borrow_mut().topup_in_flight = Amount::ZERO;
@@ -447,6 +506,86 @@ impl Run {
         };
         self.apply(&ev)?;
         Ok(vec![ev])
+    }
+
+    /// Asks the bank for the top-ups this command left for after it (an external bank), each
+    /// on a task of its own holding a lease, so that the actor stays resident until the answer
+    /// has been handled. The answer comes back as a `TopUpAnswered` command.
+    fn start_topups(&self, addr: &Addr<ConsumerActor>, lease: &Lease<ConsumerActor>) {
+        let amounts: Vec<Amount> = self.topups.borrow_mut().drain(..).collect();
+        if amounts.is_empty() {
+            return;
+        }
+        let bank_ref = self.st.borrow().bank.clone();
+        for amount in amounts {
+            let lease = lease.another();
+            let addr = addr.clone();
+            let shared = self.shared.clone();
+            let bank_ref = bank_ref.clone();
+            let now = self.now;
+            shared
+                .topups_pending
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            actix::spawn(async move {
+                let op = shared.new_bank_op_id();
+                let answer = match shared.real_bank_account(&bank_ref) {
+                    Ok(account) => shared
+                        .bank
+                        .debit(BankOp {
+                            id: op.clone(),
+                            account,
+                            amount,
+                        })
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let cmd = ConsumerCmd::TopUpAnswered { amount, op, answer };
+                if let Err(e) = addr.send(ConsumerMsg { cmd, now, lease }).await {
+                    // The bank's side is reconciled at the next opening.
+                    tracing::error!(error = %e, "a top-up's answer could not reach its account");
+                }
+                shared
+                    .topups_pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            });
+        }
+    }
+
+    /// The bank answered a top-up asked for after its settlement: journals it as done or
+    /// refused, and it no longer counts as in flight.
+    async fn topup_answered(
+        &self,
+        amount: Amount,
+        op: String,
+        answer: Result<BankAnswer, String>,
+    ) -> Result<(), EngineError> {
+        {
+            let mut st = self.st.borrow_mut();
+            st.topup_in_flight = st
+                .topup_in_flight
+                .checked_sub(amount)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        }
+        let consumer = self.st.borrow().id.clone();
+        let ev = match answer {
+            Ok(BankAnswer::Done) => {
+                // Undone if this entry cannot be journaled.
+                self.bank_ops.borrow_mut().push(op.clone());
+                self.st.borrow().topped_up_event(amount, op)
+            }
+            Ok(BankAnswer::Refused(reason)) => Event::new(EventKind::TopUpRefused {
+                consumer,
+                amount,
+                reason,
+            }),
+            Err(fault) => Event::new(EventKind::TopUpRefused {
+                consumer,
+                amount,
+                reason: format!("the bank could not be asked: {fault}"),
+            }),
+        };
+        self.commit(vec![ev]).await
     }
 
     /// Settles an order whose condition is met: wallet first, the bank for the rest, then the

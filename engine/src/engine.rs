@@ -173,6 +173,8 @@ impl Engine {
             max_in_flight: cfg.max_in_flight.max(1),
             data_key: cfg.data_key.clone(),
             bank_accounts: DashMap::new(),
+            async_topups: std::sync::atomic::AtomicBool::new(false),
+            topups_pending: AtomicUsize::new(0),
         });
         crate::recovery::scan_and_reconcile(&shared, &cfg.rules, cfg.data_key.as_ref(), &mut info)?;
         let auth = crate::recovery::load_auth_center(&view, cfg.issuer_key.as_ref(), &cfg.rules)?;
@@ -1099,6 +1101,14 @@ impl Engine {
 
     /// Stops the actors, writes what is queued and closes the store.
     pub async fn close(mut self) -> Result<(), EngineError> {
+        // Top-ups still waiting for the bank's answer are journaled first (an external bank):
+        // one cut off here is reconciled with the bank at the next opening.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.shared.topups_pending.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.stop()
     }
 

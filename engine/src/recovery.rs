@@ -144,6 +144,9 @@ pub(crate) fn scan_and_reconcile(
     let durable_with_log = durable_with_log?;
     shared.bank.add_moved(&moved?)?;
     shared.journal.index_bank_ops(!durable_with_log);
+    shared
+        .async_topups
+        .store(!durable_with_log, std::sync::atomic::Ordering::Relaxed);
     // Reconcile: bank operations the journal does not hold belong to commands that were
     // never acknowledged, and are undone.
     for op in shared.bank.unconfirmed()? {

@@ -55,6 +55,14 @@ pub(crate) struct Slot<A: Actor> {
 /// when the message is dropped unhandled), not when the caller stops waiting.
 pub struct Lease<A: Actor>(Arc<Slot<A>>);
 
+impl<A: Actor> Lease<A> {
+    /// Another lease on the same actor, for work this message starts that outlives it.
+    pub(crate) fn another(&self) -> Lease<A> {
+        self.0.outstanding.fetch_add(1, Ordering::AcqRel);
+        Lease(self.0.clone())
+    }
+}
+
 impl<A: Actor> Drop for Lease<A> {
     fn drop(&mut self) {
         self.0.last_used_ms.store(monotonic_ms(), Ordering::Release);
@@ -88,6 +96,13 @@ pub struct Shared {
     pub(crate) data_key: Option<DataKey>,
     /// Bank reference → the account it stands for, unsealed on first use. Memory only.
     pub(crate) bank_accounts: DashMap<String, String>,
+    /// Whether top-ups run after their settlement is acknowledged (an external bank, whose
+    /// answer takes a message round trip) rather than inside it (the simulated bank, durable
+    /// in the same record). Set at opening from the bank's `attach`.
+    pub(crate) async_topups: std::sync::atomic::AtomicBool,
+    /// Top-ups asked for after their settlement whose answer has not been handled yet:
+    /// closing waits for them (up to a bound), so that a clean stop leaves none behind.
+    pub(crate) topups_pending: AtomicUsize,
 }
 
 impl Shared {
