@@ -16,8 +16,8 @@
 //!   when the bank says it never received it (404).
 //! - An operation whose outcome is still unknown after the retries is answered with an error.
 //!   The engine then undoes what it did in memory and never journals the operation. The
-//!   adapter keeps it as an orphan. A background resolver asks the bank about it until the
-//!   outcome is known, and reverses it (the opposite operation, with a derived id) if the bank
+//!   adapter keeps it as an orphan. The adapter's actor ([`super::actor`]) asks the bank about
+//!   it on a timer until the outcome is known, and reverses it (the opposite operation, with a derived id) if the bank
 //!   booked it. At opening, the engine's reconciliation does the same for operations the
 //!   journal does not hold ([`BankPort::unconfirmed`], [`BankPort::reverse`]).
 //! - Orphans still unresolved after `unresolved_alert_secs` are logged as errors and counted
@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::actor::BankActorHandle;
 use super::xml::MAX_MESSAGE_BYTES;
 use super::{Direction, Initiation, Reason, Statement, StatusReport, Transfer, TxStatus};
 
@@ -634,7 +635,8 @@ struct Inner {
     log: Mutex<SentLog>,
     data_key: Option<DataKey>,
     stats: Arc<AdapterStats>,
-    stop: AtomicBool,
+    /// The actor that talks to the bank ([`super::actor`]), once started.
+    actor: std::sync::OnceLock<BankActorHandle>,
 }
 
 /// The ISO 20022 bank adapter. Cheap to clone; wrap it in the engine's `BatchingBankPort` so
@@ -645,7 +647,7 @@ pub struct Iso20022Bank {
 }
 
 impl Iso20022Bank {
-    /// Opens the adapter's log in `data_dir/bank/` and starts the background resolver.
+    /// Opens the adapter's log in `data_dir/bank/` and starts the adapter's actor (the bank exchanges and the resolver).
     /// `data_key` seals accounts in the log (I10), as the engine does in the journal.
     pub fn open(
         settings: BankSettings,
@@ -665,27 +667,12 @@ impl Iso20022Bank {
                 log: Mutex::new(log),
                 data_key,
                 stats: Arc::new(AdapterStats::default()),
-                stop: AtomicBool::new(false),
+                actor: std::sync::OnceLock::new(),
             }),
         };
         bank.refresh_gauges();
-        let resolver = Arc::downgrade(&bank.inner);
-        std::thread::Builder::new()
-            .name("onecard-bank-resolver".into())
-            .spawn(move || loop {
-                let every = match resolver.upgrade() {
-                    Some(inner) if !inner.stop.load(Ordering::Relaxed) => {
-                        Iso20022Bank { inner }.resolve_orphans();
-                        match resolver.upgrade() {
-                            Some(i) => i.settings.resolve_interval,
-                            None => return,
-                        }
-                    }
-                    _ => return,
-                };
-                std::thread::sleep(every.max(Duration::from_millis(50)));
-            })
-            .map_err(|e| BankError::Unavailable(format!("cannot start the resolver: {e}")))?;
+        let actor = BankActorHandle::start(bank.clone(), bank.inner.settings.resolve_interval)?;
+        let _ = bank.inner.actor.set(actor);
         Ok(bank)
     }
 
@@ -697,9 +684,12 @@ impl Iso20022Bank {
         self.inner.stats.clone()
     }
 
-    /// Stops the background resolver (it also stops once the adapter is dropped).
+    /// Stops the adapter's actor (after the batch it is handling): batches asked for later
+    /// get an error. Call it once the engine has closed.
     pub fn close(&self) {
-        self.inner.stop.store(true, Ordering::Relaxed);
+        if let Some(actor) = self.inner.actor.get() {
+            actor.stop();
+        }
     }
 
     /// The operations whose outcome is unknown now, oldest first: for operators (the admin
@@ -779,6 +769,35 @@ impl Iso20022Bank {
                 "the bank adapter's log holds the account {bank_ref} sealed, and the node has no data key"
             ))),
         }
+    }
+
+    /// Performs a batch on this thread (blocking HTTP): the actor's handler. Operations
+    /// answered with an unknown outcome are kept as orphans (never journaled by the engine),
+    /// for the resolver.
+    pub(crate) fn perform_now(&self, requests: Vec<BankRequest>) -> Vec<BankResult> {
+        let ids: Vec<String> = requests.iter().map(|r| r.op().id.clone()).collect();
+        let answers = self.perform_blocking(requests);
+        let orphans: Vec<String> = ids
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| matches!(a, Err(BankError::Unavailable(_) | BankError::Protocol(_))))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !orphans.is_empty() {
+            let mut log = self.inner.log.lock();
+            let known: Vec<String> = orphans
+                .into_iter()
+                .filter(|id| log.ops.contains_key(id))
+                .collect();
+            if !known.is_empty() {
+                if let Err(e) = log.append(Line::Orphaned { ids: known }, false) {
+                    tracing::warn!(error = %e, "the bank adapter could not log orphans");
+                }
+            }
+            drop(log);
+            self.refresh_gauges();
+        }
+        answers
     }
 
     /// Performs a batch on this thread (blocking HTTP).
@@ -1432,52 +1451,19 @@ impl BankPort for Iso20022Bank {
         async move { single(batch.await) }.boxed()
     }
 
-    /// The blocking HTTP exchange runs on a thread of its own, so that no runtime's thread
-    /// waits for the bank.
+    /// A message to the adapter's actor, which makes the blocking HTTP exchange on its own
+    /// thread: no runtime's thread waits for the bank.
     fn perform_batch(
         &self,
         requests: Vec<BankRequest>,
     ) -> BoxFuture<'static, Result<Vec<BankResult>, BankError>> {
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let this = self.clone();
-        let ids: Vec<String> = requests.iter().map(|r| r.op().id.clone()).collect();
-        let spawned = std::thread::Builder::new()
-            .name("onecard-bank-call".into())
-            .spawn(move || {
-                let answers = this.perform_blocking(requests);
-                // Operations answered with an unknown outcome are never journaled: orphans.
-                let orphans: Vec<String> = ids
-                    .iter()
-                    .zip(&answers)
-                    .filter(|(_, a)| {
-                        matches!(a, Err(BankError::Unavailable(_) | BankError::Protocol(_)))
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                if !orphans.is_empty() {
-                    let mut log = this.inner.log.lock();
-                    let known: Vec<String> = orphans
-                        .into_iter()
-                        .filter(|id| log.ops.contains_key(id))
-                        .collect();
-                    if !known.is_empty() {
-                        if let Err(e) = log.append(Line::Orphaned { ids: known }, false) {
-                            tracing::warn!(error = %e, "the bank adapter could not log orphans");
-                        }
-                    }
-                    drop(log);
-                    this.refresh_gauges();
-                }
-                let _ = tx.send(answers);
-            });
-        async move {
-            spawned
-                .map_err(|e| BankError::Unavailable(format!("cannot start a bank call: {e}")))?;
-            rx.await.map_err(|_| {
-                BankError::Unavailable("the bank call stopped without answering".into())
-            })
+        match self.inner.actor.get() {
+            Some(actor) => actor.perform(requests).boxed(),
+            None => futures::future::ready(Err(BankError::Unavailable(
+                "the bank adapter is not running".into(),
+            )))
+            .boxed(),
         }
-        .boxed()
     }
 
     /// Operations the bank booked that the node has not confirmed as journaled; asks the bank

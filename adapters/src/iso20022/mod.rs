@@ -12,6 +12,7 @@
 //! `from_xml` (strict: see [`xml`]). Amounts are [`Amount`]s: exact, two decimals. Ids are
 //! ISO's `Max35Text`: 1 to 35 characters.
 
+pub mod actor;
 pub mod bank;
 pub mod reconcile;
 pub mod xml;
