@@ -420,7 +420,11 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
         )
     };
     assert_eq!(payout(None).status, 400);
+    // The bank books the payout's pain.001 and its answer is lost: the status query finds the
+    // booking, and the payout is paid once.
+    bank.faults(json!({"drop_after_booking": 1, "hang_ms": 3000}));
     let first = payout(Some("payout-1"));
+    bank.faults(json!({"drop_after_booking": 0}));
     assert_eq!(first.status, 201, "{first:?}");
     assert_eq!(first.body["amount"], "2.50");
     let again = payout(Some("payout-1"));
