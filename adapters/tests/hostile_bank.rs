@@ -20,6 +20,8 @@ enum Answer {
     Xml(String),
     Big(usize),
     NotFound,
+    /// No answer for this long, then the connection closes.
+    Hang(std::time::Duration),
 }
 
 struct FakeBank {
@@ -85,6 +87,10 @@ fn serve(stream: TcpStream, post: &Mutex<Answer>, status: &Mutex<Answer>, posts:
             status.lock().unwrap().clone()
         };
         let ok = match answer {
+            Answer::Hang(d) => {
+                std::thread::sleep(d);
+                return;
+            }
             Answer::Xml(x) => write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{x}",
@@ -139,8 +145,13 @@ fn op(id: &str) -> BankOp {
 
 /// A pain.002 for `msg_id` with one transaction, `status_xml` its TxSts and reason.
 fn report(namespace: &str, msg_id: &str, e2e: &str, tx: &str) -> String {
+    report_of("pain.008.001.08", namespace, msg_id, e2e, tx)
+}
+
+/// A pain.002 answering message `msg_id` of kind `message` (`pain.008.001.08`, …).
+fn report_of(message: &str, namespace: &str, msg_id: &str, e2e: &str, tx: &str) -> String {
     format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><Document xmlns="{namespace}"><CstmrPmtStsRpt><GrpHdr><MsgId>R1</MsgId><CreDtTm>2026-12-06T10:00:00Z</CreDtTm></GrpHdr><OrgnlGrpInfAndSts><OrgnlMsgId>{msg_id}</OrgnlMsgId><OrgnlMsgNmId>pain.008.001.08</OrgnlMsgNmId></OrgnlGrpInfAndSts><OrgnlPmtInfAndSts><OrgnlPmtInfId>{msg_id}</OrgnlPmtInfId><TxInfAndSts><OrgnlEndToEndId>{e2e}</OrgnlEndToEndId>{tx}</TxInfAndSts></OrgnlPmtInfAndSts></CstmrPmtStsRpt></Document>"#
+        r#"<?xml version="1.0" encoding="UTF-8"?><Document xmlns="{namespace}"><CstmrPmtStsRpt><GrpHdr><MsgId>R1</MsgId><CreDtTm>2026-12-06T10:00:00Z</CreDtTm></GrpHdr><OrgnlGrpInfAndSts><OrgnlMsgId>{msg_id}</OrgnlMsgId><OrgnlMsgNmId>{message}</OrgnlMsgNmId></OrgnlGrpInfAndSts><OrgnlPmtInfAndSts><OrgnlPmtInfId>{msg_id}</OrgnlPmtInfId><TxInfAndSts><OrgnlEndToEndId>{e2e}</OrgnlEndToEndId>{tx}</TxInfAndSts></OrgnlPmtInfAndSts></CstmrPmtStsRpt></Document>"#
     )
 }
 
@@ -306,5 +317,102 @@ fn a_lost_answer_is_asked_about_before_any_resend_and_a_booking_is_taken_once() 
     assert_eq!(unconfirmed[0].id, "l-1");
     adapter.confirm(&["l-1".to_string()]);
     assert!(adapter.unconfirmed().unwrap().is_empty());
+    adapter.close();
+}
+
+/// The adapter's log as a crash left it: the message was sent (its line is synced first) and
+/// no answer was recorded. Made by copying the log while the bank holds the answer back.
+fn log_of_a_crash_in_flight(id: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = FakeBank::start(
+        Answer::Hang(std::time::Duration::from_secs(3)),
+        Answer::Hang(std::time::Duration::from_secs(3)),
+    );
+    let adapter = Iso20022Bank::open(settings(&bank.base), dir.path(), None).unwrap();
+    let msg_id = adapter
+        .message_for(onecard_adapters::iso20022::Direction::Debit, &[op(id)])
+        .msg_id;
+    let call = adapter.debit(op(id));
+    let waiting = std::thread::spawn(move || futures::executor::block_on(call));
+    while *bank.posts.lock().unwrap() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(crashed.path().join("bank")).unwrap();
+    std::fs::copy(
+        dir.path().join("bank/sent.jsonl"),
+        crashed.path().join("bank/sent.jsonl"),
+    )
+    .unwrap();
+    adapter.close();
+    drop(waiting);
+    (crashed, msg_id)
+}
+
+#[test]
+fn an_unknown_outcome_at_opening_is_confirmed_if_the_journal_holds_it_and_never_reversed() {
+    let (crashed, msg_id) = log_of_a_crash_in_flight("c-1");
+    // The bank cannot be reached at opening: the operation is reported as perhaps booked.
+    let bank = FakeBank::start(Answer::Xml("<broken".into()), Answer::Xml("<broken".into()));
+    let adapter = Iso20022Bank::open(settings(&bank.base), crashed.path(), None).unwrap();
+    let unconfirmed = adapter.unconfirmed().unwrap();
+    assert_eq!(unconfirmed.len(), 1);
+    assert_eq!(unconfirmed[0].id, "c-1");
+    // The engine's journal holds it (answered before the crash): confirmed. Once the bank says
+    // it booked it, nothing is reversed.
+    adapter.confirm(&["c-1".to_string()]);
+    *bank.status.lock().unwrap() =
+        Answer::Xml(report(PAIN_002, &msg_id, "c-1", "<TxSts>ACSC</TxSts>"));
+    adapter.resolve_orphans();
+    let stats = adapter.stats();
+    assert_eq!(stats.reversals.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.unresolved.load(Ordering::Relaxed), 0);
+    assert!(adapter.unconfirmed().unwrap().is_empty());
+    adapter.close();
+}
+
+#[test]
+fn an_unknown_outcome_the_journal_lacks_is_reversed_only_once_the_bank_says_it_booked_it() {
+    let (crashed, msg_id) = log_of_a_crash_in_flight("u-1");
+    let bank = FakeBank::start(Answer::Xml("<broken".into()), Answer::Xml("<broken".into()));
+    let adapter = Iso20022Bank::open(settings(&bank.base), crashed.path(), None).unwrap();
+    let unconfirmed = adapter.unconfirmed().unwrap();
+    assert_eq!(unconfirmed.len(), 1);
+    // The journal does not hold it: the engine asks to reverse it. Its outcome is unknown, so
+    // nothing is sent yet.
+    adapter.reverse("u-1").unwrap();
+    let posts_before = *bank.posts.lock().unwrap();
+    adapter.resolve_orphans();
+    let stats = adapter.stats();
+    assert_eq!(stats.reversals.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.unresolved.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        *bank.posts.lock().unwrap(),
+        posts_before,
+        "nothing sent blindly"
+    );
+    // The bank says it booked it: the reversal (a credit transfer, `RV-u-1`) goes out.
+    *bank.status.lock().unwrap() =
+        Answer::Xml(report(PAIN_002, &msg_id, "u-1", "<TxSts>ACSC</TxSts>"));
+    let reversal = BankOp {
+        id: onecard_adapters::iso20022::bank::reversal_id("u-1"),
+        ..op("u-1")
+    };
+    let rv_msg = adapter
+        .message_for(
+            onecard_adapters::iso20022::Direction::Credit,
+            std::slice::from_ref(&reversal),
+        )
+        .msg_id;
+    *bank.post.lock().unwrap() = Answer::Xml(report_of(
+        "pain.001.001.09",
+        PAIN_002,
+        &rv_msg,
+        &reversal.id,
+        "<TxSts>ACSC</TxSts>",
+    ));
+    adapter.resolve_orphans();
+    assert_eq!(stats.reversals.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.unresolved.load(Ordering::Relaxed), 0);
     adapter.close();
 }

@@ -1474,17 +1474,21 @@ impl BankPort for Iso20022Bank {
             let log = self.inner.log.lock();
             log.ops
                 .iter()
-                .filter(|(_, op)| op.open() && op.reverses.is_none())
+                .filter(|(_, op)| op.open() && op.reverses.is_none() && op.orphaned_at.is_none())
                 .map(|(id, op)| (id.clone(), op.clone()))
                 .collect()
         };
         let mut out = Vec::new();
+        // One bank that cannot be reached is enough to know: the others are left to the
+        // engine's decision below and to the resolver, not asked one timeout each.
+        let mut reachable = true;
         for (id, op) in open {
             let mut known = op.known;
-            if known == Known::Unknown {
+            if known == Known::Unknown && reachable {
                 match self.ask(&op.msg_id, &id) {
                     Ok(k) => known = k,
                     Err(e) => {
+                        reachable = false;
                         tracing::warn!(op = %id, error = %e, "cannot learn an operation's outcome from the bank at opening; the resolver goes on asking");
                     }
                 }
@@ -1492,8 +1496,11 @@ impl BankPort for Iso20022Bank {
                     self.record(vec![id.clone()], known);
                 }
             }
-            match known {
-                Known::Booked => out.push(UnconfirmedOp {
+            // Booked, or perhaps booked: the engine confirms it if its journal holds it (a
+            // command answered before a crash), and asks to reverse it otherwise
+            // (`reverse` of an unknown outcome waits for the outcome).
+            if known != Known::NotBooked {
+                out.push(UnconfirmedOp {
                     id,
                     kind: match op.direction {
                         Dir::Debit => BankOpKind::Debit,
@@ -1501,13 +1508,7 @@ impl BankPort for Iso20022Bank {
                     },
                     account: self.real_account(&op.account)?,
                     amount: op.amount,
-                }),
-                Known::Unknown => {
-                    // Never journaled if the engine does not hold it; the resolver settles it.
-                    let mut log = self.inner.log.lock();
-                    let _ = log.append(Line::Orphaned { ids: vec![id] }, false);
-                }
-                Known::NotBooked => {}
+                });
             }
         }
         Ok(out)
@@ -1532,7 +1533,29 @@ impl BankPort for Iso20022Bank {
         }
     }
 
+    /// Undoes an operation the engine never recorded. One whose outcome is still unknown is
+    /// not undone blindly (it may never have been booked): it becomes an orphan, which the
+    /// resolver reverses once the bank says it booked it.
     fn reverse(&self, id: &str) -> Result<(), BankError> {
+        let unknown = self
+            .inner
+            .log
+            .lock()
+            .ops
+            .get(id)
+            .is_some_and(|op| op.known == Known::Unknown);
+        if unknown {
+            let mut log = self.inner.log.lock();
+            log.append(
+                Line::Orphaned {
+                    ids: vec![id.to_string()],
+                },
+                false,
+            )?;
+            drop(log);
+            self.refresh_gauges();
+            return Ok(());
+        }
         self.reverse_booked(id)
     }
 }
