@@ -43,20 +43,8 @@ fn a_merchant_is_paid_out_on_request_and_by_its_period_once_each() {
     // Two orders settled with the mill: 30.00 and 12.00.
     for (counter, amount) in [(1, "30.00"), (2, "12.00")] {
         let order = create_order(&node, &mill, amount, false);
-        let mut card = card_for(&mill, counter);
-        let (end, answer) = pay(&node, &mill, &mut card, &order, PIN);
-        assert!(
-            matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
-            "{end:?}"
-        );
-        let session = answer.unwrap().session.unwrap().token;
-        let r = call(
-            "POST",
-            &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
-            Some(&session),
-            Some(&format!("receipt-{order}")),
-            Some(&json!({"satisfied": true})),
-        );
+        let session = pay_with_session(&node, &mill, counter, &order);
+        let r = confirm_receipt(&node, &session, &order);
         assert_eq!(r.body["state"], "settled", "{r:?}");
     }
     let balance = |who: &World| {

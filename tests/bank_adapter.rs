@@ -347,20 +347,8 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // A whole payment: the wallet pays, then is topped up to the cap from the bank.
     let w = setup_at_bank(&node);
     let order = create_order(&node, &w, "42.50", false);
-    let mut card = card_for(&w, 1);
-    let (end, answer) = pay(&node, &w, &mut card, &order, PIN);
-    assert!(
-        matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
-        "{end:?}"
-    );
-    let session = answer.expect("answer").session.expect("session").token;
-    let confirmed = call(
-        "POST",
-        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
-        Some(&session),
-        Some("receipt-1"),
-        Some(&json!({"satisfied": true})),
-    );
+    let session = pay_with_session(&node, &w, 1, &order);
+    let confirmed = confirm_receipt(&node, &session, &order);
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     assert_eq!(confirmed.body["state"], "settled");
     // 500.00 to open; 42.50 paid from the wallet (457.50 left), which is topped up to the
@@ -373,22 +361,10 @@ fn consumers_open_and_pay_through_the_bank_and_every_fault_leaves_money_conserve
     // has paid; the top-up's outcome is unknown, so it is recorded as not done, and the
     // operation, booked late, is reversed by the adapter: the bank account ends as before.
     let order = create_order(&node, &w, "10.00", false);
-    let mut card = card_for(&w, 2);
-    let (end, answer) = pay(&node, &w, &mut card, &order, PIN);
-    assert!(
-        matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
-        "{end:?}"
-    );
-    let session = answer.expect("answer").session.expect("session").token;
+    let session = pay_with_session(&node, &w, 2, &order);
     let unknown_before = metric(&node, "onecard_bank_unknown_outcomes_total");
     bank.faults(json!({"delay_ms": 900}));
-    let confirmed = call(
-        "POST",
-        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
-        Some(&session),
-        Some("receipt-2"),
-        Some(&json!({"satisfied": true})),
-    );
+    let confirmed = confirm_receipt(&node, &session, &order);
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     assert_eq!(confirmed.body["state"], "settled");
     // The top-up, asked for after the acknowledgement, gets no answer in time.

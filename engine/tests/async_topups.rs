@@ -4,63 +4,17 @@
 //! left), and journaled when the bank answers. The wallet ends at exactly the cap, never
 //! above, and `verify` replays it.
 
+mod common;
+
+use common::GatedBank;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use onecard_engine::bank::{BankAnswer, BankError, BankOp, UnconfirmedOp};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder};
-use onecard_engine::{Amount, BankPort, Engine, Outcome, SimBank, SimBankPort};
+use onecard_engine::{Amount, Engine, Outcome, SimBank, SimBankPort};
 use serde_json::json;
 use tokio::sync::watch;
-
-/// The simulated bank dressed as an external one: `attach` says its operations are not
-/// durable with the log (so the engine asks for top-ups after their settlement), and every
-/// debit waits until the gate opens.
-struct SlowExternalBank {
-    inner: SimBankPort,
-    gate: watch::Receiver<bool>,
-    debits: Arc<parking_lot::Mutex<Vec<Amount>>>,
-}
-
-impl BankPort for SlowExternalBank {
-    fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        let inner = self.inner.clone();
-        let mut gate = self.gate.clone();
-        let debits = self.debits.clone();
-        Box::pin(async move {
-            let _ = gate.wait_for(|open| *open).await;
-            debits.lock().push(op.amount);
-            inner.debit(op).await
-        })
-    }
-    fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.inner.credit(op)
-    }
-    fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError> {
-        self.inner.unconfirmed()
-    }
-    fn confirm(&self, ids: &[String]) {
-        self.inner.confirm(ids)
-    }
-    fn reverse(&self, id: &str) -> Result<(), BankError> {
-        self.inner.reverse(id)
-    }
-    fn attach(
-        &self,
-        journal: &onecard_engine::journal::JournalHandle,
-        names: onecard_engine::bank::AccountNames,
-    ) -> Result<bool, BankError> {
-        self.inner.attach(journal, names)?;
-        Ok(false)
-    }
-    fn add_moved(
-        &self,
-        moved: &std::collections::HashMap<String, Amount>,
-    ) -> Result<(), BankError> {
-        self.inner.add_moved(moved)
-    }
-}
 
 fn amount(s: &str) -> Amount {
     Amount::parse(s).unwrap()
@@ -89,9 +43,12 @@ fn a_settlement_is_acknowledged_before_its_top_up_and_the_wallet_ends_at_the_cap
         let sim = SimBank::open(dir.path()).unwrap();
         let (open_gate, gate) = watch::channel(true);
         let debits = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let port = SlowExternalBank {
+        // The simulated bank dressed as an external one, every debit held at the gate.
+        let port = GatedBank {
             inner: SimBankPort(sim.clone()),
+            stuck_account: None,
             gate,
+            external: true,
             debits: debits.clone(),
         };
         let engine = Engine::open(dir.path(), cfg.clone(), Arc::new(port))

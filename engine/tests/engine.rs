@@ -2,14 +2,16 @@
 //! isolation and ordering of actors, passivation, the account-state view, restarts and bad
 //! input.
 
+mod common;
+
+use common::GatedBank;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use onecard_engine::bank::{BankAnswer, BankError, BankOp, UnconfirmedOp};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::ledger::LedgerState;
-use onecard_engine::{Amount, BankPort, Engine, Outcome, RefusalKind, SimBank, SimBankPort};
+use onecard_engine::{Amount, Engine, Outcome, RefusalKind, SimBank, SimBankPort};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -53,52 +55,6 @@ fn order(id: &str, consumer: &str, amount: &str) -> PlaceOrder {
     }
 }
 
-/// A bank that holds every debit of one account until the gate opens: a stuck outside call.
-struct GatedBank {
-    inner: SimBankPort,
-    stuck_account: String,
-    gate: watch::Receiver<bool>,
-}
-
-impl BankPort for GatedBank {
-    fn debit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        let inner = self.inner.clone();
-        let mut gate = self.gate.clone();
-        let stuck = op.account == self.stuck_account;
-        Box::pin(async move {
-            if stuck {
-                let _ = gate.wait_for(|open| *open).await;
-            }
-            inner.debit(op).await
-        })
-    }
-    fn credit(&self, op: BankOp) -> BoxFuture<'static, Result<BankAnswer, BankError>> {
-        self.inner.credit(op)
-    }
-    fn unconfirmed(&self) -> Result<Vec<UnconfirmedOp>, BankError> {
-        self.inner.unconfirmed()
-    }
-    fn confirm(&self, ids: &[String]) {
-        self.inner.confirm(ids)
-    }
-    fn reverse(&self, id: &str) -> Result<(), BankError> {
-        self.inner.reverse(id)
-    }
-    fn attach(
-        &self,
-        journal: &onecard_engine::journal::JournalHandle,
-        names: onecard_engine::bank::AccountNames,
-    ) -> Result<bool, BankError> {
-        self.inner.attach(journal, names)
-    }
-    fn add_moved(
-        &self,
-        moved: &std::collections::HashMap<String, Amount>,
-    ) -> Result<(), BankError> {
-        self.inner.add_moved(moved)
-    }
-}
-
 /// An engine whose bank holds every debit of `alice-bank` until the returned gate opens, with
 /// a merchant `shop` open.
 async fn gated_engine(dir: &std::path::Path) -> (Engine, Arc<SimBank>, watch::Sender<bool>) {
@@ -106,8 +62,10 @@ async fn gated_engine(dir: &std::path::Path) -> (Engine, Arc<SimBank>, watch::Se
     let (open_gate, gate) = watch::channel(false);
     let port = GatedBank {
         inner: SimBankPort(sim.clone()),
-        stuck_account: "alice-bank".into(),
+        stuck_account: Some("alice-bank".into()),
         gate,
+        external: false,
+        debits: Default::default(),
     };
     let engine = Engine::open(dir, config(), Arc::new(port)).await.unwrap();
     engine

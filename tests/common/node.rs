@@ -413,6 +413,29 @@ pub fn pay(
     (end, link.last_answer().cloned())
 }
 
+/// Pays `order` at the reader with the simulated card (transaction counter `counter`) and the
+/// right PIN; asserts it is authorised and returns the consumer session the node issued.
+pub fn pay_with_session(node: &NodeProc, w: &World, counter: u32, order: &str) -> String {
+    let mut card = card_for(w, counter);
+    let (end, answer) = pay(node, w, &mut card, order, PIN);
+    assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    answer
+        .and_then(|a| a.session)
+        .expect("a consumer session")
+        .token
+}
+
+/// The consumer confirms receipt of `order`, satisfied: the node's answer.
+pub fn confirm_receipt(node: &NodeProc, session: &str, order: &str) -> Answer {
+    call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{order}/receipt")),
+        Some(session),
+        Some(&format!("receipt-{order}")),
+        Some(&json!({"satisfied": true})),
+    )
+}
+
 /// A port-9100 printer: records every connection's bytes.
 pub struct Printer {
     pub addr: SocketAddr,
