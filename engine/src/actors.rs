@@ -26,7 +26,10 @@ use actix::prelude::*;
 
 use crate::bank::{BankAnswer, BankOp};
 use crate::error::EngineError;
-use crate::ledger::{ConsumerState, Entry, Event, EventKind, PlaceDecision, ReleaseDecision};
+use crate::ledger::{
+    ConsumerState, CreditRecord, CreditSource, CreditTarget, Entry, Event, EventKind,
+    PlaceDecision, ReleaseDecision,
+};
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
 use crate::money::Amount;
 use crate::router::{Lease, Shared};
@@ -58,6 +61,18 @@ pub enum ConsumerCmd {
         id: String,
         order: String,
         amount: Amount,
+    },
+    /// Money for this consumer, under an id (SPEC F8, F12).
+    Credit {
+        id: String,
+        source: CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+    },
+    /// A new credit limit, and why (SPEC F10).
+    SetCreditLimit {
+        limit: Amount,
+        reason: String,
     },
     Tick,
     /// Nothing to do: answers once the actor is up (activation, liveness).
@@ -250,7 +265,11 @@ impl Run {
                 self.load_order(order)?;
                 self.load_refund(id)?;
             }
-            ConsumerCmd::Tick | ConsumerCmd::Touch | ConsumerCmd::TopUpAnswered { .. } => {}
+            ConsumerCmd::Tick
+            | ConsumerCmd::Touch
+            | ConsumerCmd::TopUpAnswered { .. }
+            | ConsumerCmd::Credit { .. }
+            | ConsumerCmd::SetCreditLimit { .. } => {}
         }
         let result = match cmd {
             ConsumerCmd::Place {
@@ -282,6 +301,15 @@ impl Run {
                 }
             }
             ConsumerCmd::Refund { id, order, amount } => self.refund(id, order, amount).await?,
+            ConsumerCmd::Credit {
+                id,
+                source,
+                target,
+                amount,
+            } => self.credit(id, source, target, amount).await?,
+            ConsumerCmd::SetCreditLimit { limit, reason } => {
+                self.set_credit_limit(limit, reason).await?
+            }
             ConsumerCmd::Tick => self.tick().await?,
             ConsumerCmd::Touch => Ok(Outcome::Ok),
             ConsumerCmd::TopUpAnswered { amount, op, answer } => {
@@ -727,6 +755,128 @@ impl Run {
         };
         self.commit(vec![ev]).await?;
         Ok(Ok(Outcome::Refunded))
+    }
+
+    /// A credit: the source pays (a recharge batch, an employer's balance held meanwhile, the
+    /// designated bank account by a debit), the wallet takes what the cap allows, the bank
+    /// account the rest (or all of it, for a credit to the bank). A repeat of the id answers
+    /// as the first time; a refused credit leaves no trace.
+    async fn credit(
+        &self,
+        id: String,
+        source: CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+    ) -> Result<CommandResult, EngineError> {
+        let consumer = self.st.borrow().id.clone();
+        if let Some(first) = self.shared.view.credit(&id)? {
+            let same = matches!(&first, CreditRecord::Consumer { consumer: c, source: s, target: t, amount: a, .. }
+                if *c == consumer && *s == source && *t == target && *a == amount);
+            return Ok(if same {
+                Ok(Outcome::Credited)
+            } else {
+                Err(Refusal::conflict(format!(
+                    "credit id {id} is already used by another credit"
+                )))
+            });
+        }
+        let split = self
+            .st
+            .borrow()
+            .credit_split(&source, target, amount, &self.shared.rules);
+        let (to_wallet, to_bank) = match split {
+            Ok(split) => split,
+            Err(r) => return Ok(Err(r)),
+        };
+        let employer = match &source {
+            CreditSource::Employer { employer } => Some(employer.clone()),
+            _ => None,
+        };
+        if let Some(employer) = &employer {
+            if let Err(r) = self.shared.debit_merchant_for_refund(employer, amount)? {
+                return Ok(Err(r));
+            }
+        }
+        // Whatever goes wrong from here, the employer's hold is given back.
+        let give_back = |employer: &Option<String>| {
+            if let Some(e) = employer {
+                self.shared.credit_merchant_back(e, amount);
+            }
+        };
+        let mut bank_op = None;
+        if source == CreditSource::BankTransfer {
+            match self.debit_bank(amount).await {
+                Ok(Ok(op)) => bank_op = Some(op),
+                Ok(Err(reason)) => {
+                    return Ok(Err(Refusal::funds(format!(
+                        "the bank refused the transfer of {amount}: {reason}"
+                    ))))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if to_bank.is_positive() {
+            match self.credit_bank(to_bank).await {
+                Ok(Ok(op)) => bank_op = Some(op),
+                Ok(Err(reason)) => {
+                    give_back(&employer);
+                    return Ok(Err(Refusal::funds(format!(
+                        "the bank refused the credit of {to_bank}: {reason}"
+                    ))));
+                }
+                Err(e) => {
+                    give_back(&employer);
+                    return Err(e);
+                }
+            }
+        }
+        let ev = self
+            .st
+            .borrow()
+            .credited_event(&id, &source, target, amount, to_wallet, to_bank, bank_op);
+        self.commit(vec![ev]).await?;
+        Ok(Ok(Outcome::Credited))
+    }
+
+    /// Asks the bank to pay `amount` into the consumer's designated account. `Ok(Err(reason))`
+    /// is a refusal; `Err` is a fault.
+    async fn credit_bank(&self, amount: Amount) -> Result<Result<String, String>, EngineError> {
+        let bank_ref = self.st.borrow().bank.clone();
+        let account = self.shared.real_bank_account(&bank_ref)?;
+        let id = self.shared.new_bank_op_id();
+        let op = BankOp {
+            id: id.clone(),
+            account,
+            amount,
+        };
+        match self.shared.bank.credit(op).await? {
+            BankAnswer::Done => {
+                self.bank_ops.borrow_mut().push(id.clone());
+                Ok(Ok(id))
+            }
+            BankAnswer::Refused(reason) => Ok(Err(reason)),
+        }
+    }
+
+    /// A new credit limit: journaled with its reason unless it is the limit already.
+    async fn set_credit_limit(
+        &self,
+        limit: Amount,
+        reason: String,
+    ) -> Result<CommandResult, EngineError> {
+        let (consumer, current) = {
+            let st = self.st.borrow();
+            (st.id.clone(), st.credit_limit)
+        };
+        if limit != current {
+            let ev = Event::new(EventKind::CreditLimitChanged {
+                consumer,
+                limit,
+                reason,
+            });
+            self.commit(vec![ev]).await?;
+        }
+        Ok(Ok(Outcome::Ok))
     }
 
     /// Time-driven work, in the order FORMAT.md fixes: awaiting settlements in placement

@@ -61,6 +61,25 @@ pub struct RefundCmd {
     pub amount: Amount,
 }
 
+/// Money for a consumer under an id (SPEC F8, F12): a recharge card, a salary, a bank
+/// transfer. Idempotent by `id` (one name space for credits and fundings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditCmd {
+    pub id: String,
+    pub consumer: String,
+    pub source: crate::ledger::CreditSource,
+    pub target: crate::ledger::CreditTarget,
+    pub amount: Amount,
+}
+
+/// A merchant's (an employer's) balance funded from its bank account, under an id (SPEC F12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FundCmd {
+    pub id: String,
+    pub merchant: String,
+    pub amount: Amount,
+}
+
 /// Parses a release condition, refusing anything that is not exactly one of the three forms.
 pub fn parse_release(v: &serde_json::Value) -> Result<Release, Refusal> {
     let invalid = |m: &str| Refusal::invalid(format!("release {v}: {m}"));

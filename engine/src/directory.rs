@@ -48,6 +48,15 @@ pub(crate) struct RefundKey {
     pub(crate) amount: Amount,
 }
 
+/// The content that identifies a credit id's first use (I6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CreditKey {
+    pub(crate) consumer: String,
+    pub(crate) source: crate::ledger::CreditSource,
+    pub(crate) target: crate::ledger::CreditTarget,
+    pub(crate) amount: Amount,
+}
+
 /// The directories of ids in progress, open orders and consumers with time-driven work.
 #[derive(Default)]
 pub(crate) struct Directory {
@@ -56,6 +65,8 @@ pub(crate) struct Directory {
     pub(crate) placing: DashMap<String, OrderKey>,
     /// Refund ids being refunded right now.
     pub(crate) refunding: DashMap<String, RefundKey>,
+    /// Credit ids being credited right now.
+    pub(crate) crediting: DashMap<String, CreditKey>,
     /// Open orders (pending, awaiting funds, disputed) → their content. Closed orders are
     /// looked up in the view; open ones live inside their consumer's record, so this map is
     /// what finds their consumer. Rebuilt at start-up from the consumer records.

@@ -39,7 +39,8 @@ use crate::view;
 use futures::StreamExt;
 
 pub use crate::commands::{
-    parse_release, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder, RefundCmd, RefundRequest,
+    parse_release, CreditCmd, FundCmd, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder, RefundCmd,
+    RefundRequest,
 };
 pub use crate::error::EngineError;
 pub use crate::recovery::RecoveryInfo;
@@ -134,6 +135,8 @@ pub struct Engine {
     /// The authentication center, when an issuer key is configured. Its durable changes are
     /// journaled, in the order they were made, before the call that made them answers.
     pub(crate) auth: Option<Arc<AuthCenter>>,
+    /// Fundings of merchants' balances run one at a time (`services.rs`).
+    pub(crate) fundings: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -190,6 +193,7 @@ impl Engine {
             data_dir: dir.to_path_buf(),
             archive_dir: cfg.journal.archive_dir.clone(),
             recovery: info,
+            fundings: tokio::sync::Mutex::new(()),
         };
         if meta.entries == 0 || meta.config != cfg.rules {
             let entry = Entry::new(
@@ -525,25 +529,10 @@ impl Engine {
                 "merchant {merchant} has nothing to pay out"
             ))));
         }
+        let account = self.merchant_bank_account(merchant, &bank_ref, &state.bank_sealed)?;
         if let Err(r) = self.shared.debit_merchant_for_refund(merchant, amount)? {
             return Ok(Err(r));
         }
-        let account = match (&self.shared.data_key, &state.bank_sealed) {
-            (None, _) => Ok(bank_ref.clone()),
-            (Some(key), Some(sealed)) => {
-                seal::unseal(key, &bank_ref, sealed).map_err(|e| EngineError::Config(e.to_string()))
-            }
-            (Some(_), None) => Err(EngineError::Internal(format!(
-                "no sealed bank account for merchant {merchant}"
-            ))),
-        };
-        let account = match account {
-            Ok(a) => a,
-            Err(e) => {
-                self.shared.credit_merchant_back(merchant, amount);
-                return Err(e);
-            }
-        };
         let payout = self.shared.new_bank_op_id();
         let answer = self
             .shared
@@ -595,6 +584,24 @@ impl Engine {
         }
     }
 
+    /// A merchant's bank account as the bank knows it: unsealed with the data key (I10).
+    pub(crate) fn merchant_bank_account(
+        &self,
+        merchant: &str,
+        bank_ref: &str,
+        bank_sealed: &Option<Vec<u8>>,
+    ) -> Result<String, EngineError> {
+        match (&self.shared.data_key, bank_sealed) {
+            (None, _) => Ok(bank_ref.to_string()),
+            (Some(key), Some(sealed)) => {
+                seal::unseal(key, bank_ref, sealed).map_err(|e| EngineError::Config(e.to_string()))
+            }
+            (Some(_), None) => Err(EngineError::Internal(format!(
+                "no sealed bank account for merchant {merchant}"
+            ))),
+        }
+    }
+
     /// The actor of a consumer, activated from the view if it is not resident, and a lease
     /// that keeps it resident until the message carrying the lease is handled. `None` if
     /// there is no such consumer.
@@ -616,7 +623,7 @@ impl Engine {
             .await
     }
 
-    async fn ask_consumer(
+    pub(crate) async fn ask_consumer(
         &self,
         consumer: &str,
         cmd: ConsumerCmd,

@@ -9,7 +9,7 @@
 //! reads the same record (after a crash, say).
 
 use crate::cards::Authorisation;
-use crate::ledger::{Entry, EventKind};
+use crate::ledger::{CreditSource, Entry, EventKind};
 use crate::model::{CommandResult, Secs};
 use crate::money::Amount;
 
@@ -99,6 +99,27 @@ pub enum FeedKind {
     TopUpRefused {
         consumer: String,
         amount: Amount,
+        reason: String,
+    },
+    /// Money credited to a consumer: a recharge card, a salary, a bank transfer.
+    Credited {
+        credit: String,
+        consumer: String,
+        source: CreditSource,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+    },
+    /// A merchant's (an employer's) balance funded from its bank account.
+    MerchantFunded {
+        funding: String,
+        merchant: String,
+        amount: Amount,
+    },
+    /// A consumer's credit limit set anew, and why.
+    CreditLimitChanged {
+        consumer: String,
+        limit: Amount,
         reason: String,
     },
 }
@@ -192,6 +213,41 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
         } => FeedKind::TopUpRefused {
             consumer,
             amount,
+            reason,
+        },
+        EventKind::ConsumerCredited {
+            credit,
+            consumer,
+            source,
+            amount,
+            to_wallet,
+            to_bank,
+            ..
+        } => FeedKind::Credited {
+            credit,
+            consumer,
+            source,
+            amount,
+            to_wallet,
+            to_bank,
+        },
+        EventKind::MerchantFunded {
+            funding,
+            merchant,
+            amount,
+            ..
+        } => FeedKind::MerchantFunded {
+            funding,
+            merchant,
+            amount,
+        },
+        EventKind::CreditLimitChanged {
+            consumer,
+            limit,
+            reason,
+        } => FeedKind::CreditLimitChanged {
+            consumer,
+            limit,
             reason,
         },
         EventKind::Configured(_)

@@ -161,6 +161,120 @@ pub enum EventKind {
         amount: Amount,
         reason: String,
     },
+    /// Money credited to a consumer (SPEC F8 recharge, F12 salary), under the id `credit`
+    /// (idempotent, I6). Postings: the source −amount ([`CreditSource`]), the wallet
+    /// +`to_wallet`, the designated bank account's clearing account +`to_bank` (what the cap
+    /// left no room for, or all of it for [`CreditTarget::Bank`]). `bank_op` is the bank
+    /// operation: the debit of a bank transfer, or the credit of `to_bank`.
+    ConsumerCredited {
+        credit: String,
+        consumer: String,
+        source: CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+        bank_op: Option<BankOpId>,
+    },
+    /// A merchant's (an employer's) balance funded from its bank account, under the id
+    /// `funding` (idempotent). Postings: the clearing account [`merchant_clearing`]`(bank)`
+    /// −amount, the merchant +amount.
+    MerchantFunded {
+        funding: String,
+        merchant: String,
+        bank: String,
+        amount: Amount,
+        bank_op: BankOpId,
+    },
+    /// A consumer's credit limit set anew (SPEC F10), with the reason. A lower limit refuses
+    /// new reservations only: what is reserved stays (I4 holds at the moment of reservation).
+    CreditLimitChanged {
+        consumer: String,
+        limit: Amount,
+        reason: String,
+    },
+}
+
+/// Where money credited to a consumer comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CreditSource {
+    /// A prepaid recharge card of an operator's batch (SPEC F8): the card's value was paid to
+    /// the operator when the card was sold, so it comes from the batch's clearing account
+    /// ([`recharge_clearing`]).
+    RechargeCard { batch: String },
+    /// An employer's balance at the node (SPEC F12): a salary.
+    Employer { employer: String },
+    /// The consumer's designated bank account: a deposit by bank transfer (SPEC F8).
+    BankTransfer,
+}
+
+/// Where a credit goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CreditTarget {
+    /// Into the wallet up to the cap; what would exceed it goes to the designated bank account.
+    WalletOverflowToBank,
+    /// Into the wallet, all of it, or refused if it would take the wallet above the cap.
+    WalletOnly,
+    /// To the designated bank account, none of it into the wallet.
+    Bank,
+}
+
+/// What a credit or funding id was first used for: kept for idempotent repeats (I6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreditRecord {
+    Consumer {
+        consumer: String,
+        source: CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+    },
+    Merchant {
+        merchant: String,
+        amount: Amount,
+    },
+}
+
+impl CreditRecord {
+    /// The id and record an event takes, if it is a credit or a funding.
+    pub fn of(kind: &EventKind) -> Option<(&str, CreditRecord)> {
+        match kind {
+            EventKind::ConsumerCredited {
+                credit,
+                consumer,
+                source,
+                target,
+                amount,
+                to_wallet,
+                to_bank,
+                ..
+            } => Some((
+                credit,
+                CreditRecord::Consumer {
+                    consumer: consumer.clone(),
+                    source: source.clone(),
+                    target: *target,
+                    amount: *amount,
+                    to_wallet: *to_wallet,
+                    to_bank: *to_bank,
+                },
+            )),
+            EventKind::MerchantFunded {
+                funding,
+                merchant,
+                amount,
+                ..
+            } => Some((
+                funding,
+                CreditRecord::Merchant {
+                    merchant: merchant.clone(),
+                    amount: *amount,
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// An event and the money it moves. The postings of one event sum to zero (I1).
@@ -195,14 +309,17 @@ impl Event {
             | OrderDisputed { consumer, .. }
             | OrderCancelled { consumer, .. }
             | OrderExpired { consumer, .. }
-            | Refunded { consumer, .. } => Some(consumer),
+            | Refunded { consumer, .. }
+            | ConsumerCredited { consumer, .. }
+            | CreditLimitChanged { consumer, .. } => Some(consumer),
             Configured(_)
             | MerchantOpened { .. }
             | ClockAdvanced
             | Auth(_)
             | PaymentAuthorised(_)
             | PayoutMade { .. }
-            | PayoutRefused { .. } => None,
+            | PayoutRefused { .. }
+            | MerchantFunded { .. } => None,
         }
     }
 
@@ -228,10 +345,29 @@ impl Event {
         match &self.kind {
             ConsumerOpened { bank_op, .. }
             | OrderSettled { bank_op, .. }
-            | Refunded { bank_op, .. } => bank_op.as_ref(),
-            WalletToppedUp { bank_op, .. } => Some(bank_op),
+            | Refunded { bank_op, .. }
+            | ConsumerCredited { bank_op, .. } => bank_op.as_ref(),
+            WalletToppedUp { bank_op, .. } | MerchantFunded { bank_op, .. } => Some(bank_op),
             PayoutMade { payout, .. } => Some(payout),
             _ => None,
+        }
+    }
+
+    /// Whether a posting of this event is on a clearing account outside the node that no
+    /// consumer owns: every clearing posting of an event about no consumer (a merchant's bank
+    /// account), and the recharge batch's of a recharge. A consumer's own clearing account
+    /// moves with the consumer (in its record); these are kept apart
+    /// ([`LedgerState::merchant_clearing`], the view's `g` keys).
+    pub fn is_external_clearing(&self, p: &Posting) -> bool {
+        let AccountRef::BankClearing(b) = &p.account else {
+            return false;
+        };
+        match &self.kind {
+            EventKind::ConsumerCredited {
+                source: CreditSource::RechargeCard { batch },
+                ..
+            } => p.amount.is_negative() && *b == recharge_clearing(batch),
+            _ => self.consumer().is_none(),
         }
     }
 
@@ -673,6 +809,80 @@ impl ConsumerState {
         (to_wallet, amount.checked_sub(to_wallet).expect("bounded"))
     }
 
+    /// How a credit of `amount` splits between the wallet and the designated bank account
+    /// (wallet part, bank part), or why it is refused. A bank transfer goes into the wallet
+    /// only: what the cap has no room for is refused, as sending it back would be no transfer.
+    pub fn credit_split(
+        &self,
+        source: &CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+        cfg: &RulesConfig,
+    ) -> Result<(Amount, Amount), Refusal> {
+        match (source, target) {
+            (CreditSource::BankTransfer, CreditTarget::Bank) => Err(Refusal::invalid(
+                "a bank transfer goes into the wallet, not back to the bank",
+            )),
+            (_, CreditTarget::Bank) => Ok((Amount::ZERO, amount)),
+            (CreditSource::BankTransfer, _) | (_, CreditTarget::WalletOnly) => {
+                let (room, over) = self.refund_split(amount, cfg);
+                if over.is_positive() {
+                    Err(Refusal::amount(format!(
+                        "{amount} would take the wallet of {} above its cap {}: it has room for {room}",
+                        self.id, cfg.wallet_cap
+                    )))
+                } else {
+                    Ok((amount, Amount::ZERO))
+                }
+            }
+            (_, CreditTarget::WalletOverflowToBank) => Ok(self.refund_split(amount, cfg)),
+        }
+    }
+
+    /// The balanced credit event: the source pays, the wallet and the bank account receive.
+    #[allow(clippy::too_many_arguments)]
+    pub fn credited_event(
+        &self,
+        credit: &str,
+        source: &CreditSource,
+        target: CreditTarget,
+        amount: Amount,
+        to_wallet: Amount,
+        to_bank: Amount,
+        bank_op: Option<BankOpId>,
+    ) -> Event {
+        let from = match source {
+            CreditSource::RechargeCard { batch } => {
+                AccountRef::BankClearing(recharge_clearing(batch))
+            }
+            CreditSource::Employer { employer } => AccountRef::Merchant(employer.clone()),
+            CreditSource::BankTransfer => AccountRef::BankClearing(self.bank.clone()),
+        };
+        let mut postings = vec![Posting::new(from, amount.checked_neg())];
+        if to_wallet.is_positive() {
+            postings.push(Posting::new(AccountRef::Wallet(self.id.clone()), to_wallet));
+        }
+        if to_bank.is_positive() {
+            postings.push(Posting::new(
+                AccountRef::BankClearing(self.bank.clone()),
+                to_bank,
+            ));
+        }
+        Event::with_postings(
+            EventKind::ConsumerCredited {
+                credit: credit.to_string(),
+                consumer: self.id.clone(),
+                source: source.clone(),
+                target,
+                amount,
+                to_wallet,
+                to_bank,
+                bank_op,
+            },
+            postings,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn refunded_event(
         &self,
@@ -787,7 +997,7 @@ impl ConsumerState {
     /// Applies an event about this consumer. Money comes only from the postings, so the same
     /// code serves live actors, replay and verification.
     pub fn apply(&mut self, ev: &Event, at: Secs) -> Result<(), LedgerError> {
-        for p in &ev.postings {
+        for p in ev.postings.iter().filter(|p| !ev.is_external_clearing(p)) {
             match &p.account {
                 AccountRef::Wallet(c) if *c == self.id => {
                     self.wallet = self.wallet.checked_add(p.amount)?;
@@ -935,14 +1145,21 @@ impl ConsumerState {
                 );
             }
             ConsumerOpened { bank_sealed, .. } => self.bank_sealed = bank_sealed.clone(),
-            WalletToppedUp { .. } | TopUpRefused { .. } => {}
+            CreditLimitChanged { limit, .. } => {
+                if limit.is_negative() {
+                    return Err(LedgerError::Amount(AmountError::NotPositive(*limit)));
+                }
+                self.credit_limit = *limit;
+            }
+            WalletToppedUp { .. } | TopUpRefused { .. } | ConsumerCredited { .. } => {}
             Configured(_)
             | MerchantOpened { .. }
             | ClockAdvanced
             | Auth(_)
             | PaymentAuthorised(_)
             | PayoutMade { .. }
-            | PayoutRefused { .. } => {}
+            | PayoutRefused { .. }
+            | MerchantFunded { .. } => {}
         }
         Ok(())
     }
@@ -1065,6 +1282,8 @@ pub struct LedgerState {
     /// The clearing accounts of merchants' bank accounts (payouts), by clearing account name
     /// ([`merchant_clearing`]). Not in the view: only replays (`verify`) and I2 need it.
     pub merchant_clearing: BTreeMap<String, Amount>,
+    /// Credit and funding ids with what they were first used for (I6): the view's `w` keys.
+    pub credits: BTreeMap<String, CreditRecord>,
 }
 
 impl LedgerState {
@@ -1160,6 +1379,16 @@ impl LedgerState {
                 return Err(LedgerError::DuplicateId(id));
             }
         }
+        if let Some((id, record)) = CreditRecord::of(&ev.kind) {
+            if let CreditRecord::Merchant { merchant, .. } = &record {
+                if !self.merchants.contains_key(merchant) {
+                    return Err(LedgerError::UnknownMerchant(merchant.clone()));
+                }
+            }
+            if self.credits.insert(id.to_string(), record).is_some() {
+                return Err(LedgerError::DuplicateId(id.to_string()));
+            }
+        }
         for p in &ev.postings {
             match &p.account {
                 AccountRef::Merchant(m) => {
@@ -1173,8 +1402,8 @@ impl LedgerState {
                     return Err(LedgerError::UnknownConsumer(w.clone()));
                 }
                 // A consumer's clearing account moves with the consumer (above); any other is
-                // a merchant's bank account's.
-                AccountRef::BankClearing(b) if ev.consumer().is_none() => {
+                // a merchant's bank account's, or a recharge batch's.
+                AccountRef::BankClearing(b) if ev.is_external_clearing(p) => {
                     let c = self
                         .merchant_clearing
                         .entry(b.clone())
@@ -1225,6 +1454,9 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         PaymentAuthorised(_) => "PaymentAuthorised",
         PayoutMade { .. } => "PayoutMade",
         PayoutRefused { .. } => "PayoutRefused",
+        ConsumerCredited { .. } => "ConsumerCredited",
+        MerchantFunded { .. } => "MerchantFunded",
+        CreditLimitChanged { .. } => "CreditLimitChanged",
     }
 }
 
@@ -1255,14 +1487,46 @@ pub fn merchant_clearing(bank: &str) -> String {
     format!("{MERCHANT_CLEARING_PREFIX}{bank}")
 }
 
-/// The bank account (its stored name) of a merchant's clearing account.
-pub fn merchant_clearing_bank(clearing: &str) -> &str {
-    clearing
-        .strip_prefix(MERCHANT_CLEARING_PREFIX)
-        .unwrap_or(clearing)
+/// The bank account (its stored name) of a merchant's clearing account; `None` for a clearing
+/// account that is no bank account's (a recharge batch's).
+pub fn merchant_clearing_bank(clearing: &str) -> Option<&str> {
+    clearing.strip_prefix(MERCHANT_CLEARING_PREFIX)
 }
 
 const MERCHANT_CLEARING_PREFIX: &str = "merchant:";
+
+/// The clearing account of a batch of prepaid recharge cards: what the operator was paid for
+/// the batch's cards, owed to whoever redeems them.
+pub fn recharge_clearing(batch: &str) -> String {
+    format!("recharge:{batch}")
+}
+
+/// A funding of `merchant`'s balance from its bank account `bank` (its reference with a data
+/// key), done by the bank as operation `bank_op`.
+pub fn merchant_funded_event(
+    funding: &str,
+    merchant: &str,
+    bank: &str,
+    amount: Amount,
+    bank_op: &str,
+) -> Event {
+    Event::with_postings(
+        EventKind::MerchantFunded {
+            funding: funding.to_string(),
+            merchant: merchant.to_string(),
+            bank: bank.to_string(),
+            amount,
+            bank_op: bank_op.to_string(),
+        },
+        vec![
+            Posting::new(
+                AccountRef::BankClearing(merchant_clearing(bank)),
+                amount.checked_neg(),
+            ),
+            Posting::new(AccountRef::Merchant(merchant.to_string()), amount),
+        ],
+    )
+}
 
 /// Opening a consumer: the wallet is filled from the designated bank account.
 pub fn consumer_opened_event(

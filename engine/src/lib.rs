@@ -29,12 +29,14 @@ pub mod records;
 pub mod recovery;
 pub mod router;
 pub mod seal;
+mod services;
 pub mod verify;
 pub mod view;
 
 pub use bank::{BankPort, SimBank, SimBankPort};
 pub use config::NodeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest};
+pub use ledger::{CreditSource, CreditTarget};
 pub use model::{CommandResult, OrderState, Outcome, Refusal, RefusalKind, Release, RulesConfig};
 pub use money::{Amount, AmountError};
 pub use seal::DataKey;

@@ -83,6 +83,8 @@ pub enum Outcome {
     Disputed,
     Cancelled,
     Refunded,
+    /// Money credited to a consumer (a recharge, a salary, a bank transfer).
+    Credited,
 }
 
 impl Outcome {
@@ -95,6 +97,7 @@ impl Outcome {
             Outcome::Disputed => "disputed",
             Outcome::Cancelled => "cancelled",
             Outcome::Refunded => "refunded",
+            Outcome::Credited => "credited",
         }
     }
 }

@@ -175,10 +175,12 @@ fn scan_consumers(
     info: &mut RecoveryInfo,
 ) -> Result<std::collections::HashMap<String, Amount>, EngineError> {
     let mut moved: std::collections::HashMap<String, Amount> = Default::default();
-    // Payouts: what the ledger moved to merchants' bank accounts.
+    // Payouts and fundings: what the ledger moved to and from merchants' bank accounts.
     for (name, amount) in shared.view.merchant_clearing()? {
-        let account = crate::ledger::merchant_clearing_bank(&name).to_string();
-        let m = moved.entry(account).or_insert(Amount::ZERO);
+        let Some(account) = crate::ledger::merchant_clearing_bank(&name) else {
+            continue;
+        };
+        let m = moved.entry(account.to_string()).or_insert(Amount::ZERO);
         *m = m
             .checked_add(amount)
             .map_err(|e| EngineError::Internal(e.to_string()))?;

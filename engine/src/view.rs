@@ -16,6 +16,7 @@
 //! | `c` consumer | the consumer with its *open* orders inline ([`ConsumerRecord`]) | the consumer's actor |
 //! | `d` order | a *closed* order (settled, cancelled, expired, refused) and its consumer ([`StoredOrder`]) | the consumer's actor |
 //! | `f` refund | the refund and its consumer ([`StoredRefund`]) | the consumer's actor |
+//! | `w` credit or funding id | what it was first used for ([`CreditRecord`]) | the consumer's actor (credits), the engine (fundings) |
 //! | `b` bank account | the consumer it is designated for | the engine, at opening |
 //! | `m` merchant | [`MerchantState`] | the journal writer, from the postings |
 //! | `n` card token | the card ([`crate::cards::Card`]: token, last four digits, status, PIN hash, counter, failures; never the full number, I10) | the engine's authentication center |
@@ -43,7 +44,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{AccountRef, RefundRecord};
+use crate::ledger::{AccountRef, CreditRecord, RefundRecord};
 use crate::ledger::{ConsumerState, Entry, EventKind, LedgerState, MerchantState, Order};
 use crate::model::{RulesConfig, Secs};
 use crate::money::Amount;
@@ -60,6 +61,8 @@ const BANK_OP: u8 = b'o';
 const SIM_ACCOUNT: u8 = b's';
 /// The clearing accounts of merchants' bank accounts (payouts), by clearing account name.
 const MERCHANT_CLEARING: u8 = b'g';
+/// Credit and funding ids ([`CreditRecord`]): what each was first used for (I6).
+const CREDIT: u8 = b'w';
 /// The records of the layer above (see [`crate::records`]): kept in key order in the overlay,
 /// since they are scanned by prefix (queues, listings), and never interpreted here.
 pub(crate) const UPPER_RECORD: u8 = b'x';
@@ -307,7 +310,11 @@ pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
             | OrderExpired { order, .. } => {
                 touched.insert(order.as_str());
             }
-            _ => {}
+            other => {
+                if let Some(w) = credit_write(other) {
+                    writes.push(w);
+                }
+            }
         }
     }
     for id in touched {
@@ -324,6 +331,11 @@ pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
         }
     }
     writes
+}
+
+/// The view's write for a credit or funding id, if the event takes one.
+pub fn credit_write(kind: &EventKind) -> Option<ViewWrite> {
+    CreditRecord::of(kind).map(|(id, record)| ViewWrite::Put(key(CREDIT, id), encode(&record)))
 }
 
 /// The bank-operation index: `op` is recorded in record `seq`.
@@ -398,10 +410,16 @@ impl WriterDelta {
                 }),
                 _ => {}
             }
-            // A refund and a payout each held their amount in the book while they ran.
+            // A refund, a payout and a salary (a credit from an employer) each held their
+            // amount in the book while they ran.
             let refund = matches!(
                 ev.kind,
-                EventKind::Refunded { .. } | EventKind::PayoutMade { .. }
+                EventKind::Refunded { .. }
+                    | EventKind::PayoutMade { .. }
+                    | EventKind::ConsumerCredited {
+                        source: crate::ledger::CreditSource::Employer { .. },
+                        ..
+                    }
             );
             for p in &ev.postings {
                 match &p.account {
@@ -412,8 +430,8 @@ impl WriterDelta {
                         }
                     }
                     // A consumer's clearing account is in its record; any other is a
-                    // merchant's (as the ledger keeps them).
-                    AccountRef::BankClearing(b) if ev.consumer().is_none() => {
+                    // merchant's or a recharge batch's (as the ledger keeps them).
+                    AccountRef::BankClearing(b) if ev.is_external_clearing(p) => {
                         d.merchant_clearing.push((b.clone(), p.amount));
                     }
                     _ => {}
@@ -1265,6 +1283,12 @@ impl StateView {
         self.get("order", &k)
     }
 
+    /// What a credit or funding id was first used for, if it was.
+    pub fn credit(&self, id: &str) -> Result<Option<CreditRecord>, ViewError> {
+        let k = key(CREDIT, id);
+        self.get("credit", &k)
+    }
+
     pub fn refund(&self, id: &str) -> Result<Option<StoredRefund>, ViewError> {
         let k = key(REFUND, id);
         if self.ids.surely_absent(&k) {
@@ -1510,6 +1534,22 @@ impl StateView {
                 ledger.bank_owner.len()
             )));
         }
+        let mut credits = 0;
+        for kv in self.scan(&[CREDIT]) {
+            let (k, v) = kv?;
+            let id = id_of(1, &k)?;
+            let stored: CreditRecord = decode("credit", &v)?;
+            credits += 1;
+            if ledger.credits.get(&id) != Some(&stored) {
+                return Ok(Err(format!("credit {id}")));
+            }
+        }
+        if credits != ledger.credits.len() {
+            return Ok(Err(format!(
+                "it holds {credits} credits and fundings, the replay {}",
+                ledger.credits.len()
+            )));
+        }
         let merchants = self.merchants()?;
         if merchants != ledger.merchants {
             let which = ledger
@@ -1602,6 +1642,10 @@ impl StateView {
         }
         if banks != state.bank_owner.len() {
             return Err(bad("a consumer's bank account has no bank key".into()));
+        }
+        for kv in self.scan(&[CREDIT]) {
+            let (k, v) = kv?;
+            state.credits.insert(id_of(1, &k)?, decode("credit", &v)?);
         }
         state.merchants = self.merchants()?;
         state.auth = self.auth_state(meta.config.auth.clone())?;

@@ -13,6 +13,7 @@
 
 use onecard_engine::feed::{FeedEntry, FeedKind, FeedRecord, OrderChange};
 use onecard_engine::Amount;
+use onecard_engine::CreditSource;
 use std::sync::atomic::Ordering;
 
 use crate::records::{
@@ -438,6 +439,57 @@ async fn handle_entry(
                     detail: Some(reason.clone()),
                 },
             ),
+            FeedKind::Credited {
+                credit,
+                consumer,
+                source,
+                amount,
+                to_wallet,
+                to_bank,
+            } => line(
+                writes,
+                consumer,
+                seq,
+                n,
+                StatementLine {
+                    at,
+                    event: "account.credited".into(),
+                    order_id: None,
+                    merchant: match source {
+                        CreditSource::Employer { employer } => Some(employer.clone()),
+                        _ => None,
+                    },
+                    amount: Some(amount.to_string()),
+                    detail: Some(format!(
+                        "{} {credit}: wallet {to_wallet}, bank {to_bank}",
+                        match source {
+                            CreditSource::RechargeCard { .. } => "recharge",
+                            CreditSource::Employer { .. } => "salary",
+                            CreditSource::BankTransfer => "bank transfer",
+                        }
+                    )),
+                },
+            ),
+            FeedKind::CreditLimitChanged {
+                consumer,
+                limit,
+                reason,
+            } => line(
+                writes,
+                consumer,
+                seq,
+                n,
+                StatementLine {
+                    at,
+                    event: "credit.limit_changed".into(),
+                    order_id: None,
+                    merchant: None,
+                    amount: Some(limit.to_string()),
+                    detail: Some(reason.clone()),
+                },
+            ),
+            // An employer's own account has no statement here.
+            FeedKind::MerchantFunded { .. } => {}
         }
     }
     Ok(())
