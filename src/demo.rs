@@ -218,6 +218,7 @@ impl Demo {
                 engine: &self.engine,
                 peer: READER_ADDRESS,
                 now: self.now,
+                at_reader: None,
             },
             &mut ReaderConsole {
                 who: owner,
@@ -462,6 +463,7 @@ impl Demo {
                 engine: &self.engine,
                 peer: READER_ADDRESS,
                 now: self.now,
+                at_reader: None,
             },
             &mut ReaderConsole {
                 who: consumer,

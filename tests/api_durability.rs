@@ -741,6 +741,7 @@ fn an_authorisation_journaled_before_a_crash_is_placed_after_the_restart() {
                 engine: &engine,
                 peer: "127.0.0.1".parse().unwrap(),
                 now,
+                at_reader: None,
             },
             &mut keypad,
             &request,

@@ -261,6 +261,7 @@ fn the_terminal_finds_the_virtual_reader_reads_the_card_and_is_authorised_by_the
                 engine: &engine,
                 peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 now: 10,
+                at_reader: None,
             },
             &mut console,
             &request("reader-A", "o-1"),

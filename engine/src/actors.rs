@@ -25,9 +25,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::bank::{BankAnswer, BankOp};
+use crate::commands::ReaderPayment;
 use crate::error::EngineError;
 use crate::ledger::{
-    ConsumerState, CreditRecord, CreditSource, CreditTarget, Entry, Event, EventKind,
+    ConsumerState, CreditRecord, CreditSource, CreditTarget, Entry, Event, EventKind, GatewayRules,
     PlaceDecision, ReleaseDecision,
 };
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
@@ -45,6 +46,12 @@ pub enum ConsumerCmd {
         release: Release,
         /// The engine found no order with this id (and holds its claim): nothing to look up.
         fresh: bool,
+        /// A payment at a reader: the consumer's gateway rules apply.
+        at_reader: Option<ReaderPayment>,
+    },
+    /// New payment-gateway rules (SPEC F9); `None` removes them.
+    SetGatewayRules {
+        rules: Option<GatewayRules>,
     },
     ConfirmReceipt {
         order: String,
@@ -269,7 +276,8 @@ impl Run {
             | ConsumerCmd::Touch
             | ConsumerCmd::TopUpAnswered { .. }
             | ConsumerCmd::Credit { .. }
-            | ConsumerCmd::SetCreditLimit { .. } => {}
+            | ConsumerCmd::SetCreditLimit { .. }
+            | ConsumerCmd::SetGatewayRules { .. } => {}
         }
         let result = match cmd {
             ConsumerCmd::Place {
@@ -277,8 +285,20 @@ impl Run {
                 merchant,
                 amount,
                 release,
+                at_reader,
                 ..
-            } => self.place(id, merchant, amount, release).await?,
+            } => self.place(id, merchant, amount, release, at_reader).await?,
+            ConsumerCmd::SetGatewayRules { rules } => {
+                let (consumer, same) = {
+                    let st = self.st.borrow();
+                    (st.id.clone(), st.gateway.as_deref() == rules.as_ref())
+                };
+                if !same {
+                    let ev = Event::new(EventKind::GatewayRulesSet { consumer, rules });
+                    self.commit(vec![ev]).await?;
+                }
+                Ok(Outcome::Ok)
+            }
             ConsumerCmd::ConfirmReceipt { order, satisfied } => {
                 let d = self.st.borrow().decide_receipt(&order, satisfied);
                 self.release(&order, d).await?
@@ -379,6 +399,7 @@ impl Run {
         merchant: String,
         amount: Amount,
         release: Release,
+        at_reader: Option<ReaderPayment>,
     ) -> Result<CommandResult, EngineError> {
         if let Some(o) = self.st.borrow().orders.get(&id) {
             let same = o.merchant == merchant && o.amount == amount && o.release == release;
@@ -390,7 +411,22 @@ impl Run {
                 )))
             });
         }
-        let decision = self.st.borrow().decide_place(amount, &self.shared.rules);
+        // The gateway rules first (the consumer's own conditions), then credit.
+        let gateway = match &at_reader {
+            None => Ok(None),
+            Some(p) => {
+                self.st
+                    .borrow()
+                    .decide_gateway(&id, &merchant, &p.category, amount, self.now)
+            }
+        };
+        let (decision, spent) = match gateway {
+            Err(r) => (PlaceDecision::Refused(r), None),
+            Ok(spent) => (
+                self.st.borrow().decide_place(amount, &self.shared.rules),
+                spent,
+            ),
+        };
         match decision {
             PlaceDecision::Refused(r) => {
                 let ev = self.st.borrow().placed_event(
@@ -413,7 +449,7 @@ impl Run {
                     Ok(Outcome::Accepted),
                     false,
                 );
-                self.commit(vec![ev]).await?;
+                self.commit([ev].into_iter().chain(spent).collect()).await?;
                 Ok(Ok(Outcome::Accepted))
             }
             PlaceDecision::Direct => {
@@ -455,6 +491,10 @@ impl Run {
                     .settled_event(&id, &merchant, funding, bank_op);
                 self.apply(&settled)?;
                 let mut events = vec![placed, settled];
+                if let Some(spent) = spent {
+                    self.apply(&spent)?;
+                    events.push(spent);
+                }
                 events.extend(self.top_up().await?);
                 self.journal(events).await?;
                 Ok(Ok(Outcome::Settled))

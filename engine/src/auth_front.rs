@@ -16,11 +16,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::cards::auth::PaymentLimits;
 use crate::cards::{
     AuthCenter, AuthChange, AuthOutcome, Authorisation, CardError, CardKey, ChallengeIssued,
     ChangeLog, EncryptedPin, NewReader, SwipeRefusal,
 };
-use crate::commands::IssueCard;
+use crate::commands::{IssueCard, ReaderPayment};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::journal::{JournalError, JournalHandle};
@@ -224,24 +225,39 @@ impl Engine {
     }
 
     /// The account an outstanding challenge is for, and its available credit now in cents.
-    fn challenge_credit(&self, challenge_id: &str) -> Result<(Option<String>, u64), EngineError> {
-        let account = self.auth_center()?.challenge_account(challenge_id);
-        let credit = self.available_credit_cents(account.as_deref())?;
-        Ok((account, credit))
-    }
-
-    /// The available credit of a consumer now, in cents (0 if unknown).
-    fn available_credit_cents(&self, consumer: Option<&str>) -> Result<u64, EngineError> {
-        let Some(consumer) = consumer else {
-            return Ok(0);
+    /// The account of a challenge and what limits its payment now: the available credit, and
+    /// the verdict of the consumer's gateway rules on `at_reader` (merchant, and what the node
+    /// knows of it), if given. Both are checked again when the order is placed.
+    fn challenge_limits(
+        &self,
+        challenge_id: &str,
+        at_reader: Option<(&str, &ReaderPayment)>,
+        now: Secs,
+    ) -> Result<(Option<String>, PaymentLimits), EngineError> {
+        let center = self.auth_center()?;
+        let account = center.challenge_account(challenge_id);
+        let Some(consumer) = account.as_deref() else {
+            return Ok((account, PaymentLimits::default()));
         };
-        Ok(match self.shared.view.consumer_record(consumer)? {
-            None => 0,
-            Some(c) => {
-                let available = c.credit_limit.cents().saturating_sub(c.reserved.cents());
-                u64::try_from(available.max(0)).unwrap_or(u64::MAX)
-            }
-        })
+        let Some(c) = self.shared.view.consumer_record(consumer)? else {
+            return Ok((account, PaymentLimits::default()));
+        };
+        let available = c.credit_limit.cents().saturating_sub(c.reserved.cents());
+        let mut limits = PaymentLimits::from(u64::try_from(available.max(0)).unwrap_or(u64::MAX));
+        if let (Some((merchant, payment)), Some(rules), Some(cents)) =
+            (at_reader, &c.gateway, center.challenge_amount(challenge_id))
+        {
+            let amount = Amount::from_cents(i64::try_from(cents).unwrap_or(i64::MAX));
+            let spent = if c.gateway_spent.day == rules.day_of(now) {
+                c.gateway_spent.amount
+            } else {
+                Amount::ZERO
+            };
+            limits.gateway = rules
+                .check(merchant, &payment.category, amount, spent, now)
+                .err();
+        }
+        Ok((account, limits))
     }
 
     /// Step 3: the card's cryptogram, the encrypted PIN, the delivery address; checked in the
@@ -256,11 +272,12 @@ impl Engine {
         pin: &EncryptedPin,
         delivery_address: &str,
         confirm_address_change: Option<bool>,
+        at_reader: Option<(&str, &ReaderPayment)>,
         now: Secs,
     ) -> Result<AuthOutcome, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let (account, credit) = self.challenge_credit(challenge_id)?;
+        let (account, credit) = self.challenge_limits(challenge_id, at_reader, now)?;
         // Asked while the authentication holds the order, so no other can slip in between.
         let mut lookup_failed = None;
         let order_authorised = |order: &str| match self.shared.view.authorisation(order) {
@@ -309,14 +326,15 @@ impl Engine {
         &self,
         challenge_id: &str,
         accept: bool,
+        at_reader: Option<(&str, &ReaderPayment)>,
         now: Secs,
     ) -> Result<AuthOutcome, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let (account, credit) = self.challenge_credit(challenge_id)?;
+        let (account, limits) = self.challenge_limits(challenge_id, at_reader, now)?;
         let outcome = self
             .with_auth(now, |c, log| {
-                c.confirm_address_change(challenge_id, accept, credit, now, log)
+                c.confirm_address_change(challenge_id, accept, limits, now, log)
             })
             .await;
         let outcome = self.authorisation_settled(challenge_id, outcome)?;

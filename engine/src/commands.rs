@@ -51,6 +51,17 @@ pub struct PlaceCmd {
     pub merchant: String,
     pub amount: Amount,
     pub release: Release,
+    /// A payment at a reader, which the consumer's gateway rules apply to (SPEC F9); `None`
+    /// for what no reader pays (a bill its rule pays, a scenario's order).
+    pub at_reader: Option<ReaderPayment>,
+}
+
+/// What the gateway rules need to know of a payment at a reader besides its merchant and
+/// amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderPayment {
+    /// The merchant's category (`groceries`, …).
+    pub category: String,
 }
 
 /// A refund command with a typed amount.

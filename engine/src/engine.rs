@@ -39,8 +39,8 @@ use crate::view;
 use futures::StreamExt;
 
 pub use crate::commands::{
-    parse_release, CreditCmd, FundCmd, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder, RefundCmd,
-    RefundRequest,
+    parse_release, CreditCmd, FundCmd, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder,
+    ReaderPayment, RefundCmd, RefundRequest,
 };
 pub use crate::error::EngineError;
 pub use crate::recovery::RecoveryInfo;
@@ -651,6 +651,7 @@ impl Engine {
             merchant: req.merchant,
             amount: Amount::ZERO,
             release: Release::Receipt,
+            at_reader: None,
         };
         self.place_parsed(cmd, amount, release, now).await
     }
@@ -747,6 +748,7 @@ impl Engine {
             release,
             // Claimed above: no order has this id, so the actor need not look for one.
             fresh: _claim.is_some(),
+            at_reader: req.at_reader,
         };
         self.ask_consumer(&req.consumer, cmd, now).await
     }

@@ -251,6 +251,8 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
             reason,
         },
         EventKind::Configured(_)
+        | EventKind::GatewayRulesSet { .. }
+        | EventKind::GatewaySpent { .. }
         | EventKind::ConsumerOpened { .. }
         | EventKind::MerchantOpened { .. }
         | EventKind::CodeRejected { .. }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, RulesConfig, Secs};
+use crate::model::{
+    CommandResult, GatewayRefusal, OrderState, Outcome, Refusal, Release, RulesConfig, Secs,
+};
 use crate::money::{Amount, AmountError};
 
 /// An account of the node's double-entry ledger. The sum over all of them is always zero (I2).
@@ -193,6 +195,194 @@ pub enum EventKind {
         limit: Amount,
         reason: String,
     },
+    /// A consumer's payment-gateway rules set anew (SPEC F9); `None` removes them.
+    GatewayRulesSet {
+        consumer: String,
+        rules: Option<GatewayRules>,
+    },
+    /// A payment at a reader that counts against the consumer's daily limit (written with its
+    /// placement, only while the consumer has one): `day` is the consumer's local day number.
+    GatewaySpent {
+        consumer: String,
+        order: String,
+        day: i64,
+        amount: Amount,
+    },
+}
+
+/// A consumer's payment-gateway rules (SPEC F9): the conditions under which a payment at a
+/// reader may go through. Checked at authorisation (the reader shows which rule refused) and
+/// again when the order is placed, in the consumer's actor, so that two payments at once
+/// cannot both slip under the daily limit. (Every field is always serialized: the journal and
+/// the view encode it with bincode, which has no notion of a skipped field.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRules {
+    /// The most one payment may be.
+    #[serde(default)]
+    pub max_per_payment: Option<Amount>,
+    /// The most the payments of one day may add up to.
+    #[serde(default)]
+    pub max_per_day: Option<Amount>,
+    /// Only these merchants, if any are named.
+    #[serde(default)]
+    pub allowed_merchants: Vec<String>,
+    #[serde(default)]
+    pub blocked_merchants: Vec<String>,
+    /// Only these merchant categories, if any are named.
+    #[serde(default)]
+    pub allowed_categories: Vec<String>,
+    #[serde(default)]
+    pub blocked_categories: Vec<String>,
+    /// The hours payments may go through, in the consumer's time.
+    #[serde(default)]
+    pub hours: Option<AllowedHours>,
+    /// The consumer's offset from UTC in minutes: the day and the hours are the consumer's.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
+}
+
+/// A daily window: from `from` up to (not including) `to`, as `HH:MM`. A window whose end is
+/// before its start spans midnight (22:00–06:00).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedHours {
+    pub from: String,
+    pub to: String,
+}
+
+/// The most names a rule's list may hold.
+const MAX_RULE_NAMES: usize = 100;
+
+impl GatewayRules {
+    /// Checks the rules are well formed: positive limits, bounded lists of names, valid hours
+    /// and an offset within ±14 h.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, limit) in [
+            ("max_per_payment", self.max_per_payment),
+            ("max_per_day", self.max_per_day),
+        ] {
+            if limit.is_some_and(|l| !l.is_positive()) {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        for (name, list) in [
+            ("allowed_merchants", &self.allowed_merchants),
+            ("blocked_merchants", &self.blocked_merchants),
+            ("allowed_categories", &self.allowed_categories),
+            ("blocked_categories", &self.blocked_categories),
+        ] {
+            if list.len() > MAX_RULE_NAMES {
+                return Err(format!("{name} holds more than {MAX_RULE_NAMES} names"));
+            }
+            if let Some(bad) = list.iter().find(|n| {
+                n.is_empty() || n.chars().count() > 128 || n.chars().any(char::is_control)
+            }) {
+                return Err(format!("{name}: {bad:?} is not a name"));
+            }
+        }
+        if let Some(h) = &self.hours {
+            let (from, to) = (minute_of_day(&h.from), minute_of_day(&h.to));
+            match (from, to) {
+                (Some(f), Some(t)) if f != t => {}
+                (Some(_), Some(_)) => return Err("hours: from and to must differ".into()),
+                _ => return Err("hours: from and to must be HH:MM, 00:00 to 23:59".into()),
+            }
+        }
+        if self.utc_offset_minutes.abs() > 14 * 60 {
+            return Err("utc_offset_minutes must be within -840..=840".into());
+        }
+        Ok(())
+    }
+
+    /// The consumer's local day of a moment.
+    pub fn day_of(&self, at: Secs) -> i64 {
+        self.local_secs(at).div_euclid(86_400)
+    }
+
+    fn local_secs(&self, at: Secs) -> i64 {
+        i64::try_from(at)
+            .unwrap_or(i64::MAX)
+            .saturating_add(i64::from(self.utc_offset_minutes) * 60)
+    }
+
+    /// Whether a payment of `amount` to `merchant` (of `category`) may go through at `at`,
+    /// with `spent_today` already spent today. The first rule that refuses is named.
+    pub fn check(
+        &self,
+        merchant: &str,
+        category: &str,
+        amount: Amount,
+        spent_today: Amount,
+        at: Secs,
+    ) -> Result<(), GatewayRefusal> {
+        let refuse = |rule: &'static str, reason: String| Err(GatewayRefusal { rule, reason });
+        if self.blocked_merchants.iter().any(|m| m == merchant)
+            || (!self.allowed_merchants.is_empty()
+                && !self.allowed_merchants.iter().any(|m| m == merchant))
+        {
+            return refuse(
+                "merchant",
+                format!("payments to {merchant} are not allowed"),
+            );
+        }
+        if self.blocked_categories.iter().any(|c| c == category)
+            || (!self.allowed_categories.is_empty()
+                && !self.allowed_categories.iter().any(|c| c == category))
+        {
+            return refuse(
+                "category",
+                format!("payments for {category} are not allowed"),
+            );
+        }
+        if let Some(max) = self.max_per_payment {
+            if amount > max {
+                return refuse(
+                    "max_per_payment",
+                    format!("{amount} is above the {max} allowed per payment"),
+                );
+            }
+        }
+        if let Some(max) = self.max_per_day {
+            if !spent_today
+                .checked_add(amount)
+                .is_ok_and(|after| after <= max)
+            {
+                return refuse(
+                    "max_per_day",
+                    format!("{amount} with the {spent_today} paid today is above the {max} allowed per day"),
+                );
+            }
+        }
+        if let Some(h) = &self.hours {
+            if let (Some(from), Some(to)) = (minute_of_day(&h.from), minute_of_day(&h.to)) {
+                let minute =
+                    u32::try_from(self.local_secs(at).rem_euclid(86_400) / 60).unwrap_or(0);
+                let inside = if from < to {
+                    (from..to).contains(&minute)
+                } else {
+                    minute >= from || minute < to
+                };
+                if !inside {
+                    return refuse(
+                        "hours",
+                        format!("payments are allowed from {} to {} only", h.from, h.to),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HH:MM` as minutes after midnight.
+fn minute_of_day(hhmm: &str) -> Option<u32> {
+    let (h, m) = hhmm.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
 }
 
 /// Where money credited to a consumer comes from.
@@ -311,7 +501,9 @@ impl Event {
             | OrderExpired { consumer, .. }
             | Refunded { consumer, .. }
             | ConsumerCredited { consumer, .. }
-            | CreditLimitChanged { consumer, .. } => Some(consumer),
+            | CreditLimitChanged { consumer, .. }
+            | GatewayRulesSet { consumer, .. }
+            | GatewaySpent { consumer, .. } => Some(consumer),
             Configured(_)
             | MerchantOpened { .. }
             | ClockAdvanced
@@ -506,6 +698,19 @@ pub struct ConsumerState {
     /// (I3). Never persisted: a crash loses the request, and recovery reconciles with the bank.
     #[serde(skip)]
     pub topup_in_flight: Amount,
+    /// The payment-gateway rules the consumer set (SPEC F9), if any.
+    pub gateway: Option<Box<GatewayRules>>,
+    /// What payments at readers spent on the consumer's last day with one (for the daily
+    /// limit).
+    pub gateway_spent: DaySpend,
+}
+
+/// What was spent on one day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaySpend {
+    /// Days since 1970-01-01 in the consumer's time zone.
+    pub day: i64,
+    pub amount: Amount,
 }
 
 /// How a settlement of `amount` is funded: wallet first, then the bank directly.
@@ -538,7 +743,46 @@ impl ConsumerState {
             next_placement: 0,
             refunds: HashMap::new(),
             topup_in_flight: Amount::ZERO,
+            gateway: None,
+            gateway_spent: DaySpend::default(),
         }
+    }
+
+    /// What payments at readers spent on `day`.
+    pub fn gateway_spent_on(&self, day: i64) -> Amount {
+        if self.gateway_spent.day == day {
+            self.gateway_spent.amount
+        } else {
+            Amount::ZERO
+        }
+    }
+
+    /// Whether the consumer's gateway rules let a payment of `amount` to `merchant` (of
+    /// `category`) through at `now`; and the event that counts it against the daily limit,
+    /// if the consumer has one. No rules: everything goes through.
+    pub fn decide_gateway(
+        &self,
+        order: &str,
+        merchant: &str,
+        category: &str,
+        amount: Amount,
+        now: Secs,
+    ) -> Result<Option<Event>, Refusal> {
+        let Some(rules) = &self.gateway else {
+            return Ok(None);
+        };
+        let day = rules.day_of(now);
+        rules
+            .check(merchant, category, amount, self.gateway_spent_on(day), now)
+            .map_err(|g| Refusal::gateway(format!("{}: {}", g.rule, g.reason)))?;
+        Ok(rules.max_per_day.map(|_| {
+            Event::new(EventKind::GatewaySpent {
+                consumer: self.id.clone(),
+                order: order.to_string(),
+                day,
+                amount,
+            })
+        }))
     }
 
     /// The orders open now (pending, awaiting funds, disputed), in placement order: what a
@@ -1151,6 +1395,14 @@ impl ConsumerState {
                 }
                 self.credit_limit = *limit;
             }
+            GatewayRulesSet { rules, .. } => self.gateway = rules.clone().map(Box::new),
+            GatewaySpent { day, amount, .. } => {
+                let before = self.gateway_spent_on(*day);
+                self.gateway_spent = DaySpend {
+                    day: *day,
+                    amount: before.checked_add(*amount)?,
+                };
+            }
             WalletToppedUp { .. } | TopUpRefused { .. } | ConsumerCredited { .. } => {}
             Configured(_)
             | MerchantOpened { .. }
@@ -1457,6 +1709,8 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         ConsumerCredited { .. } => "ConsumerCredited",
         MerchantFunded { .. } => "MerchantFunded",
         CreditLimitChanged { .. } => "CreditLimitChanged",
+        GatewayRulesSet { .. } => "GatewayRulesSet",
+        GatewaySpent { .. } => "GatewaySpent",
     }
 }
 

@@ -119,6 +119,8 @@ pub enum RefusalKind {
     Credit,
     Code,
     Funds,
+    /// A payment-gateway rule of the consumer's (SPEC F9) refused it.
+    Gateway,
 }
 
 impl RefusalKind {
@@ -133,6 +135,7 @@ impl RefusalKind {
             RefusalKind::Credit => "refused:credit",
             RefusalKind::Code => "refused:code",
             RefusalKind::Funds => "refused:funds",
+            RefusalKind::Gateway => "refused:gateway",
         }
     }
 
@@ -146,6 +149,7 @@ impl RefusalKind {
             RefusalKind::Credit => "credit",
             RefusalKind::Code => "code",
             RefusalKind::Funds => "funds",
+            RefusalKind::Gateway => "gateway",
         }
     }
 }
@@ -189,10 +193,21 @@ impl Refusal {
     pub fn funds(m: impl Into<String>) -> Refusal {
         Refusal::new(RefusalKind::Funds, m)
     }
+    pub fn gateway(m: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Gateway, m)
+    }
     /// `refused:REASON`, the form scenario files and the API use.
     pub fn code_str(&self) -> String {
         self.kind.code().to_string()
     }
+}
+
+/// Which of a consumer's payment-gateway rules (SPEC F9) refused a payment, and why, in words
+/// for the reader's display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRefusal {
+    pub rule: &'static str,
+    pub reason: String,
 }
 
 /// The recorded result of a command: what a repeat of the same command returns (I6).

@@ -11,7 +11,7 @@ use crate::commands::{check_id, CreditCmd, FundCmd};
 use crate::directory::{claim_id, CreditKey};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::ledger::{merchant_funded_event, CreditRecord, CreditSource, Entry};
+use crate::ledger::{merchant_funded_event, CreditRecord, CreditSource, Entry, GatewayRules};
 use crate::model::{CommandResult, Outcome, Refusal, Secs};
 use crate::money::Amount;
 use crate::view;
@@ -198,5 +198,40 @@ impl Engine {
             reason: reason.to_string(),
         };
         self.ask_consumer(consumer, cmd, now).await
+    }
+
+    /// Sets a consumer's payment-gateway rules (SPEC F9), or removes them (`None`). Checked
+    /// from the next authorisation on. Refused: rules that are not well formed (`invalid`),
+    /// an unknown consumer (`unknown`).
+    pub async fn set_gateway_rules(
+        &self,
+        consumer: &str,
+        rules: Option<GatewayRules>,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        if let Some(Err(e)) = rules.as_ref().map(GatewayRules::validate) {
+            return Ok(Err(Refusal::invalid(format!("gateway rules: {e}"))));
+        }
+        let cmd = ConsumerCmd::SetGatewayRules { rules };
+        self.ask_consumer(consumer, cmd, now).await
+    }
+
+    /// A consumer's payment-gateway rules, and what payments at readers spent today under them;
+    /// `None` if there is no such consumer.
+    pub fn gateway_rules(
+        &self,
+        consumer: &str,
+        now: Secs,
+    ) -> Result<Option<(Option<GatewayRules>, Amount)>, EngineError> {
+        let Some(c) = self.shared.view.consumer_record(consumer)? else {
+            return Ok(None);
+        };
+        let spent = match &c.gateway {
+            Some(rules) if c.gateway_spent.day == rules.day_of(now) => c.gateway_spent.amount,
+            _ => Amount::ZERO,
+        };
+        Ok(Some((c.gateway, spent)))
     }
 }

@@ -177,6 +177,52 @@ pub struct ConsumerRecord {
     pub bank_clearing: Amount,
     pub next_placement: u64,
     pub open_orders: Vec<Order>,
+    /// The payment-gateway rules (SPEC F9) and the day's spending they count. Records written
+    /// before they existed end before these fields ([`LegacyConsumerRecord`]).
+    pub gateway: Option<crate::ledger::GatewayRules>,
+    pub gateway_spent: crate::ledger::DaySpend,
+}
+
+/// A consumer record as written before the gateway rules (2026-12-06): read as one with none.
+#[derive(Deserialize)]
+struct LegacyConsumerRecord {
+    id: String,
+    credit_limit: Amount,
+    reserved: Amount,
+    wallet: Amount,
+    bank: String,
+    bank_sealed: Option<Vec<u8>>,
+    bank_clearing: Amount,
+    next_placement: u64,
+    open_orders: Vec<Order>,
+}
+
+/// Reads a consumer record, in its current form or the one before.
+fn decode_consumer(bytes: &[u8]) -> Result<ConsumerRecord, ViewError> {
+    decode::<ConsumerRecord>("consumer", bytes).or_else(|e| {
+        // The old form only if it is the whole record: a newer record that failed to decode
+        // must not be read as an old one with its newer fields dropped.
+        use bincode::Options;
+        let whole = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes();
+        let Ok(old) = whole.deserialize::<LegacyConsumerRecord>(bytes) else {
+            return Err(e);
+        };
+        Ok(ConsumerRecord {
+            id: old.id,
+            credit_limit: old.credit_limit,
+            reserved: old.reserved,
+            wallet: old.wallet,
+            bank: old.bank,
+            bank_sealed: old.bank_sealed,
+            bank_clearing: old.bank_clearing,
+            next_placement: old.next_placement,
+            open_orders: old.open_orders,
+            gateway: None,
+            gateway_spent: Default::default(),
+        })
+    })
 }
 
 impl ConsumerRecord {
@@ -192,6 +238,8 @@ impl ConsumerRecord {
             bank_clearing: c.bank_clearing,
             next_placement: c.next_placement,
             open_orders,
+            gateway: c.gateway.as_deref().cloned(),
+            gateway_spent: c.gateway_spent,
         }
     }
 
@@ -203,6 +251,8 @@ impl ConsumerRecord {
         c.bank_sealed = self.bank_sealed;
         c.bank_clearing = self.bank_clearing;
         c.next_placement = self.next_placement;
+        c.gateway = self.gateway.map(Box::new);
+        c.gateway_spent = self.gateway_spent;
         c.orders = self
             .open_orders
             .into_iter()
@@ -239,6 +289,8 @@ struct ConsumerRecordRef<'a> {
     bank_clearing: Amount,
     next_placement: u64,
     open_orders: Vec<&'a Order>,
+    gateway: Option<&'a crate::ledger::GatewayRules>,
+    gateway_spent: crate::ledger::DaySpend,
 }
 
 /// A consumer's record as the view stores it (a [`ConsumerRecord`], encoded).
@@ -254,6 +306,8 @@ fn encoded_record(c: &ConsumerState) -> Vec<u8> {
         bank_clearing: c.bank_clearing,
         next_placement: c.next_placement,
         open_orders,
+        gateway: c.gateway.as_deref(),
+        gateway_spent: c.gateway_spent,
     })
 }
 
@@ -1265,7 +1319,9 @@ impl StateView {
 
     /// The consumer with its open orders: what its actor starts from.
     pub fn consumer_record(&self, id: &str) -> Result<Option<ConsumerRecord>, ViewError> {
-        self.get("consumer", &key(CONSUMER, id))
+        self.get_raw(&key(CONSUMER, id))?
+            .map(|v| decode_consumer(&v))
+            .transpose()
     }
 
     /// The consumer with its open orders; closed orders are read one by one with
@@ -1379,7 +1435,7 @@ impl StateView {
     pub fn consumer_records(&self) -> impl Iterator<Item = Result<ConsumerRecord, ViewError>> + '_ {
         self.scan(&[CONSUMER]).map(|kv| {
             let (_, v) = kv?;
-            decode("consumer", &v)
+            decode_consumer(&v)
         })
     }
 
@@ -1428,6 +1484,8 @@ impl StateView {
                 &mine.bank_sealed,
                 mine.bank_clearing,
                 mine.next_placement,
+                &mine.gateway,
+                mine.gateway_spent,
             ) != (
                 c.credit_limit,
                 c.reserved,
@@ -1436,6 +1494,8 @@ impl StateView {
                 &c.bank_sealed,
                 c.bank_clearing,
                 c.next_placement,
+                &c.gateway,
+                c.gateway_spent,
             ) {
                 return Ok(Err(format!("consumer {id}")));
             }
@@ -1720,6 +1780,51 @@ mod tests {
                 order: Order::clone(o)
             })
         );
+    }
+
+    /// A consumer record written before the gateway rules existed reads as one without rules;
+    /// a current one with rules reads back whole (never as an old one with its rules dropped).
+    #[test]
+    fn consumer_records_of_the_form_before_the_gateway_rules_still_read() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            id: &'a str,
+            credit_limit: Amount,
+            reserved: Amount,
+            wallet: Amount,
+            bank: &'a str,
+            bank_sealed: Option<Vec<u8>>,
+            bank_clearing: Amount,
+            next_placement: u64,
+            open_orders: Vec<Order>,
+        }
+        let old = encode(&Before {
+            id: "c1",
+            credit_limit: Amount::from_cents(50_000),
+            reserved: Amount::ZERO,
+            wallet: Amount::from_cents(100),
+            bank: "b1",
+            bank_sealed: None,
+            bank_clearing: Amount::ZERO,
+            next_placement: 4,
+            open_orders: vec![],
+        });
+        let read = decode_consumer(&old).unwrap();
+        assert_eq!((read.id.as_str(), read.next_placement), ("c1", 4));
+        assert_eq!(read.gateway, None);
+        let mut c = read.into_state();
+        c.gateway = Some(Box::new(crate::ledger::GatewayRules {
+            max_per_day: Some(Amount::from_cents(100)),
+            ..Default::default()
+        }));
+        c.gateway_spent = crate::ledger::DaySpend {
+            day: 20_000,
+            amount: Amount::from_cents(7),
+        };
+        let back = decode_consumer(&encoded_record(&c)).unwrap().into_state();
+        assert_eq!(back, c);
+        // Damaged: neither form.
+        assert!(decode_consumer(&old[..old.len() - 1]).is_err());
     }
 
     /// The overlay over a checkpoint: every read equals a plain map of the newest writes,

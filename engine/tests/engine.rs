@@ -703,7 +703,7 @@ mod cards {
         let pin =
             encrypt_pin(&ch.node_public, &ch.challenge, pin, &mut rand::thread_rng()).unwrap();
         engine
-            .authenticate(&ch.challenge_id, counter, &c, &pin, HOME, None, 10)
+            .authenticate(&ch.challenge_id, counter, &c, &pin, HOME, None, None, 10)
             .await
             .unwrap()
     }
@@ -782,12 +782,21 @@ mod cards {
             let pin =
                 encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
             let away = engine
-                .authenticate(&ch.challenge_id, 2, &c, &pin, "9 Other Road", None, 10)
+                .authenticate(
+                    &ch.challenge_id,
+                    2,
+                    &c,
+                    &pin,
+                    "9 Other Road",
+                    None,
+                    None,
+                    10,
+                )
                 .await
                 .unwrap();
             assert_eq!(away, AuthOutcome::ConfirmAddressChange);
             let away = engine
-                .confirm_address_change(&ch.challenge_id, true, 10)
+                .confirm_address_change(&ch.challenge_id, true, None, 10)
                 .await
                 .unwrap();
             assert!(matches!(away, AuthOutcome::Authorised(ref a) if a.temporary_address_change));
@@ -809,7 +818,7 @@ mod cards {
                 encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
             assert!(matches!(
                 engine
-                    .authenticate(&ch.challenge_id, 3, &c, &pin, HOME, None, 10)
+                    .authenticate(&ch.challenge_id, 3, &c, &pin, HOME, None, None, 10)
                     .await
                     .unwrap(),
                 AuthOutcome::CreditRefused { .. }
@@ -902,6 +911,202 @@ mod cards {
         assert!(!has(key.as_bytes()), "the card key is never stored");
         assert!(!has(CARD.as_bytes()), "the card number is never stored");
         assert!(has(token.as_bytes()), "the card's token is stored");
+    }
+
+    /// SPEC F9: the consumer's gateway rules refuse at authentication, naming the rule (the
+    /// reader shows it), and again, atomically with the reservation, at placement; the daily
+    /// total survives a restart, and orders no reader pays are not subject to them.
+    #[test]
+    fn gateway_rules_refuse_at_the_reader_and_at_placement_and_survive_a_restart() {
+        use onecard_engine::commands::{PlaceCmd, ReaderPayment};
+        use onecard_engine::ledger::GatewayRules;
+        let dir = tempfile::tempdir().unwrap();
+        let shop = ReaderPayment {
+            category: "electronics".into(),
+        };
+        let place = |id: &str, amount_: &str, at_reader: Option<ReaderPayment>| PlaceCmd {
+            id: id.into(),
+            consumer: "alice".into(),
+            merchant: "shop".into(),
+            amount: amount(amount_),
+            release: onecard_engine::Release::Receipt,
+            at_reader,
+        };
+        actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+            engine
+                .open_merchant("shop", None, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            let key = engine
+                .issue_card(
+                    IssueCard {
+                        number: CARD.into(),
+                        holder: "alice".into(),
+                        pin: PIN.into(),
+                        registered_address: HOME.into(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            engine
+                .register_reader(
+                    NewReader {
+                        id: "rdr-1".into(),
+                        owner: "alice".into(),
+                        card_number: CARD.into(),
+                        account: "alice".into(),
+                        network: "10.0.0.0/24".parse().unwrap(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let pay = |counter: u32, order: &'static str| {
+                let engine = &engine;
+                let key = &key;
+                let shop = &shop;
+                async move {
+                    let ch = engine
+                        .swipe("rdr-1", CARD, peer(), order, amount("25.00"), 10)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let c = cryptogram(key, &ch.challenge, order, 2_500, counter).unwrap();
+                    let pin =
+                        encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng())
+                            .unwrap();
+                    engine
+                        .authenticate(
+                            &ch.challenge_id,
+                            counter,
+                            &c,
+                            &pin,
+                            HOME,
+                            None,
+                            Some(("shop", shop)),
+                            10,
+                        )
+                        .await
+                        .unwrap()
+                }
+            };
+            let rules = GatewayRules {
+                max_per_payment: Some(amount("20.00")),
+                ..Default::default()
+            };
+            let set = engine
+                .set_gateway_rules("alice", Some(rules), 5)
+                .await
+                .unwrap();
+            assert_eq!(set, Ok(onecard_engine::Outcome::Ok));
+            let bad = GatewayRules {
+                max_per_day: Some(Amount::ZERO),
+                ..Default::default()
+            };
+            let r = engine
+                .set_gateway_rules("alice", Some(bad), 5)
+                .await
+                .unwrap();
+            assert_eq!(r.unwrap_err().kind, onecard_engine::RefusalKind::Invalid);
+            match pay(1, "o-1").await {
+                AuthOutcome::GatewayRefused { rule, reason } => {
+                    assert_eq!(rule, "max_per_payment");
+                    assert!(reason.contains("20.00"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(engine.authorisation("o-1").unwrap().is_none());
+            // A sign-in is no payment: no rule applies.
+            let rules = GatewayRules {
+                max_per_payment: Some(amount("30.00")),
+                max_per_day: Some(amount("40.00")),
+                blocked_merchants: vec!["casino".into()],
+                ..Default::default()
+            };
+            engine
+                .set_gateway_rules("alice", Some(rules.clone()), 6)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(pay(2, "o-2").await, AuthOutcome::Authorised(_)));
+            let placed = engine
+                .place(place("o-2", "25.00", Some(shop.clone())), 10)
+                .await
+                .unwrap();
+            assert_eq!(placed, Ok(onecard_engine::Outcome::Accepted));
+            // 25 + 25 is above the 40 a day: refused at the reader …
+            assert!(matches!(
+                pay(3, "o-3").await,
+                AuthOutcome::GatewayRefused { ref rule, .. } if rule == "max_per_day"
+            ));
+            // … and at placement, should two authorisations have passed at once.
+            let r = engine
+                .place(place("o-4", "25.00", Some(shop.clone())), 10)
+                .await
+                .unwrap();
+            assert_eq!(r.unwrap_err().kind, onecard_engine::RefusalKind::Gateway);
+            // Not a payment at a reader (a bill its rule pays): not subject to the rules.
+            let r = engine.place(place("o-5", "25.00", None), 10).await.unwrap();
+            assert_eq!(r, Ok(onecard_engine::Outcome::Accepted));
+            let (stored, spent) = engine.gateway_rules("alice", 10).unwrap().unwrap();
+            assert_eq!((stored, spent), (Some(rules.clone()), amount("25.00")));
+            engine.close().await.unwrap();
+            sim.close();
+        });
+        onecard_engine::verify::verify(dir.path()).unwrap();
+        actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            let (stored, spent) = engine.gateway_rules("alice", 10).unwrap().unwrap();
+            assert!(stored.is_some());
+            assert_eq!(spent, amount("25.00"));
+            let r = engine
+                .place(place("o-6", "15.01", Some(shop.clone())), 11)
+                .await
+                .unwrap();
+            assert_eq!(r.unwrap_err().kind, onecard_engine::RefusalKind::Gateway);
+            // A day later the day's total starts again.
+            let r = engine
+                .place(place("o-7", "30.00", Some(shop.clone())), 10 + 86_400)
+                .await
+                .unwrap();
+            assert_eq!(r, Ok(onecard_engine::Outcome::Accepted));
+            engine
+                .set_gateway_rules("alice", None, 10 + 86_400)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                engine
+                    .gateway_rules("alice", 10 + 86_400)
+                    .unwrap()
+                    .unwrap()
+                    .0,
+                None
+            );
+            engine.close().await.unwrap();
+            sim.close();
+        });
+        onecard_engine::verify::verify(dir.path()).unwrap();
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use onecard_engine::cards::Authorisation;
-use onecard_engine::commands::PlaceCmd;
+use onecard_engine::commands::{PlaceCmd, ReaderPayment};
 use onecard_engine::{Amount, EngineError, OrderState, Outcome};
 use onecard_protocol::wire::PlacedOrder;
 use serde::{Deserialize, Serialize};
@@ -318,6 +318,7 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
                 merchant: c.merchant.clone(),
                 amount,
                 release: c.release.0.clone(),
+                at_reader: Some(reader_payment(node, &c.merchant)),
             },
             node.now(),
         )
@@ -344,6 +345,19 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
             refusal: Some(r.code_str()),
         },
     })
+}
+
+/// What the consumer's gateway rules (SPEC F9) see of a payment at a reader to `merchant`
+/// besides the merchant and the amount: the merchant's category.
+pub fn reader_payment(node: &Node, merchant: &str) -> ReaderPayment {
+    ReaderPayment {
+        category: category_of(node, merchant),
+    }
+}
+
+/// A merchant's category, as gateway rules and spending analysis name it.
+pub fn category_of(_node: &Node, _merchant: &str) -> String {
+    "uncategorised".to_string()
 }
 
 #[cfg(test)]

@@ -141,6 +141,12 @@ pub enum AuthOutcome {
         amount_cents: u64,
         available_cents: u64,
     },
+    /// One of the consumer's own payment-gateway rules refuses the payment (SPEC F9): which
+    /// (`max_per_payment`, `max_per_day`, `merchant`, `category`, `hours`) and why, in words.
+    GatewayRefused {
+        rule: String,
+        reason: String,
+    },
     Authorised(Authorisation),
 }
 
@@ -158,6 +164,7 @@ impl AuthOutcome {
             AuthOutcome::ConfirmAddressChange => Prompt::confirm_address_change(),
             AuthOutcome::AddressChangeDeclined => Prompt::address_change_declined(),
             AuthOutcome::CreditRefused { .. } => Prompt::credit_refused(),
+            AuthOutcome::GatewayRefused { reason, .. } => Prompt::gateway_refused(reason),
             AuthOutcome::Authorised(_) => Prompt::authorised(),
         }
     }

@@ -81,6 +81,15 @@ impl Prompt {
         )
     }
 
+    /// A payment rule the consumer set refuses it (F9); `reason` says which limit, merchant,
+    /// category or hours.
+    pub fn gateway_refused(reason: &str) -> Prompt {
+        Prompt::new(
+            format!("Refused by your payment rules: {reason}"),
+            SoundCue::Error,
+        )
+    }
+
     /// Every check passed.
     pub fn authorised() -> Prompt {
         Prompt::new("Payment authorised", SoundCue::Ok)

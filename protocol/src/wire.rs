@@ -99,6 +99,11 @@ pub struct AuthAnswer {
     pub amount_cents: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_cents: Option<u64>,
+    /// When a gateway rule refused: which one, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorisation: Option<AuthorisationBody>,
     /// Step 4, when authorised: the order as placed in the virtual account.
@@ -285,6 +290,8 @@ impl AuthAnswer {
             tries_left: None,
             amount_cents: None,
             available_cents: None,
+            rule: None,
+            reason: None,
             authorisation: None,
             order: None,
             session: None,
@@ -298,6 +305,10 @@ impl AuthAnswer {
             } => {
                 a.amount_cents = Some(*amount_cents);
                 a.available_cents = Some(*available_cents);
+            }
+            AuthOutcome::GatewayRefused { rule, reason } => {
+                a.rule = Some(rule.clone());
+                a.reason = Some(reason.clone());
             }
             AuthOutcome::Authorised(auth) => a.authorisation = Some(AuthorisationBody::of(auth)),
             _ => {}
@@ -325,6 +336,10 @@ impl AuthAnswer {
                 amount_cents: self.amount_cents?,
                 available_cents: self.available_cents?,
             },
+            "gateway_refused" => AuthOutcome::GatewayRefused {
+                rule: self.rule.clone()?,
+                reason: self.reason.clone()?,
+            },
             "authorised" => {
                 AuthOutcome::Authorised(self.authorisation.as_ref()?.to_authorisation())
             }
@@ -347,6 +362,7 @@ pub fn auth_outcome_code(o: &AuthOutcome) -> &'static str {
         AuthOutcome::ConfirmAddressChange => "confirm_address_change",
         AuthOutcome::AddressChangeDeclined => "address_change_declined",
         AuthOutcome::CreditRefused { .. } => "credit_refused",
+        AuthOutcome::GatewayRefused { .. } => "gateway_refused",
         AuthOutcome::Authorised(_) => "authorised",
     }
 }

@@ -336,6 +336,7 @@ impl Ctx {
             merchant: merchant_id(lc.merchant),
             amount: Amount::from_cents(lc.amount),
             release,
+            at_reader: None,
         };
         let what = || format!("place_order {id}");
         let allowed = if lc.amount <= self.direct_max {

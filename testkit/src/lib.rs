@@ -105,6 +105,9 @@ pub struct EngineLink<'a> {
     /// The address the reader program connects from.
     pub peer: std::net::IpAddr,
     pub now: u64,
+    /// The merchant being paid and what the consumer's gateway rules (SPEC F9) see of it, as
+    /// the node finds them from the checkout; `None`: no rules are checked (a sign-in).
+    pub at_reader: Option<(String, onecard_engine::commands::ReaderPayment)>,
 }
 
 impl NodeLink for EngineLink<'_> {
@@ -144,6 +147,7 @@ impl NodeLink for EngineLink<'_> {
             pin,
             delivery_address,
             None,
+            self.at_reader.as_ref().map(|(m, p)| (m.as_str(), p)),
             self.now,
         ))
         .map_err(|e| LinkError(e.to_string()))
@@ -157,6 +161,7 @@ impl NodeLink for EngineLink<'_> {
         futures::executor::block_on(self.engine.confirm_address_change(
             challenge_id,
             accept,
+            self.at_reader.as_ref().map(|(m, p)| (m.as_str(), p)),
             self.now,
         ))
         .map_err(|e| LinkError(e.to_string()))

@@ -403,6 +403,25 @@ impl ChangeLog for Vec<AuthChange> {
 /// Swipes between two sweeps of expired challenges and refusal windows.
 const PURGE_EVERY_SWIPES: u64 = 4096;
 
+/// What limits a payment at authorisation beyond the card and the PIN: the account's available
+/// credit now (F15), and whether the consumer's own payment-gateway rules (F9) refuse it (the
+/// engine decides that from the account; the center only reports it, after credit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentLimits {
+    pub available_credit_cents: u64,
+    pub gateway: Option<crate::model::GatewayRefusal>,
+}
+
+/// Credit alone, no gateway rule refusing.
+impl From<u64> for PaymentLimits {
+    fn from(available_credit_cents: u64) -> PaymentLimits {
+        PaymentLimits {
+            available_credit_cents,
+            gateway: None,
+        }
+    }
+}
+
 /// The authentication center: cards, readers, outstanding challenges, the refused-swipe
 /// limiter and the orders being authorised, in concurrent maps (sharded, one lock per shard
 /// held only for map operations and the cheap checks of one card). No lock is held across a
@@ -913,6 +932,11 @@ impl AuthCenter {
         self.cards.get(&token).map(|c| c.holder.clone())
     }
 
+    /// The amount (cents) an outstanding challenge is for.
+    pub fn challenge_amount(&self, challenge_id: &str) -> Option<u64> {
+        self.challenges.get(challenge_id).map(|c| c.amount_cents)
+    }
+
     /// The order an outstanding challenge is for.
     pub fn challenge_order(&self, challenge_id: &str) -> Option<String> {
         self.challenges
@@ -941,7 +965,7 @@ impl AuthCenter {
         pin: &EncryptedPin,
         delivery_address: &str,
         confirm_address_change: Option<bool>,
-        available_credit_cents: u64,
+        limits: impl Into<PaymentLimits>,
         now: u64,
         order_authorised: impl FnOnce(&str) -> bool,
         log: &mut impl ChangeLog,
@@ -961,7 +985,7 @@ impl AuthCenter {
                 pin,
                 delivery_address,
                 confirm_address_change,
-                available_credit_cents,
+                limits.into(),
                 order_authorised,
                 log,
             )
@@ -990,7 +1014,7 @@ impl AuthCenter {
         pin: &EncryptedPin,
         delivery_address: &str,
         confirm_address_change: Option<bool>,
-        available_credit_cents: u64,
+        limits: PaymentLimits,
         order_authorised: impl FnOnce(&str) -> bool,
         log: &mut impl ChangeLog,
     ) -> AuthOutcome {
@@ -1091,14 +1115,12 @@ impl AuthCenter {
                         Ok(_) => {
                             card.pin_failures = 0;
                             if same_address(&card.registered_address, delivery_address) {
-                                self.finish(&challenge, &card, false, available_credit_cents)
+                                self.finish(&challenge, &card, false, &limits)
                             } else {
                                 match confirm_address_change {
                                     None => AuthOutcome::ConfirmAddressChange,
                                     Some(false) => AuthOutcome::AddressChangeDeclined,
-                                    Some(true) => {
-                                        self.finish(&challenge, &card, true, available_credit_cents)
-                                    }
+                                    Some(true) => self.finish(&challenge, &card, true, &limits),
                                 }
                             }
                         }
@@ -1131,7 +1153,7 @@ impl AuthCenter {
         &self,
         challenge_id: &str,
         accept: bool,
-        available_credit_cents: u64,
+        limits: impl Into<PaymentLimits>,
         now: u64,
         log: &mut impl ChangeLog,
     ) -> AuthOutcome {
@@ -1150,7 +1172,7 @@ impl AuthCenter {
                     CardStatus::Lost => AuthOutcome::CardLost,
                     CardStatus::Active if !accept => AuthOutcome::AddressChangeDeclined,
                     CardStatus::Active => {
-                        let outcome = self.finish(&challenge, &card, true, available_credit_cents);
+                        let outcome = self.finish(&challenge, &card, true, &limits.into());
                         if let AuthOutcome::Authorised(a) = &outcome {
                             log.record(Vec::new(), Some(a));
                         }
@@ -1170,12 +1192,18 @@ impl AuthCenter {
         challenge: &Challenge,
         card: &Card,
         temporary_address_change: bool,
-        available_credit_cents: u64,
+        limits: &PaymentLimits,
     ) -> AuthOutcome {
-        if challenge.amount_cents > available_credit_cents {
+        if challenge.amount_cents > limits.available_credit_cents {
             return AuthOutcome::CreditRefused {
                 amount_cents: challenge.amount_cents,
-                available_cents: available_credit_cents,
+                available_cents: limits.available_credit_cents,
+            };
+        }
+        if let Some(refusal) = &limits.gateway {
+            return AuthOutcome::GatewayRefused {
+                rule: refusal.rule.to_string(),
+                reason: refusal.reason.clone(),
             };
         }
         AuthOutcome::Authorised(Authorisation {

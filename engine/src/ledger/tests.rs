@@ -437,3 +437,260 @@ fn a_wallet_above_the_cap_is_an_invariant_violation() {
     ));
     assert!(consumer("0", "100").check_wallet(&cfg).is_ok());
 }
+
+// ----- payment-gateway rules (SPEC F9) -----
+
+fn rules_with(f: impl FnOnce(&mut GatewayRules)) -> GatewayRules {
+    let mut r = GatewayRules::default();
+    f(&mut r);
+    r.validate().unwrap();
+    r
+}
+
+/// 2026-12-07 at `hh:mm` UTC, in unix seconds.
+fn at(hh: u64, mm: u64) -> Secs {
+    1_796_601_600 + hh * 3600 + mm * 60
+}
+
+#[test]
+fn each_gateway_rule_refuses_by_its_own_name() {
+    let check = |r: &GatewayRules, merchant, category, amount, spent, now| {
+        r.check(merchant, category, a(amount), a(spent), now)
+            .map_err(|g| g.rule)
+    };
+    let none = GatewayRules::default();
+    assert_eq!(
+        check(&none, "shop", "games", "9999.99", "0", at(3, 0)),
+        Ok(())
+    );
+
+    let r = rules_with(|r| r.max_per_payment = Some(a("100.00")));
+    assert_eq!(check(&r, "shop", "x", "100.00", "0", at(12, 0)), Ok(()));
+    assert_eq!(
+        check(&r, "shop", "x", "100.01", "0", at(12, 0)),
+        Err("max_per_payment")
+    );
+
+    let r = rules_with(|r| r.max_per_day = Some(a("150.00")));
+    assert_eq!(check(&r, "shop", "x", "50.00", "100.00", at(12, 0)), Ok(()));
+    assert_eq!(
+        check(&r, "shop", "x", "50.01", "100.00", at(12, 0)),
+        Err("max_per_day")
+    );
+
+    let r = rules_with(|r| r.blocked_merchants = vec!["casino".into()]);
+    assert_eq!(
+        check(&r, "casino", "x", "1", "0", at(12, 0)),
+        Err("merchant")
+    );
+    assert_eq!(check(&r, "shop", "x", "1", "0", at(12, 0)), Ok(()));
+    let r = rules_with(|r| r.allowed_merchants = vec!["shop".into()]);
+    assert_eq!(
+        check(&r, "other", "x", "1", "0", at(12, 0)),
+        Err("merchant")
+    );
+
+    let r = rules_with(|r| r.blocked_categories = vec!["games".into()]);
+    assert_eq!(
+        check(&r, "shop", "games", "1", "0", at(12, 0)),
+        Err("category")
+    );
+    let r = rules_with(|r| r.allowed_categories = vec!["groceries".into()]);
+    assert_eq!(
+        check(&r, "shop", "games", "1", "0", at(12, 0)),
+        Err("category")
+    );
+    assert_eq!(check(&r, "shop", "groceries", "1", "0", at(12, 0)), Ok(()));
+}
+
+#[test]
+fn allowed_hours_are_the_consumers_and_may_span_midnight() {
+    let day = rules_with(|r| {
+        r.hours = Some(AllowedHours {
+            from: "08:00".into(),
+            to: "20:00".into(),
+        })
+    });
+    assert!(day.check("s", "c", a("1"), a("0"), at(8, 0)).is_ok());
+    assert!(day.check("s", "c", a("1"), a("0"), at(19, 59)).is_ok());
+    assert_eq!(
+        day.check("s", "c", a("1"), a("0"), at(20, 0))
+            .unwrap_err()
+            .rule,
+        "hours"
+    );
+    assert!(day.check("s", "c", a("1"), a("0"), at(7, 59)).is_err());
+    let night = rules_with(|r| {
+        r.hours = Some(AllowedHours {
+            from: "22:00".into(),
+            to: "06:00".into(),
+        })
+    });
+    assert!(night.check("s", "c", a("1"), a("0"), at(23, 0)).is_ok());
+    assert!(night.check("s", "c", a("1"), a("0"), at(5, 59)).is_ok());
+    assert!(night.check("s", "c", a("1"), a("0"), at(12, 0)).is_err());
+    // UTC+2: 07:30 UTC is 09:30 for the consumer, inside 08:00–20:00; and the day changes at
+    // the consumer's midnight (22:00 UTC), not at UTC's.
+    let east = rules_with(|r| {
+        r.hours = day.hours.clone();
+        r.utc_offset_minutes = 120;
+    });
+    assert!(east.check("s", "c", a("1"), a("0"), at(7, 30)).is_ok());
+    assert_eq!(east.day_of(at(21, 59)), east.day_of(at(0, 0)));
+    assert_eq!(east.day_of(at(22, 0)), east.day_of(at(0, 0)) + 1);
+}
+
+#[test]
+fn malformed_gateway_rules_are_refused_with_the_reason() {
+    let bad = [
+        GatewayRules {
+            max_per_payment: Some(Amount::ZERO),
+            ..Default::default()
+        },
+        GatewayRules {
+            hours: Some(AllowedHours {
+                from: "24:00".into(),
+                to: "06:00".into(),
+            }),
+            ..Default::default()
+        },
+        GatewayRules {
+            hours: Some(AllowedHours {
+                from: "8:00".into(),
+                to: "20:00".into(),
+            }),
+            ..Default::default()
+        },
+        GatewayRules {
+            hours: Some(AllowedHours {
+                from: "08:00".into(),
+                to: "08:00".into(),
+            }),
+            ..Default::default()
+        },
+        GatewayRules {
+            blocked_merchants: vec![String::new()],
+            ..Default::default()
+        },
+        GatewayRules {
+            allowed_categories: vec!["x".into(); 101],
+            ..Default::default()
+        },
+        GatewayRules {
+            utc_offset_minutes: 15 * 60,
+            ..Default::default()
+        },
+    ];
+    for r in bad {
+        assert!(r.validate().is_err(), "{r:?}");
+    }
+}
+
+#[test]
+fn the_daily_limit_counts_payments_at_readers_of_the_consumers_day_only() {
+    let mut c = consumer("1000", "500");
+    let rules = rules_with(|r| r.max_per_day = Some(a("100.00")));
+    c.apply(
+        &Event::new(EventKind::GatewayRulesSet {
+            consumer: "alice".into(),
+            rules: Some(rules),
+        }),
+        at(9, 0),
+    )
+    .unwrap();
+    let spent = c
+        .decide_gateway("o1", "shop", "c", a("60.00"), at(9, 0))
+        .unwrap()
+        .expect("counted against the daily limit");
+    c.apply(&spent, at(9, 0)).unwrap();
+    let r = c
+        .decide_gateway("o2", "shop", "c", a("40.01"), at(10, 0))
+        .unwrap_err();
+    assert_eq!(r.kind, RefusalKind::Gateway);
+    assert!(r.message.starts_with("max_per_day"), "{}", r.message);
+    assert!(c
+        .decide_gateway("o2", "shop", "c", a("40.00"), at(10, 0))
+        .is_ok());
+    // The next day starts from nothing.
+    assert!(c
+        .decide_gateway("o3", "shop", "c", a("100.00"), at(9, 0) + 86_400)
+        .is_ok());
+    // Rules removed: nothing checked, nothing counted.
+    c.apply(
+        &Event::new(EventKind::GatewayRulesSet {
+            consumer: "alice".into(),
+            rules: None,
+        }),
+        at(11, 0),
+    )
+    .unwrap();
+    assert_eq!(
+        c.decide_gateway("o4", "shop", "c", a("999.00"), at(11, 0)),
+        Ok(None)
+    );
+}
+
+// ----- credits (SPEC F8, F12) -----
+
+#[test]
+fn a_credit_splits_at_the_cap_by_its_target() {
+    let c = consumer("1000", "4900");
+    let cfg = rules();
+    let recharge = CreditSource::RechargeCard { batch: "b".into() };
+    assert_eq!(
+        c.credit_split(
+            &recharge,
+            CreditTarget::WalletOverflowToBank,
+            a("250"),
+            &cfg
+        ),
+        Ok((a("100"), a("150")))
+    );
+    assert_eq!(
+        c.credit_split(&recharge, CreditTarget::WalletOnly, a("100"), &cfg),
+        Ok((a("100"), Amount::ZERO))
+    );
+    assert_eq!(
+        c.credit_split(&recharge, CreditTarget::WalletOnly, a("100.01"), &cfg)
+            .unwrap_err()
+            .kind,
+        RefusalKind::Amount
+    );
+    assert_eq!(
+        c.credit_split(&recharge, CreditTarget::Bank, a("250"), &cfg),
+        Ok((Amount::ZERO, a("250")))
+    );
+    let transfer = CreditSource::BankTransfer;
+    assert!(c
+        .credit_split(
+            &transfer,
+            CreditTarget::WalletOverflowToBank,
+            a("100.01"),
+            &cfg
+        )
+        .is_err());
+    assert!(c
+        .credit_split(&transfer, CreditTarget::Bank, a("1"), &cfg)
+        .is_err());
+    // Every credit event is balanced, and only the recharge batch's posting is external.
+    let ev = c.credited_event(
+        "rc",
+        &recharge,
+        CreditTarget::WalletOverflowToBank,
+        a("250"),
+        a("100"),
+        a("150"),
+        Some("op".into()),
+    );
+    assert!(ev.imbalance().unwrap().is_zero());
+    let external: Vec<_> = ev
+        .postings
+        .iter()
+        .filter(|p| ev.is_external_clearing(p))
+        .collect();
+    assert_eq!(external.len(), 1);
+    assert_eq!(
+        external[0].account,
+        AccountRef::BankClearing(recharge_clearing("b"))
+    );
+}

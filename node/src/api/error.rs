@@ -79,6 +79,8 @@ impl ApiError {
             }
             RefusalKind::Unknown => StatusCode::NOT_FOUND,
             RefusalKind::Credit => StatusCode::PAYMENT_REQUIRED,
+            // The consumer's own payment rules forbid it.
+            RefusalKind::Gateway => StatusCode::FORBIDDEN,
         };
         ApiError::new(status, &r.code_str().replace(':', "_"), r.message.clone())
     }

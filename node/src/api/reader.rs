@@ -14,6 +14,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use onecard_engine::cards::{is_sign_in, AuthOutcome};
+use onecard_engine::commands::ReaderPayment;
 use onecard_engine::Amount;
 use onecard_protocol::wire::{
     self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, SessionBody, SwipeAnswer,
@@ -145,7 +146,9 @@ pub async fn authenticate(
     };
     // The address the node checks is the order's, not whatever the reader says; a reader that
     // shows another one is out of step with the node.
-    let address = match node.engine.challenge_order(&a.challenge_id)? {
+    let order = node.engine.challenge_order(&a.challenge_id)?;
+    let at_reader = gateway_payment(&node, order.as_deref())?;
+    let address = match order {
         Some(order) if is_sign_in(&order) => {
             if !a.delivery_address.is_empty() {
                 let e = ApiError::invalid("a sign-in has no delivery address: send \"\"");
@@ -175,6 +178,7 @@ pub async fn authenticate(
             &pin,
             &address,
             None,
+            at_reader.as_ref().map(|(m, p)| (m.as_str(), p)),
             node.now(),
         )
         .await?;
@@ -191,11 +195,34 @@ pub async fn confirm_address(
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
+    let order = node.engine.challenge_order(&c.challenge_id)?;
+    let at_reader = gateway_payment(&node, order.as_deref())?;
     let outcome = node
         .engine
-        .confirm_address_change(&c.challenge_id, c.accept, node.now())
+        .confirm_address_change(
+            &c.challenge_id,
+            c.accept,
+            at_reader.as_ref().map(|(m, p)| (m.as_str(), p)),
+            node.now(),
+        )
         .await?;
     answer(&node, idem, outcome).await
+}
+
+/// The merchant of the order a challenge is for and what the consumer's gateway rules see of
+/// the payment; `None` for a sign-in or an unknown challenge (nothing to pay).
+fn gateway_payment(
+    node: &Node,
+    order: Option<&str>,
+) -> Result<Option<(String, ReaderPayment)>, ApiError> {
+    match order {
+        Some(order) if !is_sign_in(order) => {
+            let c = checkout_of(node, order)?;
+            let payment = crate::app::reader_payment(node, &c.merchant);
+            Ok(Some((c.merchant, payment)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The reader's answer; on authorisation, step 4 (the order placed) and a consumer session.
