@@ -242,6 +242,29 @@ fn a_biller_is_registered_and_a_bill_id_is_idempotent_per_biller() {
         .collect();
     assert_eq!(received.len(), 3, "{received:?}");
     assert_eq!(received[0]["data"]["action"], "approve_or_decline");
+    // The inbox a page at a time, newest first.
+    let first_page = get(&node, "/v1/consumer/notifications?limit=2", &s);
+    let page: Vec<Value> = first_page["notifications"].as_array().unwrap().clone();
+    assert_eq!(page.len(), 2, "{first_page}");
+    assert_eq!(page[0]["data"]["bill_id"], "B-2");
+    let after = first_page["next_after"].as_str().expect("a next page");
+    let rest = get(
+        &node,
+        &format!("/v1/consumer/notifications?limit=2&after={after}"),
+        &s,
+    );
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1, "{rest}");
+    assert!(rest.get("next_after").is_none(), "{rest}");
+    for bad in ["limit=0", "limit=501", "nope=1"] {
+        let a = call(
+            "GET",
+            &node.url(&format!("/v1/consumer/notifications?{bad}")),
+            Some(&s),
+            None,
+            None,
+        );
+        assert_eq!(a.status, 422, "{bad}: {a:?}");
+    }
     // Rules only for billers that exist.
     let a = call(
         "PUT",
