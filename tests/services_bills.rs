@@ -420,6 +420,20 @@ fn each_autopay_rule_pays_as_the_consumer_said() {
     // Paid on time: never reported overdue.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(inbox_has(&node, &s, "bill.overdue", gas_ref).is_none());
+
+    // Bills are orders to the ledger: `verify` replays them (I1-I6).
+    let mut node = node;
+    assert!(node.terminate().success(), "{}", node.log());
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_onecard"))
+        .args(["verify", "--data"])
+        .arg(&node.data)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
