@@ -6,6 +6,9 @@
 //! - [`store`]: the node's own durable store (checkouts, idempotency, queues), group-committed;
 //! - [`outbox`]: follows the engine's journal and queues print jobs, webhooks and statements;
 //! - [`workers`]: the print queue (ESC/POS over TCP) and the webhook deliveries;
+//! - [`notify`]: the notifier port (recipient, event type, payload, idempotent id), its
+//!   durable outbox and the webhook adapter; consumers' inboxes;
+//! - [`bills`]: bills (F7): autopay rules, paying a bill as an engine order, the overdue scan;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
 //! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
@@ -14,7 +17,9 @@
 
 pub mod api;
 pub mod app;
+pub mod bills;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod payouts;
 pub mod records;
@@ -223,6 +228,22 @@ async fn run(
             }
         })
     };
+    // Overdue bills: a task of its own, like the payouts.
+    let bills_task = {
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let every = Duration::from_millis(node.settings.tick_interval_ms);
+            while !node.is_stopping() {
+                tokio::time::sleep(every).await;
+                if node.is_stopping() {
+                    break;
+                }
+                if let Err(e) = bills::overdue_pass(&node).await {
+                    tracing::error!(error = %e, "the overdue bills scan failed");
+                }
+            }
+        })
+    };
     let shared = Arc::new(workers::NodeRef(node.clone()));
     let printer = {
         let shared = shared.clone();
@@ -314,6 +335,7 @@ async fn run(
     node.work_wake.notify();
     let _ = ticker.await;
     let _ = payout_task.await;
+    let _ = bills_task.await;
     let _ = outbox.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();

@@ -16,9 +16,9 @@ use onecard_engine::Amount;
 use onecard_engine::CreditSource;
 use std::sync::atomic::Ordering;
 
-use crate::records::{
-    self, Checkout, DeliveryState, PrintJob, PrintState, StatementLine, WebhookDelivery,
-};
+use crate::bills;
+use crate::notify::{self, Notification, PartyKind, Recipient};
+use crate::records::{self, Bill, Checkout, PrintJob, PrintState, StatementLine};
 use crate::state::{now_ms, Node};
 use crate::store::{self, StoreError, Write};
 
@@ -142,17 +142,13 @@ fn webhook_with(
     at: u64,
     extra: serde_json::Value,
 ) -> Vec<Write> {
-    let Some(url) = node
+    // Most merchants' orders have no endpoint: nothing to read for them.
+    if node
         .merchants
         .get(merchant)
         .and_then(|m| m.webhook_url.clone())
-    else {
-        return Vec::new();
-    };
-    if matches!(
-        node.store.get_raw(&records::webhook_key(event_id)),
-        Ok(Some(_))
-    ) {
+        .is_none()
+    {
         return Vec::new();
     }
     let reference = node
@@ -170,32 +166,24 @@ fn webhook_with(
             d.insert(k.clone(), v.clone());
         }
     }
-    let payload = serde_json::json!({
-        "id": event_id,
-        "type": kind,
-        "created_at": at,
-        "data": data,
+    let event = Notification {
+        id: event_id.to_string(),
+        recipient: Recipient::merchant(merchant),
+        event_type: kind.to_string(),
+        payload: data,
+        created_at: at,
+    };
+    notify::delivery_writes(
+        node,
+        PartyKind::Merchant,
+        merchant,
+        event_id,
+        event.envelope(),
+    )
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, event = %event_id, "queueing a webhook event failed");
+        Vec::new()
     })
-    .to_string();
-    let now = now_ms();
-    vec![
-        store::json(
-            records::webhook_key(event_id),
-            &WebhookDelivery {
-                event_id: event_id.to_string(),
-                merchant: merchant.to_string(),
-                url,
-                payload,
-                state: DeliveryState::Pending,
-                attempts: 0,
-                last_error: None,
-                next_attempt_ms: now,
-                delivered_at: None,
-                created_ms: now,
-            },
-        ),
-        store::json(records::webhook_queue_key(now, event_id), &()),
-    ]
 }
 
 async fn merchant_of_order(node: &Node, order: &str) -> Option<String> {
@@ -286,13 +274,19 @@ async fn handle_entry(
                     Ok(_) => ("order.placed", None),
                     Err(r) => ("order.refused", Some(r.code_str())),
                 };
-                order_event(
-                    merchant,
-                    order,
-                    kind,
-                    state,
-                    serde_json::json!({ "amount": amount.to_string() }),
-                );
+                if let Some(bill) = bills::bill_of_order(node, order).map_err(|e| e.to_string())? {
+                    if let Err(r) = result {
+                        writes.extend(bill_failed(node, &bill, &id, &r.code_str(), &r.message)?);
+                    }
+                } else {
+                    order_event(
+                        merchant,
+                        order,
+                        kind,
+                        state,
+                        serde_json::json!({ "amount": amount.to_string() }),
+                    );
+                }
                 line(
                     writes,
                     consumer,
@@ -322,13 +316,25 @@ async fn handle_entry(
                 let total = wallet_paid
                     .checked_add(*bank_paid)
                     .map_err(|e| e.to_string())?;
-                order_event(
-                    merchant,
-                    order,
-                    "order.settled",
-                    "settled",
-                    serde_json::json!({ "amount": total.to_string() }),
-                );
+                if let Some(bill) = bills::bill_of_order(node, order).map_err(|e| e.to_string())? {
+                    let ns = bills::notifications(
+                        node,
+                        &bill,
+                        "bill.paid",
+                        &format!("ntf_{id}"),
+                        true,
+                        serde_json::json!({ "status": "paid" }),
+                    );
+                    writes.extend(notify::writes_all(node, &ns).map_err(|e| e.to_string())?);
+                } else {
+                    order_event(
+                        merchant,
+                        order,
+                        "order.settled",
+                        "settled",
+                        serde_json::json!({ "amount": total.to_string() }),
+                    );
+                }
                 line(
                     writes,
                     consumer,
@@ -356,7 +362,11 @@ async fn handle_entry(
                     OrderChange::Expired => ("order.expired", "expired"),
                 };
                 counted.push(state);
-                if let Some(m) = merchant_of_order(node, order).await {
+                if let Some(bill) = bills::bill_of_order(node, order).map_err(|e| e.to_string())? {
+                    if let OrderChange::AwaitingFunds { reason } = change {
+                        writes.extend(bill_failed(node, &bill, &id, "awaiting_funds", reason)?);
+                    }
+                } else if let Some(m) = merchant_of_order(node, order).await {
                     order_event(&m, order, kind, state, serde_json::json!({}));
                 }
                 line(
@@ -493,6 +503,26 @@ async fn handle_entry(
         }
     }
     Ok(())
+}
+
+/// A bill's failed payment (refused at placement, or its settlement left awaiting funds),
+/// for its consumer and its biller.
+fn bill_failed(
+    node: &Node,
+    bill: &Bill,
+    event_id: &str,
+    code: &str,
+    message: &str,
+) -> Result<Vec<Write>, String> {
+    let ns = bills::notifications(
+        node,
+        bill,
+        "bill.payment_failed",
+        &format!("ntf_{event_id}"),
+        true,
+        serde_json::json!({ "reason": code.replace(':', "_"), "message": message }),
+    );
+    notify::writes_all(node, &ns).map_err(|e| e.to_string())
 }
 
 /// The print job for a placed physical order whose merchant has a printer, if not yet queued.

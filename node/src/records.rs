@@ -17,6 +17,16 @@
 //! | `ss/<sha256(token)>`        | [`Session`]            |
 //! | `st/<consumer>/<seq:020>/<entry>/<event>` | [`StatementLine`] |
 //! | `outbox/cursor`             | the last journal record the outbox has handled |
+//! | `bl/<bill ref>`             | [`Bill`]               |
+//! | `cb/<consumer>/<~posted ms:020>/<bill ref>` | `()`: a consumer's bills, newest first |
+//! | `bd/<due secs:020>/<bill ref>` | `()`: while the bill may still become overdue |
+//! | `ap/<consumer>/<biller>`    | [`AutopayRule`]        |
+//! | `nt/<notification id>`      | the inbox key of a consumer's notification (its id taken) |
+//! | `ni/<consumer>/<~created ms:020>/<notification id>` | [`crate::notify::Notification`]: the inbox, newest first |
+//! | `cs/<consumer>`             | [`ConsumerNotifySettings`] |
+//!
+//! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
+//! ([`bill_ref`]) is also the id of the engine order that pays it.
 //!
 //! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
 //! merchant's orders list in creation order.
@@ -92,6 +102,69 @@ pub fn statement_key(consumer: &str, seq: u64, entry: usize, event: usize) -> St
         "{}{seq:020}/{entry:06}/{event:06}",
         statement_prefix(consumer)
     )
+}
+
+/// The reference of a biller's bill: `bill_` and 32 hex digits of SHA-256 over biller and bill
+/// id. It is the id of the engine order that pays the bill, so it must be deterministic (a
+/// repeat of the bill finds the same order, I6) and within the engine's 128 characters
+/// whatever the ids' lengths; the separator keeps (`a`, `bc`) and (`ab`, `c`) apart.
+pub fn bill_ref(biller: &str, bill_id: &str) -> String {
+    let digest = sha256_hex(format!("{biller}\0{bill_id}").as_bytes());
+    format!("bill_{}", &digest[..32])
+}
+pub fn bill_key(reference: &str) -> String {
+    format!("bl/{}", seg(reference))
+}
+/// The prefix of a consumer's bills.
+pub fn consumer_bills_prefix(consumer: &str) -> String {
+    format!("cb/{}/", seg(consumer))
+}
+/// A consumer's bill, newest first.
+pub fn consumer_bill_key(consumer: &str, posted_ms: u64, reference: &str) -> String {
+    format!(
+        "{}{:020}/{}",
+        consumer_bills_prefix(consumer),
+        u64::MAX - posted_ms,
+        seg(reference)
+    )
+}
+/// Present while a bill may still become overdue, keyed by its due time: the overdue scan
+/// reads only the bills that are due, by key range.
+pub fn bill_due_key(due_secs: u64, reference: &str) -> String {
+    format!("bd/{due_secs:020}/{}", seg(reference))
+}
+/// (due time, bill ref) of a `bd/…` key.
+pub fn parse_bill_due_key(key: &str) -> Option<(u64, &str)> {
+    let (due, reference) = key.strip_prefix("bd/")?.split_once('/')?;
+    Some((due.parse().ok()?, reference))
+}
+/// The prefix of a consumer's autopay rules.
+pub fn autopay_prefix(consumer: &str) -> String {
+    format!("ap/{}/", seg(consumer))
+}
+pub fn autopay_key(consumer: &str, biller: &str) -> String {
+    format!("{}{}", autopay_prefix(consumer), seg(biller))
+}
+/// Taken once a consumer's notification of this id is in the inbox (notifications are
+/// idempotent by id).
+pub fn notification_key(id: &str) -> String {
+    format!("nt/{}", seg(id))
+}
+/// The prefix of a consumer's inbox.
+pub fn inbox_prefix(consumer: &str) -> String {
+    format!("ni/{}/", seg(consumer))
+}
+/// A consumer's notification in the inbox, newest first.
+pub fn inbox_key(consumer: &str, created_ms: u64, id: &str) -> String {
+    format!(
+        "{}{:020}/{}",
+        inbox_prefix(consumer),
+        u64::MAX - created_ms,
+        seg(id)
+    )
+}
+pub fn consumer_settings_key(consumer: &str) -> String {
+    format!("cs/{}", seg(consumer))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -194,6 +267,113 @@ pub struct MerchantProfile {
     /// When the node pays the merchant's balance out to its bank account by itself.
     #[serde(default)]
     pub payout: Option<PayoutPolicy>,
+    /// Set for a biller (F7): a merchant that posts bills to consumers' virtual accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biller: Option<BillerKind>,
+}
+
+/// What a biller bills for (F7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillerKind {
+    Water,
+    Electricity,
+    Gas,
+    Phone,
+}
+
+/// A consumer's rule for paying one biller's bills (F7). Without one, bills wait for the
+/// consumer ([`AutopayRule::Ask`]).
+///
+/// JSON: `{"rule":"always"}`, `{"rule":"up_to","amount":"50.00"}`, `{"rule":"on_due_date"}`,
+/// `{"rule":"ask"}`; any other field is refused (serde's `deny_unknown_fields` does not reach
+/// the unit variants of a tagged enum, hence [`RawAutopayRule`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", try_from = "RawAutopayRule")]
+pub enum AutopayRule {
+    /// Pay every bill at once.
+    Always,
+    /// Pay at once up to `amount`; a larger bill waits for the consumer.
+    UpTo { amount: onecard_engine::Amount },
+    /// Reserve at once against credit, settle on the due date.
+    OnDueDate,
+    /// Every bill waits for the consumer to approve or decline it.
+    Ask,
+}
+
+/// An autopay rule as sent, checked into an [`AutopayRule`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutopayRule {
+    rule: String,
+    #[serde(default)]
+    amount: Option<onecard_engine::Amount>,
+}
+
+impl TryFrom<RawAutopayRule> for AutopayRule {
+    type Error = String;
+
+    fn try_from(r: RawAutopayRule) -> Result<Self, String> {
+        match (r.rule.as_str(), r.amount) {
+            ("up_to", Some(amount)) => Ok(AutopayRule::UpTo { amount }),
+            ("up_to", None) => Err("rule up_to needs an \"amount\"".into()),
+            (_, Some(_)) => Err(format!("rule {:?} takes no \"amount\"", r.rule)),
+            ("always", None) => Ok(AutopayRule::Always),
+            ("on_due_date", None) => Ok(AutopayRule::OnDueDate),
+            ("ask", None) => Ok(AutopayRule::Ask),
+            (other, None) => Err(format!(
+                "rule {other:?} is not one of always, up_to, on_due_date, ask"
+            )),
+        }
+    }
+}
+
+/// Where a bill stands in the node. Its money is the engine's: once the node has decided to
+/// pay it (`Paying`), the engine order of the bill's reference is the truth (pending,
+/// settled, refused, ...), read, never copied here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillState {
+    /// Waiting for the consumer to approve or decline it.
+    AwaitingApproval,
+    /// Declined by the consumer: nothing is paid.
+    Declined,
+    /// Being paid: the engine order is placed (or, after a crash right before placing, is
+    /// placed again by a repeat of the request or by the overdue scan).
+    Paying,
+}
+
+/// A bill a biller posted to a consumer's virtual account (F7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bill {
+    /// [`bill_ref`]: also the engine order's id.
+    pub reference: String,
+    pub biller: String,
+    pub bill_id: String,
+    pub consumer: String,
+    pub amount: onecard_engine::Amount,
+    /// Unix seconds.
+    pub due_date: u64,
+    pub period: String,
+    /// Unix milliseconds.
+    pub posted_ms: u64,
+    pub state: BillState,
+    /// The engine order's release once paying: when it settles, in seconds after placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_after_secs: Option<u64>,
+    /// The rule that decided what happened to it when it was posted.
+    pub rule: String,
+    /// When the consumer approved or declined it (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<u64>,
+}
+
+/// A consumer's notification settings: the webhook their notifications are also sent to,
+/// signed with the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerNotifySettings {
+    pub webhook_url: Option<String>,
+    pub webhook_secret: String,
 }
 
 /// When a merchant's balance is paid out by itself (the node's scheduler, `payouts.rs`): once
@@ -277,12 +457,17 @@ pub enum DeliveryState {
     Abandoned,
 }
 
-/// One webhook event for one merchant: delivered at least once, retried with back-off, with
-/// the same event id every time.
+/// One webhook event for one recipient (a merchant, or a consumer with a webhook): delivered
+/// at least once, retried with back-off, with the same event id every time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookDelivery {
     pub event_id: String,
-    pub merchant: String,
+    /// Whose endpoint; merchants' when absent (records from before consumers had webhooks).
+    #[serde(default)]
+    pub party: crate::notify::PartyKind,
+    /// The recipient's id (`merchant` in records from before consumers had webhooks).
+    #[serde(alias = "merchant")]
+    pub recipient: String,
     pub url: String,
     /// The JSON body, exactly as signed and sent.
     pub payload: String,
@@ -339,6 +524,12 @@ mod tests {
         assert_ne!(idem_key("m:a", "b/k1"), idem_key("m:a/b", "k1"));
         assert!(!merchant_order_key("a/b", "ord_1").starts_with(&merchant_orders_prefix("a")));
         assert!(!statement_key("c/x", 1, 0, 0).starts_with(&statement_prefix("c")));
+        assert!(!consumer_bill_key("c/x", 1, "bill_1").starts_with(&consumer_bills_prefix("c")));
+        assert!(!autopay_key("c/x", "b").starts_with(&autopay_prefix("c")));
+        assert_ne!(autopay_key("c/x", "b"), autopay_key("c", "x/b"));
+        assert!(!inbox_key("c/x", 1, "n").starts_with(&inbox_prefix("c")));
+        assert_ne!(bill_ref("a", "bc"), bill_ref("ab", "c"));
+        assert_ne!(bill_ref("a/b", "c"), bill_ref("a", "b/c"));
         assert_eq!(seg("a%2Fb"), "a%252Fb");
         assert_ne!(seg("a%2Fb"), seg("a/b"));
     }
@@ -354,6 +545,50 @@ mod tests {
             Some((7, "evt_1_0_0"))
         );
         assert_eq!(parse_queue_key("pq/x"), None);
+    }
+
+    #[test]
+    fn bill_keys_sort_as_their_scans_need_and_parse_back() {
+        // Due index: by due time, so that the overdue scan stops at the first bill not due.
+        let r = bill_ref("water-co", "INV-2026-11/7");
+        assert!(r.starts_with("bill_") && r.len() == 37, "{r}");
+        assert_eq!(r, bill_ref("water-co", "INV-2026-11/7"), "deterministic");
+        assert!(bill_due_key(999, &r) < bill_due_key(1000, &r));
+        assert_eq!(
+            parse_bill_due_key(&bill_due_key(1000, &r)),
+            Some((1000, r.as_str()))
+        );
+        assert_eq!(parse_bill_due_key("bd/x"), None);
+        // Consumers' bills and inbox: newest first.
+        assert!(consumer_bill_key("c", 2, "b") < consumer_bill_key("c", 1, "a"));
+        assert!(inbox_key("c", 2_000, "n2") < inbox_key("c", 1_000, "n1"));
+    }
+
+    #[test]
+    fn autopay_rules_have_one_json_form_and_refuse_others() {
+        let up_to: AutopayRule =
+            serde_json::from_value(serde_json::json!({"rule": "up_to", "amount": "50.00"}))
+                .unwrap();
+        assert_eq!(
+            up_to,
+            AutopayRule::UpTo {
+                amount: onecard_engine::Amount::parse_positive("50").unwrap()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&AutopayRule::OnDueDate).unwrap(),
+            serde_json::json!({"rule": "on_due_date"})
+        );
+        for bad in [
+            serde_json::json!({"rule": "sometimes"}),
+            serde_json::json!({"rule": "always", "amount": "1.00"}),
+            serde_json::json!({"rule": "up_to"}),
+        ] {
+            assert!(
+                serde_json::from_value::<AutopayRule>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The adapters' workers: the print queue (delivery slips to the merchants' printers, ESC/POS
-//! over TCP) and the webhook deliveries (HMAC-signed POSTs to the merchants). Both work from
+//! over TCP) and the webhook deliveries (the notification outbox: merchants' order events and
+//! every [`crate::notify::Notification`] to a recipient with an endpoint, sent through the
+//! [`Notifier`] port, HMAC-signed). Both work from
 //! the node store's queues (`pq/`, `wq/`), keyed by when each item is due, so that a pass reads
 //! only what is due however much waits; they retry with back-off and record every attempt, and
 //! neither ever holds up the API.
@@ -18,12 +20,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use onecard_adapters::printer::{print_to, DeliverySlip};
 use onecard_engine::Amount;
 use parking_lot::{Condvar, Mutex};
-use sha2::Sha256;
 
+use crate::notify::{Notifier, WebhookNotifier};
 use crate::records::{self, Checkout, DeliveryState, PrintJob, PrintState, WebhookDelivery};
 use crate::state::{now_ms, Node};
 use crate::store::{self, Write};
@@ -297,48 +298,50 @@ fn print_on_one_printer(node: &Node, jobs: &[DueSlip]) -> Result<Option<u64>, St
     Ok(None)
 }
 
-/// `OneCard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
-pub fn signature(secret: &str, t: u64, body: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
-        <Hmac<Sha256> as Mac>::new_from_slice(b"-").expect("HMAC takes any key")
-    });
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body.as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
+pub use crate::notify::signature;
 
-/// Merchants whose endpoint failed, and until when their events wait.
+/// Recipients whose endpoint failed (by [`circuit`]), and until when their events wait.
 type Circuits = Arc<Mutex<std::collections::HashMap<String, u64>>>;
 
-/// Dispatches due webhook deliveries to `workers` threads until the node stops.
+/// The circuit of a recipient's endpoint: a merchant and a consumer of the same id are two.
+fn circuit(d: &WebhookDelivery) -> String {
+    format!("{}:{}", d.party.as_str(), d.recipient)
+}
+
+/// Dispatches due webhook deliveries to `workers` threads until the node stops, sending them
+/// through the webhook adapter.
 pub fn webhook_loop(node: Arc<NodeRef>, workers: usize) {
+    let notifier = Arc::new(WebhookNotifier::new(Duration::from_millis(
+        node.0.settings.webhook_timeout_ms,
+    )));
+    delivery_loop(node, workers, notifier)
+}
+
+/// Dispatches due deliveries to `workers` threads until the node stops, sending them through
+/// `notifier`.
+pub fn delivery_loop(node: Arc<NodeRef>, workers: usize, notifier: Arc<dyn Notifier>) {
     let (tx, rx) = crossbeam_channel::bounded::<(String, String)>(workers * 4);
     let in_progress: Arc<Mutex<HashSet<String>>> = Arc::default();
     let circuits: Circuits = Arc::default();
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(node.0.settings.webhook_timeout_ms))
-        .redirects(0)
-        .build();
     let mut threads = Vec::new();
     for i in 0..workers.max(1) {
-        let (node, rx, in_progress, circuits, agent) = (
+        let (node, rx, in_progress, circuits, notifier) = (
             node.clone(),
             rx.clone(),
             in_progress.clone(),
             circuits.clone(),
-            agent.clone(),
+            notifier.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name(format!("webhook-{i}"))
             .spawn(move || {
                 for (key, event) in rx {
-                    match deliver(&node.0, &agent, &key, &event) {
-                        Ok(Attempt::Failed { merchant, retry_at }) => {
-                            circuits.lock().insert(merchant, retry_at);
+                    match deliver(&node.0, notifier.as_ref(), &key, &event) {
+                        Ok(Attempt::Failed { circuit, retry_at }) => {
+                            circuits.lock().insert(circuit, retry_at);
                         }
-                        Ok(Attempt::Delivered { merchant }) => {
-                            circuits.lock().remove(&merchant);
+                        Ok(Attempt::Delivered { circuit }) => {
+                            circuits.lock().remove(&circuit);
                         }
                         Ok(Attempt::Nothing) => {}
                         Err(e) => {
@@ -375,7 +378,7 @@ pub fn webhook_loop(node: Arc<NodeRef>, workers: usize) {
     }
 }
 
-/// Hands every due event to the workers, except those of merchants whose endpoint just
+/// Hands every due event to the workers, except those of recipients whose endpoint just
 /// failed: those are moved to the endpoint's next attempt time. Returns when to look again.
 fn webhook_pass(
     n: &Node,
@@ -403,7 +406,7 @@ fn webhook_pass(
             moved.push(store::remove(key));
             continue;
         };
-        let open_until = circuits.lock().get(&d.merchant).copied();
+        let open_until = circuits.lock().get(&circuit(&d)).copied();
         if let Some(until) = open_until.filter(|u| *u > now_ms()) {
             d.next_attempt_ms = until;
             moved.push(store::remove(key));
@@ -427,23 +430,17 @@ fn webhook_pass(
 }
 
 enum Attempt {
-    Delivered { merchant: String },
-    Failed { merchant: String, retry_at: u64 },
+    Delivered { circuit: String },
+    Failed { circuit: String, retry_at: u64 },
     Nothing,
 }
 
-/// A transport error, without the URL (which may carry a merchant's token).
-fn transport_error(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Status(code, _) => format!("status {code}"),
-        ureq::Error::Transport(t) => match t.message() {
-            Some(m) => format!("{}: {m}", t.kind()),
-            None => t.kind().to_string(),
-        },
-    }
-}
-
-fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<Attempt, String> {
+fn deliver(
+    node: &Node,
+    notifier: &dyn Notifier,
+    key: &str,
+    event: &str,
+) -> Result<Attempt, String> {
     let record_key = records::webhook_key(event);
     let Some(mut d) = node
         .store
@@ -464,7 +461,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
         node.metrics
             .webhooks_abandoned
             .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(event = %d.event_id, merchant = %d.merchant, attempts = d.attempts, "webhook abandoned: not delivered in time");
+        tracing::error!(event = %d.event_id, party = d.party.as_str(), recipient = %d.recipient, attempts = d.attempts, "webhook abandoned: not delivered in time");
         d.state = DeliveryState::Abandoned;
         node.store
             .commit_blocking(vec![
@@ -474,43 +471,36 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
             .map_err(|e| e.to_string())?;
         return Ok(Attempt::Nothing);
     }
-    // The merchant's endpoint and secret as they are now: an endpoint changed while events
+    // The recipient's endpoint and secret as they are now: an endpoint changed while events
     // waited gets them.
-    let (secret, url) = node
-        .merchants
-        .get(&d.merchant)
-        .map(|m| (m.webhook_secret.clone(), m.webhook_url.clone()))
-        .unwrap_or_default();
-    if let Some(url) = url {
-        d.url = url;
-    }
-    let t = now_ms() / 1000;
-    let result = agent
-        .post(&d.url)
-        .set("Content-Type", "application/json")
-        .set("OneCard-Event-Id", &d.event_id)
-        .set("OneCard-Signature", &signature(&secret, t, &d.payload))
-        .send_string(&d.payload);
+    let endpoint =
+        match crate::notify::endpoint_of(node, d.party, &d.recipient).map_err(|e| e.to_string())? {
+            Some(e) => {
+                d.url = e.url.clone();
+                e
+            }
+            None => crate::notify::Endpoint {
+                url: d.url.clone(),
+                secret: String::new(),
+            },
+        };
+    let result = notifier.send(&endpoint, &d.event_id, &d.payload);
     d.attempts += 1;
     let mut writes = vec![store::remove(key.to_string())];
     let attempt = match result {
-        Ok(r) if (200..300).contains(&r.status()) => {
+        Ok(()) => {
             node.metrics.webhooks_ok.fetch_add(1, Ordering::Relaxed);
             d.state = DeliveryState::Delivered;
-            d.delivered_at = Some(t);
+            d.delivered_at = Some(now_ms() / 1000);
             d.last_error = None;
             Attempt::Delivered {
-                merchant: d.merchant.clone(),
+                circuit: circuit(&d),
             }
         }
-        other => {
+        Err(e) => {
             node.metrics.webhooks_failed.fetch_add(1, Ordering::Relaxed);
-            let e = match other {
-                Ok(r) => format!("status {}", r.status()),
-                Err(e) => transport_error(&e),
-            };
-            tracing::warn!(event = %d.event_id, merchant = %d.merchant, attempts = d.attempts, error = %e, "webhook not delivered; will retry");
-            d.last_error = Some(e);
+            tracing::warn!(event = %d.event_id, party = d.party.as_str(), recipient = %d.recipient, attempts = d.attempts, error = %e, "webhook not delivered; will retry");
+            d.last_error = Some(e.0);
             d.next_attempt_ms =
                 now_ms() + backoff_ms(d.attempts, node.settings.webhook_retry_max_ms);
             writes.push(store::json(
@@ -518,7 +508,7 @@ fn deliver(node: &Node, agent: &ureq::Agent, key: &str, event: &str) -> Result<A
                 &(),
             ));
             Attempt::Failed {
-                merchant: d.merchant.clone(),
+                circuit: circuit(&d),
                 retry_at: d.next_attempt_ms,
             }
         }
@@ -540,16 +530,6 @@ mod tests {
         assert_eq!(backoff_ms(2, 60_000), 500);
         assert_eq!(backoff_ms(5, 60_000), 4000);
         assert_eq!(backoff_ms(50, 60_000), 60_000);
-    }
-
-    #[test]
-    fn signature_is_hmac_sha256_of_time_and_body() {
-        // Checked against: printf '%s' '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_x
-        let s = signature("whsec_x", 1_700_000_000, "{\"a\":1}");
-        assert_eq!(
-            s,
-            "t=1700000000,v1=b3438763ab46d9634b9844c8722818eaf523f803db1327484c6067462a5fd6d1"
-        );
     }
 
     #[test]

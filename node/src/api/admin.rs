@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::idem::Reply;
 use super::merchant::validate_text;
 use super::{parse_json, require_admin, ApiError};
-use crate::records::{self, MerchantProfile};
+use crate::records::{self, BillerKind, MerchantProfile};
 use crate::state::Node;
 use crate::store::{self, Write};
 
@@ -129,12 +129,15 @@ pub struct MerchantCreated {
     pub webhook_secret: Option<String>,
     pub webhook_url: Option<String>,
     pub printer: Option<String>,
+    /// A biller's kind (absent for other merchants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BillerKind>,
 }
 
 /// The longest webhook URL, in characters.
 const MAX_URL_CHARS: usize = 2048;
 
-fn check_url(url: &str) -> Result<(), ApiError> {
+pub fn check_url(url: &str) -> Result<(), ApiError> {
     if (url.starts_with("http://") || url.starts_with("https://"))
         && url.chars().count() <= MAX_URL_CHARS
     {
@@ -211,6 +214,48 @@ pub async fn open_merchant(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, MerchantBody);
+    register(&node, idem, b, None).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillerBody {
+    pub id: String,
+    pub name: String,
+    pub kind: BillerKind,
+    #[serde(default)]
+    pub bank: Option<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// Registers a biller (F7): a merchant of a kind, so that its bills are paid as orders are and
+/// its balance is paid out as a merchant's. The same registration as a merchant's (API key
+/// and webhook secret shown once), without a printer.
+pub async fn open_biller(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, BillerBody);
+    let merchant = MerchantBody {
+        id: b.id,
+        name: b.name,
+        bank: b.bank,
+        webhook_url: b.webhook_url,
+        printer: None,
+    };
+    register(&node, idem, merchant, Some(b.kind)).await
+}
+
+/// Registers a merchant, a biller when `biller` is given: the profile and its API key first
+/// (durable), then the engine's account.
+async fn register(
+    node: &Node,
+    idem: super::idem::Idem<'_>,
+    b: MerchantBody,
+    biller: Option<BillerKind>,
+) -> Result<HttpResponse, ApiError> {
     let checked = async {
         validate_text("name", &b.name, 200)?;
         if let Some(u) = &b.webhook_url {
@@ -239,8 +284,9 @@ pub async fn open_merchant(
         printer: printer.clone(),
         api_key_sha256: None,
         payout: None,
+        biller,
     };
-    let (api_key, writes) = new_api_key(&node, &mut profile);
+    let (api_key, writes) = new_api_key(node, &mut profile);
     let rollback = vec![
         store::remove(records::merchant_key(&b.id)),
         store::remove(records::api_key_key(&api_key)),
@@ -272,8 +318,9 @@ pub async fn open_merchant(
         webhook_secret: Some(profile.webhook_secret.clone()),
         webhook_url: b.webhook_url.clone(),
         printer,
+        kind: biller,
     };
-    install(&node, profile);
+    install(node, profile);
     idem.finish(
         Reply::new(StatusCode::CREATED, &created).redacting(&["/api_key", "/webhook_secret"]),
     )

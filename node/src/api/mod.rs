@@ -29,10 +29,12 @@ macro_rules! begin_idempotent {
 }
 
 pub mod admin;
+pub mod bills;
 pub mod consumer;
 pub mod error;
 pub mod idem;
 pub mod merchant;
+pub mod notifications;
 pub mod ops;
 pub mod reader;
 
@@ -171,6 +173,7 @@ routes! {
     "/v1/admin/reconciliations" => Admin { post(json): admin::reconcile },
     "/v1/admin/consumers" => Admin { post(json): admin::open_consumer },
     "/v1/admin/merchants" => Admin { post(json): admin::open_merchant },
+    "/v1/admin/billers" => Admin { post(json): admin::open_biller },
     "/v1/admin/merchants/{merchant}" => Admin { patch(json): admin::update_merchant },
     "/v1/admin/merchants/{merchant}/api-key" => Admin { post: admin::rotate_api_key },
     "/v1/admin/cards" => Admin { post(json): admin::issue_card },
@@ -178,6 +181,7 @@ routes! {
     "/v1/admin/readers" => Admin { post(json): admin::register_reader },
     "/v1/merchant" => Merchant { get: merchant::account },
     "/v1/merchant/payouts" => Merchant { post(json): merchant::request_payout },
+    "/v1/biller/bills" => Merchant { post(json): bills::post_bill },
     "/v1/orders" => Merchant { post(json): merchant::create_order, get: merchant::list_orders },
     "/v1/orders/{order}" => Merchant { get: merchant::get_order },
     "/v1/orders/{order}/cancel" => Merchant { post: merchant::cancel_order },
@@ -192,6 +196,13 @@ routes! {
     "/v1/consumer/orders/{order}" => Consumer { get: consumer::order },
     "/v1/consumer/orders/{order}/receipt" => Consumer { post(json): consumer::confirm_receipt },
     "/v1/consumer/orders/{order}/code" => Consumer { post(json): consumer::enter_code },
+    "/v1/consumer/bills" => Consumer { get: bills::list_bills },
+    "/v1/consumer/bills/{bill}/approve" => Consumer { post: bills::approve_bill },
+    "/v1/consumer/bills/{bill}/decline" => Consumer { post: bills::decline_bill },
+    "/v1/consumer/autopay" => Consumer { get: bills::list_autopay },
+    "/v1/consumer/autopay/{biller}" => Consumer { put(json): bills::set_autopay },
+    "/v1/consumer/notifications" => Consumer { get: notifications::inbox },
+    "/v1/consumer/notification-settings" => Consumer { put(json): notifications::set_settings },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).
