@@ -355,9 +355,13 @@ pub fn reader_payment(node: &Node, merchant: &str) -> ReaderPayment {
     }
 }
 
-/// A merchant's category, as gateway rules and spending analysis name it.
-pub fn category_of(_node: &Node, _merchant: &str) -> String {
-    "uncategorised".to_string()
+/// A merchant's category, as gateway rules and spending analysis name it: a biller's is
+/// `bill:<kind>` (`bill:water`, …); a merchant without one is `uncategorised`.
+pub fn category_of(node: &Node, merchant: &str) -> String {
+    match node.merchants.get(merchant).and_then(|m| m.biller) {
+        Some(kind) => format!("bill:{}", kind.as_str()),
+        None => "uncategorised".to_string(),
+    }
 }
 
 #[cfg(test)]

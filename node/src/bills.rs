@@ -82,6 +82,9 @@ pub async fn pay(node: &Node, bill: &Bill, after_secs: u64) -> Result<(), AppErr
                 merchant: bill.biller.clone(),
                 amount: bill.amount,
                 release: Release::Time { after_secs },
+                // A bill is paid by the consumer's autopay rule, not at a reader: the
+                // gateway rules (SPEC F9) are for payments at readers.
+                at_reader: None,
             },
             node.now(),
         )

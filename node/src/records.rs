@@ -282,6 +282,18 @@ pub enum BillerKind {
     Phone,
 }
 
+impl BillerKind {
+    /// The kind as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillerKind::Water => "water",
+            BillerKind::Electricity => "electricity",
+            BillerKind::Gas => "gas",
+            BillerKind::Phone => "phone",
+        }
+    }
+}
+
 /// A consumer's rule for paying one biller's bills (F7). Without one, bills wait for the
 /// consumer ([`AutopayRule::Ask`]).
 ///
