@@ -32,6 +32,7 @@ pub mod admin;
 pub mod bills;
 pub mod consumer;
 pub mod error;
+pub mod gateway;
 pub mod idem;
 pub mod merchant;
 pub mod notifications;
@@ -203,6 +204,7 @@ routes! {
     "/v1/consumer/autopay/{biller}" => Consumer { put(json): bills::set_autopay },
     "/v1/consumer/notifications" => Consumer { get: notifications::inbox },
     "/v1/consumer/notification-settings" => Consumer { put(json): notifications::set_settings },
+    "/v1/consumer/gateway-rules" => Consumer { get: gateway::get_rules, put(json): gateway::put_rules },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).
