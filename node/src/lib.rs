@@ -5,6 +5,8 @@
 //!   the per-order lock, placing an authorised order;
 //! - [`store`]: the node's own durable store (checkouts, idempotency, queues), group-committed;
 //! - [`outbox`]: follows the engine's journal and queues print jobs, webhooks and statements;
+//! - [`analysis`]: the spending analysis (F6): follows the journal apart from the outbox and
+//!   keeps each consumer's monthly income and spending, and the alerts on them;
 //! - [`workers`]: the print queue (ESC/POS over TCP) and the webhook deliveries;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
@@ -12,6 +14,7 @@
 //! (each answered only once durable), the outbox catches up with the journal, the workers stop
 //! between two jobs, and the node store and the journal are flushed and closed.
 
+pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod metrics;
@@ -182,6 +185,7 @@ async fn run(
     )?);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
+    let analysis = actix_rt::spawn(analysis::run(node.clone()));
     let ticker = {
         let node = node.clone();
         actix_rt::spawn(async move {
@@ -315,6 +319,10 @@ async fn run(
     let _ = ticker.await;
     let _ = payout_task.await;
     let _ = outbox.await;
+    // After the outbox, which may still have placed an interrupted order: the index counts
+    // up to the journal's end (what it has not counted, it counts at the next start).
+    node.analysis_wake.notify_one();
+    let _ = analysis.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();
         let _ = webhooks.join();

@@ -29,6 +29,7 @@ macro_rules! begin_idempotent {
 }
 
 pub mod admin;
+pub mod analysis;
 pub mod consumer;
 pub mod error;
 pub mod idem;
@@ -192,6 +193,10 @@ routes! {
     "/v1/consumer/orders/{order}" => Consumer { get: consumer::order },
     "/v1/consumer/orders/{order}/receipt" => Consumer { post(json): consumer::confirm_receipt },
     "/v1/consumer/orders/{order}/code" => Consumer { post(json): consumer::enter_code },
+    "/v1/consumer/analysis/{month}" => Consumer { get: analysis::month },
+    "/v1/consumer/analysis/{month}/statement" => Consumer { get: analysis::statement },
+    "/v1/consumer/alerts" => Consumer { get: analysis::get_alerts, put(json): analysis::put_alerts },
+    "/v1/consumer/alerts/fired" => Consumer { get: analysis::fired_alerts },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).
