@@ -210,6 +210,7 @@ impl Fixture {
         BTreeMap::from([
             ("order", self.order.clone()),
             ("merchant", "shop".to_string()),
+            ("month", "2026-03".to_string()),
         ])
     }
 
@@ -337,6 +338,7 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
     let params = BTreeMap::from([
         ("order", "ord_nope".to_string()),
         ("merchant", "nobody".to_string()),
+        ("month", "2026-03".to_string()),
     ]);
     let mut problems = Vec::new();
     for r in ROUTE_TABLE.iter().filter(|r| r.method != "get") {
@@ -520,6 +522,7 @@ fn authenticated_routes_challenge_with_www_authenticate() {
     let params = BTreeMap::from([
         ("order", "ord_x".to_string()),
         ("merchant", "m".to_string()),
+        ("month", "2026-03".to_string()),
     ]);
     let mut problems = Vec::new();
     let mut methods: Vec<(Route, String)> = Vec::new();

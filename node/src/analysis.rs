@@ -71,7 +71,7 @@ pub struct YearMonth {
 pub enum MonthError {
     #[error("month {0:?} is not of the form YYYY-MM (such as 2026-03)")]
     Malformed(String),
-    #[error("month {0:?} is out of range: years 1970 to 9999, months 01 to 12")]
+    #[error("month {0:?} is out of range: YYYY-MM with a year from 1970 to 9999 and a month from 01 to 12")]
     OutOfRange(String),
 }
 
