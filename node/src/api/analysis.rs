@@ -315,11 +315,19 @@ fn period(a: &MonthAnalysis) -> String {
     }
 }
 
+/// A value on one line of text: a merchant's name may hold a newline (names allow it), which
+/// would otherwise start a line of the statement that the node did not write.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// The statement as plain text.
 pub fn render_text(a: &MonthAnalysis) -> String {
     let mut out = String::new();
     out.push_str("OneCard monthly statement\n");
-    out.push_str(&format!("Consumer: {}\n", a.consumer));
+    out.push_str(&format!("Consumer: {}\n", one_line(&a.consumer)));
     out.push_str(&format!("Period:   {}\n", period(a)));
     out.push_str(&format!(
         "Amounts in {}; compared with {}\n",
@@ -335,7 +343,8 @@ pub fn render_text(a: &MonthAnalysis) -> String {
         }
         for (label, c) in rows {
             out.push_str(&format!(
-                "  {label:<38} {:>14} {:>14} {:>14}\n",
+                "  {:<38} {:>14} {:>14} {:>14}\n",
+                one_line(&label),
                 c.amount,
                 c.previous,
                 signed(&c.change)
@@ -690,6 +699,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("spending in groceries reached 42.50 (your limit: 40.00)"));
+        let mut forged = s.clone();
+        forged.spending.by_merchant[0].name = Some("Shop\n  Total  0.00".into());
+        let text = render_text(&forged);
+        assert!(text.contains("Shop   Total  0.00"), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("  Total  0.00")),
+            "{text}"
+        );
         let html = render_html(&s);
         assert!(
             html.contains("Tom &amp; Jerry&#39;s &lt;Shop&gt; (shop, groceries)"),
