@@ -80,6 +80,21 @@ fn analysis_when(node: &NodeProc, session: &str, month: &str, spent: &str) -> Va
     })
 }
 
+/// Waits until the history index has counted the journal up to where it is now
+/// (`/healthz`: `analysis_seq` reaches the `journal_seq` read first).
+fn index_caught_up(node: &NodeProc) {
+    let health = || call("GET", &node.url("/healthz"), None, None, None).body;
+    let end = health()["journal_seq"].as_u64().expect("journal_seq");
+    let reached = eventually(30, || {
+        (health()["analysis_seq"].as_u64().expect("analysis_seq") >= end).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "the index did not catch up: {}",
+        node.log()
+    );
+}
+
 fn line<'a>(lines: &'a Value, key: &str, name: &str) -> &'a Value {
     lines
         .as_array()
@@ -369,7 +384,7 @@ fn monthly_spending_by_category_and_merchant_with_alerts_statements_and_restarts
     node.kill();
     let node = NodeProc::start(&data);
     let after = analysis_when(&node, &session, &month, "160.00");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    index_caught_up(&node);
     let settled = get(&node, &session, &format!("/v1/consumer/analysis/{month}")).body;
     assert_eq!(settled, after, "the index moved after catching up");
     assert_eq!(
@@ -391,7 +406,7 @@ fn monthly_spending_by_category_and_merchant_with_alerts_statements_and_restarts
     let mut node = node;
     assert!(node.terminate().success(), "{}", node.log());
     let node = NodeProc::start(&data);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    index_caught_up(&node);
     let again = get(&node, &session, &format!("/v1/consumer/analysis/{month}")).body;
     assert_eq!(again, after);
 }

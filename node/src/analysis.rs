@@ -557,6 +557,15 @@ pub struct Follower {
     saved: u64,
 }
 
+impl Follower {
+    /// Everything up to `seq` is counted (durably, or it had nothing to count).
+    fn read_through(&mut self, node: &Node, seq: u64) {
+        self.read = Some(seq);
+        node.analysis_read
+            .store(seq, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Follows the journal until the node stops (and then until it has caught up).
 pub async fn run(node: actix_web::web::Data<Node>) {
     let mut f = Follower::default();
@@ -598,7 +607,7 @@ pub async fn step(node: &Node, f: &mut Follower) -> Result<usize, AnalysisError>
                 .get::<u64>(records::ANALYSIS_CURSOR_KEY)?
                 .unwrap_or(0);
             f.saved = saved;
-            f.read = Some(saved);
+            f.read_through(node, saved);
             saved
         }
     };
@@ -620,13 +629,13 @@ pub async fn step(node: &Node, f: &mut Follower) -> Result<usize, AnalysisError>
     let mut writes = batch.into_writes();
     if writes.is_empty() && feed.through - f.saved < SAVE_CURSOR_EVERY {
         // Nothing to count in these records: read past them in memory.
-        f.read = Some(feed.through);
+        f.read_through(node, feed.through);
         return Ok(read);
     }
     writes.push(store::json(records::ANALYSIS_CURSOR_KEY, &feed.through));
     node.store.commit(writes).await?;
     f.saved = feed.through;
-    f.read = Some(feed.through);
+    f.read_through(node, feed.through);
     Ok(read)
 }
 
