@@ -212,6 +212,7 @@ impl Fixture {
             ("merchant", "shop".to_string()),
             ("bill", "bill_x".to_string()),
             ("biller", "shop".to_string()),
+            ("month", "2026-03".to_string()),
         ])
     }
 
@@ -341,6 +342,7 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         ("merchant", "nobody".to_string()),
         ("bill", "bill_nope".to_string()),
         ("biller", "nobody".to_string()),
+        ("month", "2026-03".to_string()),
     ]);
     let mut problems = Vec::new();
     for r in ROUTE_TABLE.iter().filter(|r| r.method != "get") {
@@ -526,6 +528,7 @@ fn authenticated_routes_challenge_with_www_authenticate() {
         ("merchant", "m".to_string()),
         ("bill", "bill_x".to_string()),
         ("biller", "b".to_string()),
+        ("month", "2026-03".to_string()),
     ]);
     let mut problems = Vec::new();
     let mut methods: Vec<(Route, String)> = Vec::new();

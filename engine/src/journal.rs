@@ -349,13 +349,19 @@ pub struct JournalHandle {
     reader: Arc<FeedReader>,
 }
 
-/// The log as a feed: a cursor kept between calls, so that following the log reads each
-/// record once.
+/// The log as a feed: cursors kept between calls, so that following the log reads each
+/// record once. One per follower (the node's outbox, its history index): a follower finds
+/// its own cursor by position, so two followers at different places do not take turns
+/// re-opening a segment and re-reading it up to their place (up to a segment's 64 MiB a
+/// call). At most [`FEED_CURSORS`] are kept, the least recently used dropped first.
 struct FeedReader {
     dir: PathBuf,
     archive_dir: Option<PathBuf>,
-    cursor: parking_lot::Mutex<Option<WalCursor>>,
+    cursors: parking_lot::Mutex<Vec<WalCursor>>,
 }
+
+/// Cursors the feed keeps (more than there are followers, so that none is ever dropped).
+const FEED_CURSORS: usize = 4;
 
 impl JournalHandle {
     /// Queues an entry. The returned future resolves with the record's sequence number once
@@ -454,23 +460,25 @@ impl JournalHandle {
         if after >= upto || max == 0 {
             return Ok(out);
         }
-        let mut slot = self.reader.cursor.lock();
-        let reuse = slot.as_ref().is_some_and(|c| c.position() == after);
-        if !reuse {
-            let reader = WalReader::open(&self.reader.dir, self.reader.archive_dir.as_deref())?;
-            *slot = Some(reader.cursor_after(after)?);
-        }
-        let cursor = slot.as_mut().ok_or_else(|| JournalError::Corrupt {
-            seq: after + 1,
-            reason: "no cursor".into(),
-        })?;
+        // The follower's cursor is taken out while it reads, so that another follower reads
+        // at the same time with its own; it is put back (most recently used first) after.
+        let kept = {
+            let mut cursors = self.reader.cursors.lock();
+            cursors
+                .iter()
+                .position(|c| c.position() == after)
+                .map(|i| cursors.remove(i))
+        };
+        let mut cursor = match kept {
+            Some(c) => c,
+            None => WalReader::open(&self.reader.dir, self.reader.archive_dir.as_deref())?
+                .cursor_after(after)?,
+        };
         while out.len() < max {
             match cursor.next_upto(upto) {
                 None => break,
-                Some(Err(e)) => {
-                    *slot = None;
-                    return Err(e.into());
-                }
+                // The cursor is dropped: the next call opens the log afresh.
+                Some(Err(e)) => return Err(e.into()),
                 Some(Ok(rec)) => out.push(decode_record(
                     rec.seq,
                     rec.prev_hash,
@@ -479,6 +487,9 @@ impl JournalHandle {
                 )?),
             }
         }
+        let mut cursors = self.reader.cursors.lock();
+        cursors.insert(0, cursor);
+        cursors.truncate(FEED_CURSORS);
         Ok(out)
     }
 
@@ -798,7 +809,7 @@ impl Journal {
                 reader: Arc::new(FeedReader {
                     dir: layout.log.clone(),
                     archive_dir: cfg.archive_dir.clone(),
-                    cursor: parking_lot::Mutex::new(None),
+                    cursors: parking_lot::Mutex::new(Vec::new()),
                 }),
             },
             db: store.db,

@@ -1322,6 +1322,19 @@ fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stab
         // A follower's cursor: what came after a record, read again, is the same.
         let after_first = engine.feed_after(feed[0].seq, usize::MAX).unwrap();
         assert_eq!(after_first.records, feed[1..].to_vec());
+        // Two followers at different places, reading a record at a time in turns (the outbox
+        // and the history index): each reads the whole feed, in order, once.
+        let (mut a, mut b) = (0u64, feed[0].seq);
+        let (mut read_a, mut read_b) = (Vec::new(), Vec::new());
+        while a < read.through || b < read.through {
+            for (cursor, got) in [(&mut a, &mut read_a), (&mut b, &mut read_b)] {
+                let step = engine.feed_after(*cursor, 1).unwrap();
+                got.extend(step.records);
+                *cursor = step.through;
+            }
+        }
+        assert_eq!(read_a, feed);
+        assert_eq!(read_b, feed[1..].to_vec());
         engine.close().await.unwrap();
         sim.close();
     });

@@ -351,16 +351,7 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
 /// besides the merchant and the amount: the merchant's category.
 pub fn reader_payment(node: &Node, merchant: &str) -> ReaderPayment {
     ReaderPayment {
-        category: category_of(node, merchant),
-    }
-}
-
-/// A merchant's category, as gateway rules and spending analysis name it: a biller's is
-/// `bill:<kind>` (`bill:water`, …); a merchant without one is `uncategorised`.
-pub fn category_of(node: &Node, merchant: &str) -> String {
-    match node.merchants.get(merchant).and_then(|m| m.biller) {
-        Some(kind) => format!("bill:{}", kind.as_str()),
-        None => "uncategorised".to_string(),
+        category: crate::analysis::category_of(node, merchant),
     }
 }
 

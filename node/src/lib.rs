@@ -5,6 +5,8 @@
 //!   the per-order lock, placing an authorised order;
 //! - [`store`]: the node's own durable store (checkouts, idempotency, queues), group-committed;
 //! - [`outbox`]: follows the engine's journal and queues print jobs, webhooks and statements;
+//! - [`analysis`]: the spending analysis (F6): follows the journal apart from the outbox and
+//!   keeps each consumer's monthly income and spending, and the alerts on them;
 //! - [`workers`]: the print queue (ESC/POS over TCP) and the webhook deliveries;
 //! - [`notify`]: the notifier port (recipient, event type, payload, idempotent id), its
 //!   durable outbox and the webhook adapter; consumers' inboxes;
@@ -15,6 +17,7 @@
 //! (each answered only once durable), the outbox catches up with the journal, the workers stop
 //! between two jobs, and the node store and the journal are flushed and closed.
 
+pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod bills;
@@ -187,6 +190,7 @@ async fn run(
     )?);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
+    let analysis = actix_rt::spawn(analysis::run(node.clone()));
     let ticker = {
         let node = node.clone();
         actix_rt::spawn(async move {
@@ -337,6 +341,10 @@ async fn run(
     let _ = payout_task.await;
     let _ = bills_task.await;
     let _ = outbox.await;
+    // After the outbox, which may still have placed an interrupted order: the index counts
+    // up to the journal's end (what it has not counted, it counts at the next start).
+    node.analysis_wake.notify_one();
+    let _ = analysis.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();
         let _ = webhooks.join();

@@ -27,6 +27,10 @@
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
+//! | `am/<consumer>/<YYYY-MM>`   | [`MonthAggregate`]: the history index (F6) |
+//! | `al/<consumer>`             | [`AlertSettings`]: the consumer's spending limits |
+//! | `af/<consumer>/<YYYY-MM>/<threshold>` | [`FiredAlert`]: once per limit per month |
+//! | `analysis/cursor`           | the last journal record the history index has handled |
 //!
 //! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
 //! merchant's orders list in creation order.
@@ -35,6 +39,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const CURSOR_KEY: &str = "outbox/cursor";
+/// The history index's own cursor ([`crate::analysis`]): it follows the journal apart from
+/// the outbox, at its own pace.
+pub const ANALYSIS_CURSOR_KEY: &str = "analysis/cursor";
 
 /// An id as one segment of a store key: `%` and `/` escaped, so that no id can reach into
 /// another's keys (ids may contain `/`: merchant `a/b` must not read merchant `a`'s records).
@@ -166,6 +173,30 @@ pub fn inbox_key(consumer: &str, created_ms: u64, id: &str) -> String {
 pub fn consumer_settings_key(consumer: &str) -> String {
     format!("cs/{}", seg(consumer))
 }
+/// A consumer's aggregate for a month (`month` is `YYYY-MM`, which sorts in time order).
+pub fn month_key(consumer: &str, month: &str) -> String {
+    format!("am/{}/{month}", seg(consumer))
+}
+/// A consumer's spending limits.
+pub fn alert_settings_key(consumer: &str) -> String {
+    format!("al/{}", seg(consumer))
+}
+/// The prefix of a consumer's fired alerts (all months, in time order).
+pub fn fired_alerts_prefix(consumer: &str) -> String {
+    format!("af/{}/", seg(consumer))
+}
+/// The prefix of a consumer's fired alerts of one month.
+pub fn fired_alerts_month_prefix(consumer: &str, month: &str) -> String {
+    format!("{}{month}/", fired_alerts_prefix(consumer))
+}
+/// One alert: `threshold` is `total` or `category:<name>` (names are validated words).
+pub fn fired_alert_key(consumer: &str, month: &str, threshold: &str) -> String {
+    format!(
+        "{}{}",
+        fired_alerts_month_prefix(consumer, month),
+        seg(threshold)
+    )
+}
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -270,6 +301,10 @@ pub struct MerchantProfile {
     /// Set for a biller (F7): a merchant that posts bills to consumers' virtual accounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub biller: Option<BillerKind>,
+    /// What the merchant sells, for the consumers' spending analysis (F6): a lowercase word
+    /// (`groceries`); none is `uncategorised` there ([`crate::analysis::category_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 /// What a biller bills for (F7).
@@ -512,6 +547,62 @@ pub struct StatementLine {
     pub detail: Option<String>,
 }
 
+/// A consumer's income and spending in one calendar month (UTC), as the history index
+/// ([`crate::analysis`]) has counted them from the journal. Maps are keyed by name and
+/// serialised in key order; amounts are exact ([`onecard_engine::Amount`], as strings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthAggregate {
+    /// Settled orders less refunds, in the month they happened: negative when refunds of
+    /// earlier months' orders outweigh this month's purchases.
+    pub spending: onecard_engine::Amount,
+    #[serde(default)]
+    pub by_category: std::collections::BTreeMap<String, onecard_engine::Amount>,
+    #[serde(default)]
+    pub by_merchant: std::collections::BTreeMap<String, onecard_engine::Amount>,
+    /// Credits (recharge cards, salaries, bank transfers). Top-ups of the wallet from the
+    /// consumer's own bank account are not income: they move the consumer's own money.
+    pub income: onecard_engine::Amount,
+    /// `recharge`, `salary`, `bank_transfer`.
+    #[serde(default)]
+    pub income_by_source: std::collections::BTreeMap<String, onecard_engine::Amount>,
+    #[serde(default)]
+    pub orders_settled: u64,
+    #[serde(default)]
+    pub refunds: u64,
+    #[serde(default)]
+    pub credits: u64,
+}
+
+/// A consumer's spending limits per calendar month: overall and per category. Set by the
+/// consumer (`PUT /v1/consumer/alerts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertSettings {
+    #[serde(default)]
+    pub monthly_limit: Option<onecard_engine::Amount>,
+    #[serde(default)]
+    pub categories: std::collections::BTreeMap<String, onecard_engine::Amount>,
+}
+
+/// A spending limit crossed in a month: recorded once per limit per month, in the same
+/// commit as the aggregate whose update crossed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiredAlert {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// `total`, or the category whose limit it is.
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    pub limit: onecard_engine::Amount,
+    /// What the month's spending (overall, or in the category) came to with the crossing.
+    pub spent: onecard_engine::Amount,
+    /// When the spending that crossed it happened (the journal's time, unix seconds).
+    pub at: u64,
+    /// The order whose settlement crossed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +633,8 @@ mod tests {
         assert!(!inbox_key("c/x", 1, "n").starts_with(&inbox_prefix("c")));
         assert_ne!(bill_ref("a", "bc"), bill_ref("ab", "c"));
         assert_ne!(bill_ref("a/b", "c"), bill_ref("a", "b/c"));
+        assert!(!fired_alert_key("c/x", "2026-01", "total").starts_with(&fired_alerts_prefix("c")));
+        assert_ne!(month_key("c/x", "2026-01"), month_key("c", "x/2026-01"));
         assert_eq!(seg("a%2Fb"), "a%252Fb");
         assert_ne!(seg("a%2Fb"), seg("a/b"));
     }

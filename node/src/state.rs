@@ -35,6 +35,12 @@ pub struct Node {
     pub metrics: Metrics,
     /// Wakes the outbox when the journal has grown.
     pub outbox_wake: tokio::sync::Notify,
+    /// Wakes the history index ([`crate::analysis`]) when the outbox has read on: the index
+    /// follows the journal at its own pace, behind the outbox.
+    pub analysis_wake: tokio::sync::Notify,
+    /// The last journal record the history index has read (0 until it has started): for
+    /// `/healthz` and `/metrics`.
+    pub analysis_read: std::sync::atomic::AtomicU64,
     /// The last journal record the outbox has read (`u64::MAX` until it is loaded from the
     /// durable cursor), and the last one the durable cursor names: see [`crate::outbox`].
     pub outbox_read: std::sync::atomic::AtomicU64,
@@ -75,6 +81,8 @@ impl Node {
             order_locks: crate::app::OrderLocks::default(),
             metrics: Metrics::default(),
             outbox_wake: tokio::sync::Notify::new(),
+            analysis_wake: tokio::sync::Notify::new(),
+            analysis_read: std::sync::atomic::AtomicU64::new(0),
             outbox_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             outbox_saved: std::sync::atomic::AtomicU64::new(0),
             work_wake: crate::workers::Wake::default(),

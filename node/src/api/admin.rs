@@ -117,6 +117,10 @@ pub struct MerchantBody {
     /// `host:port`; port 9100 when only a host is given.
     #[serde(default)]
     pub printer: Option<String>,
+    /// What the merchant sells (`groceries`): a lowercase word, for the consumers' spending
+    /// analysis ([`crate::analysis::validate_category`]).
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 /// A merchant as registered, with its API key and webhook secret: shown this once (a repeat
@@ -132,6 +136,12 @@ pub struct MerchantCreated {
     /// A biller's kind (absent for other merchants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<BillerKind>,
+    pub category: Option<String>,
+}
+
+/// A category as the API checks it: 422 with the reason.
+fn check_category(c: &str) -> Result<(), ApiError> {
+    crate::analysis::validate_category(c).map_err(|e| ApiError::invalid(format!("category: {e}")))
 }
 
 /// The longest webhook URL, in characters.
@@ -244,6 +254,8 @@ pub async fn open_biller(
         bank: b.bank,
         webhook_url: b.webhook_url,
         printer: None,
+        // A biller's category is its kind (`bill:<kind>`).
+        category: None,
     };
     register(&node, idem, merchant, Some(b.kind)).await
 }
@@ -260,6 +272,9 @@ async fn register(
         validate_text("name", &b.name, 200)?;
         if let Some(u) = &b.webhook_url {
             check_url(u)?;
+        }
+        if let Some(c) = &b.category {
+            check_category(c)?;
         }
         match b.printer.clone() {
             Some(p) => check_printer(p).await.map(Some),
@@ -285,6 +300,7 @@ async fn register(
         api_key_sha256: None,
         payout: None,
         biller,
+        category: b.category.clone(),
     };
     let (api_key, writes) = new_api_key(node, &mut profile);
     let rollback = vec![
@@ -319,6 +335,7 @@ async fn register(
         webhook_url: b.webhook_url.clone(),
         printer,
         kind: biller,
+        category: b.category.clone(),
     };
     install(node, profile);
     idem.finish(
@@ -376,6 +393,10 @@ pub struct MerchantUpdate {
     /// When the balance is paid out to the merchant's bank account by itself; `{}` removes it.
     #[serde(default)]
     pub payout: Option<records::PayoutPolicy>,
+    /// What the merchant sells, for the spending analysis; `""` removes it (`uncategorised`).
+    /// Counts from now on: what the analysis already counted stays where it was counted.
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -385,6 +406,7 @@ pub struct MerchantSettings {
     pub webhook_url: Option<String>,
     pub printer: Option<String>,
     pub payout: Option<records::PayoutPolicy>,
+    pub category: Option<String>,
 }
 
 pub async fn update_merchant(
@@ -442,6 +464,14 @@ pub async fn update_merchant(
             }
             None => {}
         }
+        match b.category.as_deref() {
+            Some("") => profile.category = None,
+            Some(c) => {
+                check_category(c)?;
+                profile.category = Some(c.to_string());
+            }
+            None => {}
+        }
         Ok::<(), ApiError>(())
     })();
     if profile.payout.is_some() {
@@ -467,6 +497,7 @@ pub async fn update_merchant(
         webhook_url: profile.webhook_url.clone(),
         printer: profile.printer.clone(),
         payout: profile.payout.clone(),
+        category: profile.category.clone(),
     };
     let writes = vec![store::json(records::merchant_key(&profile.id), &profile)];
     let response = idem

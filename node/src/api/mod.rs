@@ -29,6 +29,7 @@ macro_rules! begin_idempotent {
 }
 
 pub mod admin;
+pub mod analysis;
 pub mod bills;
 pub mod consumer;
 pub mod error;
@@ -205,6 +206,10 @@ routes! {
     "/v1/consumer/notifications" => Consumer { get: notifications::inbox },
     "/v1/consumer/notification-settings" => Consumer { put(json): notifications::set_settings },
     "/v1/consumer/gateway-rules" => Consumer { get: gateway::get_rules, put(json): gateway::put_rules },
+    "/v1/consumer/analysis/{month}" => Consumer { get: analysis::month },
+    "/v1/consumer/analysis/{month}/statement" => Consumer { get: analysis::statement },
+    "/v1/consumer/alerts" => Consumer { get: analysis::get_alerts, put(json): analysis::put_alerts },
+    "/v1/consumer/alerts/fired" => Consumer { get: analysis::fired_alerts },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).

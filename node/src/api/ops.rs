@@ -29,6 +29,7 @@ pub async fn healthz(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
         "journal_failure": journal_failure,
         "journal_seq": journal_seq,
         "outbox_seq": cursor,
+        "analysis_seq": node.analysis_read.load(Ordering::Acquire),
         "in_flight": node.engine.in_flight(),
     })))
 }
@@ -85,6 +86,11 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             "onecard_outbox_lag_records",
             "Journal records the outbox has not handled yet.",
             (seq - cursor).max(0.0),
+        ),
+        (
+            "onecard_analysis_lag_records",
+            "Journal records the history index (spending analysis) has not counted yet.",
+            (seq - node.analysis_read.load(Ordering::Acquire) as f64).max(0.0),
         ),
         (
             "onecard_print_queue_depth",
