@@ -76,6 +76,23 @@ pub enum ConsumerCmd {
         target: CreditTarget,
         amount: Amount,
     },
+    /// Another bank account for this consumer (SPEC F5): its stored name and, with a data
+    /// key, the account sealed.
+    LinkBank {
+        bank: String,
+        sealed: Option<Vec<u8>>,
+    },
+    /// A linked account becomes the designated one.
+    DesignateBank {
+        bank: String,
+    },
+    /// Money from one of the consumer's bank accounts to another, under an id.
+    TransferBetweenBanks {
+        id: String,
+        from: String,
+        to: String,
+        amount: Amount,
+    },
     /// A new credit limit, and why (SPEC F10).
     SetCreditLimit {
         limit: Amount,
@@ -277,7 +294,10 @@ impl Run {
             | ConsumerCmd::TopUpAnswered { .. }
             | ConsumerCmd::Credit { .. }
             | ConsumerCmd::SetCreditLimit { .. }
-            | ConsumerCmd::SetGatewayRules { .. } => {}
+            | ConsumerCmd::SetGatewayRules { .. }
+            | ConsumerCmd::LinkBank { .. }
+            | ConsumerCmd::DesignateBank { .. }
+            | ConsumerCmd::TransferBetweenBanks { .. } => {}
         }
         let result = match cmd {
             ConsumerCmd::Place {
@@ -327,6 +347,48 @@ impl Run {
                 target,
                 amount,
             } => self.credit(id, source, target, amount).await?,
+            ConsumerCmd::LinkBank { bank, sealed } => {
+                let (consumer, known) = {
+                    let st = self.st.borrow();
+                    (st.id.clone(), st.has_bank(&bank))
+                };
+                if !known {
+                    let ev = Event::new(EventKind::BankLinked {
+                        consumer,
+                        bank,
+                        bank_sealed: sealed,
+                    });
+                    self.commit(vec![ev]).await?;
+                }
+                Ok(Outcome::Ok)
+            }
+            ConsumerCmd::DesignateBank { bank } => {
+                let (consumer, designated, linked) = {
+                    let st = self.st.borrow();
+                    (
+                        st.id.clone(),
+                        st.bank == bank,
+                        st.linked.contains_key(&bank),
+                    )
+                };
+                if designated {
+                    Ok(Outcome::Ok)
+                } else if !linked {
+                    Err(Refusal::unknown(format!(
+                        "{bank} is not a linked bank account of {consumer}"
+                    )))
+                } else {
+                    let ev = Event::new(EventKind::BankDesignated { consumer, bank });
+                    self.commit(vec![ev]).await?;
+                    Ok(Outcome::Ok)
+                }
+            }
+            ConsumerCmd::TransferBetweenBanks {
+                id,
+                from,
+                to,
+                amount,
+            } => self.transfer_between_banks(id, from, to, amount).await?,
             ConsumerCmd::SetCreditLimit { limit, reason } => {
                 self.set_credit_limit(limit, reason).await?
             }
@@ -506,19 +568,34 @@ impl Run {
     /// is a refusal; `Err` is a fault (the bank unreachable).
     async fn debit_bank(&self, amount: Amount) -> Result<Result<String, String>, EngineError> {
         let bank_ref = self.st.borrow().bank.clone();
-        let account = self.shared.real_bank_account(&bank_ref)?;
+        self.debit_bank_account(&bank_ref, amount).await
+    }
+
+    /// [`Run::debit_bank`] from any of the consumer's accounts (its stored name).
+    async fn debit_bank_account(
+        &self,
+        bank_ref: &str,
+        amount: Amount,
+    ) -> Result<Result<String, String>, EngineError> {
+        let account = self.shared.real_bank_account(bank_ref)?;
         let id = self.shared.new_bank_op_id();
         let op = BankOp {
             id: id.clone(),
             account,
             amount,
         };
-        match self.shared.bank.debit(op).await? {
-            BankAnswer::Done => {
+        match self.shared.bank.debit(op).await {
+            Ok(BankAnswer::Done) => {
                 self.bank_ops.borrow_mut().push(id.clone());
                 Ok(Ok(id))
             }
-            BankAnswer::Refused(reason) => Ok(Err(reason)),
+            Ok(BankAnswer::Refused(reason)) => Ok(Err(reason)),
+            // The bank's own answer that it has no such account: a refusal, not a fault.
+            // Not named: the reason may be journaled, and the account is not (I10).
+            Err(crate::bank::BankError::UnknownAccount(_)) => {
+                Ok(Err("the bank knows no such account".to_string()))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -844,8 +921,13 @@ impl Run {
             }
         };
         let mut bank_op = None;
-        if source == CreditSource::BankTransfer {
-            match self.debit_bank(amount).await {
+        let debit_from = match &source {
+            CreditSource::BankTransfer => Some(self.st.borrow().bank.clone()),
+            CreditSource::LinkedBank { bank } => Some(bank.clone()),
+            _ => None,
+        };
+        if let Some(from) = debit_from {
+            match self.debit_bank_account(&from, amount).await {
                 Ok(Ok(op)) => bank_op = Some(op),
                 Ok(Err(reason)) => {
                     return Ok(Err(Refusal::funds(format!(
@@ -882,20 +964,117 @@ impl Run {
     /// is a refusal; `Err` is a fault.
     async fn credit_bank(&self, amount: Amount) -> Result<Result<String, String>, EngineError> {
         let bank_ref = self.st.borrow().bank.clone();
-        let account = self.shared.real_bank_account(&bank_ref)?;
+        self.credit_bank_account(&bank_ref, amount).await
+    }
+
+    /// [`Run::credit_bank`] into any of the consumer's accounts (its stored name).
+    async fn credit_bank_account(
+        &self,
+        bank_ref: &str,
+        amount: Amount,
+    ) -> Result<Result<String, String>, EngineError> {
+        let account = self.shared.real_bank_account(bank_ref)?;
         let id = self.shared.new_bank_op_id();
         let op = BankOp {
             id: id.clone(),
             account,
             amount,
         };
-        match self.shared.bank.credit(op).await? {
-            BankAnswer::Done => {
+        match self.shared.bank.credit(op).await {
+            Ok(BankAnswer::Done) => {
                 self.bank_ops.borrow_mut().push(id.clone());
                 Ok(Ok(id))
             }
-            BankAnswer::Refused(reason) => Ok(Err(reason)),
+            Ok(BankAnswer::Refused(reason)) => Ok(Err(reason)),
+            // The bank's own answer that it has no such account: a refusal, not a fault.
+            // Not named: the reason may be journaled, and the account is not (I10).
+            Err(crate::bank::BankError::UnknownAccount(_)) => {
+                Ok(Err("the bank knows no such account".to_string()))
+            }
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Money from one of the consumer's bank accounts to another through the node: the bank
+    /// debits `from`, then credits `to`; if the credit cannot be done the debit is reversed and
+    /// nothing is journaled. A repeat of the id answers as the first time.
+    async fn transfer_between_banks(
+        &self,
+        id: String,
+        from: String,
+        to: String,
+        amount: Amount,
+    ) -> Result<CommandResult, EngineError> {
+        let consumer = self.st.borrow().id.clone();
+        if let Some(first) = self.shared.view.credit(&id)? {
+            let same = matches!(&first, CreditRecord::Transfer { consumer: c, from: f, to: t, amount: a }
+                if *c == consumer && *f == from && *t == to && *a == amount);
+            return Ok(if same {
+                Ok(Outcome::Ok)
+            } else {
+                Err(Refusal::conflict(format!(
+                    "transfer id {id} is already used by another transfer or credit"
+                )))
+            });
+        }
+        {
+            let st = self.st.borrow();
+            if from == to {
+                return Ok(Err(Refusal::invalid(
+                    "a transfer needs two different accounts",
+                )));
+            }
+            if let Some(unknown) = [&from, &to].into_iter().find(|b| !st.has_bank(b)) {
+                return Ok(Err(Refusal::unknown(format!(
+                    "{unknown} is not a bank account of {consumer}"
+                ))));
+            }
+        }
+        let debit_op = match self.debit_bank_account(&from, amount).await? {
+            Ok(op) => op,
+            Err(reason) => {
+                return Ok(Err(Refusal::funds(format!(
+                    "the bank refused to debit {from}: {reason}"
+                ))))
+            }
+        };
+        let credit_op = match self.credit_bank_account(&to, amount).await {
+            Ok(Ok(op)) => op,
+            other => {
+                // Nothing of the transfer may stay half done: the debit is given back.
+                if let Err(e) = self.shared.bank.reverse(&debit_op) {
+                    tracing::error!(op = %debit_op, error = %e, "could not reverse the debit of a failed transfer; the next opening reconciles it");
+                }
+                self.bank_ops.borrow_mut().retain(|op| *op != debit_op);
+                return match other {
+                    Ok(Err(reason)) => Ok(Err(Refusal::funds(format!(
+                        "the bank refused to credit {to}: {reason}"
+                    )))),
+                    Err(e) => Err(e),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                };
+            }
+        };
+        let ev = Event::with_postings(
+            EventKind::BankTransferred {
+                transfer: id,
+                consumer,
+                from: from.clone(),
+                to: to.clone(),
+                amount,
+                debit_op,
+                credit_op,
+            },
+            vec![
+                crate::ledger::Posting::new(
+                    crate::ledger::AccountRef::BankClearing(from),
+                    amount.checked_neg(),
+                ),
+                crate::ledger::Posting::new(crate::ledger::AccountRef::BankClearing(to), amount),
+            ],
+        );
+        self.commit(vec![ev]).await?;
+        Ok(Ok(Outcome::Ok))
     }
 
     /// A new credit limit: journaled with its reason unless it is the limit already.

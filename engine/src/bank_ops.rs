@@ -10,7 +10,6 @@ use std::path::Path;
 
 use crate::bank::BankOpKind;
 use crate::journal::{self, JournalError};
-use crate::ledger::AccountRef;
 use crate::model::Secs;
 use crate::money::Amount;
 
@@ -38,36 +37,26 @@ pub fn journal_bank_ops(
         let (rec, _) = rec?;
         for entry in &rec.entries {
             for ev in &entry.events {
-                let Some(id) = ev.bank_op() else { continue };
-                let mut moved = Amount::ZERO;
-                for p in &ev.postings {
-                    if matches!(p.account, AccountRef::BankClearing(_)) {
-                        moved = moved
-                            .checked_add(p.amount)
-                            .map_err(|e| JournalError::Corrupt {
-                                seq: rec.seq,
-                                reason: e.to_string(),
-                            })?;
+                for (id, moved) in ev.bank_moves() {
+                    if moved.is_zero() {
+                        continue;
                     }
+                    out.push(JournalBankOp {
+                        id: id.clone(),
+                        kind: if moved.is_negative() {
+                            BankOpKind::Debit
+                        } else {
+                            BankOpKind::Credit
+                        },
+                        amount: if moved.is_negative() {
+                            moved.checked_neg()
+                        } else {
+                            moved
+                        },
+                        at: entry.at,
+                        seq: rec.seq,
+                    });
                 }
-                if moved.is_zero() {
-                    continue;
-                }
-                out.push(JournalBankOp {
-                    id: id.clone(),
-                    kind: if moved.is_negative() {
-                        BankOpKind::Debit
-                    } else {
-                        BankOpKind::Credit
-                    },
-                    amount: if moved.is_negative() {
-                        moved.checked_neg()
-                    } else {
-                        moved
-                    },
-                    at: entry.at,
-                    seq: rec.seq,
-                });
             }
         }
     }

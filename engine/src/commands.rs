@@ -83,6 +83,17 @@ pub struct CreditCmd {
     pub amount: Amount,
 }
 
+/// Money from one of a consumer's bank accounts to another (stored names), under an id
+/// (SPEC F5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankTransferCmd {
+    pub id: String,
+    pub consumer: String,
+    pub from: String,
+    pub to: String,
+    pub amount: Amount,
+}
+
 /// A merchant's (an employer's) balance funded from its bank account, under an id (SPEC F12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FundCmd {

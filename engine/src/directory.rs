@@ -48,13 +48,21 @@ pub(crate) struct RefundKey {
     pub(crate) amount: Amount,
 }
 
-/// The content that identifies a credit id's first use (I6).
+/// The content that identifies a credit or transfer id's first use (I6): one name space.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CreditKey {
-    pub(crate) consumer: String,
-    pub(crate) source: crate::ledger::CreditSource,
-    pub(crate) target: crate::ledger::CreditTarget,
-    pub(crate) amount: Amount,
+pub(crate) enum CreditKey {
+    Credit {
+        consumer: String,
+        source: crate::ledger::CreditSource,
+        target: crate::ledger::CreditTarget,
+        amount: Amount,
+    },
+    Transfer {
+        consumer: String,
+        from: String,
+        to: String,
+        amount: Amount,
+    },
 }
 
 /// The directories of ids in progress, open orders and consumers with time-driven work.

@@ -39,8 +39,8 @@ use crate::view;
 use futures::StreamExt;
 
 pub use crate::commands::{
-    parse_release, CreditCmd, FundCmd, IssueCard, OpenConsumer, PlaceCmd, PlaceOrder,
-    ReaderPayment, RefundCmd, RefundRequest,
+    parse_release, BankTransferCmd, CreditCmd, FundCmd, IssueCard, OpenConsumer, PlaceCmd,
+    PlaceOrder, ReaderPayment, RefundCmd, RefundRequest,
 };
 pub use crate::error::EngineError;
 pub use crate::recovery::RecoveryInfo;
@@ -102,7 +102,7 @@ impl Drop for Admission<'_> {
 }
 
 /// Names claimed by an open in progress; released on drop.
-struct Claim<'a> {
+pub(crate) struct Claim<'a> {
     opening: &'a DashMap<String, ()>,
     keys: Vec<String>,
 }
@@ -305,7 +305,7 @@ impl Engine {
 
     /// Claims names for an account being opened; `None` if another open holds one of them.
     /// The claim is released when the returned guard is dropped, after the account exists.
-    fn claim(&self, keys: &[String]) -> Option<Claim<'_>> {
+    pub(crate) fn claim(&self, keys: &[String]) -> Option<Claim<'_>> {
         let mut claim = Claim {
             opening: &self.opening,
             keys: Vec::new(),

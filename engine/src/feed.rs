@@ -116,6 +116,12 @@ pub enum FeedKind {
         merchant: String,
         amount: Amount,
     },
+    /// Money moved between two of a consumer's bank accounts through the node.
+    BankTransferred {
+        transfer: String,
+        consumer: String,
+        amount: Amount,
+    },
     /// A consumer's credit limit set anew, and why.
     CreditLimitChanged {
         consumer: String,
@@ -250,7 +256,19 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
             limit,
             reason,
         },
+        EventKind::BankTransferred {
+            transfer,
+            consumer,
+            amount,
+            ..
+        } => FeedKind::BankTransferred {
+            transfer,
+            consumer,
+            amount,
+        },
         EventKind::Configured(_)
+        | EventKind::BankLinked { .. }
+        | EventKind::BankDesignated { .. }
         | EventKind::GatewayRulesSet { .. }
         | EventKind::GatewaySpent { .. }
         | EventKind::ConsumerOpened { .. }

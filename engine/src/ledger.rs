@@ -208,6 +208,31 @@ pub enum EventKind {
         day: i64,
         amount: Amount,
     },
+    /// Another bank account linked to a consumer (SPEC F5): with a data key its reference,
+    /// the account sealed in `bank_sealed` (I10).
+    BankLinked {
+        consumer: String,
+        bank: String,
+        bank_sealed: Option<Vec<u8>>,
+    },
+    /// A linked bank account becomes the designated one (the one top-ups come from and
+    /// overflows go to); the one designated before stays linked.
+    BankDesignated {
+        consumer: String,
+        bank: String,
+    },
+    /// Money moved between two of a consumer's bank accounts through the node (SPEC F5), under
+    /// the id `transfer` (idempotent): `from` debited by `debit_op`, `to` credited by
+    /// `credit_op`. Postings: the clearing account of `from` −amount, of `to` +amount.
+    BankTransferred {
+        transfer: String,
+        consumer: String,
+        from: String,
+        to: String,
+        amount: Amount,
+        debit_op: BankOpId,
+        credit_op: BankOpId,
+    },
 }
 
 /// A consumer's payment-gateway rules (SPEC F9): the conditions under which a payment at a
@@ -396,6 +421,28 @@ pub enum CreditSource {
     Employer { employer: String },
     /// The consumer's designated bank account: a deposit by bank transfer (SPEC F8).
     BankTransfer,
+    /// Another of the consumer's linked bank accounts (SPEC F5), by stored name.
+    LinkedBank { bank: String },
+}
+
+impl CreditSource {
+    /// What kind of money it is, as statements and the spending analysis name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CreditSource::RechargeCard { .. } => "recharge",
+            CreditSource::Employer { .. } => "salary",
+            CreditSource::BankTransfer | CreditSource::LinkedBank { .. } => "bank_transfer",
+        }
+    }
+
+    /// Whether it is money the consumer earned or was given, rather than moved from one of
+    /// the consumer's own bank accounts (which, like a top-up, is no income).
+    pub fn is_income(&self) -> bool {
+        matches!(
+            self,
+            CreditSource::RechargeCard { .. } | CreditSource::Employer { .. }
+        )
+    }
 }
 
 /// Where a credit goes.
@@ -422,6 +469,12 @@ pub enum CreditRecord {
     },
     Merchant {
         merchant: String,
+        amount: Amount,
+    },
+    Transfer {
+        consumer: String,
+        from: String,
+        to: String,
         amount: Amount,
     },
 }
@@ -459,6 +512,22 @@ impl CreditRecord {
                 funding,
                 CreditRecord::Merchant {
                     merchant: merchant.clone(),
+                    amount: *amount,
+                },
+            )),
+            EventKind::BankTransferred {
+                transfer,
+                consumer,
+                from,
+                to,
+                amount,
+                ..
+            } => Some((
+                transfer,
+                CreditRecord::Transfer {
+                    consumer: consumer.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
                     amount: *amount,
                 },
             )),
@@ -503,7 +572,10 @@ impl Event {
             | ConsumerCredited { consumer, .. }
             | CreditLimitChanged { consumer, .. }
             | GatewayRulesSet { consumer, .. }
-            | GatewaySpent { consumer, .. } => Some(consumer),
+            | GatewaySpent { consumer, .. }
+            | BankLinked { consumer, .. }
+            | BankDesignated { consumer, .. }
+            | BankTransferred { consumer, .. } => Some(consumer),
             Configured(_)
             | MerchantOpened { .. }
             | ClockAdvanced
@@ -532,17 +604,61 @@ impl Event {
     }
 
     /// The bank operations this event records as done.
-    pub fn bank_op(&self) -> Option<&BankOpId> {
+    pub fn bank_ops(&self) -> Vec<&BankOpId> {
         use EventKind::*;
         match &self.kind {
             ConsumerOpened { bank_op, .. }
             | OrderSettled { bank_op, .. }
             | Refunded { bank_op, .. }
-            | ConsumerCredited { bank_op, .. } => bank_op.as_ref(),
-            WalletToppedUp { bank_op, .. } | MerchantFunded { bank_op, .. } => Some(bank_op),
-            PayoutMade { payout, .. } => Some(payout),
-            _ => None,
+            | ConsumerCredited { bank_op, .. } => bank_op.iter().collect(),
+            WalletToppedUp { bank_op, .. } | MerchantFunded { bank_op, .. } => vec![bank_op],
+            PayoutMade { payout, .. } => vec![payout],
+            BankTransferred {
+                debit_op,
+                credit_op,
+                ..
+            } => vec![debit_op, credit_op],
+            _ => vec![],
         }
+    }
+
+    /// The bank operations this event records, each with what it moved at the bank: negative
+    /// for a debit of the account, positive for a credit. From the postings on bank accounts'
+    /// clearing accounts (not a recharge batch's, which is no bank account).
+    pub fn bank_moves(&self) -> Vec<(&BankOpId, Amount)> {
+        if let EventKind::BankTransferred {
+            amount,
+            debit_op,
+            credit_op,
+            ..
+        } = &self.kind
+        {
+            return vec![(debit_op, amount.checked_neg()), (credit_op, *amount)];
+        }
+        let Some(op) = self.bank_ops().into_iter().next() else {
+            return vec![];
+        };
+        let moved = self
+            .postings
+            .iter()
+            .filter(|p| matches!(p.account, AccountRef::BankClearing(_)))
+            .filter(|p| !self.is_recharge_clearing(p))
+            .try_fold(Amount::ZERO, |s, p| s.checked_add(p.amount))
+            .unwrap_or(Amount::ZERO);
+        vec![(op, moved)]
+    }
+
+    fn is_recharge_clearing(&self, p: &Posting) -> bool {
+        matches!(
+            (&p.account, &self.kind),
+            (
+                AccountRef::BankClearing(b),
+                EventKind::ConsumerCredited {
+                    source: CreditSource::RechargeCard { batch },
+                    ..
+                },
+            ) if p.amount.is_negative() && *b == recharge_clearing(batch)
+        )
     }
 
     /// Whether a posting of this event is on a clearing account outside the node that no
@@ -551,16 +667,10 @@ impl Event {
     /// moves with the consumer (in its record); these are kept apart
     /// ([`LedgerState::merchant_clearing`], the view's `g` keys).
     pub fn is_external_clearing(&self, p: &Posting) -> bool {
-        let AccountRef::BankClearing(b) = &p.account else {
+        if !matches!(p.account, AccountRef::BankClearing(_)) {
             return false;
-        };
-        match &self.kind {
-            EventKind::ConsumerCredited {
-                source: CreditSource::RechargeCard { batch },
-                ..
-            } => p.amount.is_negative() && *b == recharge_clearing(batch),
-            _ => self.consumer().is_none(),
         }
+        self.consumer().is_none() || self.is_recharge_clearing(p)
     }
 
     /// Sum of the postings; zero for every well-formed event (I1).
@@ -584,7 +694,7 @@ impl Entry {
         Entry { at, events }
     }
     pub fn bank_ops(&self) -> impl Iterator<Item = &BankOpId> {
-        self.events.iter().filter_map(Event::bank_op)
+        self.events.iter().flat_map(Event::bank_ops)
     }
 }
 
@@ -597,6 +707,8 @@ pub enum LedgerError {
     UnknownMerchant(String),
     #[error("unknown order {0:?}")]
     UnknownOrder(String),
+    #[error("no bank account {0:?} of this consumer")]
+    UnknownBank(String),
     #[error("{0:?} opened twice")]
     DuplicateAccount(String),
     #[error("I1 violated: postings of a {kind} event sum to {sum}, not zero")]
@@ -698,11 +810,23 @@ pub struct ConsumerState {
     /// (I3). Never persisted: a crash loses the request, and recovery reconciles with the bank.
     #[serde(skip)]
     pub topup_in_flight: Amount,
+    /// The consumer's other bank accounts (SPEC F5), by stored name (the reference with a
+    /// data key); the designated one is `bank`.
+    pub linked: BTreeMap<String, LinkedBank>,
     /// The payment-gateway rules the consumer set (SPEC F9), if any.
     pub gateway: Option<Box<GatewayRules>>,
     /// What payments at readers spent on the consumer's last day with one (for the daily
     /// limit).
     pub gateway_spent: DaySpend,
+}
+
+/// A bank account linked to a consumer besides the designated one (SPEC F5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedBank {
+    /// With a data key, the account sealed under it.
+    pub sealed: Option<Vec<u8>>,
+    /// The clearing account mirroring money moved to and from it.
+    pub clearing: Amount,
 }
 
 /// What was spent on one day.
@@ -743,8 +867,23 @@ impl ConsumerState {
             next_placement: 0,
             refunds: HashMap::new(),
             topup_in_flight: Amount::ZERO,
+            linked: BTreeMap::new(),
             gateway: None,
             gateway_spent: DaySpend::default(),
+        }
+    }
+
+    /// Whether `bank` (a stored name) is one of this consumer's accounts, designated or linked.
+    pub fn has_bank(&self, bank: &str) -> bool {
+        self.bank == bank || self.linked.contains_key(bank)
+    }
+
+    /// The sealed form of one of this consumer's accounts (with a data key).
+    pub fn bank_sealed_of(&self, bank: &str) -> Option<&Vec<u8>> {
+        if self.bank == bank {
+            self.bank_sealed.as_ref()
+        } else {
+            self.linked.get(bank).and_then(|l| l.sealed.as_ref())
         }
     }
 
@@ -1064,11 +1203,20 @@ impl ConsumerState {
         cfg: &RulesConfig,
     ) -> Result<(Amount, Amount), Refusal> {
         match (source, target) {
-            (CreditSource::BankTransfer, CreditTarget::Bank) => Err(Refusal::invalid(
-                "a bank transfer goes into the wallet, not back to the bank",
-            )),
+            (CreditSource::BankTransfer | CreditSource::LinkedBank { .. }, CreditTarget::Bank) => {
+                Err(Refusal::invalid(
+                    "a bank transfer goes into the wallet; between bank accounts it is a transfer",
+                ))
+            }
+            (CreditSource::LinkedBank { bank }, _) if !self.linked.contains_key(bank) => {
+                Err(Refusal::unknown(format!(
+                    "{bank} is not a linked bank account of {}",
+                    self.id
+                )))
+            }
             (_, CreditTarget::Bank) => Ok((Amount::ZERO, amount)),
-            (CreditSource::BankTransfer, _) | (_, CreditTarget::WalletOnly) => {
+            (CreditSource::BankTransfer | CreditSource::LinkedBank { .. }, _)
+            | (_, CreditTarget::WalletOnly) => {
                 let (room, over) = self.refund_split(amount, cfg);
                 if over.is_positive() {
                     Err(Refusal::amount(format!(
@@ -1101,6 +1249,7 @@ impl ConsumerState {
             }
             CreditSource::Employer { employer } => AccountRef::Merchant(employer.clone()),
             CreditSource::BankTransfer => AccountRef::BankClearing(self.bank.clone()),
+            CreditSource::LinkedBank { bank } => AccountRef::BankClearing(bank.clone()),
         };
         let mut postings = vec![Posting::new(from, amount.checked_neg())];
         if to_wallet.is_positive() {
@@ -1248,6 +1397,11 @@ impl ConsumerState {
                 }
                 AccountRef::BankClearing(b) if *b == self.bank => {
                     self.bank_clearing = self.bank_clearing.checked_add(p.amount)?;
+                }
+                AccountRef::BankClearing(b) if self.linked.contains_key(b) => {
+                    if let Some(l) = self.linked.get_mut(b) {
+                        l.clearing = l.clearing.checked_add(p.amount)?;
+                    }
                 }
                 _ => {}
             }
@@ -1402,6 +1556,38 @@ impl ConsumerState {
                     day: *day,
                     amount: before.checked_add(*amount)?,
                 };
+            }
+            BankLinked {
+                bank, bank_sealed, ..
+            } => {
+                if self.has_bank(bank) {
+                    return Err(LedgerError::DuplicateAccount(bank.clone()));
+                }
+                self.linked.insert(
+                    bank.clone(),
+                    LinkedBank {
+                        sealed: bank_sealed.clone(),
+                        clearing: Amount::ZERO,
+                    },
+                );
+            }
+            BankDesignated { bank, .. } => {
+                let Some(new) = self.linked.remove(bank) else {
+                    return Err(LedgerError::UnknownBank(bank.clone()));
+                };
+                let old = LinkedBank {
+                    sealed: self.bank_sealed.take(),
+                    clearing: self.bank_clearing,
+                };
+                self.linked.insert(std::mem::take(&mut self.bank), old);
+                self.bank = bank.clone();
+                self.bank_sealed = new.sealed;
+                self.bank_clearing = new.clearing;
+            }
+            BankTransferred { from, to, .. } => {
+                if !self.has_bank(from) || !self.has_bank(to) {
+                    return Err(LedgerError::UnknownBank(format!("{from} or {to}")));
+                }
             }
             WalletToppedUp { .. } | TopUpRefused { .. } | ConsumerCredited { .. } => {}
             Configured(_)
@@ -1630,6 +1816,15 @@ impl LedgerState {
             if let Some(id) = reused {
                 return Err(LedgerError::DuplicateId(id));
             }
+            if let EventKind::BankLinked { bank, .. } = &ev.kind {
+                if self
+                    .bank_owner
+                    .insert(bank.clone(), c.to_string())
+                    .is_some()
+                {
+                    return Err(LedgerError::DuplicateAccount(bank.clone()));
+                }
+            }
         }
         if let Some((id, record)) = CreditRecord::of(&ev.kind) {
             if let CreditRecord::Merchant { merchant, .. } = &record {
@@ -1673,6 +1868,9 @@ impl LedgerState {
         let mut sum = Amount::ZERO;
         for c in self.consumers.values() {
             sum = sum.checked_add(c.wallet)?.checked_add(c.bank_clearing)?;
+            for l in c.linked.values() {
+                sum = sum.checked_add(l.clearing)?;
+            }
         }
         for m in self.merchants.values() {
             sum = sum.checked_add(m.balance)?;
@@ -1711,6 +1909,9 @@ pub fn event_name(kind: &EventKind) -> &'static str {
         CreditLimitChanged { .. } => "CreditLimitChanged",
         GatewayRulesSet { .. } => "GatewayRulesSet",
         GatewaySpent { .. } => "GatewaySpent",
+        BankLinked { .. } => "BankLinked",
+        BankDesignated { .. } => "BankDesignated",
+        BankTransferred { .. } => "BankTransferred",
     }
 }
 

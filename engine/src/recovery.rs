@@ -188,11 +188,15 @@ fn scan_consumers(
     for rec in shared.view.consumer_records() {
         let c = rec?;
         info.consumers += 1;
-        if !c.bank_clearing.is_zero() {
-            let m = moved.entry(c.bank.clone()).or_insert(Amount::ZERO);
-            *m = m
-                .checked_add(c.bank_clearing)
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let accounts = std::iter::once((&c.bank, c.bank_clearing))
+            .chain(c.linked.iter().map(|(b, l)| (b, l.clearing)));
+        for (bank, clearing) in accounts {
+            if !clearing.is_zero() {
+                let m = moved.entry(bank.clone()).or_insert(Amount::ZERO);
+                *m = m
+                    .checked_add(clearing)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+            }
         }
         // A store is written with a data key from its start or never: a mix would let one
         // bank account be designated twice (once by name, once by reference).

@@ -129,7 +129,13 @@ impl Shared {
         let sealed = self
             .view
             .consumer_record(&owner)?
-            .and_then(|r| r.bank_sealed)
+            .and_then(|r| {
+                if r.bank == bank_ref {
+                    r.bank_sealed
+                } else {
+                    r.linked.get(bank_ref).and_then(|l| l.sealed.clone())
+                }
+            })
             .ok_or_else(missing)?;
         let account =
             seal::unseal(key, bank_ref, &sealed).map_err(|e| EngineError::Config(e.to_string()))?;

@@ -7,7 +7,7 @@
 
 use crate::actors::ConsumerCmd;
 use crate::bank::{BankAnswer, BankError, BankOp};
-use crate::commands::{check_id, CreditCmd, FundCmd};
+use crate::commands::{check_id, BankTransferCmd, CreditCmd, FundCmd};
 use crate::directory::{claim_id, CreditKey};
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -29,7 +29,7 @@ impl Engine {
     pub async fn credit(&self, cmd: CreditCmd, now: Secs) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
-        let key = CreditKey {
+        let key = CreditKey::Credit {
             consumer: cmd.consumer.clone(),
             source: cmd.source.clone(),
             target: cmd.target,
@@ -45,7 +45,7 @@ impl Engine {
                 .await;
             if let Some(first) = self.shared.view.credit(&cmd.id)? {
                 let same = matches!(&first, CreditRecord::Consumer { consumer, source, target, amount, .. }
-                    if *consumer == key.consumer && *source == key.source && *target == key.target && *amount == key.amount);
+                    if *consumer == cmd.consumer && *source == cmd.source && *target == cmd.target && *amount == cmd.amount);
                 if !same {
                     return Ok(Err(Refusal::conflict(format!(
                         "credit id {:?} is already used with other content",
@@ -71,6 +71,11 @@ impl Engine {
                 CreditSource::Employer { employer } => {
                     if self.shared.merchants.get(employer).is_none() {
                         return Ok(Err(Refusal::unknown(format!("no employer {employer:?}"))));
+                    }
+                }
+                CreditSource::LinkedBank { bank } => {
+                    if let Err(r) = check_id("bank account", bank) {
+                        return Ok(Err(r));
                     }
                 }
                 CreditSource::BankTransfer => {}
@@ -233,5 +238,130 @@ impl Engine {
             _ => Amount::ZERO,
         };
         Ok(Some((c.gateway, spent)))
+    }
+
+    /// Links another bank account to a consumer (SPEC F5). With a data key the node keeps
+    /// only its reference and the account sealed (I10). Refused: an account that is already
+    /// someone's, designated or linked (`conflict`), a bad name (`invalid`), an unknown
+    /// consumer (`unknown`). Linking an account the consumer has already changes nothing.
+    /// Answers the account's stored name, by which the consumer names it from then on.
+    pub async fn link_bank(
+        &self,
+        consumer: &str,
+        account: &str,
+        now: Secs,
+    ) -> Result<Result<String, Refusal>, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        if let Err(r) = check_id("bank account", account) {
+            return Ok(Err(r));
+        }
+        let bank_ref = self.shared.bank_ref(account);
+        let Some(_claim) = self.claim(&[format!("bank:{bank_ref}")]) else {
+            return Ok(Err(Refusal::conflict(
+                "this bank account is being linked or opened right now",
+            )));
+        };
+        match self.shared.view.bank_owner(&bank_ref)? {
+            Some(owner) if owner == consumer => return Ok(Ok(bank_ref)),
+            Some(_) => {
+                return Ok(Err(Refusal::conflict(
+                    "this bank account belongs to another consumer",
+                )))
+            }
+            None => {}
+        }
+        let sealed = self
+            .shared
+            .data_key
+            .as_ref()
+            .map(|key| crate::seal::seal(key, &bank_ref, account, &mut rand::thread_rng()));
+        let cmd = ConsumerCmd::LinkBank {
+            bank: bank_ref.clone(),
+            sealed,
+        };
+        let r = self.ask_consumer(consumer, cmd, now).await?;
+        if r.is_ok() && self.shared.data_key.is_some() {
+            self.shared
+                .bank_accounts
+                .insert(bank_ref.clone(), account.to_string());
+        }
+        Ok(r.map(|_| bank_ref))
+    }
+
+    /// Makes one of a consumer's linked accounts (by its stored name) the designated one:
+    /// top-ups come from it and overflows go to it from then on.
+    pub async fn designate_bank(
+        &self,
+        consumer: &str,
+        bank: &str,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        let cmd = ConsumerCmd::DesignateBank {
+            bank: bank.to_string(),
+        };
+        self.ask_consumer(consumer, cmd, now).await
+    }
+
+    /// Moves `amount` from one of a consumer's bank accounts to another (stored names), under
+    /// the id `id` (idempotent; one name space with credits and fundings). The bank refusing
+    /// either side is `funds`, and nothing moves.
+    pub async fn transfer_between_banks(
+        &self,
+        cmd: BankTransferCmd,
+        now: Secs,
+    ) -> Result<CommandResult, EngineError> {
+        let _admission = self.admit()?;
+        let now = self.advance_clock(now);
+        if !cmd.amount.is_positive() {
+            return Ok(Err(Refusal::amount(format!(
+                "a transfer must be greater than zero, not {}",
+                cmd.amount
+            ))));
+        }
+        if let Err(r) = check_id("transfer id", &cmd.id) {
+            return Ok(Err(r));
+        }
+        let key = CreditKey::Transfer {
+            consumer: cmd.consumer.clone(),
+            from: cmd.from.clone(),
+            to: cmd.to.clone(),
+            amount: cmd.amount,
+        };
+        let directory = &self.shared.directory;
+        let _claim = loop {
+            directory
+                .releases
+                .wait_while(|| directory.crediting.get(&cmd.id).is_some_and(|k| *k != key))
+                .await;
+            if let Ok(claim) = claim_id(&directory.crediting, &directory.releases, &cmd.id, &key) {
+                break claim;
+            }
+        };
+        let msg = ConsumerCmd::TransferBetweenBanks {
+            id: cmd.id,
+            from: cmd.from,
+            to: cmd.to,
+            amount: cmd.amount,
+        };
+        self.ask_consumer(&cmd.consumer, msg, now).await
+    }
+
+    /// A consumer's bank accounts (stored names): the designated one first, then the linked
+    /// ones; `None` if there is no such consumer.
+    pub fn bank_accounts(&self, consumer: &str) -> Result<Option<Vec<String>>, EngineError> {
+        Ok(self.shared.view.consumer_record(consumer)?.map(|c| {
+            std::iter::once(c.bank)
+                .chain(c.linked.into_keys())
+                .collect()
+        }))
+    }
+
+    /// The real account behind a stored name (unsealed with the data key), for showing it
+    /// masked.
+    pub fn real_bank_account(&self, bank: &str) -> Result<String, EngineError> {
+        self.shared.real_bank_account(bank)
     }
 }

@@ -168,7 +168,13 @@ fn balance_of(state: &LedgerState, account: &AccountRef) -> Option<Amount> {
         AccountRef::Wallet(c) => state.consumers.get(c).map(|c| c.wallet),
         AccountRef::Merchant(m) => state.merchants.get(m).map(|m| m.balance),
         AccountRef::BankClearing(b) => match state.bank_owner.get(b) {
-            Some(c) => state.consumers.get(c).map(|c| c.bank_clearing),
+            Some(c) => state.consumers.get(c).and_then(|c| {
+                if c.bank == *b {
+                    Some(c.bank_clearing)
+                } else {
+                    c.linked.get(b).map(|l| l.clearing)
+                }
+            }),
             // A merchant's bank account (payouts).
             None => state.merchant_clearing.get(b).copied(),
         },
@@ -347,7 +353,9 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
         state
             .consumers
             .values()
-            .map(|c| c.bank_clearing)
+            .flat_map(|c| {
+                std::iter::once(c.bank_clearing).chain(c.linked.values().map(|l| l.clearing))
+            })
             .chain(state.merchant_clearing.values().copied()),
     )
     .map_err(final_err)?;

@@ -177,8 +177,10 @@ pub struct ConsumerRecord {
     pub bank_clearing: Amount,
     pub next_placement: u64,
     pub open_orders: Vec<Order>,
-    /// The payment-gateway rules (SPEC F9) and the day's spending they count. Records written
-    /// before they existed end before these fields ([`LegacyConsumerRecord`]).
+    /// The other linked bank accounts (SPEC F5), the payment-gateway rules (SPEC F9) and the
+    /// day's spending they count. Records written before they existed end before these fields
+    /// ([`LegacyConsumerRecord`]).
+    pub linked: BTreeMap<String, crate::ledger::LinkedBank>,
     pub gateway: Option<crate::ledger::GatewayRules>,
     pub gateway_spent: crate::ledger::DaySpend,
 }
@@ -219,6 +221,7 @@ fn decode_consumer(bytes: &[u8]) -> Result<ConsumerRecord, ViewError> {
             bank_clearing: old.bank_clearing,
             next_placement: old.next_placement,
             open_orders: old.open_orders,
+            linked: BTreeMap::new(),
             gateway: None,
             gateway_spent: Default::default(),
         })
@@ -238,6 +241,7 @@ impl ConsumerRecord {
             bank_clearing: c.bank_clearing,
             next_placement: c.next_placement,
             open_orders,
+            linked: c.linked.clone(),
             gateway: c.gateway.as_deref().cloned(),
             gateway_spent: c.gateway_spent,
         }
@@ -251,6 +255,7 @@ impl ConsumerRecord {
         c.bank_sealed = self.bank_sealed;
         c.bank_clearing = self.bank_clearing;
         c.next_placement = self.next_placement;
+        c.linked = self.linked;
         c.gateway = self.gateway.map(Box::new);
         c.gateway_spent = self.gateway_spent;
         c.orders = self
@@ -289,6 +294,7 @@ struct ConsumerRecordRef<'a> {
     bank_clearing: Amount,
     next_placement: u64,
     open_orders: Vec<&'a Order>,
+    linked: &'a BTreeMap<String, crate::ledger::LinkedBank>,
     gateway: Option<&'a crate::ledger::GatewayRules>,
     gateway_spent: crate::ledger::DaySpend,
 }
@@ -306,6 +312,7 @@ fn encoded_record(c: &ConsumerState) -> Vec<u8> {
         bank_clearing: c.bank_clearing,
         next_placement: c.next_placement,
         open_orders,
+        linked: &c.linked,
         gateway: c.gateway.as_deref(),
         gateway_spent: c.gateway_spent,
     })
@@ -363,6 +370,9 @@ pub fn consumer_writes(c: &ConsumerState, entry: &Entry) -> Vec<ViewWrite> {
             | OrderCancelled { order, .. }
             | OrderExpired { order, .. } => {
                 touched.insert(order.as_str());
+            }
+            BankLinked { bank, .. } => {
+                writes.push(ViewWrite::Put(key(BANK, bank), c.id.as_bytes().to_vec()));
             }
             other => {
                 if let Some(w) = credit_write(other) {
@@ -1484,6 +1494,7 @@ impl StateView {
                 &mine.bank_sealed,
                 mine.bank_clearing,
                 mine.next_placement,
+                &mine.linked,
                 &mine.gateway,
                 mine.gateway_spent,
             ) != (
@@ -1494,6 +1505,7 @@ impl StateView {
                 &c.bank_sealed,
                 c.bank_clearing,
                 c.next_placement,
+                &c.linked,
                 &c.gateway,
                 c.gateway_spent,
             ) {
@@ -1650,6 +1662,9 @@ impl StateView {
                 return Err(bad(format!("{} holds closed order {} inline", c.id, o.id)));
             }
             state.bank_owner.insert(c.bank.clone(), c.id.clone());
+            for bank in c.linked.keys() {
+                state.bank_owner.insert(bank.clone(), c.id.clone());
+            }
             state.consumers.insert(c.id.clone(), c);
         }
         for kv in self.scan(&[ORDER]) {

@@ -391,3 +391,176 @@ fn the_same_with_a_data_key_and_no_resident_actors() {
         ..EngineConfig::default()
     });
 }
+
+/// SPEC F5: several bank accounts per consumer; one designated for top-ups; transfers between
+/// them and into the wallet through the node, idempotent by id; replayed by `verify` and kept
+/// across a restart.
+fn linked_accounts(cfg: EngineConfig) {
+    use onecard_engine::engine::BankTransferCmd;
+    let dir = tempfile::tempdir().unwrap();
+    let transfer = |id: &str, from: &str, to: &str, a: &str| BankTransferCmd {
+        id: id.into(),
+        consumer: "carol".into(),
+        from: from.into(),
+        to: to.into(),
+        amount: amount(a),
+    };
+    let (main, savings) = actix_rt::System::new().block_on(async {
+        let bank = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), cfg.clone(), Arc::new(SimBankPort(bank.clone())))
+            .await
+            .unwrap();
+        open(&engine, &bank, "carol", "4000").await;
+        open(&engine, &bank, "dave", "0").await;
+        bank.open_account("carol-savings", amount("500")).unwrap();
+        let main = engine.bank_accounts("carol").unwrap().unwrap()[0].clone();
+        let savings = engine
+            .link_bank("carol", "carol-savings", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        // Linking again is the same; someone else's account is refused.
+        assert_eq!(
+            engine.link_bank("carol", "carol-savings", 1).await.unwrap(),
+            Ok(savings.clone())
+        );
+        let r = engine.link_bank("carol", "dave-bank", 1).await.unwrap();
+        assert_eq!(r.unwrap_err().kind, RefusalKind::Conflict);
+        let r = engine.link_bank("carol", "", 1).await.unwrap();
+        assert_eq!(r.unwrap_err().kind, RefusalKind::Invalid);
+        assert_eq!(
+            engine.bank_accounts("carol").unwrap().unwrap(),
+            vec![main.clone(), savings.clone()]
+        );
+
+        // Between the two accounts, through the node.
+        let t = transfer("tr-1", &main, &savings, "1000.00");
+        assert_eq!(
+            engine.transfer_between_banks(t.clone(), 2).await.unwrap(),
+            Ok(Outcome::Ok)
+        );
+        assert_eq!(
+            engine.transfer_between_banks(t, 2).await.unwrap(),
+            Ok(Outcome::Ok)
+        );
+        assert_eq!(bank.balance("carol-savings"), Some(amount("1500.00")));
+        assert_eq!(bank.balance("carol-bank"), Some(amount("5000.00")));
+        // More than the account holds: refused, and the other side is untouched.
+        let r = engine
+            .transfer_between_banks(transfer("tr-2", &savings, &main, "1500.01"), 3)
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap_err().kind, RefusalKind::Funds);
+        assert_eq!(bank.balance("carol-savings"), Some(amount("1500.00")));
+        for (t, kind) in [
+            (transfer("tr-3", &main, &main, "1.00"), RefusalKind::Invalid),
+            (
+                transfer("tr-3", &main, "dave-bank", "1.00"),
+                RefusalKind::Unknown,
+            ),
+            (
+                transfer("tr-3", &main, &savings, "0.00"),
+                RefusalKind::Amount,
+            ),
+            (
+                transfer("tr-1", &main, &savings, "2.00"),
+                RefusalKind::Conflict,
+            ),
+        ] {
+            let r = engine.transfer_between_banks(t, 3).await.unwrap();
+            assert_eq!(r.unwrap_err().kind, kind);
+        }
+
+        // From the linked account into the wallet (room 1000.00).
+        let into_wallet = CreditCmd {
+            id: "dep-1".into(),
+            consumer: "carol".into(),
+            source: CreditSource::LinkedBank {
+                bank: savings.clone(),
+            },
+            target: CreditTarget::WalletOnly,
+            amount: amount("600.00"),
+        };
+        assert_eq!(
+            engine.credit(into_wallet, 4).await.unwrap(),
+            Ok(Outcome::Credited)
+        );
+        assert_eq!(wallet(&engine, "carol").await, amount("4600.00"));
+        assert_eq!(bank.balance("carol-savings"), Some(amount("900.00")));
+
+        // Designated: the savings account now tops the wallet up.
+        assert_eq!(
+            engine.designate_bank("carol", &savings, 5).await.unwrap(),
+            Ok(Outcome::Ok)
+        );
+        let r = engine.designate_bank("carol", "nope", 5).await.unwrap();
+        assert_eq!(r.unwrap_err().kind, RefusalKind::Unknown);
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let order = PlaceOrder {
+            id: "o-1".into(),
+            consumer: "carol".into(),
+            merchant: "shop".into(),
+            amount: "100.00".into(),
+            release: json!({"on": "receipt"}),
+        };
+        assert_eq!(
+            engine.place_order(order, 6).await.unwrap(),
+            Ok(Outcome::Accepted)
+        );
+        assert_eq!(
+            engine.confirm_receipt("o-1", true, 7).await.unwrap(),
+            Ok(Outcome::Settled)
+        );
+        assert_eq!(wallet(&engine, "carol").await, amount("5000.00"));
+        assert_eq!(bank.balance("carol-savings"), Some(amount("400.00")));
+        assert_eq!(bank.balance("carol-bank"), Some(amount("5000.00")));
+        engine.close().await.unwrap();
+        (main, savings)
+    });
+    let report = onecard_engine::verify::verify(dir.path()).unwrap();
+    assert_eq!(report.state.total().unwrap(), Amount::ZERO);
+    actix_rt::System::new().block_on(async {
+        let bank = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(bank.clone())))
+            .await
+            .unwrap();
+        // The bank's balances come back from the log, every account's.
+        assert_eq!(bank.balance("carol-savings"), Some(amount("400.00")));
+        assert_eq!(bank.balance("carol-bank"), Some(amount("5000.00")));
+        assert_eq!(
+            engine.bank_accounts("carol").unwrap().unwrap(),
+            vec![savings.clone(), main.clone()]
+        );
+        assert_eq!(
+            engine
+                .transfer_between_banks(transfer("tr-1", &main, &savings, "1000.00"), 8)
+                .await
+                .unwrap(),
+            Ok(Outcome::Ok)
+        );
+        assert_eq!(bank.balance("carol-savings"), Some(amount("400.00")));
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn linked_bank_accounts_transfer_and_designate() {
+    linked_accounts(EngineConfig {
+        arbiters: 2,
+        ..EngineConfig::default()
+    });
+}
+
+#[test]
+fn linked_bank_accounts_with_a_data_key() {
+    linked_accounts(EngineConfig {
+        arbiters: 2,
+        data_key: Some(onecard_engine::DataKey::from_bytes([9u8; 32])),
+        passivate_after: Duration::ZERO,
+        ..EngineConfig::default()
+    });
+}

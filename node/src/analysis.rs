@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use onecard_engine::feed::{FeedKind, FeedRecord};
-use onecard_engine::{Amount, AmountError, CreditSource, EngineError};
+use onecard_engine::{Amount, AmountError, EngineError};
 
 use crate::notify::{self, Notification, Recipient};
 use crate::records::{self, AlertSettings, FiredAlert, MonthAggregate};
@@ -282,13 +282,9 @@ impl<'a> Item<'a> {
                 source,
                 amount,
                 ..
-            } => Item::Income {
+            } if source.is_income() => Item::Income {
                 consumer,
-                source: match source {
-                    CreditSource::RechargeCard { .. } => "recharge",
-                    CreditSource::Employer { .. } => "salary",
-                    CreditSource::BankTransfer => "bank_transfer",
-                },
+                source: source.kind(),
                 amount: *amount,
             },
             _ => return Ok(None),
@@ -849,7 +845,7 @@ mod tests {
         let salary = FeedKind::Credited {
             credit: "c1".into(),
             consumer: "alice".into(),
-            source: CreditSource::Employer {
+            source: onecard_engine::CreditSource::Employer {
                 employer: "acme".into(),
             },
             amount: a("100.00"),

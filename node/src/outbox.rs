@@ -473,11 +473,7 @@ async fn handle_entry(
                     amount: Some(amount.to_string()),
                     detail: Some(format!(
                         "{} {credit}: wallet {to_wallet}, bank {to_bank}",
-                        match source {
-                            CreditSource::RechargeCard { .. } => "recharge",
-                            CreditSource::Employer { .. } => "salary",
-                            CreditSource::BankTransfer => "bank transfer",
-                        }
+                        source.kind()
                     )),
                 },
             ),
@@ -497,6 +493,24 @@ async fn handle_entry(
                     merchant: None,
                     amount: Some(limit.to_string()),
                     detail: Some(reason.clone()),
+                },
+            ),
+            FeedKind::BankTransferred {
+                transfer,
+                consumer,
+                amount,
+            } => line(
+                writes,
+                consumer,
+                seq,
+                n,
+                StatementLine {
+                    at,
+                    event: "bank.transferred".into(),
+                    order_id: None,
+                    merchant: None,
+                    amount: Some(amount.to_string()),
+                    detail: Some(format!("between the consumer's bank accounts ({transfer})")),
                 },
             ),
             // An employer's own account has no statement here.
