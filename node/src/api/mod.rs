@@ -354,6 +354,11 @@ pub async fn request_log(
     Ok(res)
 }
 
+/// The largest error body [`with_request_id_in_error`] reads to add the request id: a
+/// refused payroll file names every bad line (`error.problems`), up to a few per line of
+/// `payroll::file::MAX_LINES` lines.
+const MAX_ERROR_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 /// An error's JSON body with the request id in it (`error.request_id`), so that the id a
 /// client quotes is the one in the node's log. Other bodies are left as they are.
 async fn with_request_id_in_error(
@@ -362,7 +367,7 @@ async fn with_request_id_in_error(
 ) -> ServiceResponse<actix_web::body::BoxBody> {
     let (req, res) = res.into_parts();
     let (head, body) = res.into_parts();
-    let bytes = actix_web::body::to_bytes_limited(body, 64 * 1024).await;
+    let bytes = actix_web::body::to_bytes_limited(body, MAX_ERROR_BODY_BYTES).await;
     let patched = match bytes {
         Ok(Ok(b)) => match serde_json::from_slice::<serde_json::Value>(&b) {
             Ok(mut v) if v.pointer("/error/code").is_some() => {

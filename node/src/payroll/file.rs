@@ -423,6 +423,17 @@ pub fn check<E>(
     read: Read,
     mut known: impl FnMut(&str) -> Result<bool, E>,
 ) -> Result<Result<CheckedBatch, Refused>, E> {
+    // A batch over the bound is refused for that alone: its lines are not looked at (nor
+    // their employees looked up).
+    if let Some(p) = read
+        .problems
+        .iter()
+        .find(|p| p.code == ProblemCode::TooManyLines)
+    {
+        return Ok(Err(Refused {
+            problems: vec![p.clone()],
+        }));
+    }
     let mut problems = read.problems;
     let mut lines = Vec::with_capacity(read.lines.len());
     let mut first_line: HashMap<String, u32> = HashMap::new();
