@@ -175,13 +175,14 @@ fn concrete(path: &str, params: &BTreeMap<&str, String>) -> String {
 }
 
 /// A node with everything a route may need: the admin token, a merchant's key, a consumer's
-/// session, a paid order.
+/// session, a paid order, an employer's key and its payroll batch `batch-x`.
 struct Fixture {
     node: NodeProc,
     _dir: tempfile::TempDir,
     w: World,
     session: String,
     order: String,
+    employer_key: String,
 }
 
 impl Fixture {
@@ -197,12 +198,37 @@ impl Fixture {
             .and_then(|a| a.session)
             .expect("a consumer session")
             .token;
+        let a = admin(
+            &node,
+            "/v1/admin/bank-accounts",
+            json!({"account": "EMPLOYER-BANK", "balance": "100.00"}),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        let a = admin(
+            &node,
+            "/v1/admin/employers",
+            json!({"id": "payer", "name": "Payer", "bank": "EMPLOYER-BANK"}),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        let employer_key = a.body["api_key"].as_str().unwrap().to_string();
+        let batch = json!({"batch_id": "batch-x", "lines": [
+            {"employee": "alice", "amount": "1.00", "account": "wallet"}
+        ]});
+        let a = call(
+            "POST",
+            &node.url("/v1/employer/payrolls"),
+            Some(&employer_key),
+            None,
+            Some(&batch),
+        );
+        assert_eq!(a.status, 202, "{a:?}");
         Fixture {
             node,
             _dir: dir,
             w,
             session,
             order,
+            employer_key,
         }
     }
 
@@ -213,14 +239,18 @@ impl Fixture {
             ("bill", "bill_x".to_string()),
             ("biller", "shop".to_string()),
             ("month", "2026-03".to_string()),
+            ("batch", "batch-x".to_string()),
         ])
     }
 
-    /// The credentials a route asks for.
-    fn token(&self, access: Access) -> Option<String> {
-        match access {
+    /// The credentials a route asks for: an employer's routes take an employer's key.
+    fn token(&self, r: &Route) -> Option<String> {
+        match r.access {
             Access::Open => None,
             Access::Admin => Some(ADMIN_TOKEN.to_string()),
+            Access::Merchant if r.path.starts_with("/v1/employer/") => {
+                Some(self.employer_key.clone())
+            }
             Access::Merchant => Some(self.w.api_key.clone()),
             Access::Consumer => Some(self.session.clone()),
         }
@@ -285,7 +315,7 @@ fn every_path_answers_its_methods_head_and_options_and_405s_the_others_with_allo
     // HEAD wherever GET: the same status and headers, no body.
     for r in ROUTE_TABLE.iter().filter(|r| r.method == "get") {
         let url = concrete(r.path, &params);
-        let token = f.token(r.access).map(|t| format!("Bearer {t}"));
+        let token = f.token(r).map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = token
             .iter()
             .map(|t| ("Authorization", t.as_str()))
@@ -343,12 +373,13 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         ("bill", "bill_nope".to_string()),
         ("biller", "nobody".to_string()),
         ("month", "2026-03".to_string()),
+        ("batch", "batch-x".to_string()),
     ]);
     let mut problems = Vec::new();
     for r in ROUTE_TABLE.iter().filter(|r| r.method != "get") {
         let url = concrete(r.path, &params);
         let method = r.method.to_ascii_uppercase();
-        let token = f.token(r.access).map(|t| format!("Bearer {t}"));
+        let token = f.token(r).map(|t| format!("Bearer {t}"));
         let auth: Vec<(&str, &str)> = token
             .iter()
             .map(|t| ("Authorization", t.as_str()))
@@ -391,7 +422,7 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         // No body at all: fine on a route that reads none, 415 on one that reads JSON.
         let a = raw(node, &method, &url, &auth, None);
         let is_415 = a.status == 415;
-        if is_415 != (r.body == BodyKind::Json) {
+        if is_415 != matches!(r.body, BodyKind::Json | BodyKind::JsonOrCsv) {
             problems.push(format!(
                 "{method} {} with no body and no Content-Type: {} {}",
                 r.path,
@@ -529,6 +560,7 @@ fn authenticated_routes_challenge_with_www_authenticate() {
         ("bill", "bill_x".to_string()),
         ("biller", "b".to_string()),
         ("month", "2026-03".to_string()),
+        ("batch", "batch-x".to_string()),
     ]);
     let mut problems = Vec::new();
     let mut methods: Vec<(Route, String)> = Vec::new();
@@ -712,6 +744,17 @@ fn the_document_has_the_tables_routes_and_declares_what_they_answer() {
                 }
                 if !responses.contains_key("422") {
                     problems.push(format!("{name}: reads JSON, but no 422"));
+                }
+            }
+            BodyKind::JsonOrCsv => {
+                if body["required"] != true
+                    || body["content"]["application/json"].is_null()
+                    || body["content"]["text/csv"].is_null()
+                {
+                    problems.push(format!("{name}: reads JSON or CSV, but requestBody {body}"));
+                }
+                if !responses.contains_key("422") {
+                    problems.push(format!("{name}: reads a file, but no 422"));
                 }
             }
             BodyKind::None => {

@@ -93,6 +93,14 @@ impl Engine {
         self.ask_consumer(&cmd.consumer, msg, now).await
     }
 
+    /// What a credit or funding id was first used for, if it was: the content, and for a
+    /// consumer's credit how it was split between wallet and bank account (the actor decides
+    /// the split under the cap, so only the engine knows it). Read from the view, activating no
+    /// actor; the node shows it in a payroll's report and its employees' notifications.
+    pub fn credit_record(&self, id: &str) -> Result<Option<CreditRecord>, EngineError> {
+        Ok(self.shared.view.credit(id)?)
+    }
+
     /// Funds a merchant's (an employer's) balance from its bank account (SPEC F12): the bank
     /// debits the account, then `MerchantFunded` is journaled. A repeat of the id with the
     /// same merchant and amount answers `credited` and moves nothing; with other content it is

@@ -11,6 +11,8 @@
 //! - [`notify`]: the notifier port (recipient, event type, payload, idempotent id), its
 //!   durable outbox and the webhook adapter; consumers' inboxes;
 //! - [`bills`]: bills (F7): autopay rules, paying a bill as an engine order, the overdue scan;
+//! - [`payroll`]: salaries (F12): payroll files checked whole, funded from the employer's bank
+//!   account, paid line by line by a worker that resumes after a crash;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
 //! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod payouts;
+pub mod payroll;
 pub mod records;
 pub mod settings;
 pub mod state;
@@ -248,6 +251,9 @@ async fn run(
             }
         })
     };
+    // Payroll batches: a worker of its own, which resumes at start-up every batch a stop or a
+    // crash left unfinished.
+    let payroll_task = actix_rt::spawn(payroll::run(node.clone()));
     let shared = Arc::new(workers::NodeRef(node.clone()));
     let printer = {
         let shared = shared.clone();
@@ -337,7 +343,9 @@ async fn run(
     node.stopping.store(true, Ordering::Release);
     node.outbox_wake.notify_one();
     node.work_wake.notify();
+    node.payroll_wake.notify_one();
     let _ = ticker.await;
+    let _ = payroll_task.await;
     let _ = payout_task.await;
     let _ = bills_task.await;
     let _ = outbox.await;

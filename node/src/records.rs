@@ -24,6 +24,10 @@
 //! | `nt/<notification id>`      | the inbox key of a consumer's notification (its id taken) |
 //! | `ni/<consumer>/<~created ms:020>/<notification id>` | [`crate::notify::Notification`]: the inbox, newest first |
 //! | `cs/<consumer>`             | [`ConsumerNotifySettings`] |
+//! | `pb/<payroll ref>`          | [`PayrollBatch`]: a payroll batch, its state and counts |
+//! | `pl/<payroll ref>/<line:06>` | [`PayrollLine`]: one line of it and its outcome |
+//! | `pe/<employer>/<~created ms:020>/<payroll ref>` | `()`: an employer's batches, newest first |
+//! | `po/<created ms:020>/<payroll ref>` | `()`: while the batch is not finished (the worker's queue) |
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
@@ -152,6 +156,49 @@ pub fn autopay_prefix(consumer: &str) -> String {
 pub fn autopay_key(consumer: &str, biller: &str) -> String {
     format!("{}{}", autopay_prefix(consumer), seg(biller))
 }
+/// The reference of an employer's payroll batch: `pay_` and 32 hex digits of SHA-256 over
+/// employer and batch id, as [`bill_ref`]. The engine ids of the batch's funding and of its
+/// lines' credits are made from it ([`crate::payroll::funding_id`],
+/// [`crate::payroll::credit_id`]), so they are deterministic (a repeat after a crash finds the
+/// same credit, I6), short whatever the ids' lengths, and unambiguous (`a-b`/`c` and `a`/`b-c`
+/// would meet if the ids were joined with a dash).
+pub fn payroll_ref(employer: &str, batch_id: &str) -> String {
+    let digest = sha256_hex(format!("{employer}\0{batch_id}").as_bytes());
+    format!("pay_{}", &digest[..32])
+}
+pub fn payroll_key(reference: &str) -> String {
+    format!("pb/{}", seg(reference))
+}
+/// The prefix of a batch's lines, in line order.
+pub fn payroll_lines_prefix(reference: &str) -> String {
+    format!("pl/{}/", seg(reference))
+}
+pub fn payroll_line_key(reference: &str, line: u32) -> String {
+    format!("{}{line:06}", payroll_lines_prefix(reference))
+}
+/// The prefix of an employer's batches.
+pub fn employer_payrolls_prefix(employer: &str) -> String {
+    format!("pe/{}/", seg(employer))
+}
+/// An employer's batch, newest first.
+pub fn employer_payroll_key(employer: &str, created_ms: u64, reference: &str) -> String {
+    format!(
+        "{}{:020}/{}",
+        employer_payrolls_prefix(employer),
+        u64::MAX - created_ms,
+        seg(reference)
+    )
+}
+/// Present while a batch is not finished, in the order the batches came: the payroll worker's
+/// queue, read again at every start.
+pub fn payroll_open_key(created_ms: u64, reference: &str) -> String {
+    format!("po/{created_ms:020}/{}", seg(reference))
+}
+/// The batch reference of a `po/…` key.
+pub fn parse_payroll_open_key(key: &str) -> Option<&str> {
+    key.strip_prefix("po/")?.split_once('/').map(|(_, r)| r)
+}
+
 /// Taken once a consumer's notification of this id is in the inbox (notifications are
 /// idempotent by id).
 pub fn notification_key(id: &str) -> String {
@@ -305,6 +352,10 @@ pub struct MerchantProfile {
     /// (`groceries`); none is `uncategorised` there ([`crate::analysis::category_of`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Set for an employer (F12): a merchant that uploads payroll batches, paid from its
+    /// balance, which each batch funds from its bank account first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub employer: bool,
 }
 
 /// What a biller bills for (F7).
@@ -413,6 +464,127 @@ pub struct Bill {
     /// When the consumer approved or declined it (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<u64>,
+}
+
+/// Where an employee's salary goes (F12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayAccount {
+    /// The employee's wallet; what the cap has no room for goes on to their designated bank
+    /// account (the engine's `WalletOverflowToBank`).
+    Wallet,
+    /// The employee's linked bank account: today the one designated bank account a consumer
+    /// has (several linked accounts come later, and then a line names one).
+    Bank,
+}
+
+impl PayAccount {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayAccount::Wallet => "wallet",
+            PayAccount::Bank => "bank",
+        }
+    }
+}
+
+/// Where a payroll batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayrollState {
+    /// Stored; being funded and paid by the worker (`po/` holds it).
+    Paying,
+    /// Every line paid.
+    Done,
+    /// Every line decided, some failed (each with its reason).
+    DoneWithFailures,
+    /// Not funded (the employer's bank refused): no line paid.
+    Failed,
+}
+
+impl PayrollState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayrollState::Paying => "paying",
+            PayrollState::Done => "done",
+            PayrollState::DoneWithFailures => "done_with_failures",
+            PayrollState::Failed => "failed",
+        }
+    }
+}
+
+/// Why a line or a batch failed: a stable code and the engine's or bank's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReason {
+    pub code: String,
+    pub message: String,
+}
+
+/// A payroll batch an employer uploaded (F12). Its lines are records of their own
+/// ([`PayrollLine`]): each line's outcome is one small commit, not a rewrite of the batch.
+/// The counts here move in the same commit as the line they count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayrollBatch {
+    /// [`payroll_ref`].
+    pub reference: String,
+    pub employer: String,
+    pub batch_id: String,
+    /// SHA-256 over the lines (employee, amount, account, in order): the same batch id with
+    /// the same lines is the same batch, whatever the file's format.
+    pub digest: String,
+    pub total: onecard_engine::Amount,
+    pub lines: u32,
+    pub state: PayrollState,
+    /// Whether the employer's balance was funded with `total` from its bank account.
+    pub funded: bool,
+    pub paid: u32,
+    pub failed: u32,
+    pub paid_total: onecard_engine::Amount,
+    /// Why the batch failed (it was not funded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureReason>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix seconds, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+}
+
+/// A payroll line's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineState {
+    Pending,
+    Paid,
+    Failed,
+}
+
+impl LineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineState::Pending => "pending",
+            LineState::Paid => "paid",
+            LineState::Failed => "failed",
+        }
+    }
+}
+
+/// One line of a payroll batch: an employee's salary, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayrollLine {
+    /// The line's number in the file (CSV: the header is line 1) or its position in the JSON
+    /// `lines` (from 1); part of the engine credit's id.
+    pub line: u32,
+    pub employee: String,
+    pub amount: onecard_engine::Amount,
+    pub account: PayAccount,
+    pub state: LineState,
+    /// Once paid: what went into the wallet and what to the bank account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_wallet: Option<onecard_engine::Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_bank: Option<onecard_engine::Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
 }
 
 /// A consumer's notification settings: the webhook their notifications are also sent to,
@@ -635,6 +807,15 @@ mod tests {
         assert_ne!(bill_ref("a/b", "c"), bill_ref("a", "b/c"));
         assert!(!fired_alert_key("c/x", "2026-01", "total").starts_with(&fired_alerts_prefix("c")));
         assert_ne!(month_key("c/x", "2026-01"), month_key("c", "x/2026-01"));
+        assert_ne!(payroll_ref("a-b", "c"), payroll_ref("a", "b-c"));
+        assert!(!employer_payroll_key("e/x", 1, "p").starts_with(&employer_payrolls_prefix("e")));
+        assert!(employer_payroll_key("e", 2, "p") < employer_payroll_key("e", 1, "p"));
+        assert!(payroll_line_key("p", 9) < payroll_line_key("p", 10));
+        assert!(payroll_open_key(1, "pay_b") < payroll_open_key(2, "pay_a"));
+        assert_eq!(
+            parse_payroll_open_key(&payroll_open_key(7, "pay_x")),
+            Some("pay_x")
+        );
         assert_eq!(seg("a%2Fb"), "a%252Fb");
         assert_ne!(seg("a%2Fb"), seg("a/b"));
     }

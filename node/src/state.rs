@@ -47,6 +47,8 @@ pub struct Node {
     pub outbox_saved: std::sync::atomic::AtomicU64,
     /// Wakes the print and webhook workers when their queues have grown.
     pub work_wake: crate::workers::Wake,
+    /// Wakes the payroll worker when a batch was stored (`crate::payroll`).
+    pub payroll_wake: tokio::sync::Notify,
     pub stopping: AtomicBool,
     /// Registering, changing and re-keying merchants, one at a time: each reads, then writes
     /// a merchant's profile and key.
@@ -86,6 +88,7 @@ impl Node {
             outbox_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             outbox_saved: std::sync::atomic::AtomicU64::new(0),
             work_wake: crate::workers::Wake::default(),
+            payroll_wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             session_sweep_from: parking_lot::Mutex::new(None),
             idem_sweep_from: parking_lot::Mutex::new(None),

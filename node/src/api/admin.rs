@@ -136,6 +136,9 @@ pub struct MerchantCreated {
     /// A biller's kind (absent for other merchants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<BillerKind>,
+    /// True for an employer (absent for other merchants).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub employer: bool,
     pub category: Option<String>,
 }
 
@@ -224,7 +227,7 @@ pub async fn open_merchant(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (idem, b) = run!(node, req, payload, MerchantBody);
-    register(&node, idem, b, None).await
+    register(&node, idem, b, Role::Merchant).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,17 +260,65 @@ pub async fn open_biller(
         // A biller's category is its kind (`bill:<kind>`).
         category: None,
     };
-    register(&node, idem, merchant, Some(b.kind)).await
+    register(&node, idem, merchant, Role::Biller(b.kind)).await
 }
 
-/// Registers a merchant, a biller when `biller` is given: the profile and its API key first
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmployerBody {
+    pub id: String,
+    pub name: String,
+    /// Required: every payroll batch is funded from it.
+    pub bank: String,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// Registers an employer (F12): a merchant of a kind, so that its balance is the engine's
+/// merchant balance, funded from its bank account (`Engine::fund_merchant`) and paying
+/// salaries (`CreditSource::Employer`). The same registration as a merchant's (API key and
+/// webhook secret shown once), with a bank account and without a printer.
+pub async fn open_employer(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (idem, b) = run!(node, req, payload, EmployerBody);
+    if let Err(e) = validate_text("bank", &b.bank, 64) {
+        return idem.finish(Reply::error(&e)).await;
+    }
+    let merchant = MerchantBody {
+        id: b.id,
+        name: b.name,
+        bank: Some(b.bank),
+        webhook_url: b.webhook_url,
+        printer: None,
+        category: None,
+    };
+    register(&node, idem, merchant, Role::Employer).await
+}
+
+/// What kind of merchant is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Merchant,
+    Biller(BillerKind),
+    Employer,
+}
+
+/// Registers a merchant, a biller or an employer: the profile and its API key first
 /// (durable), then the engine's account.
 async fn register(
     node: &Node,
     idem: super::idem::Idem<'_>,
     b: MerchantBody,
-    biller: Option<BillerKind>,
+    role: Role,
 ) -> Result<HttpResponse, ApiError> {
+    let biller = match role {
+        Role::Biller(kind) => Some(kind),
+        Role::Merchant | Role::Employer => None,
+    };
+    let employer = role == Role::Employer;
     let checked = async {
         validate_text("name", &b.name, 200)?;
         if let Some(u) = &b.webhook_url {
@@ -301,6 +352,7 @@ async fn register(
         payout: None,
         biller,
         category: b.category.clone(),
+        employer,
     };
     let (api_key, writes) = new_api_key(node, &mut profile);
     let rollback = vec![
@@ -336,6 +388,7 @@ async fn register(
         printer,
         kind: biller,
         category: b.category.clone(),
+        employer,
     };
     install(node, profile);
     idem.finish(

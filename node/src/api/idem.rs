@@ -178,11 +178,13 @@ impl Drop for Idem<'_> {
     }
 }
 
-/// A body that did not parse or validate: nothing ran, so nothing to replay.
+/// A body that did not parse or validate: nothing ran, so nothing to replay. A payroll file
+/// refused whole (`invalid_payroll`) is one too: the employer fixes the file and sends it
+/// again under the same key.
 fn is_validation_error(body: &serde_json::Value) -> bool {
     matches!(
         body.pointer("/error/code").and_then(|c| c.as_str()),
-        Some("invalid_json" | "invalid_field" | "bad_body")
+        Some("invalid_json" | "invalid_field" | "bad_body" | "invalid_payroll")
     )
 }
 

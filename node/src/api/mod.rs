@@ -38,6 +38,7 @@ pub mod idem;
 pub mod merchant;
 pub mod notifications;
 pub mod ops;
+pub mod payroll;
 pub mod reader;
 
 use std::time::Instant;
@@ -88,6 +89,9 @@ pub enum BodyKind {
     None,
     /// A JSON document: `Content-Type: application/json` is required (415 otherwise).
     Json,
+    /// A file that is either a JSON document or CSV (`text/csv`): one of the two is required
+    /// (415 otherwise). A payroll (F12).
+    JsonOrCsv,
 }
 
 /// One route of the table: method (lower case, as OpenAPI spells it), path template, the
@@ -106,6 +110,9 @@ macro_rules! body_kind {
     };
     (json) => {
         BodyKind::Json
+    };
+    (json_or_csv) => {
+        BodyKind::JsonOrCsv
     };
 }
 
@@ -176,6 +183,7 @@ routes! {
     "/v1/admin/consumers" => Admin { post(json): admin::open_consumer },
     "/v1/admin/merchants" => Admin { post(json): admin::open_merchant },
     "/v1/admin/billers" => Admin { post(json): admin::open_biller },
+    "/v1/admin/employers" => Admin { post(json): admin::open_employer },
     "/v1/admin/merchants/{merchant}" => Admin { patch(json): admin::update_merchant },
     "/v1/admin/merchants/{merchant}/api-key" => Admin { post: admin::rotate_api_key },
     "/v1/admin/cards" => Admin { post(json): admin::issue_card },
@@ -184,6 +192,8 @@ routes! {
     "/v1/merchant" => Merchant { get: merchant::account },
     "/v1/merchant/payouts" => Merchant { post(json): merchant::request_payout },
     "/v1/biller/bills" => Merchant { post(json): bills::post_bill },
+    "/v1/employer/payrolls" => Merchant { post(json_or_csv): payroll::post_payroll, get: payroll::list_payrolls },
+    "/v1/employer/payrolls/{batch}" => Merchant { get: payroll::get_payroll },
     "/v1/orders" => Merchant { post(json): merchant::create_order, get: merchant::list_orders },
     "/v1/orders/{order}" => Merchant { get: merchant::get_order },
     "/v1/orders/{order}/cancel" => Merchant { post: merchant::cancel_order },
@@ -351,6 +361,11 @@ pub async fn request_log(
     Ok(res)
 }
 
+/// The largest error body [`with_request_id_in_error`] reads to add the request id: a
+/// refused payroll file names every bad line (`error.problems`), up to a few per line of
+/// `payroll::file::MAX_LINES` lines.
+const MAX_ERROR_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 /// An error's JSON body with the request id in it (`error.request_id`), so that the id a
 /// client quotes is the one in the node's log. Other bodies are left as they are.
 async fn with_request_id_in_error(
@@ -359,7 +374,7 @@ async fn with_request_id_in_error(
 ) -> ServiceResponse<actix_web::body::BoxBody> {
     let (req, res) = res.into_parts();
     let (head, body) = res.into_parts();
-    let bytes = actix_web::body::to_bytes_limited(body, 64 * 1024).await;
+    let bytes = actix_web::body::to_bytes_limited(body, MAX_ERROR_BODY_BYTES).await;
     let patched = match bytes {
         Ok(Ok(b)) => match serde_json::from_slice::<serde_json::Value>(&b) {
             Ok(mut v) if v.pointer("/error/code").is_some() => {
@@ -405,14 +420,38 @@ fn body_kind(req: &HttpRequest) -> BodyKind {
         .map_or(BodyKind::None, |r| r.body)
 }
 
-/// 415 unless the body is declared JSON (one `Content-Type`, [`is_json_media_type`]).
+/// The media type of a CSV body: `text/csv`, any case, with parameters; a `charset`, if any,
+/// must be UTF-8 (the file is read as UTF-8 text).
+pub fn is_csv_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("text/csv")
+        && parts.all(|param| match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let value = value.trim().trim_matches('"');
+                value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+            }
+            Some(_) => true,
+            None => param.trim().is_empty(),
+        })
+}
+
+/// Whether the request's one `Content-Type` is CSV ([`is_csv_media_type`]).
+pub fn declared_csv(req: &HttpRequest) -> bool {
+    let values: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_TYPE).collect();
+    matches!(values.as_slice(), [one] if one.to_str().is_ok_and(is_csv_media_type))
+}
+
+/// 415 unless the body is declared JSON (one `Content-Type`, [`is_json_media_type`]), or, on a
+/// route that reads a file ([`BodyKind::JsonOrCsv`]), JSON or CSV.
 fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let values: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_TYPE).collect();
     let declared = match values.as_slice() {
         [one] => one.to_str().ok(),
         _ => None,
     };
-    if declared.is_some_and(is_json_media_type) {
+    let csv_too = body_kind(req) == BodyKind::JsonOrCsv;
+    if declared.is_some_and(|d| is_json_media_type(d) || (csv_too && is_csv_media_type(d))) {
         return Ok(());
     }
     let got = match values.as_slice() {
@@ -426,12 +465,21 @@ fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
         }
         _ => "more than one Content-Type".to_string(),
     };
+    let wanted = if csv_too {
+        "as JSON with `Content-Type: application/json` or as CSV with `Content-Type: text/csv`"
+    } else {
+        "as JSON with `Content-Type: application/json`"
+    };
     Err(ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
-        format!("send the body as JSON with `Content-Type: application/json` (got {got})"),
+        format!("send the body {wanted} (got {got})"),
     ))
 }
+
+/// The body limit of a route that reads a file ([`BodyKind::JsonOrCsv`]) when `[node]
+/// max_body_bytes` is smaller: a payroll of `payroll::file::MAX_LINES` lines fits.
+pub const FILE_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a client may take to send a body once its headers are in.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -446,7 +494,11 @@ pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
 ) -> Result<web::Bytes, ApiError> {
-    let limit = node.settings.max_body_bytes;
+    let kind = body_kind(req);
+    let limit = match kind {
+        BodyKind::JsonOrCsv => node.settings.max_body_bytes.max(FILE_BODY_BYTES),
+        _ => node.settings.max_body_bytes,
+    };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -459,7 +511,7 @@ pub async fn read_body(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if body_kind(req) == BodyKind::Json || declared.is_some_and(|n| n > 0) {
+    if matches!(kind, BodyKind::Json | BodyKind::JsonOrCsv) || declared.is_some_and(|n| n > 0) {
         check_content_type(req)?;
     }
     if declared.is_some_and(|n| n > limit as u64) {
