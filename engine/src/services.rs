@@ -88,6 +88,14 @@ impl Engine {
         self.ask_consumer(&cmd.consumer, msg, now).await
     }
 
+    /// What a credit (or funding) id was first used for, with the split the consumer's actor
+    /// made (`to_wallet`, `to_bank`); `None` while the id is unused. Read from the view, so it
+    /// is there as soon as [`Engine::credit`] has answered `credited` (the answer comes after
+    /// the journal's sync, and the view is updated at that sync).
+    pub fn credit_record(&self, id: &str) -> Result<Option<CreditRecord>, EngineError> {
+        Ok(self.shared.view.credit(id)?)
+    }
+
     /// Funds a merchant's (an employer's) balance from its bank account (SPEC F12): the bank
     /// debits the account, then `MerchantFunded` is journaled. A repeat of the id with the
     /// same merchant and amount answers `credited` and moves nothing; with other content it is

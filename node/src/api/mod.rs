@@ -37,6 +37,7 @@ pub mod merchant;
 pub mod notifications;
 pub mod ops;
 pub mod reader;
+pub mod recharge;
 
 use std::time::Instant;
 
@@ -179,6 +180,7 @@ routes! {
     "/v1/admin/cards" => Admin { post(json): admin::issue_card },
     "/v1/admin/cards/unlock" => Admin { post(json): admin::unlock_card },
     "/v1/admin/readers" => Admin { post(json): admin::register_reader },
+    "/v1/admin/recharge-batches" => Admin { post(json): recharge::issue_batch },
     "/v1/merchant" => Merchant { get: merchant::account },
     "/v1/merchant/payouts" => Merchant { post(json): merchant::request_payout },
     "/v1/biller/bills" => Merchant { post(json): bills::post_bill },
@@ -203,6 +205,8 @@ routes! {
     "/v1/consumer/autopay/{biller}" => Consumer { put(json): bills::set_autopay },
     "/v1/consumer/notifications" => Consumer { get: notifications::inbox },
     "/v1/consumer/notification-settings" => Consumer { put(json): notifications::set_settings },
+    "/v1/consumer/recharges" => Consumer { post(json): recharge::redeem },
+    "/v1/consumer/deposits" => Consumer { post(json): recharge::deposit },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).
