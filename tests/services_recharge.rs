@@ -433,6 +433,27 @@ fn codes_are_given_once_redeemed_once_within_the_cap_and_never_stored_in_the_cle
     let alice_bank = if bob_won { "5050.00" } else { "5075.00" };
     assert_eq!(bank_balance(&node.data, BANK), alice_bank);
     assert_eq!(bank_balance(&node.data, BOB_BANK), "900.00");
+    // And the journal's bank operations, which reconciliation matches a statement against:
+    // the deposit a debit of 4460.00, the overflow a credit of 10.00 (the recharge batch's
+    // clearing account is no bank's).
+    let ops: Vec<(String, String)> = onecard_engine::bank_ops::journal_bank_ops(&node.data, None)
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.at > 0)
+        .map(|o| (format!("{:?}", o.kind), o.amount.to_string()))
+        .collect();
+    assert!(
+        ops.contains(&("Debit".to_string(), "4460.00".to_string())),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&("Credit".to_string(), "10.00".to_string())),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|(_, a)| a == "15.00"),
+        "a recharge's overflow read as a debit: {ops:?}"
+    );
 }
 
 #[test]

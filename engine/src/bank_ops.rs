@@ -41,7 +41,11 @@ pub fn journal_bank_ops(
                 let Some(id) = ev.bank_op() else { continue };
                 let mut moved = Amount::ZERO;
                 for p in &ev.postings {
-                    if matches!(p.account, AccountRef::BankClearing(_)) {
+                    // A recharge's batch clearing account (`recharge:<batch>`) is no bank's:
+                    // only the consumer's own clearing account is what the bank moved (a
+                    // recharge's overflow is a credit of that part, not the net of the two).
+                    let not_a_bank = ev.consumer().is_some() && ev.is_external_clearing(p);
+                    if matches!(p.account, AccountRef::BankClearing(_)) && !not_a_bank {
                         moved = moved
                             .checked_add(p.amount)
                             .map_err(|e| JournalError::Corrupt {
