@@ -43,6 +43,18 @@ impl DataKey {
         DataKey(bytes)
     }
 
+    /// A key for a purpose of the layer above (the node's recharge codes), derived with
+    /// HKDF-SHA256 under `salt` and `info`; the data key itself never leaves this type. The
+    /// salt must be the purpose's own (never [`BANK_TOKEN_SALT`] or [`BANK_SEAL_SALT`]), so
+    /// that no derived key is one of the engine's.
+    pub fn derive_subkey(&self, salt: &[u8], info: &[u8]) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
+        let mut okm = [0u8; 32];
+        hk.expand(info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
+
     fn derive(&self, salt: &[u8]) -> [u8; 32] {
         let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
         let mut okm = [0u8; 32];

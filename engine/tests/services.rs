@@ -319,6 +319,20 @@ fn run(cfg: EngineConfig) {
         report.state.merchant_clearing.get("recharge:b1").copied(),
         Some(amount("251.00").checked_neg())
     );
+    // The journal's bank operations (what reconciliation matches a statement against): a
+    // recharge's overflow is a credit of what went to the bank (rc-1: 150.00), not the net of
+    // it and the batch's clearing account, which is no bank's.
+    let ops = onecard_engine::bank_ops::journal_bank_ops(dir.path(), None).unwrap();
+    let at_the_recharge: Vec<_> = ops
+        .iter()
+        .filter(|o| o.at == 1)
+        .map(|o| (o.kind.clone(), o.amount))
+        .collect();
+    assert_eq!(
+        at_the_recharge,
+        vec![(onecard_engine::bank::BankOpKind::Credit, amount("150.00"))],
+        "{ops:?}"
+    );
 
     // Reopened: repeats still answer as the first time, and move nothing.
     actix_rt::System::new().block_on(async {

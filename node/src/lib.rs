@@ -28,6 +28,7 @@ pub mod notify;
 pub mod outbox;
 pub mod payouts;
 pub mod payroll;
+pub mod recharge;
 pub mod records;
 pub mod settings;
 pub mod state;
@@ -180,9 +181,12 @@ async fn run(
     let data = settings.data_dir.clone();
     let bank = open_bank(&bank, &data, engine_cfg.data_key.clone())
         .map_err(|e| ServeError::Config(format!("the bank: {e}")))?;
+    // Before the engine takes the configuration: the secrets stay in memory, in the engine
+    // and (derived) here.
+    let recharge_key = recharge::RechargeKey::from_config(&engine_cfg);
     let engine = Arc::new(Engine::open(&data, engine_cfg, bank.port.clone()).await?);
     let store = NodeStore::open(engine.records(), &data.join("node"))?;
-    let node = web::Data::new(Node::new(
+    let mut node = Node::new(
         engine.clone(),
         store.clone(),
         bank.simulated.clone(),
@@ -190,7 +194,9 @@ async fn run(
         settings.clone(),
         currency,
         &token,
-    )?);
+    )?;
+    node.recharge_key = recharge_key;
+    let node = web::Data::new(node);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
     let analysis = actix_rt::spawn(analysis::run(node.clone()));

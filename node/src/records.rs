@@ -28,6 +28,9 @@
 //! | `pl/<payroll ref>/<line:06>` | [`PayrollLine`]: one line of it and its outcome |
 //! | `pe/<employer>/<~created ms:020>/<payroll ref>` | `()`: an employer's batches, newest first |
 //! | `po/<created ms:020>/<payroll ref>` | `()`: while the batch is not finished (the worker's queue) |
+//! | `rb/<batch>`                | [`RechargeBatch`]      |
+//! | `rc/<hex HMAC-SHA256(code)>` | [`RechargeCode`]: a recharge code, known only by its keyed hash |
+//! | `dp/<credit id>`            | [`Deposit`]: a deposit by bank transfer |
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
@@ -243,6 +246,19 @@ pub fn fired_alert_key(consumer: &str, month: &str, threshold: &str) -> String {
         fired_alerts_month_prefix(consumer, month),
         seg(threshold)
     )
+}
+
+pub fn recharge_batch_key(batch: &str) -> String {
+    format!("rb/{}", seg(batch))
+}
+/// A recharge code's record, by the hex of its keyed hash ([`crate::recharge::RechargeKey`]):
+/// the code itself is never stored.
+pub fn recharge_code_key(mac_hex: &str) -> String {
+    format!("rc/{mac_hex}")
+}
+/// A deposit by bank transfer, by the id of the engine credit that moved it.
+pub fn deposit_key(credit: &str) -> String {
+    format!("dp/{}", seg(credit))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -593,6 +609,63 @@ pub struct PayrollLine {
 pub struct ConsumerNotifySettings {
     pub webhook_url: Option<String>,
     pub webhook_secret: String,
+}
+
+/// A batch of prepaid recharge cards (F8), as the operator issued it. Its codes are given to
+/// the operator once, in the answer to the issuing request; the node keeps each only as its
+/// keyed hash ([`RechargeCode`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeBatch {
+    pub id: String,
+    pub count: u32,
+    /// The value of each card of the batch.
+    pub value: onecard_engine::Amount,
+    /// Unix seconds: a code is refused from then on.
+    pub expires_at: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Which configured secret the codes' key is derived from (`data_key`, `issuer_key`): the
+    /// codes match only while the node runs with it.
+    pub key_source: String,
+    /// A check value of the key (16 hex digits of an HMAC of a fixed label under it), so that
+    /// a node opened with another key can be told apart from codes that were never issued.
+    pub key_check: String,
+}
+
+/// One prepaid recharge code, known only by its keyed hash (the key of the record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeCode {
+    pub batch: String,
+    pub value: onecard_engine::Amount,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Set once the code is redeemed (the engine's credit id makes it once, I6; this mark is
+    /// what the node answers from and shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed: Option<Redemption>,
+}
+
+/// Who redeemed a recharge code, when, and where its value went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redemption {
+    pub consumer: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// The engine credit's id.
+    pub credit: String,
+    pub to_wallet: onecard_engine::Amount,
+    pub to_bank: onecard_engine::Amount,
+}
+
+/// A deposit by bank transfer from the consumer's designated bank account into the wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deposit {
+    /// The engine credit's id.
+    pub credit: String,
+    pub consumer: String,
+    pub amount: onecard_engine::Amount,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// When a merchant's balance is paid out by itself (the node's scheduler, `payouts.rs`): once

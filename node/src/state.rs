@@ -53,6 +53,13 @@ pub struct Node {
     /// Registering, changing and re-keying merchants, one at a time: each reads, then writes
     /// a merchant's profile and key.
     pub merchant_admin: tokio::sync::Mutex<()>,
+    /// The key recharge codes are hashed under, derived from a configured secret
+    /// ([`crate::recharge::RechargeKey::from_config`]); `None` without one: no batches.
+    pub recharge_key: Option<crate::recharge::RechargeKey>,
+    /// Wrong recharge codes per consumer and per address (in memory).
+    pub recharge_throttle: crate::recharge::Throttle,
+    /// Issuing recharge batches, one at a time: each reads, then writes its batch.
+    pub recharge_admin: tokio::sync::Mutex<()>,
     /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
     pub session_sweep_from: parking_lot::Mutex<Option<String>>,
     /// Where the next sweep of old idempotency records starts.
@@ -93,6 +100,9 @@ impl Node {
             session_sweep_from: parking_lot::Mutex::new(None),
             idem_sweep_from: parking_lot::Mutex::new(None),
             merchant_admin: tokio::sync::Mutex::new(()),
+            recharge_key: None,
+            recharge_throttle: crate::recharge::Throttle::default(),
+            recharge_admin: tokio::sync::Mutex::new(()),
         };
         for (_, m) in node
             .store

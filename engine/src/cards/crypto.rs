@@ -50,6 +50,18 @@ impl IssuerKey {
         IssuerKey(bytes)
     }
 
+    /// A key for a purpose of the layer above (the node's recharge codes when the node has
+    /// no data key), derived with HKDF-SHA256 under `salt` and `info`; the master key itself
+    /// never leaves this type. The salt must be the purpose's own (never one of this module's
+    /// or `pin`'s), so that no derived key is a card key, the token key or the PIN key.
+    pub fn derive_subkey(&self, salt: &[u8], info: &[u8]) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
+        let mut okm = [0u8; 32];
+        hk.expand(info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
+
     /// The key itself, for the derivations of this module and `pin`.
     pub(super) fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -40,6 +40,7 @@ pub mod notifications;
 pub mod ops;
 pub mod payroll;
 pub mod reader;
+pub mod recharge;
 
 use std::time::Instant;
 
@@ -189,6 +190,7 @@ routes! {
     "/v1/admin/cards" => Admin { post(json): admin::issue_card },
     "/v1/admin/cards/unlock" => Admin { post(json): admin::unlock_card },
     "/v1/admin/readers" => Admin { post(json): admin::register_reader },
+    "/v1/admin/recharge-batches" => Admin { post(json): recharge::issue_batch },
     "/v1/merchant" => Merchant { get: merchant::account },
     "/v1/merchant/payouts" => Merchant { post(json): merchant::request_payout },
     "/v1/biller/bills" => Merchant { post(json): bills::post_bill },
@@ -220,6 +222,8 @@ routes! {
     "/v1/consumer/analysis/{month}/statement" => Consumer { get: analysis::statement },
     "/v1/consumer/alerts" => Consumer { get: analysis::get_alerts, put(json): analysis::put_alerts },
     "/v1/consumer/alerts/fired" => Consumer { get: analysis::fired_alerts },
+    "/v1/consumer/recharges" => Consumer { post(json): recharge::redeem },
+    "/v1/consumer/deposits" => Consumer { post(json): recharge::deposit },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).

@@ -107,6 +107,21 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             "Node record commits since start (each rides in a journal record).",
             node.store.stats.commits.load(Ordering::Relaxed) as f64,
         ),
+        (
+            "onecard_recharge_wrong_codes_total",
+            "Wrong recharge codes presented since start (counted by the throttle).",
+            node.recharge_throttle.wrong_codes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "onecard_recharge_throttled_total",
+            "Recharge attempts refused by the throttle (429) since start.",
+            node.recharge_throttle.throttled.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "onecard_recharge_throttle_tracked",
+            "Consumers and addresses with wrong recharge codes in the throttle's window.",
+            node.recharge_throttle.tracked() as f64,
+        ),
     ];
     if let Some(bank) = &node.bank_adapter {
         let b = bank.stats();
