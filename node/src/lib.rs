@@ -11,6 +11,8 @@
 //! - [`notify`]: the notifier port (recipient, event type, payload, idempotent id), its
 //!   durable outbox and the webhook adapter; consumers' inboxes;
 //! - [`bills`]: bills (F7): autopay rules, paying a bill as an engine order, the overdue scan;
+//! - [`credit`]: dynamic credit (F10): the `[credit]` policy, each consumer's credit score,
+//!   and the follower of the journal that sets limits through the engine;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
 //! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
@@ -21,6 +23,7 @@ pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod bills;
+pub mod credit;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
@@ -162,7 +165,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let currency = cfg.currency.clone();
     let bank = BankKind::from_table(&cfg.bank, &currency).map_err(ServeError::Config)?;
-    actix_rt::System::new().block_on(run(settings, engine_cfg, bank, currency, token, tls))
+    let credit = credit::CreditPolicy::from_table(&cfg.credit).map_err(ServeError::Config)?;
+    actix_rt::System::new().block_on(run(
+        settings, engine_cfg, bank, currency, token, tls, credit,
+    ))
 }
 
 async fn run(
@@ -172,6 +178,7 @@ async fn run(
     currency: String,
     token: String,
     tls: Option<rustls::ServerConfig>,
+    credit: credit::CreditPolicy,
 ) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let data = settings.data_dir.clone();
@@ -187,10 +194,12 @@ async fn run(
         settings.clone(),
         currency,
         &token,
+        credit,
     )?);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
     let analysis = actix_rt::spawn(analysis::run(node.clone()));
+    let credit_task = actix_rt::spawn(credit::run(node.clone()));
     let ticker = {
         let node = node.clone();
         actix_rt::spawn(async move {
@@ -345,6 +354,8 @@ async fn run(
     // up to the journal's end (what it has not counted, it counts at the next start).
     node.analysis_wake.notify_one();
     let _ = analysis.await;
+    node.credit_wake.notify_one();
+    let _ = credit_task.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();
         let _ = webhooks.join();
