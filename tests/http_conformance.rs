@@ -213,6 +213,7 @@ impl Fixture {
             ("bill", "bill_x".to_string()),
             ("biller", "shop".to_string()),
             ("month", "2026-03".to_string()),
+            ("consumer", "alice".to_string()),
         ])
     }
 
@@ -343,6 +344,7 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         ("bill", "bill_nope".to_string()),
         ("biller", "nobody".to_string()),
         ("month", "2026-03".to_string()),
+        ("consumer", "nobody".to_string()),
     ]);
     let mut problems = Vec::new();
     for r in ROUTE_TABLE.iter().filter(|r| r.method != "get") {
@@ -529,6 +531,7 @@ fn authenticated_routes_challenge_with_www_authenticate() {
         ("bill", "bill_x".to_string()),
         ("biller", "b".to_string()),
         ("month", "2026-03".to_string()),
+        ("consumer", "c".to_string()),
     ]);
     let mut problems = Vec::new();
     let mut methods: Vec<(Route, String)> = Vec::new();

@@ -554,8 +554,6 @@ pub fn apply(
     d: &Delta,
 ) -> Result<Option<PendingLimit>, AmountError> {
     let before = r.score;
-    let old_base = policy.base(r)?;
-    let old_unbounded = policy.unbounded_cents(old_base, &before);
     let previous = match r.limit {
         Some(l) => Some(l),
         None => policy.limit(r)?,
@@ -578,9 +576,8 @@ pub fn apply(
     if previous == Some(limit) {
         return Ok(None);
     }
-    let unbounded = policy.unbounded_cents(policy.base(r)?, &r.score);
-    let moved = previous.map_or(0, |p| limit.cents() - p.cents());
-    let bounded = unbounded - old_unbounded != moved;
+    // The bounds held the limit when it is not what the score alone makes it.
+    let bounded = policy.unbounded_cents(policy.base(r)?, &r.score) != limit.cents();
     Ok(Some(PendingLimit {
         limit,
         reason: reason(policy, &before, d, bounded),

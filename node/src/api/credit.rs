@@ -173,7 +173,14 @@ async fn view(node: &Node, consumer: &str, req: &HttpRequest) -> Result<CreditVi
         currency: node.currency.clone(),
         limit: account.credit_limit.to_string(),
         reserved: account.reserved.to_string(),
-        available: account.available_credit.to_string(),
+        // A limit lowered below what is reserved leaves nothing available (the engine's
+        // difference is negative then): nothing reserved is cancelled, nothing new fits.
+        available: if account.available_credit.is_negative() {
+            Amount::ZERO
+        } else {
+            account.available_credit
+        }
+        .to_string(),
         policy: PolicyView::of(policy),
         base,
         deposit: record.deposit.map(|d| d.to_string()),
