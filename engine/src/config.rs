@@ -254,6 +254,8 @@ mod tests {
         let cfg = NodeConfig::parse(text).unwrap();
         assert_eq!(cfg.engine.rules.wallet_cap.to_string(), "5000.00");
         assert_eq!(cfg.engine.rules.topup_threshold.to_string(), "5000.00");
+        // `[credit]` is kept whole for the node, which checks it.
+        assert_eq!(cfg.credit["policy"].as_str(), Some("fixed"));
     }
 
     #[test]

@@ -186,7 +186,7 @@ async fn run(
         .map_err(|e| ServeError::Config(format!("the bank: {e}")))?;
     let engine = Arc::new(Engine::open(&data, engine_cfg, bank.port.clone()).await?);
     let store = NodeStore::open(engine.records(), &data.join("node"))?;
-    let node = web::Data::new(Node::new(
+    let mut node = Node::new(
         engine.clone(),
         store.clone(),
         bank.simulated.clone(),
@@ -194,8 +194,9 @@ async fn run(
         settings.clone(),
         currency,
         &token,
-        credit,
-    )?);
+    )?;
+    node.credit = credit;
+    let node = web::Data::new(node);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
     let analysis = actix_rt::spawn(analysis::run(node.clone()));

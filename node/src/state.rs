@@ -41,7 +41,8 @@ pub struct Node {
     /// The last journal record the history index has read (0 until it has started): for
     /// `/healthz` and `/metrics`.
     pub analysis_read: std::sync::atomic::AtomicU64,
-    /// The credit policy (`[credit]`, SPEC F10): see [`crate::credit`].
+    /// The credit policy (`[credit]`, SPEC F10): see [`crate::credit`]. `fixed` unless set
+    /// after [`Node::new`].
     pub credit: crate::credit::CreditPolicy,
     /// Every read-modify-write of a consumer's credit record, and every limit set after it,
     /// one at a time (the follower, the overdue scan, the operator): no count is lost and
@@ -78,7 +79,6 @@ impl Node {
         settings: NodeSettings,
         currency: String,
         admin_token: &str,
-        credit: crate::credit::CreditPolicy,
     ) -> Result<Node, StoreError> {
         let node = Node {
             engine,
@@ -96,7 +96,7 @@ impl Node {
             outbox_wake: tokio::sync::Notify::new(),
             analysis_wake: tokio::sync::Notify::new(),
             analysis_read: std::sync::atomic::AtomicU64::new(0),
-            credit,
+            credit: crate::credit::CreditPolicy::default(),
             credit_lock: tokio::sync::Mutex::new(()),
             credit_wake: tokio::sync::Notify::new(),
             credit_read: std::sync::atomic::AtomicU64::new(0),
