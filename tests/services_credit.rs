@@ -233,6 +233,15 @@ fn a_deposit_multiple_limit_rises_with_settlements_on_time_falls_with_disputes_a
         "the lower limit cancels nothing: {c}"
     );
     assert_eq!(c["available"], "0.00", "{c}");
+    let acct = get(&node, &s, "/v1/consumer/account").body;
+    assert_eq!(
+        (
+            acct["credit_limit"].as_str(),
+            acct["available_credit"].as_str()
+        ),
+        (Some("700.00"), Some("0.00")),
+        "{acct}"
+    );
     let order = get(&node, &s, &format!("/v1/consumer/orders/{big}")).body;
     assert_eq!(order["state"], "awaiting_funds", "{order}");
     // A new order is refused for credit at the reader.

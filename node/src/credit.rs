@@ -393,6 +393,9 @@ impl CreditRecord {
 /// A limit computed but not yet known to be the engine's (`cq/<consumer>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLimit {
+    /// Whose (kept in the value so that no key has to be decoded back into an id).
+    #[serde(default)]
+    pub consumer: String,
     pub limit: Amount,
     pub reason: String,
 }
@@ -579,6 +582,7 @@ pub fn apply(
     // The bounds held the limit when it is not what the score alone makes it.
     let bounded = policy.unbounded_cents(policy.base(r)?, &r.score) != limit.cents();
     Ok(Some(PendingLimit {
+        consumer: String::new(),
         limit,
         reason: reason(policy, &before, d, bounded),
     }))
@@ -614,7 +618,10 @@ pub async fn count(
     let Some(mut r) = record_of(node, consumer).await? else {
         return Ok((Vec::new(), None));
     };
-    let change = apply(&node.credit, &mut r, d)?;
+    let change = apply(&node.credit, &mut r, d)?.map(|p| PendingLimit {
+        consumer: consumer.to_string(),
+        ..p
+    });
     let mut writes = vec![store::json(record_key(consumer), &r)];
     if let Some(p) = &change {
         writes.push(store::json(pending_key(consumer), p));
@@ -655,7 +662,12 @@ pub async fn set_limits(
         }
     }
     if !done.is_empty() {
-        node.store.commit(done).await?;
+        if let Err(e) = node.store.commit(done).await {
+            // The keys stay: set again (harmlessly, the same limits) at the next attempt.
+            node.credit_retry
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(e.into());
+        }
         node.outbox_wake.notify_one();
     }
     Ok(())
@@ -671,12 +683,7 @@ pub async fn reconcile(node: &Node) -> Result<usize, CreditError> {
         .scan::<PendingLimit>(pending_prefix(), None, 10_000)?;
     let changes: Vec<(String, PendingLimit)> = pending
         .into_iter()
-        .map(|(k, p)| {
-            let consumer = k[pending_prefix().len()..]
-                .replace("%2F", "/")
-                .replace("%25", "%");
-            (consumer, p)
-        })
+        .map(|(_, p)| (p.consumer.clone(), p))
         .collect();
     let n = changes.len();
     set_limits(node, &changes).await?;
