@@ -318,12 +318,17 @@ impl CreditPolicy {
         Amount::from_cents_i128(cents).map(Some)
     }
 
-    /// The limit a consumer opens with: the policy's with nothing counted yet; the operator's
-    /// `given` under `fixed` (and as the provisional card credit line under
-    /// `card_credit_line`, until the operator records the line).
-    pub fn opening_limit(&self, given: Amount, deposit: Amount) -> Result<Amount, AmountError> {
-        let r = CreditRecord::opened(given, deposit, self.kind);
-        Ok(self.limit(&r)?.unwrap_or(given))
+    /// The limit a consumer opens with, and their record: the policy's limit with nothing
+    /// counted yet; the operator's `given` under `fixed` (and as the provisional card credit
+    /// line under `card_credit_line`, until the operator records the line).
+    pub fn open(
+        &self,
+        given: Amount,
+        deposit: Amount,
+    ) -> Result<(Amount, CreditRecord), AmountError> {
+        let mut r = CreditRecord::opened(given, deposit, self.kind);
+        r.limit = self.limit(&r)?;
+        Ok((r.limit.unwrap_or(given), r))
     }
 }
 
@@ -481,9 +486,19 @@ fn times_n(n: u64, a: Amount) -> Amount {
 
 /// The reason of a change: each cause with its effect (`3 settlements on time: +100.00`,
 /// `failed bank debit: -200.00`, `dispute on order X: -100.00`, `overdue bill Y: -100.00`),
-/// and a note when the bounds held the limit back. At most [`MAX_REASON_CHARS`].
-pub fn reason(policy: &CreditPolicy, before: &Score, d: &Delta, bounded: bool) -> String {
+/// and a note when the bounds held the limit back; `first` for the first limit the policy
+/// sets for a consumer it did not open. At most [`MAX_REASON_CHARS`].
+pub fn reason(
+    policy: &CreditPolicy,
+    before: &Score,
+    d: &Delta,
+    bounded: bool,
+    first: bool,
+) -> String {
     let mut parts = Vec::new();
+    if first {
+        parts.push(format!("credit policy {} applied", policy.kind.as_str()));
+    }
     if let Some(line) = d.credit_line {
         parts.push(format!("card credit line set to {line}"));
     }
@@ -557,10 +572,10 @@ pub fn apply(
     d: &Delta,
 ) -> Result<Option<PendingLimit>, AmountError> {
     let before = r.score;
-    let previous = match r.limit {
-        Some(l) => Some(l),
-        None => policy.limit(r)?,
-    };
+    // No limit computed yet: a consumer this node did not open under this policy (opened
+    // under `fixed`, by an earlier version): the policy's limit is set at the first count,
+    // whatever it is (the engine journals nothing if it is the limit already).
+    let previous = r.limit;
     r.score.on_time = r.score.on_time.saturating_add(d.on_time);
     r.score.late = r.score.late.saturating_add(d.late);
     r.score.failed_debits = r.score.failed_debits.saturating_add(d.failed_debits);
@@ -584,7 +599,7 @@ pub fn apply(
     Ok(Some(PendingLimit {
         consumer: String::new(),
         limit,
-        reason: reason(policy, &before, d, bounded),
+        reason: reason(policy, &before, d, bounded, previous.is_none()),
     }))
 }
 
@@ -979,12 +994,21 @@ mod tests {
         let p = CreditPolicy::from_table(&cfg.credit).unwrap();
         assert_eq!(p, CreditPolicy::default());
         // Fixed never adjusts, whatever is counted.
-        let mut r = CreditRecord::opened(a("800.00"), a("500.00"), PolicyKind::Fixed);
+        let (limit, mut r) = p.open(a("800.00"), a("500.00")).unwrap();
+        assert_eq!((limit, r.limit), (a("800.00"), None));
         r.score.disputes = 100;
         assert_eq!(p.limit(&r).unwrap(), None);
         assert_eq!(
-            p.opening_limit(a("800.00"), a("500.00")).unwrap(),
-            a("800.00")
+            apply(
+                &p,
+                &mut r,
+                &Delta {
+                    disputes: vec!["o".into()],
+                    ..Delta::default()
+                }
+            )
+            .unwrap(),
+            None
         );
     }
 
@@ -1043,13 +1067,10 @@ mod tests {
     #[test]
     fn the_limit_is_the_base_plus_steps_less_lowerings_within_the_bounds() {
         let p = policy(DEPOSIT);
-        let mut r = CreditRecord::opened(a("0.00"), a("500.00"), p.kind);
+        let (limit, mut r) = p.open(a("0.00"), a("500.00")).unwrap();
+        assert_eq!((limit, r.limit), (a("1000.00"), Some(a("1000.00"))));
         assert_eq!(p.base(&r).unwrap(), a("1000.00"));
         assert_eq!(p.limit(&r).unwrap(), Some(a("1000.00")));
-        assert_eq!(
-            p.opening_limit(a("0.00"), a("500.00")).unwrap(),
-            a("1000.00")
-        );
         // Two on time: no step yet; the third raises by 100.00.
         r.score.on_time = 2;
         assert_eq!(p.limit(&r).unwrap(), Some(a("1000.00")));
@@ -1083,7 +1104,7 @@ mod tests {
     #[test]
     fn the_card_credit_line_is_the_base_once_recorded() {
         let p = policy("policy = \"card_credit_line\"\nmax = \"5000.00\"\nraise_after = 2\nraise_by = \"10.00\"");
-        let mut r = CreditRecord::opened(a("800.00"), a("0.00"), p.kind);
+        let (_, mut r) = p.open(a("800.00"), a("0.00")).unwrap();
         assert_eq!(p.limit(&r).unwrap(), Some(a("800.00")));
         let change = apply(
             &p,
@@ -1115,7 +1136,7 @@ mod tests {
     #[test]
     fn applying_a_delta_names_each_cause_and_only_a_change_is_a_change() {
         let p = policy(DEPOSIT);
-        let mut r = CreditRecord::opened(a("0.00"), a("500.00"), p.kind);
+        let (_, mut r) = p.open(a("0.00"), a("500.00")).unwrap();
         let on_time = |n| Delta {
             on_time: n,
             ..Delta::default()
@@ -1177,9 +1198,47 @@ mod tests {
             failed_debits: 3,
             ..Delta::default()
         };
-        let text = reason(&p, &r.score, &many, true);
+        let text = reason(&p, &r.score, &many, true, true);
         assert!(text.chars().count() <= MAX_REASON_CHARS, "{text}");
         assert!(!text.chars().any(char::is_control), "{text}");
+    }
+
+    #[test]
+    fn a_consumer_the_policy_did_not_open_gets_its_limit_at_the_first_count() {
+        let p = policy(DEPOSIT);
+        // Opened under `fixed` with 2000.00 (no deposit recorded): the base is that limit,
+        // held at max; the first count sets it and says why.
+        let mut r = CreditRecord {
+            opening_limit: a("2000.00"),
+            ..CreditRecord::default()
+        };
+        let c = apply(
+            &p,
+            &mut r,
+            &Delta {
+                on_time: 1,
+                ..Delta::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.limit, a("1500.00"));
+        assert_eq!(
+            c.reason,
+            "credit policy deposit_multiple applied (within the policy's bounds 100.00 to 1500.00)"
+        );
+        assert_eq!(r.limit, Some(a("1500.00")));
+        // From then on, only changes are changes.
+        let none = apply(
+            &p,
+            &mut r,
+            &Delta {
+                on_time: 1,
+                ..Delta::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -103,16 +103,12 @@ pub async fn open_consumer(
     let deposit = Amount::parse_non_negative(&b.wallet);
     let record = match (given, deposit) {
         (Ok(given), Ok(deposit)) => {
-            let limit = node
+            let (limit, record) = node
                 .credit
-                .opening_limit(given, deposit)
+                .open(given, deposit)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             b.credit_limit = limit.to_string();
-            Some(crate::credit::CreditRecord::opened(
-                given,
-                deposit,
-                node.credit.kind,
-            ))
+            Some(record)
         }
         _ => None,
     };
