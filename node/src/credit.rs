@@ -693,16 +693,25 @@ pub async fn reconcile(node: &Node) -> Result<usize, CreditError> {
     let _one = node.credit_lock.lock().await;
     node.credit_retry
         .store(false, std::sync::atomic::Ordering::Release);
-    let pending = node
-        .store
-        .scan::<PendingLimit>(pending_prefix(), None, 10_000)?;
-    let changes: Vec<(String, PendingLimit)> = pending
-        .into_iter()
-        .map(|(_, p)| (p.consumer.clone(), p))
-        .collect();
-    let n = changes.len();
-    set_limits(node, &changes).await?;
-    Ok(n)
+    const PAGE: usize = 1000;
+    let mut after: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let pending = node
+            .store
+            .scan::<PendingLimit>(pending_prefix(), after.as_deref(), PAGE)?;
+        let full = pending.len() == PAGE;
+        after = pending.last().map(|(k, _)| k.clone());
+        let changes: Vec<(String, PendingLimit)> = pending
+            .into_iter()
+            .map(|(_, p)| (p.consumer.clone(), p))
+            .collect();
+        n += changes.len();
+        set_limits(node, &changes).await?;
+        if !full {
+            return Ok(n);
+        }
+    }
 }
 
 /// The overdue scan reports `bill_id` of `consumer`: counted, and committed with `writes` (the
