@@ -240,6 +240,7 @@ impl Fixture {
             ("biller", "shop".to_string()),
             ("month", "2026-03".to_string()),
             ("batch", "batch-x".to_string()),
+            ("consumer", "alice".to_string()),
         ])
     }
 
@@ -374,6 +375,7 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         ("biller", "nobody".to_string()),
         ("month", "2026-03".to_string()),
         ("batch", "batch-x".to_string()),
+        ("consumer", "nobody".to_string()),
     ]);
     let mut problems = Vec::new();
     for r in ROUTE_TABLE.iter().filter(|r| r.method != "get") {
@@ -561,6 +563,7 @@ fn authenticated_routes_challenge_with_www_authenticate() {
         ("biller", "b".to_string()),
         ("month", "2026-03".to_string()),
         ("batch", "batch-x".to_string()),
+        ("consumer", "c".to_string()),
     ]);
     let mut problems = Vec::new();
     let mut methods: Vec<(Route, String)> = Vec::new();

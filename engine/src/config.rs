@@ -34,6 +34,8 @@ struct RawFile {
     node: toml::Table,
     #[serde(default)]
     bank: toml::Table,
+    #[serde(default)]
+    credit: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +87,9 @@ pub struct NodeConfig {
     /// The `[bank]` table: which bank the node works with (`kind`, default `"simulated"`) and
     /// the settings of the ISO 20022 adapter (`onecard-adapters`), which reads it.
     pub bank: toml::Table,
+    /// The `[credit]` table: the node's credit policy (SPEC F10), which the node checks and
+    /// reads (`onecard_node::credit::CreditPolicy`).
+    pub credit: toml::Table,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +99,7 @@ impl Default for NodeConfig {
             engine: EngineConfig::default(),
             node: toml::Table::new(),
             bank: toml::Table::new(),
+            credit: toml::Table::new(),
         }
     }
 }
@@ -203,6 +209,7 @@ impl NodeConfig {
         }
         cfg.node = raw.node;
         cfg.bank = raw.bank;
+        cfg.credit = raw.credit;
         Ok(cfg)
     }
 }
@@ -247,6 +254,8 @@ mod tests {
         let cfg = NodeConfig::parse(text).unwrap();
         assert_eq!(cfg.engine.rules.wallet_cap.to_string(), "5000.00");
         assert_eq!(cfg.engine.rules.topup_threshold.to_string(), "5000.00");
+        // `[credit]` is kept whole for the node, which checks it.
+        assert_eq!(cfg.credit["policy"].as_str(), Some("fixed"));
     }
 
     #[test]

@@ -292,6 +292,10 @@ pub async fn overdue_pass(node: &Node) -> Result<usize, AppError> {
             writes.extend(notify::writes_all(node, &ns)?);
             reported += 1;
             tracing::info!(bill = %bill.reference, biller = %bill.biller, status = %v.status, "bill overdue: reported");
+            // The consumer's credit score counts the bill in the same commit as the report
+            // (once, as the report is once), and the limit follows (SPEC F10).
+            crate::credit::overdue_bill(node, &bill.consumer, &bill.bill_id, writes).await?;
+            continue;
         }
         node.store.commit(writes).await?;
     }

@@ -13,6 +13,8 @@
 //! - [`bills`]: bills (F7): autopay rules, paying a bill as an engine order, the overdue scan;
 //! - [`payroll`]: salaries (F12): payroll files checked whole, funded from the employer's bank
 //!   account, paid line by line by a worker that resumes after a crash;
+//! - [`credit`]: dynamic credit (F10): the `[credit]` policy, each consumer's credit score,
+//!   and the follower of the journal that sets limits through the engine;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
 //! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
@@ -23,6 +25,7 @@ pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod bills;
+pub mod credit;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
@@ -166,7 +169,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let currency = cfg.currency.clone();
     let bank = BankKind::from_table(&cfg.bank, &currency).map_err(ServeError::Config)?;
-    actix_rt::System::new().block_on(run(settings, engine_cfg, bank, currency, token, tls))
+    let credit = credit::CreditPolicy::from_table(&cfg.credit).map_err(ServeError::Config)?;
+    actix_rt::System::new().block_on(run(
+        settings, engine_cfg, bank, currency, token, tls, credit,
+    ))
 }
 
 async fn run(
@@ -176,6 +182,7 @@ async fn run(
     currency: String,
     token: String,
     tls: Option<rustls::ServerConfig>,
+    credit: credit::CreditPolicy,
 ) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let data = settings.data_dir.clone();
@@ -196,10 +203,12 @@ async fn run(
         &token,
     )?;
     node.recharge_key = recharge_key;
+    node.credit = credit;
     let node = web::Data::new(node);
 
     let outbox = actix_rt::spawn(outbox::run(node.clone()));
     let analysis = actix_rt::spawn(analysis::run(node.clone()));
+    let credit_task = actix_rt::spawn(credit::run(node.clone()));
     let ticker = {
         let node = node.clone();
         actix_rt::spawn(async move {
@@ -359,6 +368,8 @@ async fn run(
     // up to the journal's end (what it has not counted, it counts at the next start).
     node.analysis_wake.notify_one();
     let _ = analysis.await;
+    node.credit_wake.notify_one();
+    let _ = credit_task.await;
     let _ = tokio::task::spawn_blocking(move || {
         let _ = printer.join();
         let _ = webhooks.join();

@@ -61,8 +61,11 @@ pub async fn run(node: actix_web::web::Data<Node>) {
                 )
                 .await;
             }
-            // The journal has grown: the history index follows it too.
-            Ok(_) => node.analysis_wake.notify_one(),
+            // The journal has grown: the history index and the credit follower follow it too.
+            Ok(_) => {
+                node.analysis_wake.notify_one();
+                node.credit_wake.notify_one();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "outbox step failed; retrying in 1 s");
                 if node.is_stopping() {

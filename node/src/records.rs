@@ -38,6 +38,11 @@
 //! | `al/<consumer>`             | [`AlertSettings`]: the consumer's spending limits |
 //! | `af/<consumer>/<YYYY-MM>/<threshold>` | [`FiredAlert`]: once per limit per month |
 //! | `analysis/cursor`           | the last journal record the history index has handled |
+//! | `cr/<consumer>`             | [`crate::credit::CreditRecord`]: deposit, card credit line, score, limit computed (F10) |
+//! | `cq/<consumer>`             | [`crate::credit::PendingLimit`]: a limit computed, not yet known to be the engine's |
+//! | `cl/<order>`                | `()`: the order waited for funds; its settlement is not on time |
+//! | `ch/<consumer>/<~seq:020>/<~entry>/<~event>` | [`crate::credit::LimitChange`]: the limit's history, newest first |
+//! | `credit/cursor`             | the last journal record the credit follower has handled |
 //!
 //! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
 //! merchant's orders list in creation order.

@@ -41,6 +41,19 @@ pub struct Node {
     /// The last journal record the history index has read (0 until it has started): for
     /// `/healthz` and `/metrics`.
     pub analysis_read: std::sync::atomic::AtomicU64,
+    /// The credit policy (`[credit]`, SPEC F10): see [`crate::credit`]. `fixed` unless set
+    /// after [`Node::new`].
+    pub credit: crate::credit::CreditPolicy,
+    /// Every read-modify-write of a consumer's credit record, and every limit set after it,
+    /// one at a time (the follower, the overdue scan, the operator): no count is lost and
+    /// limits reach the engine in the order they were computed.
+    pub credit_lock: tokio::sync::Mutex<()>,
+    /// Wakes the credit follower when the outbox has read on.
+    pub credit_wake: tokio::sync::Notify,
+    /// The last journal record the credit follower has read: for `/healthz` and `/metrics`.
+    pub credit_read: std::sync::atomic::AtomicU64,
+    /// Limits computed but not yet set may be waiting (`cq/`): set at start and after a failure.
+    pub credit_retry: AtomicBool,
     /// The last journal record the outbox has read (`u64::MAX` until it is loaded from the
     /// durable cursor), and the last one the durable cursor names: see [`crate::outbox`].
     pub outbox_read: std::sync::atomic::AtomicU64,
@@ -92,6 +105,11 @@ impl Node {
             outbox_wake: tokio::sync::Notify::new(),
             analysis_wake: tokio::sync::Notify::new(),
             analysis_read: std::sync::atomic::AtomicU64::new(0),
+            credit: crate::credit::CreditPolicy::default(),
+            credit_lock: tokio::sync::Mutex::new(()),
+            credit_wake: tokio::sync::Notify::new(),
+            credit_read: std::sync::atomic::AtomicU64::new(0),
+            credit_retry: AtomicBool::new(true),
             outbox_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             outbox_saved: std::sync::atomic::AtomicU64::new(0),
             work_wake: crate::workers::Wake::default(),

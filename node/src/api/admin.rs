@@ -89,16 +89,42 @@ pub async fn open_consumer(
     node: web::Data<Node>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (idem, b) = run!(node, req, payload, OpenConsumer);
+    let (idem, mut b) = run!(node, req, payload, OpenConsumer);
     let normal = |a: &str| {
         Amount::parse_non_negative(a)
             .map(|a| a.to_string())
             .unwrap_or_else(|_| a.to_string())
     };
+    // Under a dynamic credit policy (SPEC F10) the consumer opens with the policy's limit:
+    // `deposit_multiple` from the wallet's deposit, `card_credit_line` from the given limit
+    // as the card's provisional line. The engine refuses malformed amounts itself, in its
+    // order, so a value that does not parse goes to it unchanged.
+    let given = Amount::parse_non_negative(&b.credit_limit);
+    let deposit = Amount::parse_non_negative(&b.wallet);
+    let record = match (given, deposit) {
+        (Ok(given), Ok(deposit)) => {
+            let (limit, record) = node
+                .credit
+                .open(given, deposit)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            b.credit_limit = limit.to_string();
+            Some(record)
+        }
+        _ => None,
+    };
+    // The record is written with the answer, under the credit lock: the credit follower
+    // cannot count the consumer's first events before it exists.
+    let _credit = node.credit_lock.lock().await;
     let reply = match node.engine.open_consumer(b.clone(), node.now()).await? {
         Ok(_) => Reply::new(
             StatusCode::CREATED,
             &serde_json::json!({"consumer": b.consumer, "credit_limit": normal(&b.credit_limit), "wallet": normal(&b.wallet)}),
+        )
+        .with_writes(
+            record
+                .map(|r| store::json(crate::credit::record_key(&b.consumer), &r))
+                .into_iter()
+                .collect(),
         ),
         Err(r) => refusal_reply(&r),
     };

@@ -79,7 +79,14 @@ pub async fn account(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResp
         currency: node.currency.clone(),
         credit_limit: c.credit_limit.to_string(),
         reserved: c.reserved.to_string(),
-        available_credit: c.available_credit.to_string(),
+        // A limit lowered below what is reserved (SPEC F10) leaves nothing available, not a
+        // negative amount: nothing reserved is cancelled, nothing new fits.
+        available_credit: if c.available_credit.is_negative() {
+            onecard_engine::Amount::ZERO
+        } else {
+            c.available_credit
+        }
+        .to_string(),
         wallet: c.wallet.to_string(),
         wallet_cap: node.engine.rules().wallet_cap.to_string(),
         bank_account: mask(&bank),

@@ -32,6 +32,7 @@ pub mod admin;
 pub mod analysis;
 pub mod bills;
 pub mod consumer;
+pub mod credit;
 pub mod error;
 pub mod gateway;
 pub mod idem;
@@ -182,6 +183,8 @@ routes! {
     "/v1/admin/bank-accounts" => Admin { post(json): admin::open_bank_account },
     "/v1/admin/reconciliations" => Admin { post(json): admin::reconcile },
     "/v1/admin/consumers" => Admin { post(json): admin::open_consumer },
+    "/v1/admin/consumers/{consumer}/credit" => Admin { get: credit::admin_credit },
+    "/v1/admin/consumers/{consumer}/credit-line" => Admin { put(json): credit::set_credit_line },
     "/v1/admin/merchants" => Admin { post(json): admin::open_merchant },
     "/v1/admin/billers" => Admin { post(json): admin::open_biller },
     "/v1/admin/employers" => Admin { post(json): admin::open_employer },
@@ -207,6 +210,7 @@ routes! {
     "/v1/reader/confirm-address" => Open { post(json): reader::confirm_address },
     "/v1/consumer/account" => Consumer { get: consumer::account },
     "/v1/consumer/statement" => Consumer { get: consumer::statement },
+    "/v1/consumer/credit" => Consumer { get: credit::consumer_credit },
     "/v1/consumer/orders/{order}" => Consumer { get: consumer::order },
     "/v1/consumer/orders/{order}/receipt" => Consumer { post(json): consumer::confirm_receipt },
     "/v1/consumer/orders/{order}/code" => Consumer { post(json): consumer::enter_code },

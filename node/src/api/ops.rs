@@ -30,6 +30,7 @@ pub async fn healthz(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
         "journal_seq": journal_seq,
         "outbox_seq": cursor,
         "analysis_seq": node.analysis_read.load(Ordering::Acquire),
+        "credit_seq": node.credit_read.load(Ordering::Acquire),
         "in_flight": node.engine.in_flight(),
     })))
 }
@@ -91,6 +92,11 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             "onecard_analysis_lag_records",
             "Journal records the history index (spending analysis) has not counted yet.",
             (seq - node.analysis_read.load(Ordering::Acquire) as f64).max(0.0),
+        ),
+        (
+            "onecard_credit_lag_records",
+            "Journal records the credit follower (credit scores, limit history) has not counted yet.",
+            (seq - node.credit_read.load(Ordering::Acquire) as f64).max(0.0),
         ),
         (
             "onecard_print_queue_depth",
