@@ -239,6 +239,10 @@ impl Fixture {
             ("bill", "bill_x".to_string()),
             ("biller", "shop".to_string()),
             ("month", "2026-03".to_string()),
+        ("bank", "bk-x".to_string()),
+        ("rule", "rule-x".to_string()),
+            ("bank", "bk-x".to_string()),
+            ("rule", "rule-x".to_string()),
             ("batch", "batch-x".to_string()),
             ("consumer", "alice".to_string()),
         ])
@@ -374,6 +378,8 @@ fn json_routes_refuse_bodies_not_declared_json_with_415() {
         ("bill", "bill_nope".to_string()),
         ("biller", "nobody".to_string()),
         ("month", "2026-03".to_string()),
+        ("bank", "bk-x".to_string()),
+        ("rule", "rule-x".to_string()),
         ("batch", "batch-x".to_string()),
         ("consumer", "nobody".to_string()),
     ]);
@@ -562,6 +568,8 @@ fn authenticated_routes_challenge_with_www_authenticate() {
         ("bill", "bill_x".to_string()),
         ("biller", "b".to_string()),
         ("month", "2026-03".to_string()),
+        ("bank", "bk-x".to_string()),
+        ("rule", "rule-x".to_string()),
         ("batch", "batch-x".to_string()),
         ("consumer", "c".to_string()),
     ]);

@@ -15,6 +15,10 @@
 //!   account, paid line by line by a worker that resumes after a crash;
 //! - [`credit`]: dynamic credit (F10): the `[credit]` policy, each consumer's credit score,
 //!   and the follower of the journal that sets limits through the engine;
+//! - [`recharge`]: recharge (F8): prepaid codes, kept only keyed-hashed, redeemed once;
+//!   deposits by bank transfer;
+//! - [`transfers`]: account management (F5): transfers between a consumer's bank accounts and
+//!   into the wallet, and the standing transfer rules the same task as the overdue bills runs;
 //! - [`settings`]: the `[node]` table of `config.toml`.
 //!
 //! Shutdown (SIGTERM, SIGINT): the server stops accepting, finishes the requests in progress
@@ -36,6 +40,7 @@ pub mod records;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod transfers;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -250,7 +255,7 @@ async fn run(
             }
         })
     };
-    // Overdue bills: a task of its own, like the payouts.
+    // Overdue bills and due transfer rules: a task of their own, like the payouts.
     let bills_task = {
         let node = node.clone();
         actix_rt::spawn(async move {
@@ -262,6 +267,10 @@ async fn run(
                 }
                 if let Err(e) = bills::overdue_pass(&node).await {
                     tracing::error!(error = %e, "the overdue bills scan failed");
+                }
+                // Standing transfer rules (F5) that are due, on the same beat.
+                if let Err(e) = transfers::run_due(&node).await {
+                    tracing::error!(error = %e, "running the due transfer rules failed");
                 }
             }
         })

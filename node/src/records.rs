@@ -21,6 +21,8 @@
 //! | `cb/<consumer>/<~posted ms:020>/<bill ref>` | `()`: a consumer's bills, newest first |
 //! | `bd/<due secs:020>/<bill ref>` | `()`: while the bill may still become overdue |
 //! | `ap/<consumer>/<biller>`    | [`AutopayRule`]        |
+//! | `tr/<consumer>/<rule>`      | [`crate::transfers::TransferRule`]: a standing transfer rule (F5) |
+//! | `td/<due secs:020>/<consumer>/<rule>` | `()`: the rule's next run, for the scheduler |
 //! | `nt/<notification id>`      | the inbox key of a consumer's notification (its id taken) |
 //! | `ni/<consumer>/<~created ms:020>/<notification id>` | [`crate::notify::Notification`]: the inbox, newest first |
 //! | `cs/<consumer>`             | [`ConsumerNotifySettings`] |
@@ -156,6 +158,31 @@ pub fn bill_due_key(due_secs: u64, reference: &str) -> String {
 pub fn parse_bill_due_key(key: &str) -> Option<(u64, &str)> {
     let (due, reference) = key.strip_prefix("bd/")?.split_once('/')?;
     Some((due.parse().ok()?, reference))
+}
+/// A consumer's standing transfer rule (F5).
+pub fn transfer_rule_key(consumer: &str, rule: &str) -> String {
+    format!("{}{}", transfer_rules_prefix(consumer), seg(rule))
+}
+/// The prefix of a consumer's standing transfer rules.
+pub fn transfer_rules_prefix(consumer: &str) -> String {
+    format!("tr/{}/", seg(consumer))
+}
+/// A standing transfer rule's next run, keyed by its time: the scheduler reads only the
+/// rules that are due, by key range.
+pub fn transfer_due_key(due_secs: u64, consumer: &str, rule: &str) -> String {
+    format!("td/{due_secs:020}/{}/{}", seg(consumer), seg(rule))
+}
+/// (due, consumer, rule) of a [`transfer_due_key`].
+pub fn parse_transfer_due_key(key: &str) -> Option<(u64, String, String)> {
+    let mut parts = key.strip_prefix("td/")?.splitn(3, '/');
+    let due = parts.next()?.parse().ok()?;
+    let consumer = unseg(parts.next()?);
+    let rule = unseg(parts.next()?);
+    Some((due, consumer, rule))
+}
+/// The inverse of [`seg`].
+pub fn unseg(part: &str) -> String {
+    part.replace("%2F", "/").replace("%25", "%")
 }
 /// The prefix of a consumer's autopay rules.
 pub fn autopay_prefix(consumer: &str) -> String {
@@ -879,6 +906,14 @@ mod tests {
         assert!(!statement_key("c/x", 1, 0, 0).starts_with(&statement_prefix("c")));
         assert!(!consumer_bill_key("c/x", 1, "bill_1").starts_with(&consumer_bills_prefix("c")));
         assert!(!autopay_key("c/x", "b").starts_with(&autopay_prefix("c")));
+        assert!(!transfer_rule_key("c/x", "r").starts_with(&transfer_rules_prefix("c")));
+        for (consumer, rule) in [("c/x", "r"), ("c%2F", "r/1"), ("c", "r")] {
+            let key = transfer_due_key(7, consumer, rule);
+            assert_eq!(
+                parse_transfer_due_key(&key),
+                Some((7, consumer.to_string(), rule.to_string()))
+            );
+        }
         assert_ne!(autopay_key("c/x", "b"), autopay_key("c", "x/b"));
         assert!(!inbox_key("c/x", 1, "n").starts_with(&inbox_prefix("c")));
         assert_ne!(bill_ref("a", "bc"), bill_ref("ab", "c"));

@@ -30,6 +30,7 @@ macro_rules! begin_idempotent {
 
 pub mod admin;
 pub mod analysis;
+pub mod banks;
 pub mod bills;
 pub mod consumer;
 pub mod credit;
@@ -228,6 +229,10 @@ routes! {
     "/v1/consumer/alerts/fired" => Consumer { get: analysis::fired_alerts },
     "/v1/consumer/recharges" => Consumer { post(json): recharge::redeem },
     "/v1/consumer/deposits" => Consumer { post(json): recharge::deposit },
+    "/v1/consumer/bank-accounts" => Consumer { get: banks::list, post(json): banks::link },
+    "/v1/consumer/bank-accounts/{bank}/designate" => Consumer { post: banks::designate },
+    "/v1/consumer/transfers" => Consumer { post(json): banks::transfer },
+    "/v1/consumer/transfer-rules/{rule}" => Consumer { put(json): banks::put_rule, delete: banks::delete_rule },
 }
 
 /// The route table, for tests and tools ([`ROUTE_TABLE`]).

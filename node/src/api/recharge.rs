@@ -94,7 +94,7 @@ fn issued(node: &Node, b: &RechargeBatch, codes: Option<Vec<String>>) -> BatchIs
 }
 
 /// 400 `idempotency_key_required`: not stored (there is no key to store it under).
-fn key_required(what: &str) -> ApiError {
+pub(crate) fn key_required(what: &str) -> ApiError {
     ApiError::bad_request(
         "idempotency_key_required",
         format!("{what} needs an Idempotency-Key header, so that a retry does not do it twice"),
