@@ -5,9 +5,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use onecard_engine::commands::{
+    parse_release, BankTransferCmd, CreditCmd, FundCmd, PlaceCmd, ReaderPayment,
+};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
+use onecard_engine::ledger::{recharge_clearing, GatewayRules};
 use onecard_engine::model::{CommandResult, RulesConfig};
-use onecard_engine::{verify, Amount, Engine, EngineError, Refusal, SimBank, SimBankPort};
+use onecard_engine::{
+    verify, Amount, CreditSource, CreditTarget, Engine, EngineError, Outcome, Refusal, Release,
+    SimBank, SimBankPort,
+};
 use serde_json::{Map, Value};
 
 /// The result of one scenario file.
@@ -248,7 +255,10 @@ impl Player {
                 self.engine().refund(req, now).await.map_err(fault)?
             }
             "tick" => self.engine().tick(now).await.map_err(fault)?,
-            other => return Err(format!("unknown command {other:?}")),
+            other => match self.service(other, step, now).await.map_err(fault)? {
+                Some(result) => result,
+                None => return Err(format!("unknown command {other:?}")),
+            },
         };
         Ok(outcome_str(&result))
     }
@@ -334,6 +344,191 @@ impl Player {
         engine.open_merchant(merchant, bank, now).await
     }
 
+    /// The services' commands (docs/scenarios-services.md): recharges, fundings, salaries,
+    /// deposits, bills, credit limits, gateway rules, payments at readers and linked bank
+    /// accounts. `None` for a command that is none of them.
+    ///
+    /// Each goes to the engine's typed command. A field the typed command cannot carry (a
+    /// malformed amount, an `overflow` or `to` that is not one of its words, a bad release) is
+    /// refused here in FORMAT.md's precedence: a malformed amount is sent as zero, which the
+    /// engine refuses for `conflict` when the id is used already and for `amount` otherwise;
+    /// any other malformed field is [`shape_refusal`].
+    async fn service(
+        &self,
+        op: &str,
+        step: &Map<String, Value>,
+        now: u64,
+    ) -> Result<Option<CommandResult>, EngineError> {
+        let engine = self.engine();
+        let id = text(step, "id").unwrap_or_default().to_string();
+        let consumer = text(step, "consumer").unwrap_or_default().to_string();
+        let amount = Amount::parse(&amount_text(step, "amount")).unwrap_or(Amount::ZERO);
+        // Whether a malformed field of a credit or a funding comes after a conflict.
+        let credit_used =
+            || -> Result<bool, EngineError> { Ok(engine.credit_record(&id)?.is_some()) };
+        let credit = |source: CreditSource, target: CreditTarget| CreditCmd {
+            id: id.clone(),
+            consumer: consumer.clone(),
+            source,
+            target,
+            amount,
+        };
+        let result = match op {
+            "recharge" => {
+                let batch = text(step, "batch").unwrap_or_default().to_string();
+                let target = match text(step, "overflow") {
+                    Some("bank") => CreditTarget::WalletOverflowToBank,
+                    Some("refuse") => CreditTarget::WalletOnly,
+                    _ => {
+                        return Ok(Some(Err(shape_refusal(
+                            credit_used()?,
+                            amount,
+                            "a recharge needs \"overflow\": \"bank\" or \"refuse\"",
+                        ))))
+                    }
+                };
+                let source = CreditSource::RechargeCard { batch };
+                engine.credit(credit(source, target), now).await?
+            }
+            "salary" => {
+                let employer = text(step, "employer").unwrap_or_default().to_string();
+                let target = match text(step, "to") {
+                    Some("wallet") => CreditTarget::WalletOverflowToBank,
+                    Some("bank") => CreditTarget::Bank,
+                    _ => {
+                        return Ok(Some(Err(shape_refusal(
+                            credit_used()?,
+                            amount,
+                            "a salary needs \"to\": \"wallet\" or \"bank\"",
+                        ))))
+                    }
+                };
+                let source = CreditSource::Employer { employer };
+                engine.credit(credit(source, target), now).await?
+            }
+            "deposit" => {
+                let source = match step.get("from") {
+                    None => CreditSource::BankTransfer,
+                    Some(Value::String(bank)) => CreditSource::LinkedBank { bank: bank.clone() },
+                    Some(_) => {
+                        return Ok(Some(Err(shape_refusal(
+                            credit_used()?,
+                            amount,
+                            "\"from\" must be the name of a linked bank account",
+                        ))))
+                    }
+                };
+                engine
+                    .credit(credit(source, CreditTarget::WalletOnly), now)
+                    .await?
+            }
+            "fund_employer" => {
+                let cmd = FundCmd {
+                    id: id.clone(),
+                    merchant: text(step, "employer").unwrap_or_default().to_string(),
+                    amount,
+                };
+                engine.fund_merchant(cmd, now).await?
+            }
+            "bill" | "pay_at_reader" => {
+                let used = engine.order(&id).await?.is_some();
+                let shape = |m: &str| Ok(Some(Err(shape_refusal(used, amount, m))));
+                let (merchant, release, at_reader) = if op == "bill" {
+                    let Some(after_secs) = step.get("due_after_secs").and_then(Value::as_u64)
+                    else {
+                        return shape("a bill needs \"due_after_secs\", a non-negative integer");
+                    };
+                    (text(step, "biller"), Release::Time { after_secs }, None)
+                } else {
+                    let release = match parse_release(step.get("release").unwrap_or(&Value::Null)) {
+                        Ok(r) => r,
+                        Err(r) => return shape(&r.message),
+                    };
+                    let Some(category) = text(step, "category").filter(|c| !c.is_empty()) else {
+                        return shape("a payment at a reader needs a \"category\"");
+                    };
+                    let payment = ReaderPayment {
+                        category: category.to_string(),
+                    };
+                    (text(step, "merchant"), release, Some(payment))
+                };
+                let cmd = PlaceCmd {
+                    id: id.clone(),
+                    consumer: consumer.clone(),
+                    merchant: merchant.unwrap_or_default().to_string(),
+                    amount,
+                    release,
+                    at_reader,
+                };
+                engine.place(cmd, now).await?
+            }
+            "set_credit_limit" => match Amount::parse(&amount_text(step, "limit")) {
+                Err(e) => Err(Refusal::amount(format!("limit: {e}"))),
+                Ok(limit) => {
+                    let reason = text(step, "reason").unwrap_or_default();
+                    engine
+                        .set_credit_limit(&consumer, limit, reason, now)
+                        .await?
+                }
+            },
+            "set_gateway_rules" => {
+                let rules = match step.get("rules") {
+                    None => Err(Refusal::invalid(
+                        "set_gateway_rules needs \"rules\" (or null)",
+                    )),
+                    Some(Value::Null) => Ok(None),
+                    Some(v) => serde_json::from_value::<GatewayRules>(v.clone())
+                        .map(Some)
+                        .map_err(|e| Refusal::invalid(format!("gateway rules: {e}"))),
+                };
+                match rules {
+                    Ok(rules) => engine.set_gateway_rules(&consumer, rules, now).await?,
+                    Err(r) => Err(r),
+                }
+            }
+            "link_bank" => {
+                let bank = text(step, "bank").unwrap_or_default();
+                let balance = match step.get("bank_balance") {
+                    None => Amount::ZERO,
+                    Some(_) => match Amount::parse(&amount_text(step, "bank_balance")) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            return Ok(Some(Err(Refusal::amount(format!("bank_balance: {e}")))))
+                        }
+                    },
+                };
+                match engine.link_bank(&consumer, bank, now).await? {
+                    Ok(_) => {
+                        // Linked (or linked already): the account is opened at the simulated
+                        // bank if it is new there. Only then, so that a refused link opens
+                        // nothing.
+                        if !self.bank().exists(bank) {
+                            self.bank().open_account(bank, balance)?;
+                        }
+                        Ok(Outcome::Ok)
+                    }
+                    Err(r) => Err(r),
+                }
+            }
+            "designate_bank" => {
+                let bank = text(step, "bank").unwrap_or_default();
+                engine.designate_bank(&consumer, bank, now).await?
+            }
+            "transfer" => {
+                let cmd = BankTransferCmd {
+                    id: id.clone(),
+                    consumer: consumer.clone(),
+                    from: text(step, "from").unwrap_or_default().to_string(),
+                    to: text(step, "to").unwrap_or_default().to_string(),
+                    amount,
+                };
+                engine.transfer_between_banks(cmd, now).await?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(result))
+    }
+
     /// Reads one check's value as text, amounts with two decimals.
     async fn read(&self, key: &str) -> Result<String, String> {
         let engine = self.engine();
@@ -381,6 +576,33 @@ impl Player {
                 .map_err(fault)?
                 .map(|o| o.state.as_str().to_string())
                 .unwrap_or_else(none),
+            "limit" => engine
+                .consumer(id)
+                .await
+                .map_err(fault)?
+                .map(|c| c.credit_limit.to_string())
+                .unwrap_or_else(none),
+            // What the recharge cards of batch `id` brought in: the batch's clearing account
+            // is debited by every recharge, so it holds minus that.
+            "recharged" => {
+                let state = engine.ledger_state().await.map_err(fault)?;
+                state
+                    .merchant_clearing
+                    .get(&recharge_clearing(id))
+                    .map(|a| a.checked_neg())
+                    .unwrap_or(Amount::ZERO)
+                    .to_string()
+            }
+            "gateway_spent" => engine
+                .gateway_rules(id, self.clock)
+                .map_err(fault)?
+                .map(|(_, spent)| spent.to_string())
+                .unwrap_or_else(none),
+            "banks" => engine
+                .bank_accounts(id)
+                .map_err(fault)?
+                .map(|b| b.join(","))
+                .unwrap_or_else(none),
             "refunded" => engine
                 .order(id)
                 .await
@@ -389,6 +611,20 @@ impl Player {
                 .unwrap_or_else(none),
             _ => return Err(format!("unknown check {key:?}")),
         })
+    }
+}
+
+/// A field of a service command that its typed engine command cannot carry is malformed; the
+/// refusal is the one FORMAT.md's precedence gives: `conflict` when the id is used already (by
+/// other content, since this content can be no one's), then `amount` for an amount that is not
+/// positive, then `invalid`.
+fn shape_refusal(id_used: bool, amount: Amount, what: &str) -> Refusal {
+    if id_used {
+        Refusal::conflict("the id is already used with other content")
+    } else if !amount.is_positive() {
+        Refusal::amount("an amount must be a positive amount string")
+    } else {
+        Refusal::invalid(what)
     }
 }
 

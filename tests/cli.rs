@@ -132,19 +132,42 @@ fn the_demo_refuses_a_data_directory_that_is_in_use() {
     );
 }
 
-#[test]
-fn every_shared_scenario_passes() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())
+/// The scenario files (`*.json`) of a folder, sorted.
+fn scenario_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn every_shared_scenario_passes() {
+    let files = scenario_files(&scenarios_dir());
     assert!(
         files.len() >= 17,
         "expected the shared scenarios, found {}",
         files.len()
     );
+    plays_and_passes(&files);
+}
+
+/// The project's own scenarios of the services (`tests/scenarios/`, in the commands of
+/// `docs/scenarios-services.md`).
+#[test]
+fn every_services_scenario_passes() {
+    let files = scenario_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"));
+    assert!(
+        files.len() >= 5,
+        "expected the services' scenarios, found {}",
+        files.len()
+    );
+    plays_and_passes(&files);
+}
+
+fn plays_and_passes(files: &[PathBuf]) {
     let mut args = vec!["scenario".to_string()];
     args.extend(files.iter().map(|f| f.display().to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_onecard"))

@@ -1717,8 +1717,9 @@ pub struct LedgerState {
     pub auth: crate::cards::AuthState,
     /// Payments authorised at readers, by order id.
     pub authorisations: BTreeMap<String, crate::cards::Authorisation>,
-    /// The clearing accounts of merchants' bank accounts (payouts), by clearing account name
-    /// ([`merchant_clearing`]). Not in the view: only replays (`verify`) and I2 need it.
+    /// The clearing accounts outside the node that no consumer owns, by name: merchants' bank
+    /// accounts ([`merchant_clearing`], payouts and fundings) and recharge batches
+    /// ([`recharge_clearing`]). The view keeps them under its `g` keys.
     pub merchant_clearing: BTreeMap<String, Amount>,
     /// Credit and funding ids with what they were first used for (I6): the view's `w` keys.
     pub credits: BTreeMap<String, CreditRecord>,

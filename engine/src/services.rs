@@ -323,6 +323,20 @@ impl Engine {
     ) -> Result<CommandResult, EngineError> {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
+        // An id used with other content is a conflict before anything else is looked at
+        // (FORMAT.md's precedence), as for credits and fundings: a malformed repeat of a
+        // used id is refused for the id, not for its amount. (The actor checks again, under
+        // the claim, for a transfer that finished in between.)
+        if let Some(first) = self.shared.view.credit(&cmd.id)? {
+            let same = matches!(&first, CreditRecord::Transfer { consumer, from, to, amount }
+                if *consumer == cmd.consumer && *from == cmd.from && *to == cmd.to && *amount == cmd.amount);
+            if !same {
+                return Ok(Err(Refusal::conflict(format!(
+                    "transfer id {:?} is already used with other content",
+                    cmd.id
+                ))));
+            }
+        }
         if !cmd.amount.is_positive() {
             return Ok(Err(Refusal::amount(format!(
                 "a transfer must be greater than zero, not {}",

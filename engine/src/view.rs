@@ -1723,6 +1723,7 @@ impl StateView {
             state.credits.insert(id_of(1, &k)?, decode("credit", &v)?);
         }
         state.merchants = self.merchants()?;
+        state.merchant_clearing = self.merchant_clearing()?;
         state.auth = self.auth_state(meta.config.auth.clone())?;
         for kv in self.scan(&[AUTHORISATION]) {
             let (k, v) = kv?;

@@ -578,3 +578,50 @@ fn linked_bank_accounts_with_a_data_key() {
         ..EngineConfig::default()
     });
 }
+
+/// A limit lowered below what is reserved keeps the reservation (SPEC F10): I4 holds at the
+/// moment of each reservation, so `verify` accepts a consumer that ends with more reserved
+/// than its lowered limit (found by `onecard-sim load --services-pct`: an order still waiting
+/// for funds at the end of a run, its consumer's limit lowered since).
+#[test]
+fn verify_accepts_a_reservation_above_a_limit_lowered_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    actix_rt::System::new().block_on(async {
+        let bank = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig::default(),
+            Arc::new(SimBankPort(bank.clone())),
+        )
+        .await
+        .unwrap();
+        open(&engine, &bank, "alice", "100").await;
+        bank.open_account("acme-bank", amount("0")).unwrap();
+        engine
+            .open_merchant("acme", Some("acme-bank"), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let order = PlaceOrder {
+            id: "o1".into(),
+            consumer: "alice".into(),
+            merchant: "acme".into(),
+            amount: "600.00".into(),
+            release: json!({"on": "receipt"}),
+        };
+        assert_eq!(
+            engine.place_order(order, 1).await.unwrap(),
+            Ok(Outcome::Accepted)
+        );
+        let r = engine
+            .set_credit_limit("alice", amount("0.00"), "a failed bank debit", 2)
+            .await
+            .unwrap();
+        assert_eq!(r, Ok(Outcome::Ok));
+        engine.close().await.unwrap();
+    });
+    let report = onecard_engine::verify::verify(dir.path()).unwrap();
+    let alice = &report.state.consumers["alice"];
+    assert_eq!(alice.reserved, amount("600.00"));
+    assert_eq!(alice.credit_limit, amount("0.00"));
+}

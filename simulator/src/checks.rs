@@ -9,13 +9,20 @@
 use std::collections::{BTreeMap, HashMap};
 
 use onecard_engine::engine::RecoveryInfo;
-use onecard_engine::ledger::LedgerState;
+use onecard_engine::ledger::{
+    merchant_clearing, recharge_clearing, CreditRecord, CreditSource, LedgerState,
+};
 use onecard_engine::verify::{VerifyError, VerifyReport};
 use onecard_engine::{Amount, OrderState};
 use sha2::{Digest, Sha256};
 
-use crate::population::{consumer, consumer_bank, consumer_id, merchant_bank, merchant_id};
-use crate::runner::{Book, End};
+use crate::analysis::AnalysisRun;
+use crate::population::{
+    biller_bank, biller_id, consumer, consumer_bank, consumer_id, employer_bank, employer_id,
+    merchant_bank, merchant_id, recharge_batch, BILLER_KINDS, EMPLOYERS, EMPLOYER_BANK_BALANCE,
+    RECHARGE_BATCHES,
+};
+use crate::runner::{Book, End, Expected};
 
 /// One named check and what it found.
 #[derive(Debug, Clone)]
@@ -70,6 +77,29 @@ pub struct Inputs<'a> {
     /// With `--bank`: what the bank simulator and the adapter said at the end. `bank_balances`
     /// then holds every account but the settlement center's own.
     pub external: Option<&'a ExternalBank>,
+    /// Whether the run had service operations (`--services-pct`): billers and employers were
+    /// opened, and the services' checks run.
+    pub services: bool,
+    /// The spending analysis run over the journal at the end (with services).
+    pub analysis: Option<&'a AnalysisRun>,
+}
+
+impl Inputs<'_> {
+    /// Merchants opened: the population's, and with services the billers and employers.
+    fn merchants_opened(&self) -> u64 {
+        self.merchants
+            + if self.services {
+                BILLER_KINDS.len() as u64 + EMPLOYERS
+            } else {
+                0
+            }
+    }
+
+    /// Money that came from outside the bank: deposits, and recharge cards redeemed (paid to
+    /// the operator when the cards were sold, owed by the batches' clearing accounts).
+    fn money_from_outside(&self) -> i128 {
+        self.book.deposits_total + self.book.services.redeemed.values().sum::<i128>()
+    }
 }
 
 /// What the checks read of an external bank (`--bank`) and of the ISO 20022 adapter.
@@ -184,6 +214,9 @@ pub fn run(i: &Inputs) -> Vec<Check> {
         checks.push(population(i, state));
         checks.push(bank_reconciliation(i, state, &bank));
         checks.push(orders(i, state, &bank));
+        if i.services {
+            checks.extend(services(i, state));
+        }
     }
     if let Some(r) = i.recovery {
         checks.push(Check::new(
@@ -200,9 +233,10 @@ pub fn run(i: &Inputs) -> Vec<Check> {
 }
 
 /// Money is neither made nor lost: the bank's total plus every wallet and merchant balance
-/// equals what was opened at the bank plus what arrived from outside.
+/// (billers and employers included) equals what was opened at the bank plus what arrived from
+/// outside: deposits, and recharge cards redeemed (which the batches' clearing accounts owe).
 fn conservation(i: &Inputs, bank_total: i128, replay: Option<&LedgerState>) -> Check {
-    let expected = i.opening_total + i.book.deposits_total;
+    let expected = i.opening_total + i.money_from_outside();
     let mut ok = true;
     let mut parts = vec![];
     let held_by = [
@@ -227,12 +261,36 @@ fn conservation(i: &Inputs, bank_total: i128, replay: Option<&LedgerState>) -> C
         ));
     }
     ok &= !parts.is_empty();
-    parts.push(format!(
-        "expected: opening {} + deposits {} = {}",
-        money(i.opening_total),
-        money(i.book.deposits_total),
-        money(expected)
-    ));
+    if i.services {
+        let recharged = i.money_from_outside() - i.book.deposits_total;
+        parts.push(format!(
+            "expected: opening {} + deposits {} + recharges redeemed {} = {}",
+            money(i.opening_total),
+            money(i.book.deposits_total),
+            money(recharged),
+            money(expected)
+        ));
+        // The ledger's side of the same money: the recharge batches' clearing accounts owe
+        // exactly what was redeemed (each is minus its redemptions).
+        if let Some(s) = replay {
+            let clearing: i128 = (0..RECHARGE_BATCHES)
+                .filter_map(|k| {
+                    s.merchant_clearing
+                        .get(&recharge_clearing(&recharge_batch(k)))
+                })
+                .map(|a| a.cents())
+                .sum();
+            ok &= clearing == -recharged;
+            parts.push(format!("recharge clearing accounts {}", money(clearing)));
+        }
+    } else {
+        parts.push(format!(
+            "expected: opening {} + deposits {} = {}",
+            money(i.opening_total),
+            money(i.book.deposits_total),
+            money(expected)
+        ));
+    }
     if let Some(ext) = i.external {
         // Bookings only move money between the bank's accounts: its total (the settlement
         // center's account included) stays what was opened.
@@ -303,13 +361,17 @@ fn live_equals_replay(
 }
 
 fn population(i: &Inputs, s: &LedgerState) -> Check {
+    let has = |id: String, bank: String| {
+        s.merchants
+            .get(&id)
+            .is_some_and(|m| m.bank.as_deref() == Some(bank.as_str()))
+    };
     let ok = s.consumers.len() as u64 == i.consumers
-        && s.merchants.len() as u64 == i.merchants
-        && (0..i.merchants).all(|j| {
-            s.merchants
-                .get(&merchant_id(j))
-                .is_some_and(|m| m.bank.as_deref() == Some(merchant_bank(j).as_str()))
-        });
+        && s.merchants.len() as u64 == i.merchants_opened()
+        && (0..i.merchants).all(|j| has(merchant_id(j), merchant_bank(j)))
+        && (!i.services
+            || ((0..BILLER_KINDS.len()).all(|k| has(biller_id(k), biller_bank(k)))
+                && (0..EMPLOYERS).all(|k| has(employer_id(k), employer_bank(k)))));
     Check::new(
         "population",
         ok,
@@ -318,7 +380,7 @@ fn population(i: &Inputs, s: &LedgerState) -> Check {
             s.consumers.len(),
             s.merchants.len(),
             i.consumers,
-            i.merchants
+            i.merchants_opened()
         ),
     )
 }
@@ -348,13 +410,37 @@ fn bank_reconciliation(i: &Inputs, s: &LedgerState, bank: &HashMap<&str, i128>) 
         }
         checked += 1;
     }
-    for j in 0..i.merchants {
-        if bank.get(merchant_bank(j).as_str()) != Some(&0) {
-            bad.push(format!("{} is not at 0.00", merchant_bank(j)));
+    let mut at_zero: Vec<String> = (0..i.merchants).map(merchant_bank).collect();
+    if i.services {
+        // Billers are never paid out: their accounts stay at 0.00. Employers' accounts hold
+        // what they opened with, less their fundings (their clearing accounts, negative).
+        at_zero.extend((0..BILLER_KINDS.len()).map(biller_bank));
+        for k in 0..EMPLOYERS {
+            let account = employer_bank(k);
+            let clearing = s
+                .merchant_clearing
+                .get(&merchant_clearing(&account))
+                .map_or(0, |a| a.cents());
+            let expected = i128::from(EMPLOYER_BANK_BALANCE) + clearing;
+            let held = bank.get(account.as_str()).copied();
+            if held != Some(expected) {
+                bad.push(format!(
+                    "{account}: bank holds {}, expected opening {} + clearing {}",
+                    held.map_or("nothing".into(), money),
+                    money(EMPLOYER_BANK_BALANCE.into()),
+                    money(clearing)
+                ));
+            }
+            checked += 1;
+        }
+    }
+    for account in &at_zero {
+        if bank.get(account.as_str()) != Some(&0) {
+            bad.push(format!("{account} is not at 0.00"));
         }
         checked += 1;
     }
-    let accounts = (i.consumers + i.merchants) as usize;
+    let accounts = (i.consumers + i.merchants_opened()) as usize;
     if bank.len() != accounts {
         bad.push(format!(
             "the bank has {} accounts, {accounts} were opened",
@@ -370,13 +456,24 @@ fn bank_reconciliation(i: &Inputs, s: &LedgerState, bank: &HashMap<&str, i128>) 
     Check::new("bank_vs_ledger", ok, detail)
 }
 
-/// Every lifecycle's order ended as its commands said it must, and nothing else is there.
+/// Every lifecycle's order (and every bill's) ended as its commands said it must, and
+/// nothing else is there.
 fn orders(i: &Inputs, s: &LedgerState, bank: &HashMap<&str, i128>) -> Check {
     let mut bad = vec![];
     let mut checked = 0u64;
-    for n in 0..i.lifecycles {
+    let lifecycles = (0..i.lifecycles).map(|n| {
         let id = format!("o{n}");
-        let Some(Some(e)) = i.book.lifecycles.get(n as usize) else {
+        let e = i.book.lifecycles.get(n as usize).copied().flatten();
+        (id, e)
+    });
+    let bills = i
+        .book
+        .services
+        .bills
+        .iter()
+        .map(|(id, e)| (id.clone(), Some(*e)));
+    for (id, e) in lifecycles.chain(bills) {
+        let Some(e): Option<Expected> = e else {
             bad.push(format!("{id} was generated but never run"));
             continue;
         };
@@ -423,19 +520,383 @@ fn orders(i: &Inputs, s: &LedgerState, bank: &HashMap<&str, i128>) -> Check {
         }
     }
     let in_ledger: u64 = s.consumers.values().map(|c| c.orders.len() as u64).sum();
-    if in_ledger != i.lifecycles {
+    let bills = i.book.services.bills.len() as u64;
+    if in_ledger != i.lifecycles + bills {
         bad.push(format!(
-            "the ledger holds {in_ledger} orders, {} lifecycles were started",
+            "the ledger holds {in_ledger} orders, {} lifecycles were started and {bills} bills placed",
             i.lifecycles
         ));
     }
     let ok = bad.is_empty();
     let detail = if ok {
-        format!("{checked} orders ended as their lifecycles require")
+        format!("{checked} orders ended as their lifecycles (and bills) require")
     } else {
         format!("{} problems, first: {}", bad.len(), bad[0])
     };
     Check::new("orders", ok, detail)
+}
+
+/// The services' own rules, read from the journal's replay and held against the book.
+fn services(i: &Inputs, s: &LedgerState) -> Vec<Check> {
+    vec![
+        credits_once(i, s),
+        employers(i, s),
+        recharge_batches(i, s),
+        wallet_cap(i, s),
+        credit_limits(i, s),
+        analysis(i, s),
+    ]
+}
+
+/// A check's detail: what was checked when it holds, else the number of problems and the
+/// first few.
+fn verdict(name: &'static str, bad: &[String], good: String) -> Check {
+    if bad.is_empty() {
+        Check::new(name, true, good)
+    } else {
+        let first: Vec<&str> = bad.iter().take(3).map(String::as_str).collect();
+        Check::new(
+            name,
+            false,
+            format!("{} problems, first: {}", bad.len(), first.join("; ")),
+        )
+    }
+}
+
+/// The consumers' credits of the ledger (recharges, salaries), by id.
+fn consumer_credits(s: &LedgerState) -> BTreeMap<&str, (&str, i128, &CreditSource)> {
+    s.credits
+        .iter()
+        .filter_map(|(id, r)| match r {
+            CreditRecord::Consumer {
+                consumer,
+                source,
+                amount,
+                ..
+            } => Some((id.as_str(), (consumer.as_str(), amount.cents(), source))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every credit id was credited at most once (the journal's feed holds one `Credited` event
+/// per id), and the ledger's credits are exactly those the workload saw answered `credited`
+/// the first time: the same ids, consumers and amounts, so the same sum.
+fn credits_once(i: &Inputs, s: &LedgerState) -> Check {
+    let book = &i.book.services.credits;
+    let ledger = consumer_credits(s);
+    let mut bad = vec![];
+    if let Some(a) = i.analysis {
+        for (id, n) in &a.credited {
+            if *n > 1 {
+                bad.push(format!(
+                    "credit id {id} was credited {n} times in the journal"
+                ));
+            }
+        }
+        if a.credited.len() != ledger.len() {
+            bad.push(format!(
+                "the journal credits {} ids, the ledger holds {}",
+                a.credited.len(),
+                ledger.len()
+            ));
+        }
+    } else {
+        bad.push("the journal's feed was not read".into());
+    }
+    for (id, c) in book {
+        match ledger.get(id.as_str()) {
+            Some((consumer, amount, source))
+                if *consumer == consumer_id(c.consumer)
+                    && *amount == i128::from(c.amount)
+                    && **source == c.source => {}
+            other => bad.push(format!(
+                "{id}: credited {} to {} by the workload, the ledger has {other:?}",
+                money(c.amount.into()),
+                consumer_id(c.consumer)
+            )),
+        }
+    }
+    for id in ledger.keys() {
+        if !book.contains_key(*id) {
+            bad.push(format!(
+                "{id} is credited in the ledger, never in the workload"
+            ));
+        }
+    }
+    let booked: i128 = book.values().map(|c| i128::from(c.amount)).sum();
+    let held: i128 = ledger.values().map(|(_, a, _)| a).sum();
+    if booked != held {
+        bad.push(format!(
+            "credited {} by the workload, {} in the ledger",
+            money(booked),
+            money(held)
+        ));
+    }
+    let sb = &i.book.services;
+    verdict(
+        "credits_once",
+        &bad,
+        format!(
+            "{} credits ({} recharges, {} salaries) credited once each, {} in all; {} codes \
+             redeemed already refused to another consumer, {} repeats by the same consumer \
+             moved nothing, {} salary lines repeated",
+            ledger.len(),
+            ledger
+                .values()
+                .filter(|(_, _, src)| matches!(src, CreditSource::RechargeCard { .. }))
+                .count(),
+            ledger
+                .values()
+                .filter(|(_, _, src)| matches!(src, CreditSource::Employer { .. }))
+                .count(),
+            money(held),
+            sb.codes_stolen,
+            sb.codes_repeated,
+            sb.lines_repeated
+        ),
+    )
+}
+
+/// Each employer's balance is what it was funded with less the salaries it paid: as the
+/// workload counted them, and as the ledger's fundings and salary credits say.
+fn employers(i: &Inputs, s: &LedgerState) -> Check {
+    let sb = &i.book.services;
+    let mut bad = vec![];
+    let mut parts = vec![];
+    for k in 0..EMPLOYERS {
+        let e = employer_id(k);
+        let balance = s.merchants.get(&e).map_or(0, |m| m.balance.cents());
+        let funded = sb.funded.get(&e).copied().unwrap_or(0);
+        let paid = sb.salaries_paid.get(&e).copied().unwrap_or(0);
+        let ledger_funded: i128 = s
+            .credits
+            .values()
+            .filter_map(|r| match r {
+                CreditRecord::Merchant { merchant, amount } if *merchant == e => {
+                    Some(amount.cents())
+                }
+                _ => None,
+            })
+            .sum();
+        let ledger_paid: i128 = consumer_credits(s)
+            .values()
+            .filter(
+                |(_, _, src)| matches!(src, CreditSource::Employer { employer } if *employer == e),
+            )
+            .map(|(_, a, _)| a)
+            .sum();
+        if balance != funded - paid || ledger_funded != funded || ledger_paid != paid {
+            bad.push(format!(
+                "{e}: balance {}, funded {} − paid {} by the workload, funded {} − paid {} in the ledger",
+                money(balance),
+                money(funded),
+                money(paid),
+                money(ledger_funded),
+                money(ledger_paid)
+            ));
+        }
+        parts.push(format!(
+            "{e} {} = {} − {}",
+            money(balance),
+            money(funded),
+            money(paid)
+        ));
+    }
+    verdict(
+        "employers",
+        &bad,
+        format!(
+            "balance = funded − salaries paid: {}; {} payrolls ({} under-funded), {} lines paid, {} failed for funds",
+            parts.join(", "),
+            sb.payrolls,
+            sb.payrolls_underfunded,
+            sb.lines_paid,
+            sb.lines_failed
+        ),
+    )
+}
+
+/// Each recharge batch's clearing account is minus what was redeemed from it.
+fn recharge_batches(i: &Inputs, s: &LedgerState) -> Check {
+    let sb = &i.book.services;
+    let ledger = consumer_credits(s);
+    let mut bad = vec![];
+    let mut parts = vec![];
+    for k in 0..RECHARGE_BATCHES {
+        let batch = recharge_batch(k);
+        let clearing = s
+            .merchant_clearing
+            .get(&recharge_clearing(&batch))
+            .map_or(0, |a| a.cents());
+        let redeemed = sb.redeemed.get(&batch).copied().unwrap_or(0);
+        let in_ledger: i128 = ledger
+            .values()
+            .filter(
+                |(_, _, src)| matches!(src, CreditSource::RechargeCard { batch: b } if *b == batch),
+            )
+            .map(|(_, a, _)| a)
+            .sum();
+        if clearing != -redeemed || in_ledger != redeemed {
+            bad.push(format!(
+                "{batch}: clearing {}, redeemed {} by the workload, {} in the ledger's credits",
+                money(clearing),
+                money(redeemed),
+                money(in_ledger)
+            ));
+        }
+        parts.push(format!("{batch} {}", money(clearing)));
+    }
+    verdict(
+        "recharge_batches",
+        &bad,
+        format!(
+            "each batch's clearing = − redeemed: {}; {} recharges refused for the cap",
+            parts.join(", "),
+            sb.recharges_refused
+        ),
+    )
+}
+
+/// No wallet above the cap (I3) after all the credits; `verify` checks it after every event.
+fn wallet_cap(i: &Inputs, s: &LedgerState) -> Check {
+    let cap = i128::from(i.wallet_cap);
+    let bad: Vec<String> = s
+        .consumers
+        .values()
+        .filter(|c| c.wallet.cents() > cap || c.wallet.is_negative())
+        .map(|c| format!("{} holds {}", c.id, c.wallet))
+        .collect();
+    let full = s
+        .consumers
+        .values()
+        .filter(|c| c.wallet.cents() == cap)
+        .count();
+    verdict(
+        "wallet_cap",
+        &bad,
+        format!(
+            "every wallet within 0.00 and the cap {} ({full} at the cap)",
+            money(cap)
+        ),
+    )
+}
+
+/// Every consumer's limit is the one opened with or one the workload set. A limit lowered
+/// below what is reserved keeps the reservation (I4 holds at the moment of each reservation,
+/// which `verify` checks event by event).
+fn credit_limits(i: &Inputs, s: &LedgerState) -> Check {
+    let sb = &i.book.services;
+    let mut bad = vec![];
+    let mut below = 0;
+    for n in 0..i.consumers {
+        let Some(c) = s.consumers.get(&consumer_id(n)) else {
+            continue;
+        };
+        let limit = c.credit_limit.cents();
+        let opening = i128::from(consumer(i.seed, n, i.wallet_cap).credit_limit);
+        let set = sb.limits.get(&n);
+        let known = match set {
+            None => limit == opening,
+            Some(v) => v.iter().any(|l| i128::from(*l) == limit),
+        };
+        if !known {
+            bad.push(format!(
+                "{}: limit {}, opened with {}, set to {:?}",
+                c.id,
+                c.credit_limit,
+                money(opening),
+                set
+            ));
+        }
+        below += usize::from(c.reserved.cents() > limit);
+    }
+    verdict(
+        "credit_limits",
+        &bad,
+        format!(
+            "{} limits set for {} consumers, each ending at one of them; {below} consumers end \
+             with more reserved than their lowered limit (kept: I4 holds when reserving)",
+            sb.limit_changes,
+            sb.limits.len()
+        ),
+    )
+}
+
+/// The spending analysis' totals equal sums computed apart from it, from the ledger: per
+/// consumer, spending = settled orders' amounts − refunds, income = recharges and salaries
+/// credited; per kind of bill, spending = the settled bills paid to its biller.
+fn analysis(i: &Inputs, s: &LedgerState) -> Check {
+    let Some(a) = i.analysis else {
+        return Check::new("analysis", false, "the analysis did not run");
+    };
+    let mut bad: Vec<String> = a.error.iter().cloned().collect();
+    let totals = a.totals();
+    let credits = consumer_credits(s);
+    let mut income: HashMap<&str, i128> = HashMap::new();
+    for (consumer, amount, source) in credits.values() {
+        if source.is_income() {
+            *income.entry(consumer).or_default() += amount;
+        }
+    }
+    let mut by_biller = vec![0i128; BILLER_KINDS.len()];
+    let mut counted = 0;
+    for c in s.consumers.values() {
+        let mut spent = 0i128;
+        for o in c.orders.values() {
+            if o.state == OrderState::Settled {
+                spent += o.amount.cents();
+                if let Some(k) = (0..BILLER_KINDS.len()).find(|k| biller_id(*k) == o.merchant) {
+                    by_biller[k] += o.amount.cents();
+                }
+            }
+        }
+        spent -= c.refunds.values().map(|r| r.amount.cents()).sum::<i128>();
+        let earned = income.get(c.id.as_str()).copied().unwrap_or(0);
+        let (a_spent, a_earned) = totals.get(c.id.as_str()).copied().unwrap_or((0, 0));
+        if (a_spent, a_earned) != (spent, earned) {
+            bad.push(format!(
+                "{}: the analysis has spending {} and income {}, the ledger {} and {}",
+                c.id,
+                money(a_spent),
+                money(a_earned),
+                money(spent),
+                money(earned)
+            ));
+        }
+        counted += 1;
+    }
+    for (k, kind) in BILLER_KINDS.iter().enumerate() {
+        let category = format!("bill:{kind}");
+        let in_index = a.category_total(&category);
+        if in_index != by_biller[k] {
+            bad.push(format!(
+                "{category}: {} in the analysis, {} settled to {}",
+                money(in_index),
+                money(by_biller[k]),
+                biller_id(k)
+            ));
+        }
+    }
+    let spending: i128 = totals.values().map(|t| t.0).sum();
+    let earned: i128 = totals.values().map(|t| t.1).sum();
+    verdict(
+        "analysis",
+        &bad,
+        format!(
+            "the spending analysis over {} records ({} events, {} counted) in {:.1} ms: {} \
+             consumer-months in {} months, spending {} and income {} in all, equal to the \
+             ledger's sums for each of {counted} consumers and each kind of bill",
+            a.records,
+            a.events,
+            a.counted,
+            a.millis,
+            a.index.len(),
+            a.months(),
+            money(spending),
+            money(earned)
+        ),
+    )
 }
 
 /// Orders by state, from the final state.
@@ -490,6 +951,10 @@ pub fn digest(s: &LedgerState, bank_balances: &[(String, Amount)]) -> String {
     }
     for (id, m) in &s.merchants {
         put(format!("merchant {id} {:?} {}", m.bank, m.balance));
+    }
+    // Credits and fundings (none without services, so a run without them hashes as before).
+    for (id, r) in &s.credits {
+        put(format!("credit {id} {r:?}"));
     }
     let mut balances: Vec<_> = bank_balances.iter().collect();
     balances.sort();

@@ -18,7 +18,7 @@ use crate::bank_admin::{self, AdminError, BankAdmin};
 use crate::checks::{self, ExternalBank};
 use crate::options::LoadArgs;
 use crate::population::{self, Accounts, SetupError};
-use crate::report::{Report, Residency, Restart, VerifySummary};
+use crate::report::{Report, Residency, Restart, ServicesSummary, VerifySummary};
 use crate::runner::{Book, Common, Ctx, Pace};
 use crate::stats::{peak_rss_bytes, Recorder};
 use crate::workload::{Generator, Shape, TICK_SECS};
@@ -312,6 +312,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         args.seed,
         args.consumers,
         args.merchants,
+        args.services_pct > 0.0,
         args.setup_concurrency,
         &pb,
     )
@@ -328,6 +329,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         tick_every: args.tick_every(),
         zipf_s: args.zipf_s,
         code_attempts_max: rules.code_attempts_max,
+        wallet_cap: cents(rules.wallet_cap),
     })
     .map_err(LoadError::Usage)?;
     let pb = progress(args, args.orders, "lifecycles");
@@ -344,6 +346,9 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
         stopped: Cell::new(false),
         pace: args.rate.map(Pace::per_second),
+        employers: (0..population::EMPLOYERS)
+            .map(|_| futures::lock::Mutex::new(0))
+            .collect(),
     });
     let restart_at = args
         .restart_at_pct
@@ -422,6 +427,10 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     }
     let drain_secs = drain_start.elapsed().as_secs_f64();
 
+    // The monthly spending analysis over the whole journal, as the node's follower would run
+    // it, once everything has settled (not part of the measured run; its time is reported).
+    let analysis = (args.services_pct > 0.0).then(|| crate::analysis::run(&engine));
+
     let checks_start = Instant::now();
     let (bank_balances, mut external) = bank_balances(&bank, admin.as_ref()).await?;
     // Summarised and dropped at once: the replay below is another whole ledger.
@@ -461,6 +470,8 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         verify: &verified,
         recovery: restart.as_ref().map(|r: &Restart| &r.info),
         external: external.as_ref(),
+        services: args.services_pct > 0.0,
+        analysis: analysis.as_ref(),
     });
     let final_state = verified.as_ref().ok().map(|r| &r.state);
     let digest = final_state
@@ -527,6 +538,9 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         drain_secs,
         checks_secs,
         lifecycles_started: gen.emitted(),
+        services: analysis
+            .as_ref()
+            .map(|a| ServicesSummary::of(args.services_pct, &book, a)),
         stopped_by_duration: stopped,
         restart,
         peak_rss_run,

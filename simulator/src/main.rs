@@ -16,6 +16,7 @@
 //! `onecard-sim bank` serves a simulated bank over HTTP that speaks ISO 20022, with durable
 //! balances and faults (see `onecard_sim::bank` and docs/bank-http.md).
 
+mod analysis;
 mod bank_admin;
 mod card_cmd;
 mod checks;

@@ -29,6 +29,10 @@ it also gives the same final state, hence the same digest.\n\n\
 Mix percentages are per order lifecycle. --code-pct, --time-pct, --cancel-pct, --dispute-pct \
 and --abandon-pct choose the lifecycle's path and may add up to at most 100; the rest are \
 released on receipt. --refund-pct, --repeat-pct, --deposit-pct and --refuse-pct are drawn independently.\n\n\
+--services-pct adds the services' operations (bills, recharges, payrolls, credit limits) to the stream, \
+as that share of the work items, and their checks: each credit id credited once, employers' balances, \
+recharge batches' clearing accounts, the wallet cap, the limits set, and the spending analysis run \
+over the journal against independent sums.\n\n\
 With --bank URL the engine works through the ISO 20022 adapter against a running `onecard-sim bank` \
 instead of the in-process bank: the population's accounts are opened there (admin API), its balances \
 are read for the checks, and conservation also checks the bank's total and its settlement account \
@@ -156,6 +160,16 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub setup_concurrency: usize,
 
+    /// Share of work items (0 to 99) that are service operations rather than order
+    /// lifecycles: bills paid by each kind of autopay rule (always, on_due_date, up_to, ask),
+    /// recharge cards (with wrong codes: a code already redeemed by another consumer, and a
+    /// repeat by the same one), payroll batches (some under-funded, some lines repeated) and
+    /// credit-limit adjustments (up, down, below what is reserved). Opens 4 billers and 3
+    /// employers beside the merchants, and runs the spending analysis over the journal at the
+    /// end. Default 0: the run is the same as without it. Not available with --bank.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = services_percentage)]
+    pub services_pct: f64,
+
     /// Work against a running bank simulator (`onecard-sim bank`) at this base URL (plain
     /// http:// on a loopback address) through the ISO 20022 adapter, instead of the in-process
     /// simulated bank. The population's bank accounts are opened through the simulator's admin
@@ -175,6 +189,17 @@ fn percentage(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0 and 100"))
+    }
+}
+
+/// `--services-pct`: below 100, since service operations are interleaved with the order
+/// lifecycles that `--orders` counts (100 would leave no lifecycle to interleave them with).
+fn services_percentage(s: &str) -> Result<f64, String> {
+    let v = percentage(s)?;
+    if v < 100.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be below 100 (at least 0, at most 99.99)"))
     }
 }
 
@@ -207,6 +232,8 @@ pub struct Mix {
     pub deposit: f64,
     pub refuse: f64,
     pub refuse_window: u64,
+    /// Share of work items that are service operations (`--services-pct`).
+    pub services: f64,
 }
 
 impl LoadArgs {
@@ -248,6 +275,13 @@ impl LoadArgs {
                 return Err(format!(
                     "--bank {url:?}: plain http is only for a bank on this machine (a loopback address)"
                 ));
+            }
+            if self.services_pct > 0.0 {
+                return Err(
+                    "--services-pct is not available with --bank: the employers' fundings and \
+                     the recharges' overflows need the in-process bank; leave it out"
+                        .into(),
+                );
             }
             for (flag, pct) in [
                 ("--deposit-pct", self.deposit_pct),
@@ -292,6 +326,7 @@ impl LoadArgs {
             deposit: self.deposit_pct(),
             refuse: self.refuse_pct(),
             refuse_window: self.refuse_window,
+            services: self.services_pct,
         }
     }
 

@@ -42,6 +42,33 @@ pub fn merchant_bank(j: u64) -> String {
     format!("mb{j}")
 }
 
+/// The kinds of biller opened with `--services-pct`: one biller (a merchant) of each, with a
+/// bank account at 0.00, which bills are paid to.
+pub const BILLER_KINDS: [&str; 4] = ["water", "electricity", "gas", "phone"];
+/// Employers opened with `--services-pct`: merchants whose bank accounts hold
+/// [`EMPLOYER_BANK_BALANCE`], funding payroll batches.
+pub const EMPLOYERS: u64 = 3;
+/// 1,000,000,000.00: more than any run's payrolls can fund, so a funding is never refused.
+pub const EMPLOYER_BANK_BALANCE: i64 = 100_000_000_000;
+/// Batches of recharge cards (`batch0`, …): each has its clearing account in the ledger.
+pub const RECHARGE_BATCHES: u64 = 4;
+
+pub fn biller_id(k: usize) -> String {
+    format!("biller-{}", BILLER_KINDS[k])
+}
+pub fn biller_bank(k: usize) -> String {
+    format!("bb-{}", BILLER_KINDS[k])
+}
+pub fn employer_id(k: u64) -> String {
+    format!("employer{k}")
+}
+pub fn employer_bank(k: u64) -> String {
+    format!("eb{k}")
+}
+pub fn recharge_batch(k: u64) -> String {
+    format!("batch{k}")
+}
+
 /// One consumer as opened. Amounts in cents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
@@ -181,7 +208,8 @@ async fn open_external(
 
 /// Opens the merchants, then the consumers, `concurrency` at a time. Each consumer: its
 /// account at the bank with its balance (with an external bank, all accounts first), then
-/// `open_consumer`, which moves the starting wallet from that account.
+/// `open_consumer`, which moves the starting wallet from that account. With `services`, the
+/// billers and the employers too, after the merchants (in-process bank only).
 #[allow(clippy::too_many_arguments)]
 pub async fn open_all(
     engine: &Engine,
@@ -189,6 +217,7 @@ pub async fn open_all(
     seed: u64,
     consumers: u64,
     merchants: u64,
+    services: bool,
     concurrency: usize,
     progress: &ProgressBar,
 ) -> Result<Opened, SetupError> {
@@ -212,6 +241,29 @@ pub async fn open_all(
             expect_ok(|| format!("merchant {}", merchant_id(j)), r)
         })
         .await?;
+    if services {
+        let Some(bank) = bank else {
+            return Err(SetupError::Refused {
+                what: "the services' billers and employers".into(),
+                outcome: "not available with an external bank".into(),
+            });
+        };
+        for k in 0..BILLER_KINDS.len() {
+            open_bank_account(bank, biller_bank(k), 0).await?;
+            let r = engine
+                .open_merchant(&biller_id(k), Some(&biller_bank(k)), 0)
+                .await;
+            expect_ok(|| format!("biller {}", biller_id(k)), r)?;
+        }
+        for k in 0..EMPLOYERS {
+            open_bank_account(bank, employer_bank(k), EMPLOYER_BANK_BALANCE).await?;
+            opening.set(opening.get() + i128::from(EMPLOYER_BANK_BALANCE));
+            let r = engine
+                .open_merchant(&employer_id(k), Some(&employer_bank(k)), 0)
+                .await;
+            expect_ok(|| format!("employer {}", employer_id(k)), r)?;
+        }
+    }
     stream::iter((0..consumers).map(Ok::<u64, SetupError>))
         .try_for_each_concurrent(concurrency, |i| {
             let opening = &opening;

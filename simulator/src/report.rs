@@ -6,8 +6,97 @@ use std::fmt::Write as _;
 use onecard_engine::engine::RecoveryInfo;
 use serde_json::{json, Map, Value};
 
+use crate::analysis::AnalysisRun;
 use crate::checks::{money, Check};
+use crate::runner::Book;
 use crate::stats::{OpKind, Percentiles, Recorder};
+
+/// What the service operations did (`--services-pct`), for the report.
+#[derive(Debug, Clone, Default)]
+pub struct ServicesSummary {
+    pub pct: f64,
+    /// Bills by rule and what became of them (`always:placed`, `ask:declined`, …).
+    pub bills: BTreeMap<String, u64>,
+    pub recharges_credited: u64,
+    pub recharges_refused: u64,
+    pub codes_stolen: u64,
+    pub codes_repeated: u64,
+    pub payrolls: u64,
+    pub payrolls_underfunded: u64,
+    pub lines_paid: u64,
+    pub lines_failed: u64,
+    pub lines_repeated: u64,
+    pub limit_changes: u64,
+    /// The analysis run at the end: records and events read, events counted, consumer-months
+    /// in the index, and how long it took.
+    pub analysis_records: u64,
+    pub analysis_events: u64,
+    pub analysis_counted: u64,
+    pub analysis_consumer_months: usize,
+    pub analysis_ms: f64,
+}
+
+impl ServicesSummary {
+    pub fn of(pct: f64, book: &Book, a: &AnalysisRun) -> ServicesSummary {
+        let s = &book.services;
+        ServicesSummary {
+            pct,
+            bills: s.bill_outcomes.clone(),
+            recharges_credited: s
+                .credits
+                .values()
+                .filter(|c| {
+                    matches!(
+                        c.source,
+                        onecard_engine::ledger::CreditSource::RechargeCard { .. }
+                    )
+                })
+                .count() as u64,
+            recharges_refused: s.recharges_refused,
+            codes_stolen: s.codes_stolen,
+            codes_repeated: s.codes_repeated,
+            payrolls: s.payrolls,
+            payrolls_underfunded: s.payrolls_underfunded,
+            lines_paid: s.lines_paid,
+            lines_failed: s.lines_failed,
+            lines_repeated: s.lines_repeated,
+            limit_changes: s.limit_changes,
+            analysis_records: a.records,
+            analysis_events: a.events,
+            analysis_counted: a.counted,
+            analysis_consumer_months: a.index.len(),
+            analysis_ms: a.millis,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "services_pct": self.pct,
+            "bills": self.bills,
+            "recharges": {
+                "credited": self.recharges_credited,
+                "refused": self.recharges_refused,
+                "codes_redeemed_already": self.codes_stolen,
+                "codes_repeated": self.codes_repeated,
+            },
+            "payroll": {
+                "batches": self.payrolls,
+                "underfunded": self.payrolls_underfunded,
+                "lines_paid": self.lines_paid,
+                "lines_failed": self.lines_failed,
+                "lines_repeated": self.lines_repeated,
+            },
+            "limit_changes": self.limit_changes,
+            "analysis": {
+                "records": self.analysis_records,
+                "events": self.analysis_events,
+                "counted": self.analysis_counted,
+                "consumer_months": self.analysis_consumer_months,
+                "ms": round3(self.analysis_ms),
+            },
+        })
+    }
+}
 
 /// The engine's restart in the middle of the run.
 #[derive(Debug, Clone)]
@@ -65,6 +154,8 @@ pub struct Report {
     pub checks_secs: f64,
     /// Lifecycles generated; the recorder counts those completed.
     pub lifecycles_started: u64,
+    /// With `--services-pct`: what the service operations did.
+    pub services: Option<ServicesSummary>,
     pub stopped_by_duration: bool,
     pub rec: Recorder,
     pub restart: Option<Restart>,
@@ -188,6 +279,11 @@ impl Report {
             row(s, k.name(), self.rec.percentiles(k))?;
         }
         row(s, "consumer commands", self.rec.command_percentiles())?;
+        if self.services.is_some() {
+            for k in OpKind::SERVICES {
+                row(s, k.name(), self.rec.percentiles(k))?;
+            }
+        }
         writeln!(
             s,
             "  (ops/s over the measured run; the final tick of the drain is counted with the ticks)"
@@ -206,6 +302,42 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         writeln!(s, "outcomes: {}", outcomes.join(", "))?;
+        if let Some(v) = &self.services {
+            let done: Vec<String> = self
+                .rec
+                .services
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let bills: Vec<String> = v.bills.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            writeln!(
+                s,
+                "services ({} % of the work items): {}",
+                v.pct,
+                done.join(", ")
+            )?;
+            writeln!(s, "  bills by rule: {}", bills.join(", "))?;
+            writeln!(
+                s,
+                "  recharges: {} credited, {} refused for the cap; wrong codes: {} redeemed already (refused to another consumer), {} repeated by the same consumer",
+                v.recharges_credited, v.recharges_refused, v.codes_stolen, v.codes_repeated
+            )?;
+            writeln!(
+                s,
+                "  payrolls: {} batches ({} under-funded), {} lines paid, {} failed for funds, {} repeated",
+                v.payrolls, v.payrolls_underfunded, v.lines_paid, v.lines_failed, v.lines_repeated
+            )?;
+            writeln!(s, "  credit limits set: {}", v.limit_changes)?;
+            writeln!(
+                s,
+                "  analysis: {} records, {} events ({} counted) into {} consumer-months in {:.1} ms",
+                v.analysis_records,
+                v.analysis_events,
+                v.analysis_counted,
+                v.analysis_consumer_months,
+                v.analysis_ms
+            )?;
+        }
         if let Some(r) = &self.restart {
             writeln!(
                 s,
@@ -312,6 +444,20 @@ impl Report {
                 json!({"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max}),
             );
         }
+        if self.services.is_some() {
+            for k in OpKind::SERVICES {
+                let p = self.rec.percentiles(k);
+                ops.insert(
+                    k.name().into(),
+                    json!(round3(per_sec(p.count, self.run_secs))),
+                );
+                counts.insert(k.name().into(), json!(p.count));
+                latency.insert(
+                    k.name().into(),
+                    json!({"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max}),
+                );
+            }
+        }
         ops.insert(
             "lifecycles".into(),
             json!(round3(self.lifecycles_per_sec())),
@@ -388,6 +534,11 @@ impl Report {
             "digest": self.digest,
             "data_dir": self.data_kept.then_some(&self.data_dir),
             "invariants_ok": self.invariants_ok(),
+            "services": self.services.as_ref().map(|v| {
+                let mut j = v.json();
+                j["done"] = json!(self.rec.services);
+                j
+            }),
         });
         // Two halves: one `json!` this size is beyond the macro's recursion limit.
         if let (Value::Object(a), Value::Object(b)) = (&mut out, more) {

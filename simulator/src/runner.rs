@@ -5,20 +5,28 @@
 //! await. The engine's actors run on their own arbiters, so the workers only wait.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use onecard_engine::commands::{CreditCmd, FundCmd};
 use onecard_engine::engine::{PlaceCmd, RefundCmd};
+use onecard_engine::ledger::{CreditSource, CreditTarget};
 use onecard_engine::model::Secs;
 use onecard_engine::{Amount, CommandResult, Engine, EngineError, Release, SimBank};
+use onecard_node::bills::{self, BillAction};
+use onecard_node::records::AutopayRule;
 
-use crate::population::{consumer_bank, consumer_id, merchant_id};
+use crate::population::{
+    biller_id, consumer_bank, consumer_id, employer_id, merchant_id, recharge_batch,
+};
 use crate::stats::{OpKind, Recorder};
-use crate::workload::{Generator, Job, Lifecycle, Path};
+use crate::workload::{
+    BillJob, Generator, Job, Lifecycle, LimitJob, Path, PayrollJob, RechargeJob, Service,
+};
 
 /// How a lifecycle's order must look once the run has drained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +59,57 @@ pub struct Book {
     /// Deposits acknowledged by the bank, by consumer, in cents.
     pub deposits: HashMap<u64, i128>,
     pub deposits_total: i128,
+    /// What the service operations did (`--services-pct`).
+    pub services: ServiceBook,
+}
+
+/// A credit the engine answered `credited` the first time its id was used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credited {
+    pub consumer: u64,
+    pub amount: i64,
+    pub source: CreditSource,
+}
+
+/// The service operations' part of the book: what the checks hold the ledger and the spending
+/// analysis against. Amounts in cents.
+#[derive(Debug, Default)]
+pub struct ServiceBook {
+    /// Bills whose order was placed, by order id (`b{n}`), and how it must end.
+    pub bills: BTreeMap<String, Expected>,
+    /// Bills by rule and what became of them: `always:placed`, `ask:declined`,
+    /// `up_to:asked` (above the rule's limit: left for the consumer), `on_due_date:refused`.
+    pub bill_outcomes: BTreeMap<String, u64>,
+    /// Credits (recharges and salaries) credited, by credit id.
+    pub credits: BTreeMap<String, Credited>,
+    /// Redeemed from each recharge batch (`batch{k}`).
+    pub redeemed: BTreeMap<String, i128>,
+    /// Recharges refused because the wallet had no room (`WalletOnly`).
+    pub recharges_refused: u64,
+    /// A code already redeemed, tried by another consumer (each `refused:conflict`).
+    pub codes_stolen: u64,
+    /// A code entered again by the consumer who redeemed it (each `credited`, nothing moved).
+    pub codes_repeated: u64,
+    /// Per employer (merchant id): what its balance was funded with, what its lines paid.
+    pub funded: BTreeMap<String, i128>,
+    pub salaries_paid: BTreeMap<String, i128>,
+    pub payrolls: u64,
+    pub payrolls_underfunded: u64,
+    pub lines_paid: u64,
+    pub lines_failed: u64,
+    pub lines_repeated: u64,
+    /// Limits set per consumer, in the order acknowledged.
+    pub limits: HashMap<u64, Vec<i64>>,
+    pub limit_changes: u64,
+}
+
+impl ServiceBook {
+    fn bill_outcome(&mut self, rule: &str, what: &str) {
+        *self
+            .bill_outcomes
+            .entry(format!("{rule}:{what}"))
+            .or_default() += 1;
+    }
 }
 
 impl Book {
@@ -96,6 +155,10 @@ pub struct Common {
     pub stopped: Cell<bool>,
     /// `--rate`: lifecycles start on this schedule.
     pub pace: Option<Pace>,
+    /// Per employer, what its balance holds as the simulator reckons it: a payroll batch holds
+    /// its employer's lock from funding to its last line, as the node's payroll worker pays
+    /// one batch at a time, so every line's outcome is known before it is asked.
+    pub employers: Vec<futures::lock::Mutex<i128>>,
 }
 
 /// An even schedule of lifecycle starts: the n-th starts no earlier than `start + n × every`.
@@ -222,7 +285,305 @@ impl Ctx {
                 })
                 .await;
             }
+            Job::Service(service) => {
+                let name = service.name();
+                let done = match service {
+                    Service::Bill(b) => self.bill(b).await,
+                    Service::Recharge(r) => self.recharge(r).await,
+                    Service::Payroll(p) => self.payroll(p).await,
+                    Service::CreditLimit(l) => self.credit_limit(l).await,
+                };
+                if done.is_some() {
+                    self.rec.borrow_mut().service_done(name);
+                }
+            }
         }
+    }
+
+    /// A bill, as the node pays it: its consumer's autopay rule decides (`bills::decide`);
+    /// what is paid is an order to the biller with a time release (0 or 1 s: the next tick
+    /// settles it; or the seconds to the due date), which settles or waits for funds, or is
+    /// refused for credit. A bill the rule leaves to the consumer is approved (paid at once)
+    /// or declined (nothing placed); one above an `up_to` limit stays asked, unpaid.
+    async fn bill(&self, b: BillJob) -> Option<()> {
+        let amount = Amount::from_cents(b.amount);
+        let rule = bills::rule_name(Some(&b.rule));
+        let action = bills::decide(Some(&b.rule), amount);
+        let after = match action {
+            BillAction::PayNow => b.now_after,
+            BillAction::PayOnDueDate => {
+                bills::release_after(action, b.now, b.now.saturating_add(b.due_in))?
+            }
+            BillAction::Ask if b.rule == AutopayRule::Ask => {
+                if !b.approve {
+                    self.book
+                        .borrow_mut()
+                        .services
+                        .bill_outcome(rule, "declined");
+                    return Some(());
+                }
+                b.now_after
+            }
+            BillAction::Ask => {
+                self.book.borrow_mut().services.bill_outcome(rule, "asked");
+                return Some(());
+            }
+        };
+        let id = format!("b{}", b.n);
+        let req = PlaceCmd {
+            id: id.clone(),
+            consumer: consumer_id(b.consumer),
+            merchant: biller_id(b.biller),
+            amount,
+            release: Release::Time { after_secs: after },
+            // Paid by the rule, not at a reader: the gateway rules do not apply.
+            at_reader: None,
+        };
+        let allowed = if b.amount <= self.direct_max {
+            PLACED_DIRECT
+        } else {
+            PLACED
+        };
+        let what = || format!("place_order {id} (bill, rule {rule})");
+        let placed = self
+            .command(OpKind::Bill, what, allowed, self.engine.place(req, b.now))
+            .await;
+        let end = match placed {
+            None => End::Failed,
+            Some("refused:credit" | "refused:funds") => End::Refused,
+            Some(_) => End::SettledOrAwaiting,
+        };
+        let mut book = self.book.borrow_mut();
+        book.services.bill_outcome(
+            rule,
+            if end == End::Refused {
+                "refused"
+            } else {
+                "placed"
+            },
+        );
+        book.services.bills.insert(
+            id,
+            Expected {
+                consumer: b.consumer,
+                amount: b.amount,
+                end,
+                refunded: 0,
+            },
+        );
+        placed.map(|_| ())
+    }
+
+    /// A recharge card redeemed: a credit from the card's batch, under the code's credit id.
+    /// Into the wallet with the overflow to the bank account, or (`wallet_only`) refused when
+    /// the cap has no room. Then its wrong codes: another consumer entering the redeemed code
+    /// (the same id with other content: `refused:conflict`), the consumer entering it again
+    /// (`credited`, nothing moves).
+    async fn recharge(&self, r: RechargeJob) -> Option<()> {
+        let batch = recharge_batch(r.batch);
+        let cmd = CreditCmd {
+            id: format!("rch{}", r.n),
+            consumer: consumer_id(r.consumer),
+            source: CreditSource::RechargeCard {
+                batch: batch.clone(),
+            },
+            target: if r.wallet_only {
+                CreditTarget::WalletOnly
+            } else {
+                CreditTarget::WalletOverflowToBank
+            },
+            amount: Amount::from_cents(r.amount),
+        };
+        let allowed: &[&str] = if r.wallet_only {
+            &["credited", "refused:amount"]
+        } else {
+            &["credited"]
+        };
+        let what = || format!("credit {} (recharge from {batch})", cmd.id);
+        let first = self
+            .command(
+                OpKind::Recharge,
+                what,
+                allowed,
+                self.engine.credit(cmd.clone(), r.now),
+            )
+            .await?;
+        if first != "credited" {
+            // A refused credit leaves the code usable: nothing to steal or repeat.
+            self.book.borrow_mut().services.recharges_refused += 1;
+            return Some(());
+        }
+        {
+            let mut book = self.book.borrow_mut();
+            let s = &mut book.services;
+            s.credits.insert(
+                cmd.id.clone(),
+                Credited {
+                    consumer: r.consumer,
+                    amount: r.amount,
+                    source: cmd.source.clone(),
+                },
+            );
+            *s.redeemed.entry(batch).or_default() += i128::from(r.amount);
+        }
+        if let Some(other) = r.stolen_by {
+            let stolen = CreditCmd {
+                consumer: consumer_id(other),
+                ..cmd.clone()
+            };
+            let what = || {
+                format!(
+                    "credit {} by {} (a code redeemed already)",
+                    cmd.id, stolen.consumer
+                )
+            };
+            self.command(
+                OpKind::Recharge,
+                what,
+                &["refused:conflict"],
+                self.engine.credit(stolen.clone(), r.now),
+            )
+            .await?;
+            self.book.borrow_mut().services.codes_stolen += 1;
+        }
+        if r.repeat {
+            let what = || format!("credit {} (the same code again)", cmd.id);
+            self.command(
+                OpKind::Recharge,
+                what,
+                &["credited"],
+                self.engine.credit(cmd.clone(), r.now),
+            )
+            .await?;
+            self.book.borrow_mut().services.codes_repeated += 1;
+        }
+        Some(())
+    }
+
+    /// A payroll batch, as the node's payroll worker pays it: the employer's balance funded
+    /// from its bank account, then each line credited from that balance (to the wallet with
+    /// the overflow to the bank, or to the bank account), under the node's line ids. Holding
+    /// the employer's lock, the simulator knows the balance, so each line must be `credited`
+    /// when the balance covers it and `refused:funds` when not (an under-funded batch). Then
+    /// the repeated lines answer as they did the first time.
+    async fn payroll(&self, p: PayrollJob) -> Option<()> {
+        let employer = employer_id(p.employer);
+        let lock = self.employers.get(p.employer as usize)?;
+        let mut balance = lock.lock().await;
+        let reference = format!("pay{}", p.n);
+        let fund = FundCmd {
+            id: format!("fund{}", p.n),
+            merchant: employer.clone(),
+            amount: Amount::from_cents(p.funding),
+        };
+        let what = || format!("fund_merchant {} ({employer} for {reference})", fund.id);
+        self.command(
+            OpKind::Fund,
+            what,
+            &["credited"],
+            self.engine.fund_merchant(fund.clone(), p.now),
+        )
+        .await?;
+        *balance += i128::from(p.funding);
+        let total: i64 = p.lines.iter().map(|l| l.amount).sum();
+        {
+            let mut book = self.book.borrow_mut();
+            let s = &mut book.services;
+            *s.funded.entry(employer.clone()).or_default() += i128::from(p.funding);
+            s.payrolls += 1;
+            s.payrolls_underfunded += u64::from(p.funding < total);
+        }
+        let mut first = Vec::with_capacity(p.lines.len());
+        for (k, line) in p.lines.iter().enumerate() {
+            let cmd = CreditCmd {
+                id: onecard_node::payroll::credit_id(&reference, k as u32 + 1),
+                consumer: consumer_id(line.consumer),
+                source: CreditSource::Employer {
+                    employer: employer.clone(),
+                },
+                target: if line.to_bank {
+                    CreditTarget::Bank
+                } else {
+                    CreditTarget::WalletOverflowToBank
+                },
+                amount: Amount::from_cents(line.amount),
+            };
+            let expected = if i128::from(line.amount) <= *balance {
+                "credited"
+            } else {
+                "refused:funds"
+            };
+            let what = || format!("credit {} (salary from {employer})", cmd.id);
+            let o = self
+                .command(
+                    OpKind::Salary,
+                    what,
+                    &[expected],
+                    self.engine.credit(cmd.clone(), p.now),
+                )
+                .await?;
+            let mut book = self.book.borrow_mut();
+            let s = &mut book.services;
+            if o == "credited" {
+                *balance -= i128::from(line.amount);
+                *s.salaries_paid.entry(employer.clone()).or_default() += i128::from(line.amount);
+                s.lines_paid += 1;
+                s.credits.insert(
+                    cmd.id.clone(),
+                    Credited {
+                        consumer: line.consumer,
+                        amount: line.amount,
+                        source: cmd.source.clone(),
+                    },
+                );
+            } else {
+                s.lines_failed += 1;
+            }
+            first.push((cmd, o));
+        }
+        for line in &p.repeats {
+            let Some((cmd, o)) = first.get(*line as usize - 1) else {
+                continue;
+            };
+            let what = || format!("credit {} (salary line repeated)", cmd.id);
+            self.command(
+                OpKind::Salary,
+                what,
+                &[*o],
+                self.engine.credit(cmd.clone(), p.now),
+            )
+            .await?;
+            self.book.borrow_mut().services.lines_repeated += 1;
+        }
+        Some(())
+    }
+
+    /// A credit limit set anew with the policy's reason. Always `ok`: a limit below what is
+    /// reserved refuses new reservations only (I4 holds at the moment of reservation).
+    async fn credit_limit(&self, l: LimitJob) -> Option<()> {
+        let consumer = consumer_id(l.consumer);
+        let what = || {
+            format!(
+                "set_credit_limit {consumer} to {}",
+                Amount::from_cents(l.limit)
+            )
+        };
+        self.command(
+            OpKind::CreditLimit,
+            what,
+            &["ok"],
+            self.engine
+                .set_credit_limit(&consumer, Amount::from_cents(l.limit), &l.reason, l.now),
+        )
+        .await?;
+        let mut book = self.book.borrow_mut();
+        book.services.limit_changes += 1;
+        book.services
+            .limits
+            .entry(l.consumer)
+            .or_default()
+            .push(l.limit);
+        Some(())
     }
 
     /// A call to the simulated bank, off the runtime's thread: the bank flushes its store

@@ -16,6 +16,16 @@ pub enum OpKind {
     Tick,
     Deposit,
     BankMode,
+    /// A bill's order placed by its autopay rule (or the consumer's approval).
+    Bill,
+    /// A recharge card's credit, and its wrong codes (another consumer, a repeat).
+    Recharge,
+    /// An employer's balance funded for a payroll batch.
+    Fund,
+    /// A payroll line's credit (and its repeats).
+    Salary,
+    /// A credit limit set anew.
+    CreditLimit,
 }
 
 impl OpKind {
@@ -30,6 +40,16 @@ impl OpKind {
         OpKind::BankMode,
     ];
 
+    /// The service operations (`--services-pct`), reported apart so that a run without them
+    /// reports what it always did.
+    pub const SERVICES: [OpKind; 5] = [
+        OpKind::Bill,
+        OpKind::Recharge,
+        OpKind::Fund,
+        OpKind::Salary,
+        OpKind::CreditLimit,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             OpKind::Place => "place",
@@ -40,6 +60,11 @@ impl OpKind {
             OpKind::Tick => "tick",
             OpKind::Deposit => "deposit",
             OpKind::BankMode => "bank_mode",
+            OpKind::Bill => "bill",
+            OpKind::Recharge => "recharge",
+            OpKind::Fund => "fund",
+            OpKind::Salary => "salary",
+            OpKind::CreditLimit => "credit_limit",
         }
     }
 
@@ -96,6 +121,9 @@ pub struct Recorder {
     counts: std::collections::HashMap<(OpKind, &'static str), u64>,
     /// Lifecycles completed (all their commands answered as the rules allow), by path.
     pub lifecycles: BTreeMap<&'static str, u64>,
+    /// Service operations completed the same way, by kind (`bill`, `recharge`, `payroll`,
+    /// `credit_limit`).
+    pub services: BTreeMap<&'static str, u64>,
     pub unexpected: u64,
     pub errors: u64,
     pub samples: Vec<String>,
@@ -104,10 +132,15 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            by_kind: OpKind::ALL.iter().map(|k| (*k, histogram())).collect(),
+            by_kind: OpKind::ALL
+                .iter()
+                .chain(OpKind::SERVICES.iter())
+                .map(|k| (*k, histogram()))
+                .collect(),
             consumer_commands: histogram(),
             counts: Default::default(),
             lifecycles: BTreeMap::new(),
+            services: BTreeMap::new(),
             unexpected: 0,
             errors: 0,
             samples: Vec::new(),
@@ -156,6 +189,10 @@ impl Recorder {
 
     pub fn lifecycle_done(&mut self, path: &'static str) {
         *self.lifecycles.entry(path).or_default() += 1;
+    }
+
+    pub fn service_done(&mut self, kind: &'static str) {
+        *self.services.entry(kind).or_default() += 1;
     }
 
     pub fn lifecycles_done(&self) -> u64 {

@@ -3,17 +3,21 @@
 //! The generator never looks at what the engine answered, so the stream is the same however
 //! the run goes; only how the jobs interleave depends on the concurrency. Workers pull jobs one
 //! at a time; a job is a whole order lifecycle (its commands awaited in order), a tick, a bank
-//! deposit or a change of a bank account's refuse flag.
+//! deposit, a change of a bank account's refuse flag, or (with `--services-pct`) a service
+//! operation: a bill, a recharge card, a payroll batch or a credit-limit adjustment.
 
 use std::collections::{BTreeSet, VecDeque};
 
 use onecard_engine::model::Secs;
+use onecard_engine::Amount;
+use onecard_node::credit::{self, CreditPolicy, CreditRecord, Delta, PolicyKind};
+use onecard_node::records::AutopayRule;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 
 use crate::options::Mix;
-use crate::population::keyed_rng;
+use crate::population::{self, keyed_rng, BILLER_KINDS, EMPLOYERS, RECHARGE_BATCHES};
 
 /// How far the simulated clock moves at each periodic tick.
 pub const TICK_SECS: Secs = 60;
@@ -96,6 +100,119 @@ pub enum Job {
         consumer: u64,
         refuse: bool,
     },
+    /// A service operation (`--services-pct`).
+    Service(Service),
+}
+
+/// A service operation, as the node would carry it out on the engine (without HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Service {
+    Bill(BillJob),
+    Recharge(RechargeJob),
+    Payroll(PayrollJob),
+    CreditLimit(LimitJob),
+}
+
+impl Service {
+    /// The short name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Bill(_) => "bill",
+            Service::Recharge(_) => "recharge",
+            Service::Payroll(_) => "payroll",
+            Service::CreditLimit(_) => "credit_limit",
+        }
+    }
+}
+
+/// A bill posted by a biller for a consumer who has an autopay rule for it. The runner decides
+/// with the node's own `bills::decide` and `bills::release_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillJob {
+    /// Its index among the service operations; the bill's order id is `b{n}`.
+    pub n: u64,
+    pub consumer: u64,
+    /// Index into [`BILLER_KINDS`].
+    pub biller: usize,
+    pub amount: i64,
+    pub rule: AutopayRule,
+    /// The consumer's answer when asked (rule `ask`): approve (pay now) or decline.
+    pub approve: bool,
+    /// Seconds from `now` to the due date (1 to [`MAX_AFTER_SECS`]), for `on_due_date`.
+    pub due_in: u64,
+    /// The time release of a bill paid at once: the node's 0 s, or 1 s (both settle at the
+    /// next tick).
+    pub now_after: u64,
+    pub now: Secs,
+}
+
+/// A recharge card redeemed by a consumer: a credit `rch{n}` from the card's batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RechargeJob {
+    pub n: u64,
+    pub consumer: u64,
+    /// Index of the batch (`batch{k}`).
+    pub batch: u64,
+    pub amount: i64,
+    /// The consumer's overflow setting `refuse`: a recharge the cap has no room for is
+    /// refused (`WalletOnly`); otherwise what does not fit goes to the bank account.
+    pub wallet_only: bool,
+    /// A wrong code: another consumer redeems the same code afterwards (same credit id, other
+    /// content: `refused:conflict`).
+    pub stolen_by: Option<u64>,
+    /// The same consumer enters the code again (answered `credited`, nothing moves).
+    pub repeat: bool,
+    pub now: Secs,
+}
+
+/// One line of a payroll batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SalaryLine {
+    pub consumer: u64,
+    pub amount: i64,
+    /// Paid to the bank account (`Bank`) rather than the wallet (overflow to the bank).
+    pub to_bank: bool,
+}
+
+/// A payroll batch `pay{n}`: the employer's balance funded (`fund{n}`), then its lines paid
+/// one by one, as the node's payroll worker does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayrollJob {
+    pub n: u64,
+    pub employer: u64,
+    pub lines: Vec<SalaryLine>,
+    /// What the employer funds: the lines' total, or less (a batch deliberately under-funded,
+    /// so that some lines fail for funds).
+    pub funding: i64,
+    /// Lines paid again afterwards (line numbers, from 1): a repeat answers as the first time.
+    pub repeats: Vec<u32>,
+    pub now: Secs,
+}
+
+/// A consumer's credit limit set anew, computed by the node's credit policy from a drawn
+/// score (the consumer's opening limit as the card's credit line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitJob {
+    pub n: u64,
+    pub consumer: u64,
+    pub limit: i64,
+    pub reason: String,
+    pub now: Secs,
+}
+
+/// The credit policy the adjustments are computed with: the opening limit as the card's
+/// credit line, raised for settlements on time, lowered for failed bank debits down to 0 (so
+/// some limits end below what the consumer has reserved).
+pub fn adjustment_policy() -> CreditPolicy {
+    CreditPolicy {
+        kind: PolicyKind::CardCreditLine,
+        min: Amount::ZERO,
+        max: Amount::from_cents(5_000_000),
+        raise_after: 5,
+        raise_by: Amount::from_cents(50_000),
+        lower_on_failed_debit: Amount::from_cents(200_000),
+        ..CreditPolicy::default()
+    }
 }
 
 /// The deterministic source of jobs.
@@ -119,6 +236,10 @@ pub struct Generator {
     /// Jobs generated and not yet handed out; refilled one lifecycle (and what precedes it) at
     /// a time, so a phase boundary always falls between lifecycles.
     queue: VecDeque<Job>,
+    /// Service operations generated so far (they number bills, recharges, payrolls).
+    services: u64,
+    seed: u64,
+    wallet_cap: i64,
 }
 
 /// What the stream is drawn for.
@@ -137,6 +258,8 @@ pub struct Shape {
     /// From the engine's rules: how many wrong codes dispute an order, so a code path knows how
     /// many it may enter without disputing it.
     pub code_attempts_max: u32,
+    /// The wallet cap in cents (the population's opening limits are drawn with it).
+    pub wallet_cap: i64,
 }
 
 impl Generator {
@@ -157,6 +280,9 @@ impl Generator {
             refusing: BTreeSet::new(),
             ever_refused: BTreeSet::new(),
             queue: VecDeque::new(),
+            services: 0,
+            seed: shape.seed,
+            wallet_cap: shape.wallet_cap,
         })
     }
 
@@ -244,6 +370,22 @@ impl Generator {
             self.refusals
                 .push_back((n + self.mix.refuse_window, consumer));
         }
+        // Service operations come before the lifecycle, as that share of the work items: p of
+        // them for every 1 − p lifecycles, each drawn with probability p / (1 − p) capped at 1
+        // (and again while it lands, for shares above a half). Nothing is drawn at 0, so the
+        // stream without services is exactly what it was.
+        let share = self.mix.services / 100.0;
+        if share > 0.0 {
+            let per_lifecycle = share / (1.0 - share);
+            let mut expected = per_lifecycle;
+            while expected > 0.0 {
+                if self.rng.gen_bool(expected.min(1.0)) {
+                    let job = self.service();
+                    self.queue.push_back(Job::Service(job));
+                }
+                expected -= 1.0;
+            }
+        }
         let amount = self.amount();
         let path = self.path();
         let refunds = if path.settles_in_lifecycle() && self.pct(self.mix.refund) {
@@ -263,6 +405,150 @@ impl Generator {
             repeat,
         }));
         self.emitted += 1;
+    }
+
+    /// One service operation: bills and recharges most often, payrolls and limit changes less.
+    fn service(&mut self) -> Service {
+        let n = self.services;
+        self.services += 1;
+        let now = self.clock;
+        let consumer = self.rng.gen_range(0..self.consumers);
+        match self.rng.gen_range(0..10u8) {
+            0..=3 => Service::Bill(self.bill(n, consumer, now)),
+            4..=6 => Service::Recharge(self.recharge(n, consumer, now)),
+            7 => Service::Payroll(self.payroll(n, now)),
+            _ => Service::CreditLimit(self.limit_change(n, consumer, now)),
+        }
+    }
+
+    /// A bill of 5.00 to 1500.00 (log-uniform), under one of the four autopay rules.
+    fn bill(&mut self, n: u64, consumer: u64, now: Secs) -> BillJob {
+        let biller = self.rng.gen_range(0..BILLER_KINDS.len());
+        let amount = self.log_uniform(500, 150_000);
+        let rule = match self.rng.gen_range(0..4u8) {
+            0 => AutopayRule::Always,
+            1 => AutopayRule::OnDueDate,
+            2 => AutopayRule::UpTo {
+                amount: Amount::from_cents(self.log_uniform(1_000, 100_000)),
+            },
+            _ => AutopayRule::Ask,
+        };
+        BillJob {
+            n,
+            consumer,
+            biller,
+            amount,
+            rule,
+            approve: self.rng.gen_bool(0.7),
+            due_in: self.rng.gen_range(1..=MAX_AFTER_SECS),
+            now_after: self.rng.gen_range(0..=1),
+            now,
+        }
+    }
+
+    /// A card of 10, 20, 50, 100 or 200.00 from one of the batches; one in ten is then tried
+    /// by another consumer, one in ten entered again by its own.
+    fn recharge(&mut self, n: u64, consumer: u64, now: Secs) -> RechargeJob {
+        const FACES: [i64; 5] = [1_000, 2_000, 5_000, 10_000, 20_000];
+        let amount = FACES[self.rng.gen_range(0..FACES.len())];
+        let stolen_by = self.rng.gen_bool(0.1).then(|| {
+            // Another consumer: any but this one (with one consumer, nobody).
+            (consumer + self.rng.gen_range(1..self.consumers.max(2))) % self.consumers
+        });
+        RechargeJob {
+            n,
+            consumer,
+            batch: self.rng.gen_range(0..RECHARGE_BATCHES),
+            amount,
+            wallet_only: self.rng.gen_bool(0.3),
+            stolen_by: stolen_by.filter(|o| *o != consumer),
+            repeat: self.rng.gen_bool(0.1),
+            now,
+        }
+    }
+
+    /// 1 to 12 lines of 50.00 to 5000.00; one batch in four funded with only 30 to 90 % of its
+    /// total, one in five repeating one or two of its lines.
+    fn payroll(&mut self, n: u64, now: Secs) -> PayrollJob {
+        let employer = self.rng.gen_range(0..EMPLOYERS);
+        let count = self.rng.gen_range(1..=12usize);
+        let lines: Vec<SalaryLine> = (0..count)
+            .map(|_| SalaryLine {
+                consumer: self.rng.gen_range(0..self.consumers),
+                amount: self.log_uniform(5_000, 500_000),
+                to_bank: self.rng.gen_bool(0.4),
+            })
+            .collect();
+        let total: i64 = lines.iter().map(|l| l.amount).sum();
+        let funding = if self.rng.gen_bool(0.25) {
+            (total * self.rng.gen_range(30..=90) / 100).max(1)
+        } else {
+            total
+        };
+        let repeats = if self.rng.gen_bool(0.2) {
+            let k = self.rng.gen_range(1..=2u32.min(count as u32));
+            (0..k)
+                .map(|_| self.rng.gen_range(1..=count as u32))
+                .collect()
+        } else {
+            vec![]
+        };
+        PayrollJob {
+            n,
+            employer,
+            lines,
+            funding,
+            repeats,
+            now,
+        }
+    }
+
+    /// The node's credit policy ([`adjustment_policy`]) over a drawn score: settlements on
+    /// time (up), a few failed bank debits (down), or many (down to 0, below anything
+    /// reserved). The limit and its reason are the policy's (`credit::apply`).
+    fn limit_change(&mut self, n: u64, consumer: u64, now: Secs) -> LimitJob {
+        let policy = adjustment_policy();
+        let opening = population::consumer(self.seed, consumer, self.wallet_cap);
+        let mut record = CreditRecord::opened(
+            Amount::from_cents(opening.credit_limit),
+            Amount::from_cents(opening.wallet),
+            policy.kind,
+        );
+        let delta = match self.rng.gen_range(0..3u8) {
+            0 => Delta {
+                on_time: self.rng.gen_range(5..=60),
+                ..Delta::default()
+            },
+            1 => Delta {
+                failed_debits: self.rng.gen_range(1..=4),
+                ..Delta::default()
+            },
+            _ => Delta {
+                failed_debits: 30,
+                ..Delta::default()
+            },
+        };
+        // Under a dynamic policy and with no limit computed before, `apply` always gives one.
+        let (limit, reason) = match credit::apply(&policy, &mut record, &delta) {
+            Ok(Some(p)) => (p.limit, p.reason),
+            _ => (
+                Amount::from_cents(opening.credit_limit),
+                "credit policy applied".to_string(),
+            ),
+        };
+        LimitJob {
+            n,
+            consumer,
+            limit: i64::try_from(limit.cents()).unwrap_or(i64::MAX),
+            reason,
+            now,
+        }
+    }
+
+    /// Log-uniform between `lo` and `hi` cents.
+    fn log_uniform(&mut self, lo: i64, hi: i64) -> i64 {
+        let x = self.rng.gen_range((lo as f64).ln()..(hi as f64).ln()).exp();
+        (x.round() as i64).clamp(lo, hi)
     }
 
     /// Log-uniform between 1.00 and 3000.00: many small orders, a few large ones that the
@@ -350,6 +636,7 @@ mod tests {
             deposit: 5.0,
             refuse: 2.0,
             refuse_window: 50,
+            services: 0.0,
         }
     }
 
@@ -363,6 +650,7 @@ mod tests {
             tick_every: 40,
             zipf_s: 1.1,
             code_attempts_max: 5,
+            wallet_cap: 500_000,
         }
     }
 

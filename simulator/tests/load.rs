@@ -422,3 +422,64 @@ fn deposits_and_refusals_are_refused_with_an_external_bank() {
         assert_eq!(out.status.code(), Some(2), "--bank {bad} was not refused");
     }
 }
+
+/// `--services-pct`: bills under each autopay rule, recharges with wrong codes, payrolls and
+/// credit-limit changes interleaved with the lifecycles, a restart midway, and every service's
+/// own end-of-run check.
+#[test]
+fn a_services_mix_with_a_restart_keeps_every_invariant_and_each_services_rules() {
+    let v = load(&[
+        "--consumers",
+        "200",
+        "--merchants",
+        "10",
+        "--orders",
+        "800",
+        "--concurrency",
+        "32",
+        "--seed",
+        "5",
+        "--services-pct",
+        "30",
+        "--restart-at-pct",
+        "50",
+    ]);
+    assert_eq!(v["restarted"], Value::Bool(true), "{v:#}");
+    let s = &v["services"];
+    for kind in ["bill", "recharge", "payroll", "credit_limit"] {
+        assert!(n(s, &["done", kind]) > 0, "no {kind} in {s:#}");
+    }
+    for rule in ["always", "on_due_date", "up_to", "ask"] {
+        assert!(
+            n(s, &["bills", &format!("{rule}:placed")]) > 0,
+            "no bill placed under {rule}: {s:#}"
+        );
+    }
+    assert!(n(s, &["recharges", "codes_redeemed_already"]) > 0, "{s:#}");
+    assert!(n(s, &["recharges", "codes_repeated"]) > 0, "{s:#}");
+    assert!(n(s, &["payroll", "lines_paid"]) > 0, "{s:#}");
+    // Every redeemed-again code was refused: each counted once among the outcomes.
+    assert_eq!(
+        outcome(&v, "recharge:refused:conflict"),
+        n(s, &["recharges", "codes_redeemed_already"]),
+        "{v:#}"
+    );
+    assert!(n(s, &["analysis", "consumer_months"]) > 0);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "credits_once",
+        "employers",
+        "recharge_batches",
+        "wallet_cap",
+        "credit_limits",
+        "analysis",
+        "recovery",
+    ] {
+        assert!(names.contains(&name), "no {name} check in {names:?}");
+    }
+}
