@@ -20,7 +20,10 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use onecard_adapters::printer::{decode, print_to, DeliverySlip, DEFAULT_PORT};
+mod services;
+
 use onecard_engine::cards::{IssuerKey, NewReader, Prompt};
+use onecard_engine::commands::ReaderPayment;
 use onecard_engine::engine::{IssueCard, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::model::{CommandResult, Refusal};
 use onecard_engine::{verify, Amount, DataKey, Engine, NodeConfig, SimBank, SimBankPort};
@@ -35,6 +38,10 @@ use serde_json::json;
 /// Where every consumer's reader connects from in the demo (its registered network).
 const HOME_NETWORK: &str = "192.168.1.0/24";
 const READER_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10));
+
+/// The demo's clock starts on 1 November 2026, 09:00 UTC (Unix seconds): the engine's time
+/// is whatever its caller says, and the monthly analysis names the month.
+const DEMO_START: u64 = 1_793_523_600;
 
 /// How long the demo gives a print (connect, then write) and the printer's answer.
 const PRINT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +209,35 @@ impl Demo {
         order: &str,
         cents: u64,
     ) -> PaymentEnd {
+        self.authenticate_at_reader(owner, reader_id, pin, None, order, cents)
+    }
+
+    /// `owner`'s card at their own reader, with the right PIN, paying `merchant` (with what
+    /// the consumer's gateway rules see of it): only the authentication, no order placed.
+    fn at_reader_paying(
+        &mut self,
+        owner: &str,
+        paying: (&str, ReaderPayment),
+        order: &str,
+        cents: u64,
+    ) -> PaymentEnd {
+        let reader_id = match self.holders.get(owner) {
+            Some(h) => h.reader_id.clone(),
+            None => return PaymentEnd::Refused(Prompt::not_bound()),
+        };
+        let paying = Some((paying.0.to_string(), paying.1));
+        self.authenticate_at_reader(owner, &reader_id, None, paying, order, cents)
+    }
+
+    fn authenticate_at_reader(
+        &mut self,
+        owner: &str,
+        reader_id: &str,
+        pin: Option<&str>,
+        paying: Option<(String, ReaderPayment)>,
+        order: &str,
+        cents: u64,
+    ) -> PaymentEnd {
         let Some(holder) = self.holders.get_mut(owner) else {
             return PaymentEnd::Refused(Prompt::not_bound());
         };
@@ -218,7 +254,7 @@ impl Demo {
                 engine: &self.engine,
                 peer: READER_ADDRESS,
                 now: self.now,
-                at_reader: None,
+                at_reader: paying,
             },
             &mut ReaderConsole {
                 who: owner,
@@ -584,7 +620,7 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
     let mut d = Demo {
         engine,
         bank: bank.clone(),
-        now: 0,
+        now: DEMO_START,
         holders: std::collections::HashMap::new(),
         merchants: std::collections::HashMap::new(),
         currency: cfg.currency.clone(),
@@ -846,6 +882,8 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
         card.pin_failures, card.last_counter
     );
 
+    d.services().await?;
+
     println!("\n== Final balances");
     let state = d.engine.ledger_state().await.map_err(|e| e.to_string())?;
     let mut total = d.bank.total();
@@ -875,7 +913,8 @@ pub async fn run(data: Option<PathBuf>, config: Option<PathBuf>) -> DemoResult<(
             mask_card_number(&acct)
         );
     }
-    println!("  total (banks + wallets + merchants) {total}");
+    let recharged = Demo::recharged(&state)?;
+    println!("  total (banks + wallets + merchants) {total}: what the bank accounts held when opened, plus {recharged} of recharge cards redeemed (money from outside, paid when the cards were sold)");
 
     d.engine.close().await.map_err(|e| e.to_string())?;
     bank.close();

@@ -93,13 +93,38 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
         ("merchant:grocer", "5080.00"),
         ("merchant:electronics", "4500.00"),
         // Each consumer's bank account, shown by owner (the account itself masked, I10).
-        ("bank:alice", "20300.00"),
-        ("bank:bob", "3000.00"),
-        ("bank:carol", "1750.00"),
+        // Then the services: alice's salary overflows her full wallet into the bank; bob's
+        // bill (45.20) is topped up from his bank and his recharge card (100.00) overflows to
+        // it; carol's salary goes to her bank, and 500.00 comes from her linked savings.
+        ("bank:alice", "22800.00"),
+        ("bank:bob", "3054.80"),
+        ("bank:carol", "4050.00"),
+        ("merchant:city-water", "45.20"),
+        ("merchant:acme", "0.00"),
+        ("merchant:casino", "0.00"),
     ] {
         assert_eq!(balance(&stdout, key), want, "{key}");
     }
-    assert!(stdout.contains("total (banks + wallets + merchants) 50000.00"));
+    // The services, a few lines each (SPEC F5–F10, F12).
+    for line in [
+        "Refused by your payment rules: payments for gambling are not allowed",
+        "above the 1000.00 allowed per payment",
+        "on the due date the bill is settled",
+        "carol types the same code → refused:conflict",
+        "throttled, not looked up",
+        "a first file is refused whole, nothing paid",
+        "has more than 2 decimals",
+        "line 3: carol 1800.00 to the bank account → credited",
+        "bob's limit → 1600.00",
+        "savings now 1500.00",
+        "bob: spent 45.20 (bill:water 45.20) | income 100.00",
+        "alice: spent 4700.00 (books 120.00, electronics 4500.00, groceries 80.00) | income 2500.00",
+    ] {
+        assert!(stdout.contains(line), "the demo does not show {line:?}:\n{stdout}");
+    }
+    // 30000 + 8000 + 12000 opened for the consumers, 50000 for the employer, 2000 in carol's
+    // savings, and 100.00 of a recharge card from outside.
+    assert!(stdout.contains("total (banks + wallets + merchants) 102100.00"));
     assert!(stdout.contains("invariants I1-I6 and I8: ok"));
 
     // Then `verify` on the directory the demo left, as a user would run it.
@@ -107,14 +132,14 @@ fn the_demo_walks_the_flow_ends_with_the_right_balances_and_verifies() {
     let report = text(&out.stdout);
     assert!(out.status.success(), "verify failed: {}", text(&out.stderr));
     assert!(report.contains("3 consumers"), "{report}");
-    assert!(report.contains("3 merchants"), "{report}");
+    assert!(report.contains("6 merchants"), "{report}");
     assert!(
-        report.contains("totals: wallets 15000.00, merchants 9950.00, bank clearing -24950.00"),
+        report.contains("totals: wallets 15000.00, merchants 9995.20, bank clearing -24995.20"),
         "{report}"
     );
     assert!(report.contains("sum of all balances: 0.00"), "{report}");
     assert!(
-        report.contains("top-ups: 5 paid by the bank, 0 refused"),
+        report.contains("top-ups: 6 paid by the bank, 0 refused"),
         "{report}"
     );
 }

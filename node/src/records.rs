@@ -836,10 +836,11 @@ pub struct MonthAggregate {
     pub by_category: std::collections::BTreeMap<String, onecard_engine::Amount>,
     #[serde(default)]
     pub by_merchant: std::collections::BTreeMap<String, onecard_engine::Amount>,
-    /// Credits (recharge cards, salaries, bank transfers). Top-ups of the wallet from the
-    /// consumer's own bank account are not income: they move the consumer's own money.
+    /// Credits from outside the consumer's own money: recharge cards and salaries
+    /// (`CreditSource::is_income`). Top-ups, deposits and transfers from the consumer's own bank
+    /// accounts are not income: they move the consumer's own money.
     pub income: onecard_engine::Amount,
-    /// `recharge`, `salary`, `bank_transfer`.
+    /// `recharge`, `salary`.
     #[serde(default)]
     pub income_by_source: std::collections::BTreeMap<String, onecard_engine::Amount>,
     #[serde(default)]
