@@ -714,3 +714,112 @@ fn a_node_with_the_simulated_bank_has_no_statement_to_reconcile() {
         "{a:?}"
     );
 }
+
+/// The services' bank movements (issue 13) go through the ISO 20022 adapter like the orders':
+/// a deposit from the designated account, a transfer from a linked account, an employer's
+/// funding and a salary paid to a bank account. Each is one operation at the bank, the
+/// bank's total is unchanged, the statement reconciles with the journal and `verify` passes.
+#[test]
+fn the_services_move_money_through_the_bank_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(&dir.path().join("bank"));
+    const SAVINGS: &str = "DE02120300000000202051";
+    bank.open_account(BANK, "10000.00");
+    bank.open_account(SAVINGS, "2000.00");
+    bank.open_account("shop-bank", "0.00");
+    bank.open_account("acme-bank", "20000.00");
+    let total = bank.total();
+    let node = NodeProc::start_with(
+        &dir.path().join("data"),
+        &[],
+        Some(&config(dir.path(), &bank)),
+    );
+    let w = setup_at_bank(&node);
+    let mut card = card_for(&w, 1);
+    let (end, answer) = sign_in(&node, &w, &mut card, PIN);
+    assert!(
+        matches!(end, onecard_terminal::flow::PaymentEnd::Authorised(_)),
+        "{end:?}"
+    );
+    let s = answer.unwrap().session.unwrap().token;
+    let consumer = |method: &str, path: &str, key: Option<&str>, body: Option<Value>| {
+        call(method, &node.url(path), Some(&s), key, body.as_ref())
+    };
+
+    // A deposit by bank transfer from the designated account: a direct debit.
+    let d = consumer(
+        "POST",
+        "/v1/consumer/deposits",
+        Some("dep-1"),
+        Some(json!({"amount": "200.00"})),
+    );
+    assert_eq!(d.status, 201, "{d:?}");
+    assert_eq!(d.body["wallet"], "700.00");
+    assert_eq!(bank.balance(BANK), "9300.00");
+
+    // A linked account, and 500.00 from it to the designated one: a debit and a credit.
+    let linked = consumer(
+        "POST",
+        "/v1/consumer/bank-accounts",
+        Some("link-1"),
+        Some(json!({"account": SAVINGS})),
+    );
+    assert_eq!(linked.status, 201, "{linked:?}");
+    let savings = linked.body["id"].as_str().unwrap().to_string();
+    let list = consumer("GET", "/v1/consumer/bank-accounts", None, None);
+    let main = list.body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["designated"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = consumer(
+        "POST",
+        "/v1/consumer/transfers",
+        Some("t-1"),
+        Some(json!({"from": savings, "to": main, "amount": "500.00"})),
+    );
+    assert_eq!(t.status, 201, "{t:?}");
+    assert_eq!(bank.balance(SAVINGS), "1500.00");
+    assert_eq!(bank.balance(BANK), "9800.00");
+
+    // An employer funded from its account pays a salary into alice's bank account.
+    let employer = admin(
+        &node,
+        "/v1/admin/employers",
+        json!({"id": "acme", "name": "Acme Ltd", "bank": "acme-bank"}),
+    );
+    assert_eq!(employer.status, 201, "{employer:?}");
+    let key = employer.body["api_key"].as_str().unwrap().to_string();
+    let payroll = call(
+        "POST",
+        &node.url("/v1/employer/payrolls"),
+        Some(&key),
+        Some("pay-1"),
+        Some(&json!({"batch_id": "2026-11", "lines": [
+            {"employee": "alice", "amount": "300.00", "account": "bank"},
+        ]})),
+    );
+    assert_eq!(payroll.status, 202, "{payroll:?}");
+    let report = eventually(30, || {
+        let r = call(
+            "GET",
+            &node.url("/v1/employer/payrolls/2026-11"),
+            Some(&key),
+            None,
+            None,
+        );
+        (r.body["state"] == "done").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the payroll did not finish:\n{}", node.log()));
+    assert_eq!(report.body["counts"]["paid"], 1, "{report:?}");
+    assert_eq!(bank.balance("acme-bank"), "19700.00");
+    assert_eq!(bank.balance(BANK), "10100.00");
+
+    let statement = check_after(node, &bank, &total, dir.path());
+    // The opening's debit, the deposit, the transfer's two legs, the funding, the salary.
+    assert!(statement.entries.len() >= 6, "{statement:?}");
+}
