@@ -33,6 +33,7 @@ pub mod credit;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod pages;
 pub mod payouts;
 pub mod payroll;
 pub mod recharge;
@@ -311,6 +312,7 @@ async fn run(
             .app_data(app_node.clone())
             .wrap(middleware::from_fn(api::request_log))
             .configure(api::configure)
+            .configure(pages::configure)
             .default_service(web::to(api::no_such_route))
     })
     .workers(workers)

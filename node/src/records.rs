@@ -812,6 +812,26 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// A session of the web pages (`ss/w/<SHA-256 of the cookie's token>`: under `ss/`, so that
+/// the sessions' sweep removes it when expired; its fields decode as a [`Session`] there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSession {
+    pub consumer: String,
+    pub expires_at: u64,
+    /// The token every form of the session carries (synchroniser token against CSRF).
+    pub csrf: String,
+}
+
+pub fn web_session_key(token: &str) -> String {
+    format!("ss/w/{}", sha256_hex(token.as_bytes()))
+}
+
+/// A one-time web sign-in code shown at the reader (`ss/c/<SHA-256 of the code>`, a
+/// [`Session`] record: whose, and until when), removed when used.
+pub fn web_code_key(code: &str) -> String {
+    format!("ss/c/{}", sha256_hex(code.as_bytes()))
+}
+
 /// A line of a consumer's statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementLine {

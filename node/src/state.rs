@@ -73,6 +73,8 @@ pub struct Node {
     pub recharge_throttle: crate::recharge::Throttle,
     /// Issuing recharge batches, one at a time: each reads, then writes its batch.
     pub recharge_admin: tokio::sync::Mutex<()>,
+    /// Web sign-ins, one at a time: each reads its one-time code, then removes it.
+    pub web_sign_in: tokio::sync::Mutex<()>,
     /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
     pub session_sweep_from: parking_lot::Mutex<Option<String>>,
     /// Where the next sweep of old idempotency records starts.
@@ -121,6 +123,7 @@ impl Node {
             recharge_key: None,
             recharge_throttle: crate::recharge::Throttle::default(),
             recharge_admin: tokio::sync::Mutex::new(()),
+            web_sign_in: tokio::sync::Mutex::new(()),
         };
         for (_, m) in node
             .store

@@ -112,6 +112,10 @@ pub struct AuthAnswer {
     /// When authorised: a session for the consumer API, proven by card and PIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionBody>,
+    /// On a sign-in: a one-time code for the node's web pages, to show on the reader. The
+    /// consumer types it into the sign-in page of any browser; it is good once, for minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_code: Option<WebCodeBody>,
     pub prompt: Prompt,
 }
 
@@ -138,6 +142,15 @@ pub struct PlacedOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionBody {
     pub token: String,
+    pub expires_at: u64,
+}
+
+/// A one-time code for the web pages' sign-in, shown on the reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebCodeBody {
+    /// As shown and typed: groups of four, dashes and case ignored when typed.
+    pub code: String,
+    /// Unix seconds.
     pub expires_at: u64,
 }
 
@@ -295,6 +308,7 @@ impl AuthAnswer {
             authorisation: None,
             order: None,
             session: None,
+            web_code: None,
             prompt: outcome.prompt(),
         };
         match outcome {

@@ -95,7 +95,11 @@ pub async fn account(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResp
 }
 
 /// The consumer's own order, or 404.
-async fn own_order(node: &Node, consumer: &str, order: &str) -> Result<OrderSummary, ApiError> {
+pub(crate) async fn own_order(
+    node: &Node,
+    consumer: &str,
+    order: &str,
+) -> Result<OrderSummary, ApiError> {
     let unknown = || ApiError::not_found("unknown_order", format!("no order {order:?} of yours"));
     if node.engine.order_owner(order)?.as_deref() != Some(consumer) {
         return Err(unknown());

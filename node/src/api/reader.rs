@@ -18,7 +18,7 @@ use onecard_engine::commands::ReaderPayment;
 use onecard_engine::Amount;
 use onecard_protocol::wire::{
     self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, SessionBody, SwipeAnswer,
-    SwipeBody,
+    SwipeBody, WebCodeBody,
 };
 
 use super::idem::{Idem, Reply};
@@ -247,12 +247,18 @@ async fn answer(
             },
         ));
         answer.session = Some(SessionBody { token, expires_at });
+        if is_sign_in(&auth.order_id) {
+            // A sign-in also gets a one-time code for the web pages, shown on the reader.
+            let (code, expires_at, write) = crate::pages::issue_code(&auth.account, node.now());
+            writes.push(write);
+            answer.web_code = Some(WebCodeBody { code, expires_at });
+        }
     }
     let response = idem
         .finish(
             Reply::new(StatusCode::OK, &answer)
                 .with_writes(writes)
-                .redacting(&["/session"]),
+                .redacting(&["/session", "/web_code"]),
         )
         .await?;
     node.outbox_wake.notify_one();

@@ -174,6 +174,12 @@ fn login(o: &Options) -> Result<bool, String> {
                 Some(s) => {
                     println!("session: {}", s.token);
                     println!("expires at: {} (unix seconds)", s.expires_at);
+                    if let Some(w) = link.last_answer().and_then(|a| a.web_code.as_ref()) {
+                        println!(
+                            "web sign-in code: {} (type it at the node's /web/sign-in; good once, until {} unix seconds)",
+                            w.code, w.expires_at
+                        );
+                    }
                     Ok(true)
                 }
                 None => {

@@ -1,0 +1,290 @@
+//! The web pages of `onecard serve` (issue 14) over real HTTP, as a browser without
+//! JavaScript uses them: the one-time code the reader shows after card and PIN, the session
+//! cookie it buys, the consumer's account page, its forms with their CSRF token, and what one
+//! consumer cannot do with another's orders or with a used code or an ended session.
+
+mod common;
+
+use std::time::Duration;
+
+use common::node::*;
+use onecard_engine::cards::CardKey;
+use onecard_sim::card::applet::CardApplet;
+use onecard_terminal::flow::PaymentEnd;
+use serde_json::json;
+
+/// A browser's agent: redirects are not followed, so that each answer is seen.
+fn browser() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .redirects(0)
+        .build()
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Vec<String>,
+    csp: Option<String>,
+    body: String,
+}
+
+fn page(resp: Result<ureq::Response, ureq::Error>) -> Page {
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    Page {
+        status: resp.status(),
+        location: resp.header("location").map(str::to_string),
+        set_cookie: resp
+            .all("set-cookie")
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        csp: resp.header("content-security-policy").map(str::to_string),
+        body: resp.into_string().unwrap_or_default(),
+    }
+}
+
+fn get(node: &NodeProc, path: &str, cookie: Option<&str>) -> Page {
+    let mut req = browser().get(&node.url(path));
+    if let Some(c) = cookie {
+        req = req.set("Cookie", c);
+    }
+    page(req.call())
+}
+
+fn post(node: &NodeProc, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
+    let mut req = browser().post(&node.url(path));
+    if let Some(c) = cookie {
+        req = req.set("Cookie", c);
+    }
+    page(req.send_form(form))
+}
+
+/// `name=value` of the session cookie an answer sets.
+fn session_cookie(p: &Page) -> String {
+    let set = p
+        .set_cookie
+        .iter()
+        .find(|c| c.starts_with("onecard_session="))
+        .unwrap_or_else(|| panic!("no session cookie in {:?}", p.set_cookie));
+    set.split(';').next().unwrap().to_string()
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(body: &str) -> String {
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field in {body}"));
+    let rest = &body[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Signs in at the reader with card and PIN; the web code the reader shows.
+fn code_at_reader(node: &NodeProc, w: &World, card: &mut MemoryCard) -> String {
+    let (end, answer) = sign_in(node, w, card, PIN);
+    assert!(matches!(end, PaymentEnd::Authorised(_)), "{end:?}");
+    let code = answer
+        .and_then(|a| a.web_code)
+        .expect("a sign-in shows a web code")
+        .code;
+    assert_eq!(code.len(), 11, "{code}");
+    code
+}
+
+fn order_state(node: &NodeProc, w: &World, order: &str) -> String {
+    let a = call(
+        "GET",
+        &node.url(&format!("/v1/orders/{order}")),
+        Some(&w.api_key),
+        None,
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    a.body["state"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_consumer_signs_in_with_the_readers_code_and_releases_an_order_from_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(dir.path());
+    let w = setup(&node, None, None);
+    let order = create_order(&node, &w, "42.50", true);
+    pay_with_session(&node, &w, 1, &order);
+    assert_eq!(order_state(&node, &w, &order), "pending");
+
+    // Not signed in: the account page sends to the sign-in page.
+    let p = get(&node, "/web/account", None);
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/web/sign-in"));
+    let p = get(&node, "/web/sign-in", None);
+    assert_eq!(p.status, 200);
+    assert!(p
+        .body
+        .contains("<form method=\"post\" action=\"/web/sign-in\">"));
+    assert!(p.csp.unwrap().contains("default-src 'none'"));
+
+    let mut card = card_for(&w, 2);
+    let code = code_at_reader(&node, &w, &mut card);
+    // A wrong code and a malformed one: refused, no cookie.
+    let p = post(&node, "/web/sign-in", None, &[("code", "AAAAA-AAAAA")]);
+    assert_eq!(p.status, 401, "{}", p.body);
+    assert!(p.body.contains("unknown, used or expired"));
+    assert!(p.set_cookie.is_empty());
+    let p = post(&node, "/web/sign-in", None, &[("code", "<script>")]);
+    assert_eq!(p.status, 422);
+    assert!(!p.body.contains("<script>"), "nothing typed is echoed");
+    // The code as typed, in lower case and without its dash: a session cookie, secure.
+    let typed = code.replace('-', "").to_lowercase();
+    let p = post(&node, "/web/sign-in", None, &[("code", &typed)]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location.as_deref(), Some("/web/account"));
+    let set = p.set_cookie.join("; ");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/web"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    let cookie = session_cookie(&p);
+    // Good once.
+    let again = post(&node, "/web/sign-in", None, &[("code", &code)]);
+    assert_eq!(again.status, 401);
+
+    // The account: the order waiting with its release condition, the wallet against the cap.
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(
+        p.body.contains(&format!("data-order=\"{order}\"")),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("on receipt"));
+    assert!(
+        p.body.contains("id=\"wallet-balance\">500.00<"),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("id=\"reserved\">42.50<"));
+    // 500.00 of 5000.00: a tenth of the gauge.
+    assert!(
+        p.body.contains("width=\"30\" height=\"24\" class=\"fill\""),
+        "{}",
+        p.body
+    );
+    assert!(!p.body.contains(BANK), "no full bank account on a page");
+    let token = csrf(&p.body);
+
+    // Forms without the session's token change nothing.
+    let path = format!("/web/orders/{order}/receipt");
+    let p = post(&node, &path, Some(&cookie), &[("satisfied", "yes")]);
+    assert_eq!(p.status, 403);
+    let p = post(
+        &node,
+        &path,
+        Some(&cookie),
+        &[("csrf", "0".repeat(64).as_str()), ("satisfied", "yes")],
+    );
+    assert_eq!(p.status, 403);
+    // Nor without the session (the token alone is nothing).
+    let p = post(
+        &node,
+        &path,
+        None,
+        &[("csrf", &token), ("satisfied", "yes")],
+    );
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/web/sign-in"));
+    assert_eq!(order_state(&node, &w, &order), "pending");
+
+    // Received and satisfied: the money goes to the merchant.
+    let p = post(
+        &node,
+        &path,
+        Some(&cookie),
+        &[("csrf", &token), ("satisfied", "yes")],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location.as_deref(), Some("/web/account?done=settled"));
+    assert_eq!(order_state(&node, &w, &order), "settled");
+    let p = get(&node, "/web/account?done=settled", Some(&cookie));
+    assert!(p.body.contains("the money was released"));
+    assert!(p.body.contains("No orders are waiting."), "{}", p.body);
+
+    // Signing out ends the session: the cookie is cleared and no longer works.
+    let p = post(&node, "/web/sign-out", Some(&cookie), &[("csrf", &token)]);
+    assert_eq!(p.status, 303);
+    assert!(p.set_cookie.join(";").contains("Max-Age=0"));
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/web/sign-in"));
+}
+
+#[test]
+fn one_consumer_cannot_act_on_anothers_order_and_an_ended_session_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "[node]\nsession_ttl_secs = 2\n").unwrap();
+    let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&cfg));
+    let w = setup(&node, None, None);
+    // Bob, with his own card and reader.
+    let a = admin(
+        &node,
+        "/v1/admin/bank-accounts",
+        json!({"account": "GB33BUKB20201555555555", "balance": "1000.00"}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let a = admin(
+        &node,
+        "/v1/admin/consumers",
+        json!({"consumer": "bob", "credit_limit": "500.00", "bank": "GB33BUKB20201555555555", "wallet": "100.00"}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    const BOB_CARD: &str = "4000009876543210";
+    let bob_key = issue_card_with_reader(&node, "bob", BOB_CARD, PIN, "reader-bob");
+    let bob = World {
+        card_key: bob_key,
+        reader_id: "reader-bob".into(),
+        ..w.clone()
+    };
+    let bob_card = |counter| {
+        MemoryCard(CardApplet::new(
+            BOB_CARD.into(),
+            "bob".into(),
+            CardKey::from_bytes(bob_key),
+            counter,
+        ))
+    };
+    let alices = create_order(&node, &w, "10.00", true);
+    pay_with_session(&node, &w, 1, &alices);
+
+    let code = code_at_reader(&node, &bob, &mut bob_card(1));
+    let p = post(&node, "/web/sign-in", None, &[("code", &code)]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    let cookie = session_cookie(&p);
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert_eq!(p.status, 200);
+    assert!(!p.body.contains(&alices), "bob sees alice's order");
+    let token = csrf(&p.body);
+    let p = post(
+        &node,
+        &format!("/web/orders/{alices}/receipt"),
+        Some(&cookie),
+        &[("csrf", &token), ("satisfied", "yes")],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert_eq!(order_state(&node, &w, &alices), "pending");
+
+    // The session ends with `session_ttl_secs`.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/web/sign-in"));
+    // A cookie that is no session's: the same.
+    let p = get(
+        &node,
+        "/web/account",
+        Some(&format!("onecard_session={}", "ab".repeat(32))),
+    );
+    assert_eq!(p.status, 303);
+}
