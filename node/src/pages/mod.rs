@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_wallet_gauge_is_integer_and_bounded() {
-        let a = |s: &str| Amount::parse(s).unwrap();
+        let a = |s: &str| onecard_engine::Amount::parse(s).unwrap();
         assert_eq!(consumer::share(a("2500.00"), a("5000.00"), 300), 150);
         assert_eq!(consumer::share(a("5000.00"), a("5000.00"), 300), 300);
         assert_eq!(consumer::share(a("0.00"), a("5000.00"), 300), 0);
