@@ -1,23 +1,64 @@
 //! Model-based property test: random command sequences are played both against the real engine
 //! (actors, the write-ahead log with the sled view behind it, simulated bank, restarts and
-//! crashes) and against a small reference model written from `shared/scenarios/FORMAT.md`
-//! alone. After every step the outcomes, all balances and every order must agree, and the
-//! engine's state must hold the invariants (I2 conservation and zero-sum of the ledger, I3 wallet
-//! within the cap, I4 reservations within the limit, I5 refunds within the order amount). At the
-//! end of each case the journal is verified.
+//! crashes) and against a small reference model written from `shared/scenarios/FORMAT.md` and
+//! `docs/scenarios-services.md` alone. After every step the outcomes, all balances, every order
+//! and every id of the services must agree, and the engine's state must hold the invariants (I2
+//! conservation and zero-sum of the ledger, clearing accounts included, I3 wallet within the
+//! cap, I4 reservations within the limit, I5 refunds within the order amount). At the end of
+//! each case the journal is verified.
+//!
+//! The commands are FORMAT.md's (orders, refunds, ticks, the bank's modes and deposits) and the
+//! services' engine commands, sent through the typed API as `src/scenario.rs` sends them:
+//!
+//! - `recharge` (`CreditSource::RechargeCard`): overflow `"bank"` (the wallet up to the cap, the
+//!   rest to the designated bank account) or `"refuse"` (`refused:amount` beyond the wallet's
+//!   room); money from outside, so `total` grows, and `recharged:B` (the batch's clearing
+//!   account) is compared for every batch.
+//! - `fund_employer` (`FundCmd`): the merchant's bank account −amount, its balance +amount;
+//!   `refused:funds` when the bank is short or refuses, `invalid` for a merchant without a bank
+//!   account. The setup funds the employer with a part of its bank balance.
+//! - `salary` (`CreditSource::Employer`), to `"wallet"` or `"bank"`, drawn from the employer's
+//!   balance (`refused:funds` when it is short). The employer is mostly `store`, the merchant
+//!   with a bank account, which is also paid by orders and pays their refunds, or `shop`, paid by
+//!   orders only: merchant balances are modelled whole (settlements, refunds, fundings,
+//!   salaries), and a refund may be `refused:funds` after salaries drew on the balance.
+//! - `deposit` (`CreditSource::BankTransfer`): the designated bank account −amount, the wallet
+//!   +amount; `refused:amount` without room, `refused:funds` when the bank is short or refuses.
+//! - `bill` (`Engine::place`, a time release after `due_after_secs`, 0 allowed), an order in
+//!   every other respect (to `shop` or `store` as biller).
+//! - `set_credit_limit`: above, at, one cent below what is reserved, zero, the same limit. A lower
+//!   limit keeps what is reserved (available credit goes negative, and I4 is checked when the
+//!   model reserves, not after a lowering) and refuses new reservations only.
+//!
+//! Recharges, salaries, deposits and fundings share one name space of ids, apart from orders and
+//! refunds: new ids, ids sent before (taken, or left free by a refusal, which may then be used
+//! with any content), order ids (another name space), exact repeats of earlier commands (also
+//! after restarts and crashes: the first outcome, nothing moves), and repeats of a taken id with
+//! one thing changed (amount, consumer, batch, overflow, `to`, employer, or the kind of command:
+//! `refused:conflict`). The ids the engine holds must be exactly the model's, each with its
+//! content and split between wallet and bank account. Bad inputs are those the typed API can
+//! carry, in the files' precedence: zero and negative amounts (and limits), an empty id or
+//! batch, an unknown consumer, employer (or a consumer named as one), merchant or biller, and
+//! reasons that are empty, 201 characters long or hold a control character (200 two-byte
+//! characters are allowed). Malformed amount text and unknown words for `overflow` or `to` are
+//! the scenario player's, which the typed API cannot carry; a reason of spaces only is not sent
+//! (the file says an empty reason is refused, the engine refuses a blank one too). Linked bank
+//! accounts, transfers, gateway rules and payments at readers are not covered.
 //!
 //! Besides single commands, a case has:
 //!
-//! - **concurrent groups**: two or three commands, one for each of different consumers (a place,
-//!   or a confirm, code, cancel or refund of one of that consumer's orders), sent at once
-//!   (`join_all` inside the actix system), so that their entries share the log's records.
-//!   Commands of different consumers can still depend on each other's order: a new order id two
-//!   consumers place at once goes to one of them (a group's place may take the id of the place
-//!   before it). (A merchant's balance, which settlements credit and refunds debit, is always
-//!   what is left to refund of its settled orders, so a refund is never refused for `funds`
-//!   here.) So the model is played in every order of the group: the engine's outcomes must be
-//!   those of one order, its whole state that order's model state, which the model then adopts.
-//!   Two refunds of a group never share an id not taken yet (see [`Resolver::group`]).
+//! - **concurrent groups**: two or three commands, one for each of different consumers (a place
+//!   or a bill, a confirm, code, cancel or refund of one of that consumer's orders, a recharge,
+//!   salary or deposit for that consumer, a funding of an employer, or a new credit limit), sent
+//!   at once (`join_all` inside the actix system), so that their entries share the log's
+//!   records. Commands of different consumers can still depend on each other's order: a new
+//!   order id two consumers place at once goes to one of them (a group's place may take the id
+//!   of the place before it, and a credit the id of the credit before it), and a salary, a
+//!   funding, a settlement and a refund may all move one merchant's balance. So the model is
+//!   played in every order of the group: the engine's outcomes must be those of one order, its
+//!   whole state that order's model state, which the model then adopts. Two refunds of a group
+//!   never share an id not taken yet, nor do a funding and a consumer's credit: for those the
+//!   engine's answers are those of no serial order (see [`Resolver::group`]).
 //! - **crashes**: the engine is abandoned without `close` (no last checkpoint). The data
 //!   directory as a crash leaves it is an image taken while the engine runs (the view first,
 //!   then the log, so that no checkpoint in the image is ahead of its log, as on a disk), and the
@@ -32,13 +73,15 @@
 //!   prefix of one serialisation; see [`Group::play`] for the refusals left out).
 //!
 //! The model shares no rule code with the engine: money is plain `i64` cents and every rule is
-//! re-derived from FORMAT.md. On a failure the message carries the whole case as a scenario
+//! re-derived from the two files. On a failure the message carries the whole case as a scenario
 //! file (the model's outcome as each step's `expect`; a group in the order the engine took, a
-//! crash as a `restart` with a `note`), ready to be replayed with `onecard scenario`.
+//! crash as a `restart` with a `note`; the services' commands in docs/scenarios-services.md's
+//! syntax, a negative amount written `"-1.00"`), ready to be replayed with `onecard scenario`.
 //!
-//! Cases default to 128 (about 10 s in a debug build on 2 cores, 25 s when other work loads them
-//! heavily); `PROPTEST_CASES` overrides that. The engine opens with a small id filter: the
-//! default one (16 million ids) alone costs ~75 ms per opening in a debug build.
+//! Cases default to 128 (about 15 s in a debug build on 2 cores with other work beside it, as
+//! before the services were added; 25 s when other work loads them heavily); `PROPTEST_CASES`
+//! overrides that. The engine opens with a small id filter: the default one (16 million ids)
+//! alone costs ~75 ms per opening in a debug build.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -48,10 +91,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use onecard_engine::commands::{CreditCmd, FundCmd, PlaceCmd};
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PlaceOrder, RefundRequest};
 use onecard_engine::journal::JournalConfig;
+use onecard_engine::ledger::{recharge_clearing, CreditRecord};
 use onecard_engine::model::{CommandResult, Release as EngineRelease, RulesConfig};
-use onecard_engine::{verify, Amount, Engine, EngineError, SimBank, SimBankPort};
+use onecard_engine::{
+    verify, Amount, CreditSource, CreditTarget, Engine, EngineError, SimBank, SimBankPort,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
@@ -67,15 +114,31 @@ const EXPIRY_SECS: u64 = 1_000;
 const CONSUMERS: [&str; 3] = ["alice", "bob", "carol"];
 const CONSUMER_BANKS: [&str; 3] = ["alice-bank", "bob-bank", "carol-bank"];
 const MERCHANTS: [&str; 2] = ["shop", "store"];
-/// The second merchant has a bank account of its own (counted in `total`, never touched).
+/// The second merchant has a bank account of its own: `fund_employer` moves money from it to
+/// the merchant's balance, which pays salaries (and refunds of its orders).
 const MERCHANT_BANK: &str = "store-bank";
 const NO_CONSUMER: &str = "ghost";
 const NO_MERCHANT: &str = "nowhere";
 const NO_ORDER: &str = "no-such-order";
+/// Recharge batches; the empty one is `refused:invalid`.
+const BATCHES: [&str; 3] = ["b1", "b2", ""];
+/// Employers: the merchant with a bank account (funded from it, and paid by orders), the one
+/// without (paid by orders only; funding it is `refused:invalid`), no merchant, a consumer.
+const EMPLOYERS: [&str; 4] = ["store", "shop", NO_MERCHANT, "alice"];
 
 /// `12345` cents → `"123.45"`.
 fn cents_text(c: i64) -> String {
     format!("{}.{:02}", c / 100, c % 100)
+}
+
+/// An amount of the typed API as a scenario file writes it: `-5` cents → `"-0.05"` (which
+/// FORMAT.md calls malformed, and the typed API not positive: both `refused:amount`).
+fn signed_text(c: i64) -> String {
+    if c < 0 {
+        format!("-{}", cents_text(-c))
+    } else {
+        cents_text(c)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,6 +261,52 @@ mod reference {
         pub amount: i64,
     }
 
+    /// A command of the services' shared id name space (docs/scenarios-services.md), as sent:
+    /// the words of its fields as the file writes them.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum CreditReq {
+        /// `overflow`: `"bank"` or `"refuse"`.
+        Recharge {
+            consumer: String,
+            batch: String,
+            overflow: String,
+        },
+        /// `to`: `"wallet"` or `"bank"`.
+        Salary {
+            employer: String,
+            consumer: String,
+            to: String,
+        },
+        /// From the designated bank account.
+        Deposit {
+            consumer: String,
+        },
+        FundEmployer {
+            employer: String,
+        },
+    }
+
+    impl CreditReq {
+        pub fn command(&self) -> &'static str {
+            match self {
+                CreditReq::Recharge { .. } => "recharge",
+                CreditReq::Salary { .. } => "salary",
+                CreditReq::Deposit { .. } => "deposit",
+                CreditReq::FundEmployer { .. } => "fund_employer",
+            }
+        }
+    }
+
+    /// What an id of the services' name space was first (and only) used for.
+    #[derive(Debug, Clone)]
+    pub struct Credit {
+        pub req: CreditReq,
+        pub amount: i64,
+        /// How a consumer's credit was split (0 for a funding).
+        pub to_wallet: i64,
+        pub to_bank: i64,
+    }
+
     #[derive(Debug, Clone)]
     pub struct Model {
         pub cap: i64,
@@ -212,8 +321,15 @@ mod reference {
         pub orders: BTreeMap<String, Order>,
         pub refunds: BTreeMap<String, Refund>,
         pub next_placement: u64,
-        /// Money that entered the system from outside: opening balances and deposits.
+        /// Money that entered the system from outside: opening balances, bank deposits and
+        /// recharges.
         pub external_in: i64,
+        /// A merchant's bank account, for the merchants that have one.
+        pub merchant_banks: BTreeMap<String, String>,
+        /// Recharges, salaries, deposits and fundings: one name space of ids.
+        pub credits: BTreeMap<String, Credit>,
+        /// What the recharge cards of each batch brought in.
+        pub recharged: BTreeMap<String, i64>,
     }
 
     const OK: &str = "ok";
@@ -237,6 +353,9 @@ mod reference {
                 refunds: BTreeMap::new(),
                 next_placement: 0,
                 external_in: 0,
+                merchant_banks: BTreeMap::new(),
+                credits: BTreeMap::new(),
+                recharged: BTreeMap::new(),
             }
         }
 
@@ -272,6 +391,7 @@ mod reference {
                     },
                 );
                 self.external_in += bal;
+                self.merchant_banks.insert(name.to_string(), b.to_string());
             }
             self.merchants.insert(name.to_string(), 0);
         }
@@ -372,6 +492,34 @@ mod reference {
         ) -> String {
             let amount = parse_cents(amount).filter(|a| *a > 0);
             let release = parse_release(release);
+            self.place(id, consumer, merchant, amount, release)
+        }
+
+        /// A bill (docs/scenarios-services.md): an order to the biller with a time release
+        /// after `due_after_secs`, where 0 is allowed (the next tick settles it).
+        pub fn bill(
+            &mut self,
+            id: &str,
+            consumer: &str,
+            biller: &str,
+            amount: &str,
+            due_after_secs: u64,
+        ) -> String {
+            let amount = parse_cents(amount).filter(|a| *a > 0);
+            let release = Some(Release::Time(due_after_secs));
+            self.place(id, consumer, biller, amount, release)
+        }
+
+        /// place_order's rules, with the amount (positive) and the release parsed (`None`:
+        /// malformed).
+        fn place(
+            &mut self,
+            id: &str,
+            consumer: &str,
+            merchant: &str,
+            amount: Option<i64>,
+            release: Option<Release>,
+        ) -> String {
             if let Some(o) = self.orders.get(id) {
                 let same = o.consumer == consumer
                     && o.merchant == merchant
@@ -425,6 +573,8 @@ mod reference {
                     refused("credit")
                 } else {
                     c.reserved += amount;
+                    // I4, at the moment of the reservation.
+                    assert!(c.reserved <= c.credit_limit, "the model broke I4");
                     self.orders.get_mut(id).expect("inserted").reserved = true;
                     "accepted".to_string()
                 }
@@ -525,6 +675,156 @@ mod reference {
             "refunded".into()
         }
 
+        /// What the consumer's wallet has room for under the cap.
+        fn room(&self, consumer: &str) -> i64 {
+            self.cap - self.consumers[consumer].wallet
+        }
+
+        /// Into the wallet up to the cap, the rest to the designated bank account; returns
+        /// (to the wallet, to the bank).
+        fn credit_wallet_overflow(&mut self, consumer: &str, amount: i64) -> (i64, i64) {
+            let to_wallet = amount.min(self.room(consumer));
+            self.credit_split(consumer, to_wallet, amount - to_wallet);
+            (to_wallet, amount - to_wallet)
+        }
+
+        fn credit_split(&mut self, consumer: &str, to_wallet: i64, to_bank: i64) {
+            let c = self.consumers.get_mut(consumer).expect("known consumer");
+            c.wallet += to_wallet;
+            self.banks.get_mut(&c.bank).expect("designated").balance += to_bank;
+        }
+
+        /// `recharge`, `salary`, `deposit` and `fund_employer` (docs/scenarios-services.md):
+        /// one name space of ids, each command's refusals in the order the file lists them.
+        pub fn credit(&mut self, id: &str, req: &CreditReq, amount: &str) -> String {
+            let amount = parse_cents(amount).filter(|a| *a > 0);
+            if let Some(first) = self.credits.get(id) {
+                return if first.req == *req && Some(first.amount) == amount {
+                    "credited".into()
+                } else {
+                    refused("conflict")
+                };
+            }
+            let Some(amount) = amount else {
+                return refused("amount");
+            };
+            if id.is_empty() {
+                return refused("invalid");
+            }
+            let (to_wallet, to_bank) = match req {
+                CreditReq::Recharge {
+                    consumer,
+                    batch,
+                    overflow,
+                } => {
+                    if batch.is_empty() || !matches!(overflow.as_str(), "bank" | "refuse") {
+                        return refused("invalid");
+                    }
+                    if !self.consumers.contains_key(consumer) {
+                        return refused("unknown");
+                    }
+                    let split = if overflow == "refuse" {
+                        if self.room(consumer) < amount {
+                            return refused("amount");
+                        }
+                        self.credit_split(consumer, amount, 0);
+                        (amount, 0)
+                    } else {
+                        self.credit_wallet_overflow(consumer, amount)
+                    };
+                    // Money from outside.
+                    self.external_in += amount;
+                    *self.recharged.entry(batch.clone()).or_default() += amount;
+                    split
+                }
+                CreditReq::Salary {
+                    employer,
+                    consumer,
+                    to,
+                } => {
+                    if !matches!(to.as_str(), "wallet" | "bank") {
+                        return refused("invalid");
+                    }
+                    if !self.merchants.contains_key(employer)
+                        || !self.consumers.contains_key(consumer)
+                    {
+                        return refused("unknown");
+                    }
+                    let balance = self.merchants.get_mut(employer).expect("known");
+                    if *balance < amount {
+                        return refused("funds");
+                    }
+                    *balance -= amount;
+                    if to == "bank" {
+                        self.credit_split(consumer, 0, amount);
+                        (0, amount)
+                    } else {
+                        self.credit_wallet_overflow(consumer, amount)
+                    }
+                }
+                CreditReq::Deposit { consumer } => {
+                    let Some(c) = self.consumers.get(consumer) else {
+                        return refused("unknown");
+                    };
+                    if self.room(consumer) < amount {
+                        return refused("amount");
+                    }
+                    let bank = self.banks.get_mut(&c.bank).expect("designated");
+                    if bank.refuse || bank.balance < amount {
+                        return refused("funds");
+                    }
+                    bank.balance -= amount;
+                    self.consumers.get_mut(consumer).expect("known").wallet += amount;
+                    (amount, 0)
+                }
+                CreditReq::FundEmployer { employer } => {
+                    if !self.merchants.contains_key(employer) {
+                        return refused("unknown");
+                    }
+                    let Some(bank) = self.merchant_banks.get(employer) else {
+                        return refused("invalid");
+                    };
+                    let bank = self.banks.get_mut(bank).expect("merchant's bank");
+                    if bank.refuse || bank.balance < amount {
+                        return refused("funds");
+                    }
+                    bank.balance -= amount;
+                    *self.merchants.get_mut(employer).expect("known") += amount;
+                    (0, 0)
+                }
+            };
+            self.credits.insert(
+                id.to_string(),
+                Credit {
+                    req: req.clone(),
+                    amount,
+                    to_wallet,
+                    to_bank,
+                },
+            );
+            "credited".into()
+        }
+
+        /// `set_credit_limit`: `amount` (a malformed limit; zero is allowed), `invalid` (a
+        /// reason empty, above 200 characters or with control characters), `unknown`. New
+        /// reservations only: what is reserved stays, even above the new limit.
+        pub fn set_credit_limit(&mut self, consumer: &str, limit: &str, reason: &str) -> String {
+            let Some(limit) = parse_cents(limit) else {
+                return refused("amount");
+            };
+            if reason.is_empty()
+                || reason.chars().count() > 200
+                || reason.chars().any(char::is_control)
+            {
+                return refused("invalid");
+            }
+            let Some(c) = self.consumers.get_mut(consumer) else {
+                return refused("unknown");
+            };
+            c.credit_limit = limit;
+            OK.into()
+        }
+
         pub fn tick(&mut self) -> String {
             let now = self.clock;
             // (1) every awaiting_funds order, in placement order
@@ -569,7 +869,7 @@ mod reference {
     }
 }
 
-use reference::{Model, Release, State};
+use reference::{CreditReq, Model, Release, State};
 
 // ---------------------------------------------------------------------------------------------
 // Generated cases
@@ -589,6 +889,9 @@ struct Setup {
     code_attempts_max: u32,
     consumers: Vec<ConsumerSetup>,
     merchant_bank: i64,
+    /// This percentage of the merchant's bank balance funds its balance at the start (a
+    /// `fund_employer` of id `k0`), so that salaries have something to draw on.
+    funding_pct: u8,
 }
 
 /// An amount as sent: cents in one of three spellings, or a malformed string.
@@ -754,6 +1057,32 @@ enum Op {
         amount: DepositAmt,
     },
     Restart,
+    /// `recharge`, `salary`, `deposit` or `fund_employer`.
+    Credit {
+        id: CreditIdPick,
+        what: CreditGen,
+        amount: SvcAmt,
+    },
+    /// Sends an earlier credit command again: exactly, or (a taken id, as first used) with one
+    /// field changed ([`vary`]).
+    RepeatCredit {
+        which: Index,
+        change: Option<u8>,
+    },
+    SetLimit {
+        consumer: usize,
+        limit: LimitPick,
+        reason: ReasonPick,
+    },
+    /// A bill: an order to a biller (an index of MERCHANTS; 2 is none) with a time release
+    /// after `due` seconds (0 allowed).
+    Bill {
+        id: IdPick,
+        consumer: usize,
+        biller: usize,
+        amount: BillAmt,
+        due: u64,
+    },
     /// Commands for different consumers (a consumer index each, all different) at once; with
     /// `crash`, the data directory's crash image is taken while they run.
     Group {
@@ -797,6 +1126,111 @@ enum Member {
         order: Index,
         amount: RefundAmt,
     },
+    /// A credit for the member's consumer (a funding names no consumer). With `same_id`, the
+    /// id of the group's credit before it, if there is one: two credits with one new id at
+    /// once, and one of them gets it.
+    Credit {
+        id: CreditIdPick,
+        same_id: bool,
+        what: CreditGen,
+        amount: SvcAmt,
+    },
+    SetLimit {
+        limit: LimitPick,
+        reason: ReasonPick,
+    },
+    Bill {
+        id: IdPick,
+        biller: usize,
+        amount: BillAmt,
+        due: u64,
+    },
+}
+
+/// Which of the services' commands, and its fields but the id and amount. A consumer index is
+/// one of CONSUMERS, 3 being no consumer (`refused:unknown`); in a group, the member's.
+#[derive(Debug, Clone)]
+enum CreditGen {
+    Recharge {
+        consumer: usize,
+        /// An index of BATCHES.
+        batch: usize,
+        overflow_bank: bool,
+    },
+    Salary {
+        /// An index of EMPLOYERS.
+        employer: usize,
+        consumer: usize,
+        to_bank: bool,
+    },
+    Deposit {
+        consumer: usize,
+    },
+    Fund {
+        employer: usize,
+    },
+}
+
+/// An id of the services' name space.
+#[derive(Debug, Clone)]
+enum CreditIdPick {
+    Fresh,
+    /// An id sent before in this name space (taken, or left free by a refusal).
+    Reuse(Index),
+    /// An order id: another name space, so as good as new here.
+    Cross(Index),
+    /// `""`: `refused:invalid`.
+    Empty,
+}
+
+/// The amount of a credit (typed: it may be zero or negative) or one on an edge: 0: the
+/// wallet's room under the cap, 1: one cent more, 2: what the source has (the employer's
+/// balance, the bank account's; the room for a recharge), 3: one cent more.
+#[derive(Debug, Clone)]
+enum SvcAmt {
+    Cents(i64),
+    Edge(u8),
+}
+
+/// A bill's amount: typed cents (maybe zero or negative), or a place's edge ([`PlaceAmt`]).
+#[derive(Debug, Clone)]
+enum BillAmt {
+    Cents(i64),
+    Edge(u8),
+}
+
+#[derive(Debug, Clone)]
+enum LimitPick {
+    Cents(i64),
+    /// What the consumer has reserved, plus this many cents (-1..=1): a limit below, at or
+    /// above what is reserved.
+    Reserved(i64),
+    /// The limit the consumer has.
+    Same,
+    Negative,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReasonPick {
+    Plain,
+    Empty,
+    /// 200 characters (two bytes each): allowed.
+    Longest,
+    /// 201 characters.
+    TooLong,
+    Control,
+}
+
+impl ReasonPick {
+    fn text(self) -> String {
+        match self {
+            ReasonPick::Plain => "a review".to_string(),
+            ReasonPick::Empty => String::new(),
+            ReasonPick::Longest => "é".repeat(200),
+            ReasonPick::TooLong => "x".repeat(201),
+            ReasonPick::Control => "late\u{7}payment".to_string(),
+        }
+    }
 }
 
 /// A crash during a group: the log's image is taken this long after the commands were sent
@@ -924,6 +1358,90 @@ fn refund_amount() -> impl Strategy<Value = RefundAmt> {
     ]
 }
 
+/// A consumer, skewed so that one gathers several orders; 3 is no consumer.
+fn consumer_pick() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => Just(0usize), 3 => Just(1usize), 2 => Just(2usize), 1 => Just(3usize)]
+}
+
+fn credit_id_pick() -> impl Strategy<Value = CreditIdPick> {
+    prop_oneof![
+        10 => Just(CreditIdPick::Fresh),
+        4 => any::<Index>().prop_map(CreditIdPick::Reuse),
+        1 => any::<Index>().prop_map(CreditIdPick::Cross),
+        1 => Just(CreditIdPick::Empty),
+    ]
+}
+
+fn svc_amount() -> impl Strategy<Value = SvcAmt> {
+    prop_oneof![
+        3 => (1i64..=2_500).prop_map(SvcAmt::Cents),
+        5 => (1i64..=60_000).prop_map(SvcAmt::Cents),
+        1 => (60_000i64..=300_000).prop_map(SvcAmt::Cents),
+        1 => Just(SvcAmt::Cents(0)),
+        1 => (-10_000i64..=-1).prop_map(SvcAmt::Cents),
+        4 => (0u8..4).prop_map(SvcAmt::Edge),
+    ]
+}
+
+fn credit_gen() -> impl Strategy<Value = CreditGen> {
+    let batch = prop_oneof![6 => 0usize..2, 1 => Just(2usize)];
+    let employer = prop_oneof![6 => Just(0usize), 2 => Just(1usize), 1 => 2usize..4];
+    prop_oneof![
+        3 => (consumer_pick(), batch, any::<bool>()).prop_map(|(consumer, batch, overflow_bank)| {
+            CreditGen::Recharge {
+                consumer,
+                batch,
+                overflow_bank,
+            }
+        }),
+        3 => (employer, consumer_pick(), any::<bool>()).prop_map(|(employer, consumer, to_bank)| {
+            CreditGen::Salary {
+                employer,
+                consumer,
+                to_bank,
+            }
+        }),
+        2 => consumer_pick().prop_map(|consumer| CreditGen::Deposit { consumer }),
+        2 => prop_oneof![8 => Just(0usize), 1 => 1usize..4]
+            .prop_map(|employer| CreditGen::Fund { employer }),
+    ]
+}
+
+fn limit_pick() -> impl Strategy<Value = LimitPick> {
+    prop_oneof![
+        4 => (0i64..=300_000).prop_map(LimitPick::Cents),
+        1 => Just(LimitPick::Cents(0)),
+        3 => (-1i64..=1).prop_map(LimitPick::Reserved),
+        1 => Just(LimitPick::Same),
+        1 => Just(LimitPick::Negative),
+    ]
+}
+
+fn reason_pick() -> impl Strategy<Value = ReasonPick> {
+    prop_oneof![
+        8 => Just(ReasonPick::Plain),
+        1 => Just(ReasonPick::Empty),
+        1 => Just(ReasonPick::Longest),
+        1 => Just(ReasonPick::TooLong),
+        1 => Just(ReasonPick::Control),
+    ]
+}
+
+fn bill_amount() -> impl Strategy<Value = BillAmt> {
+    prop_oneof![
+        6 => (1i64..=60_000).prop_map(BillAmt::Cents),
+        1 => (60_000i64..=250_000).prop_map(BillAmt::Cents),
+        1 => Just(BillAmt::Cents(0)),
+        1 => (-5_000i64..=-1).prop_map(BillAmt::Cents),
+        2 => (0u8..8).prop_map(BillAmt::Edge),
+    ]
+}
+
+/// A bill's `due_after_secs`: 0 (the next tick) or later.
+fn bill_due() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(0u64), 3 => 1u64..=1_500]
+}
+
 fn member_strategy() -> impl Strategy<Value = Member> {
     prop_oneof![
         4 => (
@@ -947,6 +1465,24 @@ fn member_strategy() -> impl Strategy<Value = Member> {
         1 => any::<Index>().prop_map(|order| Member::Cancel { order }),
         4 => (id_pick(), any::<Index>(), refund_amount())
             .prop_map(|(id, order, amount)| Member::Refund { id, order, amount }),
+        4 => (credit_id_pick(), prop::bool::weighted(0.3), credit_gen(), svc_amount()).prop_map(
+            |(id, same_id, what, amount)| Member::Credit {
+                id,
+                same_id,
+                what,
+                amount,
+            }
+        ),
+        1 => (limit_pick(), reason_pick())
+            .prop_map(|(limit, reason)| Member::SetLimit { limit, reason }),
+        1 => (id_pick(), merchant_pick(), bill_amount(), bill_due()).prop_map(
+            |(id, biller, amount, due)| Member::Bill {
+                id,
+                biller,
+                amount,
+                due,
+            }
+        ),
     ]
 }
 
@@ -1003,7 +1539,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let place = (
         id_pick(),
         // Skewed, so that one consumer gathers several orders at once.
-        prop_oneof![6 => Just(0usize), 3 => Just(1usize), 2 => Just(2usize), 1 => Just(3usize)],
+        consumer_pick(),
         merchant_pick(),
         place_amount(),
         release_strategy(),
@@ -1040,6 +1576,21 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             amount: DepositAmt::Shortfall,
         }),
         1 => Just(Op::Restart),
+        5 => (credit_id_pick(), credit_gen(), svc_amount())
+            .prop_map(|(id, what, amount)| Op::Credit { id, what, amount }),
+        2 => (any::<Index>(), prop::option::weighted(0.5, 0u8..4))
+            .prop_map(|(which, change)| Op::RepeatCredit { which, change }),
+        2 => (consumer_pick(), limit_pick(), reason_pick())
+            .prop_map(|(consumer, limit, reason)| Op::SetLimit { consumer, limit, reason }),
+        2 => (id_pick(), consumer_pick(), merchant_pick(), bill_amount(), bill_due()).prop_map(
+            |(id, consumer, biller, amount, due)| Op::Bill {
+                id,
+                consumer,
+                biller,
+                amount,
+                due,
+            }
+        ),
         6 => group_strategy(),
         1 => torn_strategy().prop_map(|torn| Op::Crash { torn }),
     ]
@@ -1064,15 +1615,19 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![Just(0i64), Just(2_000i64)],
         2u32..=3,
         prop::collection::vec(consumer_setup(), 3),
-        0i64..=10_000,
+        prop_oneof![1 => 0i64..=10_000, 3 => 10_000i64..=1_000_000],
+        prop_oneof![1 => Just(0u8), 2 => 1u8..=100],
     )
         .prop_map(
-            |(threshold, direct_max, code_attempts_max, consumers, merchant_bank)| Setup {
-                threshold,
-                direct_max,
-                code_attempts_max,
-                consumers,
-                merchant_bank,
+            |(threshold, direct_max, code_attempts_max, consumers, merchant_bank, funding_pct)| {
+                Setup {
+                    threshold,
+                    direct_max,
+                    code_attempts_max,
+                    consumers,
+                    merchant_bank,
+                    funding_pct,
+                }
             },
         );
     let step = (prop_oneof![4 => Just(0u64), 1 => 1u64..=200], op_strategy());
@@ -1127,6 +1682,24 @@ enum Cmd {
         cents: i64,
     },
     Restart,
+    /// `recharge`, `salary`, `deposit` or `fund_employer`, with a typed amount.
+    Credit {
+        id: String,
+        req: CreditReq,
+        cents: i64,
+    },
+    SetLimit {
+        consumer: String,
+        limit: i64,
+        reason: String,
+    },
+    Bill {
+        id: String,
+        consumer: String,
+        biller: String,
+        cents: i64,
+        due: u64,
+    },
 }
 
 impl Cmd {
@@ -1159,6 +1732,40 @@ impl Cmd {
                 json!({"do": "bank_deposit", "bank": bank, "amount": cents_text(*cents)})
             }
             Cmd::Restart => json!({"do": "restart"}),
+            Cmd::Credit { id, req, cents } => {
+                let mut v = match req {
+                    CreditReq::Recharge {
+                        consumer,
+                        batch,
+                        overflow,
+                    } => json!({"consumer": consumer, "batch": batch, "overflow": overflow}),
+                    CreditReq::Salary {
+                        employer,
+                        consumer,
+                        to,
+                    } => json!({"employer": employer, "consumer": consumer, "to": to}),
+                    CreditReq::Deposit { consumer } => json!({ "consumer": consumer }),
+                    CreditReq::FundEmployer { employer } => json!({ "employer": employer }),
+                };
+                v["do"] = json!(req.command());
+                v["id"] = json!(id);
+                v["amount"] = json!(signed_text(*cents));
+                v
+            }
+            Cmd::SetLimit {
+                consumer,
+                limit,
+                reason,
+            } => json!({"do": "set_credit_limit", "consumer": consumer,
+                        "limit": signed_text(*limit), "reason": reason}),
+            Cmd::Bill {
+                id,
+                consumer,
+                biller,
+                cents,
+                due,
+            } => json!({"do": "bill", "id": id, "consumer": consumer, "biller": biller,
+                        "amount": signed_text(*cents), "due_after_secs": due}),
         };
         v["at"] = json!(at);
         v["expect"] = json!(expect);
@@ -1182,6 +1789,19 @@ impl Cmd {
             Cmd::BankMode { bank, refuse } => m.bank_mode(bank, *refuse),
             Cmd::Deposit { bank, cents } => m.bank_deposit(bank, *cents),
             Cmd::Restart => "ok".into(),
+            Cmd::Credit { id, req, cents } => m.credit(id, req, &signed_text(*cents)),
+            Cmd::SetLimit {
+                consumer,
+                limit,
+                reason,
+            } => m.set_credit_limit(consumer, &signed_text(*limit), reason),
+            Cmd::Bill {
+                id,
+                consumer,
+                biller,
+                cents,
+                due,
+            } => m.bill(id, consumer, biller, &signed_text(*cents), *due),
         }
     }
 }
@@ -1257,6 +1877,10 @@ struct Resolver {
     refund_ids: Vec<String>,
     /// Every order id ever sent, so that ids left without a trace can be checked absent.
     order_ids_sent: BTreeSet<String>,
+    next_credit: u64,
+    /// Every id of the services' name space sent, once each, in the order first sent.
+    credit_ids: Vec<String>,
+    credits: Vec<Cmd>,
 }
 
 impl Resolver {
@@ -1304,6 +1928,76 @@ impl Resolver {
     fn fresh_refund(&mut self) -> String {
         self.next_refund += 1;
         format!("r{}", self.next_refund)
+    }
+
+    fn fresh_credit(&mut self) -> String {
+        let id = format!("k{}", self.next_credit);
+        self.next_credit += 1;
+        id
+    }
+
+    fn credit_id(&mut self, pick: &CreditIdPick) -> String {
+        match pick {
+            CreditIdPick::Reuse(i) if !self.credit_ids.is_empty() => {
+                self.credit_ids[i.index(self.credit_ids.len())].clone()
+            }
+            CreditIdPick::Cross(i) if !self.order_ids_sent.is_empty() => {
+                let n = i.index(self.order_ids_sent.len());
+                self.order_ids_sent.iter().nth(n).expect("in range").clone()
+            }
+            CreditIdPick::Empty => String::new(),
+            _ => self.fresh_credit(),
+        }
+    }
+
+    /// A credit command; `member` is the consumer of a group's member, which replaces the
+    /// generated one.
+    fn credit(
+        &mut self,
+        m: &Model,
+        id: &CreditIdPick,
+        what: &CreditGen,
+        amount: &SvcAmt,
+        member: Option<usize>,
+    ) -> Cmd {
+        let id = self.credit_id(id);
+        let req = credit_req(what, member);
+        let cents = svc_cents(m, &req, amount);
+        Cmd::Credit { id, req, cents }
+    }
+
+    /// An order id for a place or a bill: new, one used by an order, or one used by a refund.
+    fn place_id(&mut self, m: &Model, id: &IdPick) -> String {
+        let ids = m.order_ids();
+        match id {
+            IdPick::Reuse(i) if !ids.is_empty() => ids[i.index(ids.len())].clone(),
+            IdPick::Cross(i) if !self.refund_ids.is_empty() => {
+                self.refund_ids[i.index(self.refund_ids.len())].clone()
+            }
+            _ => self.fresh_order(),
+        }
+    }
+
+    fn bill(
+        &mut self,
+        m: &Model,
+        (id, consumer, biller): (&IdPick, usize, usize),
+        amount: &BillAmt,
+        due: u64,
+    ) -> Cmd {
+        let id = self.place_id(m, id);
+        let consumer = CONSUMERS.get(consumer).unwrap_or(&NO_CONSUMER).to_string();
+        let cents = match amount {
+            BillAmt::Cents(c) => *c,
+            BillAmt::Edge(k) => place_edge(m, &consumer, *k),
+        };
+        Cmd::Bill {
+            id,
+            biller: MERCHANTS.get(biller).unwrap_or(&NO_MERCHANT).to_string(),
+            consumer,
+            cents,
+            due,
+        }
     }
 
     /// `None` for a repeat with nothing to repeat (the step is skipped).
@@ -1358,6 +2052,16 @@ impl Resolver {
             Member::Refund { order, .. } => own(order, &|o| {
                 o.state == State::Settled && o.refunded < o.amount
             }),
+            Member::Credit {
+                id, what, amount, ..
+            } => return self.credit(m, id, what, amount, Some(consumer)),
+            Member::SetLimit { limit, reason } => return set_limit(m, consumer, limit, *reason),
+            Member::Bill {
+                id,
+                biller,
+                amount,
+                due,
+            } => return self.bill(m, (id, consumer, *biller), amount, *due),
         };
         let place = |id: String| Cmd::Place {
             id,
@@ -1401,6 +2105,9 @@ impl Resolver {
                 let amount = refund_text(m, &order, amount);
                 Cmd::Refund { id, order, amount }
             }
+            (Member::Credit { .. } | Member::SetLimit { .. } | Member::Bill { .. }, _) => {
+                unreachable!("resolved above")
+            }
         }
     }
 
@@ -1410,6 +2117,11 @@ impl Resolver {
     /// the id stays free) no order of the two gives that answer (reported with issue 10). Two
     /// places may share a new id: a place of a known consumer that gets as far as claiming the
     /// id is always recorded, so the one refused for `conflict` is explained by the other first.
+    /// Two credits may share a new id too (the engine makes the second wait for the first to
+    /// finish, refused or not), and so may two fundings (they run one at a time); but a funding
+    /// and a consumer's credit never share an id not taken yet: the funding does not see the
+    /// credit in flight, and both are done under the one id (an engine bug, shown by the
+    /// ignored test [`fund_and_credit_with_one_new_id_at_once`]).
     fn group(&mut self, m: &Model, members: &[(usize, Member)]) -> Vec<Cmd> {
         let mut cmds: Vec<Cmd> = Vec::new();
         for (consumer, member) in members {
@@ -1422,6 +2134,25 @@ impl Resolver {
                 (&mut cmd, member, earlier_place)
             {
                 *id = other;
+            }
+            let earlier_credit = cmds.iter().find_map(|c| match c {
+                Cmd::Credit { id, .. } => Some(id.clone()),
+                _ => None,
+            });
+            if let (Cmd::Credit { id, .. }, Member::Credit { same_id: true, .. }, Some(other)) =
+                (&mut cmd, member, earlier_credit)
+            {
+                *id = other;
+            }
+            if let Cmd::Credit { id, req, .. } = &mut cmd {
+                let is_fund = |r: &CreditReq| matches!(r, CreditReq::FundEmployer { .. });
+                let racing = cmds.iter().any(|c| {
+                    matches!(c, Cmd::Credit { id: other, req: r, .. }
+                        if other == id && is_fund(r) != is_fund(req))
+                });
+                if racing && !m.credits.contains_key(id.as_str()) {
+                    *id = self.fresh_credit();
+                }
             }
             if let Cmd::Refund { id, .. } = &mut cmd {
                 let shared = cmds
@@ -1446,34 +2177,11 @@ impl Resolver {
                 amount,
                 release,
             } => {
-                let ids = m.order_ids();
-                let id = match id {
-                    IdPick::Reuse(i) if !ids.is_empty() => ids[i.index(ids.len())].clone(),
-                    IdPick::Cross(i) if !self.refund_ids.is_empty() => {
-                        self.refund_ids[i.index(self.refund_ids.len())].clone()
-                    }
-                    _ => self.fresh_order(),
-                };
+                let id = self.place_id(m, id);
                 let consumer = CONSUMERS.get(*consumer).unwrap_or(&NO_CONSUMER).to_string();
                 let amount = match amount {
                     PlaceAmt::Plain(a) => a.text(),
-                    PlaceAmt::Edge(k) => {
-                        let (avail, wallet, funds) = m
-                            .consumers
-                            .get(&consumer)
-                            .map(|c| {
-                                let bank = m.banks[&c.bank].balance;
-                                (c.credit_limit - c.reserved, c.wallet, c.wallet + bank)
-                            })
-                            .unwrap_or((1_000, 1_000, 1_000));
-                        let direct = if m.direct_max > 0 {
-                            m.direct_max
-                        } else {
-                            2_000
-                        };
-                        let base = [avail, wallet, direct, funds][usize::from(*k / 2) % 4];
-                        cents_text(base.max(1) + i64::from(k % 2))
-                    }
+                    PlaceAmt::Edge(k) => cents_text(place_edge(m, &consumer, *k)),
                 };
                 Cmd::Place {
                     id,
@@ -1540,6 +2248,39 @@ impl Resolver {
                 Cmd::Deposit { bank, cents }
             }
             Op::Restart => Cmd::Restart,
+            Op::Credit { id, what, amount } => self.credit(m, id, what, amount, None),
+            Op::RepeatCredit { which, change } => {
+                if self.credits.is_empty() {
+                    return None;
+                }
+                // A change applies to a taken id, as first used (else to any credit sent).
+                let taken: Vec<Cmd> = m
+                    .credits
+                    .iter()
+                    .map(|(id, c)| Cmd::Credit {
+                        id: id.clone(),
+                        req: c.req.clone(),
+                        cents: c.amount,
+                    })
+                    .collect();
+                match change {
+                    Some(k) if !taken.is_empty() => vary(&taken[which.index(taken.len())], *k),
+                    Some(k) => vary(&self.credits[which.index(self.credits.len())], *k),
+                    None => self.credits[which.index(self.credits.len())].clone(),
+                }
+            }
+            Op::SetLimit {
+                consumer,
+                limit,
+                reason,
+            } => set_limit(m, *consumer, limit, *reason),
+            Op::Bill {
+                id,
+                consumer,
+                biller,
+                amount,
+                due,
+            } => self.bill(m, (id, *consumer, *biller), amount, *due),
             Op::Group { .. } | Op::Crash { .. } => return None,
         };
         Some(cmd)
@@ -1558,8 +2299,170 @@ impl Resolver {
                 }
                 self.refunds.push(cmd.clone());
             }
+            Cmd::Bill { id, .. } => {
+                self.order_ids_sent.insert(id.clone());
+                self.places.push(cmd.clone());
+            }
+            Cmd::Credit { id, .. } => {
+                if !self.credit_ids.contains(id) {
+                    self.credit_ids.push(id.clone());
+                }
+                self.credits.push(cmd.clone());
+            }
             _ => {}
         }
+    }
+}
+
+/// The amount of a place or a bill on an edge of the consumer's state ([`PlaceAmt::Edge`]).
+fn place_edge(m: &Model, consumer: &str, k: u8) -> i64 {
+    let (avail, wallet, funds) = m
+        .consumers
+        .get(consumer)
+        .map(|c| {
+            let bank = m.banks[&c.bank].balance;
+            (c.credit_limit - c.reserved, c.wallet, c.wallet + bank)
+        })
+        .unwrap_or((1_000, 1_000, 1_000));
+    let direct = if m.direct_max > 0 {
+        m.direct_max
+    } else {
+        2_000
+    };
+    let base = [avail, wallet, direct, funds][usize::from(k / 2) % 4];
+    base.max(1) + i64::from(k % 2)
+}
+
+/// A credit's fields as sent; `member` replaces the generated consumer.
+fn credit_req(what: &CreditGen, member: Option<usize>) -> CreditReq {
+    let consumer = |i: usize| {
+        CONSUMERS
+            .get(member.unwrap_or(i))
+            .unwrap_or(&NO_CONSUMER)
+            .to_string()
+    };
+    let word = |yes: bool, a: &str, b: &str| if yes { a } else { b }.to_string();
+    match what {
+        CreditGen::Recharge {
+            consumer: c,
+            batch,
+            overflow_bank,
+        } => CreditReq::Recharge {
+            consumer: consumer(*c),
+            batch: BATCHES[batch % BATCHES.len()].to_string(),
+            overflow: word(*overflow_bank, "bank", "refuse"),
+        },
+        CreditGen::Salary {
+            employer,
+            consumer: c,
+            to_bank,
+        } => CreditReq::Salary {
+            employer: EMPLOYERS[employer % EMPLOYERS.len()].to_string(),
+            consumer: consumer(*c),
+            to: word(*to_bank, "bank", "wallet"),
+        },
+        CreditGen::Deposit { consumer: c } => CreditReq::Deposit {
+            consumer: consumer(*c),
+        },
+        CreditGen::Fund { employer } => CreditReq::FundEmployer {
+            employer: EMPLOYERS[employer % EMPLOYERS.len()].to_string(),
+        },
+    }
+}
+
+/// A credit command with one thing changed (`k`): 0: the amount, 1: the consumer (the
+/// employer of a funding), 2 and 3: a field of its own kind (batch, overflow, `to`, employer),
+/// or its kind. Under a taken id, `refused:conflict`.
+fn vary(cmd: &Cmd, k: u8) -> Cmd {
+    let Cmd::Credit { id, req, cents } = cmd else {
+        return cmd.clone();
+    };
+    let other = |names: &[&str], name: &str| {
+        let i = names.iter().position(|n| *n == name).unwrap_or(0);
+        names[(i + 1) % names.len()].to_string()
+    };
+    let flip = |word: &str, a: &str, b: &str| if word == a { b } else { a }.to_string();
+    let (mut req, mut cents) = (req.clone(), *cents);
+    match (&mut req, k) {
+        (_, 0) => cents += 1,
+        (
+            CreditReq::Recharge { consumer, .. }
+            | CreditReq::Salary { consumer, .. }
+            | CreditReq::Deposit { consumer },
+            1,
+        ) => *consumer = other(&CONSUMERS, consumer),
+        (CreditReq::FundEmployer { employer }, 1 | 2) => *employer = other(&MERCHANTS, employer),
+        (CreditReq::Recharge { batch, .. }, 2) => *batch = other(&BATCHES[..2], batch),
+        (CreditReq::Recharge { overflow, .. }, _) => *overflow = flip(overflow, "bank", "refuse"),
+        (CreditReq::Salary { to, .. }, 2) => *to = flip(to, "bank", "wallet"),
+        (CreditReq::Salary { employer, .. }, _) => *employer = other(&MERCHANTS, employer),
+        (CreditReq::Deposit { consumer }, _) => {
+            req = CreditReq::Recharge {
+                consumer: consumer.clone(),
+                batch: BATCHES[0].to_string(),
+                overflow: "refuse".to_string(),
+            }
+        }
+        (CreditReq::FundEmployer { .. }, _) => {
+            req = CreditReq::Deposit {
+                consumer: CONSUMERS[0].to_string(),
+            }
+        }
+    }
+    Cmd::Credit {
+        id: id.clone(),
+        req,
+        cents,
+    }
+}
+
+/// A credit's amount in cents ([`SvcAmt`]).
+fn svc_cents(m: &Model, req: &CreditReq, amount: &SvcAmt) -> i64 {
+    let k = match amount {
+        SvcAmt::Cents(c) => return *c,
+        SvcAmt::Edge(k) => *k,
+    };
+    let consumer = match req {
+        CreditReq::Recharge { consumer, .. }
+        | CreditReq::Salary { consumer, .. }
+        | CreditReq::Deposit { consumer } => m.consumers.get(consumer),
+        CreditReq::FundEmployer { .. } => None,
+    };
+    let room = consumer.map(|c| m.cap - c.wallet);
+    let source = match req {
+        CreditReq::Recharge { .. } => room,
+        CreditReq::Salary { employer, .. } => m.merchants.get(employer).copied(),
+        CreditReq::Deposit { .. } => consumer.map(|c| m.banks[&c.bank].balance),
+        CreditReq::FundEmployer { employer } => {
+            m.merchant_banks.get(employer).map(|b| m.banks[b].balance)
+        }
+    };
+    let base = if k / 2 == 0 {
+        room.or(source)
+    } else {
+        source.or(room)
+    };
+    base.unwrap_or(1_000).max(1) + i64::from(k % 2)
+}
+
+/// A `set_credit_limit` for consumer `consumer` (an index of CONSUMERS; 3 is none).
+fn set_limit(m: &Model, consumer: usize, limit: &LimitPick, reason: ReasonPick) -> Cmd {
+    let consumer = CONSUMERS.get(consumer).unwrap_or(&NO_CONSUMER).to_string();
+    let (reserved, current) = m
+        .consumers
+        .get(&consumer)
+        .map(|c| (c.reserved, c.credit_limit))
+        .unwrap_or((0, 100_000));
+    let limit = match limit {
+        LimitPick::Cents(c) => *c,
+        LimitPick::Reserved(d) => (reserved + d).max(0),
+        LimitPick::Same => current,
+        LimitPick::Negative => -100,
+    };
+    Cmd::SetLimit {
+        consumer,
+        limit,
+        reason: reason.text(),
     }
 }
 
@@ -1736,6 +2639,88 @@ impl Harness {
                 return Ok("ok".into());
             }
             Cmd::Restart => return Err("a restart cannot run beside other commands".into()),
+            // The services, through the typed commands as src/scenario.rs sends them.
+            Cmd::Credit { id, req, cents } => {
+                let amount = Amount::from_cents(*cents);
+                let credit = |consumer: &str, source, target| CreditCmd {
+                    id: id.clone(),
+                    consumer: consumer.to_string(),
+                    source,
+                    target,
+                    amount,
+                };
+                let cmd = match req {
+                    CreditReq::Recharge {
+                        consumer,
+                        batch,
+                        overflow,
+                    } => credit(
+                        consumer,
+                        CreditSource::RechargeCard {
+                            batch: batch.clone(),
+                        },
+                        match overflow.as_str() {
+                            "bank" => CreditTarget::WalletOverflowToBank,
+                            _ => CreditTarget::WalletOnly,
+                        },
+                    ),
+                    CreditReq::Salary {
+                        employer,
+                        consumer,
+                        to,
+                    } => credit(
+                        consumer,
+                        CreditSource::Employer {
+                            employer: employer.clone(),
+                        },
+                        match to.as_str() {
+                            "bank" => CreditTarget::Bank,
+                            _ => CreditTarget::WalletOverflowToBank,
+                        },
+                    ),
+                    CreditReq::Deposit { consumer } => credit(
+                        consumer,
+                        CreditSource::BankTransfer,
+                        CreditTarget::WalletOnly,
+                    ),
+                    CreditReq::FundEmployer { employer } => {
+                        let cmd = FundCmd {
+                            id: id.clone(),
+                            merchant: employer.clone(),
+                            amount,
+                        };
+                        let r = self.engine().fund_merchant(cmd, now).await;
+                        return Ok(outcome_str(&r.map_err(fault)?));
+                    }
+                };
+                self.engine().credit(cmd, now).await.map_err(fault)?
+            }
+            Cmd::SetLimit {
+                consumer,
+                limit,
+                reason,
+            } => self
+                .engine()
+                .set_credit_limit(consumer, Amount::from_cents(*limit), reason, now)
+                .await
+                .map_err(fault)?,
+            Cmd::Bill {
+                id,
+                consumer,
+                biller,
+                cents,
+                due,
+            } => {
+                let cmd = PlaceCmd {
+                    id: id.clone(),
+                    consumer: consumer.clone(),
+                    merchant: biller.clone(),
+                    amount: Amount::from_cents(*cents),
+                    release: EngineRelease::Time { after_secs: *due },
+                    at_reader: None,
+                };
+                self.engine().place(cmd, now).await.map_err(fault)?
+            }
         };
         Ok(outcome_str(&r))
     }
@@ -1968,14 +2953,18 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
             c.available_credit(),
             mc.credit_limit - mc.reserved,
         )?;
-        // I3, I4
+        eq_amount(&format!("limit:{name}"), c.credit_limit, mc.credit_limit)?;
+        // I3, I4 (reserved ≤ limit at the moment of every reservation: a lower limit set
+        // since may be below what is reserved, as it is in the model, which checks I4 when
+        // it reserves)
         ensure!(
             !c.wallet.is_negative() && c.wallet <= cap,
             "I3: wallet:{name} = {} outside 0..={cap}",
             c.wallet
         );
         ensure!(
-            !c.reserved.is_negative() && c.reserved <= c.credit_limit,
+            !c.reserved.is_negative()
+                && (c.reserved <= c.credit_limit || mc.reserved > mc.credit_limit),
             "I4: reserved:{name} = {} outside 0..={}",
             c.reserved,
             c.credit_limit
@@ -2110,6 +3099,99 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
     let none = engine.order(NO_ORDER).await.map_err(fault)?;
     ensure!(none.is_none(), "order:{NO_ORDER} exists");
 
+    // The services' ids: exactly the model's are taken (a refused one leaves no trace), each
+    // with what it was first used for and, for a consumer's, how it was split.
+    let model_credits: BTreeSet<&String> = m.credits.keys().collect();
+    let engine_credits: BTreeSet<&String> = ledger.credits.keys().collect();
+    ensure!(
+        model_credits == engine_credits,
+        "credit ids: engine {engine_credits:?}, model {model_credits:?}"
+    );
+    for (id, mc) in &m.credits {
+        let er = &ledger.credits[id];
+        let amount = Amount::from_cents(mc.amount);
+        let same = match (er, &mc.req) {
+            (
+                CreditRecord::Merchant {
+                    merchant,
+                    amount: a,
+                },
+                CreditReq::FundEmployer { employer },
+            ) => merchant == employer && *a == amount,
+            (
+                CreditRecord::Consumer {
+                    consumer,
+                    source,
+                    target,
+                    amount: a,
+                    to_wallet,
+                    to_bank,
+                },
+                req,
+            ) => {
+                let (who, src, tgt) = match req {
+                    CreditReq::Recharge {
+                        consumer,
+                        batch,
+                        overflow,
+                    } => (
+                        consumer,
+                        CreditSource::RechargeCard {
+                            batch: batch.clone(),
+                        },
+                        if overflow == "bank" {
+                            CreditTarget::WalletOverflowToBank
+                        } else {
+                            CreditTarget::WalletOnly
+                        },
+                    ),
+                    CreditReq::Salary {
+                        employer,
+                        consumer,
+                        to,
+                    } => (
+                        consumer,
+                        CreditSource::Employer {
+                            employer: employer.clone(),
+                        },
+                        if to == "bank" {
+                            CreditTarget::Bank
+                        } else {
+                            CreditTarget::WalletOverflowToBank
+                        },
+                    ),
+                    CreditReq::Deposit { consumer } => (
+                        consumer,
+                        CreditSource::BankTransfer,
+                        CreditTarget::WalletOnly,
+                    ),
+                    CreditReq::FundEmployer { .. } => {
+                        return Err(format!(
+                            "credit id {id}: engine {er:?}, model a funding {mc:?}"
+                        ))
+                    }
+                };
+                consumer == who
+                    && *source == src
+                    && *target == tgt
+                    && *a == amount
+                    && *to_wallet == Amount::from_cents(mc.to_wallet)
+                    && *to_bank == Amount::from_cents(mc.to_bank)
+            }
+            _ => false,
+        };
+        ensure!(same, "credit id {id}: engine {er:?}, model {mc:?}");
+    }
+    for batch in BATCHES {
+        let got = ledger
+            .merchant_clearing
+            .get(&recharge_clearing(batch))
+            .map(|a| a.checked_neg())
+            .unwrap_or(Amount::ZERO);
+        let want = m.recharged.get(batch).copied().unwrap_or(0);
+        eq_amount(&format!("recharged:{batch}"), got, want)?;
+    }
+
     // I2: the `total` of the scenarios is conserved (grows only by money from outside) ...
     let total = bank
         .total()
@@ -2128,6 +3210,11 @@ async fn compare(h: &Harness, m: &Model, sent: &BTreeSet<String>) -> Result<(), 
     }
     for mm in state.merchants.values() {
         sum = sum.checked_add(mm.balance).map_err(|e| e.to_string())?;
+    }
+    // ... and the clearing accounts no consumer owns (merchants' bank accounts, recharge
+    // batches).
+    for a in state.merchant_clearing.values() {
+        sum = sum.checked_add(*a).map_err(|e| e.to_string())?;
     }
     ensure!(sum.is_zero(), "I2: ledger sums to {sum}, not zero");
     Ok(())
@@ -2166,7 +3253,16 @@ fn scenario_text(setup: &Setup, steps: &[Value]) -> String {
 fn leaves_trace(cmd: &Cmd, outcome: &str) -> bool {
     match outcome.strip_prefix("refused:") {
         None => true,
-        Some(_) if matches!(cmd, Cmd::Refund { .. }) => false,
+        // docs/scenarios-services.md: a refused credit or funding leaves its id free; a
+        // refused limit changes nothing.
+        Some(_)
+            if matches!(
+                cmd,
+                Cmd::Refund { .. } | Cmd::Credit { .. } | Cmd::SetLimit { .. }
+            ) =>
+        {
+            false
+        }
         Some(reason) => !matches!(
             reason,
             "conflict" | "amount" | "invalid" | "unknown" | "state"
@@ -2459,6 +3555,24 @@ async fn drive(h: &mut Harness, case: &Case, trace: &mut Vec<Value>) -> Result<M
     m.open_merchant(MERCHANTS[1], Some((MERCHANT_BANK, s.merchant_bank)));
 
     let mut resolver = Resolver::default();
+    let funding = s.merchant_bank * i64::from(s.funding_pct) / 100;
+    if funding > 0 {
+        let cmd = Cmd::Credit {
+            id: resolver.fresh_credit(),
+            req: CreditReq::FundEmployer {
+                employer: MERCHANTS[1].to_string(),
+            },
+            cents: funding,
+        };
+        resolver.note(&cmd);
+        let want = cmd.apply_to_model(&mut m);
+        trace.push(cmd.scenario_step(0, &want));
+        let got = h.run(&cmd, 0).await?;
+        ensure!(
+            got == want && got == "credited",
+            "the setup's funding: engine says {got}, model says {want}"
+        );
+    }
     compare(h, &m, &resolver.order_ids_sent)
         .await
         .map_err(|e| format!("after the setup: {e}"))?;
@@ -2589,5 +3703,101 @@ proptest! {
         if let Err(e) = result {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+/// An engine bug this test's groups found, kept out of them since (see [`Resolver::group`]):
+/// a funding and a consumer's credit sent at once under one new id are both done. The funding
+/// looks only at the ids already recorded, not at the credits in flight (`Engine::credit`
+/// claims its id; `Engine::fund_merchant` does not look at the claims), so both move money
+/// and both answer `credited`; the id keeps one of the two records, a repeat of the other is
+/// `refused:conflict` (also after a restart), and `verify` fails on the data directory with
+/// "I6 violated: id … used twice". Run it with `cargo nextest run --test model_based
+/// --run-ignored only`.
+#[test]
+#[ignore = "engine bug: fund_merchant does not see a credit of the same id in flight (I6)"]
+fn fund_and_credit_with_one_new_id_at_once() {
+    let system = actix_rt::System::new();
+    let result: Result<(), String> = system.block_on(async {
+        let dir = tempfile::Builder::new()
+            .prefix("onecard-model-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let mut h = Harness {
+            dir,
+            cfg: EngineConfig {
+                rules: rules_of(&Setup {
+                    threshold: CAP,
+                    direct_max: 0,
+                    code_attempts_max: 3,
+                    consumers: Vec::new(),
+                    merchant_bank: 0,
+                    funding_pct: 0,
+                }),
+                arbiters: 2,
+                ..Default::default()
+            },
+            engine: None,
+            bank: None,
+        };
+        h.open().await?;
+        let bank = |e: onecard_engine::bank::BankError| e.to_string();
+        h.bank()
+            .open_account(CONSUMER_BANKS[0], Amount::from_cents(100_000))
+            .map_err(bank)?;
+        h.bank()
+            .open_account(MERCHANT_BANK, Amount::from_cents(100_000))
+            .map_err(bank)?;
+        let req = OpenConsumer {
+            consumer: CONSUMERS[0].to_string(),
+            credit_limit: "100.00".to_string(),
+            bank: CONSUMER_BANKS[0].to_string(),
+            wallet: "0.00".to_string(),
+        };
+        let opened = h.engine().open_consumer(req, 0).await.map_err(fault)?;
+        ensure!(opened.is_ok(), "open_consumer: {opened:?}");
+        let opened = h
+            .engine()
+            .open_merchant(MERCHANTS[1], Some(MERCHANT_BANK), 0)
+            .await
+            .map_err(fault)?;
+        ensure!(opened.is_ok(), "open_merchant: {opened:?}");
+        let mut found = None;
+        for i in 0..20 {
+            let id = format!("k{i}");
+            let recharge = Cmd::Credit {
+                id: id.clone(),
+                req: CreditReq::Recharge {
+                    consumer: CONSUMERS[0].to_string(),
+                    batch: BATCHES[0].to_string(),
+                    overflow: "bank".to_string(),
+                },
+                cents: 100,
+            };
+            let fund = Cmd::Credit {
+                id: id.clone(),
+                req: CreditReq::FundEmployer {
+                    employer: MERCHANTS[1].to_string(),
+                },
+                cents: 100,
+            };
+            let got = join_all([h.exec(&recharge, 0), h.exec(&fund, 0)]).await;
+            let got: Vec<String> = got.into_iter().collect::<Result<_, _>>()?;
+            if got.iter().all(|o| o == "credited") {
+                found = Some(id);
+                break;
+            }
+        }
+        h.close().await?;
+        match found {
+            Some(id) => Err(format!(
+                "a recharge and a funding of id {id} sent at once were both credited: one of \
+                 them must be refused:conflict (I6)"
+            )),
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
