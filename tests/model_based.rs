@@ -57,8 +57,8 @@
 //!   funding, a settlement and a refund may all move one merchant's balance. So the model is
 //!   played in every order of the group: the engine's outcomes must be those of one order, its
 //!   whole state that order's model state, which the model then adopts. Two refunds of a group
-//!   never share an id not taken yet, nor do a funding and a consumer's credit: for those the
-//!   engine's answers are those of no serial order (see [`Resolver::group`]).
+//!   never share an id not taken yet: for those the engine's answers are those of no serial
+//!   order (see [`Resolver::group`]).
 //! - **crashes**: the engine is abandoned without `close` (no last checkpoint). The data
 //!   directory as a crash leaves it is an image taken while the engine runs (the view first,
 //!   then the log, so that no checkpoint in the image is ahead of its log, as on a disk), and the
@@ -2118,10 +2118,9 @@ impl Resolver {
     /// places may share a new id: a place of a known consumer that gets as far as claiming the
     /// id is always recorded, so the one refused for `conflict` is explained by the other first.
     /// Two credits may share a new id too (the engine makes the second wait for the first to
-    /// finish, refused or not), and so may two fundings (they run one at a time); but a funding
-    /// and a consumer's credit never share an id not taken yet: the funding does not see the
-    /// credit in flight, and both are done under the one id (an engine bug, shown by the
-    /// ignored test [`fund_and_credit_with_one_new_id_at_once`]).
+    /// finish, refused or not), and so may two fundings (they run one at a time) and a funding
+    /// and a consumer's credit (the funding claims its id in the same directory; see
+    /// [`fund_and_credit_with_one_new_id_at_once`]).
     fn group(&mut self, m: &Model, members: &[(usize, Member)]) -> Vec<Cmd> {
         let mut cmds: Vec<Cmd> = Vec::new();
         for (consumer, member) in members {
@@ -2143,16 +2142,6 @@ impl Resolver {
                 (&mut cmd, member, earlier_credit)
             {
                 *id = other;
-            }
-            if let Cmd::Credit { id, req, .. } = &mut cmd {
-                let is_fund = |r: &CreditReq| matches!(r, CreditReq::FundEmployer { .. });
-                let racing = cmds.iter().any(|c| {
-                    matches!(c, Cmd::Credit { id: other, req: r, .. }
-                        if other == id && is_fund(r) != is_fund(req))
-                });
-                if racing && !m.credits.contains_key(id.as_str()) {
-                    *id = self.fresh_credit();
-                }
             }
             if let Cmd::Refund { id, .. } = &mut cmd {
                 let shared = cmds
@@ -3706,16 +3695,12 @@ proptest! {
     }
 }
 
-/// An engine bug this test's groups found, kept out of them since (see [`Resolver::group`]):
-/// a funding and a consumer's credit sent at once under one new id are both done. The funding
-/// looks only at the ids already recorded, not at the credits in flight (`Engine::credit`
-/// claims its id; `Engine::fund_merchant` does not look at the claims), so both move money
-/// and both answer `credited`; the id keeps one of the two records, a repeat of the other is
-/// `refused:conflict` (also after a restart), and `verify` fails on the data directory with
-/// "I6 violated: id … used twice". Run it with `cargo nextest run --test model_based
-/// --run-ignored only`.
+/// A regression test for an engine bug this test's groups found: a funding and a consumer's
+/// credit sent at once under one new id were both done. The funding looked only at the ids
+/// already recorded, not at the credits in flight, so both moved money and both answered
+/// `credited`; the id kept one of the two records, and `verify` failed with "I6 violated: id …
+/// used twice". The funding now claims its id in the credits' directory.
 #[test]
-#[ignore = "engine bug: fund_merchant does not see a credit of the same id in flight (I6)"]
 fn fund_and_credit_with_one_new_id_at_once() {
     let system = actix_rt::System::new();
     let result: Result<(), String> = system.block_on(async {

@@ -63,6 +63,8 @@ pub(crate) enum CreditKey {
         to: String,
         amount: Amount,
     },
+    /// An employer's funding: ids are shared with consumers' credits and transfers (I6).
+    Funding { merchant: String, amount: Amount },
 }
 
 /// The directories of ids in progress, open orders and consumers with time-driven work.

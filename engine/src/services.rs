@@ -114,6 +114,23 @@ impl Engine {
         let _admission = self.admit()?;
         let now = self.advance_clock(now);
         let _one_at_a_time = self.fundings.lock().await;
+        // The id is claimed like a consumer's credit's, in the same directory: a credit or a
+        // transfer sent at the same time under the same new id waits for this funding (and is
+        // then refused for the id), and this funding waits for them.
+        let key = CreditKey::Funding {
+            merchant: cmd.merchant.clone(),
+            amount: cmd.amount,
+        };
+        let directory = &self.shared.directory;
+        let _claim = loop {
+            directory
+                .releases
+                .wait_while(|| directory.crediting.get(&cmd.id).is_some_and(|k| *k != key))
+                .await;
+            if let Ok(claim) = claim_id(&directory.crediting, &directory.releases, &cmd.id, &key) {
+                break claim;
+            }
+        };
         if let Some(first) = self.shared.view.credit(&cmd.id)? {
             let same = matches!(&first, CreditRecord::Merchant { merchant, amount }
                 if *merchant == cmd.merchant && *amount == cmd.amount);
