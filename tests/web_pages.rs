@@ -211,6 +211,29 @@ fn a_consumer_signs_in_with_the_readers_code_and_releases_an_order_from_the_page
     assert!(p.body.contains("the money was released"));
     assert!(p.body.contains("No orders are waiting."), "{}", p.body);
 
+    // The month's analysis: the settled order is this month's spending, in the chart and
+    // by category, as the journal has it (the analysis follower catches up on its own).
+    let month = time::OffsetDateTime::now_utc();
+    let month = format!("{:04}-{:02}", month.year(), u8::from(month.month()));
+    let bar = format!("data-month=\"{month}\" data-series=\"spending\" data-value=\"42.50\"");
+    let p = eventually(20, || {
+        let p = get(&node, "/web/analysis", Some(&cookie));
+        p.body.contains(&bar).then_some(p)
+    })
+    .unwrap_or_else(|| panic!("no spending bar {bar}"));
+    assert!(p.body.contains("id=\"spending\">42.50<"), "{}", p.body);
+    assert!(
+        p.body
+            .contains("data-category=\"uncategorised\" data-value=\"42.50\""),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains(&format!(
+        "data-month=\"{month}\" data-series=\"income\" data-value=\"0.00\""
+    )));
+    let p = get(&node, "/web/analysis?month=2026-13", Some(&cookie));
+    assert_eq!(p.status, 400);
+
     // Signing out ends the session: the cookie is cleared and no longer works.
     let p = post(&node, "/web/sign-out", Some(&cookie), &[("csrf", &token)]);
     assert_eq!(p.status, 303);

@@ -136,6 +136,21 @@ impl YearMonth {
         }
     }
 
+    /// The month after.
+    pub fn next(self) -> YearMonth {
+        if self.month == 12 {
+            YearMonth {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            YearMonth {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
     fn time_month(self) -> time::Month {
         // `month` is 1 to 12 by construction.
         time::Month::try_from(self.month).unwrap_or(time::Month::December)

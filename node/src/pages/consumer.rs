@@ -62,21 +62,10 @@ struct AccountPage {
     wallet: String,
     wallet_cap: String,
     /// The wallet's bar: its width in the gauge's 300 units, and the gauge's ticks.
-    wallet_width: u64,
+    wallet_width: u32,
     bank_account: String,
     orders: Vec<OrderRow>,
     notice: Option<String>,
-}
-
-/// `part` of `whole` in `units`, rounded down, within 0..=units (integers: no float for
-/// money, not even for drawing it).
-pub(super) fn share(part: Amount, whole: Amount, units: u64) -> u64 {
-    let (p, w) = (part.cents().max(0), whole.cents());
-    if w <= 0 {
-        return 0;
-    }
-    let units = i128::from(units);
-    u64::try_from((p.min(w) * units) / w).unwrap_or(0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,7 +121,7 @@ async fn account(
         available_credit: available.to_string(),
         wallet: summary.wallet.to_string(),
         wallet_cap: cap.to_string(),
-        wallet_width: share(summary.wallet, cap, 300),
+        wallet_width: super::chart::share(summary.wallet, cap, 300),
         bank_account: mask(&bank),
         orders: summary.open_orders.iter().map(OrderRow::of).collect(),
         notice,

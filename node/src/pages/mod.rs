@@ -14,7 +14,9 @@
 //! Pages are not part of the JSON API: they are registered beside it (`configure`), not in
 //! `api::ROUTES`, and answer HTML (errors too).
 
+mod chart;
 mod consumer;
+mod spending;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{self, HeaderValue};
@@ -89,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/web/sign-in", web::post().to(sign_in))
         .route("/web/sign-out", web::post().to(sign_out));
     consumer::configure(cfg);
+    spending::configure(cfg);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,16 +348,6 @@ mod tests {
         assert_eq!(expires, 100 + CODE_TTL_SECS);
         assert_eq!(shown.len(), 11);
         assert!(normalise(&shown).is_some());
-    }
-
-    #[test]
-    fn the_wallet_gauge_is_integer_and_bounded() {
-        let a = |s: &str| onecard_engine::Amount::parse(s).unwrap();
-        assert_eq!(consumer::share(a("2500.00"), a("5000.00"), 300), 150);
-        assert_eq!(consumer::share(a("5000.00"), a("5000.00"), 300), 300);
-        assert_eq!(consumer::share(a("0.00"), a("5000.00"), 300), 0);
-        assert_eq!(consumer::share(a("6000.00"), a("5000.00"), 300), 300);
-        assert_eq!(consumer::share(a("1.00"), a("0.00"), 300), 0);
     }
 
     #[test]
