@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(share(a("2500.00"), a("5000.00"), 300), 150);
         assert_eq!(share(a("5000.00"), a("5000.00"), 300), 300);
         assert_eq!(share(a("0.00"), a("5000.00"), 300), 0);
-        assert_eq!(share(a("-5.00"), a("5000.00"), 300), 0);
+        assert_eq!(share(a("5.00").checked_neg(), a("5000.00"), 300), 0);
         assert_eq!(share(a("6000.00"), a("5000.00"), 300), 300);
         assert_eq!(share(a("1.00"), a("0.00"), 300), 0);
     }
