@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the suite needs: the PC/SC library to build the reader program's `pcsc`
 # feature, the PC/SC daemon and the vsmartcard reader driver (vpcd) the tests plug their virtual
-# card into. The tests start and stop pcscd themselves.
-packages=(libpcsclite-dev pcscd vsmartcard-vpcd)
+# card into (the tests start and stop pcscd themselves); Chromium and its WebDriver for the web
+# pages' browser test (tests/web_browser.rs starts and stops chromedriver itself).
+packages=(libpcsclite-dev pcscd vsmartcard-vpcd chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
