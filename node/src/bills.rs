@@ -96,6 +96,71 @@ pub async fn pay(node: &Node, bill: &Bill, after_secs: u64) -> Result<(), AppErr
     Ok(())
 }
 
+/// What became of a consumer's decision on a bill ([`consumer_decides`]).
+#[derive(Debug)]
+pub enum Decided {
+    /// Done (or done already the same way): the bill as it is now.
+    Done(Bill),
+    /// No such bill of this consumer's.
+    Unknown,
+    /// Decided the other way before: `declined`, or `being paid`.
+    Already(&'static str),
+}
+
+/// The consumer approves (paid at once, as by `always`) or declines a bill that waits for
+/// them. Deciding the same way twice is harmless: an approval whose placement was interrupted
+/// is finished. Under the bill's order lock, so that two decisions do not interleave.
+pub async fn consumer_decides(
+    node: &Node,
+    consumer: &str,
+    reference: &str,
+    approve: bool,
+) -> Result<Decided, AppError> {
+    let _busy = node.order_locks.lock(reference).await?;
+    let mut bill = match node.store.get::<Bill>(&records::bill_key(reference))? {
+        Some(b) if b.consumer == consumer => b,
+        _ => return Ok(Decided::Unknown),
+    };
+    match (bill.state, approve) {
+        (BillState::AwaitingApproval, true) => {
+            bill.state = BillState::Paying;
+            bill.release_after_secs = Some(0);
+            bill.decided_at = Some(node.now());
+            // Durable before the order, as when a bill is posted.
+            node.store
+                .commit(vec![store::json(records::bill_key(reference), &bill)])
+                .await?;
+            pay(node, &bill, 0).await?;
+        }
+        (BillState::AwaitingApproval, false) => {
+            bill.state = BillState::Declined;
+            bill.decided_at = Some(node.now());
+            let mut writes = vec![store::json(records::bill_key(reference), &bill)];
+            let ns = notifications(
+                node,
+                &bill,
+                "bill.declined",
+                &format!("ntf_{reference}_declined"),
+                true,
+                serde_json::json!({ "status": "declined" }),
+            );
+            writes.extend(notify::writes_all(node, &ns)?);
+            node.store.commit(writes).await?;
+            node.work_wake.notify();
+        }
+        // Approved twice: finish a placement that was interrupted, else nothing to do.
+        (BillState::Paying, true) => {
+            if node.engine.order_owner(reference)?.is_none() {
+                pay(node, &bill, bill.release_after_secs.unwrap_or(0)).await?;
+            }
+        }
+        (BillState::Declined, false) => {}
+        (BillState::Declined, true) => return Ok(Decided::Already("declined")),
+        (_, _) => return Ok(Decided::Already("being paid")),
+    }
+    Ok(Decided::Done(bill))
+}
+
 /// A bill as its consumer and its biller see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BillView {

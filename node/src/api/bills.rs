@@ -255,17 +255,6 @@ pub async fn list_bills(req: HttpRequest, node: web::Data<Node>) -> Result<HttpR
     }))
 }
 
-/// The consumer's own bill (404 `unknown_bill` otherwise, as if it did not exist).
-fn own_bill(node: &Node, consumer: &str, reference: &str) -> Result<Bill, ApiError> {
-    match node.store.get::<Bill>(&records::bill_key(reference))? {
-        Some(b) if b.consumer == consumer => Ok(b),
-        _ => Err(ApiError::not_found(
-            "unknown_bill",
-            format!("no bill {reference:?} of yours"),
-        )),
-    }
-}
-
 async fn decide_bill(
     req: HttpRequest,
     node: web::Data<Node>,
@@ -275,60 +264,23 @@ async fn decide_bill(
 ) -> Result<HttpResponse, ApiError> {
     let consumer = consumer_of(&node, &req)?;
     let (idem, _body) = begin_idempotent!(node, req, payload, format!("c:{consumer}"));
-    let _busy = node.order_locks.lock(&reference).await?;
-    let mut bill = match own_bill(&node, &consumer, &reference) {
-        Ok(b) => b,
-        Err(e) => return idem.finish(Reply::error(&e)).await,
-    };
-    match (bill.state, approve) {
-        (BillState::AwaitingApproval, true) => {
-            bill.state = BillState::Paying;
-            bill.release_after_secs = Some(0);
-            bill.decided_at = Some(node.now());
-            // Durable before the order, as when a bill is posted.
-            node.store
-                .commit(vec![store::json(records::bill_key(&reference), &bill)])
-                .await?;
-            bills::pay(&node, &bill, 0).await?;
+    let bill = match bills::consumer_decides(&node, &consumer, &reference, approve).await? {
+        bills::Decided::Done(bill) => bill,
+        bills::Decided::Unknown => {
+            let e = ApiError::not_found("unknown_bill", format!("no bill {reference:?} of yours"));
+            return idem.finish(Reply::error(&e)).await;
         }
-        (BillState::AwaitingApproval, false) => {
-            bill.state = BillState::Declined;
-            bill.decided_at = Some(node.now());
-            let mut writes = vec![store::json(records::bill_key(&reference), &bill)];
-            let ns = bills::notifications(
-                &node,
-                &bill,
-                "bill.declined",
-                &format!("ntf_{reference}_declined"),
-                true,
-                serde_json::json!({ "status": "declined" }),
-            );
-            writes.extend(notify::writes_all(&node, &ns)?);
-            node.store.commit(writes).await?;
-            node.work_wake.notify();
-        }
-        // Approved twice: finish a placement that was interrupted, else nothing to do.
-        (BillState::Paying, true) => {
-            if node.engine.order_owner(&reference)?.is_none() {
-                bills::pay(&node, &bill, bill.release_after_secs.unwrap_or(0)).await?;
-            }
-        }
-        (BillState::Declined, false) => {}
-        (state, _) => {
+        bills::Decided::Already(state) => {
             let e = ApiError::conflict(
                 "bill_decided",
                 format!(
-                    "the bill is {} already and cannot be {}",
-                    match state {
-                        BillState::Declined => "declined",
-                        _ => "being paid",
-                    },
+                    "the bill is {state} already and cannot be {}",
                     if approve { "approved" } else { "declined" }
                 ),
             );
             return idem.finish(Reply::error(&e)).await;
         }
-    }
+    };
     let view = bills::view(&node, &bill).await?;
     idem.finish(Reply::new(StatusCode::OK, &view)).await
 }
