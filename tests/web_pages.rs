@@ -311,3 +311,105 @@ fn one_consumer_cannot_act_on_anothers_order_and_an_ended_session_is_refused() {
     );
     assert_eq!(p.status, 303);
 }
+
+/// Bills on the account page: one waiting for the consumer (rule `ask`) with its Pay and
+/// Decline forms, the autopay rules in words; paying it from the page places its order.
+#[test]
+fn bills_wait_on_the_account_page_and_are_paid_or_declined_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(dir.path());
+    let w = setup(&node, None, None);
+    let biller = admin(
+        &node,
+        "/v1/admin/billers",
+        json!({"id": "water", "name": "City Water", "kind": "water"}),
+    );
+    assert_eq!(biller.status, 201, "{biller:?}");
+    let biller_key = biller.body["api_key"].as_str().unwrap().to_string();
+    let mut card = card_for(&w, 1);
+    let (_, answer) = sign_in(&node, &w, &mut card, PIN);
+    let answer = answer.unwrap();
+    let session = answer.session.unwrap().token;
+    let code = answer.web_code.unwrap().code;
+    let rule = call(
+        "PUT",
+        &node.url("/v1/consumer/autopay/water"),
+        Some(&session),
+        None,
+        Some(&json!({"rule": "ask"})),
+    );
+    assert_eq!(rule.status, 200, "{rule:?}");
+    let due = time::OffsetDateTime::now_utc().unix_timestamp() + 7 * 86_400;
+    let mut refs = Vec::new();
+    for id in ["W-1", "W-2"] {
+        let posted = call(
+            "POST",
+            &node.url("/v1/biller/bills"),
+            Some(&biller_key),
+            None,
+            Some(
+                &json!({"bill_id": id, "consumer": "alice", "amount": "31.20", "due_date": due, "period": "2026-11"}),
+            ),
+        );
+        assert_eq!(posted.status, 201, "{posted:?}");
+        assert_eq!(posted.body["status"], "awaiting_approval");
+        refs.push(posted.body["reference"].as_str().unwrap().to_string());
+    }
+
+    let p = post(&node, "/web/sign-in", None, &[("code", &code)]);
+    let cookie = session_cookie(&p);
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert_eq!(p.status, 200);
+    for r in &refs {
+        assert!(p.body.contains(&format!("data-bill=\"{r}\"")), "{}", p.body);
+        assert!(p.body.contains(&format!("/web/bills/{r}/approve")));
+    }
+    assert!(
+        p.body.contains("City Water: ask me for every bill"),
+        "{}",
+        p.body
+    );
+    let token = csrf(&p.body);
+
+    // Without the token: nothing decided.
+    let approve = format!("/web/bills/{}/approve", refs[0]);
+    let p = post(&node, &approve, Some(&cookie), &[("csrf", "x")]);
+    assert_eq!(p.status, 403);
+    let p = post(&node, &approve, Some(&cookie), &[("csrf", &token)]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(
+        p.location.as_deref(),
+        Some("/web/account?done=bill_approved")
+    );
+    let decline = format!("/web/bills/{}/decline", refs[1]);
+    let p = post(&node, &decline, Some(&cookie), &[("csrf", &token)]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    // Declined, it cannot be paid any more.
+    let p = post(
+        &node,
+        &format!("/web/bills/{}/approve", refs[1]),
+        Some(&cookie),
+        &[("csrf", &token)],
+    );
+    assert_eq!(p.status, 409, "{}", p.body);
+
+    // The approved bill is paid through the engine (its order, released at the next tick).
+    let paid = eventually(20, || {
+        let b = call(
+            "GET",
+            &node.url("/v1/consumer/bills"),
+            Some(&session),
+            None,
+            None,
+        );
+        let list = b.body["bills"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .find(|x| x["reference"] == refs[0].as_str() && x["status"] == "paid")
+            .cloned()
+    });
+    assert!(paid.is_some(), "the approved bill was not paid");
+    let p = get(&node, "/web/account", Some(&cookie));
+    assert!(p.body.contains(&format!("data-bill=\"{}\"", refs[1])));
+    assert!(p.body.contains(">declined<"), "{}", p.body);
+    assert!(!p.body.contains(&format!("/web/bills/{}/approve", refs[1])));
+}

@@ -65,6 +65,8 @@ struct AccountPage {
     wallet_width: u32,
     bank_account: String,
     orders: Vec<OrderRow>,
+    bills: Vec<super::bills::BillRow>,
+    autopay: Vec<super::bills::RuleRow>,
     notice: Option<String>,
 }
 
@@ -110,8 +112,14 @@ async fn account(
         "awaiting_funds" => {
             Some("Released: the payment waits for funds from your bank account.".to_string())
         }
+        "bill_approved" => Some("The bill is being paid.".to_string()),
+        "bill_declined" => Some("The bill is declined: nothing is paid.".to_string()),
         _ => None,
     });
+    let (bills, autopay) = match super::bills::of(&node, &session.consumer).await {
+        Ok(b) => b,
+        Err(e) => return fault(e),
+    };
     let page = AccountPage {
         consumer: session.consumer.clone(),
         currency: node.currency.clone(),
@@ -124,6 +132,8 @@ async fn account(
         wallet_width: super::chart::share(summary.wallet, cap, 300),
         bank_account: mask(&bank),
         orders: summary.open_orders.iter().map(OrderRow::of).collect(),
+        bills,
+        autopay,
         notice,
     };
     render(StatusCode::OK, &page)

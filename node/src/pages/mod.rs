@@ -14,6 +14,7 @@
 //! Pages are not part of the JSON API: they are registered beside it (`configure`), not in
 //! `api::ROUTES`, and answer HTML (errors too).
 
+mod bills;
 mod chart;
 mod consumer;
 mod spending;
@@ -91,6 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/web/sign-in", web::post().to(sign_in))
         .route("/web/sign-out", web::post().to(sign_out));
     consumer::configure(cfg);
+    bills::configure(cfg);
     spending::configure(cfg);
 }
 
