@@ -629,6 +629,10 @@ fn the_terminal_program_pays_a_merchants_order_at_a_running_node_with_the_virtua
 
     // Steps 2-4: the reader program opens the checkout at the node and pays it with the card
     // in the PC/SC reader, the PIN typed on its standard input.
+    // The reader program is built (once, by the first test that needs it) before the card is
+    // inserted: a build of minutes on a loaded machine must not stand between the card's
+    // insertion and its first use.
+    terminal_program();
     let _pcscd = Pcscd::start();
     let mut inserted = InsertedCard::insert(PORT_0, issued_card(&w));
     let (status, out, err) = pay_at_node(&node, &w, &order, common::node::PIN);
@@ -713,6 +717,10 @@ fn a_wrong_pin_at_the_virtual_reader_places_no_order_at_the_running_node() {
     let w = setup(&node, Some(&printer.addr.to_string()), None);
     let order = create_order(&node, &w, "9.99", false);
 
+    // The reader program is built (once, by the first test that needs it) before the card is
+    // inserted: a build of minutes on a loaded machine must not stand between the card's
+    // insertion and its first use.
+    terminal_program();
     let _pcscd = Pcscd::start();
     let _inserted = InsertedCard::insert(PORT_0, issued_card(&w));
     let (status, out, err) = pay_at_node(&node, &w, &order, "0000");
@@ -744,6 +752,10 @@ fn the_terminal_program_signs_in_with_card_and_pin_for_a_consumer_session() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = NodeProc::start(&dir.path().join("data"));
     let w = setup(&node, None, None);
+    // The reader program is built (once, by the first test that needs it) before the card is
+    // inserted: a build of minutes on a loaded machine must not stand between the card's
+    // insertion and its first use.
+    terminal_program();
     let _pcscd = Pcscd::start();
     let mut inserted = InsertedCard::insert(PORT_0, issued_card(&w));
     let (status, out, err) = terminal(

@@ -234,6 +234,32 @@ fn a_consumer_signs_in_with_the_readers_code_and_releases_an_order_from_the_page
     let p = get(&node, "/web/analysis?month=2026-13", Some(&cookie));
     assert_eq!(p.status, 400);
 
+    // The wallet: what it paid and the top-up back to the cap (500.00 - 42.50 + 4542.50).
+    let p = eventually(20, || {
+        let p = get(&node, "/web/wallet", Some(&cookie));
+        p.body.contains("top-up from the bank account").then_some(p)
+    })
+    .unwrap_or_else(|| panic!("no top-up in the wallet's history"));
+    assert!(
+        p.body.contains("id=\"wallet-balance\">5000.00<"),
+        "{}",
+        p.body
+    );
+    assert!(
+        p.body
+            .contains("<td>paid an order</td><td class=\"num\">-42.50</td>"),
+        "{}",
+        p.body
+    );
+    assert!(
+        p.body.contains("<td class=\"num\">4542.50</td>"),
+        "{}",
+        p.body
+    );
+    assert!(!p.body.contains(BANK), "no full bank account on a page");
+    let p = get(&node, "/web/wallet?after=x;y", Some(&cookie));
+    assert_eq!(p.status, 400);
+
     // Signing out ends the session: the cookie is cleared and no longer works.
     let p = post(&node, "/web/sign-out", Some(&cookie), &[("csrf", &token)]);
     assert_eq!(p.status, 303);

@@ -18,6 +18,7 @@ mod bills;
 mod chart;
 mod consumer;
 mod spending;
+mod wallet;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{self, HeaderValue};
@@ -94,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     consumer::configure(cfg);
     bills::configure(cfg);
     spending::configure(cfg);
+    wallet::configure(cfg);
 }
 
 // ---------------------------------------------------------------------------------------------
