@@ -33,6 +33,7 @@
 //! | `rb/<batch>`                | [`RechargeBatch`]      |
 //! | `rc/<hex HMAC-SHA256(code)>` | [`RechargeCode`]: a recharge code, known only by its keyed hash |
 //! | `dp/<credit id>`            | [`Deposit`]: a deposit by bank transfer |
+//! | `mp/<merchant>/<~seq:020>/<entry>/<event>` | [`MerchantPayout`]: a merchant's payouts, newest first |
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
@@ -830,6 +831,33 @@ pub fn web_session_key(token: &str) -> String {
 /// [`Session`] record: whose, and until when), removed when used.
 pub fn web_code_key(code: &str) -> String {
     format!("ss/c/{}", sha256_hex(code.as_bytes()))
+}
+
+/// The prefix of a merchant's payouts.
+pub fn merchant_payouts_prefix(merchant: &str) -> String {
+    format!("mp/{}/", seg(merchant))
+}
+/// A merchant's payout, newest first: by the journal record, entry and event that made it.
+pub fn merchant_payout_key(merchant: &str, seq: u64, entry: usize, event: usize) -> String {
+    format!(
+        "{}{:020}/{entry:06}/{event:06}",
+        merchant_payouts_prefix(merchant),
+        u64::MAX - seq
+    )
+}
+
+/// A payout of a merchant's balance to its bank account, as the outbox read it from the
+/// journal (paid, or refused by the bank): what the merchant's pages list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantPayout {
+    /// The bank operation's id.
+    pub payout: String,
+    pub amount: onecard_engine::Amount,
+    /// Unix seconds (the engine's clock).
+    pub at: u64,
+    /// Why the bank refused it; none when it was paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A line of a consumer's statement.
