@@ -34,6 +34,8 @@
 //! | `rc/<hex HMAC-SHA256(code)>` | [`RechargeCode`]: a recharge code, known only by its keyed hash |
 //! | `dp/<credit id>`            | [`Deposit`]: a deposit by bank transfer |
 //! | `mp/<merchant>/<~seq:020>/<entry>/<event>` | [`MerchantPayout`]: a merchant's payouts, newest first |
+//! | `ss/w/<sha256(cookie token)>` | [`WebSession`]: a session of the web pages |
+//! | `ss/c/<sha256(code)>`       | [`Session`]: a one-time web sign-in code |
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
@@ -813,14 +815,44 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// What the sessions' sweep reads of every record under `ss/`: when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiring {
+    pub expires_at: u64,
+}
+
+/// Who signed in to the web pages: a consumer (with the reader's one-time code), a merchant
+/// (with its API key) or the operator (with the administrator's token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebParty {
+    #[default]
+    Consumer,
+    Merchant,
+    Operator,
+}
+
 /// A session of the web pages (`ss/w/<SHA-256 of the cookie's token>`: under `ss/`, so that
-/// the sessions' sweep removes it when expired; its fields decode as a [`Session`] there).
+/// the sessions' sweep removes it when expired). It opens the pages of its party only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebSession {
-    pub consumer: String,
+    /// Whose pages it opens (a consumer's in records from before merchants and the operator
+    /// signed in).
+    #[serde(default)]
+    pub party: WebParty,
+    /// The consumer's or the merchant's id; `operator` for the operator.
+    #[serde(alias = "consumer")]
+    pub id: String,
     pub expires_at: u64,
     /// The token every form of the session carries (synchroniser token against CSRF).
     pub csrf: String,
+    /// What ties the session to the credential it was opened with, so that it ends when the
+    /// credential no longer opens the API: for a merchant, the SHA-256 of its API key (as
+    /// `ak/…` holds it: a rotated key ends the session); for the operator, the SHA-256 of the
+    /// administrator token's SHA-256 and the cookie's token (a changed token ends it, and the
+    /// token's own hash is not stored). None for a consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 pub fn web_session_key(token: &str) -> String {
