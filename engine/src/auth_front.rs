@@ -367,6 +367,12 @@ impl Engine {
         Ok(self.auth_center()?.card(number))
     }
 
+    /// The cards locked now (too many wrong PINs; an administrator unlocks them), in token
+    /// order. Each is known by its token and last four digits only (I10).
+    pub fn locked_cards(&self) -> Result<Vec<crate::cards::Card>, EngineError> {
+        Ok(self.auth_center()?.locked_cards())
+    }
+
     /// The order an outstanding challenge is for (`None`: unknown, used or expired).
     pub fn challenge_order(&self, challenge_id: &str) -> Result<Option<String>, EngineError> {
         Ok(self.auth_center()?.challenge_order(challenge_id))

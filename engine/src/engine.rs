@@ -266,6 +266,25 @@ impl Engine {
         &self.data_dir
     }
 
+    /// `verify`'s checks of the log alone ([`crate::verify::verify_log`]), up to the last
+    /// durable record, while the engine runs: the hash chain, the replay of every entry into a
+    /// fresh ledger and its invariants. The account-state view, which this engine holds, is
+    /// not compared. Blocking, and as costly as a full replay: run it on a blocking thread.
+    pub fn verify_log(&self) -> Result<crate::verify::VerifyReport, crate::verify::VerifyError> {
+        self.verify_log_job()()
+    }
+
+    /// [`Engine::verify_log`] as a job for another thread: it holds where the log is and its
+    /// last durable record now, not the engine, so that the engine can close while it runs.
+    pub fn verify_log_job(
+        &self,
+    ) -> impl FnOnce() -> Result<crate::verify::VerifyReport, crate::verify::VerifyError> + Send + 'static
+    {
+        let (dir, archive) = (self.data_dir.clone(), self.archive_dir.clone());
+        let upto = self.shared.journal.last_seq();
+        move || crate::verify::verify_log(&dir, archive.as_deref(), upto)
+    }
+
     /// Every bank operation the journal holds, read from the log's files (synced records
     /// only): what reconciliation matches against a bank's statement. Blocking; reads the
     /// whole log.
@@ -348,6 +367,20 @@ impl Engine {
         match self.shared.view.consumer_record(consumer)? {
             None => Ok(None),
             Some(r) => self.shared.real_bank_account(&r.bank).map(Some),
+        }
+    }
+
+    /// The bank account a merchant's payouts go to (unsealed with the data key), for the
+    /// merchant's own pages to show masked. `None` for an unknown merchant or one without.
+    pub fn merchant_bank_account_of(&self, merchant: &str) -> Result<Option<String>, EngineError> {
+        let Some(state) = self.shared.merchants.get(merchant) else {
+            return Ok(None);
+        };
+        match &state.bank {
+            None => Ok(None),
+            Some(bank_ref) => self
+                .merchant_bank_account(merchant, bank_ref, &state.bank_sealed)
+                .map(Some),
         }
     }
 

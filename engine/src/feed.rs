@@ -1,4 +1,4 @@
-//! The engine's typed feed: what happened to orders and wallets, in journal order, for
+//! The engine's typed feed: what happened to orders, wallets and payouts, in journal order, for
 //! followers outside the engine (the node's outbox). A follower keeps its own cursor (a record
 //! sequence number) and asks for what came after it ([`crate::Engine::feed_after`]); it never
 //! sees the ledger's events, so the ledger can change its encoding without its followers
@@ -126,6 +126,20 @@ pub enum FeedKind {
     CreditLimitChanged {
         consumer: String,
         limit: Amount,
+        reason: String,
+    },
+    /// A merchant's balance paid out to its bank account (the bank booked it). `payout` is the
+    /// bank operation's id; the account is not named (I10).
+    PayoutMade {
+        payout: String,
+        merchant: String,
+        amount: Amount,
+    },
+    /// A payout the bank rejected, with its reason: nothing moved.
+    PayoutRefused {
+        payout: String,
+        merchant: String,
+        amount: Amount,
         reason: String,
     },
 }
@@ -266,6 +280,27 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
             consumer,
             amount,
         },
+        EventKind::PayoutMade {
+            payout,
+            merchant,
+            amount,
+            ..
+        } => FeedKind::PayoutMade {
+            payout,
+            merchant,
+            amount,
+        },
+        EventKind::PayoutRefused {
+            payout,
+            merchant,
+            amount,
+            reason,
+        } => FeedKind::PayoutRefused {
+            payout,
+            merchant,
+            amount,
+            reason,
+        },
         EventKind::Configured(_)
         | EventKind::BankLinked { .. }
         | EventKind::BankDesignated { .. }
@@ -275,8 +310,6 @@ fn feed_kind(kind: EventKind) -> Option<FeedKind> {
         | EventKind::MerchantOpened { .. }
         | EventKind::CodeRejected { .. }
         | EventKind::ClockAdvanced
-        | EventKind::Auth(_)
-        | EventKind::PayoutMade { .. }
-        | EventKind::PayoutRefused { .. } => return None,
+        | EventKind::Auth(_) => return None,
     })
 }

@@ -1076,10 +1076,21 @@ pub fn read_log(
     archive_dir: Option<&Path>,
 ) -> Result<impl Iterator<Item = Result<(DecodedRecord, Vec<ViewWrite>), JournalError>>, JournalError>
 {
+    read_log_upto(dir, archive_dir, u64::MAX)
+}
+
+/// [`read_log`] up to record `upto`: beside a running journal, pass its last durable record,
+/// so that a record being written is never read.
+pub fn read_log_upto(
+    dir: &Path,
+    archive_dir: Option<&Path>,
+    upto: u64,
+) -> Result<impl Iterator<Item = Result<(DecodedRecord, Vec<ViewWrite>), JournalError>>, JournalError>
+{
     let reader = WalReader::open(&Layout::of(dir).log, archive_dir)?;
     let mut cursor = reader.cursor_after(0)?;
     Ok(std::iter::from_fn(move || {
-        let rec = match cursor.next_upto(u64::MAX)? {
+        let rec = match cursor.next_upto(upto)? {
             Ok(r) => r,
             Err(e) => return Some(Err(e.into())),
         };

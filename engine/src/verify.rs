@@ -7,6 +7,10 @@
 //! postings alone and compares, checks that all balances sum to zero, and checks that the
 //! account-state view (what the node starts from) equals the replayed state, account by
 //! account and order by order.
+//!
+//! A running node holds the view's store (locked), so [`verify`] runs on a stopped node's
+//! data or a copy. Beside a running node, [`verify_log`] does every check of the log alone up
+//! to its last durable record (`Engine::verify_log`), without the view comparison.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +55,9 @@ pub struct VerifyReport {
     pub topups_refused: u64,
     /// The record the account-state view is at, once it was found equal to the replay.
     pub view_checked: Option<u64>,
+    /// The log alone was checked ([`verify_log`], beside a running node): the account-state
+    /// view was not compared.
+    pub log_only: bool,
     pub state: LedgerState,
 }
 
@@ -100,6 +107,10 @@ impl fmt::Display for VerifyReport {
             Some(s) => writeln!(
                 f,
                 "account-state view at record {s}: matches the replay, account by account"
+            )?,
+            None if self.log_only => writeln!(
+                f,
+                "account-state view: not compared (the log alone, read beside the running node)"
             )?,
             None => writeln!(f, "account-state view: empty journal")?,
         }
@@ -162,6 +173,215 @@ pub fn verify_with_archive(
     }
 }
 
+/// The checks of [`verify`] that need the log alone, for a node that is running: every record
+/// from record 1 up to record `upto` (a durable one: nothing being written is read) is checked
+/// for framing, checksum, sequence number and hash link (I8), every entry is applied to a
+/// fresh ledger (I1, I3-I6 as the ledger refuses them), the balances moved by the postings
+/// alone are compared with the ledger's, and everything must sum to zero (I2). The
+/// account-state view is not compared with the replay: the running node holds it (its store is
+/// locked) and it is ahead of `upto` by then; [`VerifyReport::log_only`] says so. Reads only the
+/// log's files; blocking, and as costly as a full replay.
+pub fn verify_log(
+    data_dir: &Path,
+    archive_dir: Option<&Path>,
+    upto: u64,
+) -> Result<VerifyReport, VerifyError> {
+    let open_err = |e: String| VerifyError::Open {
+        path: data_dir.display().to_string(),
+        reason: e,
+    };
+    let mut replay = Replay::default();
+    let records =
+        journal::read_log_upto(data_dir, archive_dir, upto).map_err(|e| open_err(e.to_string()))?;
+    for rec in records {
+        let (rec, _writes) = rec.map_err(rec_err(replay.last_seq))?;
+        replay.record(&rec)?;
+    }
+    if replay.last_seq < upto {
+        return Err(VerifyError::Record {
+            seq: replay.last_seq + 1,
+            reason: format!(
+                "missing: the journal is at record {upto} but the log ends at record {}",
+                replay.last_seq
+            ),
+        });
+    }
+    let mut report = replay.finish()?;
+    report.log_only = true;
+    Ok(report)
+}
+
+/// A journal error as the record it is about.
+fn rec_err(last_seq: u64) -> impl Fn(JournalError) -> VerifyError {
+    move |e| match e {
+        JournalError::Corrupt { seq, reason } => VerifyError::Record { seq, reason },
+        JournalError::Log(WalError::Corrupt { seq, .. }) => VerifyError::Record {
+            seq,
+            reason: e.to_string(),
+        },
+        other => VerifyError::Record {
+            seq: last_seq + 1,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The replay of the log's entries into a fresh ledger, record by record, and the checks on
+/// it: what [`verify`] and [`verify_log`] share.
+struct Replay {
+    state: LedgerState,
+    /// The sum of every posting so far (I2: zero at the end).
+    posted: Amount,
+    report: VerifyReport,
+    last_seq: u64,
+}
+
+impl Default for Replay {
+    fn default() -> Replay {
+        Replay {
+            state: LedgerState::new(RulesConfig::default()),
+            posted: Amount::ZERO,
+            report: VerifyReport::default(),
+            last_seq: 0,
+        }
+    }
+}
+
+impl Replay {
+    /// Applies a record's entries, checking each entry's postings against the ledger.
+    fn record(&mut self, rec: &journal::DecodedRecord) -> Result<(), VerifyError> {
+        for entry in &rec.entries {
+            let record_err = |reason: String| VerifyError::Record {
+                seq: rec.seq,
+                reason,
+            };
+            // What the entry's postings move, per account, and the ledger's balances before.
+            let mut moved: Vec<(&AccountRef, Amount)> = Vec::new();
+            for p in entry.events.iter().flat_map(|ev| &ev.postings) {
+                self.posted = self
+                    .posted
+                    .checked_add(p.amount)
+                    .map_err(|e| record_err(e.to_string()))?;
+                match moved.iter_mut().find(|(a, _)| *a == &p.account) {
+                    Some((_, m)) => {
+                        *m = m
+                            .checked_add(p.amount)
+                            .map_err(|e| record_err(e.to_string()))?
+                    }
+                    None => moved.push((&p.account, p.amount)),
+                }
+            }
+            let before: Vec<Option<Amount>> = moved
+                .iter()
+                .map(|(a, _)| balance_of(&self.state, a))
+                .collect();
+            self.state
+                .apply_entry(entry)
+                .map_err(|e| record_err(e.to_string()))?;
+            // Balances from the postings alone must move as the ledger's did: checked entry by
+            // entry, so that no second copy of every balance is held.
+            for ((account, amount), before) in moved.iter().zip(before) {
+                let after = balance_of(&self.state, account);
+                let expected = before.unwrap_or(Amount::ZERO).checked_add(*amount).ok();
+                if after.is_none() || after != expected {
+                    return Err(record_err(format!(
+                        "{} {account:?}: its postings move {amount} from {} but the ledger holds {after:?}",
+                        account.kind(),
+                        before.unwrap_or(Amount::ZERO)
+                    )));
+                }
+            }
+            for ev in &entry.events {
+                self.report.events += 1;
+                match ev.kind {
+                    EventKind::WalletToppedUp { .. } => self.report.topups_done += 1,
+                    EventKind::TopUpRefused { .. } => self.report.topups_refused += 1,
+                    _ => {}
+                }
+            }
+            self.report.entries += 1;
+        }
+        self.last_seq = rec.seq;
+        self.report.records += 1;
+        Ok(())
+    }
+
+    /// The checks on the whole replay: everything sums to zero (I2), every consumer's
+    /// reserved credit is what its open orders add up to. The report, with the state.
+    fn finish(self) -> Result<VerifyReport, VerifyError> {
+        let Replay {
+            state,
+            posted,
+            mut report,
+            ..
+        } = self;
+        // Every posting sums to zero (I2), and so do the balances they made.
+        fn total(
+            mut amounts: impl Iterator<Item = Amount>,
+        ) -> Result<Amount, crate::money::AmountError> {
+            amounts.try_fold(Amount::ZERO, |t, a| t.checked_add(a))
+        }
+        let final_err = |e: crate::money::AmountError| VerifyError::Final(e.to_string());
+        report.wallets_total =
+            total(state.consumers.values().map(|c| c.wallet)).map_err(final_err)?;
+        report.merchants_total =
+            total(state.merchants.values().map(|m| m.balance)).map_err(final_err)?;
+        // The clearing accounts of consumers' and merchants' (payouts) bank accounts.
+        report.clearing_total = total(
+            state
+                .consumers
+                .values()
+                .flat_map(|c| {
+                    std::iter::once(c.bank_clearing).chain(c.linked.values().map(|l| l.clearing))
+                })
+                .chain(state.merchant_clearing.values().copied()),
+        )
+        .map_err(final_err)?;
+        let sum = report
+            .wallets_total
+            .checked_add(report.merchants_total)
+            .and_then(|s| s.checked_add(report.clearing_total))
+            .map_err(final_err)?;
+        if !posted.is_zero() || sum != posted {
+            return Err(VerifyError::Final(format!(
+                "I2 violated: the postings sum to {posted} and the balances to {sum}, not zero"
+            )));
+        }
+        report.consumers = state.consumers.len();
+        report.merchants = state.merchants.len();
+        report.clearing_accounts = state.bank_owner.len();
+        for c in state.consumers.values() {
+            for o in c.orders.values() {
+                *report.orders_by_state.entry(o.state.as_str()).or_default() += 1;
+            }
+            // No final `reserved <= credit_limit` here: I4 holds at the moment of every
+            // reservation (the replay checks it at each `OrderPlaced`), and a limit lowered
+            // later (SPEC F10) keeps what is reserved, so a consumer may end above a lowered
+            // limit.
+            let reserved: Amount = c
+                .orders
+                .values()
+                .filter(|o| {
+                    o.reserved
+                        && matches!(
+                            o.state,
+                            OrderState::Pending | OrderState::Disputed | OrderState::AwaitingFunds
+                        )
+                })
+                .try_fold(Amount::ZERO, |s, o| s.checked_add(o.amount))
+                .map_err(|e| VerifyError::Final(e.to_string()))?;
+            if reserved != c.reserved {
+                return Err(VerifyError::Final(format!(
+                    "{}: reserved {} but its open orders add up to {reserved}",
+                    c.id, c.reserved
+                )));
+            }
+        }
+        report.state = state;
+        Ok(report)
+    }
+}
+
 /// An account's balance as the ledger holds it; `None` if the account does not exist.
 fn balance_of(state: &LedgerState, account: &AccountRef) -> Option<Amount> {
     match account {
@@ -217,26 +437,9 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
     let tail = Arc::new(Overlay::default());
     // The keys no replay of the entries derives, rebuilt from every record's writes.
     let mut non_ledger: BTreeMap<Box<[u8]>, Option<WrittenDigest>> = BTreeMap::new();
-    let mut state = LedgerState::new(RulesConfig::default());
-    // The sum of every posting so far (I2: zero at the end).
-    let mut posted = Amount::ZERO;
-    let mut report = VerifyReport::default();
-    let mut last_seq = 0u64;
-    fn rec_err(last_seq: u64) -> impl Fn(JournalError) -> VerifyError {
-        move |e| match e {
-            JournalError::Corrupt { seq, reason } => VerifyError::Record { seq, reason },
-            JournalError::Log(WalError::Corrupt { seq, .. }) => VerifyError::Record {
-                seq,
-                reason: e.to_string(),
-            },
-            other => VerifyError::Record {
-                seq: last_seq + 1,
-                reason: other.to_string(),
-            },
-        }
-    }
+    let mut replay = Replay::default();
     for rec in journal::read_log(dir, archive_dir).map_err(|e| open_err(e.to_string()))? {
-        let (rec, writes) = rec.map_err(rec_err(last_seq))?;
+        let (rec, writes) = rec.map_err(rec_err(replay.last_seq))?;
         if rec.seq == checkpoint_seq {
             let reason = match stamp {
                 Some((seq, hash)) if seq == rec.seq && hash == rec.hash => None,
@@ -272,57 +475,9 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
         if rec.seq > checkpoint_seq {
             tail.apply(rec.seq, writes);
         }
-        for entry in &rec.entries {
-            let record_err = |reason: String| VerifyError::Record {
-                seq: rec.seq,
-                reason,
-            };
-            // What the entry's postings move, per account, and the ledger's balances before.
-            let mut moved: Vec<(&AccountRef, Amount)> = Vec::new();
-            for p in entry.events.iter().flat_map(|ev| &ev.postings) {
-                posted = posted
-                    .checked_add(p.amount)
-                    .map_err(|e| record_err(e.to_string()))?;
-                match moved.iter_mut().find(|(a, _)| *a == &p.account) {
-                    Some((_, m)) => {
-                        *m = m
-                            .checked_add(p.amount)
-                            .map_err(|e| record_err(e.to_string()))?
-                    }
-                    None => moved.push((&p.account, p.amount)),
-                }
-            }
-            let before: Vec<Option<Amount>> =
-                moved.iter().map(|(a, _)| balance_of(&state, a)).collect();
-            state
-                .apply_entry(entry)
-                .map_err(|e| record_err(e.to_string()))?;
-            // Balances from the postings alone must move as the ledger's did: checked entry by
-            // entry, so that no second copy of every balance is held.
-            for ((account, amount), before) in moved.iter().zip(before) {
-                let after = balance_of(&state, account);
-                let expected = before.unwrap_or(Amount::ZERO).checked_add(*amount).ok();
-                if after.is_none() || after != expected {
-                    return Err(record_err(format!(
-                        "{} {account:?}: its postings move {amount} from {} but the ledger holds {after:?}",
-                        account.kind(),
-                        before.unwrap_or(Amount::ZERO)
-                    )));
-                }
-            }
-            for ev in &entry.events {
-                report.events += 1;
-                match ev.kind {
-                    EventKind::WalletToppedUp { .. } => report.topups_done += 1,
-                    EventKind::TopUpRefused { .. } => report.topups_refused += 1,
-                    _ => {}
-                }
-            }
-            report.entries += 1;
-        }
-        last_seq = rec.seq;
-        report.records += 1;
+        replay.record(&rec)?;
     }
+    let last_seq = replay.last_seq;
     if checkpoint_seq > last_seq {
         return Err(VerifyError::Record {
             seq: last_seq + 1,
@@ -332,73 +487,12 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
         });
     }
     let view = StateView::new(store.tree.clone(), tail);
-    check_view(&view, last_seq, &state)?;
+    check_view(&view, last_seq, &replay.state)?;
     check_non_ledger(&view, non_ledger)?;
+    let mut report = replay.finish()?;
     if last_seq > 0 {
         report.view_checked = Some(last_seq);
     }
-
-    // Every posting sums to zero (I2), and so do the balances they made.
-    fn total(
-        mut amounts: impl Iterator<Item = Amount>,
-    ) -> Result<Amount, crate::money::AmountError> {
-        amounts.try_fold(Amount::ZERO, |t, a| t.checked_add(a))
-    }
-    let final_err = |e: crate::money::AmountError| VerifyError::Final(e.to_string());
-    report.wallets_total = total(state.consumers.values().map(|c| c.wallet)).map_err(final_err)?;
-    report.merchants_total =
-        total(state.merchants.values().map(|m| m.balance)).map_err(final_err)?;
-    // The clearing accounts of consumers' and merchants' (payouts) bank accounts.
-    report.clearing_total = total(
-        state
-            .consumers
-            .values()
-            .flat_map(|c| {
-                std::iter::once(c.bank_clearing).chain(c.linked.values().map(|l| l.clearing))
-            })
-            .chain(state.merchant_clearing.values().copied()),
-    )
-    .map_err(final_err)?;
-    let sum = report
-        .wallets_total
-        .checked_add(report.merchants_total)
-        .and_then(|s| s.checked_add(report.clearing_total))
-        .map_err(final_err)?;
-    if !posted.is_zero() || sum != posted {
-        return Err(VerifyError::Final(format!(
-            "I2 violated: the postings sum to {posted} and the balances to {sum}, not zero"
-        )));
-    }
-    report.consumers = state.consumers.len();
-    report.merchants = state.merchants.len();
-    report.clearing_accounts = state.bank_owner.len();
-    for c in state.consumers.values() {
-        for o in c.orders.values() {
-            *report.orders_by_state.entry(o.state.as_str()).or_default() += 1;
-        }
-        // No final `reserved <= credit_limit` here: I4 holds at the moment of every
-        // reservation (the replay checks it at each `OrderPlaced`), and a limit lowered later
-        // (SPEC F10) keeps what is reserved, so a consumer may end above a lowered limit.
-        let reserved: Amount = c
-            .orders
-            .values()
-            .filter(|o| {
-                o.reserved
-                    && matches!(
-                        o.state,
-                        OrderState::Pending | OrderState::Disputed | OrderState::AwaitingFunds
-                    )
-            })
-            .try_fold(Amount::ZERO, |s, o| s.checked_add(o.amount))
-            .map_err(|e| VerifyError::Final(e.to_string()))?;
-        if reserved != c.reserved {
-            return Err(VerifyError::Final(format!(
-                "{}: reserved {} but its open orders add up to {reserved}",
-                c.id, c.reserved
-            )));
-        }
-    }
-    report.state = state;
     drop(store);
     Ok(report)
 }

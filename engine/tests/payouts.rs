@@ -1,12 +1,14 @@
 //! Merchant payouts through the engine's public API, with the real journal and the simulated
 //! bank: the balance goes to the merchant's bank account exactly once, a payout cannot spend
 //! what a refund holds or what is not there, and `verify` replays it (I1, I2) with and without
-//! a data key.
+//! a data key; the feed names every payout, and the log alone verifies beside the running
+//! engine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use onecard_engine::engine::{EngineConfig, OpenConsumer, PaidOut, PlaceOrder};
+use onecard_engine::feed::FeedKind;
 use onecard_engine::{Amount, Engine, Outcome, RefusalKind, SimBank, SimBankPort};
 use serde_json::json;
 
@@ -134,6 +136,42 @@ fn run(cfg: EngineConfig) {
         assert_eq!(done, 1);
         assert_eq!(shop_balance(&engine).await, Amount::ZERO);
         assert_eq!(bank.balance("shop-bank"), Some(amount("230.00")));
+
+        // The feed tells followers of every payout (the node lists them for the merchant),
+        // without the bank account.
+        let feed = engine.feed_after(0, 10_000).unwrap();
+        let paid: Vec<(String, String)> = feed
+            .records
+            .iter()
+            .flat_map(|r| &r.entries)
+            .flat_map(|e| &e.events)
+            .filter_map(|ev| match &ev.kind {
+                FeedKind::PayoutMade {
+                    merchant, amount, ..
+                } => Some((merchant.clone(), amount.to_string())),
+                _ => None,
+            })
+            .collect();
+        let shop = |a: &str| ("shop".to_string(), a.to_string());
+        assert_eq!(paid, vec![shop("50.00"), shop("150.00"), shop("30.00")]);
+        // The account payouts go to, for the merchant's own pages (unsealed with a data key).
+        assert_eq!(
+            engine.merchant_bank_account_of("shop").unwrap().as_deref(),
+            Some("shop-bank")
+        );
+        assert_eq!(engine.merchant_bank_account_of("nobank").unwrap(), None);
+        assert_eq!(engine.merchant_bank_account_of("nobody").unwrap(), None);
+
+        // The full verify cannot open the store beside the running engine (its view is
+        // locked); the log alone can be checked meanwhile, up to the last durable record.
+        assert!(onecard_engine::verify::verify(dir.path()).is_err());
+        let live = engine.verify_log().unwrap();
+        assert!(live.log_only);
+        assert_eq!(live.view_checked, None);
+        assert_eq!(live.records, engine.last_seq().unwrap());
+        assert_eq!(live.state.merchants["shop"].balance, Amount::ZERO);
+        assert_eq!(live.state.total().unwrap(), Amount::ZERO);
+        assert!(live.to_string().contains("not compared"), "{live}");
         engine.close().await.unwrap();
     });
 

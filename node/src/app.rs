@@ -277,6 +277,53 @@ fn status(s: &str) -> PrintStatus {
     }
 }
 
+/// Why a delivery slip cannot be printed again now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReprintRefusal {
+    #[error("this order has no delivery slip (digital goods, no printer, or not paid yet)")]
+    NothingToReprint,
+    #[error("the slip is still queued for its first print; it prints once the printer answers")]
+    PrintPending,
+}
+
+impl ReprintRefusal {
+    /// The API's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ReprintRefusal::NothingToReprint => "nothing_to_reprint",
+            ReprintRefusal::PrintPending => "print_pending",
+        }
+    }
+}
+
+/// A reprint of `order`'s delivery slip (F16) asked for by its merchant: the print job as it
+/// will be, queued again, and the writes that queue it. The caller commits them (with its own
+/// writes: the API's idempotency record) and then wakes the print worker.
+pub fn reprint(
+    node: &Node,
+    order: &str,
+) -> Result<Result<(PrintJob, Vec<crate::store::Write>), ReprintRefusal>, AppError> {
+    let key = records::print_job_key(order);
+    let Some(mut job) = node.store.get::<PrintJob>(&key)? else {
+        return Ok(Err(ReprintRefusal::NothingToReprint));
+    };
+    if job.state == PrintState::Queued {
+        return Ok(Err(ReprintRefusal::PrintPending));
+    }
+    job.state = PrintState::Queued;
+    job.reprints += 1;
+    job.next_attempt_ms = crate::state::now_ms();
+    job.last_error = None;
+    let writes = vec![
+        crate::store::json(
+            records::print_queue_key(job.next_attempt_ms, &job.order_id),
+            &(),
+        ),
+        crate::store::json(key, &job),
+    ];
+    Ok(Ok((job, writes)))
+}
+
 /// Step 4: places the authorised order in the consumer's virtual account. Idempotent by the
 /// order id: the outbox calls it again for every authorisation it finds in the journal, so an
 /// authorisation whose placement a crash interrupted is still placed.

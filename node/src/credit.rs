@@ -425,6 +425,11 @@ pub fn pending_prefix() -> &'static str {
 pub fn pending_key(consumer: &str) -> String {
     format!("cq/{}", seg(consumer))
 }
+/// The prefix of [`late_key`]: the orders waiting for funds from their consumer's bank (as far
+/// as the follower has read), for the operator's dashboard.
+pub fn late_prefix() -> &'static str {
+    "cl/"
+}
 /// Present while an order that waited for funds is not settled: its settlement is late.
 pub fn late_key(order: &str) -> String {
     format!("cl/{}", seg(order))

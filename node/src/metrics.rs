@@ -30,6 +30,15 @@ impl Histogram {
             .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// Adds this histogram's counts into `into` (to sum several routes).
+    fn add_to(&self, into: &mut LatencySummary) {
+        for (i, b) in self.buckets.iter().enumerate() {
+            into.buckets[i] += b.load(Ordering::Relaxed);
+        }
+        into.count += self.count.load(Ordering::Relaxed);
+        into.sum_micros += self.sum_micros.load(Ordering::Relaxed);
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -49,6 +58,46 @@ impl Histogram {
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
+
+/// Latencies summed over some routes, for people (the operator's dashboard).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Cumulative counts per bucket of [`BUCKETS`].
+    buckets: [u64; BUCKETS.len()],
+    pub count: u64,
+    sum_micros: u64,
+}
+
+impl LatencySummary {
+    /// The mean, in seconds (0 without requests).
+    pub fn mean_secs(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_micros as f64 / 1e6 / self.count as f64
+        }
+    }
+
+    /// The smallest bucket bound at or under which at least `q` (0 to 1) of the requests were
+    /// answered, in seconds: an upper bound of the quantile. `None` without requests, and
+    /// `Some(f64::INFINITY)` when it is above the largest bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let wanted = (q * self.count as f64).ceil().max(1.0) as u64;
+        Some(
+            BUCKETS
+                .iter()
+                .zip(self.buckets)
+                .find(|(_, n)| *n >= wanted)
+                .map_or(f64::INFINITY, |(b, _)| *b),
+        )
+    }
+}
+
+/// The latency of one (route, method).
+pub type RouteLatency = ((&'static str, &'static str), LatencySummary);
 
 #[derive(Default)]
 pub struct Metrics {
@@ -87,6 +136,35 @@ impl Metrics {
             Some(h) => h.observe(secs),
             None => self.latency.entry(key).or_default().observe(secs),
         }
+    }
+
+    /// The latency of the routes `take` accepts, summed, and per (route, method), in route
+    /// order.
+    pub fn latency_summary(
+        &self,
+        take: impl Fn(&str) -> bool,
+    ) -> (LatencySummary, Vec<RouteLatency>) {
+        let mut all = LatencySummary::default();
+        let mut per_route = Vec::new();
+        for e in self.latency.iter().filter(|e| take(e.key().0)) {
+            let mut one = LatencySummary::default();
+            e.value().add_to(&mut one);
+            e.value().add_to(&mut all);
+            per_route.push((*e.key(), one));
+        }
+        per_route.sort_by(|a, b| a.0.cmp(&b.0));
+        (all, per_route)
+    }
+
+    /// How many orders reached each state, from the journal, in state order.
+    pub fn order_event_counts(&self) -> Vec<(&'static str, u64)> {
+        let mut states: Vec<_> = self
+            .order_events
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        states.sort();
+        states
     }
 
     pub fn order_event(&self, state: &'static str) {
@@ -186,5 +264,31 @@ mod tests {
             "onecard_http_requests_total{route=\"/v1/orders\",method=\"POST\",status=\"201\"} 2"
         ));
         assert!(text.contains("# TYPE onecard_x gauge\nonecard_x 1"));
+    }
+
+    #[test]
+    fn the_summary_sums_routes_and_bounds_quantiles_by_buckets() {
+        let m = Metrics::default();
+        assert_eq!(m.latency_summary(|_| true).0.quantile_bound(0.5), None);
+        for _ in 0..9 {
+            m.request("/v1/orders", "POST", 201, 0.002);
+        }
+        m.request("/v1/orders/{order}", "GET", 200, 0.3);
+        m.request("(none)", "GET", 200, 9.0);
+        let (all, routes) = m.latency_summary(|r| r != "(none)");
+        assert_eq!(all.count, 10);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].0, ("/v1/orders", "POST"));
+        assert_eq!(all.quantile_bound(0.5), Some(0.0025));
+        assert_eq!(all.quantile_bound(0.9), Some(0.0025));
+        assert_eq!(all.quantile_bound(0.99), Some(0.5));
+        assert!(
+            (all.mean_secs() - 0.0318).abs() < 1e-9,
+            "{}",
+            all.mean_secs()
+        );
+        let (everything, _) = m.latency_summary(|_| true);
+        assert_eq!(everything.count, 11);
+        assert_eq!(everything.quantile_bound(1.0), Some(f64::INFINITY));
     }
 }

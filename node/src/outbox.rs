@@ -1,6 +1,7 @@
 //! The outbox: follows the engine's journal with a durable cursor and turns what happened to
 //! orders into work for the adapters: a print job when a physical order is placed (F16), a
-//! webhook event to the merchant on every change of state, a line on the consumer's statement.
+//! webhook event to the merchant on every change of state, a line on the consumer's statement,
+//! a merchant's payouts in its list.
 //!
 //! Because it reads the journal, nothing is lost between the engine and the adapters: whatever
 //! the engine made durable is handled, after a crash too, and the work it creates is written
@@ -18,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use crate::bills;
 use crate::notify::{self, Notification, PartyKind, Recipient};
-use crate::records::{self, Bill, Checkout, PrintJob, PrintState, StatementLine};
+use crate::records::{self, Bill, Checkout, MerchantPayout, PrintJob, PrintState, StatementLine};
 use crate::state::{now_ms, Node};
 use crate::store::{self, StoreError, Write};
 
@@ -518,6 +519,34 @@ async fn handle_entry(
             ),
             // An employer's own account has no statement here.
             FeedKind::MerchantFunded { .. } => {}
+            // The merchant's list of payouts (its pages), by the record that made each.
+            FeedKind::PayoutMade {
+                payout,
+                merchant,
+                amount,
+            } => writes.push(store::json(
+                records::merchant_payout_key(merchant, seq, ei, vi),
+                &MerchantPayout {
+                    payout: payout.clone(),
+                    amount: *amount,
+                    at,
+                    refused: None,
+                },
+            )),
+            FeedKind::PayoutRefused {
+                payout,
+                merchant,
+                amount,
+                reason,
+            } => writes.push(store::json(
+                records::merchant_payout_key(merchant, seq, ei, vi),
+                &MerchantPayout {
+                    payout: payout.clone(),
+                    amount: *amount,
+                    at,
+                    refused: Some(reason.clone()),
+                },
+            )),
         }
     }
     Ok(())

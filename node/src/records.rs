@@ -33,6 +33,9 @@
 //! | `rb/<batch>`                | [`RechargeBatch`]      |
 //! | `rc/<hex HMAC-SHA256(code)>` | [`RechargeCode`]: a recharge code, known only by its keyed hash |
 //! | `dp/<credit id>`            | [`Deposit`]: a deposit by bank transfer |
+//! | `mp/<merchant>/<~seq:020>/<entry>/<event>` | [`MerchantPayout`]: a merchant's payouts, newest first |
+//! | `ss/w/<sha256(cookie token)>` | [`WebSession`]: a session of the web pages |
+//! | `ss/c/<sha256(code)>`       | [`Session`]: a one-time web sign-in code |
 //!
 //! `~t` is `u64::MAX - t`, so that a forward scan reads newest first. A bill's reference
 //! ([`bill_ref`]) is also the id of the engine order that pays it.
@@ -812,14 +815,44 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// What the sessions' sweep reads of every record under `ss/`: when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiring {
+    pub expires_at: u64,
+}
+
+/// Who signed in to the web pages: a consumer (with the reader's one-time code), a merchant
+/// (with its API key) or the operator (with the administrator's token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebParty {
+    #[default]
+    Consumer,
+    Merchant,
+    Operator,
+}
+
 /// A session of the web pages (`ss/w/<SHA-256 of the cookie's token>`: under `ss/`, so that
-/// the sessions' sweep removes it when expired; its fields decode as a [`Session`] there).
+/// the sessions' sweep removes it when expired). It opens the pages of its party only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebSession {
-    pub consumer: String,
+    /// Whose pages it opens (a consumer's in records from before merchants and the operator
+    /// signed in).
+    #[serde(default)]
+    pub party: WebParty,
+    /// The consumer's or the merchant's id; `operator` for the operator.
+    #[serde(alias = "consumer")]
+    pub id: String,
     pub expires_at: u64,
     /// The token every form of the session carries (synchroniser token against CSRF).
     pub csrf: String,
+    /// What ties the session to the credential it was opened with, so that it ends when the
+    /// credential no longer opens the API: for a merchant, the SHA-256 of its API key (as
+    /// `ak/…` holds it: a rotated key ends the session); for the operator, the SHA-256 of the
+    /// administrator token's SHA-256 and the cookie's token (a changed token ends it, and the
+    /// token's own hash is not stored). None for a consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 pub fn web_session_key(token: &str) -> String {
@@ -830,6 +863,33 @@ pub fn web_session_key(token: &str) -> String {
 /// [`Session`] record: whose, and until when), removed when used.
 pub fn web_code_key(code: &str) -> String {
     format!("ss/c/{}", sha256_hex(code.as_bytes()))
+}
+
+/// The prefix of a merchant's payouts.
+pub fn merchant_payouts_prefix(merchant: &str) -> String {
+    format!("mp/{}/", seg(merchant))
+}
+/// A merchant's payout, newest first: by the journal record, entry and event that made it.
+pub fn merchant_payout_key(merchant: &str, seq: u64, entry: usize, event: usize) -> String {
+    format!(
+        "{}{:020}/{entry:06}/{event:06}",
+        merchant_payouts_prefix(merchant),
+        u64::MAX - seq
+    )
+}
+
+/// A payout of a merchant's balance to its bank account, as the outbox read it from the
+/// journal (paid, or refused by the bank): what the merchant's pages list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantPayout {
+    /// The bank operation's id.
+    pub payout: String,
+    pub amount: onecard_engine::Amount,
+    /// Unix seconds (the engine's clock).
+    pub at: u64,
+    /// Why the bank refused it; none when it was paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A line of a consumer's statement.

@@ -75,6 +75,9 @@ pub struct Node {
     pub recharge_admin: tokio::sync::Mutex<()>,
     /// Web sign-ins, one at a time: each reads its one-time code, then removes it.
     pub web_sign_in: tokio::sync::Mutex<()>,
+    /// What the operator's dashboard keeps between views: the throughput's samples, the last
+    /// `verify` of the journal.
+    pub web_ops: crate::pages::OpsState,
     /// Where the next sweep of expired sessions starts (it goes round the sessions in turns).
     pub session_sweep_from: parking_lot::Mutex<Option<String>>,
     /// Where the next sweep of old idempotency records starts.
@@ -124,6 +127,7 @@ impl Node {
             recharge_throttle: crate::recharge::Throttle::default(),
             recharge_admin: tokio::sync::Mutex::new(()),
             web_sign_in: tokio::sync::Mutex::new(()),
+            web_ops: crate::pages::OpsState::default(),
         };
         for (_, m) in node
             .store
@@ -185,11 +189,12 @@ async fn sweep<T: serde::de::DeserializeOwned>(
     Ok(n)
 }
 
-/// Removes expired consumer sessions and idempotency records past
+/// Removes expired sessions (API and web) and idempotency records past
 /// `[node] idempotency_ttl_secs`, so that neither piles up.
 pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
     let now = node.now();
-    let sessions = sweep::<records::Session>(node, "ss/", &node.session_sweep_from, |s| {
+    // Consumer API sessions, web sessions and web sign-in codes: each has its end.
+    let sessions = sweep::<records::Expiring>(node, "ss/", &node.session_sweep_from, |s| {
         s.expires_at <= now
     })
     .await?;

@@ -218,6 +218,15 @@ impl NodeStore {
         Ok((out, None))
     }
 
+    /// The `n`-th key (from 0) starting with `prefix`, if there are more than `n`. Reads the
+    /// keys before it (for paging from the end of a short index).
+    pub fn nth_key(&self, prefix: &str, n: usize) -> Result<Option<String>, StoreError> {
+        match self.records.scan(prefix.as_bytes()).nth(n) {
+            None => Ok(None),
+            Some(kv) => Ok(Some(String::from_utf8_lossy(&kv?.0).into_owned())),
+        }
+    }
+
     /// How many keys start with `prefix`, counting up to `cap`.
     pub fn count_prefix(&self, prefix: &str, cap: usize) -> usize {
         self.records

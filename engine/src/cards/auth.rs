@@ -586,6 +586,18 @@ impl AuthCenter {
         self.reader(&id)
     }
 
+    /// The cards locked now (too many wrong PINs), in token order: for operators.
+    pub fn locked_cards(&self) -> Vec<Card> {
+        let mut locked: Vec<Card> = self
+            .cards
+            .iter()
+            .filter(|c| c.status == CardStatus::Locked)
+            .map(|c| c.value().clone())
+            .collect();
+        locked.sort_by(|a, b| a.token.cmp(&b.token));
+        locked
+    }
+
     /// How many challenges are outstanding (expired ones included until purged or used).
     pub fn outstanding_challenges(&self) -> usize {
         self.challenges.len()

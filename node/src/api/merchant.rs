@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::idem::Reply;
 use super::{merchant_of, parse_json, ApiError};
 use crate::app::{new_order_answer, order_view, order_view_as_created, OrderView};
-use crate::records::{self, Checkout, Delivery, Item, PrintJob, PrintState, ReleaseJson};
+use crate::records::{self, Checkout, Delivery, Item, ReleaseJson};
 use crate::state::{now_ms, Node};
 use crate::store;
 
@@ -387,32 +387,13 @@ pub async fn reprint(
         Ok(c) => c,
         Err(e) => return idem.finish(Reply::error(&e)).await,
     };
-    let key = records::print_job_key(&c.order_id);
-    let Some(mut job) = node.store.get::<PrintJob>(&key)? else {
-        let e = ApiError::conflict(
-            "nothing_to_reprint",
-            "this order has no delivery slip (digital goods, no printer, or not paid yet)",
-        );
-        return idem.finish(Reply::error(&e)).await;
+    let (job, writes) = match crate::app::reprint(&node, &c.order_id)? {
+        Ok(queued) => queued,
+        Err(refused) => {
+            let e = ApiError::conflict(refused.code(), refused.to_string());
+            return idem.finish(Reply::error(&e)).await;
+        }
     };
-    if job.state == PrintState::Queued {
-        let e = ApiError::conflict(
-            "print_pending",
-            "the slip is still queued for its first print; it prints once the printer answers",
-        );
-        return idem.finish(Reply::error(&e)).await;
-    }
-    job.state = PrintState::Queued;
-    job.reprints += 1;
-    job.next_attempt_ms = now_ms();
-    job.last_error = None;
-    let writes = vec![
-        store::json(
-            records::print_queue_key(job.next_attempt_ms, &job.order_id),
-            &(),
-        ),
-        store::json(key, &job),
-    ];
     let mut view = order_view(&node, &c).await?;
     view.print.status = "queued".into();
     view.print.reprints = Some(job.reprints);

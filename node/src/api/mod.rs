@@ -597,10 +597,23 @@ pub fn merchant_of(node: &Node, req: &HttpRequest) -> Result<String, ApiError> {
             "send the merchant's API key as `Authorization: Bearer <key>`",
         )
     })?;
-    node.api_keys
-        .get(records::api_key_key(key).trim_start_matches("ak/"))
-        .map(|m| m.clone())
+    merchant_of_key(node, key)
         .ok_or_else(|| ApiError::unauthenticated(Realm::Merchant, true, "unknown API key"))
+}
+
+/// The merchant an API key belongs to, if any: looked up by the key's SHA-256 (the API and
+/// the merchant's web sign-in both ask here).
+pub fn merchant_of_key(node: &Node, key: &str) -> Option<String> {
+    node.api_keys
+        .get(&records::sha256_hex(key.as_bytes()))
+        .map(|m| m.clone())
+}
+
+/// Whether `token` is the administrator's token (the API and the operator's web sign-in both
+/// ask here).
+pub fn is_admin_token(node: &Node, token: &str) -> bool {
+    // Both are SHA-256 digests; comparing them leaks nothing useful about the token.
+    records::sha256_hex(token.as_bytes()) == node.admin_token_hash
 }
 
 /// Checks the administrator's token (401 otherwise).
@@ -612,9 +625,7 @@ pub fn require_admin(node: &Node, req: &HttpRequest) -> Result<(), ApiError> {
             "send the administrator's token as `Authorization: Bearer <token>`",
         )
     })?;
-    let given = records::sha256_hex(token.as_bytes());
-    // Both are SHA-256 digests; comparing them leaks nothing useful about the token.
-    if given == node.admin_token_hash {
+    if is_admin_token(node, token) {
         Ok(())
     } else {
         Err(ApiError::unauthenticated(

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{csrf_ok, fault, forbidden, message, render, see_other, session_of};
 use crate::api::consumer::own_order;
-use crate::records::WebSession;
+use crate::pages::ConsumerSession;
 use crate::state::Node;
 
 /// Registers the consumer's pages.
@@ -158,7 +158,7 @@ async fn acting_on(
     req: &HttpRequest,
     order: &str,
     csrf: Option<&str>,
-) -> Result<WebSession, HttpResponse> {
+) -> Result<ConsumerSession, HttpResponse> {
     let session = match session_of(node, req) {
         Ok(Some(s)) => s,
         Ok(None) => return Err(see_other("/web/sign-in")),

@@ -11,14 +11,25 @@
 //! allows. Every form carries the session's synchroniser token (`csrf`), compared in constant
 //! time; a POST without the right one is refused (403) and changes nothing.
 //!
+//! Merchants sign in on `/web/merchant/sign-in` with their API key, the operator on
+//! `/web/ops/sign-in` with the administrator's token (checked as the API checks them:
+//! [`crate::api::merchant_of_key`], [`crate::api::is_admin_token`]). Their sessions are the
+//! same cookie; each session knows its party ([`WebParty`]) and opens that party's pages only,
+//! and a merchant's or the operator's ends as soon as its credential no longer opens the API
+//! (a rotated API key, a changed administrator token).
+//!
 //! Pages are not part of the JSON API: they are registered beside it (`configure`), not in
 //! `api::ROUTES`, and answer HTML (errors too).
 
 mod bills;
 mod chart;
 mod consumer;
+mod merchant;
+mod operator;
 mod spending;
 mod wallet;
+
+pub use operator::OpsState;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{self, HeaderValue};
@@ -28,7 +39,7 @@ use askama::Template;
 use rand::RngCore;
 use serde::Deserialize;
 
-use crate::records::{self, Session, WebSession};
+use crate::records::{self, Session, WebParty, WebSession};
 use crate::state::Node;
 use crate::store;
 
@@ -96,6 +107,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     bills::configure(cfg);
     spending::configure(cfg);
     wallet::configure(cfg);
+    merchant::configure(cfg);
+    operator::configure(cfg);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -105,6 +118,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[template(path = "sign_in.html")]
 struct SignInPage<'a> {
     error: Option<&'a str>,
+}
+
+/// The sign-in page of a merchant (API key) or the operator (administrator's token).
+#[derive(Template)]
+#[template(path = "key_sign_in.html")]
+struct KeySignInPage<'a> {
+    title: &'a str,
+    action: &'a str,
+    /// The form field's name.
+    field: &'a str,
+    label: &'a str,
+    explain: &'a str,
+    error: Option<&'a str>,
+}
+
+fn key_sign_in_page(status: StatusCode, party: WebParty, error: Option<&str>) -> HttpResponse {
+    let page = match party {
+        WebParty::Merchant => KeySignInPage {
+            title: "Merchant sign-in",
+            action: "/web/merchant/sign-in",
+            field: "api_key",
+            label: "Your API key",
+            explain: "Sign in with the API key the settlement center gave you (the one your \
+                      shop sends to the API). It is checked as the API checks it.",
+            error,
+        },
+        // A consumer signs in with the code from the reader, not with a key.
+        WebParty::Consumer => return render(status, &SignInPage { error }),
+        WebParty::Operator => KeySignInPage {
+            title: "Operator sign-in",
+            action: "/web/ops/sign-in",
+            field: "token",
+            label: "Administrator token",
+            explain: "Sign in with the node's administrator token (ONECARD_ADMIN_TOKEN, or the \
+                      admin-token file in the data directory).",
+            error,
+        },
+    };
+    render(status, &page)
 }
 
 #[derive(Template)]
@@ -184,8 +236,12 @@ async fn style() -> HttpResponse {
 // ---------------------------------------------------------------------------------------------
 // Sessions.
 
-/// The signed-in consumer's session, from the cookie; `None` without a live one.
-fn session_of(node: &Node, req: &HttpRequest) -> Result<Option<WebSession>, store::StoreError> {
+/// The live session in the request's cookie, whoever's, with the cookie's token; `None`
+/// without one (no cookie, an unknown or ended session).
+fn live_session(
+    node: &Node,
+    req: &HttpRequest,
+) -> Result<Option<(String, WebSession)>, store::StoreError> {
     let Some(cookie) = req.cookie(COOKIE) else {
         return Ok(None);
     };
@@ -196,7 +252,143 @@ fn session_of(node: &Node, req: &HttpRequest) -> Result<Option<WebSession>, stor
     Ok(node
         .store
         .get::<WebSession>(&records::web_session_key(token))?
-        .filter(|s| s.expires_at > node.now()))
+        .filter(|s| s.expires_at > node.now() && still_entitled(node, token, s))
+        .map(|s| (token.to_string(), s)))
+}
+
+/// Whether the credential a session was opened with still opens the API: the merchant's API
+/// key is still its key, the administrator's token is still the node's.
+fn still_entitled(node: &Node, token: &str, s: &WebSession) -> bool {
+    use subtle::ConstantTimeEq;
+    match (s.party, s.credential.as_deref()) {
+        (WebParty::Consumer, _) => true,
+        (WebParty::Merchant, Some(key_hash)) => {
+            node.api_keys.get(key_hash).is_some_and(|m| *m == s.id)
+        }
+        (WebParty::Operator, Some(bound)) => {
+            let expected = operator_binding(node, token);
+            bool::from(expected.as_bytes().ct_eq(bound.as_bytes()))
+        }
+        (_, None) => false,
+    }
+}
+
+/// What ties an operator's session to the administrator's token: a digest of the token's
+/// digest and the cookie's token, so that neither the token's digest is stored nor the
+/// session outlives a change of the token.
+fn operator_binding(node: &Node, token: &str) -> String {
+    records::sha256_hex(format!("onecard-web-ops\0{}\0{token}", node.admin_token_hash).as_bytes())
+}
+
+/// The live session of `party`; `None` without one, or when the cookie is another party's:
+/// a consumer's session never opens a merchant's page, nor the other way round.
+fn signed_in(
+    node: &Node,
+    req: &HttpRequest,
+    party: WebParty,
+) -> Result<Option<WebSession>, store::StoreError> {
+    Ok(live_session(node, req)?
+        .map(|(_, s)| s)
+        .filter(|s| s.party == party))
+}
+
+/// A consumer's live session, as the consumer's pages use it: the consumer, and the session
+/// (its form token) through `Deref`.
+pub(super) struct ConsumerSession {
+    pub consumer: String,
+    session: WebSession,
+}
+
+impl std::ops::Deref for ConsumerSession {
+    type Target = WebSession;
+
+    fn deref(&self) -> &WebSession {
+        &self.session
+    }
+}
+
+/// The signed-in consumer's session, from the cookie; `None` without a live one of a
+/// consumer's.
+fn session_of(
+    node: &Node,
+    req: &HttpRequest,
+) -> Result<Option<ConsumerSession>, store::StoreError> {
+    Ok(
+        signed_in(node, req, WebParty::Consumer)?.map(|session| ConsumerSession {
+            consumer: session.id.clone(),
+            session,
+        }),
+    )
+}
+
+/// Where a party's pages start, and where it signs in.
+fn home_of(party: WebParty) -> &'static str {
+    match party {
+        WebParty::Consumer => "/web/account",
+        WebParty::Merchant => "/web/merchant",
+        WebParty::Operator => "/web/ops",
+    }
+}
+
+fn sign_in_of(party: WebParty) -> &'static str {
+    match party {
+        WebParty::Consumer => "/web/sign-in",
+        WebParty::Merchant => "/web/merchant/sign-in",
+        WebParty::Operator => "/web/ops/sign-in",
+    }
+}
+
+/// The session cookie for `token` (`max_age` its lifetime; zero clears it).
+fn session_cookie(token: &str, max_age: actix_web::cookie::time::Duration) -> Cookie<'_> {
+    Cookie::build(COOKIE, token)
+        .path("/web")
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .max_age(max_age)
+        .finish()
+}
+
+/// Opens a session of `party` for `id`, with `more` writes in the same commit (a used code's
+/// removal), and answers with its cookie, sending to the party's pages. A session the browser
+/// still carries is ended in the same commit: one browser, one session. `credential` makes
+/// the session's [`WebSession::credential`] from the new cookie token.
+async fn open_session(
+    node: &Node,
+    req: &HttpRequest,
+    party: WebParty,
+    id: String,
+    credential: impl FnOnce(&str) -> Option<String>,
+    mut more: Vec<store::Write>,
+) -> HttpResponse {
+    let token = records::random_hex(32);
+    let session = WebSession {
+        party,
+        id,
+        expires_at: node.now().saturating_add(node.settings.session_ttl_secs),
+        csrf: records::random_hex(32),
+        credential: credential(&token),
+    };
+    if let Some(old) = req.cookie(COOKIE) {
+        if old.value().len() == 64 && old.value().bytes().all(|b| b.is_ascii_hexdigit()) {
+            more.push(store::remove(records::web_session_key(old.value())));
+        }
+    }
+    more.push(store::json(records::web_session_key(&token), &session));
+    if let Err(e) = node.store.commit(more).await {
+        return fault(e);
+    }
+    let cookie = session_cookie(
+        &token,
+        actix_web::cookie::time::Duration::seconds(
+            i64::try_from(node.settings.session_ttl_secs).unwrap_or(i64::MAX),
+        ),
+    );
+    let mut r = see_other(home_of(party));
+    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// Whether a form's token is the session's, in constant time (the length is no secret).
@@ -206,8 +398,8 @@ fn csrf_ok(session: &WebSession, sent: &str) -> bool {
 }
 
 async fn home(node: web::Data<Node>, req: HttpRequest) -> HttpResponse {
-    match session_of(&node, &req) {
-        Ok(Some(_)) => see_other("/web/account"),
+    match live_session(&node, &req) {
+        Ok(Some((_, s))) => see_other(home_of(s.party)),
         Ok(None) => see_other("/web/sign-in"),
         Err(e) => fault(e),
     }
@@ -222,7 +414,11 @@ struct SignInForm {
     code: String,
 }
 
-async fn sign_in(node: web::Data<Node>, form: Option<web::Form<SignInForm>>) -> HttpResponse {
+async fn sign_in(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    form: Option<web::Form<SignInForm>>,
+) -> HttpResponse {
     let refused =
         |status: StatusCode, error: &str| render(status, &SignInPage { error: Some(error) });
     let Some(form) = form else {
@@ -249,36 +445,15 @@ async fn sign_in(node: web::Data<Node>, form: Option<web::Form<SignInForm>>) -> 
             "This code is unknown, used or expired. Sign in at your reader again for a new one.",
         );
     };
-    let token = records::random_hex(32);
-    let session = WebSession {
-        consumer: grant.consumer,
-        expires_at: now.saturating_add(node.settings.session_ttl_secs),
-        csrf: records::random_hex(32),
-    };
-    if let Err(e) = node
-        .store
-        .commit(vec![
-            store::remove(key),
-            store::json(records::web_session_key(&token), &session),
-        ])
-        .await
-    {
-        return fault(e);
-    }
-    let cookie = Cookie::build(COOKIE, token)
-        .path("/web")
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .max_age(actix_web::cookie::time::Duration::seconds(
-            i64::try_from(node.settings.session_ttl_secs).unwrap_or(i64::MAX),
-        ))
-        .finish();
-    let mut r = see_other("/web/account");
-    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
+    open_session(
+        &node,
+        &req,
+        WebParty::Consumer,
+        grant.consumer,
+        |_| None,
+        vec![store::remove(key)],
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,7 +466,7 @@ async fn sign_out(
     req: HttpRequest,
     form: Option<web::Form<CsrfForm>>,
 ) -> HttpResponse {
-    let session = match session_of(&node, &req) {
+    let (token, session) = match live_session(&node, &req) {
         Ok(Some(s)) => s,
         Ok(None) => return see_other("/web/sign-in"),
         Err(e) => return fault(e),
@@ -299,23 +474,15 @@ async fn sign_out(
     if !form.is_some_and(|f| csrf_ok(&session, &f.csrf)) {
         return forbidden();
     }
-    if let Some(c) = req.cookie(COOKIE) {
-        if let Err(e) = node
-            .store
-            .commit(vec![store::remove(records::web_session_key(c.value()))])
-            .await
-        {
-            return fault(e);
-        }
+    if let Err(e) = node
+        .store
+        .commit(vec![store::remove(records::web_session_key(&token))])
+        .await
+    {
+        return fault(e);
     }
-    let gone = Cookie::build(COOKIE, "")
-        .path("/web")
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .max_age(actix_web::cookie::time::Duration::ZERO)
-        .finish();
-    let mut r = see_other("/web/sign-in");
+    let gone = session_cookie("", actix_web::cookie::time::Duration::ZERO);
+    let mut r = see_other(sign_in_of(session.party));
     if let Ok(v) = HeaderValue::from_str(&gone.to_string()) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -355,11 +522,44 @@ mod tests {
     }
 
     #[test]
+    fn a_web_session_of_before_the_parties_is_a_consumers() {
+        let s: WebSession =
+            serde_json::from_str(r#"{"consumer":"alice","expires_at":5,"csrf":"x"}"#).unwrap();
+        assert_eq!(s.party, WebParty::Consumer);
+        assert_eq!(s.id, "alice");
+        assert_eq!(s.credential, None);
+        let m = WebSession {
+            party: WebParty::Merchant,
+            id: "shop".into(),
+            expires_at: 9,
+            csrf: "y".into(),
+            credential: Some("h".into()),
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""party":"merchant""#), "{text}");
+        // The sweep reads the end of every record under `ss/`: web sessions of any party,
+        // sign-in codes and API sessions.
+        for record in [
+            text,
+            serde_json::to_string(&Session {
+                consumer: "alice".into(),
+                expires_at: 9,
+            })
+            .unwrap(),
+        ] {
+            let e: records::Expiring = serde_json::from_str(&record).unwrap();
+            assert_eq!(e.expires_at, 9);
+        }
+    }
+
+    #[test]
     fn tokens_compare_whole() {
         let s = WebSession {
-            consumer: "alice".into(),
+            party: WebParty::Consumer,
+            id: "alice".into(),
             expires_at: 1,
             csrf: "abc".into(),
+            credential: None,
         };
         assert!(csrf_ok(&s, "abc"));
         assert!(!csrf_ok(&s, "abd"));
