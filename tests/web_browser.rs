@@ -3,7 +3,9 @@
 //! The consumer pays an order through the reader flow, signs in on the page with the one-time
 //! code the reader showed, confirms receipt with the page's button, and sees the settled order
 //! leave the virtual account and the month's chart whose spending bar is the journal's amount.
-//! Screenshots are kept in `target/web-screenshots/` as the run's artifacts.
+//! Then the merchant's board and the operator's dashboard, each signed in with its own secret.
+//! Screenshots of the three kinds of page are kept in `target/web-screenshots/` as the run's
+//! artifacts.
 //!
 //! `scripts/test.sh` installs Debian's `chromium` and `chromium-driver` when missing; the test
 //! starts chromedriver itself on a free port and stops it at the end.
@@ -221,6 +223,53 @@ fn a_consumer_pays_signs_in_with_the_code_confirms_receipt_and_sees_the_chart_in
             settled
         );
         shot(&c, "consumer-analysis.png").await;
+
+        // The merchant's board, signed in with its API key: the order settled.
+        c.goto(&node.url("/web/merchant/sign-in")).await.unwrap();
+        c.find(Locator::Css("input#secret"))
+            .await
+            .unwrap()
+            .send_keys(&w.api_key)
+            .await
+            .unwrap();
+        c.find(Locator::Css("form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("section#board"))
+            .await
+            .unwrap();
+        let board = c.source().await.unwrap();
+        assert!(
+            board.contains(&order),
+            "the merchant's board lists the order"
+        );
+        shot(&c, "merchant-board.png").await;
+
+        // The operator's dashboard, signed in with the administrator's token.
+        c.goto(&node.url("/web/ops/sign-in")).await.unwrap();
+        c.find(Locator::Css("input#secret"))
+            .await
+            .unwrap()
+            .send_keys(ADMIN_TOKEN)
+            .await
+            .unwrap();
+        c.find(Locator::Css("form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("section#journal"))
+            .await
+            .unwrap();
+        shot(&c, "operator-dashboard.png").await;
         c.close().await.unwrap();
     });
 }
