@@ -273,7 +273,11 @@ fn a_consumer_signs_in_with_the_readers_code_and_releases_an_order_from_the_page
 fn one_consumer_cannot_act_on_anothers_order_and_an_ended_session_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, "[node]\nsession_ttl_secs = 2\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[node]\nsession_ttl_secs = 2\nweb_code_ttl_secs = 1\n",
+    )
+    .unwrap();
     let node = NodeProc::start_with(&dir.path().join("data"), &[], Some(&cfg));
     let w = setup(&node, None, None);
     // Bob, with his own card and reader.
@@ -306,6 +310,13 @@ fn one_consumer_cannot_act_on_anothers_order_and_an_ended_session_is_refused() {
     };
     let alices = create_order(&node, &w, "10.00", true);
     pay_with_session(&node, &w, 1, &alices);
+
+    // A code not used in time is refused.
+    let late = code_at_reader(&node, &w, &mut card_for(&w, 2));
+    std::thread::sleep(Duration::from_millis(2_100));
+    let p = post(&node, "/web/sign-in", None, &[("code", &late)]);
+    assert_eq!(p.status, 401, "{}", p.body);
+    assert!(p.set_cookie.is_empty());
 
     let code = code_at_reader(&node, &bob, &mut bob_card(1));
     let p = post(&node, "/web/sign-in", None, &[("code", &code)]);

@@ -21,6 +21,8 @@ pub struct NodeSettings {
     pub max_body_bytes: usize,
     /// How long a consumer session issued at the reader lasts.
     pub session_ttl_secs: u64,
+    /// How long the one-time web sign-in code shown at the reader stays good.
+    pub web_code_ttl_secs: u64,
     /// How often expired sessions and old idempotency records are removed from the store.
     pub sweep_secs: u64,
     /// How long a request's answer is kept for replay under its `Idempotency-Key`; after
@@ -56,6 +58,7 @@ impl Default for NodeSettings {
             workers: 0,
             max_body_bytes: 64 * 1024,
             session_ttl_secs: 3600,
+            web_code_ttl_secs: 300,
             sweep_secs: 60,
             idempotency_ttl_secs: 604_800,
             checkout_ttl_secs: 86_400,
@@ -97,12 +100,14 @@ impl NodeSettings {
         }
         if self.tick_interval_ms == 0
             || self.session_ttl_secs == 0
+            || self.web_code_ttl_secs == 0
             || self.checkout_ttl_secs == 0
             || self.sweep_secs == 0
             || self.idempotency_ttl_secs == 0
         {
             return Err(
-                "[node]: tick_interval_ms, session_ttl_secs and checkout_ttl_secs must be positive"
+                "[node]: tick_interval_ms, session_ttl_secs, web_code_ttl_secs, checkout_ttl_secs, \
+                 sweep_secs and idempotency_ttl_secs must be positive"
                     .into(),
             );
         }

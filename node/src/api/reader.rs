@@ -249,7 +249,11 @@ async fn answer(
         answer.session = Some(SessionBody { token, expires_at });
         if is_sign_in(&auth.order_id) {
             // A sign-in also gets a one-time code for the web pages, shown on the reader.
-            let (code, expires_at, write) = crate::pages::issue_code(&auth.account, node.now());
+            let (code, expires_at, write) = crate::pages::issue_code(
+                &auth.account,
+                node.now(),
+                node.settings.web_code_ttl_secs,
+            );
             writes.push(write);
             answer.web_code = Some(WebCodeBody { code, expires_at });
         }

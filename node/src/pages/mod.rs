@@ -6,7 +6,7 @@
 //! reader, the reader shows a one-time code (`AuthAnswer::web_code`, issued by
 //! [`issue_code`]); the consumer types it into `/web/sign-in` and gets a session in a cookie
 //! (`HttpOnly`, `Secure`, `SameSite=Strict`, `Path=/web`, expiring with `[node]
-//! session_ttl_secs`). The code is good once and for [`CODE_TTL_SECS`]; it carries 50 random
+//! session_ttl_secs`). The code is good once and for `[node] web_code_ttl_secs` (five minutes by default); it carries 50 random
 //! bits, so guessing one of the few codes alive at any moment is hopeless at any rate HTTP
 //! allows. Every form carries the session's synchroniser token (`csrf`), compared in constant
 //! time; a POST without the right one is refused (403) and changes nothing.
@@ -43,8 +43,6 @@ use crate::records::{self, Session, WebParty, WebSession};
 use crate::state::Node;
 use crate::store;
 
-/// How long a web sign-in code shown at the reader stays good.
-pub const CODE_TTL_SECS: u64 = 300;
 /// The session cookie's name.
 const COOKIE: &str = "onecard_session";
 /// Crockford's base32, as the recharge codes: no I, L, O, U.
@@ -58,14 +56,14 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 
 /// A new one-time code for `consumer` and its record (`ss/c/…`), written with the reader's
 /// answer. Shown as `XXXXX-XXXXX`.
-pub fn issue_code(consumer: &str, now: u64) -> (String, u64, store::Write) {
+pub fn issue_code(consumer: &str, now: u64, ttl_secs: u64) -> (String, u64, store::Write) {
     let mut bytes = [0u8; CODE_SYMBOLS];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let code: String = bytes
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
         .collect();
-    let expires_at = now.saturating_add(CODE_TTL_SECS);
+    let expires_at = now.saturating_add(ttl_secs);
     let write = store::json(
         records::web_code_key(&code),
         &Session {
@@ -515,8 +513,8 @@ mod tests {
 
     #[test]
     fn issued_codes_are_ten_symbols_shown_in_two_groups() {
-        let (shown, expires, _) = issue_code("alice", 100);
-        assert_eq!(expires, 100 + CODE_TTL_SECS);
+        let (shown, expires, _) = issue_code("alice", 100, 300);
+        assert_eq!(expires, 400);
         assert_eq!(shown.len(), 11);
         assert!(normalise(&shown).is_some());
     }
