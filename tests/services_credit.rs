@@ -207,7 +207,10 @@ fn a_deposit_multiple_limit_rises_with_settlements_on_time_falls_with_disputes_a
         Some(&json!({"satisfied": false})),
     );
     assert_eq!(r.body["state"], "disputed", "{r:?}");
-    let c = credit_when(&node, &s, "/v1/consumer/credit", "1100.00");
+    credit_when(&node, &s, "/v1/consumer/credit", "1100.00");
+    // The limit is the engine's at once; its history is the credit follower's index of the
+    // journal, a moment later.
+    let c = history_when(&node, &s, "/v1/consumer/credit", 4);
     assert_eq!(c["score"]["disputes"], 2, "{c}");
     let newest = &c["history"][0];
     assert_eq!(
@@ -222,7 +225,8 @@ fn a_deposit_multiple_limit_rises_with_settlements_on_time_falls_with_disputes_a
     let (big, s) = pay_order(&node, "700.00");
     let r = confirm_receipt(&node, &s, &big);
     assert_eq!(r.body["state"], "awaiting_funds", "{r:?}");
-    let c = credit_when(&node, &s, "/v1/consumer/credit", "700.00");
+    credit_when(&node, &s, "/v1/consumer/credit", "700.00");
+    let c = history_when(&node, &s, "/v1/consumer/credit", 5);
     assert_eq!(c["score"]["failed_bank_debits"], 1, "{c}");
     assert_eq!(
         c["history"][0]["reason"], "failed bank debit: -400.00",

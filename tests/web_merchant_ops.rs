@@ -715,3 +715,96 @@ fn merchant_and_operator_sessions_end_with_their_time_and_with_their_credential(
     assert_eq!(p.status, 303);
     assert_eq!(p.location.as_deref(), Some("/web/ops/sign-in"));
 }
+
+/// The merchant marks a paid order's goods shipped, through the API (idempotent, refused
+/// before payment and after settlement) and on the board (the Shipped column, with CSRF).
+#[test]
+fn a_merchant_marks_goods_shipped_through_the_api_and_on_the_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(dir.path());
+    let w = setup(&node, None, None);
+    let ship = |order: &str, key: Option<&str>| {
+        call(
+            "POST",
+            &node.url(&format!("/v1/orders/{order}/shipped")),
+            Some(&w.api_key),
+            key,
+            None,
+        )
+    };
+    // Not paid yet: refused, nothing recorded.
+    let unpaid = create_order(&node, &w, "12.00", false);
+    let a = ship(&unpaid, Some("s-0"));
+    assert_eq!(a.status, 409, "{a:?}");
+    assert_eq!(a.body["error"]["code"], "not_shippable");
+    assert!(order(&node, &w, &unpaid).get("shipped_at").is_none());
+
+    // Paid: marked shipped once; again, the same answer and the same time.
+    let first = create_order(&node, &w, "20.00", false);
+    let session = pay_with_session(&node, &w, 1, &first);
+    let a = ship(&first, Some("s-1"));
+    assert_eq!(a.status, 200, "{a:?}");
+    let at = a.body["shipped_at"].as_u64().expect("shipped_at");
+    let again = ship(&first, Some("s-2"));
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body["shipped_at"].as_u64(), Some(at));
+    assert_eq!(order(&node, &w, &first)["state"], "pending");
+    // Another merchant's key: no such order.
+    let other = admin(
+        &node,
+        "/v1/admin/merchants",
+        json!({"id": "other", "name": "Other Shop"}),
+    );
+    let other_key = other.body["api_key"].as_str().unwrap().to_string();
+    let a = call(
+        "POST",
+        &node.url(&format!("/v1/orders/{first}/shipped")),
+        Some(&other_key),
+        None,
+        None,
+    );
+    assert_eq!(a.status, 404, "{a:?}");
+
+    // On the board: a second paid order, marked shipped with the page's form.
+    let second = create_order(&node, &w, "30.00", false);
+    pay_with_session(&node, &w, 2, &second);
+    let cookie = merchant_signed_in(&node, &w.api_key);
+    let p = get(&node, "/web/merchant", Some(&cookie));
+    assert!(group(&p.body, "shipped").contains(&first), "{}", p.body);
+    assert!(!group(&p.body, "shipped").contains(&second));
+    let form = format!("/web/merchant/orders/{second}/shipped");
+    assert!(p.body.contains(&form), "{}", p.body);
+    let token = csrf(&p.body);
+    let refused = post(&node, &form, Some(&cookie), &[("csrf", "nope")]);
+    assert_eq!(refused.status, 403);
+    assert!(order(&node, &w, &second).get("shipped_at").is_none());
+    let done = post(&node, &form, Some(&cookie), &[("csrf", &token)]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let p = get(&node, "/web/merchant", Some(&cookie));
+    assert!(group(&p.body, "shipped").contains(&second), "{}", p.body);
+    assert!(order(&node, &w, &second)["shipped_at"].as_u64().is_some());
+
+    // Settled, the goods received: it leaves the Shipped column, and cannot be marked again.
+    let r = call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{first}/receipt")),
+        Some(&session),
+        None,
+        Some(&json!({"satisfied": true})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let p = get(&node, "/web/merchant", Some(&cookie));
+    assert!(group(&p.body, "settled").contains(&first), "{}", p.body);
+    let settled = create_order(&node, &w, "5.00", false);
+    let s2 = pay_with_session(&node, &w, 3, &settled);
+    let r = call(
+        "POST",
+        &node.url(&format!("/v1/consumer/orders/{settled}/receipt")),
+        Some(&s2),
+        None,
+        Some(&json!({"satisfied": true})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let a = ship(&settled, Some("s-3"));
+    assert_eq!(a.status, 409, "{a:?}");
+}

@@ -146,6 +146,9 @@ pub struct OrderView {
     /// After this (unix seconds) an unpaid order can no longer be paid: it is `expired`.
     pub checkout_expires_at: u64,
     pub print: PrintStatus,
+    /// When the merchant marked the goods shipped (unix seconds), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipped_at: Option<u64>,
 }
 
 /// What a checkout just created answers beyond the checkout itself (see
@@ -214,6 +217,7 @@ fn view_of(
         checkout_path: format!("/v1/reader/checkouts/{}", c.order_id),
         checkout_expires_at,
         print,
+        shipped_at: c.shipped_at,
     }
 }
 
@@ -294,6 +298,43 @@ impl ReprintRefusal {
             ReprintRefusal::PrintPending => "print_pending",
         }
     }
+}
+
+/// Why goods cannot be marked shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("only a paid order whose money is still reserved (pending or awaiting funds) can be marked shipped; this one is {0}")]
+pub struct ShipRefusal(pub &'static str);
+
+/// The merchant marks the goods of its order `c` shipped: a note on the checkout, for the
+/// merchant's board and the order's view; the money still waits for the consumer's release
+/// condition. Only a paid order whose money is reserved can be; marking it again changes
+/// nothing. Under the order's lock, so that it does not interleave with a cancellation. The
+/// checkout as it is now, and the write that records it (empty when it was shipped already),
+/// for the caller to commit with its own.
+pub async fn mark_shipped(
+    node: &Node,
+    c: &Checkout,
+) -> Result<Result<(Checkout, Vec<crate::store::Write>), ShipRefusal>, AppError> {
+    let _busy = node.order_locks.lock(&c.order_id).await?;
+    let Some(mut now) = node
+        .store
+        .get::<Checkout>(&records::checkout_key(&c.order_id))?
+    else {
+        return Err(AppError::UnknownOrder(c.order_id.clone()));
+    };
+    if now.shipped_at.is_some() {
+        return Ok(Ok((now, Vec::new())));
+    }
+    let state = match node.engine.order_summary(&now.order_id).await? {
+        Some(o) => o.state,
+        None => return Ok(Err(ShipRefusal("not paid"))),
+    };
+    if !matches!(state.as_str(), "pending" | "awaiting_funds") {
+        return Ok(Err(ShipRefusal(state.as_str())));
+    }
+    now.shipped_at = Some(node.now());
+    let write = crate::store::json(records::checkout_key(&now.order_id), &now);
+    Ok(Ok((now, vec![write])))
 }
 
 /// A reprint of `order`'s delivery slip (F16) asked for by its merchant: the print job as it

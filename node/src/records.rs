@@ -348,6 +348,9 @@ pub struct Checkout {
     pub created_at: u64,
     /// Cancelled by the merchant before it was paid.
     pub cancelled_at: Option<u64>,
+    /// When the merchant marked the goods shipped (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped_at: Option<u64>,
 }
 
 /// A release condition, typed, in the API's JSON form on the wire and in the store:

@@ -138,6 +138,7 @@ pub async fn create_order(
         digital: create.digital,
         created_at: now_ms / 1000,
         cancelled_at: None,
+        shipped_at: None,
     };
     let created = new_order_answer(&node, &checkout);
     let view = order_view_as_created(&checkout, &created);
@@ -373,6 +374,32 @@ pub async fn refund_order(
         Err(r) => Reply::error(&ApiError::refusal(&r)),
     };
     idem.finish(reply).await
+}
+
+/// `POST /v1/orders/{order}/shipped`: the merchant marks the goods shipped (see
+/// [`crate::app::mark_shipped`]).
+pub async fn mark_shipped(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_of(&node, &req)?;
+    let (idem, _body) = begin_idempotent!(node, req, payload, format!("m:{merchant}"));
+    let c = match own_checkout(&node, &merchant, &path) {
+        Ok(c) => c,
+        Err(e) => return idem.finish(Reply::error(&e)).await,
+    };
+    let (now, writes) = match crate::app::mark_shipped(&node, &c).await? {
+        Ok(done) => done,
+        Err(refused) => {
+            let e = ApiError::conflict("not_shippable", refused.to_string());
+            return idem.finish(Reply::error(&e)).await;
+        }
+    };
+    let view = order_view(&node, &now).await?;
+    idem.finish(Reply::new(StatusCode::OK, &view).with_writes(writes))
+        .await
 }
 
 pub async fn reprint(

@@ -205,6 +205,7 @@ routes! {
     "/v1/orders/{order}/cancel" => Merchant { post: merchant::cancel_order },
     "/v1/orders/{order}/refunds" => Merchant { post(json): merchant::refund_order },
     "/v1/orders/{order}/reprint" => Merchant { post: merchant::reprint },
+    "/v1/orders/{order}/shipped" => Merchant { post: merchant::mark_shipped },
     "/v1/reader/checkouts/{order}" => Open { get: reader::checkout },
     "/v1/reader/swipe" => Open { post(json): reader::swipe },
     "/v1/reader/authenticate" => Open { post(json): reader::authenticate },

@@ -38,6 +38,10 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
             "/web/merchant/orders/{order}/reprint",
             web::post().to(reprint),
         )
+        .route(
+            "/web/merchant/orders/{order}/shipped",
+            web::post().to(mark_shipped),
+        )
         .route("/web/merchant/payouts", web::post().to(pay_out));
 }
 
@@ -87,6 +91,8 @@ enum Group {
     New,
     /// Paid, its delivery slip printed, the money still reserved.
     Printed,
+    /// Paid and marked shipped by the merchant, the money still reserved.
+    Shipped,
     /// The consumer disputes it: the money stays reserved.
     Disputed,
     Settled,
@@ -97,9 +103,10 @@ enum Group {
 }
 
 impl Group {
-    const ALL: [Group; 6] = [
+    const ALL: [Group; 7] = [
         Group::New,
         Group::Printed,
+        Group::Shipped,
         Group::Disputed,
         Group::Settled,
         Group::Refunded,
@@ -110,6 +117,7 @@ impl Group {
         match self {
             Group::New => "new",
             Group::Printed => "printed",
+            Group::Shipped => "shipped",
             Group::Disputed => "disputed",
             Group::Settled => "settled",
             Group::Refunded => "refunded",
@@ -121,6 +129,7 @@ impl Group {
         match self {
             Group::New => "New",
             Group::Printed => "Printed",
+            Group::Shipped => "Shipped",
             Group::Disputed => "Disputed",
             Group::Settled => "Settled",
             Group::Refunded => "Refunded",
@@ -135,6 +144,7 @@ impl Group {
             _ if refunded => Group::Refunded,
             "settled" => Group::Settled,
             "disputed" => Group::Disputed,
+            "pending" | "awaiting_funds" if o.shipped_at.is_some() => Group::Shipped,
             "pending" | "awaiting_funds" if o.print.status == "printed" => Group::Printed,
             "awaiting_payment" | "pending" | "awaiting_funds" => Group::New,
             _ => Group::Closed,
@@ -154,6 +164,8 @@ struct Row {
     print: String,
     print_words: String,
     reprint: bool,
+    /// Paid, the money reserved, not marked shipped yet.
+    ship: bool,
 }
 
 impl Row {
@@ -191,6 +203,8 @@ impl Row {
             print: p.status.clone(),
             print_words,
             reprint: p.status == "printed",
+            ship: matches!(o.state.as_str(), "pending" | "awaiting_funds")
+                && o.shipped_at.is_none(),
         }
     }
 }
@@ -357,6 +371,7 @@ async fn board(
     };
     let notice = query.done.as_deref().and_then(|d| match d {
         "reprint" => Some("The delivery slip is queued to print again.".to_string()),
+        "shipped" => Some("The order is marked shipped.".to_string()),
         "payout" => Some("Paid out: the money is on its way to your bank account.".to_string()),
         _ => None,
     });
@@ -432,6 +447,40 @@ async fn reprint(
     see_other("/web/merchant?done=reprint")
 }
 
+async fn mark_shipped(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: Option<web::Form<CsrfForm>>,
+) -> HttpResponse {
+    let session = match acting(&node, &req, form.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Ok(checkout) = own_checkout(&node, &session.id, &path) else {
+        return message(
+            StatusCode::NOT_FOUND,
+            "No such order",
+            "You have no order with this id.",
+        );
+    };
+    let writes = match crate::app::mark_shipped(&node, &checkout).await {
+        Ok(Ok((_, writes))) => writes,
+        Ok(Err(refused)) => {
+            return message(
+                StatusCode::CONFLICT,
+                "Not marked shipped",
+                &format!("{refused}."),
+            )
+        }
+        Err(e) => return fault(e),
+    };
+    if let Err(e) = node.store.commit(writes).await {
+        return fault(e);
+    }
+    see_other("/web/merchant?done=shipped")
+}
+
 /// Pays the whole balance not held for a refund out to the merchant's bank account (the
 /// engine's payout, as the API's). The whole balance only: a form sent twice (a double click)
 /// finds nothing left the second time, rather than paying an amount twice.
@@ -490,6 +539,7 @@ mod tests {
                 printed_at: None,
                 reprints: None,
             },
+            shipped_at: None,
         }
     }
 
@@ -504,6 +554,14 @@ mod tests {
         assert_eq!(g("pending", "not_applicable", "0.00"), Group::New);
         assert_eq!(g("pending", "printed", "0.00"), Group::Printed);
         assert_eq!(g("awaiting_funds", "printed", "0.00"), Group::Printed);
+        let shipped = |s| {
+            let mut v = view(s, "printed", "0.00");
+            v.shipped_at = Some(1);
+            Group::of(&v)
+        };
+        assert_eq!(shipped("pending"), Group::Shipped);
+        assert_eq!(shipped("awaiting_funds"), Group::Shipped);
+        assert_eq!(shipped("settled"), Group::Settled);
         assert_eq!(g("disputed", "printed", "0.00"), Group::Disputed);
         assert_eq!(g("settled", "printed", "0.00"), Group::Settled);
         assert_eq!(g("settled", "printed", "2.50"), Group::Refunded);
