@@ -10,82 +10,11 @@ mod common;
 use std::time::Duration;
 
 use common::node::*;
+use common::web::*;
 use onecard_engine::cards::CardKey;
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::flow::PaymentEnd;
 use serde_json::json;
-
-/// A browser's agent: redirects are not followed, so that each answer is seen.
-fn browser() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .redirects(0)
-        .build()
-}
-
-struct Page {
-    status: u16,
-    location: Option<String>,
-    set_cookie: Vec<String>,
-    csp: Option<String>,
-    refresh: Option<String>,
-    body: String,
-}
-
-fn page(resp: Result<ureq::Response, ureq::Error>) -> Page {
-    let resp = match resp {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{e}"),
-    };
-    Page {
-        status: resp.status(),
-        location: resp.header("location").map(str::to_string),
-        set_cookie: resp
-            .all("set-cookie")
-            .into_iter()
-            .map(str::to_string)
-            .collect(),
-        csp: resp.header("content-security-policy").map(str::to_string),
-        refresh: resp.header("refresh").map(str::to_string),
-        body: resp.into_string().unwrap_or_default(),
-    }
-}
-
-fn get(node: &NodeProc, path: &str, cookie: Option<&str>) -> Page {
-    let mut req = browser().get(&node.url(path));
-    if let Some(c) = cookie {
-        req = req.set("Cookie", c);
-    }
-    page(req.call())
-}
-
-fn post(node: &NodeProc, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
-    let mut req = browser().post(&node.url(path));
-    if let Some(c) = cookie {
-        req = req.set("Cookie", c);
-    }
-    page(req.send_form(form))
-}
-
-/// `name=value` of the session cookie an answer sets.
-fn session_cookie(p: &Page) -> String {
-    let set = p
-        .set_cookie
-        .iter()
-        .find(|c| c.starts_with("onecard_session="))
-        .unwrap_or_else(|| panic!("no session cookie in {:?}", p.set_cookie));
-    set.split(';').next().unwrap().to_string()
-}
-
-/// The CSRF token in a page's forms.
-fn csrf(body: &str) -> String {
-    let at = body
-        .find("name=\"csrf\" value=\"")
-        .unwrap_or_else(|| panic!("no csrf field in {body}"));
-    let rest = &body[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').unwrap()].to_string()
-}
 
 /// The text of the element with this id (up to the next tag).
 fn value_of(body: &str, id: &str) -> String {

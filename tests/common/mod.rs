@@ -129,6 +129,7 @@ pub fn workspace_binary(
 
 /// A running `onecard serve` and the peers it talks to, for the HTTP API's tests.
 pub mod node;
+pub mod web;
 
 /// The `onecard-sim` binary of this build (another package's binary: built here when missing
 /// or older than its sources).
