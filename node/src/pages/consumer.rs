@@ -36,11 +36,15 @@ struct OrderRow {
 }
 
 impl OrderRow {
-    fn of(o: &OrderSummary) -> OrderRow {
+    fn of(node: &Node, o: &OrderSummary) -> OrderRow {
         let open = matches!(o.state.as_str(), "pending" | "disputed");
         OrderRow {
             id: o.id.clone(),
-            merchant: o.merchant.clone(),
+            // The merchant's name as it registered it (the id for one the node does not know).
+            merchant: node
+                .merchants
+                .get(&o.merchant)
+                .map_or_else(|| o.merchant.clone(), |m| m.name.clone()),
             amount: o.amount.to_string(),
             state: o.state.as_str().to_string(),
             release: crate::workers::release_words(&o.release),
@@ -131,7 +135,11 @@ async fn account(
         wallet_cap: cap.to_string(),
         wallet_width: super::chart::share(summary.wallet, cap, 300),
         bank_account: mask(&bank),
-        orders: summary.open_orders.iter().map(OrderRow::of).collect(),
+        orders: summary
+            .open_orders
+            .iter()
+            .map(|o| OrderRow::of(&node, o))
+            .collect(),
         bills,
         autopay,
         notice,
