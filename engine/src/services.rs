@@ -121,16 +121,7 @@ impl Engine {
             merchant: cmd.merchant.clone(),
             amount: cmd.amount,
         };
-        let directory = &self.shared.directory;
-        let _claim = loop {
-            directory
-                .releases
-                .wait_while(|| directory.crediting.get(&cmd.id).is_some_and(|k| *k != key))
-                .await;
-            if let Ok(claim) = claim_id(&directory.crediting, &directory.releases, &cmd.id, &key) {
-                break claim;
-            }
-        };
+        let _claim = claim_credit_id(&self.shared.directory, &cmd.id, &key).await;
         if let Some(first) = self.shared.view.credit(&cmd.id)? {
             let same = matches!(&first, CreditRecord::Merchant { merchant, amount }
                 if *merchant == cmd.merchant && *amount == cmd.amount);
@@ -369,16 +360,7 @@ impl Engine {
             to: cmd.to.clone(),
             amount: cmd.amount,
         };
-        let directory = &self.shared.directory;
-        let _claim = loop {
-            directory
-                .releases
-                .wait_while(|| directory.crediting.get(&cmd.id).is_some_and(|k| *k != key))
-                .await;
-            if let Ok(claim) = claim_id(&directory.crediting, &directory.releases, &cmd.id, &key) {
-                break claim;
-            }
-        };
+        let _claim = claim_credit_id(&self.shared.directory, &cmd.id, &key).await;
         let msg = ConsumerCmd::TransferBetweenBanks {
             id: cmd.id,
             from: cmd.from,
@@ -402,5 +384,23 @@ impl Engine {
     /// masked.
     pub fn real_bank_account(&self, bank: &str) -> Result<String, EngineError> {
         self.shared.real_bank_account(bank)
+    }
+}
+
+/// Claims `id` in the credits' directory for `key`, waiting first while another command holds
+/// it in flight with other content (which then leaves it recorded, or free if refused).
+async fn claim_credit_id<'a>(
+    directory: &'a crate::directory::Directory,
+    id: &str,
+    key: &CreditKey,
+) -> crate::directory::IdClaim<'a, CreditKey> {
+    loop {
+        directory
+            .releases
+            .wait_while(|| directory.crediting.get(id).is_some_and(|k| *k != *key))
+            .await;
+        if let Ok(claim) = claim_id(&directory.crediting, &directory.releases, id, key) {
+            return claim;
+        }
     }
 }

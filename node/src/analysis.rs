@@ -603,28 +603,10 @@ impl Follower {
 pub async fn run(node: actix_web::web::Data<Node>) {
     let mut f = Follower::default();
     loop {
-        match step(&node, &mut f).await {
-            Ok(0) => {
-                if node.is_stopping() {
-                    return;
-                }
-                // Woken by the outbox when the journal has grown; the timeout is a backstop.
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(250),
-                    node.analysis_wake.notified(),
-                )
-                .await;
-            }
-            // Catching up (a long history at first start): let the other tasks run between
-            // batches.
-            Ok(_) => tokio::task::yield_now().await,
-            Err(e) => {
-                tracing::error!(error = %e, "history index step failed; retrying in 1 s");
-                if node.is_stopping() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+        let r = step(&node, &mut f).await;
+        if !crate::state::after_follower_step(&node, &node.analysis_wake, "history index", r).await
+        {
+            return;
         }
     }
 }

@@ -789,26 +789,9 @@ pub async fn run(node: actix_web::web::Data<Node>) {
                     .store(true, std::sync::atomic::Ordering::Release);
             }
         }
-        match step(&node, &mut f).await {
-            Ok(0) => {
-                if node.is_stopping() {
-                    return;
-                }
-                // Woken by the outbox when the journal has grown; the timeout is a backstop.
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(250),
-                    node.credit_wake.notified(),
-                )
-                .await;
-            }
-            Ok(_) => tokio::task::yield_now().await,
-            Err(e) => {
-                tracing::error!(error = %e, "credit step failed; retrying in 1 s");
-                if node.is_stopping() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+        let r = step(&node, &mut f).await;
+        if !crate::state::after_follower_step(&node, &node.credit_wake, "credit", r).await {
+            return;
         }
     }
 }

@@ -206,3 +206,33 @@ pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
     .await?;
     Ok((sessions, keys))
 }
+
+/// What a follower of the journal (the history index, dynamic credit) does after one step:
+/// caught up, it waits until the outbox wakes it when the journal has grown (a 250 ms timeout
+/// as a backstop); catching up, it lets the other tasks run between batches; after a failure,
+/// it tries again in a second. `false` when the node is stopping and the follower is done.
+pub async fn after_follower_step<E: std::fmt::Display>(
+    node: &Node,
+    wake: &tokio::sync::Notify,
+    what: &str,
+    step: Result<usize, E>,
+) -> bool {
+    match step {
+        Ok(0) => {
+            if node.is_stopping() {
+                return false;
+            }
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(250), wake.notified()).await;
+        }
+        Ok(_) => tokio::task::yield_now().await,
+        Err(e) => {
+            tracing::error!(error = %e, "{what} step failed; retrying in 1 s");
+            if node.is_stopping() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    true
+}
