@@ -1141,6 +1141,16 @@ impl Engine {
         Ok(self.shared.view.ledger()?)
     }
 
+    /// The whole ledger as it stands, one item at a time (see `StateView::visit_ledger`),
+    /// without holding it: for summaries of a large population beside the running engine.
+    /// Returns the ledger's clock.
+    pub fn visit_ledger(
+        &self,
+        f: impl FnMut(crate::ledger::LedgerItem<'_>),
+    ) -> Result<Secs, EngineError> {
+        Ok(self.shared.view.visit_ledger(f)?)
+    }
+
     /// Stops the actors, writes what is queued and closes the store.
     pub async fn close(mut self) -> Result<(), EngineError> {
         // Top-ups still waiting for the bank's answer are journaled first (an external bank):

@@ -6,7 +6,7 @@
 //! The actors (`actors.rs`) orchestrate these decisions with the bank and the journal; replay,
 //! the view and `verify` apply the same events to rebuild state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -1706,10 +1706,10 @@ pub struct LedgerState {
     pub clock: Secs,
     pub consumers: BTreeMap<String, ConsumerState>,
     pub merchants: BTreeMap<String, MerchantState>,
-    /// order id → consumer, for routing (order ids are one name space).
-    pub order_owner: HashMap<String, String>,
-    /// refund id → consumer (refund ids are another name space).
-    pub refund_owner: HashMap<String, String>,
+    /// The order ids placed so far (order ids are one name space), for I6's check.
+    pub order_ids: IdSet,
+    /// The refund ids used so far (refund ids are another name space).
+    pub refund_ids: IdSet,
     /// bank account → consumer it is designated for.
     pub bank_owner: HashMap<String, String>,
     pub entries: u64,
@@ -1725,7 +1725,102 @@ pub struct LedgerState {
     pub credits: BTreeMap<String, CreditRecord>,
 }
 
+/// The ids of one name space that a ledger has seen (orders, or refunds), for I6's check that
+/// an id is used once: their 64-bit hashes, about ten bytes an id instead of the id and its
+/// owner's name (a replay of two million orders is some 150 MB smaller for it). A hash seen
+/// before only says "maybe": the caller confirms it against the consumers themselves, so a
+/// collision costs a scan, never a false refusal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdSet(HashSet<u64>);
+
+impl IdSet {
+    fn hash(id: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same hash for the same id in every process.
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    }
+
+    /// Adds `id`; `false` when its hash was there already (the id may have been seen).
+    pub fn insert(&mut self, id: &str) -> bool {
+        self.0.insert(IdSet::hash(id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One item of a whole ledger, for a reader that goes through it instead of holding it (the
+/// simulator's digest of a million consumers' state): a consumer's own figures, each order
+/// and refund with the consumer that holds it, each merchant, each credit record.
+/// [`LedgerState::visit`] visits a replay's, `StateView::visit_ledger` the account-state
+/// view's, the same items either way.
+#[derive(Debug, Clone, Copy)]
+pub enum LedgerItem<'a> {
+    /// A consumer's figures; its orders and refunds come as items of their own.
+    Consumer(&'a ConsumerState),
+    Order {
+        consumer: &'a str,
+        order: &'a Order,
+    },
+    Refund {
+        consumer: &'a str,
+        id: &'a str,
+        refund: &'a RefundRecord,
+    },
+    Merchant {
+        id: &'a str,
+        merchant: &'a MerchantState,
+    },
+    Credit {
+        id: &'a str,
+        record: &'a CreditRecord,
+    },
+}
+
 impl LedgerState {
+    /// Every consumer (each followed by its orders and refunds), every merchant and every
+    /// credit record, as [`LedgerItem`]s.
+    pub fn visit(&self, mut f: impl FnMut(LedgerItem<'_>)) {
+        for c in self.consumers.values() {
+            f(LedgerItem::Consumer(c));
+            for order in c.orders.values() {
+                f(LedgerItem::Order {
+                    consumer: &c.id,
+                    order,
+                });
+            }
+            for (id, refund) in &c.refunds {
+                f(LedgerItem::Refund {
+                    consumer: &c.id,
+                    id,
+                    refund,
+                });
+            }
+        }
+        for (id, merchant) in &self.merchants {
+            f(LedgerItem::Merchant { id, merchant });
+        }
+        for (id, record) in &self.credits {
+            f(LedgerItem::Credit { id, record });
+        }
+    }
+
+    /// The consumer holding order `id`, if any (a scan of every consumer: for tests and tools,
+    /// not the hot path).
+    pub fn owner_of_order(&self, id: &str) -> Option<&str> {
+        self.consumers
+            .values()
+            .find(|c| c.orders.contains_key(id))
+            .map(|c| c.id.as_str())
+    }
+
     pub fn new(config: RulesConfig) -> LedgerState {
         LedgerState {
             auth: crate::cards::AuthState::new(config.auth.clone()),
@@ -1797,26 +1892,32 @@ impl LedgerState {
             _ => {}
         }
         if let Some(c) = ev.consumer() {
+            // I6: an id is used once, whoever used it. The sets hold hashes: a hash seen
+            // before is confirmed against the consumers' own orders and refunds.
+            let reused = match &ev.kind {
+                EventKind::OrderPlaced { order, .. } => (!self.order_ids.insert(order)
+                    && self
+                        .consumers
+                        .values()
+                        .any(|c| c.orders.contains_key(order)))
+                .then(|| order.clone()),
+                EventKind::Refunded { refund, .. } => (!self.refund_ids.insert(refund)
+                    && self
+                        .consumers
+                        .values()
+                        .any(|c| c.refunds.contains_key(refund)))
+                .then(|| refund.clone()),
+                _ => None,
+            };
+            if let Some(id) = reused {
+                return Err(LedgerError::DuplicateId(id));
+            }
             let consumer = self
                 .consumers
                 .get_mut(c)
                 .ok_or_else(|| LedgerError::UnknownConsumer(c.to_string()))?;
             consumer.apply(ev, at)?;
             consumer.check_wallet(&self.config)?;
-            let reused = match &ev.kind {
-                EventKind::OrderPlaced { order, .. } => self
-                    .order_owner
-                    .insert(order.clone(), c.to_string())
-                    .map(|_| order.clone()),
-                EventKind::Refunded { refund, .. } => self
-                    .refund_owner
-                    .insert(refund.clone(), c.to_string())
-                    .map(|_| refund.clone()),
-                _ => None,
-            };
-            if let Some(id) = reused {
-                return Err(LedgerError::DuplicateId(id));
-            }
             if let EventKind::BankLinked { bank, .. } = &ev.kind {
                 if self
                     .bank_owner

@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{AccountRef, CreditRecord, RefundRecord};
+use crate::ledger::{AccountRef, CreditRecord, LedgerItem, RefundRecord};
 use crate::ledger::{ConsumerState, Entry, EventKind, LedgerState, MerchantState, Order};
 use crate::model::{RulesConfig, Secs};
 use crate::money::Amount;
@@ -1449,6 +1449,60 @@ impl StateView {
         })
     }
 
+    /// The whole ledger as the view holds it, one [`LedgerItem`] at a time, without building
+    /// it: the items [`LedgerState::visit`] visits of a replay, in another order (consumers
+    /// with their open orders, then closed orders, refunds, merchants, credits). Memory is one
+    /// record at a time, so a reader can summarise a million consumers' state beside the
+    /// running engine. Returns the ledger's clock. Not the hot path.
+    pub fn visit_ledger(&self, mut f: impl FnMut(LedgerItem<'_>)) -> Result<Secs, ViewError> {
+        let meta = self.meta()?.unwrap_or_default();
+        for rec in self.consumer_records() {
+            let c = rec?.into_state();
+            f(LedgerItem::Consumer(&c));
+            for order in c.orders.values() {
+                f(LedgerItem::Order {
+                    consumer: &c.id,
+                    order,
+                });
+            }
+        }
+        for kv in self.scan(&[ORDER]) {
+            let (_, v) = kv?;
+            let s: StoredOrder = decode("order", &v)?;
+            f(LedgerItem::Order {
+                consumer: &s.consumer,
+                order: &s.order,
+            });
+        }
+        for kv in self.scan(&[REFUND]) {
+            let (k, v) = kv?;
+            let id = id_of(1, &k)?;
+            let s: StoredRefund = decode("refund", &v)?;
+            f(LedgerItem::Refund {
+                consumer: &s.consumer,
+                id: &id,
+                refund: &s.refund,
+            });
+        }
+        for kv in self.scan(&[MERCHANT]) {
+            let (k, v) = kv?;
+            let merchant: MerchantState = decode("merchant", &v)?;
+            f(LedgerItem::Merchant {
+                id: &id_of(1, &k)?,
+                merchant: &merchant,
+            });
+        }
+        for kv in self.scan(&[CREDIT]) {
+            let (k, v) = kv?;
+            let record: CreditRecord = decode("credit", &v)?;
+            f(LedgerItem::Credit {
+                id: &id_of(1, &k)?,
+                record: &record,
+            });
+        }
+        Ok(meta.clock)
+    }
+
     /// The whole ledger as the view holds it, built the way a replay builds it, and checked
     /// for consistency on the way: every order, refund and bank key belongs to a consumer,
     /// open orders are only inside consumer records, closed ones only outside. For `verify`,
@@ -1687,7 +1741,14 @@ impl StateView {
         }
         for c in state.consumers.values() {
             for o in c.orders.keys() {
-                if state.order_owner.insert(o.clone(), c.id.clone()).is_some() {
+                if !state.order_ids.insert(o)
+                    && state
+                        .consumers
+                        .values()
+                        .filter(|c| c.orders.contains_key(o))
+                        .count()
+                        > 1
+                {
                     return Err(bad(format!("order {o} is held by two consumers")));
                 }
             }
@@ -1700,7 +1761,7 @@ impl StateView {
                 .consumers
                 .get_mut(&s.consumer)
                 .ok_or_else(|| bad(format!("refund {id} of unknown consumer {}", s.consumer)))?;
-            state.refund_owner.insert(id.clone(), s.consumer.clone());
+            state.refund_ids.insert(&id);
             c.refunds.insert(id, s.refund);
         }
         let mut banks = 0;

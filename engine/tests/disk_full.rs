@@ -174,8 +174,7 @@ struct Full {
 fn check_orders(state: &LedgerState, acked: &BTreeMap<String, OrderState>, when: &str) {
     for (id, want) in acked {
         let owner = state
-            .order_owner
-            .get(id)
+            .owner_of_order(id)
             .unwrap_or_else(|| panic!("{when}: acknowledged order {id} is missing"));
         let got = state.consumers[owner].orders[id].state;
         assert_eq!(got, *want, "{when}: order {id}");

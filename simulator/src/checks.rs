@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use onecard_engine::engine::RecoveryInfo;
 use onecard_engine::ledger::{
-    merchant_clearing, recharge_clearing, CreditRecord, CreditSource, LedgerState,
+    merchant_clearing, recharge_clearing, CreditRecord, CreditSource, LedgerItem, LedgerState,
 };
 use onecard_engine::verify::{VerifyError, VerifyReport};
-use onecard_engine::{Amount, OrderState};
+use onecard_engine::{Amount, Engine, EngineError, OrderState};
 use sha2::{Digest, Sha256};
 
 use crate::analysis::AnalysisRun;
@@ -136,13 +136,16 @@ pub struct LiveSummary {
 }
 
 impl LiveSummary {
-    pub fn of(s: &LedgerState, bank_balances: &[(String, Amount)]) -> LiveSummary {
-        LiveSummary {
-            digest: digest(s, bank_balances),
-            wallets_and_merchants: wallets_and_merchants(s),
-            consumers: s.consumers.len(),
-            merchants: s.merchants.len(),
-        }
+    /// Summarises the running engine's state item by item (`Engine::visit_ledger`), without
+    /// building it: a million consumers' ledger would be about another gigabyte beside the
+    /// engine's own memory.
+    pub fn of_engine(
+        engine: &Engine,
+        bank_balances: &[(String, Amount)],
+    ) -> Result<LiveSummary, EngineError> {
+        let mut d = StateDigest::default();
+        let clock = engine.visit_ledger(|item| d.add(item))?;
+        Ok(d.finish(clock, bank_balances))
     }
 }
 
@@ -910,27 +913,57 @@ pub fn order_states(s: &LedgerState) -> BTreeMap<&'static str, u64> {
     m
 }
 
-/// SHA-256 over the final state in a canonical order: the clock; every consumer (limits,
-/// reservation, wallet, clearing balance, orders and refunds sorted by id); every merchant;
-/// every bank account. Bank operation ids are left out: the engine draws their prefix at
-/// random on every open.
+/// The digest of a final state with the bank's balances: the same whether the state is read
+/// whole (a replay) or one item at a time (the running engine's view).
 pub fn digest(s: &LedgerState, bank_balances: &[(String, Amount)]) -> String {
-    let mut h = Sha256::new();
-    let mut put = |line: String| {
-        h.update(line.as_bytes());
-        h.update(b"\n");
-    };
-    put(format!("clock {}", s.clock));
-    for (id, c) in &s.consumers {
-        put(format!(
-            "consumer {id} limit {} reserved {} wallet {} clearing {} bank {} next {}",
-            c.credit_limit, c.reserved, c.wallet, c.bank_clearing, c.bank, c.next_placement
-        ));
-        let mut orders: Vec<_> = c.orders.values().collect();
-        orders.sort_by(|a, b| a.id.cmp(&b.id));
-        for o in orders {
-            put(format!(
-                "order {} {} {} {:?} at {} #{} {} attempts {} refunded {} first {:?}",
+    let mut d = StateDigest::default();
+    s.visit(|item| d.add(item));
+    d.finish(s.clock, bank_balances).digest
+}
+
+/// A digest of a state that does not depend on the order its items come in, so that it can
+/// be taken one item at a time from a view (consumers, then closed orders, …) and from a
+/// replay (each consumer with its orders) alike: every item is written as a line (a consumer's
+/// limits, reservation, wallet, clearing balance and bank; each order and refund with the
+/// consumer holding it; each merchant; each credit record) and hashed with SHA-256, and the
+/// hashes are added up, four 64-bit lanes at a time (a multiset hash). The final digest is
+/// SHA-256 over the clock, that sum and the bank's balances, sorted. An equality check
+/// between two readings of the engine's own state, not a defence against a forger. Bank
+/// operation ids are left out: the engine draws their prefix at random on every open.
+#[derive(Default)]
+pub struct StateDigest {
+    sum: [u64; 4],
+    wallets_and_merchants: i128,
+    consumers: usize,
+    merchants: usize,
+    line: String,
+}
+
+impl StateDigest {
+    pub fn add(&mut self, item: LedgerItem<'_>) {
+        use std::fmt::Write;
+        self.line.clear();
+        let l = &mut self.line;
+        // Writing to a String cannot fail.
+        let _ = match item {
+            LedgerItem::Consumer(c) => {
+                self.consumers += 1;
+                self.wallets_and_merchants += c.wallet.cents();
+                write!(
+                    l,
+                    "consumer {} limit {} reserved {} wallet {} clearing {} bank {} next {}",
+                    c.id,
+                    c.credit_limit,
+                    c.reserved,
+                    c.wallet,
+                    c.bank_clearing,
+                    c.bank,
+                    c.next_placement
+                )
+            }
+            LedgerItem::Order { consumer, order: o } => write!(
+                l,
+                "order {} of {consumer} {} {} {:?} at {} #{} {} attempts {} refunded {} first {:?}",
                 o.id,
                 o.merchant,
                 o.amount,
@@ -941,32 +974,130 @@ pub fn digest(s: &LedgerState, bank_balances: &[(String, Amount)]) -> String {
                 o.code_attempts,
                 o.refunded,
                 o.first_result.as_ref().map_err(|r| r.kind)
-            ));
+            ),
+            LedgerItem::Refund {
+                consumer,
+                id,
+                refund,
+            } => write!(
+                l,
+                "refund {id} of {consumer} {} {}",
+                refund.order, refund.amount
+            ),
+            LedgerItem::Merchant { id, merchant } => {
+                self.merchants += 1;
+                self.wallets_and_merchants += merchant.balance.cents();
+                write!(l, "merchant {id} {:?} {}", merchant.bank, merchant.balance)
+            }
+            LedgerItem::Credit { id, record } => write!(l, "credit {id} {record:?}"),
+        };
+        let h = Sha256::digest(self.line.as_bytes());
+        for (lane, bytes) in self.sum.iter_mut().zip(h.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes);
+            *lane = lane.wrapping_add(u64::from_le_bytes(b));
         }
-        let mut refunds: Vec<_> = c.refunds.iter().collect();
-        refunds.sort_by(|a, b| a.0.cmp(b.0));
-        for (rid, r) in refunds {
-            put(format!("refund {rid} {} {}", r.order, r.amount));
+    }
+
+    pub fn finish(self, clock: u64, bank_balances: &[(String, Amount)]) -> LiveSummary {
+        let mut h = Sha256::new();
+        h.update(format!("clock {clock}\n").as_bytes());
+        for lane in self.sum {
+            h.update(lane.to_le_bytes());
+        }
+        let mut balances: Vec<_> = bank_balances.iter().collect();
+        balances.sort();
+        for (account, b) in balances {
+            h.update(format!("bank {account} {b}\n").as_bytes());
+        }
+        LiveSummary {
+            digest: hex::encode(h.finalize()),
+            wallets_and_merchants: self.wallets_and_merchants,
+            consumers: self.consumers,
+            merchants: self.merchants,
         }
     }
-    for (id, m) in &s.merchants {
-        put(format!("merchant {id} {:?} {}", m.bank, m.balance));
-    }
-    // Credits and fundings (none without services, so a run without them hashes as before).
-    for (id, r) in &s.credits {
-        put(format!("credit {id} {r:?}"));
-    }
-    let mut balances: Vec<_> = bank_balances.iter().collect();
-    balances.sort();
-    for (account, b) in balances {
-        put(format!("bank {account} {b}"));
-    }
-    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digest is the same whichever order the items come in (a view is read consumers
+    /// first, then closed orders; a replay consumer by consumer), and it sees an order held by
+    /// another consumer, another wallet, another bank balance.
+    #[test]
+    fn the_state_digest_ignores_the_order_of_items_but_not_their_content() {
+        use onecard_engine::ledger::{consumer_opened_event, Entry};
+        use onecard_engine::{Outcome, Release, RulesConfig};
+        let mut s = LedgerState::new(RulesConfig::default());
+        for (who, bank) in [("alice", "ab"), ("bob", "bb")] {
+            let open = consumer_opened_event(
+                who,
+                Amount::from_cents(10_000),
+                bank,
+                Amount::from_cents(500),
+                None,
+            );
+            s.apply_entry(&Entry::new(0, vec![open])).unwrap();
+        }
+        for (who, id) in [("alice", "o-1"), ("bob", "o-2"), ("alice", "o-3")] {
+            let ev = s.consumers[who].placed_event(
+                id,
+                "shop",
+                Amount::from_cents(100),
+                &Release::Receipt,
+                Ok(Outcome::Accepted),
+                false,
+            );
+            s.apply_entry(&Entry::new(0, vec![ev])).unwrap();
+        }
+        let banks = vec![("ab".to_string(), Amount::from_cents(7))];
+        let whole = digest(&s, &banks);
+        let mut count = 0;
+        s.visit(|_| count += 1);
+        assert_eq!(count, 5, "two consumers and three orders");
+        // The same items, orders first and consumers last, each kind in reverse.
+        let mut reversed = StateDigest::default();
+        let consumers: Vec<_> = s.consumers.values().collect();
+        for c in consumers.iter().rev() {
+            for o in c.orders.values() {
+                reversed.add(LedgerItem::Order {
+                    consumer: &c.id,
+                    order: o,
+                });
+            }
+        }
+        for c in consumers.iter().rev() {
+            reversed.add(LedgerItem::Consumer(c));
+        }
+        assert_eq!(reversed.finish(s.clock, &banks).digest, whole);
+
+        let mut moved = s.clone();
+        let o = moved
+            .consumers
+            .get_mut("alice")
+            .unwrap()
+            .orders
+            .remove("o-3")
+            .unwrap();
+        moved
+            .consumers
+            .get_mut("bob")
+            .unwrap()
+            .orders
+            .insert("o-3".into(), o);
+        assert_ne!(
+            digest(&moved, &banks),
+            whole,
+            "an order held by another consumer"
+        );
+        let mut richer = s.clone();
+        richer.consumers.get_mut("bob").unwrap().wallet = Amount::from_cents(501);
+        assert_ne!(digest(&richer, &banks), whole, "another wallet");
+        let other_bank = vec![("ab".to_string(), Amount::from_cents(8))];
+        assert_ne!(digest(&s, &other_bank), whole, "another bank balance");
+    }
 
     #[test]
     fn money_prints_two_decimals() {

@@ -433,9 +433,9 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
 
     let checks_start = Instant::now();
     let (bank_balances, mut external) = bank_balances(&bank, admin.as_ref()).await?;
-    // Summarised and dropped at once: the replay below is another whole ledger.
-    let live = match engine.ledger_state().await {
-        Ok(s) => Some(checks::LiveSummary::of(&s, &bank_balances)),
+    // Summarised item by item, never held whole: the replay below is a whole ledger.
+    let live = match checks::LiveSummary::of_engine(&engine, &bank_balances) {
+        Ok(s) => Some(s),
         Err(e) => {
             common
                 .rec
@@ -450,6 +450,7 @@ async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     }
     bank.close();
     drop(bank);
+    onecard_sim::allocator::release_freed();
     let verified = verify::verify(&dir);
     let stopped = common.stopped.get();
     let rec = common.rec.take();

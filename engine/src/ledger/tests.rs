@@ -423,6 +423,48 @@ fn the_whole_ledger_refuses_unbalanced_events_and_reused_ids() {
     ));
 }
 
+/// I6 in the replay: an order id is used once, by whichever consumer. The ledger keeps the
+/// ids as hashes (`IdSet`); a hash seen before is confirmed against the consumers' orders.
+#[test]
+fn the_whole_ledger_refuses_an_order_id_used_again_by_anyone() {
+    let mut state = LedgerState::new(rules());
+    for (who, bank) in [("alice", "ab"), ("bob", "bb")] {
+        let open = consumer_opened_event(who, a("100"), bank, a("50"), None);
+        state.apply_entry(&Entry::new(0, vec![open])).unwrap();
+    }
+    let placed = |state: &LedgerState, who: &str, id: &str| {
+        let c = &state.consumers[who];
+        Entry::new(
+            0,
+            vec![c.placed_event(
+                id,
+                "shop",
+                a("5"),
+                &Release::Receipt,
+                Ok(Outcome::Accepted),
+                false,
+            )],
+        )
+    };
+    let first = placed(&state, "alice", "o-1");
+    state.apply_entry(&first).unwrap();
+    assert_eq!(state.owner_of_order("o-1"), Some("alice"));
+    for who in ["bob", "alice"] {
+        let again = placed(&state, who, "o-1");
+        assert!(
+            matches!(state.apply_entry(&again), Err(LedgerError::DuplicateId(id)) if id == "o-1"),
+            "{who} placing o-1 again"
+        );
+    }
+    // Refused before anything was applied: bob holds no order, alice one.
+    assert!(state.consumers["bob"].orders.is_empty());
+    assert_eq!(state.consumers["alice"].orders.len(), 1);
+    let other = placed(&state, "bob", "o-2");
+    state.apply_entry(&other).unwrap();
+    assert_eq!(state.order_ids.len(), 2);
+    assert_eq!(state.owner_of_order("o-2"), Some("bob"));
+}
+
 #[test]
 fn a_wallet_above_the_cap_is_an_invariant_violation() {
     let cfg = RulesConfig {
