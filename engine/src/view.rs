@@ -1719,7 +1719,7 @@ impl StateView {
             for bank in c.linked.keys() {
                 state.bank_owner.insert(bank.clone(), c.id.clone());
             }
-            state.consumers.insert(c.id.clone(), c);
+            state.consumers.insert(c.id.clone(), Box::new(c));
         }
         for kv in self.scan(&[ORDER]) {
             let (k, v) = kv?;
