@@ -1738,7 +1738,8 @@ pub struct IdSet(HashSet<u64>);
 impl IdSet {
     fn hash(id: &str) -> u64 {
         use std::hash::{Hash, Hasher};
-        // SipHash with fixed keys: the same hash for the same id in every process.
+        // std's SipHash with fixed keys: deterministic within a build, so two ledgers built
+        // from the same entries compare equal. The set is never stored, only rebuilt.
         let mut h = std::hash::DefaultHasher::new();
         id.hash(&mut h);
         h.finish()
