@@ -411,23 +411,33 @@ fn acting(
     Ok(session)
 }
 
+/// The order a form on the board acts on: the signed-in merchant's own (CSRF checked), or a
+/// 404 page; another merchant's order is as if it did not exist, as in the API.
+fn acted_on_order(
+    node: &Node,
+    req: &HttpRequest,
+    form: Option<&CsrfForm>,
+    order: &str,
+) -> Result<Checkout, Box<HttpResponse>> {
+    let session = acting(node, req, form)?;
+    own_checkout(node, &session.id, order).map_err(|_| {
+        Box::new(message(
+            StatusCode::NOT_FOUND,
+            "No such order",
+            "You have no order with this id.",
+        ))
+    })
+}
+
 async fn reprint(
     node: web::Data<Node>,
     req: HttpRequest,
     path: web::Path<String>,
     form: Option<web::Form<CsrfForm>>,
 ) -> HttpResponse {
-    let session = match acting(&node, &req, form.as_deref()) {
-        Ok(s) => s,
+    let checkout = match acted_on_order(&node, &req, form.as_deref(), &path) {
+        Ok(c) => c,
         Err(r) => return *r,
-    };
-    // Another merchant's order is as if it did not exist, as in the API.
-    let Ok(checkout) = own_checkout(&node, &session.id, &path) else {
-        return message(
-            StatusCode::NOT_FOUND,
-            "No such order",
-            "You have no order with this id.",
-        );
     };
     let writes = match crate::app::reprint(&node, &checkout.order_id) {
         Ok(Ok((_, writes))) => writes,
@@ -453,16 +463,9 @@ async fn mark_shipped(
     path: web::Path<String>,
     form: Option<web::Form<CsrfForm>>,
 ) -> HttpResponse {
-    let session = match acting(&node, &req, form.as_deref()) {
-        Ok(s) => s,
+    let checkout = match acted_on_order(&node, &req, form.as_deref(), &path) {
+        Ok(c) => c,
         Err(r) => return *r,
-    };
-    let Ok(checkout) = own_checkout(&node, &session.id, &path) else {
-        return message(
-            StatusCode::NOT_FOUND,
-            "No such order",
-            "You have no order with this id.",
-        );
     };
     let writes = match crate::app::mark_shipped(&node, &checkout).await {
         Ok(Ok((_, writes))) => writes,
