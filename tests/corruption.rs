@@ -3,9 +3,10 @@
 //!
 //! A data directory holds the write-ahead log (`DIR/log`: segment files `{first_seq:020}.wal`,
 //! one hash chain across them; format at the top of `storage/src/wal.rs`) and the account-state
-//! view's checkpoint (`DIR/view`, sled, tree `view`). This test reads and rewrites the log from
-//! its documented format, independently of the engine's reader, and alters the checkpoint with
-//! sled directly.
+//! view's checkpoint (`DIR/view`: sorted runs, `DIR/view/runs/*.run`, named by a catalogue in
+//! sled; `storage/src/runs.rs`). This test reads and rewrites the log from its documented format,
+//! independently of the engine's reader, and alters the checkpoint through the runs' store (a
+//! newer run overriding a key), as a change that passes every checksum would.
 //!
 //! - a record altered at a random byte, its CRC left as it is: verify names the record;
 //! - a record altered with its crc32 recomputed so that the checksum passes: the hash chain
@@ -17,6 +18,7 @@
 //!   `segment_mib` would have written it);
 //! - the view's checkpoint altered or missing an order: verify finds that it no longer equals
 //!   the replay;
+//! - a byte flipped inside a block of a run file: verify refuses and names the file;
 //! - the files of `DIR/log` and `DIR/view` truncated, overwritten with random bytes, or deleted:
 //!   verify fails cleanly (exit code 1 with a message) or, where the damage is harmless, passes;
 //!   it never panics, dies on a signal or hangs, and never changes the log it checks;
@@ -31,6 +33,7 @@
 
 #![cfg(unix)]
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::thread;
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{files_under, run_with_timeout};
 
+use onecard_engine::journal::ViewStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -530,28 +534,30 @@ fn segmented_demo(n: usize) -> (tempfile::TempDir, PathBuf, Log) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The view's checkpoint, opened with sled (the engine must be stopped).
+// The view's checkpoint, opened with the engine's own store (the engine must be stopped):
+// sorted runs in `DIR/view/runs/`, their catalogue in sled at `DIR/view` (storage/src/runs.rs).
+// A change is a new run, newest of all, which overrides the older runs on its key.
 
 struct View {
-    db: sled::Db,
-    tree: sled::Tree,
+    store: ViewStore,
     dir: PathBuf,
 }
 
 impl View {
     fn open(data: &Path) -> View {
-        let dir = data.join("view");
-        let db = sled::open(&dir).expect("open the view with sled");
-        let tree = db.open_tree("view").expect("tree view");
-        View { db, tree, dir }
+        let store = ViewStore::open(data, None).expect("open the view's store");
+        View {
+            store,
+            dir: data.join("view"),
+        }
     }
 
     fn get(&self, key: &[u8]) -> Vec<u8> {
-        self.tree
+        self.store
+            .runs
             .get(key)
             .expect("read")
             .unwrap_or_else(|| panic!("the view holds {key:?}"))
-            .to_vec()
     }
 
     /// The record the checkpoint covers: `ViewMeta.last_seq`, its last field (bincode u64 LE).
@@ -566,24 +572,85 @@ impl View {
 
     /// The first key under `prefix` (view.rs: `c` consumers, `d` closed orders, …).
     fn first_key(&self, prefix: u8) -> Vec<u8> {
-        self.tree
-            .scan_prefix([prefix])
-            .keys()
+        let (key, _) = self
+            .store
+            .runs
+            .scan_from(&[prefix])
             .next()
             .expect("the demo leaves such a key")
-            .expect("key")
-            .to_vec()
+            .expect("key");
+        assert_eq!(key.first(), Some(&prefix), "the demo leaves such a key");
+        key
     }
 
-    /// Flushes and drops the store, then waits until sled has really let go of the file lock
-    /// (it may linger after the drop, spacejam/sled#1234), so that `verify` can open it.
+    /// Sets `key` to `value` in a new run, which overrides the older ones.
+    fn insert(&self, key: &[u8], value: &[u8]) {
+        self.store
+            .runs
+            .write_run([(key, Some(value))], 1)
+            .expect("write a run");
+    }
+
+    /// Removes `key`: a removal in a new run. The key must be there.
+    fn remove(&self, key: &[u8]) {
+        self.get(key);
+        self.store
+            .runs
+            .write_run([(key, None)], 1)
+            .expect("write a run");
+    }
+
+    /// Merges every run into one, as the engine's merger would in time.
+    fn merge_all(&self) {
+        self.store.runs.merge_all().expect("merge the runs");
+    }
+
+    /// Drops the store (every change is durable already), then waits until sled has really let
+    /// go of its file lock on the catalogue (it may linger after the drop, spacejam/sled#1234),
+    /// so that `verify` can open it.
     fn close(self) {
-        self.tree.flush().expect("flush");
-        self.db.flush().expect("flush");
         let path = self.dir.join("db");
-        drop(self);
+        drop(self.store);
         wait_until_unlocked(&path);
     }
+}
+
+/// The run files of the view (`DIR/view/runs/*.run`), oldest first.
+fn run_files(data: &Path) -> Vec<PathBuf> {
+    let mut runs: Vec<PathBuf> = files_under(&data.join("view").join("runs"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "run"))
+        .collect();
+    runs.sort();
+    runs
+}
+
+/// A run's blocks (storage/src/runs.rs): their first keys and their places in the file, read
+/// from the footer (magic, index offset and length, filter offset and length, CRC32) and the
+/// index (blocks, entries, last key, then each block's first key, offset u64, length u32).
+fn run_blocks(run: &[u8]) -> Vec<(Vec<u8>, Range<usize>)> {
+    const RUN_MAGIC: &[u8; 8] = b"OCRUN\0\0\x01";
+    const RUN_FOOTER_LEN: usize = 48;
+    let footer = &run[run.len() - RUN_FOOTER_LEN..];
+    assert_eq!(&footer[..8], RUN_MAGIC, "a run's footer");
+    let index_off = u64_le(footer, 8) as usize;
+    let index_len = u64_le(footer, 16) as usize;
+    let index = &run[index_off..index_off + index_len];
+    let n = u64_le(index, 0) as usize;
+    let key_at = |at: usize| {
+        let len = u32_le(index, at) as usize;
+        (index[at + 4..at + 4 + len].to_vec(), at + 4 + len)
+    };
+    let (_last, mut at) = key_at(16);
+    let mut blocks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (first, after) = key_at(at);
+        let offset = u64_le(index, after) as usize;
+        let len = u32_le(index, after + 8) as usize;
+        blocks.push((first, offset..offset + len));
+        at = after + 12;
+    }
+    blocks
 }
 
 fn wait_until_unlocked(path: &Path) {
@@ -657,7 +724,7 @@ fn intact_data_dir_verifies() {
         contents(&dir.join("log")) == before,
         "the log rewritten as read differs from the log"
     );
-    // Opening the view with sled and closing it changes nothing either.
+    // Opening the view's store and closing it changes nothing either.
     View::open(&dir).close();
     assert_verifies(&dir, "after a read-only look");
 }
@@ -1043,7 +1110,7 @@ fn a_consumer_altered_in_the_checkpoint_is_caught() {
     let (stored_id, after_id) = bincode_str(&v, 0);
     assert_eq!(stored_id, id, "the record's id is its key's");
     v[after_id + 32] ^= 0x01;
-    view.tree.insert(&key, v).expect("write back");
+    view.insert(&key, &v);
     view.close();
     let r = assert_refused(
         &dir,
@@ -1066,10 +1133,7 @@ fn an_order_missing_from_the_checkpoint_is_caught() {
     let order = String::from_utf8(key[1..].to_vec()).expect("order id");
     // StoredOrder (bincode): consumer, order.
     let (consumer, _) = bincode_str(&view.get(&key), 0);
-    view.tree
-        .remove(&key)
-        .expect("remove")
-        .expect("it was there");
+    view.remove(&key);
     view.close();
     let r = assert_refused(&dir, &format!("order {order} removed from the checkpoint"));
     assert!(
@@ -1087,10 +1151,7 @@ fn a_bank_account_missing_from_the_checkpoint_is_caught() {
     let view = View::open(&dir);
     // `s`: an account of the simulated bank, what the bank starts from at the next opening.
     let key = view.first_key(b's');
-    view.tree
-        .remove(&key)
-        .expect("remove")
-        .expect("it was there");
+    view.remove(&key);
     view.close();
     let r = assert_refused(&dir, "a bank account removed from the checkpoint");
     assert!(
@@ -1109,7 +1170,7 @@ fn a_bank_account_altered_in_the_checkpoint_is_caught() {
     let key = view.first_key(b's');
     let mut value = view.get(&key);
     value[0] ^= 0x01;
-    view.tree.insert(&key, value).expect("insert");
+    view.insert(&key, &value);
     view.close();
     let r = assert_refused(&dir, "a bank account altered in the checkpoint");
     assert!(
@@ -1119,13 +1180,70 @@ fn a_bank_account_altered_in_the_checkpoint_is_caught() {
     );
 }
 
+#[test]
+fn a_byte_flipped_in_a_block_of_a_run_is_named() {
+    let mut rng = seeded_rng("a_byte_flipped_in_a_block_of_a_run_is_named");
+    let (_tmp, dir, _) = demo_at_rest();
+    // One run, so that the block holding the checkpoint's meta (`k`, the first key that verify
+    // and the engine read) is the one every reader of that key reads.
+    let view = View::open(&dir);
+    view.merge_all();
+    view.close();
+    assert_verifies(&dir, "the runs merged into one");
+    let runs = run_files(&dir);
+    assert_eq!(runs.len(), 1, "the runs merged into one: {runs:?}");
+    let run = &runs[0];
+    let mut bytes = std::fs::read(run).expect("read the run");
+    let blocks = run_blocks(&bytes);
+    let (_, block) = blocks
+        .iter()
+        .rev()
+        .find(|(first, _)| first.as_slice() <= b"k".as_slice())
+        .expect("a block holds the meta key")
+        .clone();
+    // Anywhere in the block: its length, its CRC32 or its entries.
+    let at = rng.gen_range(block.clone());
+    bytes[at] ^= 1 << rng.gen_range(0..8);
+    std::fs::write(run, &bytes).expect("write the run back");
+    let what = format!(
+        "a bit flipped at byte {at} of {} (a block at {block:?})",
+        run.display()
+    );
+    let r = assert_refused(&dir, &what);
+    let name = run.file_name().expect("a file name").to_string_lossy();
+    assert!(
+        r.stderr.contains(name.as_ref()) && r.stderr.contains("damaged"),
+        "{what}: verify names the damaged run file; stderr:\n{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(run).expect("read the run"),
+        bytes,
+        "{what}: verify left the damaged run as it was"
+    );
+    let r = engine_open(&dir);
+    assert_no_crash(&r, &what);
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "{what}: the engine refuses it; stderr:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(name.as_ref()),
+        "{what}: the engine names the damaged run file; stderr:\n{}",
+        r.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files damaged
 
 /// What `damage` may do to each file: on a fresh copy of a good data dir (its log in three
-/// segments), each file of `log/` and `view/` in turn is damaged and verified. Any damage to
-/// the log is refused; damage to the view is refused or (sled's own recovery) harmless, in
-/// which case verify has found the view equal to the replay. Never a panic, a signal or a hang.
+/// segments), each file of `log/` and `view/` (the runs' catalogue in sled and the run files)
+/// in turn is damaged and verified. Any damage to the log is refused; damage to the view is
+/// refused or (sled's own recovery of the catalogue) harmless, in which case verify has found
+/// the view equal to the replay. Never a panic, a signal or a hang.
 fn damage_each_file(good: &Path, test: &str, mut damage: impl FnMut(&Path)) {
     let files: Vec<PathBuf> = files_under(&good.join("log"))
         .into_iter()
@@ -1134,6 +1252,10 @@ fn damage_each_file(good: &Path, test: &str, mut damage: impl FnMut(&Path)) {
     assert!(
         files.len() >= 5,
         "three segments and sled's files: {files:?}"
+    );
+    assert!(
+        !run_files(good).is_empty(),
+        "the view's checkpoint is in run files: {files:?}"
     );
     for (n, file) in files.iter().enumerate() {
         let rel = file.strip_prefix(good).expect("under the data dir");

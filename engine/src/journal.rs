@@ -39,6 +39,7 @@ use bincode::Options;
 use onecard_storage::group_commit::{
     CommitError, GroupCommit, GroupCommitConfig, Sink, SinkFailure,
 };
+use onecard_storage::runs::RunStore;
 use onecard_storage::wal::{Wal, WalConfig, WalCursor, WalError, WalReader};
 
 use crate::ledger::Entry;
@@ -512,8 +513,9 @@ impl JournalHandle {
 /// The journal: its log writer, its view and the checkpointer.
 pub struct Journal {
     handle: JournalHandle,
-    db: sled::Db,
-    tree: sled::Tree,
+    store: ViewStore,
+    /// Merges the checkpoint's runs in the background.
+    merger: Option<onecard_storage::runs::Merger>,
     checkpointer: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     /// The thread filling the id filter, and its stop flag.
     filler: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
@@ -574,14 +576,42 @@ fn is_lock_contention(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
-/// The view's checkpoint store, opened.
+/// The sled tree in which earlier versions kept every key of the view.
+const OLD_VIEW_TREE: &[u8] = b"view";
+
+/// The view's checkpoint store, opened: sorted runs (`DIR/view/runs/`) with their catalogue
+/// in sled (`DIR/view`).
 pub struct ViewStore {
     pub db: sled::Db,
-    pub tree: sled::Tree,
+    pub runs: Arc<RunStore>,
 }
 
 impl ViewStore {
+    /// Opens the view's store to run on it: deletes run files a crash left uncommitted, and
+    /// converts a view of the earlier layout (every key in sled's tree `view`).
     pub fn open(dir: &Path, cache_bytes: Option<u64>) -> Result<ViewStore, JournalError> {
+        let store = ViewStore::open_with(dir, cache_bytes, true)?;
+        store.import_sled_tree()?;
+        Ok(store)
+    }
+
+    /// Opens the view's store to check it (`verify`): nothing on disk is deleted or converted.
+    pub fn open_to_check(dir: &Path, cache_bytes: Option<u64>) -> Result<ViewStore, JournalError> {
+        let store = ViewStore::open_with(dir, cache_bytes, false)?;
+        if store.has_sled_tree() {
+            return Err(JournalError::Layout {
+                dir: dir.display().to_string(),
+                reason: "its view is in the earlier layout (keys in sled's tree `view`): open it once with `onecard serve` (or any command that runs the engine) to convert it, then check it".into(),
+            });
+        }
+        Ok(store)
+    }
+
+    fn open_with(
+        dir: &Path,
+        cache_bytes: Option<u64>,
+        to_run: bool,
+    ) -> Result<ViewStore, JournalError> {
         let layout = Layout::of(dir);
         let old = dir.join("journal");
         if old.exists() && !layout.log.exists() {
@@ -591,8 +621,54 @@ impl ViewStore {
             });
         }
         let db = open_sled(&layout.view, cache_bytes).map_err(ViewError::from)?;
-        let tree = db.open_tree("view").map_err(ViewError::from)?;
-        Ok(ViewStore { db, tree })
+        let runs_dir = layout.view.join("runs");
+        let runs = if to_run {
+            RunStore::open(db.clone(), &runs_dir)
+        } else {
+            RunStore::open_to_read(db.clone(), &runs_dir)
+        }
+        .map_err(ViewError::from)?;
+        Ok(ViewStore {
+            db,
+            runs: Arc::new(runs),
+        })
+    }
+
+    fn has_sled_tree(&self) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == OLD_VIEW_TREE)
+    }
+
+    /// A view written by an earlier version kept every key in sled's tree `view`. Its keys
+    /// become the first run (they are already in key order), then the tree is dropped; a crash
+    /// in between imports it again over the same keys.
+    fn import_sled_tree(&self) -> Result<(), JournalError> {
+        if !self.has_sled_tree() {
+            return Ok(());
+        }
+        let tree = self.db.open_tree(OLD_VIEW_TREE).map_err(ViewError::from)?;
+        let entries: Vec<(sled::IVec, sled::IVec)> = tree
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(ViewError::from)?;
+        if !entries.is_empty() {
+            tracing::info!(
+                keys = entries.len(),
+                "importing the view from sled's tree into sorted runs"
+            );
+            self.runs
+                .write_run(
+                    entries.iter().map(|(k, v)| (k.as_ref(), Some(v.as_ref()))),
+                    entries.len(),
+                )
+                .map_err(ViewError::from)?;
+        }
+        drop(tree);
+        self.db.drop_tree(OLD_VIEW_TREE).map_err(ViewError::from)?;
+        self.db.flush().map_err(ViewError::from)?;
+        Ok(())
     }
 }
 
@@ -609,7 +685,7 @@ fn replay_tail(
     if checkpoint_seq == 0 && last_seq == 0 {
         return Ok(0);
     }
-    let checkpoint = StateView::new(store.tree.clone(), Arc::new(Overlay::default()));
+    let checkpoint = StateView::new(store.runs.clone(), Arc::new(Overlay::default()));
     let reader = WalReader::open(&Layout::of(dir).log, archive_dir)?;
     let mut cursor = reader.cursor_after(checkpoint_seq.saturating_sub(1))?;
     if checkpoint_seq > 0 {
@@ -632,7 +708,7 @@ fn replay_tail(
         });
     }
     if let Some((layer, _)) = overlay.seal() {
-        view::write_checkpoint(&store.db, &store.tree, &layer)?;
+        view::write_checkpoint(&store.runs, &layer)?;
     }
     Ok(replayed)
 }
@@ -679,7 +755,7 @@ impl Journal {
     pub fn open(dir: &Path, cfg: JournalConfig) -> Result<(Journal, Recovered), JournalError> {
         let layout = Layout::of(dir);
         let store = ViewStore::open(dir, Some(cfg.cache_bytes))?;
-        let checkpoint = StateView::new(store.tree.clone(), Arc::new(Overlay::default()));
+        let checkpoint = StateView::new(store.runs.clone(), Arc::new(Overlay::default()));
         let known_store = checkpoint.store_id()?;
         let checkpoint_meta = checkpoint.meta()?;
         let had_log = layout.log.exists();
@@ -729,7 +805,7 @@ impl Journal {
             usize::try_from(cfg.record_cache_bytes).unwrap_or(usize::MAX),
         ));
         let ids = Arc::new(IdFilter::with_capacity(cfg.id_filter_capacity));
-        let view = StateView::with_filter(store.tree.clone(), overlay.clone(), ids.clone());
+        let view = StateView::with_filter(store.runs.clone(), overlay.clone(), ids.clone());
         let meta = view.meta()?.unwrap_or_default();
         let book = Arc::new(MerchantBook::default());
         if meta.last_seq != opened.last_seq {
@@ -788,18 +864,17 @@ impl Journal {
         };
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let checkpointer = {
-            let (db, tree, overlay, common) = (
-                store.db.clone(),
-                store.tree.clone(),
-                overlay.clone(),
-                common.clone(),
-            );
+            let (runs, overlay, common) = (store.runs.clone(), overlay.clone(), common.clone());
             let every = Duration::from_millis(cfg.checkpoint_interval_ms.max(1));
             std::thread::Builder::new()
                 .name("checkpointer".into())
-                .spawn(move || checkpoint_loop(db, tree, overlay, common, every, stopped, nudged))
+                .spawn(move || checkpoint_loop(runs, overlay, common, every, stopped, nudged))
                 .map_err(|e| JournalError::Thread(e.to_string()))?
         };
+        let merger = store
+            .runs
+            .start_merger()
+            .map_err(|e| JournalError::Thread(e.to_string()))?;
         let journal = Journal {
             handle: JournalHandle {
                 writer,
@@ -812,8 +887,8 @@ impl Journal {
                     cursors: parking_lot::Mutex::new(Vec::new()),
                 }),
             },
-            db: store.db,
-            tree: store.tree,
+            store,
+            merger: Some(merger),
             checkpointer: Some((stop, checkpointer)),
             filler: Some((filling, filler)),
             path: dir.to_path_buf(),
@@ -854,10 +929,11 @@ impl Journal {
             drop(stop);
             let _ = thread.join();
         }
+        // A merge under way is abandoned (its file deleted); the runs stay as they are.
+        self.merger.take();
         // A last checkpoint makes the next open replay nothing.
         checkpoint_once(
-            &self.db,
-            &self.tree,
+            &self.store.runs,
             self.handle.view.overlay(),
             &self.handle.common,
         )?;
@@ -872,15 +948,14 @@ impl Drop for Journal {
 }
 
 fn checkpoint_once(
-    db: &sled::Db,
-    tree: &sled::Tree,
+    runs: &RunStore,
     overlay: &Overlay,
     common: &Common,
 ) -> Result<(), JournalError> {
     let Some((layer, seq)) = overlay.seal() else {
         return Ok(());
     };
-    view::write_checkpoint(db, tree, &layer)?;
+    view::write_checkpoint(runs, &layer)?;
     overlay.checkpointed();
     common.checkpoint_seq.store(seq, Ordering::Release);
     common.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -892,8 +967,7 @@ fn checkpoint_once(
 }
 
 fn checkpoint_loop(
-    db: sled::Db,
-    tree: sled::Tree,
+    runs: Arc<RunStore>,
     overlay: Arc<Overlay>,
     common: Arc<Common>,
     every: Duration,
@@ -906,7 +980,7 @@ fn checkpoint_loop(
             recv(nudged) -> _ => {},
             default(every) => {},
         }
-        if let Err(e) = checkpoint_once(&db, &tree, &overlay, &common) {
+        if let Err(e) = checkpoint_once(&runs, &overlay, &common) {
             // The overlay keeps the sealed layer and the log every record: nothing is lost. But
             // sled will not write again before it is reopened, so the journal stops too.
             tracing::error!(error = %e, "checkpoint of the account-state view failed; the journal stops: restart once it is fixed");
@@ -1118,6 +1192,38 @@ mod tests {
         assert!(second.is_ok(), "{:?}", second.err());
     }
 
+    #[test]
+    fn a_view_of_the_earlier_sled_layout_is_converted_once_and_refused_by_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let view_dir = Layout::of(dir.path()).view;
+        {
+            let db = open_sled(&view_dir, None).unwrap();
+            let tree = db.open_tree(OLD_VIEW_TREE).unwrap();
+            for (k, v) in [
+                (&b"ca"[..], &b"1"[..]),
+                (b"cb", b"2"),
+                (b"i", b"id"),
+                (b"k", b""),
+            ] {
+                tree.insert(k, v).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let refused = ViewStore::open_to_check(dir.path(), None)
+            .err()
+            .expect("refused");
+        assert!(refused.to_string().contains("earlier layout"), "{refused}");
+        let store = ViewStore::open(dir.path(), None).unwrap();
+        assert!(!store.has_sled_tree());
+        assert_eq!(store.runs.get(b"cb").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(store.runs.get(b"k").unwrap().as_deref(), Some(&b""[..]));
+        let keys: Vec<Vec<u8>> = store.runs.scan_from(b"").map(|kv| kv.unwrap().0).collect();
+        assert_eq!(keys, [&b"ca"[..], b"cb", b"i", b"k"]);
+        drop(store);
+        let again = ViewStore::open_to_check(dir.path(), None).unwrap();
+        assert_eq!(again.runs.stats().runs, 1, "converted once");
+    }
+
     fn open_with(dir: &Path, max_batch: usize, batch_window_micros: u64) -> Journal {
         let cfg = JournalConfig {
             max_batch,
@@ -1207,7 +1313,7 @@ mod tests {
             let h = journal.handle();
             rt.block_on(h.append(&clock_entry(1), vec![put("xa", "1"), put("xb", "1")]))
                 .unwrap();
-            checkpoint_once(&journal.db, &journal.tree, h.view.overlay(), &h.common).unwrap();
+            checkpoint_once(&journal.store.runs, h.view.overlay(), &h.common).unwrap();
             rt.block_on(h.append(
                 &clock_entry(2),
                 vec![put("xa", "2"), ViewWrite::Remove(b"xb".to_vec())],

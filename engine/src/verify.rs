@@ -407,8 +407,9 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
         reason: e,
     };
     // A small cache: verify reads the checkpoint once, in key order.
-    let store = ViewStore::open(dir, Some(16 << 20)).map_err(|e| open_err(e.to_string()))?;
-    let checkpoint = StateView::new(store.tree.clone(), Arc::new(Overlay::default()));
+    let store =
+        ViewStore::open_to_check(dir, Some(16 << 20)).map_err(|e| open_err(e.to_string()))?;
+    let checkpoint = StateView::new(store.runs.clone(), Arc::new(Overlay::default()));
     let checkpoint_seq = checkpoint
         .meta()
         .map_err(|e| open_err(e.to_string()))?
@@ -486,7 +487,7 @@ fn verify_store(dir: &Path, archive_dir: Option<&Path>) -> Result<VerifyReport, 
             ),
         });
     }
-    let view = StateView::new(store.tree.clone(), tail);
+    let view = StateView::new(store.runs.clone(), tail);
     check_view(&view, last_seq, &replay.state)?;
     check_non_ledger(&view, non_ledger)?;
     let mut report = replay.finish()?;

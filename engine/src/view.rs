@@ -1,7 +1,8 @@
 //! The account-state view: the current state of every account. Each log record carries the
 //! view's writes it causes; right after the record's sync they go into an in-memory
-//! [`Overlay`], and a checkpointer writes them to sled behind the log ([`write_checkpoint`]),
-//! stamped with the last record covered.
+//! [`Overlay`], and a checkpointer writes them behind the log as one sorted run of the
+//! checkpoint store ([`write_checkpoint`], [`onecard_storage::runs`]), stamped with the last
+//! record covered.
 //!
 //! Why: with a million consumers and years of orders, neither "replay the journal at start-up"
 //! nor "keep every account and order in memory" scales. The view makes start-up independent of
@@ -29,8 +30,8 @@
 //! | `i` | the store id (as in the log's segment headers) | opening, once |
 //! | `x` record key | a record of the layer above ([`crate::records`]: the node's checkouts, idempotency records, sessions, queues), opaque to the engine | whoever commits it through [`crate::records::RecordStore`] |
 //!
-//! Each key is rewritten at random in sled when checkpointed, which costs far more than the
-//! log's sequential append, so a command writes as few keys as it can: the consumer record
+//! Each key written is carried into a run at its checkpoint and rewritten again by a few merges
+//! over its life, so a command writes as few keys as it can: the consumer record
 //! always, an order record only when an order closes (or a closed one is refunded); the
 //! checkpoint coalesces a key written many times. Which open orders exist, and which consumers
 //! have reserved credit (for ticks), the engine rebuilds at start-up from the consumer records.
@@ -48,6 +49,7 @@ use crate::ledger::{AccountRef, CreditRecord, LedgerItem, RefundRecord};
 use crate::ledger::{ConsumerState, Entry, EventKind, LedgerState, MerchantState, Order};
 use crate::model::{RulesConfig, Secs};
 use crate::money::Amount;
+use onecard_storage::runs::RunStore;
 
 const CONSUMER: u8 = b'c';
 const ORDER: u8 = b'd';
@@ -88,6 +90,8 @@ pub fn stamp_write(seq: u64, hash: &[u8; 32]) -> ViewWrite {
 pub enum ViewError {
     #[error("account-state view: storage: {}", describe_sled(.0))]
     Storage(#[from] sled::Error),
+    #[error("the view's checkpoint: {0}")]
+    Runs(#[from] onecard_storage::runs::RunError),
     #[error("account-state view: {0}")]
     Invalid(String),
 }
@@ -106,11 +110,16 @@ impl ViewError {
         matches!(
             self,
             ViewError::Storage(sled::Error::Io(_) | sled::Error::Corruption { .. })
+                | ViewError::Runs(_)
         )
     }
 
     fn is_disk_full(&self) -> bool {
-        matches!(self, ViewError::Storage(sled::Error::Io(io)) if onecard_storage::is_disk_full(io))
+        match self {
+            ViewError::Storage(sled::Error::Io(io)) => onecard_storage::is_disk_full(io),
+            ViewError::Runs(e) => e.is_disk_full(),
+            _ => false,
+        }
     }
 }
 
@@ -702,18 +711,18 @@ impl WriterView {
     }
 }
 
-/// The view's changes that are durable in the log but not yet in the sled checkpoint.
+/// The view's changes that are durable in the log but not yet in the checkpoint.
 ///
 /// The journal writer adds every record's writes here right after the log's sync (so a read
 /// never sees a change that is not durable) and before it answers anyone. The checkpointer
-/// seals the active layer, writes it to sled in one sorted batch stamped with the last record
-/// it covers, flushes, and only then drops the sealed layer: a key is always in the active
-/// layer, the sealed one or sled, newest first.
+/// seals the active layer, writes it as one sorted run stamped with the last record it covers,
+/// synced, and only then drops the sealed layer: a key is always in the active layer, the
+/// sealed one or the checkpoint, newest first.
 ///
-/// Behind the layers sits a cache of consumer records that are already in sled (see
-/// [`Overlay::with_record_cache`]): activating a consumer is the hot path's one read, and
-/// sled's own read path (page cache, epochs, binary search in leaves) cost about a tenth of
-/// the node's CPU at a million consumers.
+/// Behind the layers sits a cache of consumer records that are already checkpointed (see
+/// [`Overlay::with_record_cache`]): activating a consumer is the hot path's one read, and a
+/// read of the checkpoint (a block of a run, through the runs' filters) costs more than a hash
+/// lookup.
 #[derive(Default)]
 pub struct Overlay {
     layers: parking_lot::RwLock<Layers>,
@@ -733,8 +742,8 @@ pub struct Layer {
 
 type LayerEntry<'a> = (&'a Vec<u8>, &'a Option<Vec<u8>>);
 
-/// sled's side of a scan.
-type StoredScan<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+/// The checkpoint's side of a scan.
+type StoredScan<'a> = Box<dyn Iterator<Item = Result<Kv, onecard_storage::runs::RunError>> + 'a>;
 
 fn is_ordered_key(k: &[u8]) -> bool {
     k.first() == Some(&UPPER_RECORD)
@@ -805,8 +814,9 @@ struct Layers {
     cache: RecordCache,
 }
 
-/// Consumer records exactly as sled holds them, filled from each checkpointed layer (never from
-/// reads, so a read racing a checkpoint cannot put an old value back). Two generations: when
+/// Consumer records exactly as the checkpoint holds them, filled from each checkpointed layer
+/// (never from reads, so a read racing a checkpoint cannot put an old value back). Two
+/// generations: when
 /// the newer one holds half the budget it becomes the older one and the older one is dropped.
 /// Bounded, O(1), and a record written in the last half-budget of writes is always found.
 #[derive(Default)]
@@ -824,7 +834,7 @@ impl RecordCache {
         self.newer.get(k).or_else(|| self.older.get(k))
     }
 
-    /// Takes in a layer that sled now holds; gives back the generation to drop (outside the
+    /// Takes in a layer that the checkpoint now holds; gives back the generation to drop (outside the
     /// lock: dropping half a million records takes a while).
     fn absorb(&mut self, layer: &Layer, budget: usize) -> Option<HashMap<Vec<u8>, Vec<u8>>> {
         let mut retired: Option<HashMap<Vec<u8>, Vec<u8>>> = None;
@@ -956,7 +966,7 @@ impl Overlay {
         layers.sealed.clone()
     }
 
-    /// The sealed layer is in sled now.
+    /// The sealed layer is in the checkpoint now.
     pub fn checkpointed(&self) {
         let retired = {
             let mut layers = self.layers.write();
@@ -1008,44 +1018,30 @@ impl Overlay {
     }
 }
 
-/// Writes one layer into sled key by key in sorted order, flushes, and only then writes the
-/// meta record (`k`, stamped with the last record the layer covers) and flushes again. A crash
-/// part-way leaves the old stamp: the next opening replays the log's tail from it, and since
-/// every write of a record sets a key to a value, replaying over keys already written gives the
-/// same view. So the checkpoint need not be atomic, and it is not written in batches: sled
-/// applies a batch under its tree-wide write lock, which stopped every read meanwhile (an
-/// actor's activation, an idempotency lookup on an HTTP worker); single inserts take that lock
-/// shared, so reads go on during a checkpoint (BENCHMARKS.md: order creations' p99 42 → 13 ms).
-pub fn write_checkpoint(db: &sled::Db, tree: &sled::Tree, layer: &Layer) -> Result<(), ViewError> {
-    let mut writes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = layer
-        .iter()
-        .filter(|(k, _)| k.as_slice() != META_KEY && k.as_slice() != STAMP_KEY)
-        .collect();
+/// Writes one layer as one new sorted run of the checkpoint, in key order, removals included,
+/// durable when this returns. The run is committed whole or not at all (see
+/// [`onecard_storage::runs`]); a crash before leaves the old stamp, and the next opening replays
+/// the log's tail from it. Nothing is read: the cost is the layer's size, not the store's.
+pub fn write_checkpoint(runs: &RunStore, layer: &Layer) -> Result<(), ViewError> {
+    let mut writes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = layer.iter().collect();
     writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    for (k, v) in writes {
-        match v {
-            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-            None => tree.remove(k.as_slice())?,
-        };
-    }
-    db.flush()?;
-    let mut last = sled::Batch::default();
-    for k in [META_KEY, STAMP_KEY] {
-        if let Some(Some(v)) = layer.get(k) {
-            last.insert(k, v.as_slice());
-        }
-    }
-    tree.apply_batch(last)?;
-    db.flush()?;
+    let n = writes.len();
+    runs.write_run(
+        writes
+            .into_iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref())),
+        n,
+    )?;
     Ok(())
 }
 
-/// Reads of the view: the overlay of changes not yet checkpointed, then sled. Cheap to clone;
+/// Reads of the view: the overlay of changes not yet checkpointed, then the checkpoint's runs.
+/// Cheap to clone;
 /// reads see every write of a record once the record is durable, which is before anyone is
 /// answered for it.
 #[derive(Clone)]
 pub struct StateView {
-    tree: sled::Tree,
+    runs: Arc<RunStore>,
     overlay: Arc<Overlay>,
     ids: Arc<IdFilter>,
     failure: Arc<ViewFailure>,
@@ -1058,53 +1054,27 @@ pub struct StateView {
 /// record is acknowledged, and the stored ones by [`StateView::fill_id_filter`] at opening
 /// (in the background: until it is done, the filter answers "maybe").
 pub struct IdFilter {
-    bits: Vec<std::sync::atomic::AtomicU64>,
+    bloom: onecard_storage::bloom::Bloom,
     ready: std::sync::atomic::AtomicBool,
 }
 
-/// Hashes per key: with 16 bits per key, 6 hashes give about 1 % false positives.
-const ID_FILTER_HASHES: u64 = 6;
-
 impl IdFilter {
-    /// A filter for about `capacity` ids at 16 bits each (beyond it the false positives grow,
-    /// never the misses).
+    /// A filter for about `capacity` ids at 16 bits each, 6 probes: about 1 % false positives
+    /// (beyond `capacity` they grow, never the misses).
     pub fn with_capacity(capacity: usize) -> IdFilter {
-        let words = (capacity.max(1024) * 16).div_ceil(64).next_power_of_two();
         IdFilter {
-            bits: (0..words).map(|_| Default::default()).collect(),
+            bloom: onecard_storage::bloom::Bloom::new(capacity.max(1024), 16, 6),
             ready: Default::default(),
         }
     }
 
-    fn positions(&self, k: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-        h.write(k);
-        let a = h.finish();
-        // Kirsch-Mitzenmacher: k hashes from two.
-        let b = a.rotate_left(32) | 1;
-        let mask = (self.bits.len() as u64 * 64) - 1;
-        (0..ID_FILTER_HASHES).map(move |i| {
-            let bit = a.wrapping_add(i.wrapping_mul(b)) & mask;
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
-    }
-
     pub fn insert(&self, k: &[u8]) {
-        for (word, bit) in self.positions(k) {
-            self.bits[word].fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.bloom.insert(k);
     }
 
     /// `true` only when the key was never inserted (and the filter is ready).
     pub fn surely_absent(&self, k: &[u8]) -> bool {
-        use std::sync::atomic::Ordering;
-        self.ready.load(Ordering::Acquire)
-            && self
-                .positions(k)
-                .any(|(word, bit)| self.bits[word].load(Ordering::Relaxed) & bit == 0)
+        self.ready.load(std::sync::atomic::Ordering::Acquire) && !self.bloom.may_contain(k)
     }
 
     pub fn set_ready(&self) {
@@ -1126,8 +1096,8 @@ type Kv = (Vec<u8>, Vec<u8>);
 /// Keys of the overlay copied per piece of a scan.
 const SCAN_CHUNK: usize = 256;
 
-/// A scan of the view: the overlay's entries (a piece at a time) merged over sled's, the
-/// overlay winning on equal keys and its removals hiding sled's keys.
+/// A scan of the view: the overlay's entries (a piece at a time) merged over the checkpoint's,
+/// the overlay winning on equal keys and its removals hiding the checkpoint's keys.
 struct MergedScan<'a> {
     view: &'a StateView,
     prefix: Vec<u8>,
@@ -1154,7 +1124,7 @@ impl Iterator for MergedScan<'_> {
             }
             let next_stored = match self.stored.peek() {
                 None => None,
-                Some(Ok((k, _))) => Some(k.to_vec()),
+                Some(Ok((k, _))) => Some(k.clone()),
                 Some(Err(_)) => {
                     let e = self.stored.next().and_then(|r| r.err())?;
                     return Some(Err(self.view.failure.note("a scan of the view", e.into())));
@@ -1177,20 +1147,24 @@ impl Iterator for MergedScan<'_> {
                 }
             }
             let (k, v) = self.stored.next()?.ok()?;
-            return Some(Ok((k.to_vec(), v.to_vec())));
+            return Some(Ok((k, v)));
         }
     }
 }
 
 impl StateView {
     /// A view whose id filter is never ready (every id is looked up): for checks and tools.
-    pub fn new(tree: sled::Tree, overlay: Arc<Overlay>) -> StateView {
-        StateView::with_filter(tree, overlay, Arc::new(IdFilter::with_capacity(0)))
+    pub fn new(runs: Arc<RunStore>, overlay: Arc<Overlay>) -> StateView {
+        StateView::with_filter(runs, overlay, Arc::new(IdFilter::with_capacity(0)))
     }
 
-    pub fn with_filter(tree: sled::Tree, overlay: Arc<Overlay>, ids: Arc<IdFilter>) -> StateView {
+    pub fn with_filter(
+        runs: Arc<RunStore>,
+        overlay: Arc<Overlay>,
+        ids: Arc<IdFilter>,
+    ) -> StateView {
         StateView {
-            tree,
+            runs,
             overlay,
             ids,
             failure: Arc::default(),
@@ -1211,33 +1185,32 @@ impl StateView {
         match self.overlay.lookup(k) {
             Found::Value(v) => Ok(Some(v)),
             Found::Removed => Ok(None),
-            Found::NotHere => match self.tree.get(k) {
-                Ok(v) => Ok(v.map(|v| v.to_vec())),
+            Found::NotHere => match self.runs.get(k) {
+                Ok(v) => Ok(v),
                 Err(e) => Err(self.failure.note("a read of the view", e.into())),
             },
         }
     }
 
-    /// Every key under `prefix` in key order, the overlay merged over sled.
+    /// Every key under `prefix` in key order, the overlay merged over the checkpoint.
     fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
         self.scan_from(prefix.to_vec(), prefix.to_vec())
     }
 
     /// Every key under `prefix` from `start` on (inclusive), in key order, the overlay merged
-    /// over sled. The overlay's range is copied a piece at a time, so taking a few keys of a
+    /// over the checkpoint. The overlay's range is copied a piece at a time, so taking a few keys of a
     /// long range costs a few keys. Not a snapshot: a key written during the scan may or may
-    /// not be seen, as with a scan of sled alone.
+    /// not be seen.
     pub(crate) fn scan_from(
         &self,
         prefix: Vec<u8>,
         start: Vec<u8>,
     ) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
         let stored_prefix = prefix.clone();
-        let stored: StoredScan<'_> =
-            Box::new(self.tree.range(start.clone()..).take_while(move |r| {
-                r.as_ref()
-                    .map_or(true, |(k, _)| k.starts_with(&stored_prefix))
-            }));
+        let stored: StoredScan<'_> = Box::new(self.runs.scan_from(&start).take_while(move |r| {
+            r.as_ref()
+                .map_or(true, |(k, _)| k.starts_with(&stored_prefix))
+        }));
         MergedScan {
             view: self,
             prefix,
@@ -1258,7 +1231,7 @@ impl StateView {
         }
     }
 
-    /// Every key under `prefix` with its value, the overlay merged over sled (for verify).
+    /// Every key under `prefix` with its value, the overlay merged over the checkpoint (for verify).
     pub fn entries_under<'a>(
         &'a self,
         prefix: &'a [u8],
@@ -1282,9 +1255,9 @@ impl StateView {
         Ok(self.get_raw(&key(BANK_OP, op))?.is_some())
     }
 
-    /// The checkpoint's stamp in sled: the last record it covers and that record's hash.
+    /// The checkpoint's stamp: the last record it covers and that record's hash.
     pub fn checkpoint_stamp(&self) -> Result<Option<(u64, [u8; 32])>, ViewError> {
-        match self.tree.get(STAMP_KEY)? {
+        match self.runs.get(STAMP_KEY)? {
             None => Ok(None),
             Some(v) if v.len() == 40 => {
                 let mut seq = [0u8; 8];
@@ -1302,11 +1275,9 @@ impl StateView {
 
     /// The id of the store this view belongs to (set when the store was created).
     pub fn store_id(&self) -> Result<Option<[u8; 16]>, ViewError> {
-        match self.tree.get(STORE_ID_KEY)? {
+        match self.runs.get(STORE_ID_KEY)? {
             None => Ok(None),
-            Some(v) => v
-                .as_ref()
-                .try_into()
+            Some(v) => <[u8; 16]>::try_from(v.as_slice())
                 .map(Some)
                 .map_err(|_| ViewError::Invalid(format!("store id has {} bytes", v.len()))),
         }
@@ -1314,8 +1285,7 @@ impl StateView {
 
     /// Records the store's id; done once, when the store is created, and flushed at once.
     pub fn set_store_id(&self, id: [u8; 16]) -> Result<(), ViewError> {
-        self.tree.insert(STORE_ID_KEY, &id)?;
-        self.tree.flush()?;
+        self.runs.write_run([(STORE_ID_KEY, Some(&id[..]))], 1)?;
         Ok(())
     }
 
@@ -1373,11 +1343,15 @@ impl StateView {
     /// Gives up (leaving the filter not ready) once `stop` is set.
     pub fn fill_id_filter(&self, stop: &std::sync::atomic::AtomicBool) -> Result<(), ViewError> {
         for prefix in [ORDER, REFUND] {
-            for (n, k) in self.tree.scan_prefix([prefix]).keys().enumerate() {
+            let keys = self
+                .runs
+                .scan_from(&[prefix])
+                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.first() == Some(&prefix)));
+            for (n, kv) in keys.enumerate() {
                 if n % 4096 == 0 && stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok(());
                 }
-                self.ids.insert(&k?);
+                self.ids.insert(&kv?.0);
             }
         }
         self.ids.set_ready();
@@ -1910,6 +1884,11 @@ mod tests {
     /// A scan of the upper layer's records while a layer is sealed but not yet checkpointed,
     /// the active layer overwrites and removes keys of it, and sled holds older values: every
     /// key once, in order, with its newest value, whatever the piece size cuts.
+    fn test_runs(dir: &std::path::Path) -> Arc<RunStore> {
+        let db = sled::open(dir.join("catalogue")).unwrap();
+        Arc::new(RunStore::open(db, &dir.join("runs")).unwrap())
+    }
+
     #[test]
     fn a_scan_across_sealed_active_and_sled_sees_each_key_once_with_its_newest_value() {
         // (every n-th key in sled, in the sealed layer, put in the active one, removed there)
@@ -1922,10 +1901,9 @@ mod tests {
 
     fn scan_case(sled_step: usize, sealed_step: usize, put_mod: u32, remove_mod: u32) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("view").unwrap();
+        let runs = test_runs(dir.path());
         let overlay = Arc::new(Overlay::default());
-        let view = StateView::new(tree.clone(), overlay.clone());
+        let view = StateView::new(runs.clone(), overlay.clone());
         let k = |n: u32| format!("xq/{n:05}").into_bytes();
         let mut want: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         overlay.apply(
@@ -1935,7 +1913,7 @@ mod tests {
                 .map(|n| ViewWrite::Put(k(n), b"sled".to_vec())),
         );
         let (layer, _) = overlay.seal().unwrap();
-        write_checkpoint(&db, &tree, &layer).unwrap();
+        write_checkpoint(&runs, &layer).unwrap();
         overlay.checkpointed();
         for n in (0..1_000).step_by(sled_step) {
             want.insert(k(n), b"sled".to_vec());
@@ -1978,12 +1956,11 @@ mod tests {
     #[test]
     fn reads_through_the_record_cache_always_see_the_newest_checkpointed_value() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("view").unwrap();
+        let runs = test_runs(dir.path());
         // A budget of a few records: the generations swap every few checkpoints.
         let budget = 40 * (CACHE_ENTRY_OVERHEAD + 16);
         let overlay = Arc::new(Overlay::with_record_cache(budget));
-        let view = StateView::new(tree.clone(), overlay.clone());
+        let view = StateView::new(runs.clone(), overlay.clone());
         let mut want: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let mut rng = 7u64;
         let mut next = || {
@@ -2010,7 +1987,10 @@ mod tests {
             overlay.apply(seq, writes);
             if seq % 2 == 0 {
                 let (layer, _) = overlay.seal().unwrap();
-                write_checkpoint(&db, &tree, &layer).unwrap();
+                write_checkpoint(&runs, &layer).unwrap();
+                if seq % 20 == 0 {
+                    runs.merge_once(&Default::default()).unwrap();
+                }
                 // Some reads happen while the layer is sealed and already in sled.
                 if seq % 10 != 0 {
                     overlay.checkpointed();

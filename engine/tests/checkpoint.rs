@@ -16,13 +16,13 @@
 //!   log must be a prefix of the original's.
 //!
 //! A crash *part-way through a checkpoint* cannot be timed from outside, so it is made at the
-//! view level: the crashed copy's sled view gets a prefix of the writes of a checkpoint of the
-//! log's tail (a random number of the records after the one it covers), exactly as
-//! `view::write_checkpoint` writes them (its writes are recorded on a scratch sled tree: the
-//! keys one by one in sorted order, then the last batch, the meta `k` with the stamp `h`), and
-//! the crash comes before that last batch, as when the node dies part-way. In the property test
-//! the prefix is cut at any write; a deterministic test cuts a checkpoint of more than 1,536
-//! writes at every 512th write.
+//! view level: a checkpoint is one new sorted run, committed when the runs' catalogue names it.
+//! The crashed copy's runs directory gets a prefix of the file `view::write_checkpoint` writes
+//! for a checkpoint of the log's tail (a random number of the records after the one it covers;
+//! written by the engine's own code into a scratch store), under a name the catalogue does not
+//! hold, as when the node dies before the commit: the whole file, or any prefix of it. In the
+//! property test the prefix is cut at any byte; a deterministic test cuts a checkpoint of more
+//! than three blocks at every 4 KiB.
 //!
 //! After each reopening: `verify` passes on the crashed copy, the reopened engine's
 //! `ledger_state()` equals the full replay (`report.state`), every acknowledged command is
@@ -44,12 +44,10 @@ use onecard_engine::{
 use proptest::prelude::*;
 use serde_json::json;
 
-/// Where the deterministic test cuts a checkpoint: every this many writes.
-const CHECKPOINT_CHUNK: usize = 512;
-/// The view's meta key (rules, clock, entries, the last record covered), written last.
-const META_KEY: &[u8] = b"k";
-/// The view's stamp key: the last record covered and its hash.
-const STAMP_KEY: &[u8] = b"h";
+/// Where the deterministic test cuts a checkpoint's run file: every this many bytes.
+const CHECKPOINT_CHUNK: usize = 4096;
+/// The name a run cut by a crash gets in the copy: an id the catalogue never handed out.
+const CUT_RUN_FILE: &str = "09999999999999999999.run";
 const CODE: &str = "4711";
 
 fn amount(s: &str) -> Amount {
@@ -491,7 +489,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// The data directory as a crash would leave it: the view first, the log last, so that the
 /// log copied is at least as far as any checkpoint stamp copied.
 fn crash_copy(data: &Path, to: &Path) {
-    copy_tree(&data.join("view"), &to.join("view"));
+    copy_view(data, to);
     for e in std::fs::read_dir(data).unwrap().flatten() {
         let name = e.file_name();
         if name != "view" && name != "log" {
@@ -506,43 +504,50 @@ fn crash_copy(data: &Path, to: &Path) {
     copy_tree(&data.join("log"), &to.join("log"));
 }
 
-/// A key's new value, or its removal.
-type Write = (Vec<u8>, Option<Vec<u8>>);
-
-/// The writes `view::write_checkpoint` makes for `layer`, in the order it makes them, recorded
-/// on a scratch sled tree: the ones before its last batch, and its last batch (the trailing
-/// writes of the meta `k` and the stamp `h`). So the crash below cuts the checkpoint the
-/// engine's code writes, whatever its order.
-fn checkpoint_writes(layer: &view::Layer) -> (Vec<Write>, Vec<Write>) {
-    const END: &[u8] = b"~end";
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let tree = db.open_tree("view").unwrap();
-    let events = tree.watch_prefix(vec![]);
-    let recorder = std::thread::spawn(move || {
-        let mut writes: Vec<Write> = Vec::new();
-        for ev in events {
-            match ev {
-                sled::Event::Insert { key, .. } if key == END => break,
-                sled::Event::Insert { key, value } => {
-                    writes.push((key.to_vec(), Some(value.to_vec())))
+/// The view as a crash at one moment would leave it, though the engine runs on while it is
+/// copied: the run files are hard-linked first (they never change once whole, and a file still
+/// being written is an uncommitted run), then sled's catalogue is copied, then any run file that
+/// appeared meanwhile is linked too. A merge can still retire a run the copied catalogue names
+/// between those steps; then the copy does not open, and it is taken again.
+fn copy_view(data: &Path, to: &Path) {
+    let (from, view) = (data.join("view"), to.join("view"));
+    for attempt in 0.. {
+        let _ = std::fs::remove_dir_all(&view);
+        std::fs::create_dir_all(view.join("runs")).unwrap();
+        let link_runs = || {
+            for e in std::fs::read_dir(from.join("runs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let target = view.join("runs").join(e.file_name());
+                if !target.exists() {
+                    let _ = std::fs::hard_link(e.path(), target);
                 }
-                sled::Event::Remove { key } => writes.push((key.to_vec(), None)),
+            }
+        };
+        link_runs();
+        for e in std::fs::read_dir(&from).unwrap().flatten() {
+            if e.file_name() == "runs" {
+                continue;
+            }
+            let target = view.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &target);
+            } else {
+                let _ = std::fs::copy(e.path(), target);
             }
         }
-        writes
-    });
-    view::write_checkpoint(&db, &tree, layer).unwrap();
-    tree.insert(END, b"").unwrap();
-    let mut before_last = recorder.join().unwrap();
-    let mut last: Vec<Write> = Vec::new();
-    while let Some((k, _)) = before_last.last() {
-        let final_key = k.as_slice() == META_KEY || k.as_slice() == STAMP_KEY;
-        if !final_key || last.iter().any(|(l, _)| l == k) {
-            break;
+        link_runs();
+        match ViewStore::open(to, None) {
+            Ok(store) => {
+                drop(store);
+                return;
+            }
+            Err(e) if attempt < 20 => eprintln!("the copied view does not open ({e}); again"),
+            Err(e) => panic!("the view could not be copied whole: {e}"),
         }
-        last.insert(0, before_last.pop().unwrap());
     }
-    (before_last, last)
 }
 
 /// What [`cut_checkpoint`] wrote.
@@ -553,48 +558,41 @@ struct CutCheckpoint {
     /// The last record the cut checkpoint covers, and the log's last record.
     upto: u64,
     log_end: u64,
-    /// Writes made of those the checkpoint makes before its last batch.
+    /// Bytes of the checkpoint's run file left, and its whole length.
     kept: usize,
     writes: usize,
-    /// Whether the writes made include the stamp key `h`.
-    with_stamp_key: bool,
 }
 
 impl std::fmt::Display for CutCheckpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "checkpoint of records {}..={} (log ends at {}) cut after {} of the {} writes before its last batch{}",
+            "checkpoint of records {}..={} (log ends at {}) cut after {} of the {} bytes of its run, before its commit",
             self.stamp + 1,
             self.upto,
             self.log_end,
             self.kept,
             self.writes,
-            if self.with_stamp_key {
-                ", the stamp key `h` among them"
-            } else {
-                ""
-            }
         )
     }
 }
 
-/// A crash in the middle of a checkpoint: into `dir`'s view, the first writes that
-/// `view::write_checkpoint` makes for a checkpoint of the log's records after the one the
-/// checkpoint in sled covers, up to a later record, and not its last batch. The layer is what
-/// the overlay holds for those records (each record's writes, then its stamp write `h`).
-/// `chunks`: cut after that many times 512 writes; else at the write `cut.keep` points to.
-/// None when the log has no
-/// record after the checkpoint.
+/// A crash in the middle of a checkpoint: into `dir`'s runs directory, the first bytes of the
+/// run file that `view::write_checkpoint` writes for a checkpoint of the log's records after
+/// the one the checkpoint covers, up to a later record, under a name the catalogue does not
+/// hold (the crash came before its commit). The layer is what the overlay holds for those
+/// records (each record's writes, then its stamp write `h`). `chunks`: cut after that many
+/// times 4 KiB; else at the byte `cut.keep` points to (255: the whole file). None when the log
+/// has no record after the checkpoint.
 fn cut_checkpoint(dir: &Path, cut: Cut, chunks: Option<usize>) -> Option<CutCheckpoint> {
     let store = ViewStore::open(dir, None).expect("open the crashed view");
-    let meta_seq = |tree: &sled::Tree| {
-        StateView::new(tree.clone(), Arc::new(Overlay::default()))
+    let meta_seq = |store: &ViewStore| {
+        StateView::new(store.runs.clone(), Arc::new(Overlay::default()))
             .meta()
             .unwrap()
             .map_or(0, |m| m.last_seq)
     };
-    let stamp = meta_seq(&store.tree);
+    let stamp = meta_seq(&store);
     let tail: Vec<(u64, Vec<ViewWrite>)> = journal::read_log(dir, None)
         .unwrap()
         .map(|r| r.expect("the crashed log reads back"))
@@ -611,36 +609,36 @@ fn cut_checkpoint(dir: &Path, cut: Cut, chunks: Option<usize>) -> Option<CutChec
         overlay.apply(seq, writes);
     }
     let (layer, upto) = overlay.seal()?;
-    let (writes, last) = checkpoint_writes(&layer);
-    assert!(
-        last.iter().any(|(k, _)| k.as_slice() == META_KEY),
-        "write_checkpoint's last batch writes the meta: {last:?}"
-    );
+    // The engine's own code writes the run, into a scratch store.
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_db = sled::Config::new().temporary(true).open().unwrap();
+    let scratch_runs =
+        onecard_storage::runs::RunStore::open(scratch_db, &scratch.path().join("runs")).unwrap();
+    view::write_checkpoint(&scratch_runs, &layer).unwrap();
+    let files: Vec<_> = std::fs::read_dir(scratch.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "a checkpoint is one run: {files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
     let kept = match chunks {
-        Some(c) => (c * CHECKPOINT_CHUNK).min(writes.len()),
-        None => usize::from(cut.keep) * writes.len() / 255,
+        Some(c) => (c * CHECKPOINT_CHUNK).min(bytes.len()),
+        None => usize::from(cut.keep) * bytes.len() / 255,
     };
-    for chunk in writes[..kept].chunks(CHECKPOINT_CHUNK) {
-        let mut batch = sled::Batch::default();
-        for (k, v) in chunk {
-            match v {
-                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                None => batch.remove(k.as_slice()),
-            }
-        }
-        store.tree.apply_batch(batch).unwrap();
-    }
-    store.db.flush().unwrap();
-    assert_eq!(meta_seq(&store.tree), stamp, "the meta must stay old");
+    std::fs::write(
+        dir.join("view").join("runs").join(CUT_RUN_FILE),
+        &bytes[..kept],
+    )
+    .unwrap();
+    assert_eq!(meta_seq(&store), stamp, "the meta must stay old");
+    drop(store);
     Some(CutCheckpoint {
         stamp,
         upto,
         log_end,
         kept,
-        writes: writes.len(),
-        with_stamp_key: writes[..kept]
-            .iter()
-            .any(|(k, _)| k.as_slice() == STAMP_KEY),
+        writes: bytes.len(),
     })
 }
 
@@ -971,7 +969,7 @@ fn a_checkpoint_cut_part_way_reopens_to_the_same_state() {
                 assert_eq!(cut.upto, end);
                 assert!(
                     cut.writes > 3 * CHECKPOINT_CHUNK,
-                    "{} writes: want more than three batches",
+                    "{} bytes: want more than three blocks",
                     cut.writes
                 );
             }
@@ -980,11 +978,19 @@ fn a_checkpoint_cut_part_way_reopens_to_the_same_state() {
                 let report = onecard_engine::verify::verify(&copy)
                     .unwrap_or_else(|e| panic!("{label}: verify: {e}"));
                 assert_eq!(report.records, end);
+                assert!(
+                    copy.join("view").join("runs").join(CUT_RUN_FILE).exists(),
+                    "{label}: verify leaves the uncommitted run where it is"
+                );
                 let sim = SimBank::open(&copy).unwrap();
                 let engine = Engine::open(&copy, config(&t), Arc::new(SimBankPort(sim.clone())))
                     .await
                     .unwrap_or_else(|e| panic!("{label}: reopening: {e}"));
                 assert_eq!(engine.recovery().replayed, end - stamp, "{label}");
+                assert!(
+                    !copy.join("view").join("runs").join(CUT_RUN_FILE).exists(),
+                    "{label}: the uncommitted run is deleted at opening"
+                );
                 let state = engine.ledger_state().await.unwrap();
                 assert_same(&state, &report.state, &format!("{label}: view vs replay"));
                 assert_same(&state, &before, &format!("{label}: vs before"));
