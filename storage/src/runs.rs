@@ -204,13 +204,20 @@ impl Run {
         let field = |i: usize| read_u64(&footer, 8 + 8 * i).unwrap_or(0);
         let (index_off, index_len, bloom_off, bloom_len) = (field(0), field(1), field(2), field(3));
         let crc = read_u32(&footer, 40).unwrap_or(0);
-        if index_off + index_len != bloom_off || bloom_off + bloom_len + FOOTER_BYTES as u64 != size
-        {
+        // The index and the filter lie end to end between the blocks and the footer; offsets
+        // that overflow or point elsewhere are damage, never arithmetic to trust.
+        let meta_end = index_off
+            .checked_add(index_len)
+            .filter(|&end| end == bloom_off)
+            .and_then(|end| end.checked_add(bloom_len))
+            .and_then(|end| end.checked_add(FOOTER_BYTES as u64));
+        if meta_end != Some(size) || footer[44..] != [0u8; 4] {
             return Err(RunError::corrupt(
                 &path,
                 "its footer's offsets do not add up",
             ));
         }
+        // Bounded by the file's size (checked above).
         let mut meta = vec![0u8; (index_len + bloom_len) as usize];
         file.read_exact_at(&mut meta, index_off)
             .map_err(|e| RunError::io(&path, e))?;
@@ -240,7 +247,10 @@ impl Run {
             let offset = read_u64(index, pos).ok_or_else(bad_index)?;
             let len = read_u32(index, pos + 8).ok_or_else(bad_index)?;
             pos += 12;
-            if offset + u64::from(len) > index_off {
+            if offset
+                .checked_add(u64::from(len))
+                .is_none_or(|end| end > index_off)
+            {
                 return Err(bad_index());
             }
             blocks.push(BlockRef { first, offset, len });
