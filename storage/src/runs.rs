@@ -561,13 +561,18 @@ impl Merging {
         let Some(winner) = newest else {
             return Ok(false);
         };
-        let key = self.cursors[winner].key().unwrap_or_default().to_vec();
-        f(&key, self.cursors[winner].value().unwrap_or(None))?;
-        for c in &mut self.cursors {
-            if c.key() == Some(key.as_slice()) {
+        // The older cursors at the same key step past it first; then the winner's own slices
+        // are handed over without a copy, and the winner steps on.
+        let (older, rest) = self.cursors.split_at_mut(winner);
+        let (winning, newer) = rest.split_first_mut().unwrap_or_else(|| unreachable!());
+        let key = winning.key().unwrap_or_default();
+        for c in older.iter_mut().chain(newer.iter_mut()) {
+            if c.key() == Some(key) {
                 c.advance()?;
             }
         }
+        f(key, winning.value().unwrap_or(None))?;
+        winning.advance()?;
         Ok(true)
     }
 }
