@@ -93,16 +93,16 @@ pub struct JournalConfig {
     /// microseconds. 0 closes it at once: lowest latency; a few hundred µs trades latency
     /// for fewer, fuller syncs under load.
     pub batch_window_micros: u64,
-    /// sled's page cache for the view's checkpoint, in bytes.
+    /// sled's page cache for the view's catalogue of runs, in bytes.
     pub cache_bytes: u64,
-    /// Checkpointed consumer records kept in memory in front of sled, in bytes (0: none).
+    /// Checkpointed consumer records kept in memory in front of the runs, in bytes (0: none).
     pub record_cache_bytes: u64,
     /// The log rotates to a new segment file at this size.
     pub segment_bytes: u64,
     /// Where segments the checkpoint no longer needs are moved; `None` keeps them in place.
     /// `verify` reads both, so it still replays from record 1.
     pub archive_dir: Option<PathBuf>,
-    /// The overlay is checkpointed to sled at least this often, in milliseconds.
+    /// The overlay is checkpointed (one new run) at least this often, in milliseconds.
     pub checkpoint_interval_ms: u64,
     /// … and as soon as it holds this many changed keys.
     pub checkpoint_max_keys: usize,
@@ -117,10 +117,9 @@ impl Default for JournalConfig {
             queue_capacity: 16_384,
             max_batch: 4_096,
             batch_window_micros: 0,
-            // sled's cache serves the checkpointer; activations read the record cache. 256 MiB
-            // of each made the run's peak 1.72 GiB at a million consumers, above the 1.5 GiB
-            // bar (BENCHMARKS.md).
-            cache_bytes: 64 * 1024 * 1024,
+            // sled holds only the runs' catalogue; activations read the record cache, then a
+            // run's block through the OS's page cache.
+            cache_bytes: 8 * 1024 * 1024,
             record_cache_bytes: 256 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             archive_dir: None,

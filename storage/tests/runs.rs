@@ -221,7 +221,7 @@ fn check_reads(store: &RunStore, model: &Model, filler: usize) -> Result<(), Tes
         let got: Vec<_> = ok(
             store
                 .scan_from(start)
-                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.as_slice() < b"z"))
+                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.as_slice() < &b"z"[..]))
                 .collect::<Result<_, _>>(),
             &format!("scan {start:?}"),
         )?;
