@@ -2793,7 +2793,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 /// log is copied after it, so that the image's log is at least as far as any checkpoint in
 /// its view, as on a disk (a checkpoint only covers records already synced).
 fn image_but_log(data: &Path, to: &Path) -> Result<(), String> {
-    copy_tree(&data.join("view"), &to.join("view"))?;
+    onecard_engine::journal::testing::copy_view(data, to)?;
     let entries = std::fs::read_dir(data).map_err(|e| format!("list {}: {e}", data.display()))?;
     for e in entries.flatten() {
         let name = e.file_name();

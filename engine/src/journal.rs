@@ -1173,6 +1173,72 @@ pub fn read_log_upto(
     }))
 }
 
+/// For crash tests that copy a running engine's data directory: not part of the node.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// Copies `data`'s view into `to`'s as a crash at one moment would leave it, though the
+    /// engine runs on while it is copied: the run files are hard-linked first (they never
+    /// change once whole, and a file still being written is an uncommitted run), then sled's
+    /// catalogue is copied, then any run file that appeared meanwhile is linked too. A merge
+    /// can still retire a run the copied catalogue names between those steps; then the copy
+    /// does not open, and it is taken again. `data` and `to` must be on one file system.
+    pub fn copy_view(data: &Path, to: &Path) -> Result<(), String> {
+        let (from, view) = (data.join("view"), to.join("view"));
+        for attempt in 0.. {
+            let _ = std::fs::remove_dir_all(&view);
+            std::fs::create_dir_all(view.join("runs")).map_err(|e| e.to_string())?;
+            let link_runs = || {
+                let listing = std::fs::read_dir(from.join("runs"));
+                for e in listing.into_iter().flatten().flatten() {
+                    let target = view.join("runs").join(e.file_name());
+                    if !target.exists() {
+                        let _ = std::fs::hard_link(e.path(), target);
+                    }
+                }
+            };
+            link_runs();
+            copy_files(&from, &view, "runs")?;
+            link_runs();
+            match ViewStore::open(to, None) {
+                Ok(store) => {
+                    drop(store);
+                    return Ok(());
+                }
+                Err(e) if attempt < 20 => {
+                    tracing::debug!(error = %e, "the copied view does not open; copying again")
+                }
+                Err(e) => return Err(format!("the view could not be copied whole: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a tree as it is, but the entry `skip` at its top; files that vanish meanwhile
+    /// (sled replacing a snapshot) are skipped, as a crash would not have them either.
+    fn copy_files(from: &Path, to: &Path, skip: &str) -> Result<(), String> {
+        std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+        for e in std::fs::read_dir(from)
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            if e.file_name() == skip {
+                continue;
+            }
+            let target = to.join(e.file_name());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                copy_files(&e.path(), &target, "")?;
+            } else if let Err(err) = std::fs::copy(e.path(), &target) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    return Err(format!("copy {}: {err}", e.path().display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1104,7 +1104,39 @@ struct MergedScan<'a> {
     changed: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<Vec<u8>>>>,
     /// Where the overlay's next piece starts, while there may be one.
     resume: Option<Vec<u8>>,
-    stored: std::iter::Peekable<StoredScan<'a>>,
+    /// The checkpoint's side, from `stored_from` on: a snapshot of its runs, taken after each
+    /// piece of the overlay is read if a checkpoint has written a run since the last one. A key
+    /// leaves the overlay only once its run is in the store, so a key missing from a piece is
+    /// in the runs read after it: a checkpoint running beside the scan loses nothing.
+    stored: Option<std::iter::Peekable<StoredScan<'a>>>,
+    stored_generation: u64,
+    /// The first key the checkpoint's side has not been read past.
+    stored_from: Vec<u8>,
+}
+
+impl<'a> MergedScan<'a> {
+    fn refresh_stored(&mut self) {
+        let generation = self.view.runs.generation();
+        if self.stored.is_some() && generation == self.stored_generation {
+            return;
+        }
+        let prefix = self.prefix.clone();
+        let stored: StoredScan<'a> = Box::new(
+            self.view
+                .runs
+                .scan_from(&self.stored_from)
+                .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
+        );
+        self.stored = Some(stored.peekable());
+        self.stored_generation = generation;
+    }
+
+    /// The checkpoint's side has been read past `k`.
+    fn stored_past(&mut self, k: &[u8]) {
+        self.stored_from.clear();
+        self.stored_from.extend_from_slice(k);
+        self.stored_from.push(0);
+    }
 }
 
 impl Iterator for MergedScan<'_> {
@@ -1120,13 +1152,15 @@ impl Iterator for MergedScan<'_> {
                         .under_from(&self.prefix, &from, SCAN_CHUNK);
                     self.resume = if chunk.complete { None } else { chunk.resume };
                     self.changed = chunk.entries.into_iter().peekable();
+                    self.refresh_stored();
                 }
             }
-            let next_stored = match self.stored.peek() {
+            let stored = self.stored.as_mut()?;
+            let next_stored = match stored.peek() {
                 None => None,
                 Some(Ok((k, _))) => Some(k.clone()),
                 Some(Err(_)) => {
-                    let e = self.stored.next().and_then(|r| r.err())?;
+                    let e = stored.next().and_then(|r| r.err())?;
                     return Some(Err(self.view.failure.note("a scan of the view", e.into())));
                 }
             };
@@ -1139,14 +1173,16 @@ impl Iterator for MergedScan<'_> {
             if take_changed {
                 let (k, v) = self.changed.next()?;
                 if next_stored.as_deref() == Some(k.as_slice()) {
-                    self.stored.next();
+                    stored.next();
                 }
+                self.stored_past(&k);
                 match v {
                     Some(v) => return Some(Ok((k, v))),
                     None => continue,
                 }
             }
-            let (k, v) = self.stored.next()?.ok()?;
+            let (k, v) = stored.next()?.ok()?;
+            self.stored_past(&k);
             return Some(Ok((k, v)));
         }
     }
@@ -1206,17 +1242,14 @@ impl StateView {
         prefix: Vec<u8>,
         start: Vec<u8>,
     ) -> impl Iterator<Item = Result<Kv, ViewError>> + '_ {
-        let stored_prefix = prefix.clone();
-        let stored: StoredScan<'_> = Box::new(self.runs.scan_from(&start).take_while(move |r| {
-            r.as_ref()
-                .map_or(true, |(k, _)| k.starts_with(&stored_prefix))
-        }));
         MergedScan {
             view: self,
             prefix,
             changed: BTreeMap::new().into_iter().peekable(),
+            stored_from: start.clone(),
             resume: Some(start),
-            stored: stored.peekable(),
+            stored: None,
+            stored_generation: 0,
         }
     }
 

@@ -42,6 +42,9 @@ use onecard_engine::{
     SimBankPort,
 };
 use proptest::prelude::*;
+
+mod crash_copy;
+use crash_copy::{copy_tree, crash_copy};
 use serde_json::json;
 
 /// Where the deterministic test cuts a checkpoint's run file: every this many bytes.
@@ -460,93 +463,6 @@ fn entry_has(entry: &Entry, e: &Effect) -> bool {
             (Refunded { refund, .. }, "Refunded") => refund == id,
             _ => false,
         }),
-    }
-}
-
-/// Copies a directory tree as it is at this moment. Files that vanish meanwhile (sled
-/// replacing a snapshot) are skipped, as a crash would not have them either.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => panic!("list {}: {e}", from.display()),
-    };
-    for e in entries.flatten() {
-        let target = to.join(e.file_name());
-        match e.file_type() {
-            Ok(t) if t.is_dir() => copy_tree(&e.path(), &target),
-            Ok(_) => match std::fs::copy(e.path(), &target) {
-                Ok(_) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => panic!("copy {}: {err}", e.path().display()),
-            },
-            Err(_) => {}
-        }
-    }
-}
-
-/// The data directory as a crash would leave it: the view first, the log last, so that the
-/// log copied is at least as far as any checkpoint stamp copied.
-fn crash_copy(data: &Path, to: &Path) {
-    copy_view(data, to);
-    for e in std::fs::read_dir(data).unwrap().flatten() {
-        let name = e.file_name();
-        if name != "view" && name != "log" {
-            let target = to.join(&name);
-            if e.file_type().unwrap().is_dir() {
-                copy_tree(&e.path(), &target);
-            } else {
-                let _ = std::fs::copy(e.path(), target);
-            }
-        }
-    }
-    copy_tree(&data.join("log"), &to.join("log"));
-}
-
-/// The view as a crash at one moment would leave it, though the engine runs on while it is
-/// copied: the run files are hard-linked first (they never change once whole, and a file still
-/// being written is an uncommitted run), then sled's catalogue is copied, then any run file that
-/// appeared meanwhile is linked too. A merge can still retire a run the copied catalogue names
-/// between those steps; then the copy does not open, and it is taken again.
-fn copy_view(data: &Path, to: &Path) {
-    let (from, view) = (data.join("view"), to.join("view"));
-    for attempt in 0.. {
-        let _ = std::fs::remove_dir_all(&view);
-        std::fs::create_dir_all(view.join("runs")).unwrap();
-        let link_runs = || {
-            for e in std::fs::read_dir(from.join("runs"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let target = view.join("runs").join(e.file_name());
-                if !target.exists() {
-                    let _ = std::fs::hard_link(e.path(), target);
-                }
-            }
-        };
-        link_runs();
-        for e in std::fs::read_dir(&from).unwrap().flatten() {
-            if e.file_name() == "runs" {
-                continue;
-            }
-            let target = view.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy_tree(&e.path(), &target);
-            } else {
-                let _ = std::fs::copy(e.path(), target);
-            }
-        }
-        link_runs();
-        match ViewStore::open(to, None) {
-            Ok(store) => {
-                drop(store);
-                return;
-            }
-            Err(e) if attempt < 20 => eprintln!("the copied view does not open ({e}); again"),
-            Err(e) => panic!("the view could not be copied whole: {e}"),
-        }
     }
 }
 

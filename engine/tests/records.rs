@@ -15,6 +15,9 @@ use onecard_engine::records::RecordWrite;
 use onecard_engine::{Engine, SimBank, SimBankPort};
 use proptest::prelude::*;
 
+mod crash_copy;
+use crash_copy::crash_copy;
+
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 fn config(checkpoint_max_keys: usize) -> EngineConfig {
@@ -88,37 +91,6 @@ fn check(engine: &Engine, model: &Model, probe: u16) {
         for prefix in 0..3 {
             let k = key(prefix, n);
             assert_eq!(records.get(&k).unwrap(), model.get(&k).cloned());
-        }
-    }
-}
-
-/// Copies a running engine's data directory as a crash would leave it: the view first, then
-/// the log (a checkpoint only covers records already synced).
-fn crash_copy(from: &Path, to: &Path) {
-    copy_dir(&from.join("view"), &to.join("view"));
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name != "view" {
-            let target = to.join(&name);
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
         }
     }
 }

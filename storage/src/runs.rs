@@ -699,6 +699,9 @@ pub struct RunStore {
     merging: Mutex<()>,
     /// The background merger's wake-up, once started: each new run nudges it.
     merger: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    /// Runs written so far (merges change no content and do not count): a scan that reads
+    /// beside the writer compares it to know when its snapshot of the runs may lack a key.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn catalogue_key(id: u64) -> [u8; 9] {
@@ -765,7 +768,13 @@ impl RunStore {
             counters: Mutex::new(counters),
             merging: Mutex::new(()),
             merger: Mutex::new(None),
+            generation: Default::default(),
         })
+    }
+
+    /// How many runs have been written since opening: it changes whenever the contents may.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn snapshot(&self) -> Arc<[Arc<Run>]> {
@@ -839,6 +848,7 @@ impl RunStore {
         let mut next: Vec<Arc<Run>> = live.iter().cloned().collect();
         next.push(Arc::new(run));
         *live = next.into();
+        self.generation.fetch_add(1, Ordering::Release);
         drop(live);
         drop(counters);
         if let Some(nudge) = &*self.merger.lock() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onecard_storage::runs::{RunError, RunStore, BLOCK_BYTES};
+use onecard_storage::runs::{Merger, RunError, RunStore, BLOCK_BYTES};
 use proptest::prelude::*;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -961,17 +961,7 @@ fn the_merger_merges_after_a_nudge_and_stops_when_dropped() {
         store.stats()
     );
     check(&store, root, &model).unwrap();
-    drop(merger);
-    assert_eq!(
-        Arc::strong_count(&store),
-        1,
-        "the merger's thread outlived its handle"
-    );
-    let store = Arc::try_unwrap(store).ok().unwrap();
-    check(&store, root, &model).unwrap();
-    drop(store);
-    let store = open_store(root).unwrap();
-    check(&store, root, &model).unwrap();
+    stop_and_reopen(store, merger, root, &model);
 }
 
 /// Runs written, read and merged at once: readers of keys that never change always find
@@ -1031,12 +1021,7 @@ fn the_merger_beside_a_writer_and_readers() {
     for r in readers {
         assert!(r.join().unwrap() > 0);
     }
-    drop(merger);
-    let store = Arc::try_unwrap(store).ok().unwrap();
-    check(&store, root, &model).unwrap();
-    drop(store);
-    let store = open_store(root).unwrap();
-    check(&store, root, &model).unwrap();
+    let store = stop_and_reopen(store, merger, root, &model);
     store.merge_all().unwrap();
     assert_eq!(store.stats().entries, model.len() as u64);
     check(&store, root, &model).unwrap();
@@ -1113,4 +1098,21 @@ fn a_footer_with_overflowing_offsets_is_refused_not_a_panic() {
         Ok(None) => panic!("RunStore::open accepted a footer with wild offsets"),
         Ok(Some(e)) => assert!(names(&e, &path), "{e}"),
     }
+}
+
+/// Stops the merger (its thread must end with its handle), checks the store against the model
+/// before and after a reopening, and gives back the reopened store.
+fn stop_and_reopen(store: Arc<RunStore>, merger: Merger, root: &Path, model: &Model) -> RunStore {
+    drop(merger);
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "the merger's thread outlived its handle"
+    );
+    let store = Arc::try_unwrap(store).ok().unwrap();
+    check(&store, root, model).unwrap();
+    drop(store);
+    let store = open_store(root).unwrap();
+    check(&store, root, model).unwrap();
+    store
 }
