@@ -418,9 +418,15 @@ impl RunWriter {
         Ok(())
     }
 
-    /// Adds an entry; keys come strictly ascending.
+    /// Adds an entry; keys come strictly ascending (anything else is refused: a run out of
+    /// order would answer reads wrongly).
     fn add(&mut self, k: &[u8], v: Option<&[u8]>) -> Result<(), RunError> {
-        debug_assert!(self.entries == 0 || k > self.last.as_slice());
+        if self.entries > 0 && k <= self.last.as_slice() {
+            return Err(RunError::corrupt(
+                &self.path,
+                "keys handed to a run out of order or twice",
+            ));
+        }
         let size = 4 + k.len() + 1 + v.map_or(0, |v| 4 + v.len());
         if !self.block.is_empty() && self.block.len() + size > BLOCK_BYTES + 8 {
             self.close_block()?;
@@ -1051,9 +1057,18 @@ fn merge_loop(store: &RunStore, nudged: &crossbeam_channel::Receiver<()>, stoppi
                 Ok(true) if !stopping.load(Ordering::Relaxed) => {}
                 Ok(_) => break,
                 Err(e) => {
-                    // Reads and new runs go on; the runs stay unmerged until a restart.
-                    tracing::error!(error = %e, "merging the view's runs failed; merging stops");
-                    return;
+                    // Reads and new runs go on meanwhile; the merge is tried again later (a
+                    // full disk may have room by then).
+                    tracing::error!(error = %e, "merging the view's runs failed; trying again in a minute");
+                    let again = std::time::Instant::now() + Duration::from_secs(60);
+                    while let Some(left) = again.checked_duration_since(std::time::Instant::now()) {
+                        match nudged.recv_timeout(left) {
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                            _ if stopping.load(Ordering::Relaxed) => return,
+                            _ => {}
+                        }
+                    }
+                    break;
                 }
             }
         }

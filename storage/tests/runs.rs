@@ -1116,3 +1116,28 @@ fn stop_and_reopen(store: Arc<RunStore>, merger: Merger, root: &Path, model: &Mo
     check(&store, root, model).unwrap();
     store
 }
+
+/// Keys handed to a run out of order, or twice, are refused with an error naming the run, and
+/// leave neither a file nor a change behind: a run out of order would answer reads wrongly.
+#[test]
+fn keys_out_of_order_or_twice_are_refused_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let store = open_store(root).unwrap();
+    store.write_run([(&b"a"[..], Some(&b"1"[..]))], 1).unwrap();
+    for bad in [
+        vec![(&b"c"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))],
+        vec![(&b"c"[..], Some(&b"3"[..])), (&b"c"[..], None)],
+    ] {
+        let e = store.write_run(bad, 2).err().expect("refused");
+        assert!(
+            matches!(&e, RunError::Corrupt { reason, .. } if reason.contains("out of order")),
+            "{e}"
+        );
+    }
+    assert_eq!(store.stats().runs, 1);
+    assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.get(b"c").unwrap(), None);
+    let files = fs::read_dir(root.join("runs")).unwrap().count();
+    assert_eq!(files, 1, "no file of a refused run is left");
+}
