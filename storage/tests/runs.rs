@@ -1129,7 +1129,7 @@ fn keys_out_of_order_or_twice_are_refused_and_leave_nothing() {
         vec![(&b"c"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))],
         vec![(&b"c"[..], Some(&b"3"[..])), (&b"c"[..], None)],
     ] {
-        let e = store.write_run(bad, 2).err().expect("refused");
+        let e = store.write_run(bad, 2).expect_err("refused");
         assert!(
             matches!(&e, RunError::Corrupt { reason, .. } if reason.contains("out of order")),
             "{e}"
