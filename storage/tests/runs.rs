@@ -127,6 +127,12 @@ fn write(store: &RunStore, batch: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result
     )
 }
 
+/// Writes `batch` as a run and applies it to the model.
+fn write_both(store: &RunStore, model: &mut Model, batch: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    write(store, batch).unwrap();
+    apply(model, batch);
+}
+
 fn apply(model: &mut Model, batch: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
     for (k, v) in batch {
         match v {
@@ -489,8 +495,7 @@ fn six_small_runs_are_merged_by_the_policy_and_five_are_not() {
         let batch: BTreeMap<Vec<u8>, Option<Vec<u8>>> = (0..20)
             .map(|j| (key(j * 7 + i), Some(vec![i as u8; j])))
             .collect();
-        write(&store, &batch).unwrap();
-        apply(&mut model, &batch);
+        write_both(&store, &mut model, &batch);
         if i + 1 < FAN_IN {
             assert!(!store.merge_once(&stop).unwrap(), "{} runs merged", i + 1);
         }
@@ -592,8 +597,7 @@ fn a_merge_of_newer_runs_keeps_their_removals() {
         }
         small_entries += batch.len() as u64;
         distinct.extend(batch.keys().cloned());
-        write(&store, &batch).unwrap();
-        apply(&mut model, &batch);
+        write_both(&store, &mut model, &batch);
     }
     assert_eq!(store.stats().runs, 1 + FAN_IN);
     assert_eq!(store.stats().entries, n_big as u64 + small_entries);
@@ -885,8 +889,7 @@ fn a_scan_reads_on_through_the_files_a_merge_deleted() {
                 (key(i), v)
             })
             .collect();
-        write(&store, &batch).unwrap();
-        apply(&mut model, &batch);
+        write_both(&store, &mut model, &batch);
     }
     let old_files = run_files(root);
     assert_eq!(old_files.len(), 3);
@@ -951,8 +954,7 @@ fn the_merger_merges_after_a_nudge_and_stops_when_dropped() {
                 )
             })
             .collect();
-        write(&store, &batch).unwrap();
-        apply(&mut model, &batch);
+        write_both(&store, &mut model, &batch);
     }
     merger.nudge();
     assert!(
@@ -1008,8 +1010,7 @@ fn the_merger_beside_a_writer_and_readers() {
                 (key(n), ((n + r) % 5 != 0).then(|| vec![r as u8; n % 40]))
             })
             .collect();
-        write(&store, &batch).unwrap();
-        apply(&mut model, &batch);
+        write_both(&store, &mut model, &batch);
         merger.nudge();
     }
     assert!(
