@@ -278,16 +278,31 @@ impl<A: Actor> Router<A> {
 
     /// Passivates every consumer actor idle for `idle` with nothing outstanding: its slot is
     /// removed, the actor stops when its last address is dropped. Returns how many.
+    ///
+    /// The idle ones are found under the map's read locks, then removed one by one (checked
+    /// again under the write lock of the key's shard) and dropped after it: dropping an actor's
+    /// last address wakes its arbiter, and a sweep that held each shard's write lock through
+    /// ten thousand of those (`retain`) kept routing to that shard waiting for up to 30 ms.
     pub(crate) fn passivate_idle(&self, idle: Duration) -> usize {
         let now = monotonic_ms();
         let idle = idle.as_millis() as u64;
+        let retire = |s: &Slot<A>| {
+            s.outstanding.load(Ordering::Acquire) == 0
+                && now.saturating_sub(s.last_used_ms.load(Ordering::Acquire)) >= idle
+        };
+        let idle_ones: Vec<String> = self
+            .residents
+            .iter()
+            .filter(|e| retire(e.value()))
+            .map(|e| e.key().clone())
+            .collect();
         let mut passivated = 0;
-        self.residents.retain(|_, s| {
-            let retire = s.outstanding.load(Ordering::Acquire) == 0
-                && now.saturating_sub(s.last_used_ms.load(Ordering::Acquire)) >= idle;
-            passivated += retire as usize;
-            !retire
-        });
+        for consumer in idle_ones {
+            if let Some(removed) = self.residents.remove_if(&consumer, |_, s| retire(s)) {
+                passivated += 1;
+                drop(removed);
+            }
+        }
         self.residency
             .passivations
             .fetch_add(passivated as u64, Ordering::Relaxed);
