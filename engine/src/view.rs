@@ -827,8 +827,7 @@ struct RecordCache {
     shards: Vec<parking_lot::Mutex<CacheShard>>,
 }
 
-const CACHE_SHARD_BITS: u32 = 6;
-const CACHE_SHARDS: usize = 1 << CACHE_SHARD_BITS;
+const CACHE_SHARDS: usize = 64;
 
 /// Two generations: when the newer one holds half the shard's budget it becomes the older one
 /// and the older one is dropped. Bounded, O(1), and a record written in the last half-budget
@@ -843,6 +842,11 @@ struct CacheShard {
 /// What a cached entry costs besides its key and value: the map's slot and two `Vec` headers.
 const CACHE_ENTRY_OVERHEAD: usize = 64;
 
+/// The bytes a cached record is counted for.
+fn cache_cost(k: &[u8], v: &[u8]) -> usize {
+    k.len() + v.len() + CACHE_ENTRY_OVERHEAD
+}
+
 impl Default for RecordCache {
     fn default() -> Self {
         RecordCache {
@@ -853,11 +857,7 @@ impl Default for RecordCache {
 
 impl RecordCache {
     fn shard(&self, k: &[u8]) -> &parking_lot::Mutex<CacheShard> {
-        use std::hash::Hasher;
-        let mut h = fnv::FnvHasher::default();
-        h.write(k);
-        // The top bits: FNV's low bits mix in only the keys' low bits.
-        &self.shards[(h.finish() >> (64 - CACHE_SHARD_BITS)) as usize]
+        &self.shards[(onecard_storage::bloom::key_hash(k) % CACHE_SHARDS as u64) as usize]
     }
 
     fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
@@ -879,12 +879,11 @@ impl RecordCache {
         match v {
             Some(v) => {
                 shard.older.remove(&k);
+                shard.newer_bytes += cache_cost(&k, &v);
                 let key_len = k.len();
-                let cost = key_len + v.len() + CACHE_ENTRY_OVERHEAD;
                 if let Some(old) = shard.newer.insert(k, v) {
                     shard.newer_bytes -= key_len + old.len() + CACHE_ENTRY_OVERHEAD;
                 }
-                shard.newer_bytes += cost;
                 if shard.newer_bytes > shard_budget / 2 {
                     let newer = std::mem::take(&mut shard.newer);
                     shard.newer_bytes = 0;
@@ -893,7 +892,7 @@ impl RecordCache {
             }
             None => {
                 if let Some(old) = shard.newer.remove(&k) {
-                    shard.newer_bytes -= k.len() + old.len() + CACHE_ENTRY_OVERHEAD;
+                    shard.newer_bytes -= cache_cost(&k, &old);
                 }
                 shard.older.remove(&k);
             }
@@ -905,11 +904,7 @@ impl RecordCache {
     fn usage(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(n, bytes), shard| {
             let shard = shard.lock();
-            let older_bytes: usize = shard
-                .older
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + CACHE_ENTRY_OVERHEAD)
-                .sum();
+            let older_bytes: usize = shard.older.iter().map(|(k, v)| cache_cost(k, v)).sum();
             (
                 n + shard.newer.len() + shard.older.len(),
                 bytes + shard.newer_bytes + older_bytes,
@@ -2086,8 +2081,10 @@ mod tests {
         }
         let (records, bytes) = overlay.cached_records();
         assert!(records > 0, "the cache holds consumer records");
+        // Each shard may go past its share by the record that made it swap (under 128 bytes
+        // here).
         assert!(
-            bytes <= budget + 2 * 128,
+            bytes <= budget + CACHE_SHARDS * 128,
             "the cache stays within its budget: {bytes}"
         );
     }

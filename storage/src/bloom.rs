@@ -7,6 +7,19 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A byte key's 64-bit hash, the same in every build (stored filters depend on it): FNV-1a,
+/// finished with splitmix64's mixer so that short keys spread over all the bits. Also what
+/// the engine's record cache picks a shard by.
+pub fn key_hash(k: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(k);
+    let mut x = h.finish();
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// A Bloom filter over byte keys: no false negatives; false positives about 1 % at 10 bits a
 /// key with 7 hashes, 0.05 % at 16 bits with 11.
 pub struct Bloom {
@@ -28,16 +41,10 @@ impl Bloom {
         }
     }
 
-    /// The bits of `k`: Kirsch–Mitzenmacher, `hashes` positions from two 32-bit halves of one
-    /// 64-bit FNV-1a hash, finished with splitmix64's mixer so that short keys spread well.
+    /// The bits of `k`: Kirsch–Mitzenmacher, `hashes` positions from the two 32-bit halves of
+    /// [`key_hash`].
     fn positions(&self, k: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
-        use std::hash::Hasher;
-        let mut h = fnv::FnvHasher::default();
-        h.write(k);
-        let mut x = h.finish();
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
+        let x = key_hash(k);
         let a = x & 0xffff_ffff;
         let b = (x >> 32) | 1;
         let mask = (self.words.len() as u64 * 64) - 1;
