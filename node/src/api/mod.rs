@@ -150,30 +150,58 @@ macro_rules! routes {
         /// Registers every route of [`ROUTES`], HEAD wherever there is GET, OPTIONS on every
         /// path, and a 405 with `Allow` for any other method.
         pub fn configure(cfg: &mut web::ServiceConfig) {
-            // Paths without segments first: actix tries resources in the order they were
-            // registered, and a fixed path is a string comparison where a path with segments
-            // runs a regex. No fixed path here is also matched by a path with segments.
-            for with_segments in [false, true] {
-                $(
-                    if $path.contains('{') == with_segments {
-                        let resource = web::resource($path).app_data(RoutePattern($path));
-                        $( let resource = add_route!(resource, $method, $handler); )+
-                        cfg.service(
-                            resource
-                                .route(
-                                    web::route()
-                                        .method(Method::OPTIONS)
-                                        .to(|| async { options($path) }),
-                                )
-                                .default_service(web::to(|req: HttpRequest| async move {
-                                    method_not_allowed(req, $path)
-                                })),
-                        );
+            // Paths without segments first: actix tries services in the order they were
+            // registered, and a fixed path is a string comparison. A path with segments runs
+            // a regex, so those sit in one scope per fixed prefix (`/v1/orders` for
+            // `/v1/orders/{order}/cancel`): a request tries only the regexes of its own
+            // prefix, not all of them. No fixed path here is also matched by a path with
+            // segments, and a path no resource of its scope matches gets the app's default
+            // answer (`no_such_route`), as without scopes.
+            let mut scopes: Vec<(&'static str, actix_web::Scope)> = Vec::new();
+            $(
+                let resource = web::resource(segment_scope($path).1)
+                    .app_data(RoutePattern($path));
+                $( let resource = add_route!(resource, $method, $handler); )+
+                let resource = resource
+                    .route(
+                        web::route()
+                            .method(Method::OPTIONS)
+                            .to(|| async { options($path) }),
+                    )
+                    .default_service(web::to(|req: HttpRequest| async move {
+                        method_not_allowed(req, $path)
+                    }));
+                match segment_scope($path).0 {
+                    "" => {
+                        cfg.service(resource);
                     }
-                )*
+                    prefix => match scopes.iter().position(|(p, _)| *p == prefix) {
+                        Some(i) => {
+                            let (p, scope) = scopes.swap_remove(i);
+                            scopes.push((p, scope.service(resource)));
+                        }
+                        None => scopes.push((prefix, web::scope(prefix).service(resource))),
+                    },
+                }
+            )*
+            for (_, scope) in scopes {
+                cfg.service(scope);
             }
         }
     };
+}
+
+/// Where a route's path is registered: a fixed path as it is (`("", path)`); a path with
+/// segments in the scope of its fixed part up to the last `/` before the first segment, and
+/// the rest under it (`("/v1/orders", "/{order}/cancel")`).
+fn segment_scope(path: &'static str) -> (&'static str, &'static str) {
+    match path.find('{') {
+        None => ("", path),
+        Some(first) => {
+            let cut = path[..first].trim_end_matches('/').len();
+            (&path[..cut], &path[cut..])
+        }
+    }
 }
 
 routes! {
@@ -694,5 +722,22 @@ mod tests {
         // The check can fail: a pattern with a segment does match a path of its shape.
         let def = actix_web::dev::ResourceDef::new("/v1/orders/{order}");
         assert!(def.is_match("/v1/orders/cancel"));
+    }
+
+    /// A path with segments is registered in a scope of its fixed part; scope and rest make
+    /// the path again, and the scope ends before a `/`.
+    #[test]
+    fn paths_with_segments_split_into_scope_and_rest() {
+        assert_eq!(segment_scope("/v1/orders"), ("", "/v1/orders"));
+        assert_eq!(
+            segment_scope("/v1/orders/{order}/cancel"),
+            ("/v1/orders", "/{order}/cancel")
+        );
+        for (_, path) in ROUTES {
+            let (scope, rest) = segment_scope(path);
+            assert_eq!(format!("{scope}{rest}"), *path);
+            assert!(rest.starts_with('/'), "{path}");
+            assert_eq!(scope.is_empty(), !path.contains('{'), "{path}");
+        }
     }
 }
