@@ -10,7 +10,8 @@
 # cryptogram and encrypted PIN, address answer when asked, the placed order checked, then the
 # consumer's receipt), prints its report (the last line is JSON, with the node's CPU per
 # payment), then stops the node with SIGTERM. PERF=1 records the node with `perf record -g`
-# into pay-load.perf.data during the run. CONFIG=FILE runs the node with another configuration.
+# into pay-load.perf.data during the run. CONFIG=FILE runs the node with another configuration;
+# NODE_BIN=FILE another build of `onecard` (an A/B against a copy of an older build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -23,7 +24,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 export ONECARD_ADMIN_TOKEN="pay-admin-token-$(date +%s)"
 export ONECARD_ISSUER_KEY=$(python3 -c 'import os; print(os.urandom(32).hex())')
 export ONECARD_DATA_KEY=$(python3 -c 'import os; print(os.urandom(32).hex())')
-./target/release/onecard serve --listen 127.0.0.1:$port --data "$work/data" --config ${CONFIG:-config.toml} \
+${NODE_BIN:-./target/release/onecard} serve --listen 127.0.0.1:$port --data "$work/data" --config ${CONFIG:-config.toml} \
   2>"$work/serve.log" &
 node=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
