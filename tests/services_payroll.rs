@@ -252,7 +252,7 @@ fn books(data: &Path, consumers: &[&str], banks: &[&str], merchants: &[&str]) ->
                 break;
             }
             after = feed.through;
-            for e in feed.records.into_iter().flat_map(|r| r.entries) {
+            for e in feed.records.iter().flat_map(|r| r.entries.clone()) {
                 for ev in e.events {
                     match ev.kind {
                         FeedKind::Credited {

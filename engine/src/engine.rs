@@ -125,6 +125,8 @@ pub struct Engine {
     arbiters: Vec<Arbiter>,
     journal: Option<Journal>,
     clock: AtomicU64,
+    /// The feed's most recent records, decoded once for every follower.
+    feed_window: crate::feed::FeedWindow,
     /// Names being opened right now (`acct:NAME`, `bank:NAME`), so that two concurrent opens
     /// of one name cannot both succeed while opens of different names run in parallel.
     opening: DashMap<String, ()>,
@@ -189,6 +191,7 @@ impl Engine {
             arbiters,
             journal: Some(journal),
             clock: AtomicU64::new(meta.clock),
+            feed_window: Default::default(),
             opening: DashMap::new(),
             data_dir: dir.to_path_buf(),
             archive_dir: cfg.journal.archive_dir.clone(),
@@ -1001,21 +1004,33 @@ impl Engine {
     /// most `max` records (`feed`): what followers outside the engine read instead of the
     /// ledger.
     pub fn feed_after(&self, after: u64, max: usize) -> Result<crate::feed::Feed, EngineError> {
+        if let Some(feed) = self.feed_window.read(after, max) {
+            return Ok(feed);
+        }
         let read = self.shared.journal.records_after(after, max)?;
         let through = read.last().map_or(after, |r| r.seq);
-        Ok(crate::feed::Feed {
-            records: read
-                .into_iter()
-                .filter(|r| !r.entries.is_empty())
-                .map(|r| crate::feed::FeedRecord {
-                    seq: r.seq,
-                    entries: r
-                        .entries
-                        .into_iter()
-                        .map(crate::feed::FeedEntry::of)
-                        .collect(),
+        let all: Vec<Option<Arc<crate::feed::FeedRecord>>> = read
+            .into_iter()
+            .map(|r| {
+                (!r.entries.is_empty()).then(|| {
+                    Arc::new(crate::feed::FeedRecord {
+                        seq: r.seq,
+                        entries: r
+                            .entries
+                            .into_iter()
+                            .map(crate::feed::FeedEntry::of)
+                            .collect(),
+                    })
                 })
-                .collect(),
+            })
+            .collect();
+        // The window counts records by position: it takes them only as the journal numbers
+        // them, one after another.
+        if through == after + all.len() as u64 {
+            self.feed_window.keep(after, &all);
+        }
+        Ok(crate::feed::Feed {
+            records: all.into_iter().flatten().collect(),
             through,
         })
     }

@@ -293,10 +293,10 @@ fn run(cfg: EngineConfig) {
         let feed = engine.feed_after(0, 10_000).unwrap();
         let kinds: Vec<FeedKind> = feed
             .records
-            .into_iter()
-            .flat_map(|r| r.entries)
-            .flat_map(|e| e.events)
-            .map(|e| e.kind)
+            .iter()
+            .flat_map(|r| &r.entries)
+            .flat_map(|e| &e.events)
+            .map(|e| e.kind.clone())
             .collect();
         let credited = kinds
             .iter()

@@ -632,7 +632,7 @@ pub async fn step(node: &Node, f: &mut Follower) -> Result<usize, AnalysisError>
     }
     let read = (feed.through - cursor) as usize;
     let mut batch = Batch::new(&node.store);
-    for FeedRecord { entries, .. } in &feed.records {
+    for FeedRecord { entries, .. } in feed.records.iter().map(|r| &**r) {
         for entry in entries {
             for ev in &entry.events {
                 if let Some(item) = Item::of(&ev.kind, |m| category_of(node, m))? {

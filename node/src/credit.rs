@@ -825,7 +825,7 @@ pub async fn step(node: &Node, f: &mut Follower) -> Result<usize, CreditError> {
     }
     let read = (feed.through - cursor) as usize;
     let mut b = Batch::default();
-    for FeedRecord { seq, entries } in &feed.records {
+    for FeedRecord { seq, entries } in feed.records.iter().map(|r| &**r) {
         for (ei, entry) in entries.iter().enumerate() {
             for ev in &entry.events {
                 see(node, &mut b, *seq, ei, ev.index, entry.at, &ev.kind)?;

@@ -91,7 +91,7 @@ pub async fn step(node: &Node) -> Result<usize, String> {
     let read = (feed.through - cursor) as usize;
     let mut writes = Vec::new();
     let mut counted = Vec::new();
-    for FeedRecord { seq, entries } in &feed.records {
+    for FeedRecord { seq, entries } in feed.records.iter().map(|r| &**r) {
         for (ei, entry) in entries.iter().enumerate() {
             handle_entry(node, *seq, ei, entry, &mut writes, &mut counted).await?;
         }
