@@ -9,6 +9,7 @@
 # acknowledged only after it is on disk (durability under SIGKILL is the end-to-end tests'
 # job, tests/api_durability.rs). Prints the node's own count of created orders and its batch
 # sizes from /metrics, then stops it with SIGTERM. Installs wrk with apt-get when missing.
+# NODE_BIN=FILE runs another build of `onecard` (an A/B against a copy of an older build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -24,7 +25,7 @@ work=$(mktemp -d)
 trap 'kill $node 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 token="load-admin-token-$(date +%s)"
-ONECARD_ADMIN_TOKEN=$token ./target/release/onecard serve --listen 127.0.0.1:$port \
+ONECARD_ADMIN_TOKEN=$token ${NODE_BIN:-./target/release/onecard} serve --listen 127.0.0.1:$port \
   --data "$work/data" --config config.toml 2>"$work/serve.log" &
 node=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
