@@ -75,6 +75,44 @@ impl ChangeLog for JournalLog<'_> {
     }
 }
 
+/// An authentication decided, with its changes queued in the log and not yet known to be on
+/// disk ([`Engine::authenticate_queued`]). Holds the engine's admission and the order's claim
+/// until [`QueuedAuth::recorded`].
+#[must_use = "an authentication counts only once recorded"]
+pub struct QueuedAuth<'e> {
+    engine: &'e Engine,
+    _admission: crate::engine::Admission<'e>,
+    challenge_id: String,
+    account: Option<String>,
+    outcome: AuthOutcome,
+    queued: Vec<Appended>,
+}
+
+impl QueuedAuth<'_> {
+    /// What was decided; not to be told to anyone before [`QueuedAuth::recorded`].
+    pub fn outcome(&self) -> &AuthOutcome {
+        &self.outcome
+    }
+
+    /// Waits until the authentication's changes are on disk, then lets go of the order (an
+    /// authorisation on record now refuses a second payer) and returns the outcome; if they
+    /// could not be written, nothing it decided counts and the error is the answer.
+    pub async fn recorded(self) -> Result<AuthOutcome, EngineError> {
+        let mut durable = Ok(());
+        for appended in self.queued {
+            if let Err(e) = appended.await {
+                durable = Err(EngineError::from(e));
+                break;
+            }
+        }
+        let outcome = self
+            .engine
+            .authorisation_settled(&self.challenge_id, durable.map(|()| self.outcome))?;
+        log_auth_outcome(self.account.as_deref(), &outcome);
+        Ok(outcome)
+    }
+}
+
 /// Security log of an authentication's outcome (the card appears only masked: I10).
 fn log_auth_outcome(account: Option<&str>, outcome: &AuthOutcome) {
     let account = account.unwrap_or("?");
@@ -275,7 +313,41 @@ impl Engine {
         at_reader: Option<(&str, &ReaderPayment)>,
         now: Secs,
     ) -> Result<AuthOutcome, EngineError> {
-        let _admission = self.admit()?;
+        self.authenticate_queued(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            confirm_address_change,
+            at_reader,
+            now,
+        )
+        .await?
+        .recorded()
+        .await
+    }
+
+    /// [`Engine::authenticate`] without waiting for its changes to be on disk: the outcome is
+    /// decided and its changes are queued in the log; [`QueuedAuth::recorded`] waits for them
+    /// and must be awaited before anyone hears of the outcome. Meanwhile the caller may queue
+    /// what follows from it (the order's placement), which then needs no wait of its own in
+    /// between: the log writes records in order and stops at its first failure, so whatever
+    /// comes after the authentication in the log is durable only if the authentication is.
+    /// The order stays held against other payers until `recorded`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authenticate_queued(
+        &self,
+        challenge_id: &str,
+        counter: u32,
+        cryptogram: &[u8],
+        pin: &EncryptedPin,
+        delivery_address: &str,
+        confirm_address_change: Option<bool>,
+        at_reader: Option<(&str, &ReaderPayment)>,
+        now: Secs,
+    ) -> Result<QueuedAuth<'_>, EngineError> {
+        let admission = self.admit()?;
         let now = self.advance_clock(now);
         let (account, credit) = self.challenge_limits(challenge_id, at_reader, now)?;
         // Asked while the authentication holds the order, so no other can slip in between.
@@ -288,28 +360,34 @@ impl Engine {
                 true
             }
         };
-        let outcome = self
-            .with_auth(now, |c, log| {
-                c.authenticate(
-                    challenge_id,
-                    counter,
-                    cryptogram,
-                    pin,
-                    delivery_address,
-                    confirm_address_change,
-                    credit,
-                    now,
-                    order_authorised,
-                    log,
-                )
-            })
-            .await;
-        let outcome = self.authorisation_settled(challenge_id, outcome)?;
+        let center = self.auth_center()?;
+        let mut log = JournalLog::new(&self.shared.journal, now);
+        let outcome = center.authenticate(
+            challenge_id,
+            counter,
+            cryptogram,
+            pin,
+            delivery_address,
+            confirm_address_change,
+            credit,
+            now,
+            order_authorised,
+            &mut log,
+        );
+        let queued = QueuedAuth {
+            engine: self,
+            _admission: admission,
+            challenge_id: challenge_id.to_string(),
+            account,
+            outcome,
+            queued: log.queued,
+        };
         if let Some(e) = lookup_failed {
+            // Its changes (a counter, say) still count; the answer is the error.
+            queued.recorded().await?;
             return Err(e.into());
         }
-        log_auth_outcome(account.as_deref(), &outcome);
-        Ok(outcome)
+        Ok(queued)
     }
 
     /// The authorisation given at a reader for the payment of `order`, if any: card (last

@@ -33,6 +33,7 @@ mod services;
 pub mod verify;
 pub mod view;
 
+pub use auth_front::QueuedAuth;
 pub use bank::{BankPort, SimBank, SimBankPort};
 pub use config::NodeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest};

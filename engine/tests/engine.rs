@@ -913,6 +913,146 @@ mod cards {
         assert!(has(token.as_bytes()), "the card's token is stored");
     }
 
+    /// An authentication queued, not awaited: the order's placement queued behind it needs no
+    /// wait in between, lands after it in the log, and both are there after a restart; until
+    /// the authentication is recorded its order stays held against another payment.
+    #[test]
+    fn a_placement_queued_behind_its_authentication_follows_it_in_the_log() {
+        use onecard_engine::commands::PlaceCmd;
+        use onecard_engine::feed::FeedKind;
+        let dir = tempfile::tempdir().unwrap();
+        actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+            engine
+                .open_merchant("shop", None, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            let key = engine
+                .issue_card(
+                    IssueCard {
+                        number: CARD.into(),
+                        holder: "alice".into(),
+                        pin: PIN.into(),
+                        registered_address: HOME.into(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            engine
+                .register_reader(
+                    NewReader {
+                        id: "rdr-1".into(),
+                        owner: "alice".into(),
+                        card_number: CARD.into(),
+                        account: "alice".into(),
+                        network: "10.0.0.0/24".parse().unwrap(),
+                    },
+                    1,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let ch = engine
+                .swipe("rdr-1", CARD, peer(), "o-q", amount("25.00"), 10)
+                .await
+                .unwrap()
+                .unwrap();
+            let c = cryptogram(&key, &ch.challenge, "o-q", 2_500, 1).unwrap();
+            let pin =
+                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            let queued = engine
+                .authenticate_queued(&ch.challenge_id, 1, &c, &pin, HOME, None, None, 10)
+                .await
+                .unwrap();
+            let AuthOutcome::Authorised(auth) = queued.outcome().clone() else {
+                panic!("{:?}", queued.outcome());
+            };
+            // Held until recorded: another authentication for the order is refused before its
+            // PIN meanwhile.
+            let ch2 = engine
+                .swipe("rdr-1", CARD, peer(), "o-q", amount("25.00"), 10)
+                .await
+                .unwrap()
+                .unwrap();
+            let c2 = cryptogram(&key, &ch2.challenge, "o-q", 2_500, 2).unwrap();
+            let pin2 = encrypt_pin(
+                &ch2.node_public,
+                &ch2.challenge,
+                PIN,
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+            let second = engine
+                .authenticate(&ch2.challenge_id, 2, &c2, &pin2, HOME, None, None, 10)
+                .await
+                .unwrap();
+            assert_eq!(second, AuthOutcome::OrderTaken);
+            let placed = engine
+                .place(
+                    PlaceCmd {
+                        id: "o-q".into(),
+                        consumer: auth.account.clone(),
+                        merchant: "shop".into(),
+                        amount: amount("25.00"),
+                        release: onecard_engine::Release::Receipt,
+                        at_reader: None,
+                    },
+                    10,
+                )
+                .await
+                .unwrap();
+            assert!(placed.is_ok(), "{placed:?}");
+            assert_eq!(
+                queued.recorded().await.unwrap(),
+                AuthOutcome::Authorised(auth)
+            );
+            assert!(engine.authorisation("o-q").unwrap().is_some());
+            engine.close().await.unwrap();
+            sim.close();
+        });
+        actix_rt::System::new().block_on(async {
+            let sim = SimBank::open(dir.path()).unwrap();
+            let engine = Engine::open(
+                dir.path(),
+                card_config(),
+                Arc::new(SimBankPort(sim.clone())),
+            )
+            .await
+            .unwrap();
+            assert!(engine.authorisation("o-q").unwrap().is_some(), "durable");
+            let feed = engine.feed_after(0, usize::MAX).unwrap();
+            let order: Vec<&str> = feed
+                .records
+                .iter()
+                .flat_map(|r| &r.entries)
+                .flat_map(|e| &e.events)
+                .filter_map(|e| match &e.kind {
+                    FeedKind::PaymentAuthorised(a) if a.order_id == "o-q" => Some("authorised"),
+                    FeedKind::OrderPlaced { order, .. } if order == "o-q" => Some("placed"),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(order, ["authorised", "placed"]);
+            engine.close().await.unwrap();
+            sim.close();
+        });
+        // verify replays the log (an error if anything is out of place) and checks the view.
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_eq!(report.view_checked, Some(report.records));
+        assert!(report.state.authorisations.contains_key("o-q"));
+    }
+
     /// SPEC F9: the consumer's gateway rules refuse at authentication, naming the rule (the
     /// reader shows it), and again, atomically with the reservation, at placement; the daily
     /// total survives a restart, and orders no reader pays are not subject to them.

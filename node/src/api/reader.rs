@@ -17,8 +17,8 @@ use onecard_engine::cards::{is_sign_in, AuthOutcome};
 use onecard_engine::commands::ReaderPayment;
 use onecard_engine::Amount;
 use onecard_protocol::wire::{
-    self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, SessionBody, SwipeAnswer,
-    SwipeBody, WebCodeBody,
+    self, AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, PlacedOrder, SessionBody,
+    SwipeAnswer, SwipeBody, WebCodeBody,
 };
 
 use super::idem::{Idem, Reply};
@@ -169,9 +169,9 @@ pub async fn authenticate(
         // Unknown, used or expired challenge: the engine answers `timed_out`.
         None => a.delivery_address.clone(),
     };
-    let outcome = node
+    let queued = node
         .engine
-        .authenticate(
+        .authenticate_queued(
             &a.challenge_id,
             a.counter,
             &cryptogram,
@@ -182,7 +182,18 @@ pub async fn authenticate(
             node.now(),
         )
         .await?;
-    answer(&node, idem, outcome).await
+    // On authorisation the order is placed at once, behind the authentication's record in the
+    // log: one wait for both instead of one after the other.
+    let placed = match queued.outcome() {
+        AuthOutcome::Authorised(auth) if !is_sign_in(&auth.order_id) => {
+            let auth = auth.clone();
+            Some(place(&node, &auth).await)
+        }
+        _ => None,
+    };
+    // Always, so that the order is let go whatever came of its placement.
+    let outcome = queued.recorded().await?;
+    answer(&node, idem, outcome, placed.transpose()?).await
 }
 
 pub async fn confirm_address(
@@ -206,7 +217,13 @@ pub async fn confirm_address(
             node.now(),
         )
         .await?;
-    answer(&node, idem, outcome).await
+    let placed = match &outcome {
+        AuthOutcome::Authorised(auth) if !is_sign_in(&auth.order_id) => {
+            Some(place(&node, auth).await?)
+        }
+        _ => None,
+    };
+    answer(&node, idem, outcome, placed).await
 }
 
 /// The merchant of the order a challenge is for and what the consumer's gateway rules see of
@@ -225,18 +242,18 @@ fn gateway_payment(
     }
 }
 
-/// The reader's answer; on authorisation, step 4 (the order placed) and a consumer session.
+/// The reader's answer; on authorisation, the order as step 4 placed it (`placed`) and a
+/// consumer session.
 async fn answer(
     node: &Node,
     idem: Idem<'_>,
     outcome: AuthOutcome,
+    placed: Option<PlacedOrder>,
 ) -> Result<HttpResponse, ApiError> {
     let mut answer = AuthAnswer::of(&outcome);
     let mut writes = Vec::new();
     if let AuthOutcome::Authorised(auth) = &outcome {
-        if !is_sign_in(&auth.order_id) {
-            answer.order = Some(place(node, auth).await?);
-        }
+        answer.order = placed;
         let token = records::random_hex(32);
         let expires_at = node.now().saturating_add(node.settings.session_ttl_secs);
         writes.push(store::json(
