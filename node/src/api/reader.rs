@@ -24,7 +24,7 @@ use onecard_protocol::wire::{
 use super::idem::{Idem, Reply};
 use super::{parse_json, ApiError};
 use crate::app::{awaiting_payment, checkout_of, order_view, place};
-use crate::records::{self, Session};
+use crate::records::{self, Checkout, Session};
 use crate::state::Node;
 use crate::store;
 
@@ -147,17 +147,15 @@ pub async fn authenticate(
     // The address the node checks is the order's, not whatever the reader says; a reader that
     // shows another one is out of step with the node.
     let order = node.engine.challenge_order(&a.challenge_id)?;
-    let at_reader = gateway_payment(&node, order.as_deref())?;
-    let address = match order {
-        Some(order) if is_sign_in(&order) => {
-            if !a.delivery_address.is_empty() {
-                let e = ApiError::invalid("a sign-in has no delivery address: send \"\"");
-                return idem.finish(Reply::error(&e)).await;
-            }
-            String::new()
-        }
-        Some(order) => {
-            let c = checkout_of(&node, &order)?;
+    // The checkout, read once for the gateway rules and the address (the placement reads it
+    // again under the order's lock).
+    let checkout = match order.as_deref() {
+        Some(order) if !is_sign_in(order) => Some(checkout_of(&node, order)?),
+        _ => None,
+    };
+    let at_reader = checkout.as_ref().map(|c| reader_payment_to(&node, c));
+    let address = match (order, checkout) {
+        (Some(_), Some(c)) => {
             if c.delivery.address != a.delivery_address {
                 let e = ApiError::invalid(
                     "delivery_address is not the order's: open the checkout again",
@@ -166,8 +164,16 @@ pub async fn authenticate(
             }
             c.delivery.address
         }
+        (Some(_), None) => {
+            // A sign-in.
+            if !a.delivery_address.is_empty() {
+                let e = ApiError::invalid("a sign-in has no delivery address: send \"\"");
+                return idem.finish(Reply::error(&e)).await;
+            }
+            String::new()
+        }
         // Unknown, used or expired challenge: the engine answers `timed_out`.
-        None => a.delivery_address.clone(),
+        (None, _) => a.delivery_address.clone(),
     };
     let queued = node
         .engine
@@ -234,12 +240,18 @@ fn gateway_payment(
 ) -> Result<Option<(String, ReaderPayment)>, ApiError> {
     match order {
         Some(order) if !is_sign_in(order) => {
-            let c = checkout_of(node, order)?;
-            let payment = crate::app::reader_payment(node, &c.merchant);
-            Ok(Some((c.merchant, payment)))
+            Ok(Some(reader_payment_to(node, &checkout_of(node, order)?)))
         }
         _ => Ok(None),
     }
+}
+
+/// The merchant of checkout `c` and what the consumer's gateway rules see of its payment.
+fn reader_payment_to(node: &Node, c: &Checkout) -> (String, ReaderPayment) {
+    (
+        c.merchant.clone(),
+        crate::app::reader_payment(node, &c.merchant),
+    )
 }
 
 /// The reader's answer; on authorisation, the order as step 4 placed it (`placed`) and a
