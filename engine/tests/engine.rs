@@ -666,7 +666,7 @@ mod cards {
     use onecard_engine::cards::crypto::{card_token, cryptogram, derive_token_key};
     use onecard_engine::cards::{
         derive_pin_key, encrypt_pin, pin_verifier, AuthOutcome, CardKey, CardStatus,
-        ChallengeIssued, IssuerKey, NewReader,
+        ChallengeIssued, EncryptedPin, IssuerKey, NewReader,
     };
     use onecard_engine::engine::IssueCard;
     use std::net::IpAddr;
@@ -687,6 +687,83 @@ mod cards {
         "10.0.0.7".parse().unwrap()
     }
 
+    /// An engine on `dir` with the issuer key, and its simulated bank.
+    async fn open_with_cards(dir: &std::path::Path) -> (Engine, Arc<SimBank>) {
+        let sim = SimBank::open(dir).unwrap();
+        let engine = Engine::open(dir, card_config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        (engine, sim)
+    }
+
+    /// An engine on `dir` with consumer alice (limit 1000.00), merchant shop, alice's card
+    /// (PIN, home address) and her reader `rdr-1` on 10.0.0.0/24; the card's key.
+    async fn alice_with_card_at_shop(dir: &std::path::Path) -> (Engine, Arc<SimBank>, CardKey) {
+        let (engine, sim) = open_with_cards(dir).await;
+        open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let key = engine
+            .issue_card(
+                IssueCard {
+                    number: CARD.into(),
+                    holder: "alice".into(),
+                    pin: PIN.into(),
+                    registered_address: HOME.into(),
+                },
+                1,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        engine
+            .register_reader(
+                NewReader {
+                    id: "rdr-1".into(),
+                    owner: "alice".into(),
+                    card_number: CARD.into(),
+                    account: "alice".into(),
+                    network: "10.0.0.0/24".parse().unwrap(),
+                },
+                1,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        (engine, sim, key)
+    }
+
+    /// Swipes alice's card on her reader for `order` of `cents`, and answers the challenge
+    /// as her reader program would: the cryptogram for `counter` and `pin` encrypted to it.
+    async fn swipe_and_answer(
+        engine: &Engine,
+        key: &CardKey,
+        order: &str,
+        cents: u64,
+        counter: u32,
+        pin: &str,
+    ) -> (ChallengeIssued, [u8; 16], EncryptedPin) {
+        let ch: ChallengeIssued = engine
+            .swipe(
+                "rdr-1",
+                CARD,
+                peer(),
+                order,
+                Amount::from_cents(cents as i64),
+                10,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let c = cryptogram(key, &ch.challenge, order, cents, counter).unwrap();
+        let pin =
+            encrypt_pin(&ch.node_public, &ch.challenge, pin, &mut rand::thread_rng()).unwrap();
+        (ch, c, pin)
+    }
+
     async fn attempt(
         engine: &Engine,
         key: &CardKey,
@@ -694,14 +771,7 @@ mod cards {
         pin: &str,
         order: &str,
     ) -> AuthOutcome {
-        let ch: ChallengeIssued = engine
-            .swipe("rdr-1", CARD, peer(), order, amount("25.00"), 10)
-            .await
-            .unwrap()
-            .unwrap();
-        let c = cryptogram(key, &ch.challenge, order, 2_500, counter).unwrap();
-        let pin =
-            encrypt_pin(&ch.node_public, &ch.challenge, pin, &mut rand::thread_rng()).unwrap();
+        let (ch, c, pin) = swipe_and_answer(engine, key, order, 2_500, counter, pin).await;
         engine
             .authenticate(&ch.challenge_id, counter, &c, &pin, HOME, None, None, 10)
             .await
@@ -712,19 +782,11 @@ mod cards {
     fn counters_pin_failures_and_locks_survive_a_restart_and_the_view_equals_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let key = actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
-            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
+            let (engine, sim, key) = alice_with_card_at_shop(dir.path()).await;
             let unknown = engine
                 .issue_card(
                     IssueCard {
-                        number: CARD.into(),
+                        number: "4000009999999999".into(),
                         holder: "nobody".into(),
                         pin: PIN.into(),
                         registered_address: HOME.into(),
@@ -734,33 +796,6 @@ mod cards {
                 .await
                 .unwrap();
             assert!(unknown.is_err(), "a card only for an existing consumer");
-            let key = engine
-                .issue_card(
-                    IssueCard {
-                        number: CARD.into(),
-                        holder: "alice".into(),
-                        pin: PIN.into(),
-                        registered_address: HOME.into(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
-            engine
-                .register_reader(
-                    NewReader {
-                        id: "rdr-1".into(),
-                        owner: "alice".into(),
-                        card_number: CARD.into(),
-                        account: "alice".into(),
-                        network: "10.0.0.0/24".parse().unwrap(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
             assert!(matches!(
                 attempt(&engine, &key, 1, PIN, "o-1").await,
                 AuthOutcome::Authorised(_)
@@ -773,14 +808,7 @@ mod cards {
             );
             // Delivered elsewhere: the consumer confirms a one-time address; it is recorded
             // with the order.
-            let ch = engine
-                .swipe("rdr-1", CARD, peer(), "o-away", amount("25.00"), 10)
-                .await
-                .unwrap()
-                .unwrap();
-            let c = cryptogram(&key, &ch.challenge, "o-away", 2_500, 2).unwrap();
-            let pin =
-                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            let (ch, c, pin) = swipe_and_answer(&engine, &key, "o-away", 2_500, 2, PIN).await;
             let away = engine
                 .authenticate(
                     &ch.challenge_id,
@@ -808,14 +836,7 @@ mod cards {
                     .temporary_address_change
             );
             // Above the available credit (1000.00): refused for credit.
-            let ch = engine
-                .swipe("rdr-1", CARD, peer(), "o-big", amount("1000.01"), 10)
-                .await
-                .unwrap()
-                .unwrap();
-            let c = cryptogram(&key, &ch.challenge, "o-big", 100_001, 3).unwrap();
-            let pin =
-                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            let (ch, c, pin) = swipe_and_answer(&engine, &key, "o-big", 100_001, 3, PIN).await;
             assert!(matches!(
                 engine
                     .authenticate(&ch.challenge_id, 3, &c, &pin, HOME, None, None, 10)
@@ -836,14 +857,7 @@ mod cards {
             key
         });
         actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
+            let (engine, sim) = open_with_cards(dir.path()).await;
             let card = engine.card(CARD).unwrap().unwrap();
             assert_eq!((card.last_counter, card.pin_failures), (5, 2), "durable");
             // An old counter is a replay, also after the restart.
@@ -922,55 +936,8 @@ mod cards {
         use onecard_engine::feed::FeedKind;
         let dir = tempfile::tempdir().unwrap();
         actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
-            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
-            engine
-                .open_merchant("shop", None, 0)
-                .await
-                .unwrap()
-                .unwrap();
-            let key = engine
-                .issue_card(
-                    IssueCard {
-                        number: CARD.into(),
-                        holder: "alice".into(),
-                        pin: PIN.into(),
-                        registered_address: HOME.into(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
-            engine
-                .register_reader(
-                    NewReader {
-                        id: "rdr-1".into(),
-                        owner: "alice".into(),
-                        card_number: CARD.into(),
-                        account: "alice".into(),
-                        network: "10.0.0.0/24".parse().unwrap(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
-            let ch = engine
-                .swipe("rdr-1", CARD, peer(), "o-q", amount("25.00"), 10)
-                .await
-                .unwrap()
-                .unwrap();
-            let c = cryptogram(&key, &ch.challenge, "o-q", 2_500, 1).unwrap();
-            let pin =
-                encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::thread_rng()).unwrap();
+            let (engine, sim, key) = alice_with_card_at_shop(dir.path()).await;
+            let (ch, c, pin) = swipe_and_answer(&engine, &key, "o-q", 2_500, 1, PIN).await;
             let queued = engine
                 .authenticate_queued(&ch.challenge_id, 1, &c, &pin, HOME, None, None, 10)
                 .await
@@ -980,19 +947,7 @@ mod cards {
             };
             // Held until recorded: another authentication for the order is refused before its
             // PIN meanwhile.
-            let ch2 = engine
-                .swipe("rdr-1", CARD, peer(), "o-q", amount("25.00"), 10)
-                .await
-                .unwrap()
-                .unwrap();
-            let c2 = cryptogram(&key, &ch2.challenge, "o-q", 2_500, 2).unwrap();
-            let pin2 = encrypt_pin(
-                &ch2.node_public,
-                &ch2.challenge,
-                PIN,
-                &mut rand::thread_rng(),
-            )
-            .unwrap();
+            let (ch2, c2, pin2) = swipe_and_answer(&engine, &key, "o-q", 2_500, 2, PIN).await;
             let second = engine
                 .authenticate(&ch2.challenge_id, 2, &c2, &pin2, HOME, None, None, 10)
                 .await
@@ -1022,14 +977,7 @@ mod cards {
             sim.close();
         });
         actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
+            let (engine, sim) = open_with_cards(dir.path()).await;
             assert!(engine.authorisation("o-q").unwrap().is_some(), "durable");
             let feed = engine.feed_after(0, usize::MAX).unwrap();
             let order: Vec<&str> = feed
@@ -1073,47 +1021,7 @@ mod cards {
             at_reader,
         };
         actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
-            open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
-            engine
-                .open_merchant("shop", None, 0)
-                .await
-                .unwrap()
-                .unwrap();
-            let key = engine
-                .issue_card(
-                    IssueCard {
-                        number: CARD.into(),
-                        holder: "alice".into(),
-                        pin: PIN.into(),
-                        registered_address: HOME.into(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
-            engine
-                .register_reader(
-                    NewReader {
-                        id: "rdr-1".into(),
-                        owner: "alice".into(),
-                        card_number: CARD.into(),
-                        account: "alice".into(),
-                        network: "10.0.0.0/24".parse().unwrap(),
-                    },
-                    1,
-                )
-                .await
-                .unwrap()
-                .unwrap();
+            let (engine, sim, key) = alice_with_card_at_shop(dir.path()).await;
             let pay = |counter: u32, order: &'static str| {
                 let engine = &engine;
                 let key = &key;
@@ -1208,14 +1116,7 @@ mod cards {
         });
         onecard_engine::verify::verify(dir.path()).unwrap();
         actix_rt::System::new().block_on(async {
-            let sim = SimBank::open(dir.path()).unwrap();
-            let engine = Engine::open(
-                dir.path(),
-                card_config(),
-                Arc::new(SimBankPort(sim.clone())),
-            )
-            .await
-            .unwrap();
+            let (engine, sim) = open_with_cards(dir.path()).await;
             let (stored, spent) = engine.gateway_rules("alice", 10).unwrap().unwrap();
             assert!(stored.is_some());
             assert_eq!(spent, amount("25.00"));
