@@ -51,11 +51,17 @@ impl<'a> JournalLog<'a> {
     }
 
     async fn durable(self) -> Result<(), EngineError> {
-        for appended in self.queued {
-            appended.await?;
-        }
-        Ok(())
+        all_durable(self.queued).await
     }
+}
+
+/// Waits for entries queued in the log, in order; the first that could not be written is the
+/// error.
+async fn all_durable(queued: Vec<Appended>) -> Result<(), EngineError> {
+    for appended in queued {
+        appended.await?;
+    }
+    Ok(())
 }
 
 impl ChangeLog for JournalLog<'_> {
@@ -98,13 +104,7 @@ impl QueuedAuth<'_> {
     /// authorisation on record now refuses a second payer) and returns the outcome; if they
     /// could not be written, nothing it decided counts and the error is the answer.
     pub async fn recorded(self) -> Result<AuthOutcome, EngineError> {
-        let mut durable = Ok(());
-        for appended in self.queued {
-            if let Err(e) = appended.await {
-                durable = Err(EngineError::from(e));
-                break;
-            }
-        }
+        let durable = all_durable(self.queued).await;
         let outcome = self
             .engine
             .authorisation_settled(&self.challenge_id, durable.map(|()| self.outcome))?;

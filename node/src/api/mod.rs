@@ -157,7 +157,8 @@ macro_rules! routes {
             // prefix, not all of them. No fixed path here is also matched by a path with
             // segments, and a path no resource of its scope matches gets the app's default
             // answer (`no_such_route`), as without scopes.
-            let mut scopes: Vec<(&'static str, actix_web::Scope)> = Vec::new();
+            let mut scopes: std::collections::BTreeMap<&'static str, actix_web::Scope> =
+                Default::default();
             $(
                 let resource = web::resource(segment_scope($path).1)
                     .app_data(RoutePattern($path));
@@ -175,16 +176,13 @@ macro_rules! routes {
                     "" => {
                         cfg.service(resource);
                     }
-                    prefix => match scopes.iter().position(|(p, _)| *p == prefix) {
-                        Some(i) => {
-                            let (p, scope) = scopes.swap_remove(i);
-                            scopes.push((p, scope.service(resource)));
-                        }
-                        None => scopes.push((prefix, web::scope(prefix).service(resource))),
-                    },
+                    prefix => {
+                        let scope = scopes.remove(prefix).unwrap_or_else(|| web::scope(prefix));
+                        scopes.insert(prefix, scope.service(resource));
+                    }
                 }
             )*
-            for (_, scope) in scopes {
+            for scope in scopes.into_values() {
                 cfg.service(scope);
             }
         }

@@ -190,13 +190,7 @@ pub async fn authenticate(
         .await?;
     // On authorisation the order is placed at once, behind the authentication's record in the
     // log: one wait for both instead of one after the other.
-    let placed = match queued.outcome() {
-        AuthOutcome::Authorised(auth) if !is_sign_in(&auth.order_id) => {
-            let auth = auth.clone();
-            Some(place(&node, &auth).await)
-        }
-        _ => None,
-    };
+    let placed = place_authorised(&node, queued.outcome()).await;
     // Always, so that the order is let go whatever came of its placement.
     let outcome = queued.recorded().await?;
     answer(&node, idem, outcome, placed.transpose()?).await
@@ -223,13 +217,22 @@ pub async fn confirm_address(
             node.now(),
         )
         .await?;
-    let placed = match &outcome {
+    let placed = place_authorised(&node, &outcome).await.transpose()?;
+    answer(&node, idem, outcome, placed).await
+}
+
+/// Step 4 for an authorised payment: the order placed (`None` for any other outcome and for a
+/// sign-in, which places nothing).
+async fn place_authorised(
+    node: &Node,
+    outcome: &AuthOutcome,
+) -> Option<Result<PlacedOrder, crate::app::AppError>> {
+    match outcome {
         AuthOutcome::Authorised(auth) if !is_sign_in(&auth.order_id) => {
-            Some(place(&node, auth).await?)
+            Some(place(node, auth).await)
         }
         _ => None,
-    };
-    answer(&node, idem, outcome, placed).await
+    }
 }
 
 /// The merchant of the order a challenge is for and what the consumer's gateway rules see of
