@@ -11,7 +11,8 @@
 # consumer's receipt), prints its report (the last line is JSON, with the node's CPU per
 # payment), then stops the node with SIGTERM. PERF=1 records the node with `perf record -g`
 # into pay-load.perf.data during the run. CONFIG=FILE runs the node with another configuration;
-# NODE_BIN=FILE another build of `onecard` (an A/B against a copy of an older build).
+# NODE_BIN=FILE another build of `onecard`, SIM_BIN=FILE another build of `onecard-sim` (an A/B
+# against copies of an older build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -52,7 +53,7 @@ print(f"healthz during the run: {len(lat)} requests, p50 {q(0.5):.2f} ms, p99 {q
 PY
 probe=$!
 echo "==> onecard-sim pay --readers $readers --duration $secs $*"
-./target/release/onecard-sim pay --node "http://127.0.0.1:$port" --readers "$readers" \
+${SIM_BIN:-./target/release/onecard-sim} pay --node "http://127.0.0.1:$port" --readers "$readers" \
   --duration "$secs" --node-pid "$node" --json "$@"
 if [ -n "$recorder" ]; then wait "$recorder"; fi
 wait "$probe"

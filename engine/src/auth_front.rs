@@ -2,8 +2,8 @@
 //! I9, I10) in front of the authentication center (`cards::AuthCenter`).
 //!
 //! The center is concurrent (sharded maps, no process-wide lock) and its checks cost
-//! microseconds (MACs and one X25519 agreement), so its operations run right on the caller's
-//! task. This is where it meets the engine: admission and the engine's clock, the journaling of
+//! microseconds (MACs; an X25519 agreement only for a reader key new in the epoch), so its
+//! operations run right on the caller's task. This is where it meets the engine: admission and the engine's clock, the journaling of
 //! its durable changes (queued by [`JournalLog`] while the center holds the changed card, so a
 //! card's changes reach the log in the order they were made, and awaited before the call
 //! answers), the consumer's available credit for the F18 check, the authorisation recorded with

@@ -26,11 +26,12 @@ mod tests;
 pub use auth::{
     is_sign_in, mask_card_number, mask_last4, normalise_address, same_address, AuthCenter,
     AuthChange, AuthConfig, AuthOutcome, AuthState, Authorisation, Card, CardError, CardStatus,
-    ChallengeIssued, ChangeLog, NewReader, Reader, SwipeRefusal, SIGN_IN_PREFIX,
+    ChallengeIssued, ChangeLog, NewReader, Reader, SwipeRefusal, AGREEMENT_KEY_LIFETIME_SECS,
+    SIGN_IN_PREFIX,
 };
 pub use crypto::{CardKey, IssuerKey, TokenKey};
 pub use pin::{
     decrypt_pin, derive_pin_key, encrypt_pin, pin_verifier, verify_pin, EncryptedPin, PinError,
-    PinKey, PinSecret, PinVerifier,
+    PinKey, PinSecret, PinVerifier, ReaderPinKeys,
 };
 pub use prompt::{Prompt, SoundCue};

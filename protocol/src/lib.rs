@@ -28,5 +28,7 @@ pub use mask::{mask_card_number, mask_last4};
 pub use messages::{
     is_sign_in, AuthOutcome, Authorisation, ChallengeIssued, SwipeRefusal, SIGN_IN_PREFIX,
 };
-pub use pin::{decrypt_pin, encrypt_pin, is_valid_pin, EncryptedPin, PinError, PinSecret};
+pub use pin::{
+    decrypt_pin, encrypt_pin, is_valid_pin, EncryptedPin, PinError, PinSecret, ReaderPinKeys,
+};
 pub use prompt::{Prompt, SoundCue};

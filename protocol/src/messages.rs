@@ -25,7 +25,8 @@ pub struct ChallengeIssued {
     pub challenge_id: String,
     /// The challenge the card's cryptogram must cover.
     pub challenge: [u8; CHALLENGE_LEN],
-    /// The node's X25519 public key for this challenge: the PIN is encrypted to it.
+    /// The node's X25519 agreement key (the same for the challenges of one epoch): the PIN for
+    /// this challenge is encrypted under a key agreed with it (`pin`).
     pub node_public: [u8; 32],
     /// The challenge is valid while `now < expires_at`.
     pub expires_at: u64,

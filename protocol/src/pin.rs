@@ -1,12 +1,20 @@
 //! The PIN on its way from the reader program to the node (F13; docs/reader-protocol.md, 3.3).
 //!
-//! The PIN never travels in the clear. With each challenge the node sends the public half of a
-//! fresh X25519 key pair; the reader program makes its own ephemeral pair, agrees on a shared
+//! The PIN never travels in the clear. With each challenge the node sends the public half of
+//! its X25519 agreement key; the reader program has its own ephemeral pair, agrees on a shared
 //! secret, expands it with HKDF-SHA256 (salt [`PIN_TRANSPORT_SALT`], info = the 16-byte
 //! challenge) into a ChaCha20-Poly1305 key and encrypts the PIN under a random nonce with the
 //! challenge as associated data ([`encrypt_pin`], reader side; [`decrypt_pin`], node side). A
 //! ciphertext is bound to its challenge: it cannot be replayed against another one, and any
 //! change to it is detected.
+//!
+//! The key is per challenge even when the agreement is not: the node keeps one agreement key
+//! for a short epoch (a minute) and the reader program may keep its pair while the node's key
+//! is unchanged ([`ReaderPinKeys`]), each side then keeping the agreed secret
+//! ([`AgreedSecret`]) instead of computing it again. The two X25519 operations on each side
+//! cost more than the rest of a payment's cryptography together; what the reuse gives up is
+//! forward secrecy within an epoch: whoever takes the node's memory during an epoch can read
+//! the PINs sent under that epoch's key, and no others.
 //!
 //! How the node keeps PINs (a keyed verifier under a key derived from the issuer master key) is
 //! the node's business: `onecard_engine::cards::pin`.
@@ -91,27 +99,44 @@ fn wipe(mut bytes: Vec<u8>) {
     std::hint::black_box(&mut bytes);
 }
 
-/// The ChaCha20-Poly1305 key for one challenge from an X25519 shared secret; `None` if the
-/// agreement was not contributory (the peer sent a low-order point, which would make the key
-/// predictable).
-fn transport_key(
-    own: &StaticSecret,
-    peer_public: &[u8; 32],
-    challenge: &[u8; CHALLENGE_LEN],
-) -> Option<[u8; 32]> {
-    let shared = own.diffie_hellman(&PublicKey::from(*peer_public));
-    if !shared.was_contributory() {
-        return None;
+/// The secret one X25519 key pair agreed with another's public key: the input of every PIN
+/// transport key between the two. Overwritten when dropped (best effort, as [`PinSecret`]).
+pub struct AgreedSecret([u8; 32]);
+
+impl Drop for AgreedSecret {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&mut self.0);
     }
-    let hk = Hkdf::<Sha256>::new(Some(PIN_TRANSPORT_SALT), shared.as_bytes());
+}
+
+impl std::fmt::Debug for AgreedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgreedSecret(<secret>)")
+    }
+}
+
+/// Agrees a secret between `own` and the peer's public key; `None` if the agreement was not
+/// contributory (the peer sent a low-order point, which would make every key predictable).
+pub fn agree(own: &StaticSecret, peer_public: &[u8; 32]) -> Option<AgreedSecret> {
+    let shared = own.diffie_hellman(&PublicKey::from(*peer_public));
+    shared
+        .was_contributory()
+        .then(|| AgreedSecret(*shared.as_bytes()))
+}
+
+/// The ChaCha20-Poly1305 key for one challenge: HKDF-SHA256 of the agreed secret, salt
+/// [`PIN_TRANSPORT_SALT`], info the challenge.
+fn transport_key(agreed: &AgreedSecret, challenge: &[u8; CHALLENGE_LEN]) -> [u8; 32] {
+    let hk = Hkdf::<Sha256>::new(Some(PIN_TRANSPORT_SALT), &agreed.0);
     let mut key = [0u8; 32];
     hk.expand(challenge, &mut key)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Some(key)
+    key
 }
 
-/// A fresh X25519 secret: 32 bytes drawn from `rng` (the node's per-challenge key pair, the
-/// reader program's ephemeral one). The drawn bytes are wiped.
+/// A fresh X25519 secret: 32 bytes drawn from `rng` (the node's agreement key, the reader
+/// program's ephemeral pair). The drawn bytes are wiped.
 pub fn random_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSecret {
     let mut bytes = [0u8; 32];
     rng.fill_bytes(&mut bytes);
@@ -121,8 +146,10 @@ pub fn random_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSecret {
     secret
 }
 
-/// Reader side: encrypts `pin` for the node whose per-challenge public key is `node_public`.
-/// Draws the ephemeral secret (32 bytes), then the nonce (12 bytes), from `rng`.
+/// Reader side: encrypts `pin` for the node whose agreement key is `node_public`, with a fresh
+/// key pair of the reader's. Draws the reader's secret (32 bytes), then the nonce (12 bytes),
+/// from `rng`. [`ReaderPinKeys::encrypt`] does the same and keeps the pair for the node key's
+/// next challenges.
 ///
 /// `InvalidPin` unless the PIN is 4 to 12 ASCII digits (the reader can say so before anything
 /// is sent); `Transport` if `node_public` is a low-order point (the key would be known to
@@ -138,8 +165,22 @@ pub fn encrypt_pin(
     }
     let reader_secret = random_secret(rng);
     let reader_public = PublicKey::from(&reader_secret).to_bytes();
-    let mut key =
-        transport_key(&reader_secret, node_public, challenge).ok_or(PinError::Transport)?;
+    let agreed = agree(&reader_secret, node_public).ok_or(PinError::Transport)?;
+    encrypt_agreed(&agreed, reader_public, challenge, pin, rng)
+}
+
+/// Reader side, with the secret agreed already: draws the nonce (12 bytes) and encrypts.
+fn encrypt_agreed(
+    agreed: &AgreedSecret,
+    reader_public: [u8; 32],
+    challenge: &[u8; CHALLENGE_LEN],
+    pin: &str,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<EncryptedPin, PinError> {
+    if !is_valid_pin(pin) {
+        return Err(PinError::InvalidPin);
+    }
+    let mut key = transport_key(agreed, challenge);
     let mut nonce = [0u8; PIN_NONCE_LEN];
     rng.fill_bytes(&mut nonce);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
@@ -161,8 +202,52 @@ pub fn encrypt_pin(
     })
 }
 
-/// Node side: decrypts a PIN sent for `challenge` with the challenge's secret. Any change to
-/// the public key, nonce, ciphertext or challenge gives `Transport`, as does a plaintext that
+/// A reader program's PIN keys: its key pair and the secret agreed with the node's current
+/// agreement key, kept while the node sends the same key and made afresh when it changes.
+#[derive(Default)]
+pub struct ReaderPinKeys {
+    current: Option<([u8; 32], [u8; 32], AgreedSecret)>,
+}
+
+impl std::fmt::Debug for ReaderPinKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReaderPinKeys(<secret>)")
+    }
+}
+
+impl ReaderPinKeys {
+    /// [`encrypt_pin`] for the challenge's `node_public`. With the node key of the last call
+    /// it reuses the pair and its agreed secret (drawing only the nonce); with another it
+    /// draws a new pair first, as [`encrypt_pin`] does, and forgets the old one.
+    pub fn encrypt(
+        &mut self,
+        node_public: &[u8; 32],
+        challenge: &[u8; CHALLENGE_LEN],
+        pin: &str,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<EncryptedPin, PinError> {
+        if !is_valid_pin(pin) {
+            return Err(PinError::InvalidPin);
+        }
+        match &self.current {
+            Some((node, _, _)) if node == node_public => {}
+            _ => {
+                self.current = None;
+                let reader_secret = random_secret(rng);
+                let reader_public = PublicKey::from(&reader_secret).to_bytes();
+                let agreed = agree(&reader_secret, node_public).ok_or(PinError::Transport)?;
+                self.current = Some((*node_public, reader_public, agreed));
+            }
+        }
+        let Some((_, reader_public, agreed)) = &self.current else {
+            return Err(PinError::Transport);
+        };
+        encrypt_agreed(agreed, *reader_public, challenge, pin, rng)
+    }
+}
+
+/// Node side: decrypts a PIN sent for `challenge` with the node's agreement secret. Any change
+/// to the public key, nonce, ciphertext or challenge gives `Transport`, as does a plaintext that
 /// is not UTF-8 or longer than a PIN can be.
 pub fn decrypt_pin(
     node_secret: &StaticSecret,
@@ -172,8 +257,21 @@ pub fn decrypt_pin(
     if encrypted.ciphertext.len() > PIN_MAX_DIGITS + TAG_LEN {
         return Err(PinError::Transport);
     }
-    let mut key = transport_key(node_secret, &encrypted.reader_public, challenge)
-        .ok_or(PinError::Transport)?;
+    let agreed = agree(node_secret, &encrypted.reader_public).ok_or(PinError::Transport)?;
+    decrypt_agreed(&agreed, challenge, encrypted)
+}
+
+/// [`decrypt_pin`] with the secret agreed with `encrypted.reader_public` already (the node
+/// keeps those of its current agreement key).
+pub fn decrypt_agreed(
+    agreed: &AgreedSecret,
+    challenge: &[u8; CHALLENGE_LEN],
+    encrypted: &EncryptedPin,
+) -> Result<PinSecret, PinError> {
+    if encrypted.ciphertext.len() > PIN_MAX_DIGITS + TAG_LEN {
+        return Err(PinError::Transport);
+    }
+    let mut key = transport_key(agreed, challenge);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
     key.iter_mut().for_each(|b| *b = 0);
     std::hint::black_box(&mut key);
@@ -249,6 +347,82 @@ mod tests {
         assert_eq!(
             encrypt_pin(&[0u8; 32], &challenge, "1234", &mut rng).unwrap_err(),
             PinError::Transport
+        );
+    }
+
+    #[test]
+    fn a_reader_keeps_its_pair_while_the_node_key_stays_and_each_challenge_gets_its_own_key() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let node = random_secret(&mut rng);
+        let node_public = PublicKey::from(&node).to_bytes();
+        let mut keys = ReaderPinKeys::default();
+        let first = keys
+            .encrypt(&node_public, &[1u8; 16], "2468", &mut rng)
+            .unwrap();
+        let second = keys
+            .encrypt(&node_public, &[2u8; 16], "2468", &mut rng)
+            .unwrap();
+        assert_eq!(first.reader_public, second.reader_public, "pair kept");
+
+        // The node, with the secret agreed once, reads both, each only for its own challenge.
+        let agreed = agree(&node, &first.reader_public).unwrap();
+        assert_eq!(
+            decrypt_agreed(&agreed, &[1u8; 16], &first)
+                .unwrap()
+                .expose(),
+            "2468"
+        );
+        assert_eq!(
+            decrypt_agreed(&agreed, &[2u8; 16], &second)
+                .unwrap()
+                .expose(),
+            "2468"
+        );
+        assert_eq!(
+            decrypt_agreed(&agreed, &[2u8; 16], &first).unwrap_err(),
+            PinError::Transport
+        );
+        // The same as agreeing afresh.
+        assert_eq!(
+            decrypt_pin(&node, &[2u8; 16], &second).unwrap().expose(),
+            "2468"
+        );
+
+        // A new node key: a new pair, which the old agreement cannot read.
+        let next = random_secret(&mut rng);
+        let next_public = PublicKey::from(&next).to_bytes();
+        let third = keys
+            .encrypt(&next_public, &[3u8; 16], "2468", &mut rng)
+            .unwrap();
+        assert_ne!(third.reader_public, first.reader_public, "new pair");
+        assert_eq!(
+            decrypt_pin(&next, &[3u8; 16], &third).unwrap().expose(),
+            "2468"
+        );
+        assert_eq!(
+            decrypt_agreed(&agreed, &[3u8; 16], &third).unwrap_err(),
+            PinError::Transport
+        );
+
+        // Bad PINs and a low-order node key, as with encrypt_pin; the kept pair is not lost to a
+        // bad PIN.
+        assert_eq!(
+            keys.encrypt(&next_public, &[4u8; 16], "12", &mut rng)
+                .unwrap_err(),
+            PinError::InvalidPin
+        );
+        let fourth = keys
+            .encrypt(&next_public, &[4u8; 16], "2468", &mut rng)
+            .unwrap();
+        assert_eq!(fourth.reader_public, third.reader_public);
+        assert_eq!(
+            keys.encrypt(&[0u8; 32], &[5u8; 16], "2468", &mut rng)
+                .unwrap_err(),
+            PinError::Transport
+        );
+        assert_eq!(
+            format!("{keys:?} {agreed:?}"),
+            "ReaderPinKeys(<secret>) AgreedSecret(<secret>)"
         );
     }
 

@@ -42,7 +42,7 @@ pub enum SwipeAnswer {
         challenge_id: String,
         /// Hex.
         challenge: String,
-        /// Hex: the node's X25519 key for this challenge.
+        /// Hex: the node's X25519 agreement key (the same for the challenges of one epoch).
         node_public: String,
         expires_at: u64,
         prompt: Prompt,

@@ -12,7 +12,8 @@
 //!    (more than [`AuthConfig::refused_swipes_per_minute`] in a 60-second window and every
 //!    swipe is refused with `RateLimited`, unchecked, until the window ends). An accepted swipe
 //!    gets a [`ChallengeIssued`]: a fresh 16-byte challenge for this order and amount, and the
-//!    public half of a fresh X25519 key pair for the PIN. A reader has at most one outstanding
+//!    public half of the node's X25519 agreement key of the epoch
+//!    ([`AGREEMENT_KEY_LIFETIME_SECS`]) for the PIN. A reader has at most one outstanding
 //!    challenge: a new swipe replaces the previous one.
 //! 2. [`AuthCenter::authenticate`] (step 3), in this order: the challenge (known, not expired,
 //!    else `TimedOut`); the card's status (it may have been locked or reported lost since the
@@ -34,9 +35,9 @@
 //!
 //! The issuer master key lives in the [`AuthCenter`] only, with the token key derived from it;
 //! card keys are derived when needed and never kept. [`AuthState`] (cards, readers,
-//! configuration) is serialisable. Outstanding challenges hold X25519 secrets and are not part
-//! of it: **challenges do not survive a restart** (the reader swipes again), nor does the
-//! refused-swipe limiter.
+//! configuration) is serialisable. Outstanding challenges hold the X25519 agreement key they were
+//! issued with and are not part of it: **challenges do not survive a restart** (the reader
+//! swipes again), nor do the agreement key or the refused-swipe limiter.
 //!
 //! The registered delivery address is kept on the [`Card`] (one card per consumer account in
 //! this design), changed with [`AuthCenter::set_registered_address`].
@@ -59,6 +60,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -68,13 +70,13 @@ use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use onecard_protocol::pin::random_secret;
+use onecard_protocol::pin::{agree, decrypt_agreed, random_secret, AgreedSecret, PinSecret};
 
 use super::crypto::{
     card_token, cryptogram_matches, derive_card_key, derive_token_key, is_card_token, CardKey,
     IssuerKey, TokenKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
 };
-use super::pin::{decrypt_pin, derive_pin_key, pin_verifier, EncryptedPin, PinKey, PinVerifier};
+use super::pin::{derive_pin_key, pin_verifier, EncryptedPin, PinError, PinKey, PinVerifier};
 
 // The protocol's messages, which this module makes; re-exported at their old paths.
 pub use onecard_protocol::mask::{mask_card_number, mask_last4};
@@ -366,9 +368,73 @@ struct Challenge {
     order_id: String,
     amount_cents: u64,
     challenge: [u8; CHALLENGE_LEN],
-    node_secret: StaticSecret,
+    /// The agreement key the PIN for it is encrypted to.
+    agreement: Arc<AgreementKey>,
     expires_at: u64,
     stage: Stage,
+}
+
+/// How long (seconds) the node keeps one X25519 agreement key for PIN transport before it
+/// makes a new one: within it the node need not make a key pair per challenge, and a reader
+/// that keeps its own pair (`ReaderPinKeys`) need not agree again, so neither side computes an
+/// X25519 operation per payment. The price is forward secrecy within an epoch: the key (and the
+/// secrets agreed with it) stays in memory until the epoch and the last challenge under it are
+/// over, and whoever reads the node's memory meanwhile can read the PINs sent under it
+/// (ARCHITECTURE.md, "Threat model of the PIN").
+pub const AGREEMENT_KEY_LIFETIME_SECS: u64 = 60;
+/// Most readers' public keys whose agreed secret one agreement key keeps; beyond it a PIN is
+/// decrypted with an agreement of its own, as for a key seen once.
+const MAX_AGREEMENTS_PER_KEY: usize = 65_536;
+
+/// The node's X25519 agreement key of one epoch, and the secrets agreed with the readers' keys
+/// under it. Dropped (its secrets overwritten) with the last challenge that uses it once the
+/// next epoch's key has replaced it.
+struct AgreementKey {
+    secret: StaticSecret,
+    public: [u8; 32],
+    created_at: u64,
+    agreed: DashMap<[u8; 32], Arc<AgreedSecret>>,
+}
+
+impl AgreementKey {
+    fn new(now: u64, rng: &mut (impl RngCore + CryptoRng)) -> AgreementKey {
+        let secret = random_secret(rng);
+        let public = PublicKey::from(&secret).to_bytes();
+        AgreementKey {
+            secret,
+            public,
+            created_at: now,
+            agreed: DashMap::new(),
+        }
+    }
+
+    /// Whether it may still be handed out with a new challenge at `now`.
+    fn current_at(&self, now: u64) -> bool {
+        (self.created_at..self.created_at.saturating_add(AGREEMENT_KEY_LIFETIME_SECS))
+            .contains(&now)
+    }
+
+    /// Decrypts a PIN sent for `challenge`, with the secret agreed with its reader key (kept
+    /// for the reader's next PIN under this key).
+    fn decrypt(
+        &self,
+        challenge: &[u8; CHALLENGE_LEN],
+        pin: &EncryptedPin,
+    ) -> Result<PinSecret, PinError> {
+        let kept = self.agreed.get(&pin.reader_public).map(|a| a.clone());
+        let agreed = match kept {
+            Some(agreed) => agreed,
+            None => {
+                let agreed =
+                    Arc::new(agree(&self.secret, &pin.reader_public).ok_or(PinError::Transport)?);
+                if self.agreed.len() < MAX_AGREEMENTS_PER_KEY {
+                    self.agreed.insert(pin.reader_public, agreed.clone());
+                }
+                agreed
+            }
+        };
+        decrypt_agreed(&agreed, challenge, pin)
+    }
 }
 
 /// Refused swipes of one reader in the current window.
@@ -452,6 +518,9 @@ pub struct AuthCenter {
     /// after it by the recorded authorisation.
     order_claims: DashMap<String, String>,
     swipes: AtomicU64,
+    /// The agreement key handed out with new challenges (made at the first swipe of each
+    /// epoch).
+    agreement: parking_lot::RwLock<Option<Arc<AgreementKey>>>,
 }
 
 impl std::fmt::Debug for AuthCenter {
@@ -492,6 +561,7 @@ impl AuthCenter {
             refusals: DashMap::new(),
             order_claims: DashMap::new(),
             swipes: AtomicU64::new(0),
+            agreement: parking_lot::RwLock::new(None),
         }
     }
 
@@ -897,8 +967,8 @@ impl AuthCenter {
         let challenge_id = format!("ch_{}", hex::encode(id_bytes));
         let mut challenge = [0u8; CHALLENGE_LEN];
         rng.fill_bytes(&mut challenge);
-        let node_secret = random_secret(rng);
-        let node_public = PublicKey::from(&node_secret).to_bytes();
+        let agreement = self.agreement_key(now, rng);
+        let node_public = agreement.public;
         let expires_at = now.saturating_add(self.config.challenge_ttl_secs);
 
         // One live challenge per reader: the new one replaces the previous. The reader's entry
@@ -917,7 +987,7 @@ impl AuthCenter {
                     order_id: order_id.to_string(),
                     amount_cents,
                     challenge,
-                    node_secret,
+                    agreement,
                     expires_at,
                     stage: Stage::Issued,
                 },
@@ -935,6 +1005,23 @@ impl AuthCenter {
             node_public,
             expires_at,
         })
+    }
+
+    /// The agreement key for a challenge issued at `now`: this epoch's, made (drawing its
+    /// secret from `rng`) at the epoch's first swipe.
+    fn agreement_key(&self, now: u64, rng: &mut (impl RngCore + CryptoRng)) -> Arc<AgreementKey> {
+        if let Some(key) = self.agreement.read().as_ref().filter(|k| k.current_at(now)) {
+            return key.clone();
+        }
+        let mut slot = self.agreement.write();
+        match slot.as_ref().filter(|k| k.current_at(now)) {
+            Some(key) => key.clone(),
+            None => {
+                let key = Arc::new(AgreementKey::new(now, rng));
+                *slot = Some(key.clone());
+                key
+            }
+        }
     }
 
     /// The account (consumer id) an outstanding challenge is for: the node looks up its
@@ -1086,7 +1173,8 @@ impl AuthCenter {
 
         // Identity, computed before the card's lock is taken.
         // `Err`: unreadable; `Ok(None)`: not a PIN at all, which matches no verifier.
-        let pin_check = decrypt_pin(&challenge.node_secret, &challenge.challenge, pin)
+        let pin_check = (challenge.agreement)
+            .decrypt(&challenge.challenge, pin)
             .map(|pin| pin_verifier(&self.pin_key, &challenge.card_token, pin.expose()).ok());
 
         let max_failures = self.config.max_pin_failures;

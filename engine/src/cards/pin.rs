@@ -8,8 +8,9 @@
 //!   once the store leaks; a keyed MAC does, and costs microseconds instead of an Argon2id's
 //!   14 ms (ARCHITECTURE.md, "Threat model of the PIN").
 //! - **Transport** (`onecard_protocol::pin`): the PIN never travels in the clear. With each
-//!   challenge the node sends the public half of a fresh X25519 key pair; the reader program
-//!   makes its own ephemeral pair, agrees on a shared secret, expands it with HKDF-SHA256 (salt
+//!   challenge the node sends the public half of its X25519 agreement key (one per epoch of
+//!   [`AGREEMENT_KEY_LIFETIME_SECS`](super::AGREEMENT_KEY_LIFETIME_SECS)); the reader program
+//!   has its own ephemeral pair, agrees on a shared secret, expands it with HKDF-SHA256 (salt
 //!   [`PIN_TRANSPORT_SALT`], info = the 16-byte challenge) into a ChaCha20-Poly1305 key and
 //!   encrypts the PIN under a random nonce with the challenge as associated data
 //!   ([`encrypt_pin`], reader side; [`decrypt_pin`], node side). A ciphertext is bound to its
@@ -27,8 +28,8 @@ use super::crypto::IssuerKey;
 use super::error::CardError;
 
 pub use onecard_protocol::pin::{
-    decrypt_pin, encrypt_pin, is_valid_pin, EncryptedPin, PinError, PinSecret, PIN_MAX_DIGITS,
-    PIN_MIN_DIGITS, PIN_NONCE_LEN, PIN_TRANSPORT_SALT,
+    decrypt_pin, encrypt_pin, is_valid_pin, EncryptedPin, PinError, PinSecret, ReaderPinKeys,
+    PIN_MAX_DIGITS, PIN_MIN_DIGITS, PIN_NONCE_LEN, PIN_TRANSPORT_SALT,
 };
 
 /// Salt of the HKDF that derives the PIN verification key from the issuer master key.

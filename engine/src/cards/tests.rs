@@ -992,13 +992,67 @@ fn a_challenge_expires_after_its_ttl() {
 }
 
 #[test]
+fn the_agreement_key_lasts_its_epoch_and_a_challenge_keeps_its_own_across_the_change() {
+    let mut f = fixture();
+    let end = T0 + AGREEMENT_KEY_LIFETIME_SECS;
+    let first = f.swipe(ORDER, AMOUNT, T0);
+    // The reader keeps its pair while the node's key stays.
+    let mut reader_keys = ReaderPinKeys::default();
+    let mut submission = |f: &mut Fixture, ch: &ChallengeIssued, pin: &str| {
+        let mut s = f.submission(ch, ORDER, AMOUNT, PIN);
+        s.pin = reader_keys
+            .encrypt(&ch.node_public, &ch.challenge, pin, &mut f.rng)
+            .unwrap();
+        s
+    };
+    let s = submission(&mut f, &first, PIN);
+    assert_eq!(
+        f.submit(&first, &s, HOME, None, CREDIT, T0),
+        authorised(false)
+    );
+    // A wrong PIN under the kept agreement is still a wrong PIN, not an unreadable one.
+    let second = f.swipe(ORDER, AMOUNT, end - 1);
+    assert_eq!(second.node_public, first.node_public, "the same epoch");
+    let s = submission(&mut f, &second, "0000");
+    let kept_pair = s.pin.reader_public;
+    assert_eq!(
+        f.submit(&second, &s, HOME, None, CREDIT, end - 1),
+        AuthOutcome::WrongPin { tries_left: 2 }
+    );
+    // Issued at the epoch's last second, answered after it: its key still reads it.
+    let third = f.swipe(ORDER, AMOUNT, end - 1);
+    let s = submission(&mut f, &third, PIN);
+    assert_eq!(s.pin.reader_public, kept_pair);
+    assert_eq!(
+        f.submit(&third, &s, HOME, None, CREDIT, end + 5),
+        authorised(false)
+    );
+    // The next epoch: a new key, and the reader a new pair.
+    let fourth = f.swipe(ORDER, AMOUNT, end);
+    assert_ne!(fourth.node_public, first.node_public, "a new epoch");
+    let s = submission(&mut f, &fourth, PIN);
+    assert_ne!(s.pin.reader_public, kept_pair);
+    assert_eq!(
+        f.submit(&fourth, &s, HOME, None, CREDIT, end),
+        authorised(false)
+    );
+    // A PIN encrypted to the old epoch's key does not read under the new one.
+    let fifth = f.swipe(ORDER, AMOUNT, end + 1);
+    let mut s = f.submission(&fifth, ORDER, AMOUNT, PIN);
+    s.pin = encrypt_pin(&first.node_public, &fifth.challenge, PIN, &mut f.rng).unwrap();
+    assert_eq!(
+        f.submit(&fifth, &s, HOME, None, CREDIT, end + 1),
+        AuthOutcome::PinUnreadable
+    );
+}
+
+#[test]
 fn a_new_swipe_replaces_the_readers_outstanding_challenge() {
     let mut f = fixture();
     let first = f.swipe(ORDER, AMOUNT, T0);
     let second = f.swipe("order-2", 10, T0);
     assert_ne!(first.challenge_id, second.challenge_id);
     assert_ne!(first.challenge, second.challenge);
-    assert_ne!(first.node_public, second.node_public);
     assert_eq!(f.center.outstanding_challenges(), 1);
     let s = f.submission(&first, ORDER, AMOUNT, PIN);
     assert_eq!(

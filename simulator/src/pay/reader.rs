@@ -28,7 +28,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use onecard_engine::cards::{encrypt_pin, CardKey};
+use onecard_engine::cards::{CardKey, ReaderPinKeys};
 use onecard_sim::card::applet::CardApplet;
 use onecard_terminal::apdu;
 use onecard_terminal::channel::{CardChannel, CardIoError};
@@ -254,6 +254,8 @@ pub struct Reader {
     plan: Plan,
     rng: ChaCha8Rng,
     crypto_rng: ChaCha20Rng,
+    /// The reader's X25519 pair and the secret agreed with the node's current agreement key.
+    pin_keys: ReaderPinKeys,
     foreign_recent: VecDeque<Instant>,
     /// No wrong PIN since the card's last right one: a wrong PIN may be planted (so that wrong
     /// PINs never come two in a row, whatever fails in between, and the card never locks).
@@ -308,6 +310,7 @@ impl Reader {
             plan,
             rng: ChaCha8Rng::seed_from_u64(seed),
             crypto_rng: ChaCha20Rng::from_rng(rand::rngs::OsRng).expect("the OS's randomness"),
+            pin_keys: ReaderPinKeys::default(),
             foreign_recent: VecDeque::new(),
             pin_clean: true,
             path: String::with_capacity(128),
@@ -709,13 +712,14 @@ impl Reader {
         } else {
             &self.spec.pin
         };
-        let pin = encrypt_pin(
-            &challenge.node_public,
-            &challenge.challenge,
-            pin,
-            &mut self.crypto_rng,
-        )
-        .map_err(|e| Problem::error("card:pin", e.to_string()))?;
+        let pin = (self.pin_keys)
+            .encrypt(
+                &challenge.node_public,
+                &challenge.challenge,
+                pin,
+                &mut self.crypto_rng,
+            )
+            .map_err(|e| Problem::error("card:pin", e.to_string()))?;
 
         // Authenticate.
         self.body.clear();
