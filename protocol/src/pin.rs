@@ -160,16 +160,11 @@ pub fn encrypt_pin(
     pin: &str,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<EncryptedPin, PinError> {
-    if !is_valid_pin(pin) {
-        return Err(PinError::InvalidPin);
-    }
-    let reader_secret = random_secret(rng);
-    let reader_public = PublicKey::from(&reader_secret).to_bytes();
-    let agreed = agree(&reader_secret, node_public).ok_or(PinError::Transport)?;
-    encrypt_agreed(&agreed, reader_public, challenge, pin, rng)
+    ReaderPinKeys::default().encrypt(node_public, challenge, pin, rng)
 }
 
-/// Reader side, with the secret agreed already: draws the nonce (12 bytes) and encrypts.
+/// Reader side, with the secret agreed already and the PIN checked: draws the nonce (12 bytes)
+/// and encrypts.
 fn encrypt_agreed(
     agreed: &AgreedSecret,
     reader_public: [u8; 32],
@@ -177,9 +172,6 @@ fn encrypt_agreed(
     pin: &str,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<EncryptedPin, PinError> {
-    if !is_valid_pin(pin) {
-        return Err(PinError::InvalidPin);
-    }
     let mut key = transport_key(agreed, challenge);
     let mut nonce = [0u8; PIN_NONCE_LEN];
     rng.fill_bytes(&mut nonce);
