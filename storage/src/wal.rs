@@ -111,6 +111,11 @@ const WRITE_BUFFER_FLUSH: usize = 1 << 20;
 const WRITE_BUFFER_KEEP: usize = 4 << 20;
 /// Readers read this much ahead, so that a scan costs one syscall per many records.
 const READ_AHEAD: usize = 256 << 10;
+/// What a reader reads ahead first after it has been at the end of what is written (a follower
+/// at the head): a follower that wakes for a record or two should not copy the zeros ahead of the
+/// records (up to [`PREALLOCATE_STEP`]) each time. It doubles with each read up to
+/// [`READ_AHEAD`], so a follower that has fallen behind scans as fast as ever.
+const READ_AHEAD_AT_HEAD: usize = 16 << 10;
 /// How far ahead of its records a segment file is filled with zeros (see
 /// [`Wal::write_zeros_ahead`]): one size change per 256 KiB instead of one per sync. Small,
 /// since the next sync writes the zeros (measured here, a write and `fdatasync` of 4 MiB took
@@ -439,6 +444,8 @@ struct SegReader {
     path: PathBuf,
     buf: Vec<u8>,
     buf_off: u64,
+    /// How much the next read from the file reads ahead.
+    read_ahead: usize,
 }
 
 impl SegReader {
@@ -449,6 +456,7 @@ impl SegReader {
             path: path.to_path_buf(),
             buf: Vec::new(),
             buf_off: 0,
+            read_ahead: READ_AHEAD,
         })
     }
 
@@ -478,7 +486,8 @@ impl SegReader {
             self.buf.clear();
         }
         self.buf_off = off;
-        let target = (n.max(READ_AHEAD) as u64).min(flen - off) as usize;
+        let target = (n.max(self.read_ahead) as u64).min(flen - off) as usize;
+        self.read_ahead = (self.read_ahead * 2).min(READ_AHEAD);
         let have = self.buf.len();
         if have < target {
             self.buf.resize(target, 0);
@@ -494,10 +503,12 @@ impl SegReader {
     }
 
     /// Drops what was read ahead: the writer may have written over it since (a segment
-    /// being written holds zeros ahead of its records, see [`Wal::write_zeros_ahead`]).
+    /// being written holds zeros ahead of its records, see [`Wal::write_zeros_ahead`]). The
+    /// next read reads little ahead ([`READ_AHEAD_AT_HEAD`]).
     fn forget(&mut self) {
         self.buf.clear();
         self.buf_off = 0;
+        self.read_ahead = READ_AHEAD_AT_HEAD;
     }
 
     /// Bytes made available by a successful `fill` covering them.
@@ -1620,6 +1631,9 @@ impl WalCursor {
                 }
                 CursorState::Reading { seg, reader, off } => {
                     if self.next_seq > upto {
+                        // At the head: what was read ahead holds the zeros ahead of the
+                        // records, which the next records will have replaced by the next call.
+                        reader.forget();
                         return Ok(None);
                     }
                     let prev = self.prev_hash.unwrap_or(ZERO_HASH);
