@@ -1046,9 +1046,15 @@ impl Engine {
         Ok(self.shared.journal.last_seq())
     }
 
-    /// Runs the time-driven work due at `now` for every consumer, then records the clock.
+    /// Runs the time-driven work due at `now` for every consumer, then records the clock; and
+    /// lets expired challenges and an agreement key whose epoch is over go.
     pub async fn tick(&self, now: Secs) -> Result<CommandResult, EngineError> {
         let now = self.advance_clock(now);
+        // Expired challenges hold the card number presented and their agreement key: they go
+        // with time, not only with the next swipes.
+        if let Some(auth) = &self.auth {
+            auth.purge_expired(now);
+        }
         let due: Vec<String> = self
             .shared
             .directory

@@ -816,7 +816,8 @@ impl AuthCenter {
     }
 
     /// Drops every expired challenge (and the order claims of those waiting for an address
-    /// answer) and every ended refusal window. Swipes call it now and then; tests call it.
+    /// answer), every ended refusal window and the agreement key of an epoch that is over.
+    /// The engine's tick calls it, and swipes now and then.
     pub fn purge_expired(&self, now: u64) {
         let expired: Vec<String> = self
             .challenges
@@ -830,6 +831,19 @@ impl AuthCenter {
             }
         }
         self.refusals.retain(|_, w| now < w.end());
+        // The agreement key of an epoch that is over: not handed out again, and kept from here
+        // only by the challenges issued under it, so that an idle node does not hold it (and
+        // the secrets agreed with it) until its next swipe.
+        let mut slot = self.agreement.write();
+        if slot.as_ref().is_some_and(|k| !k.current_at(now)) {
+            *slot = None;
+        }
+    }
+
+    /// Whether an agreement key is held for new challenges (tests).
+    #[cfg(test)]
+    pub(crate) fn holds_agreement_key(&self) -> bool {
+        self.agreement.read().is_some()
     }
 
     /// Removes challenge `id` (at most one caller gets it) and its reader's pointer to it.

@@ -1044,6 +1044,14 @@ fn the_agreement_key_lasts_its_epoch_and_a_challenge_keeps_its_own_across_the_ch
         f.submit(&fifth, &s, HOME, None, CREDIT, end + 1),
         AuthOutcome::PinUnreadable
     );
+
+    // Past the second epoch, a purge (the engine's tick) lets the key go even with no swipe.
+    assert!(f.center.holds_agreement_key());
+    f.center
+        .purge_expired(end + AGREEMENT_KEY_LIFETIME_SECS - 1);
+    assert!(f.center.holds_agreement_key());
+    f.center.purge_expired(end + AGREEMENT_KEY_LIFETIME_SECS);
+    assert!(!f.center.holds_agreement_key());
 }
 
 #[test]
