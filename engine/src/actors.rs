@@ -18,7 +18,7 @@
 //! merchant actor to debit first (it owns the balance that must cover it), then writes the one
 //! balanced refund event.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -121,15 +121,39 @@ pub struct ConsumerMsg {
     pub now: Secs,
     /// Keeps the actor resident until this message is handled.
     pub lease: Lease<ConsumerActor>,
+    /// Where the answer goes. Dropped unanswered if the actor stops first.
+    reply: tokio::sync::oneshot::Sender<Result<ConsumerReply, EngineError>>,
 }
 
 impl Message for ConsumerMsg {
-    type Result = Result<ConsumerReply, EngineError>;
+    type Result = ();
+}
+
+/// Hands `cmd` to the actor `lease` is on and waits for its answer.
+pub(crate) async fn ask(
+    lease: Lease<ConsumerActor>,
+    cmd: ConsumerCmd,
+    now: Secs,
+) -> Result<ConsumerReply, EngineError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    lease.deliver(|lease| ConsumerMsg {
+        cmd,
+        now,
+        lease,
+        reply,
+    });
+    answer.await.map_err(|_| {
+        EngineError::Unavailable("account actor unreachable: it stopped before answering".into())
+    })?
 }
 
 pub struct ConsumerActor {
     state: Rc<RefCell<ConsumerState>>,
     shared: Arc<Shared>,
+    /// When this actor last told the directory its consumer's time-driven work starts
+    /// (`None`: not yet): the directory is this actor's to keep for its consumer, so an
+    /// unchanged answer needs no lookup in it.
+    time_work_noted: Rc<Cell<Option<Option<Secs>>>>,
 }
 
 impl ConsumerActor {
@@ -138,6 +162,7 @@ impl ConsumerActor {
         ConsumerActor {
             state: Rc::new(RefCell::new(state)),
             shared,
+            time_work_noted: Rc::new(Cell::new(None)),
         }
     }
 }
@@ -151,29 +176,35 @@ impl Actor for ConsumerActor {
 }
 
 impl Handler<ConsumerMsg> for ConsumerActor {
-    type Result = AtomicResponse<Self, Result<ConsumerReply, EngineError>>;
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: ConsumerMsg, ctx: &mut Self::Context) -> Self::Result {
-        let ConsumerMsg { cmd, lease, now } = msg;
+    fn handle(&mut self, msg: ConsumerMsg, _ctx: &mut Self::Context) -> Self::Result {
+        let ConsumerMsg {
+            cmd,
+            lease,
+            now,
+            reply,
+        } = msg;
         let run = Run {
             st: self.state.clone(),
             shared: self.shared.clone(),
+            time_work_noted: self.time_work_noted.clone(),
             now,
             bank_ops: RefCell::new(Vec::new()),
-            submitted: std::cell::Cell::new(false),
+            submitted: Cell::new(false),
             topups: RefCell::new(Vec::new()),
         };
-        let addr = ctx.address();
         AtomicResponse::new(Box::pin(
             async move {
                 let result = run.command(cmd).await;
                 if result.is_ok() {
-                    run.start_topups(&addr, &lease);
+                    run.start_topups(&lease);
                 }
                 // Handled: the actor may be passivated from now on (not while a top-up it
                 // started waits for the bank: that holds a lease of its own).
                 drop(lease);
-                result
+                // The asker may have stopped waiting: then nobody needs the answer.
+                let _ = reply.send(result);
             }
             .into_actor(self),
         ))
@@ -184,11 +215,12 @@ impl Handler<ConsumerMsg> for ConsumerActor {
 struct Run {
     st: Rc<RefCell<ConsumerState>>,
     shared: Arc<Shared>,
+    time_work_noted: Rc<Cell<Option<Option<Secs>>>>,
     now: Secs,
     /// Bank operations the bank did for this command and no durable entry names yet.
     bank_ops: RefCell<Vec<String>>,
     /// Whether an entry of this command went to the journal (whatever came of it).
-    submitted: std::cell::Cell<bool>,
+    submitted: Cell<bool>,
     /// Top-ups to ask the bank for once this command is done (an external bank), each
     /// counted in the account's `topup_in_flight` meanwhile.
     topups: RefCell<Vec<Amount>>,
@@ -399,11 +431,14 @@ impl Run {
                 Ok(Outcome::Ok)
             }
         };
-        let (id, next) = {
+        {
             let st = self.st.borrow();
-            (st.id.clone(), st.next_time_work(&self.shared.rules))
-        };
-        self.shared.note_time_work(&id, next);
+            let next = st.next_time_work(&self.shared.rules);
+            if self.time_work_noted.get() != Some(next) {
+                self.shared.note_time_work(&st.id, next);
+                self.time_work_noted.set(Some(next));
+            }
+        }
         Ok(ConsumerReply::Done(result))
     }
 
@@ -656,7 +691,7 @@ impl Run {
     /// Asks the bank for the top-ups this command left for after it (an external bank), each
     /// on a task of its own holding a lease, so that the actor stays resident until the answer
     /// has been handled. The answer comes back as a `TopUpAnswered` command.
-    fn start_topups(&self, addr: &Addr<ConsumerActor>, lease: &Lease<ConsumerActor>) {
+    fn start_topups(&self, lease: &Lease<ConsumerActor>) {
         let amounts: Vec<Amount> = self.topups.borrow_mut().drain(..).collect();
         if amounts.is_empty() {
             return;
@@ -664,7 +699,6 @@ impl Run {
         let bank_ref = self.st.borrow().bank.clone();
         for amount in amounts {
             let lease = lease.another();
-            let addr = addr.clone();
             let shared = self.shared.clone();
             let bank_ref = bank_ref.clone();
             let now = self.now;
@@ -686,9 +720,9 @@ impl Run {
                     Err(e) => Err(e.to_string()),
                 };
                 let cmd = ConsumerCmd::TopUpAnswered { amount, op, answer };
-                if let Err(e) = addr.send(ConsumerMsg { cmd, now, lease }).await {
+                if let Err(e) = ask(lease, cmd, now).await {
                     // The bank's side is reconciled at the next opening.
-                    tracing::error!(error = %e, "a top-up's answer could not reach its account");
+                    tracing::error!(error = %e, "a top-up's answer could not be recorded in its account");
                 }
                 shared
                     .topups_pending

@@ -92,10 +92,9 @@ impl Directory {
     /// Keeps the open-order directory up to date after an order changed durably.
     pub(crate) fn note_order(&self, consumer: &str, order: &Order) {
         if order.state.is_open() {
-            if !self.open_orders.contains_key(&order.id) {
-                self.open_orders
-                    .insert(order.id.clone(), OrderKey::of(consumer, order));
-            }
+            self.open_orders
+                .entry(order.id.clone())
+                .or_insert_with(|| OrderKey::of(consumer, order));
         } else {
             self.open_orders.remove(&order.id);
         }
@@ -136,15 +135,20 @@ impl Directory {
             .map(|s| OrderKey::of(&s.consumer, &s.order)))
     }
 
+    /// The consumer an order id belongs to: as `order_key`, but copying only the consumer.
     pub(crate) fn owner_of_order(
         &self,
         view: &StateView,
         order: &str,
     ) -> Result<Result<String, Refusal>, EngineError> {
-        Ok(self
-            .order_key(view, order)?
-            .map(|k| k.consumer)
-            .ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
+        let owner = if let Some(k) = self.placing.get(order) {
+            Some(k.consumer.clone())
+        } else if let Some(k) = self.open_orders.get(order) {
+            Some(k.consumer.clone())
+        } else {
+            view.closed_order(order)?.map(|s| s.consumer)
+        };
+        Ok(owner.ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
     }
 }
 

@@ -21,7 +21,7 @@ use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-use crate::actors::{ConsumerActor, ConsumerCmd, ConsumerMsg, ConsumerReply};
+use crate::actors::{self, ConsumerActor, ConsumerCmd, ConsumerReply};
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
 use crate::cards::{AuthCenter, IssuerKey};
 use crate::directory::{claim_id, Directory, OrderKey, RefundKey};
@@ -641,10 +641,7 @@ impl Engine {
     /// The actor of a consumer, activated from the view if it is not resident, and a lease
     /// that keeps it resident until the message carrying the lease is handled. `None` if
     /// there is no such consumer.
-    async fn route(
-        &self,
-        consumer: &str,
-    ) -> Result<Option<(Addr<ConsumerActor>, Lease<ConsumerActor>)>, EngineError> {
+    async fn route(&self, consumer: &str) -> Result<Option<Lease<ConsumerActor>>, EngineError> {
         self.router
             .route(consumer, |arbiter| {
                 let Some(record) = self.shared.view.consumer_record(consumer)? else {
@@ -665,10 +662,10 @@ impl Engine {
         cmd: ConsumerCmd,
         now: Secs,
     ) -> Result<CommandResult, EngineError> {
-        let Some((addr, lease)) = self.route(consumer).await? else {
+        let Some(lease) = self.route(consumer).await? else {
             return Ok(Err(Refusal::unknown(format!("no consumer {consumer:?}"))));
         };
-        let ConsumerReply::Done(r) = addr.send(ConsumerMsg { cmd, now, lease }).await??;
+        let ConsumerReply::Done(r) = actors::ask(lease, cmd, now).await?;
         Ok(r)
     }
 
@@ -1068,15 +1065,10 @@ impl Engine {
         // `unconstrained`: the stream is polled as one task; tokio's cooperative budget would
         // make it re-poll pending sends on every wake-up.
         let visits = futures::stream::iter(due.iter().map(|id| async move {
-            let Some((addr, lease)) = self.route(id).await? else {
+            let Some(lease) = self.route(id).await? else {
                 return Ok(());
             };
-            let msg = ConsumerMsg {
-                cmd: ConsumerCmd::Tick,
-                now,
-                lease,
-            };
-            addr.send(msg).await??;
+            actors::ask(lease, ConsumerCmd::Tick, now).await?;
             Ok::<(), EngineError>(())
         }))
         .buffer_unordered(TICK_FAN_OUT)
@@ -1127,7 +1119,6 @@ impl Engine {
         Ok(self.shared.merchants.get(id))
     }
 
-    /// An order, if it exists.
     /// Orders open now (pending, awaiting funds, disputed), across every consumer.
     pub fn open_order_count(&self) -> usize {
         self.shared.directory.open_orders.len()
@@ -1135,9 +1126,10 @@ impl Engine {
 
     /// The consumer an order belongs to, if the order exists.
     pub fn order_owner(&self, id: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.order_key(id)?.map(|k| k.consumer))
+        Ok(self.owner_of_order(id)?.ok())
     }
 
+    /// An order, if it exists.
     pub async fn order(&self, id: &str) -> Result<Option<Order>, EngineError> {
         let owner = self
             .shared

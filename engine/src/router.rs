@@ -61,6 +61,29 @@ impl<A: Actor> Lease<A> {
         self.0.outstanding.fetch_add(1, Ordering::AcqRel);
         Lease(self.0.clone())
     }
+
+    /// Queues the message `make` builds around this lease in the actor's mailbox, through the
+    /// slot's own address. Not `Addr::send` on a clone of it: a clone allocates a sender (two
+    /// `Arc`s and a compare-and-swap on the sender count, and as much again to drop it) for
+    /// every command, and `send` on a shared address would stop at a full mailbox without a
+    /// wake-up. Queued regardless of the mailbox's capacity, as a fresh clone's `send` does
+    /// too; the message carries its own way back. An actor that has stopped drops the message,
+    /// and with it the way back.
+    pub(crate) fn deliver<M>(self, make: impl FnOnce(Lease<A>) -> M)
+    where
+        A: Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let slot = self.0.clone();
+        match slot.addr.get() {
+            Some(addr) => addr.do_send(make(self)),
+            // Not reachable: a lease is handed out only once its actor is up. Dropping the
+            // message drops its way back, which its sender sees as an unreachable actor.
+            None => drop(make(self)),
+        }
+    }
 }
 
 impl<A: Actor> Drop for Lease<A> {
@@ -212,15 +235,15 @@ impl<A: Actor> Router<A> {
         &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
     }
 
-    /// The actor of a consumer, activated by `activate` (from the view, on the arbiter given
-    /// to it) if it is not resident, and a lease that keeps it resident until the message
-    /// carrying the lease is handled. `None` if there is no such consumer (`activate` found
-    /// none).
+    /// A lease on the actor of a consumer, activated by `activate` (from the view, on the
+    /// arbiter given to it) if it is not resident: it keeps the actor resident until the
+    /// message carrying it is handled, and delivers that message (`Lease::deliver`). `None`
+    /// if there is no such consumer (`activate` found none).
     pub(crate) async fn route<E>(
         &self,
         consumer: &str,
         activate: impl FnOnce(&ArbiterHandle) -> Result<Option<Addr<A>>, E>,
-    ) -> Result<Option<(Addr<A>, Lease<A>)>, EngineError>
+    ) -> Result<Option<Lease<A>>, EngineError>
     where
         EngineError: From<E>,
     {
@@ -261,7 +284,7 @@ impl<A: Actor> Router<A> {
             })
             .await;
         match activated {
-            Ok(addr) => Ok(Some((addr.clone(), lease))),
+            Ok(_) => Ok(Some(lease)),
             Err(e) => {
                 drop(lease);
                 // Free the empty slot unless another message is waiting on it.

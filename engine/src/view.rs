@@ -860,9 +860,14 @@ impl RecordCache {
         &self.shards[(onecard_storage::bloom::key_hash(k) % CACHE_SHARDS as u64) as usize]
     }
 
-    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+    /// What `read` makes of the cached bytes of `k`, read under the shard's lock.
+    fn get_with<T>(&self, k: &[u8], read: impl FnOnce(&[u8]) -> T) -> Option<T> {
         let shard = self.shard(k).lock();
-        shard.newer.get(k).or_else(|| shard.older.get(k)).cloned()
+        shard
+            .newer
+            .get(k)
+            .or_else(|| shard.older.get(k))
+            .map(|v| read(v))
     }
 
     /// Takes in a record (`None`: removed) of a layer that the checkpoint now holds, within
@@ -922,8 +927,8 @@ struct OverlayChunk {
 }
 
 /// What a layer says about a key.
-enum Found {
-    Value(Vec<u8>),
+enum Found<T> {
+    Value(T),
     Removed,
     NotHere,
 }
@@ -938,23 +943,29 @@ impl Overlay {
         }
     }
 
-    fn lookup(&self, k: &[u8]) -> Found {
-        {
+    /// What the overlay holds for `k`, as `read` makes of its bytes. A layer's bytes are copied
+    /// out of the layers' lock before `read` runs (the log writer waits for that lock); the
+    /// cache's are read in place under their shard's lock.
+    fn lookup<T>(&self, k: &[u8], read: impl FnOnce(&[u8]) -> T) -> Found<T> {
+        let layered = {
             let layers = self.layers.read();
             let hit = layers
                 .active
                 .get(k)
                 .or_else(|| layers.sealed.as_ref().and_then(|(sealed, _)| sealed.get(k)));
             match hit {
-                None => {}
+                None => None,
                 Some(None) => return Found::Removed,
-                Some(Some(v)) => return Found::Value(v.clone()),
+                Some(Some(v)) => Some(v.clone()),
             }
+        };
+        if let Some(v) = layered {
+            return Found::Value(read(&v));
         }
         // Not in the layers: the cache holds what the checkpoint holds, or something newer if
         // a checkpoint was taken in since (a layer leaves the overlay only once the cache has
         // its records, see `checkpointed`), never something older.
-        match self.cache.get(k) {
+        match self.cache.get_with(k, read) {
             Some(v) => Found::Value(v),
             None => Found::NotHere,
         }
@@ -1264,11 +1275,21 @@ impl StateView {
     }
 
     pub(crate) fn get_raw(&self, k: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
-        match self.overlay.lookup(k) {
-            Found::Value(v) => Ok(Some(v)),
+        self.get_read(k, |v| Ok(v.to_vec()))
+    }
+
+    /// What `read` makes of the bytes the view holds for `k`: without copying them first
+    /// where they sit in memory.
+    fn get_read<T>(
+        &self,
+        k: &[u8],
+        read: impl Fn(&[u8]) -> Result<T, ViewError>,
+    ) -> Result<Option<T>, ViewError> {
+        match self.overlay.lookup(k, &read) {
+            Found::Value(v) => v.map(Some),
             Found::Removed => Ok(None),
             Found::NotHere => match self.runs.get(k) {
-                Ok(v) => Ok(v),
+                Ok(v) => v.map(|v| read(&v)).transpose(),
                 Err(e) => Err(self.failure.note("a read of the view", e.into())),
             },
         }
@@ -1304,10 +1325,7 @@ impl StateView {
         what: &str,
         k: &[u8],
     ) -> Result<Option<T>, ViewError> {
-        match self.get_raw(k)? {
-            None => Ok(None),
-            Some(v) => decode(what, &v).map(Some),
-        }
+        self.get_read(k, |v| decode(what, v))
     }
 
     /// Every key under `prefix` with its value, the overlay merged over the checkpoint (for verify).
@@ -1378,9 +1396,7 @@ impl StateView {
 
     /// The consumer with its open orders: what its actor starts from.
     pub fn consumer_record(&self, id: &str) -> Result<Option<ConsumerRecord>, ViewError> {
-        self.get_raw(&key(CONSUMER, id))?
-            .map(|v| decode_consumer(&v))
-            .transpose()
+        self.get_read(&key(CONSUMER, id), decode_consumer)
     }
 
     /// The consumer with its open orders; closed orders are read one by one with
