@@ -5,8 +5,6 @@
 //! here, none of them has to import the module that holds the `Engine` to name it, and the
 //! module graph stays one-way (`engine` → `actors` → `router` → `error`).
 
-use actix::MailboxError;
-
 use crate::bank::BankError;
 use crate::journal::JournalError;
 
@@ -35,11 +33,5 @@ pub enum EngineError {
 impl From<crate::view::ViewError> for EngineError {
     fn from(e: crate::view::ViewError) -> Self {
         EngineError::Journal(JournalError::View(e))
-    }
-}
-
-impl From<MailboxError> for EngineError {
-    fn from(e: MailboxError) -> Self {
-        EngineError::Unavailable(format!("account actor unreachable: {e}"))
     }
 }
