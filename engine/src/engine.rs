@@ -58,7 +58,8 @@ pub struct EngineConfig {
     pub journal: JournalConfig,
     /// Arbiters (threads) running the account actors; default one per core.
     pub arbiters: usize,
-    /// Bound of every account actor's mailbox.
+    /// The capacity actix gives every account actor's mailbox. Commands are queued past it
+    /// (`Lease::deliver`), never refused or held back there: `max_in_flight` bounds them.
     pub mailbox_capacity: usize,
     /// Most commands in progress at once; one more is refused at once with
     /// [`EngineError::Overloaded`] instead of queueing without bound.
