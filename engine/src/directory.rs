@@ -117,6 +117,25 @@ impl Directory {
         }
     }
 
+    /// What an order id was first used with, as `in_memory` or `closed` take from where it
+    /// lives: being placed now, open (both in memory), or closed in the view. The one place
+    /// that knows where to look, and in which order.
+    fn find_order<T>(
+        &self,
+        view: &StateView,
+        order: &str,
+        in_memory: impl Fn(&OrderKey) -> T,
+        closed: impl FnOnce(crate::view::StoredOrder) -> T,
+    ) -> Result<Option<T>, EngineError> {
+        if let Some(k) = self.placing.get(order) {
+            return Ok(Some(in_memory(&k)));
+        }
+        if let Some(k) = self.open_orders.get(order) {
+            return Ok(Some(in_memory(&k)));
+        }
+        Ok(view.closed_order(order)?.map(closed))
+    }
+
     /// The content an order id was first used with: being placed now, open, or closed in
     /// the view.
     pub(crate) fn order_key(
@@ -124,15 +143,9 @@ impl Directory {
         view: &StateView,
         order: &str,
     ) -> Result<Option<OrderKey>, EngineError> {
-        if let Some(k) = self.placing.get(order) {
-            return Ok(Some(k.clone()));
-        }
-        if let Some(k) = self.open_orders.get(order) {
-            return Ok(Some(k.clone()));
-        }
-        Ok(view
-            .closed_order(order)?
-            .map(|s| OrderKey::of(&s.consumer, &s.order)))
+        self.find_order(view, order, OrderKey::clone, |s| {
+            OrderKey::of(&s.consumer, &s.order)
+        })
     }
 
     /// The consumer an order id belongs to: as `order_key`, but copying only the consumer.
@@ -141,13 +154,7 @@ impl Directory {
         view: &StateView,
         order: &str,
     ) -> Result<Result<String, Refusal>, EngineError> {
-        let owner = if let Some(k) = self.placing.get(order) {
-            Some(k.consumer.clone())
-        } else if let Some(k) = self.open_orders.get(order) {
-            Some(k.consumer.clone())
-        } else {
-            view.closed_order(order)?.map(|s| s.consumer)
-        };
+        let owner = self.find_order(view, order, |k| k.consumer.clone(), |s| s.consumer)?;
         Ok(owner.ok_or_else(|| Refusal::unknown(format!("no order {order:?}"))))
     }
 }

@@ -639,9 +639,9 @@ impl Engine {
         }
     }
 
-    /// The actor of a consumer, activated from the view if it is not resident, and a lease
-    /// that keeps it resident until the message carrying the lease is handled. `None` if
-    /// there is no such consumer.
+    /// A lease on the actor of a consumer, activated from the view if it is not resident: it
+    /// keeps the actor resident until the message carrying it is handled, and delivers that
+    /// message (`actors::ask`). `None` if there is no such consumer.
     async fn route(&self, consumer: &str) -> Result<Option<Lease<ConsumerActor>>, EngineError> {
         self.router
             .route(consumer, |arbiter| {
