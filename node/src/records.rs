@@ -725,16 +725,21 @@ impl PayoutPolicy {
     }
 }
 
+/// The JSON `null`: what an [`IdemRecord`] holds when it rebuilds its answer.
+pub fn null_json() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::NULL.to_owned()
+}
+
 /// What a request with an `Idempotency-Key` got: replayed for the same request, refused (422)
 /// for another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdemRecord {
     /// SHA-256 of method, path and body.
     pub fingerprint: String,
     pub status: u16,
-    /// The answer; null when `new_order` says how to rebuild it.
-    #[serde(default)]
-    pub body: serde_json::Value,
+    /// The answer's JSON, as it was sent; null when `new_order` says how to rebuild it.
+    #[serde(default = "null_json")]
+    pub body: Box<serde_json::value::RawValue>,
     /// An order creation's answer in a few fields: with the checkout (written in the same
     /// commit, never removed) it rebuilds the answer exactly, so the record does not hold it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

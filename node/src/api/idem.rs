@@ -12,37 +12,44 @@
 //! `idempotency_in_progress`. Keys are per caller (merchant, administrator, consumer, reader),
 //! so two merchants cannot collide.
 
+use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::ApiError;
 use crate::app::{checkout_of, order_view_as_created};
-use crate::records::{self, IdemRecord, NewOrderAnswer};
+use crate::records::{self, null_json, IdemRecord, NewOrderAnswer};
 use crate::state::Node;
 use crate::store::{self, Write};
 
 /// A request's answer and the writes that make it true.
 pub struct Reply {
     pub status: StatusCode,
-    pub body: serde_json::Value,
+    /// The answer, serialised once: sent as it is, and stored as it is for a repeat.
+    body: Box<RawValue>,
     pub writes: Vec<Write>,
     /// What a repeat gets instead of `body`, when the answer carries a secret shown once (an
     /// API key, a card key, a session token): the secret is never stored (I10).
-    pub replay_body: Option<serde_json::Value>,
+    replay_body: Option<Box<RawValue>>,
     /// An order creation's answer, stored as the few fields that rebuild it from the checkout
     /// (a sixth of the bytes: less to log, to checkpoint and to read back).
     pub new_order: Option<NewOrderAnswer>,
+    /// A refusal of the body before anything ran: not stored, so that the caller can fix the
+    /// body and retry with the same key.
+    refused_body: bool,
 }
 
 impl Reply {
     pub fn new(status: StatusCode, body: &impl Serialize) -> Reply {
         Reply {
             status,
-            body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+            body: json_of(body),
             writes: Vec::new(),
             replay_body: None,
             new_order: None,
+            refused_body: false,
         }
     }
 
@@ -54,13 +61,21 @@ impl Reply {
 
     /// The answer a repeat gets: this one with the given secret fields set to null.
     pub fn redacting(mut self, pointers: &[&str]) -> Reply {
-        let mut stored = self.body.clone();
+        let mut stored: serde_json::Value =
+            serde_json::from_str(self.body.get()).unwrap_or(serde_json::Value::Null);
         for p in pointers {
             if let Some(v) = stored.pointer_mut(p) {
                 *v = serde_json::Value::Null;
             }
         }
-        self.replay_body = Some(stored);
+        self.replay_body = Some(json_of(&stored));
+        self
+    }
+
+    /// This answer refuses the body before anything ran (a payroll file refused whole): not
+    /// stored, as for [`Reply::error`] of a body that did not validate.
+    pub fn refusing_the_body(mut self) -> Reply {
+        self.refused_body = true;
         self
     }
 
@@ -69,10 +84,27 @@ impl Reply {
         self
     }
 
-    /// A refusal as a stored answer (it is replayed like any other).
+    /// A refusal as a stored answer (it is replayed like any other), unless the body did not
+    /// parse or validate ([`is_validation_error`]).
     pub fn error(e: &ApiError) -> Reply {
-        Reply::new(e.status, &e.body())
+        Reply {
+            refused_body: is_validation_error(&e.code),
+            ..Reply::new(e.status, &e.body())
+        }
     }
+}
+
+/// `value` as JSON text. Serialising our own plain data types cannot fail (no maps with
+/// non-string keys, no serialisers that error); if one ever did, the answer is `null`.
+fn json_of(value: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| null_json())
+}
+
+/// An answer whose body is JSON text already.
+fn json_response(mut builder: HttpResponseBuilder, body: Box<RawValue>) -> HttpResponse {
+    builder
+        .content_type(ContentType::json())
+        .body(String::from(Box::<str>::from(body)))
 }
 
 /// A request with its key claimed (or without a key).
@@ -144,19 +176,17 @@ impl<'a> Idem<'a> {
     pub async fn finish(self, reply: Reply) -> Result<HttpResponse, ApiError> {
         let mut writes = reply.writes;
         if let Some((key, fingerprint)) = &self.claim {
-            if reply.status.as_u16() < 500 && !is_validation_error(&reply.body) {
+            if reply.status.as_u16() < 500 && !reply.refused_body {
                 writes.push(store::json(
                     key.clone(),
                     &IdemRecord {
                         fingerprint: fingerprint.clone(),
                         status: reply.status.as_u16(),
                         at: self.node.now(),
-                        body: match &reply.new_order {
-                            Some(_) => serde_json::Value::Null,
-                            None => reply
-                                .replay_body
-                                .clone()
-                                .unwrap_or_else(|| reply.body.clone()),
+                        body: match (&reply.new_order, &reply.replay_body) {
+                            (Some(_), _) => null_json(),
+                            (None, Some(replay)) => replay.clone(),
+                            (None, None) => reply.body.clone(),
                         },
                         new_order: reply.new_order.clone(),
                     },
@@ -166,7 +196,7 @@ impl<'a> Idem<'a> {
         if !writes.is_empty() {
             self.node.store.commit(writes).await?;
         }
-        Ok(HttpResponse::build(reply.status).json(reply.body))
+        Ok(json_response(HttpResponse::build(reply.status), reply.body))
     }
 }
 
@@ -178,14 +208,10 @@ impl Drop for Idem<'_> {
     }
 }
 
-/// A body that did not parse or validate: nothing ran, so nothing to replay. A payroll file
-/// refused whole (`invalid_payroll`) is one too: the employer fixes the file and sends it
-/// again under the same key.
-fn is_validation_error(body: &serde_json::Value) -> bool {
-    matches!(
-        body.pointer("/error/code").and_then(|c| c.as_str()),
-        Some("invalid_json" | "invalid_field" | "bad_body" | "invalid_payroll")
-    )
+/// A body that did not parse or validate: nothing ran, so nothing to replay. (A payroll file
+/// refused whole is one too: [`Reply::refusing_the_body`].)
+fn is_validation_error(code: &str) -> bool {
+    matches!(code, "invalid_json" | "invalid_field" | "bad_body")
 }
 
 fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpResponse>, ApiError> {
@@ -196,16 +222,13 @@ fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpRespon
             let body = match &r.new_order {
                 Some(created) => {
                     let c = checkout_of(node, &created.order)?;
-                    serde_json::to_value(order_view_as_created(&c, created))
-                        .map_err(|e| ApiError::internal(e.to_string()))?
+                    json_of(&order_view_as_created(&c, created))
                 }
                 None => r.body,
             };
-            Ok(Some(
-                HttpResponse::build(status)
-                    .insert_header(("Idempotent-Replayed", "true"))
-                    .json(body),
-            ))
+            let mut replay = HttpResponse::build(status);
+            replay.insert_header(("Idempotent-Replayed", "true"));
+            Ok(Some(json_response(replay, body)))
         }
         Some(_) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

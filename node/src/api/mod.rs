@@ -450,13 +450,15 @@ pub fn is_json_media_type(content_type: &str) -> bool {
 }
 
 /// What the route being answered reads from the body ([`ROUTE_TABLE`]).
+/// The pattern comes from the matched resource's data ([`RoutePattern`]): `match_pattern`
+/// would run the router's regexes again.
 fn body_kind(req: &HttpRequest) -> BodyKind {
-    let Some(pattern) = req.match_pattern() else {
+    let Some(RoutePattern(pattern)) = req.app_data::<RoutePattern>() else {
         return BodyKind::None;
     };
     ROUTE_TABLE
         .iter()
-        .find(|r| r.path == pattern && r.method.eq_ignore_ascii_case(req.method().as_str()))
+        .find(|r| r.path == *pattern && r.method.eq_ignore_ascii_case(req.method().as_str()))
         .map_or(BodyKind::None, |r| r.body)
 }
 
@@ -484,13 +486,13 @@ pub fn declared_csv(req: &HttpRequest) -> bool {
 
 /// 415 unless the body is declared JSON (one `Content-Type`, [`is_json_media_type`]), or, on a
 /// route that reads a file ([`BodyKind::JsonOrCsv`]), JSON or CSV.
-fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+fn check_content_type(req: &HttpRequest, kind: BodyKind) -> Result<(), ApiError> {
     let values: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_TYPE).collect();
     let declared = match values.as_slice() {
         [one] => one.to_str().ok(),
         _ => None,
     };
-    let csv_too = body_kind(req) == BodyKind::JsonOrCsv;
+    let csv_too = kind == BodyKind::JsonOrCsv;
     if declared.is_some_and(|d| is_json_media_type(d) || (csv_too && is_csv_media_type(d))) {
         return Ok(());
     }
@@ -552,7 +554,7 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if matches!(kind, BodyKind::Json | BodyKind::JsonOrCsv) || declared.is_some_and(|n| n > 0) {
-        check_content_type(req)?;
+        check_content_type(req, kind)?;
     }
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
@@ -582,7 +584,7 @@ pub async fn read_body(
         })?;
     // A body without a declared length (chunked) on a route that reads none.
     if !body.is_empty() {
-        check_content_type(req)?;
+        check_content_type(req, kind)?;
     }
     Ok(body)
 }

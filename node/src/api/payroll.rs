@@ -65,6 +65,8 @@ fn refused(r: &file::Refused) -> Reply {
             "problems": r.problems,
         }}),
     )
+    // The employer fixes the file and sends it again under the same key.
+    .refusing_the_body()
 }
 
 /// Uploads a payroll batch (CSV or JSON), checked whole; a valid one is stored and paid by the
