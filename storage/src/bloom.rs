@@ -41,10 +41,9 @@ impl Bloom {
         }
     }
 
-    /// The bits of `k`: Kirsch–Mitzenmacher, `hashes` positions from the two 32-bit halves of
-    /// [`key_hash`].
-    fn positions(&self, k: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
-        let x = key_hash(k);
+    /// The bits of a key whose [`key_hash`] is `x`: Kirsch–Mitzenmacher, `hashes` positions
+    /// from its two 32-bit halves.
+    fn positions(&self, x: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
         let a = x & 0xffff_ffff;
         let b = (x >> 32) | 1;
         let mask = (self.words.len() as u64 * 64) - 1;
@@ -55,14 +54,20 @@ impl Bloom {
     }
 
     pub fn insert(&self, k: &[u8]) {
-        for (word, bit) in self.positions(k) {
+        for (word, bit) in self.positions(key_hash(k)) {
             self.words[word].fetch_or(bit, Ordering::Relaxed);
         }
     }
 
     /// `false` only if `k` was never inserted.
     pub fn may_contain(&self, k: &[u8]) -> bool {
-        self.positions(k)
+        self.may_contain_hashed(key_hash(k))
+    }
+
+    /// [`Bloom::may_contain`] for a key whose [`key_hash`] is `hash`: one hash for every
+    /// filter a key is looked up in (every run of a store).
+    pub fn may_contain_hashed(&self, hash: u64) -> bool {
+        self.positions(hash)
             .all(|(word, bit)| self.words[word].load(Ordering::Relaxed) & bit != 0)
     }
 
@@ -145,8 +150,10 @@ mod tests {
         // platform. FNV-1a-64 of "onecard" is 0x0e5e6f4dbf6a8a4c... checked through the bits.
         let bloom = Bloom::new(64, 64, 3);
         bloom.insert(b"onecard");
-        let set: Vec<(usize, u64)> = bloom.positions(b"onecard").collect();
-        let again: Vec<(usize, u64)> = Bloom::new(64, 64, 3).positions(b"onecard").collect();
+        let set: Vec<(usize, u64)> = bloom.positions(key_hash(b"onecard")).collect();
+        let again: Vec<(usize, u64)> = Bloom::new(64, 64, 3)
+            .positions(key_hash(b"onecard"))
+            .collect();
         assert_eq!(set, again);
         let bytes = bloom.to_bytes();
         let ones: u32 = bytes[4..].iter().map(|b| b.count_ones()).sum();

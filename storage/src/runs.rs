@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::bloom::Bloom;
+use crate::bloom::{key_hash, Bloom};
 
 /// A block's payload is closed once it holds this many bytes (a single larger entry makes a
 /// block of its own). A point read reads one block.
@@ -286,11 +286,12 @@ impl Run {
         Ok(buf)
     }
 
-    fn lookup(&self, k: &[u8]) -> Result<Lookup, RunError> {
+    /// `hash` is the key's [`key_hash`], computed once for all the runs.
+    fn lookup(&self, k: &[u8], hash: u64) -> Result<Lookup, RunError> {
         if self.blocks.is_empty()
             || k < &*self.blocks[0].first
             || k > &*self.last
-            || !self.bloom.may_contain(k)
+            || !self.bloom.may_contain_hashed(hash)
         {
             return Ok(Lookup::Absent);
         }
@@ -789,8 +790,9 @@ impl RunStore {
 
     /// The newest value of `k`.
     pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, RunError> {
+        let hash = key_hash(k);
         for run in self.snapshot().iter().rev() {
-            match run.lookup(k)? {
+            match run.lookup(k, hash)? {
                 Lookup::Value(v) => return Ok(Some(v)),
                 Lookup::Removed => return Ok(None),
                 Lookup::Absent => {}
