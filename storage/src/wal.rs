@@ -442,7 +442,11 @@ fn read_full_at(file: &File, path: &Path, buf: &mut [u8], off: u64) -> Result<us
 struct SegReader {
     file: File,
     path: PathBuf,
+    /// What was read, in `buf[..len]`; the bytes past `len` are stale. `buf` never shrinks, so
+    /// that a follower at the head, which reads a little after every record, does not zero its
+    /// buffer again before every read.
     buf: Vec<u8>,
+    len: usize,
     buf_off: u64,
     /// How much the next read from the file reads ahead.
     read_ahead: usize,
@@ -455,6 +459,7 @@ impl SegReader {
             file,
             path: path.to_path_buf(),
             buf: Vec::new(),
+            len: 0,
             buf_off: 0,
             read_ahead: READ_AHEAD,
         })
@@ -471,7 +476,7 @@ impl SegReader {
     /// file's length before reading so that a garbled length never sizes an allocation.
     fn fill(&mut self, off: u64, n: usize) -> Result<bool, WalError> {
         let end = off + n as u64;
-        let buf_end = self.buf_off + self.buf.len() as u64;
+        let buf_end = self.buf_off + self.len as u64;
         if off >= self.buf_off && end <= buf_end {
             return Ok(true);
         }
@@ -481,32 +486,35 @@ impl SegReader {
         }
         if off >= self.buf_off && off <= buf_end {
             let keep_from = (off - self.buf_off) as usize;
-            self.buf.drain(..keep_from);
+            self.buf.copy_within(keep_from..self.len, 0);
+            self.len -= keep_from;
         } else {
-            self.buf.clear();
+            self.len = 0;
         }
         self.buf_off = off;
         let target = (n.max(self.read_ahead) as u64).min(flen - off) as usize;
         self.read_ahead = (self.read_ahead * 2).min(READ_AHEAD);
-        let have = self.buf.len();
+        let have = self.len;
         if have < target {
-            self.buf.resize(target, 0);
+            if self.buf.len() < target {
+                self.buf.resize(target, 0);
+            }
             let got = read_full_at(
                 &self.file,
                 &self.path,
-                &mut self.buf[have..],
+                &mut self.buf[have..target],
                 off + have as u64,
             )?;
-            self.buf.truncate(have + got);
+            self.len = have + got;
         }
-        Ok(self.buf.len() >= n)
+        Ok(self.len >= n)
     }
 
     /// Drops what was read ahead: the writer may have written over it since (a segment
     /// being written holds zeros ahead of its records, see [`Wal::write_zeros_ahead`]). The
     /// next read reads little ahead ([`READ_AHEAD_AT_HEAD`]).
     fn forget(&mut self) {
-        self.buf.clear();
+        self.len = 0;
         self.buf_off = 0;
         self.read_ahead = READ_AHEAD_AT_HEAD;
     }
@@ -514,7 +522,7 @@ impl SegReader {
     /// Bytes made available by a successful `fill` covering them.
     fn bytes(&self, off: u64, n: usize) -> &[u8] {
         let start = (off - self.buf_off) as usize;
-        &self.buf[start..start + n]
+        &self.buf[start..(start + n).min(self.len)]
     }
 
     /// Whether every byte from `from` to the end of the file is zero.
