@@ -10,6 +10,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use onecard_protocol::wire::to_hex;
 use rand::{CryptoRng, RngCore};
 use sha2::Sha256;
 
@@ -85,7 +86,7 @@ pub fn bank_ref(key: &DataKey, account: &str) -> String {
         <Hmac<Sha256> as Mac>::new_from_slice(&token_key).expect("HMAC takes any key length");
     mac.update(account.as_bytes());
     let full = mac.finalize().into_bytes();
-    format!("{BANK_REF_PREFIX}{}", hex::encode(&full[..BANK_REF_BYTES]))
+    format!("{BANK_REF_PREFIX}{}", to_hex(&full[..BANK_REF_BYTES]))
 }
 
 /// `account` sealed under `key` for `bank_ref`: nonce (12 random bytes) | ChaCha20-Poly1305

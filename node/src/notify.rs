@@ -25,6 +25,7 @@ use sha2::Sha256;
 use crate::records::{self, ConsumerNotifySettings, DeliveryState, WebhookDelivery};
 use crate::state::{now_ms, Node};
 use crate::store::{self, StoreError, Write};
+use onecard_protocol::wire::to_hex;
 
 /// Who a notification is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -168,7 +169,7 @@ pub fn signature(secret: &str, t: u64, body: &str) -> String {
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!("t={t},v1={}", to_hex(&mac.finalize().into_bytes()))
 }
 
 /// A consumer's notification settings, if they set any.

@@ -41,6 +41,7 @@ use crate::notify::{self, Notification, Recipient};
 use crate::records::{self, Deposit, RechargeCode, Redemption};
 use crate::state::Node;
 use crate::store;
+use onecard_protocol::wire::to_hex;
 
 /// Crockford's base32 alphabet: no `I`, `L`, `O`, `U`.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -127,12 +128,12 @@ impl RechargeKey {
     /// The keyed hash of a normalised code ([`normalise`]), in lower-case hex: its record's
     /// key.
     pub fn code_mac(&self, code: &Code) -> String {
-        hex::encode(self.mac(code.0.as_bytes()))
+        to_hex(&self.mac(code.0.as_bytes()))
     }
 
     /// 16 hex digits that tell this key from another without revealing it.
     pub fn check_value(&self) -> String {
-        hex::encode(&self.mac(KEY_CHECK_LABEL)[..8])
+        to_hex(&self.mac(KEY_CHECK_LABEL)[..8])
     }
 }
 

@@ -52,6 +52,7 @@
 //! Order ids are `ord_` + 12 hex digits of milliseconds + 16 random hex digits, so that a
 //! merchant's orders list in creation order.
 
+use onecard_protocol::wire::to_hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -297,7 +298,7 @@ pub fn deposit_key(credit: &str) -> String {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    to_hex(&Sha256::digest(bytes))
 }
 
 /// A random token of `bytes` random bytes, hex.
@@ -307,7 +308,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-    hex::encode(b)
+    to_hex(&b)
 }
 
 /// A new order id: creation time first, so that ids sort in creation order.

@@ -16,6 +16,7 @@ use rand::{CryptoRng, RngCore};
 
 use crate::apdu::{self, ApduError, CardData};
 use crate::channel::{CardChannel, CardIoError};
+use onecard_protocol::wire::to_hex;
 
 /// The node could not be reached, or answered with nonsense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,7 +79,7 @@ impl PaymentRequest {
         rng.fill_bytes(&mut nonce);
         PaymentRequest {
             reader_id: reader_id.to_string(),
-            order_id: format!("{SIGN_IN_PREFIX}{}", hex::encode(nonce)),
+            order_id: format!("{SIGN_IN_PREFIX}{}", to_hex(&nonce)),
             amount_cents: 0,
             delivery_address: String::new(),
         }

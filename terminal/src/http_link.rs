@@ -29,6 +29,7 @@ use crate::wire::{
     AuthAnswer, AuthenticateBody, CheckoutView, ConfirmAddressBody, ErrorBody, PinBody,
     SwipeAnswer, SwipeBody,
 };
+use onecard_protocol::wire::to_hex;
 
 /// How long the link waits before it sends a POST whose answer was lost once more.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -279,7 +280,7 @@ impl NodeLink for HttpLink {
         let body = AuthenticateBody {
             challenge_id: challenge_id.to_string(),
             counter,
-            cryptogram: hex::encode(cryptogram),
+            cryptogram: to_hex(cryptogram),
             pin: PinBody::of(pin),
             delivery_address: delivery_address.to_string(),
         };
@@ -358,7 +359,7 @@ fn snippet(text: &str) -> String {
 
 /// 16 random lowercase hex digits.
 fn request_id() -> String {
-    hex::encode(rand::random::<[u8; 8]>())
+    to_hex(&rand::random::<[u8; 8]>())
 }
 
 /// A URL path segment: every byte but the unreserved ones (RFC 3986: `A-Z a-z 0-9 - . _ ~`)

@@ -77,6 +77,7 @@ use super::crypto::{
     IssuerKey, TokenKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
 };
 use super::pin::{derive_pin_key, pin_verifier, EncryptedPin, PinError, PinKey, PinVerifier};
+use onecard_protocol::wire::to_hex;
 
 // The protocol's messages, which this module makes; re-exported at their old paths.
 pub use onecard_protocol::mask::{mask_card_number, mask_last4};
@@ -978,7 +979,7 @@ impl AuthCenter {
 
         let mut id_bytes = [0u8; 16];
         rng.fill_bytes(&mut id_bytes);
-        let challenge_id = format!("ch_{}", hex::encode(id_bytes));
+        let challenge_id = format!("ch_{}", to_hex(&id_bytes));
         let mut challenge = [0u8; CHALLENGE_LEN];
         rng.fill_bytes(&mut challenge);
         let agreement = self.agreement_key(now, rng);

@@ -20,6 +20,7 @@
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use onecard_protocol::wire::to_hex;
 use sha2::Sha256;
 
 pub use onecard_protocol::crypto::{
@@ -105,7 +106,7 @@ pub fn derive_token_key(master: &IssuerKey) -> TokenKey {
 pub fn card_token(key: &TokenKey, card_number: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes any key length");
     mac.update(card_number.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    to_hex(&mac.finalize().into_bytes())
 }
 
 /// Whether `token` looks like a card token: [`CARD_TOKEN_LEN`] lowercase hex digits.
@@ -163,7 +164,7 @@ mod tests {
         // "token", 32 bytes), then HMAC-SHA256 over the ASCII number, lowercase hex (computed
         // independently with Python's hmac and hashlib).
         assert_eq!(
-            hex::encode(key.0),
+            to_hex(&key.0),
             "f52a69dc4673a0a2285b882055bbb3b9fec214fcc66897e98f112fa7fdff61dc"
         );
         assert_eq!(

@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 
 use super::crypto::IssuerKey;
 use super::error::CardError;
+use onecard_protocol::wire::to_hex;
 
 pub use onecard_protocol::pin::{
     decrypt_pin, encrypt_pin, is_valid_pin, EncryptedPin, PinError, PinSecret, ReaderPinKeys,
@@ -97,7 +98,7 @@ impl TryFrom<String> for PinVerifier {
 
 impl From<PinVerifier> for String {
     fn from(v: PinVerifier) -> String {
-        hex::encode(v.0)
+        to_hex(&v.0)
     }
 }
 

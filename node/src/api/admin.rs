@@ -15,6 +15,7 @@ use super::{parse_json, require_admin, ApiError};
 use crate::records::{self, BillerKind, MerchantProfile};
 use crate::state::Node;
 use crate::store::{self, Write};
+use onecard_protocol::wire::to_hex;
 
 macro_rules! run {
     ($node:expr, $req:expr, $payload:expr, $ty:ty) => {{
@@ -625,7 +626,7 @@ pub async fn issue_card(
             &CardIssued {
                 holder,
                 card_last4: last4,
-                card_key: Some(hex::encode(key.as_bytes())),
+                card_key: Some(to_hex(key.as_bytes())),
             },
         )
         .redacting(&["/card_key"]),
