@@ -449,9 +449,9 @@ pub fn is_json_media_type(content_type: &str) -> bool {
     })
 }
 
-/// What the route being answered reads from the body ([`ROUTE_TABLE`]).
-/// The pattern comes from the matched resource's data ([`RoutePattern`]): `match_pattern`
-/// would run the router's regexes again.
+/// What the route being answered reads from the body ([`ROUTE_TABLE`]). Its pattern comes
+/// from the matched resource's data ([`RoutePattern`]): `match_pattern` would run the router's
+/// regexes again.
 fn body_kind(req: &HttpRequest) -> BodyKind {
     let Some(RoutePattern(pattern)) = req.app_data::<RoutePattern>() else {
         return BodyKind::None;
