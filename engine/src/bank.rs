@@ -19,6 +19,8 @@
 //! both or neither, and there is nothing to reconcile.
 
 use std::collections::HashMap;
+
+use crate::fast_map::FastMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -223,9 +225,9 @@ struct Pending {
 #[derive(Default)]
 struct SimState {
     /// By stored name.
-    accounts: HashMap<String, Account>,
+    accounts: FastMap<String, Account>,
     /// Changes decided, by operation id, until the record naming them is written.
-    pending: HashMap<String, Pending>,
+    pending: FastMap<String, Pending>,
     /// The engine's log, once an engine has opened with the bank.
     link: Option<Link>,
 }
@@ -452,7 +454,7 @@ impl SimBank {
         journal: &JournalHandle,
         names: AccountNames,
     ) -> Result<(), BankError> {
-        let mut accounts = HashMap::new();
+        let mut accounts = FastMap::default();
         for kv in journal.view().sim_accounts() {
             let (name, bytes) = kv.map_err(|e| BankError::Storage(e.to_string()))?;
             let r: SimRecord =

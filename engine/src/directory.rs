@@ -13,8 +13,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::fast_map::FastDashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 
 use crate::error::EngineError;
 use crate::ledger::Order;
@@ -72,18 +72,18 @@ pub(crate) enum CreditKey {
 pub(crate) struct Directory {
     /// Order ids being placed right now: claimed before they are in the view, so that two
     /// concurrent places of one id with different content cannot both go ahead.
-    pub(crate) placing: DashMap<String, OrderKey>,
+    pub(crate) placing: FastDashMap<String, OrderKey>,
     /// Refund ids being refunded right now.
-    pub(crate) refunding: DashMap<String, RefundKey>,
+    pub(crate) refunding: FastDashMap<String, RefundKey>,
     /// Credit ids being credited right now.
-    pub(crate) crediting: DashMap<String, CreditKey>,
+    pub(crate) crediting: FastDashMap<String, CreditKey>,
     /// Open orders (pending, awaiting funds, disputed) → their content. Closed orders are
     /// looked up in the view; open ones live inside their consumer's record, so this map is
     /// what finds their consumer. Rebuilt at start-up from the consumer records.
-    pub(crate) open_orders: DashMap<String, OrderKey>,
+    pub(crate) open_orders: FastDashMap<String, OrderKey>,
     /// Consumers that will have time-driven work, and from when on (`next_time_work`): a
     /// tick visits only those due, so its work follows what is due, not what is open.
-    pub(crate) timed: DashMap<String, Secs>,
+    pub(crate) timed: FastDashMap<String, Secs>,
     /// Wakes commands waiting for a claim of `placing` or `refunding` to be released.
     pub(crate) releases: Releases,
 }
@@ -161,7 +161,7 @@ impl Directory {
 
 /// An id claimed by a command in progress; released on drop.
 pub(crate) struct IdClaim<'a, K> {
-    map: &'a DashMap<String, K>,
+    map: &'a FastDashMap<String, K>,
     releases: &'a Releases,
     id: Option<String>,
 }
@@ -178,7 +178,7 @@ impl<K> Drop for IdClaim<'_, K> {
 /// Claims `id` for `key` in `map`: `Err(())` if it is claimed with other content; a guard
 /// that releases the claim if this call made it.
 pub(crate) fn claim_id<'a, K: PartialEq + Clone>(
-    map: &'a DashMap<String, K>,
+    map: &'a FastDashMap<String, K>,
     releases: &'a Releases,
     id: &str,
     key: &K,

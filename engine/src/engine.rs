@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fast_map::FastDashMap;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 
 use crate::actors::{self, ConsumerActor, ConsumerCmd, ConsumerReply};
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
@@ -104,7 +104,7 @@ impl Drop for Admission<'_> {
 
 /// Names claimed by an open in progress; released on drop.
 pub(crate) struct Claim<'a> {
-    opening: &'a DashMap<String, ()>,
+    opening: &'a FastDashMap<String, ()>,
     keys: Vec<String>,
 }
 
@@ -130,7 +130,7 @@ pub struct Engine {
     feed_window: crate::feed::FeedWindow,
     /// Names being opened right now (`acct:NAME`, `bank:NAME`), so that two concurrent opens
     /// of one name cannot both succeed while opens of different names run in parallel.
-    opening: DashMap<String, ()>,
+    opening: FastDashMap<String, ()>,
     data_dir: PathBuf,
     /// Where the log's old segments go (`[journal] archive_dir`), for readers of the whole log.
     archive_dir: Option<PathBuf>,
@@ -178,7 +178,7 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight.max(1),
             data_key: cfg.data_key.clone(),
-            bank_accounts: DashMap::new(),
+            bank_accounts: FastDashMap::default(),
             async_topups: std::sync::atomic::AtomicBool::new(false),
             topups_pending: AtomicUsize::new(0),
         });
@@ -193,7 +193,7 @@ impl Engine {
             journal: Some(journal),
             clock: AtomicU64::new(meta.clock),
             feed_window: Default::default(),
-            opening: DashMap::new(),
+            opening: FastDashMap::default(),
             data_dir: dir.to_path_buf(),
             archive_dir: cfg.journal.archive_dir.clone(),
             recovery: info,

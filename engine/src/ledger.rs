@@ -6,7 +6,9 @@
 //! The actors (`actors.rs`) orchestrate these decisions with the bank and the journal; replay,
 //! the view and `verify` apply the same events to rebuild state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::fast_map::{FastMap, FastSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -803,9 +805,9 @@ pub struct ConsumerState {
     /// Boxed: a consumer holds a few orders, and a small map's spare slots would each be the
     /// size of a whole order (160 bytes) instead of a pointer. A million consumers' replayed
     /// ledger (verify, the end-of-run checks) is about 300 MB smaller for it.
-    pub orders: HashMap<String, Box<Order>>,
+    pub orders: FastMap<String, Box<Order>>,
     pub next_placement: u64,
-    pub refunds: HashMap<String, RefundRecord>,
+    pub refunds: FastMap<String, RefundRecord>,
     /// A top-up requested from the bank and not yet answered. Counts against the headroom
     /// (I3). Never persisted: a crash loses the request, and recovery reconciles with the bank.
     #[serde(skip)]
@@ -863,9 +865,9 @@ impl ConsumerState {
             bank,
             bank_sealed: None,
             bank_clearing: Amount::ZERO,
-            orders: HashMap::new(),
+            orders: FastMap::default(),
             next_placement: 0,
-            refunds: HashMap::new(),
+            refunds: FastMap::default(),
             topup_in_flight: Amount::ZERO,
             linked: BTreeMap::new(),
             gateway: None,
@@ -1713,7 +1715,7 @@ pub struct LedgerState {
     /// The refund ids used so far (refund ids are another name space).
     pub refund_ids: IdSet,
     /// bank account → consumer it is designated for.
-    pub bank_owner: HashMap<String, String>,
+    pub bank_owner: FastMap<String, String>,
     pub entries: u64,
     /// Cards and readers (the authentication center's durable state).
     pub auth: crate::cards::AuthState,
@@ -1733,7 +1735,7 @@ pub struct LedgerState {
 /// before only says "maybe": the caller confirms it against the consumers themselves, so a
 /// collision costs a scan, never a false refusal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdSet(HashSet<u64>);
+pub struct IdSet(FastSet<u64>);
 
 impl IdSet {
     fn hash(id: &str) -> u64 {

@@ -19,6 +19,7 @@ pub mod config;
 mod directory;
 pub mod engine;
 pub mod error;
+pub mod fast_map;
 pub mod feed;
 pub mod journal;
 pub mod ledger;

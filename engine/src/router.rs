@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::fast_map::FastDashMap;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 
 use crate::bank::BankPort;
 use crate::directory::Directory;
@@ -118,7 +118,7 @@ pub struct Shared {
     /// The data key, if bank accounts are stored sealed.
     pub(crate) data_key: Option<DataKey>,
     /// Bank reference → the account it stands for, unsealed on first use. Memory only.
-    pub(crate) bank_accounts: DashMap<String, String>,
+    pub(crate) bank_accounts: FastDashMap<String, String>,
     /// Whether top-ups run after their settlement is acknowledged (an external bank, whose
     /// answer takes a message round trip) rather than inside it (the simulated bank, durable
     /// in the same record). Set at opening from the bank's `attach`.
@@ -214,7 +214,7 @@ impl Shared {
 /// they run on. `A` is the actor it keeps resident (the consumer actor).
 pub struct Router<A: Actor> {
     /// Resident consumers (activated and not yet passivated).
-    pub(crate) residents: DashMap<String, Arc<Slot<A>>>,
+    pub(crate) residents: FastDashMap<String, Arc<Slot<A>>>,
     arbiters: Vec<ArbiterHandle>,
     pub(crate) residency: ResidencyStats,
 }
@@ -223,7 +223,7 @@ impl<A: Actor> Router<A> {
     /// A router with nothing resident, starting actors on `arbiters`.
     pub(crate) fn new(arbiters: Vec<ArbiterHandle>) -> Router<A> {
         Router {
-            residents: DashMap::new(),
+            residents: FastDashMap::default(),
             arbiters,
             residency: ResidencyStats::default(),
         }

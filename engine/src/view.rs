@@ -40,7 +40,9 @@
 //! up to its head. `verify` checks exactly that, account by account and order by order, and
 //! the keys no replay derives (`s`, `o`) against the log's own writes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fast_map::{FastDashMap, FastMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -522,7 +524,7 @@ impl WriterDelta {
 /// never counted twice).
 #[derive(Default)]
 pub struct MerchantBook {
-    merchants: dashmap::DashMap<String, BookEntry>,
+    merchants: FastDashMap<String, BookEntry>,
 }
 
 struct BookEntry {
@@ -738,7 +740,7 @@ pub struct Overlay {
 /// scan reads only its range.
 #[derive(Default)]
 pub struct Layer {
-    hashed: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    hashed: FastMap<Vec<u8>, Option<Vec<u8>>>,
     ordered: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -834,9 +836,9 @@ const CACHE_SHARDS: usize = 64;
 /// of a shard's writes is always found.
 #[derive(Default)]
 struct CacheShard {
-    newer: HashMap<Vec<u8>, Vec<u8>>,
+    newer: FastMap<Vec<u8>, Vec<u8>>,
     newer_bytes: usize,
-    older: HashMap<Vec<u8>, Vec<u8>>,
+    older: FastMap<Vec<u8>, Vec<u8>>,
 }
 
 /// What a cached entry costs besides its key and value: the map's slot and two `Vec` headers.
@@ -878,7 +880,7 @@ impl RecordCache {
         k: Vec<u8>,
         v: Option<Vec<u8>>,
         budget: usize,
-    ) -> Option<HashMap<Vec<u8>, Vec<u8>>> {
+    ) -> Option<FastMap<Vec<u8>, Vec<u8>>> {
         let shard_budget = budget / CACHE_SHARDS;
         let mut shard = self.shard(&k).lock();
         match v {
