@@ -2050,7 +2050,7 @@ pub fn payout_made_event(payout: &str, merchant: &str, bank: &str, amount: Amoun
 /// accounts, so that a bank account that is both a consumer's and a merchant's has one
 /// clearing account for each.
 pub fn merchant_clearing(bank: &str) -> String {
-    format!("{MERCHANT_CLEARING_PREFIX}{bank}")
+    [MERCHANT_CLEARING_PREFIX, bank].concat()
 }
 
 /// The bank account (its stored name) of a merchant's clearing account; `None` for a clearing

@@ -589,22 +589,22 @@ impl MerchantBook {
         }
     }
 
-    fn publish(&self, changed: &[MerchantState], refunds: &[(String, Amount)]) {
-        for m in changed {
-            match self.merchants.get_mut(&m.id) {
-                Some(mut e) => e.durable = m.clone(),
-                None => {
-                    self.merchants.insert(
-                        m.id.clone(),
-                        BookEntry {
-                            durable: m.clone(),
-                            held: Amount::ZERO,
-                        },
-                    );
-                }
+    fn publish(&self, p: &Published) {
+        for m in &p.opened {
+            self.merchants.insert(
+                m.id.clone(),
+                BookEntry {
+                    durable: m.clone(),
+                    held: Amount::ZERO,
+                },
+            );
+        }
+        for (id, balance) in &p.balances {
+            if let Some(mut e) = self.merchants.get_mut(id.as_str()) {
+                e.durable.balance = *balance;
             }
         }
-        for (id, amount) in refunds {
+        for (id, amount) in &p.refunds {
             self.release(id, *amount);
         }
     }
@@ -613,7 +613,10 @@ impl MerchantBook {
 /// What a written batch changes for the [`MerchantBook`], published once it is durable.
 #[derive(Default)]
 pub struct Published {
-    merchants: Vec<MerchantState>,
+    /// Merchants opened by the batch, with their balances after it.
+    opened: Vec<MerchantState>,
+    /// The new balances of the other merchants the batch credited or debited.
+    balances: Vec<(String, Amount)>,
     refunds: Vec<(String, Amount)>,
 }
 
@@ -631,8 +634,11 @@ impl WriterView {
     /// Loads the merchants and the meta record, and fills the book with the merchants.
     pub fn load(view: &StateView, book: Arc<MerchantBook>) -> Result<WriterView, ViewError> {
         let merchants = view.merchants()?;
-        let all: Vec<MerchantState> = merchants.values().cloned().collect();
-        book.publish(&all, &[]);
+        book.publish(&Published {
+            opened: merchants.values().cloned().collect(),
+            balances: vec![],
+            refunds: vec![],
+        });
         Ok(WriterView {
             merchants,
             clearing: view.merchant_clearing()?,
@@ -643,7 +649,7 @@ impl WriterView {
 
     /// Makes a written batch's merchants visible in the book (after the record's sync).
     pub fn publish(&self, p: &Published) {
-        self.book.publish(&p.merchants, &p.refunds);
+        self.book.publish(p);
     }
 
     /// Applies the deltas of one batch (record `seq`) and returns the writes for it. On an
@@ -653,7 +659,11 @@ impl WriterView {
         seq: u64,
         deltas: impl Iterator<Item = &'a WriterDelta>,
     ) -> Result<(Vec<ViewWrite>, Published), ViewError> {
-        let mut merchants: BTreeMap<String, MerchantState> = BTreeMap::new();
+        // The balances the batch leaves, by merchant (borrowed from the deltas: a merchant's
+        // state is not cloned for a posting), each marked if the batch opens its merchant.
+        // Nothing of `self` changes until every delta has been checked.
+        let mut balances: BTreeMap<&'a str, (Amount, bool)> = BTreeMap::new();
+        let mut opened: Vec<&'a MerchantState> = Vec::new();
         let mut meta = self.meta.clone();
         let mut refunds = Vec::new();
         let mut clearing: BTreeMap<String, Amount> = BTreeMap::new();
@@ -675,27 +685,53 @@ impl WriterView {
                 meta.config = (**c).clone();
             }
             for m in &d.merchants_opened {
-                merchants.insert(m.id.clone(), m.clone());
+                balances.insert(&m.id, (m.balance, true));
+                opened.push(m);
             }
             for (m, amount) in &d.merchant_postings {
-                if !merchants.contains_key(m) {
-                    let current = self.merchants.get(m).cloned().ok_or_else(|| {
-                        ViewError::Invalid(format!("a posting names unknown merchant {m:?}"))
-                    })?;
-                    merchants.insert(m.clone(), current);
-                }
-                let state = merchants.get_mut(m).expect("inserted above");
-                state.balance = state
-                    .balance
+                let (now, new) = match balances.get(m.as_str()) {
+                    Some(b) => *b,
+                    None => (
+                        self.merchants
+                            .get(m)
+                            .ok_or_else(|| {
+                                ViewError::Invalid(format!(
+                                    "a posting names unknown merchant {m:?}"
+                                ))
+                            })?
+                            .balance,
+                        false,
+                    ),
+                };
+                let next = now
                     .checked_add(*amount)
                     .map_err(|e| ViewError::Invalid(format!("merchant {m}: {e}")))?;
+                balances.insert(m, (next, new));
             }
         }
         meta.last_seq = seq;
-        let mut writes: Vec<ViewWrite> = merchants
-            .values()
-            .map(|m| ViewWrite::Put(key(MERCHANT, &m.id), encode(m)))
-            .collect();
+        for m in &opened {
+            self.merchants.insert(m.id.clone(), (*m).clone());
+        }
+        let mut writes = Vec::with_capacity(balances.len() + clearing.len() + 1);
+        let mut published = Published {
+            opened: Vec::with_capacity(opened.len()),
+            balances: Vec::with_capacity(balances.len()),
+            refunds,
+        };
+        for (id, (balance, new)) in balances {
+            let state = self
+                .merchants
+                .get_mut(id)
+                .expect("a merchant with a balance is known or opened above");
+            state.balance = balance;
+            writes.push(ViewWrite::Put(key(MERCHANT, id), encode(&*state)));
+            if new {
+                published.opened.push(state.clone());
+            } else {
+                published.balances.push((id.to_string(), balance));
+            }
+        }
         writes.extend(
             clearing
                 .iter()
@@ -703,11 +739,6 @@ impl WriterView {
         );
         writes.push(ViewWrite::Put(META_KEY.to_vec(), encode(&meta)));
         self.clearing.extend(clearing);
-        let published = Published {
-            merchants: merchants.values().cloned().collect(),
-            refunds,
-        };
-        self.merchants.extend(merchants);
         self.meta = meta;
         Ok((writes, published))
     }

@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::analysis::AnalysisRun;
 use crate::population::{
     biller_bank, biller_id, consumer, consumer_bank, consumer_id, employer_bank, employer_id,
-    merchant_bank, merchant_id, recharge_batch, BILLER_KINDS, EMPLOYERS, EMPLOYER_BANK_BALANCE,
-    RECHARGE_BATCHES,
+    merchant_bank, merchant_id, order_id, recharge_batch, BILLER_KINDS, EMPLOYERS,
+    EMPLOYER_BANK_BALANCE, RECHARGE_BATCHES,
 };
 use crate::runner::{Book, End, Expected};
 
@@ -465,7 +465,7 @@ fn orders(i: &Inputs, s: &LedgerState, bank: &HashMap<&str, i128>) -> Check {
     let mut bad = vec![];
     let mut checked = 0u64;
     let lifecycles = (0..i.lifecycles).map(|n| {
-        let id = format!("o{n}");
+        let id = order_id(n);
         let e = i.book.lifecycles.get(n as usize).copied().flatten();
         (id, e)
     });

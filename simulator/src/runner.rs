@@ -21,7 +21,7 @@ use onecard_node::bills::{self, BillAction};
 use onecard_node::records::AutopayRule;
 
 use crate::population::{
-    biller_id, consumer_bank, consumer_id, employer_id, merchant_id, recharge_batch,
+    biller_id, consumer_bank, consumer_id, employer_id, merchant_id, order_id, recharge_batch,
 };
 use crate::stats::{OpKind, Recorder};
 use crate::workload::{
@@ -679,7 +679,7 @@ impl Ctx {
     /// The lifecycle's commands in order. Returns how its order must end and what was refunded,
     /// or `None` at the first outcome the rules do not allow.
     async fn steps(&self, lc: &Lifecycle) -> Option<(End, i64)> {
-        let id = format!("o{}", lc.n);
+        let id = order_id(lc.n);
         let now = lc.now;
         let release = match &lc.path {
             Path::Code { code, .. }
@@ -705,13 +705,10 @@ impl Ctx {
         } else {
             PLACED
         };
+        // Kept only for a lifecycle that repeats its placement.
+        let again = lc.repeat.then(|| req.clone());
         let placed = self
-            .command(
-                OpKind::Place,
-                what,
-                allowed,
-                self.engine.place(req.clone(), now),
-            )
+            .command(OpKind::Place, what, allowed, self.engine.place(req, now))
             .await?;
         let (end, settled) = match placed {
             "refused:credit" | "refused:funds" => (End::Refused, false),
@@ -724,7 +721,7 @@ impl Ctx {
         } else {
             0
         };
-        if lc.repeat {
+        if let Some(req) = again {
             self.repeat(lc, req, placed, settled, now).await?;
         }
         Some((end, refunded))
