@@ -605,23 +605,27 @@ impl Event {
         }
     }
 
-    /// The bank operations this event records as done.
-    pub fn bank_ops(&self) -> Vec<&BankOpId> {
+    /// The bank operations this event records as done (at most two; no allocation: every
+    /// journaled command asks).
+    pub fn bank_ops(&self) -> impl Iterator<Item = &BankOpId> {
         use EventKind::*;
-        match &self.kind {
+        let ops: [Option<&BankOpId>; 2] = match &self.kind {
             ConsumerOpened { bank_op, .. }
             | OrderSettled { bank_op, .. }
             | Refunded { bank_op, .. }
-            | ConsumerCredited { bank_op, .. } => bank_op.iter().collect(),
-            WalletToppedUp { bank_op, .. } | MerchantFunded { bank_op, .. } => vec![bank_op],
-            PayoutMade { payout, .. } => vec![payout],
+            | ConsumerCredited { bank_op, .. } => [bank_op.as_ref(), None],
+            WalletToppedUp { bank_op, .. } | MerchantFunded { bank_op, .. } => {
+                [Some(bank_op), None]
+            }
+            PayoutMade { payout, .. } => [Some(payout), None],
             BankTransferred {
                 debit_op,
                 credit_op,
                 ..
-            } => vec![debit_op, credit_op],
-            _ => vec![],
-        }
+            } => [Some(debit_op), Some(credit_op)],
+            _ => [None, None],
+        };
+        ops.into_iter().flatten()
     }
 
     /// The bank operations this event records, each with what it moved at the bank: negative
@@ -637,7 +641,7 @@ impl Event {
         {
             return vec![(debit_op, amount.checked_neg()), (credit_op, *amount)];
         }
-        let Some(op) = self.bank_ops().into_iter().next() else {
+        let Some(op) = self.bank_ops().next() else {
             return vec![];
         };
         let moved = self

@@ -342,6 +342,41 @@ fn key(prefix: u8, id: &str) -> Vec<u8> {
     k
 }
 
+/// [`key`] for a lookup: on the stack when the id is short (every id a command names is read
+/// at least once per command), so a read allocates nothing.
+enum LookupKey {
+    Inline {
+        bytes: [u8; LookupKey::INLINE],
+        len: usize,
+    },
+    Heap(Vec<u8>),
+}
+
+impl LookupKey {
+    const INLINE: usize = 64;
+
+    fn new(prefix: u8, id: &str) -> LookupKey {
+        let len = 1 + id.len();
+        if len > Self::INLINE {
+            return LookupKey::Heap(key(prefix, id));
+        }
+        let mut bytes = [0u8; Self::INLINE];
+        bytes[0] = prefix;
+        bytes[1..len].copy_from_slice(id.as_bytes());
+        LookupKey::Inline { bytes, len }
+    }
+}
+
+impl std::ops::Deref for LookupKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            LookupKey::Inline { bytes, len } => &bytes[..*len],
+            LookupKey::Heap(k) => k,
+        }
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail.
     bincode::serialize(v).unwrap_or_default()
@@ -1429,7 +1464,7 @@ impl StateView {
 
     /// The consumer with its open orders: what its actor starts from.
     pub fn consumer_record(&self, id: &str) -> Result<Option<ConsumerRecord>, ViewError> {
-        self.get_read(&key(CONSUMER, id), decode_consumer)
+        self.get_read(&LookupKey::new(CONSUMER, id), decode_consumer)
     }
 
     /// The consumer with its open orders; closed orders are read one by one with
@@ -1440,7 +1475,7 @@ impl StateView {
 
     /// A closed order (settled, cancelled, expired or refused).
     pub fn closed_order(&self, id: &str) -> Result<Option<StoredOrder>, ViewError> {
-        let k = key(ORDER, id);
+        let k = LookupKey::new(ORDER, id);
         if self.ids.surely_absent(&k) {
             return Ok(None);
         }
@@ -1449,12 +1484,12 @@ impl StateView {
 
     /// What a credit or funding id was first used for, if it was.
     pub fn credit(&self, id: &str) -> Result<Option<CreditRecord>, ViewError> {
-        let k = key(CREDIT, id);
+        let k = LookupKey::new(CREDIT, id);
         self.get("credit", &k)
     }
 
     pub fn refund(&self, id: &str) -> Result<Option<StoredRefund>, ViewError> {
-        let k = key(REFUND, id);
+        let k = LookupKey::new(REFUND, id);
         if self.ids.surely_absent(&k) {
             return Ok(None);
         }
