@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use onecard_engine::cards::Authorisation;
 use onecard_engine::commands::{PlaceCmd, ReaderPayment};
+use onecard_engine::fast_map::FastDashMap;
 use onecard_engine::{Amount, EngineError, OrderState, Outcome};
 use onecard_protocol::wire::PlacedOrder;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub const ORDER_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// or waits for it.
 #[derive(Default)]
 pub struct OrderLocks {
-    locks: DashMap<String, Arc<Mutex<()>>>,
+    locks: FastDashMap<String, Arc<Mutex<()>>>,
 }
 
 /// The order's lock, held until dropped.

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashMap;
+use onecard_engine::fast_map::FastDashMap;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -102,12 +102,12 @@ pub type RouteLatency = ((&'static str, &'static str), LatencySummary);
 #[derive(Default)]
 pub struct Metrics {
     /// By (route pattern, method, status).
-    pub requests: DashMap<(&'static str, &'static str, u16), AtomicU64>,
+    pub requests: FastDashMap<(&'static str, &'static str, u16), AtomicU64>,
     /// By route pattern and method.
-    pub latency: DashMap<(&'static str, &'static str), Histogram>,
+    pub latency: FastDashMap<(&'static str, &'static str), Histogram>,
     pub orders_created: AtomicU64,
     /// Journal events about orders, by the state they moved the order to.
-    pub order_events: DashMap<&'static str, AtomicU64>,
+    pub order_events: FastDashMap<&'static str, AtomicU64>,
     pub prints_ok: AtomicU64,
     pub prints_failed: AtomicU64,
     pub webhooks_ok: AtomicU64,

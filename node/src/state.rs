@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use onecard_adapters::iso20022::bank::Iso20022Bank;
+use onecard_engine::fast_map::FastDashMap;
 use onecard_engine::{Engine, SimBank};
 
 use crate::metrics::Metrics;
@@ -25,10 +25,10 @@ pub struct Node {
     /// SHA-256 of the administrator's token.
     pub admin_token_hash: String,
     /// SHA-256 of an API key → merchant id.
-    pub api_keys: DashMap<String, String>,
-    pub merchants: DashMap<String, MerchantProfile>,
+    pub api_keys: FastDashMap<String, String>,
+    pub merchants: FastDashMap<String, MerchantProfile>,
     /// `Idempotency-Key`s whose first request is in progress.
-    pub idem_in_flight: DashMap<String, ()>,
+    pub idem_in_flight: FastDashMap<String, ()>,
     /// Orders with a payment or a cancellation in progress: the two never run at once.
     /// One payment or cancellation of an order at a time.
     pub order_locks: crate::app::OrderLocks,
@@ -102,9 +102,9 @@ impl Node {
             settings,
             currency,
             admin_token_hash: records::sha256_hex(admin_token.as_bytes()),
-            api_keys: DashMap::new(),
-            merchants: DashMap::new(),
-            idem_in_flight: DashMap::new(),
+            api_keys: FastDashMap::default(),
+            merchants: FastDashMap::default(),
+            idem_in_flight: FastDashMap::default(),
             order_locks: crate::app::OrderLocks::default(),
             metrics: Metrics::default(),
             outbox_wake: tokio::sync::Notify::new(),

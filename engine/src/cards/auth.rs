@@ -62,8 +62,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::fast_map::FastDashMap;
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use rand::{CryptoRng, RngCore};
@@ -394,7 +394,7 @@ struct AgreementKey {
     secret: StaticSecret,
     public: [u8; 32],
     created_at: u64,
-    agreed: DashMap<[u8; 32], Arc<AgreedSecret>>,
+    agreed: FastDashMap<[u8; 32], Arc<AgreedSecret>>,
 }
 
 impl AgreementKey {
@@ -405,7 +405,7 @@ impl AgreementKey {
             secret,
             public,
             created_at: now,
-            agreed: DashMap::new(),
+            agreed: FastDashMap::default(),
         }
     }
 
@@ -502,22 +502,22 @@ pub struct AuthCenter {
     /// Derived from `master`; PIN verifiers are MACs under it.
     pin_key: PinKey,
     /// Card token → card.
-    cards: DashMap<String, Card>,
+    cards: FastDashMap<String, Card>,
     /// Reader id → reader.
-    readers: DashMap<String, Reader>,
+    readers: FastDashMap<String, Reader>,
     /// Card token → the reader bound to it (derived from `readers`).
-    reader_by_card: DashMap<String, String>,
+    reader_by_card: FastDashMap<String, String>,
     /// Registering a reader checks and changes `readers` and `reader_by_card` together; this
     /// keeps two registrations from interleaving. Administrative only: no payment takes it.
     registration: Mutex<()>,
-    challenges: DashMap<String, Challenge>,
+    challenges: FastDashMap<String, Challenge>,
     /// Reader id → the id of its outstanding challenge.
-    challenge_by_reader: DashMap<String, String>,
-    refusals: DashMap<String, RefusalWindow>,
+    challenge_by_reader: FastDashMap<String, String>,
+    refusals: FastDashMap<String, RefusalWindow>,
     /// Order id → the challenge whose authentication holds the order: an order takes one
     /// authorisation, so a second payer is refused while the first is being decided, and
     /// after it by the recorded authorisation.
-    order_claims: DashMap<String, String>,
+    order_claims: FastDashMap<String, String>,
     swipes: AtomicU64,
     /// The agreement key handed out with new challenges (made at the first swipe of each
     /// epoch).
@@ -553,14 +553,14 @@ impl AuthCenter {
             token_key: derive_token_key(&master),
             pin_key: derive_pin_key(&master),
             master,
-            cards: DashMap::new(),
-            readers: DashMap::new(),
-            reader_by_card: DashMap::new(),
+            cards: FastDashMap::default(),
+            readers: FastDashMap::default(),
+            reader_by_card: FastDashMap::default(),
             registration: Mutex::new(()),
-            challenges: DashMap::new(),
-            challenge_by_reader: DashMap::new(),
-            refusals: DashMap::new(),
-            order_claims: DashMap::new(),
+            challenges: FastDashMap::default(),
+            challenge_by_reader: FastDashMap::default(),
+            refusals: FastDashMap::default(),
+            order_claims: FastDashMap::default(),
             swipes: AtomicU64::new(0),
             agreement: parking_lot::RwLock::new(None),
         }
