@@ -19,8 +19,6 @@
 //! both or neither, and there is nothing to reconcile.
 
 use std::collections::HashMap;
-
-use crate::fast_map::FastMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +28,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::fast_map::FastMap;
 use crate::journal::{JournalHandle, LogParticipant, ParticipantLink};
 use crate::money::Amount;
 use crate::view::{self, ViewWrite};

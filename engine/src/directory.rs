@@ -13,10 +13,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::fast_map::FastDashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::error::EngineError;
+use crate::fast_map::FastDashMap;
 use crate::ledger::Order;
 use crate::model::{Refusal, Release, Secs};
 use crate::money::Amount;

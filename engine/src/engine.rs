@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fast_map::FastDashMap;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
 
@@ -25,6 +24,7 @@ use crate::actors::{self, ConsumerActor, ConsumerCmd, ConsumerReply};
 use crate::bank::{BankAnswer, BankError, BankOp, BankPort};
 use crate::cards::{AuthCenter, IssuerKey};
 use crate::directory::{claim_id, Directory, OrderKey, RefundKey};
+use crate::fast_map::FastDashMap;
 use crate::journal::{Journal, JournalConfig};
 use crate::ledger::{
     sealed_consumer_opened_event, ConsumerState, Entry, Event, EventKind, LedgerState,

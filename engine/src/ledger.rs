@@ -8,10 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::fast_map::{FastMap, FastSet};
-
 use serde::{Deserialize, Serialize};
 
+use crate::fast_map::{FastMap, FastSet};
 use crate::model::{
     CommandResult, GatewayRefusal, OrderState, Outcome, Refusal, Release, RulesConfig, Secs,
 };

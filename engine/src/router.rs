@@ -21,13 +21,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::fast_map::FastDashMap;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::bank::BankPort;
 use crate::directory::Directory;
 use crate::error::EngineError;
+use crate::fast_map::FastDashMap;
 use crate::journal::JournalHandle;
 use crate::ledger::Order;
 use crate::model::{Refusal, RulesConfig, Secs};

@@ -41,12 +41,11 @@
 //! the keys no replay derives (`s`, `o`) against the log's own writes.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::fast_map::{FastDashMap, FastMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fast_map::{FastDashMap, FastMap};
 use crate::ledger::{AccountRef, CreditRecord, LedgerItem, RefundRecord};
 use crate::ledger::{ConsumerState, Entry, EventKind, LedgerState, MerchantState, Order};
 use crate::model::{RulesConfig, Secs};

@@ -62,7 +62,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::fast_map::FastDashMap;
 use dashmap::mapref::entry::Entry;
 use ipnet::IpNet;
 use parking_lot::Mutex;
@@ -77,6 +76,7 @@ use super::crypto::{
     IssuerKey, TokenKey, CHALLENGE_LEN, MAX_ORDER_ID_LEN,
 };
 use super::pin::{derive_pin_key, pin_verifier, EncryptedPin, PinError, PinKey, PinVerifier};
+use crate::fast_map::FastDashMap;
 use onecard_protocol::wire::to_hex;
 
 // The protocol's messages, which this module makes; re-exported at their old paths.
