@@ -12,7 +12,8 @@
 # function (valgrind hides the CPU's SHA extensions, so SHA-256 runs in software there and
 # would be about half of the count) and without sled's `Lazy::deref` (a spin-wait that
 # valgrind, which runs one thread at a time, turns into billions of instructions at random).
-# NODE_BIN=FILE and SIM_BIN=FILE measure other builds. Installs valgrind and wrk with apt-get
+# NODE_BIN=FILE and SIM_BIN=FILE measure other builds; KEEP=DIR keeps the two runs' cachegrind
+# files there (idle.cg.out, load.cg.out: `cg_annotate --diff` or `cg_diff` them by function). Installs valgrind and wrk with apt-get
 # when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,10 @@ run() {
   fi
   kill -TERM $node
   wait $node || true
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    cp "$dir/cg.out" "$KEEP/$([ "$load" = 0 ] && echo idle || echo load).cg.out"
+  fi
   echo "$count $(cg_annotate --auto=no --threshold=0 "$dir/cg.out" | python3 -c '
 import re, sys
 total = left_out = 0

@@ -9,7 +9,10 @@
 # acknowledged only after it is on disk (durability under SIGKILL is the end-to-end tests'
 # job, tests/api_durability.rs). Prints the node's own count of created orders and its batch
 # sizes from /metrics, then stops it with SIGTERM. Installs wrk with apt-get when missing.
-# NODE_BIN=FILE runs another build of `onecard` (an A/B against a copy of an older build).
+# NODE_BIN=FILE runs another build of `onecard` (an A/B against a copy of an older build);
+# CONFIG=FILE runs the node with another configuration.
+# PERF=1 records the node with `perf record` (PERF_ARGS, default -g) into http-load.perf.data
+# during the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -26,15 +29,34 @@ trap 'kill $node 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 token="load-admin-token-$(date +%s)"
 ONECARD_ADMIN_TOKEN=$token ${NODE_BIN:-./target/release/onecard} serve --listen 127.0.0.1:$port \
-  --data "$work/data" --config config.toml 2>"$work/serve.log" &
+  --data "$work/data" --config "${CONFIG:-config.toml}" 2>"$work/serve.log" &
 node=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 key=$(curl -sf -X POST "http://127.0.0.1:$port/v1/admin/merchants" -H "Authorization: Bearer $token" \
   -H "Content-Type: application/json" -d '{"id":"load-shop","name":"Load Shop"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 echo "==> machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
+recorder=
+if [ "${PERF:-0}" = 1 ]; then
+  (sleep 2; perf record ${PERF_ARGS:--g} -o http-load.perf.data -p $node -- sleep $((secs - 3)) >/dev/null 2>&1) &
+  recorder=$!
+fi
 echo "==> wrk -t1 -c$conns -d${secs}s POST /v1/orders"
-ONECARD_API_KEY=$key ONECARD_RUN="run$$" wrk -t1 -c"$conns" -d"${secs}s" --latency \
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+node_before=$(cpu_ticks $node)
+ONECARD_API_KEY=$key ONECARD_RUN="run$$" /usr/bin/time -f '%U %S' -o "$work/wrk.cpu" \
+  wrk -t1 -c"$conns" -d"${secs}s" --latency \
   -s scripts/wrk-orders.lua "http://127.0.0.1:$port" | tee "$work/wrk.out"
+node_after=$(cpu_ticks $node)
+created=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+# CPU per request of each side: the node's from /proc (clock ticks), wrk's from time(1).
+python3 - "$node_before" "$node_after" "$(getconf CLK_TCK)" "$created" "$(cat "$work/wrk.cpu")" <<'PY'
+import sys
+before, after, hz, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+user, system = map(float, sys.argv[5].split())
+print(f"node CPU per request: {(after - before) / hz / n * 1e6:.1f} µs; "
+      f"wrk CPU per request: {(user + system) / n * 1e6:.1f} µs")
+PY
+if [ -n "$recorder" ]; then wait "$recorder"; fi
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(orders_created_total|journal_batch_commits|journal_flushes_total|node_store_commits_total)' || true
 kill -TERM $node
 wait $node

@@ -101,8 +101,7 @@ impl Drop for OrderGuard<'_> {
 
 /// The checkout session of `order`.
 pub fn checkout_of(node: &Node, order: &str) -> Result<Checkout, AppError> {
-    node.store
-        .get::<Checkout>(&records::checkout_key(order))?
+    node.checkout(order)?
         .ok_or_else(|| AppError::UnknownOrder(order.to_string()))
 }
 
@@ -316,10 +315,7 @@ pub async fn mark_shipped(
     c: &Checkout,
 ) -> Result<Result<(Checkout, Vec<crate::store::Write>), ShipRefusal>, AppError> {
     let _busy = node.order_locks.lock(&c.order_id).await?;
-    let Some(mut now) = node
-        .store
-        .get::<Checkout>(&records::checkout_key(&c.order_id))?
-    else {
+    let Some(mut now) = node.checkout(&c.order_id)? else {
         return Err(AppError::UnknownOrder(c.order_id.clone()));
     };
     if now.shipped_at.is_some() {

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use crate::bills;
 use crate::notify::{self, Notification, PartyKind, Recipient};
-use crate::records::{self, Bill, Checkout, MerchantPayout, PrintJob, PrintState, StatementLine};
+use crate::records::{self, Bill, MerchantPayout, PrintJob, PrintState, StatementLine};
 use crate::state::{now_ms, Node};
 use crate::store::{self, StoreError, Write};
 
@@ -157,8 +157,7 @@ fn webhook_with(
         return Vec::new();
     }
     let reference = node
-        .store
-        .get::<Checkout>(&records::checkout_key(order))
+        .checkout(order)
         .ok()
         .flatten()
         .and_then(|c| c.reference);
@@ -192,7 +191,7 @@ fn webhook_with(
 }
 
 async fn merchant_of_order(node: &Node, order: &str) -> Option<String> {
-    if let Ok(Some(c)) = node.store.get::<Checkout>(&records::checkout_key(order)) {
+    if let Ok(Some(c)) = node.checkout(order) {
         return Some(c.merchant);
     }
     node.engine
@@ -574,11 +573,7 @@ fn bill_failed(
 
 /// The print job for a placed physical order whose merchant has a printer, if not yet queued.
 fn print_job(node: &Node, order: &str, merchant: &str) -> Result<Vec<Write>, String> {
-    let Some(c) = node
-        .store
-        .get::<Checkout>(&records::checkout_key(order))
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(c) = node.checkout(order).map_err(|e| e.to_string())? else {
         return Ok(Vec::new());
     };
     if c.digital {

@@ -29,6 +29,8 @@ pub struct Node {
     pub merchants: FastDashMap<String, MerchantProfile>,
     /// `Idempotency-Key`s whose first request is in progress.
     pub idem_in_flight: FastDashMap<String, ()>,
+    /// Checkouts as last decoded: each step of a payment reads its checkout ([`Node::checkout`]).
+    pub checkouts: store::DecodedCache<records::Checkout>,
     /// Orders with a payment or a cancellation in progress: the two never run at once.
     /// One payment or cancellation of an order at a time.
     pub order_locks: crate::app::OrderLocks,
@@ -105,6 +107,7 @@ impl Node {
             api_keys: FastDashMap::default(),
             merchants: FastDashMap::default(),
             idem_in_flight: FastDashMap::default(),
+            checkouts: store::DecodedCache::new(CHECKOUT_CACHE_ENTRIES),
             order_locks: crate::app::OrderLocks::default(),
             metrics: Metrics::default(),
             outbox_wake: tokio::sync::Notify::new(),
@@ -150,7 +153,17 @@ impl Node {
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
+
+    /// The checkout session of `order`, if there is one.
+    pub fn checkout(&self, order: &str) -> Result<Option<records::Checkout>, StoreError> {
+        self.store
+            .get_cached(&records::checkout_key(order), &self.checkouts)
+    }
 }
+
+/// Checkouts kept decoded ([`Node::checkout`]): far more than the payments in progress at once
+/// (a payment reads its checkout within a few milliseconds), at about 1 KiB each.
+const CHECKOUT_CACHE_ENTRIES: usize = 16_384;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use onecard_engine::fast_map::FastDashMap;
 use onecard_engine::records::{RecordError, RecordStore, RecordWrite};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -54,6 +55,25 @@ pub fn json<T: Serialize>(key: impl Into<String>, value: &T) -> Write {
 /// The removal of a text key.
 pub fn remove(key: impl Into<String>) -> Write {
     RecordWrite::Remove(key.into().into_bytes())
+}
+
+/// Records decoded from their JSON, each kept with the bytes it was decoded from (see
+/// [`NodeStore::get_cached`]). The bytes are the check: a record changed in the store since
+/// does not match and is decoded anew, so nothing is ever invalidated and no read can see an
+/// older record than the store holds. For records read several times in a short while (a
+/// checkout is read by each step of its payment): when full, it is emptied and fills again.
+pub struct DecodedCache<T> {
+    map: FastDashMap<String, (Box<[u8]>, T)>,
+    capacity: usize,
+}
+
+impl<T> DecodedCache<T> {
+    pub fn new(capacity: usize) -> DecodedCache<T> {
+        DecodedCache {
+            map: FastDashMap::default(),
+            capacity: capacity.max(1),
+        }
+    }
 }
 
 /// Counters for `/metrics`.
@@ -161,6 +181,34 @@ impl NodeStore {
         }
     }
 
+    /// [`NodeStore::get`] through `cache`: a record whose stored bytes are the ones it was
+    /// last decoded from is cloned from the cache instead of decoded again.
+    pub fn get_cached<T: DeserializeOwned + Clone>(
+        &self,
+        key: &str,
+        cache: &DecodedCache<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(raw) = self.get_raw(key)? else {
+            return Ok(None);
+        };
+        if let Some(hit) = cache.map.get(key) {
+            if *hit.0 == *raw {
+                return Ok(Some(hit.1.clone()));
+            }
+        }
+        let value: T = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        if cache.map.len() >= cache.capacity {
+            cache.map.clear();
+        }
+        cache
+            .map
+            .insert(key.to_string(), (raw.into_boxed_slice(), value.clone()));
+        Ok(Some(value))
+    }
+
     /// The records whose keys start with `prefix`, in key order, starting after `after` (a
     /// full key) when given, at most `limit`.
     pub fn scan<T: DeserializeOwned>(
@@ -247,6 +295,44 @@ mod tests {
         Engine::open(dir, EngineConfig::default(), Arc::new(SimBankPort(bank)))
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn a_cached_read_never_returns_a_record_older_than_the_store_holds() {
+        actix_rt::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine(dir.path()).await;
+            let store = NodeStore::open(engine.records(), &dir.path().join("node")).unwrap();
+            let cache = DecodedCache::<Vec<u32>>::new(2);
+            assert_eq!(store.get_cached("k/1", &cache).unwrap(), None);
+            store.commit(vec![json("k/1", &vec![1u32])]).await.unwrap();
+            assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![1]));
+            // Changed behind the cache's back: the stored bytes differ, so it is decoded anew.
+            for n in 2..50u32 {
+                store.commit(vec![json("k/1", &vec![n])]).await.unwrap();
+                assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![n]));
+                assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![n]));
+            }
+            store.commit(vec![remove("k/1")]).await.unwrap();
+            assert_eq!(store.get_cached("k/1", &cache).unwrap(), None);
+            // Past its capacity it starts again, and reads stay right.
+            for n in 0..5u32 {
+                let key = format!("k/{n}");
+                store.commit(vec![json(&key, &vec![n, n])]).await.unwrap();
+                assert_eq!(store.get_cached(&key, &cache).unwrap(), Some(vec![n, n]));
+                assert!(cache.map.len() <= 2);
+            }
+            // A record that does not decode is an error, not a panic, cached or not.
+            store
+                .commit(vec![RecordWrite::Put(b"k/bad".to_vec(), b"{".to_vec())])
+                .await
+                .unwrap();
+            assert!(matches!(
+                store.get_cached("k/bad", &cache),
+                Err(StoreError::Corrupt { .. })
+            ));
+            engine.close().await.unwrap();
+        });
     }
 
     #[test]

@@ -182,11 +182,7 @@ fn print_pass(node: &Node) -> Result<Option<u64>, String> {
             stale.push(store::remove(key));
             continue;
         };
-        let Some(checkout) = node
-            .store
-            .get::<Checkout>(&records::checkout_key(order))
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(checkout) = node.checkout(order).map_err(|e| e.to_string())? else {
             tracing::error!(order = %order, "a print job without its order: dropped from the queue");
             stale.push(store::remove(key));
             continue;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idem::Reply;
 use super::{consumer_of, parse_json, ApiError};
-use crate::records::{self, Checkout, StatementLine};
+use crate::records::{self, StatementLine};
 use crate::state::Node;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,8 +46,7 @@ pub struct AccountView {
 
 fn order_json(node: &Node, o: &OrderSummary) -> ConsumerOrder {
     let delivery_address = node
-        .store
-        .get::<Checkout>(&records::checkout_key(&o.id))
+        .checkout(&o.id)
         .ok()
         .flatten()
         .map(|c| c.delivery.address);

@@ -147,20 +147,23 @@ impl<'a> Idem<'a> {
         hasher_input.push(b'\n');
         hasher_input.extend_from_slice(body);
         let fingerprint = records::sha256_hex(&hasher_input);
-        if let Some(done) = lookup(node, &store_key, &fingerprint)? {
-            return Ok(Begin::Replay(done));
-        }
+        // Claimed first, then looked up once: a request that finished with this key made its
+        // record visible before it let go of the key, so the lookup under the claim sees it.
         if node.idem_in_flight.insert(store_key.clone(), ()).is_some() {
-            return Err(ApiError::conflict(
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still in progress; retry shortly",
-            ));
+            // Another request holds the key: a repeat of one that is done (read without the
+            // claim) gets its answer; otherwise it is still running.
+            return match lookup(node, &store_key, &fingerprint)? {
+                Some(done) => Ok(Begin::Replay(done)),
+                None => Err(ApiError::conflict(
+                    "idempotency_in_progress",
+                    "a request with this Idempotency-Key is still in progress; retry shortly",
+                )),
+            };
         }
         let idem = Idem {
             node,
             claim: Some((store_key.clone(), fingerprint.clone())),
         };
-        // It may have finished between the lookup and the claim.
         if let Some(done) = lookup(node, &store_key, &fingerprint)? {
             return Ok(Begin::Replay(done));
         }

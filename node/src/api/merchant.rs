@@ -100,7 +100,7 @@ impl CreateOrder {
 
 /// The merchant's own checkout, or 404.
 pub fn own_checkout(node: &Node, merchant: &str, order: &str) -> Result<Checkout, ApiError> {
-    match node.store.get::<Checkout>(&records::checkout_key(order))? {
+    match node.checkout(order)? {
         Some(c) if c.merchant == merchant => Ok(c),
         _ => Err(ApiError::not_found(
             "unknown_order",
@@ -238,7 +238,7 @@ pub async fn list_orders(
     for (key, ()) in keys.iter().take(limit) {
         // Order ids are `ord_` and hex: nothing in them is escaped.
         let id = key.get(prefix.len()..).unwrap_or_default();
-        if let Some(c) = node.store.get::<Checkout>(&records::checkout_key(id))? {
+        if let Some(c) = node.checkout(id)? {
             orders.push(order_view(&node, &c).await?);
         }
         last_id = Some(id.to_string());

@@ -338,7 +338,7 @@ async fn board(
     // Newest first within each group.
     for (key, ()) in keys.iter().rev() {
         let id = key.get(prefix.len()..).unwrap_or_default();
-        let checkout = match node.store.get::<Checkout>(&records::checkout_key(id)) {
+        let checkout = match node.checkout(id) {
             Ok(Some(c)) if c.merchant == merchant => c,
             Ok(_) => continue,
             Err(e) => return fault(e),
