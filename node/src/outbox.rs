@@ -102,6 +102,8 @@ pub async fn step(node: &Node) -> Result<usize, String> {
         node.outbox_read.store(feed.through, Ordering::Release);
         return Ok(read);
     }
+    // The print and webhook workers scan their queues when woken: only for new work.
+    let queued_work = writes.iter().any(records::queues_work);
     writes.push(store::json(records::CURSOR_KEY, &feed.through));
     node.store.commit(writes).await.map_err(|e| e.to_string())?;
     node.outbox_saved.store(feed.through, Ordering::Release);
@@ -110,7 +112,9 @@ pub async fn step(node: &Node) -> Result<usize, String> {
     for state in counted {
         node.metrics.order_event(state);
     }
-    node.work_wake.notify();
+    if queued_work {
+        node.work_wake.notify();
+    }
     Ok(read)
 }
 

@@ -105,6 +105,16 @@ pub fn print_queue_key(due_ms: u64, order: &str) -> String {
 pub fn webhook_queue_key(due_ms: u64, event_id: &str) -> String {
     format!("wq/{due_ms:020}/{event_id}")
 }
+/// Whether `write` puts a print job or a webhook delivery on its queue: the only writes the
+/// print and webhook workers need waking for.
+pub fn queues_work(write: &onecard_engine::records::RecordWrite) -> bool {
+    match write {
+        onecard_engine::records::RecordWrite::Put(key, _) => {
+            key.starts_with(b"pq/") || key.starts_with(b"wq/")
+        }
+        onecard_engine::records::RecordWrite::Remove(_) => false,
+    }
+}
 /// (due time, id) of a queue key (`pq/…` or `wq/…`).
 pub fn parse_queue_key(key: &str) -> Option<(u64, &str)> {
     let rest = key.get(3..)?;
