@@ -63,9 +63,12 @@ pub async fn run(node: actix_web::web::Data<Node>) {
                 .await;
             }
             // The journal has grown: the history index and the credit follower follow it too.
-            Ok(_) => {
+            Ok(read) => {
                 node.analysis_wake.notify_one();
                 node.credit_wake.notify_one();
+                if read < BATCH {
+                    tokio::time::sleep(crate::state::FOLLOWER_PACE).await;
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "outbox step failed; retrying in 1 s");

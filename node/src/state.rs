@@ -172,6 +172,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a follower of the journal (the outbox, the history index, dynamic credit) that has
+/// read up to the head waits before its next step. Under load the head grows by a record per
+/// group commit, a few hundred microseconds apart: stepping at once would read one or two
+/// records a step and pay the step's own reads, commit and wake-ups for each. Waiting lets a
+/// step take several records; webhooks, slips and statements come this much later.
+pub const FOLLOWER_PACE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Records examined per sweep of one kind (one sweep every `[node] sweep_secs`).
 const SWEEP: usize = 100_000;
 
@@ -222,12 +229,15 @@ pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
 
 /// What a follower of the journal (the history index, dynamic credit) does after one step:
 /// caught up, it waits until the outbox wakes it when the journal has grown (a 250 ms timeout
-/// as a backstop); catching up, it lets the other tasks run between batches; after a failure,
-/// it tries again in a second. `false` when the node is stopping and the follower is done.
+/// as a backstop); having read the few records at the head, it waits [`FOLLOWER_PACE`] before
+/// the next step; catching up (a whole batch read), it lets the other tasks run between
+/// batches; after a failure, it tries again in a second. `false` when the node is stopping
+/// and the follower is done.
 pub async fn after_follower_step<E: std::fmt::Display>(
     node: &Node,
     wake: &tokio::sync::Notify,
     what: &str,
+    batch: usize,
     step: Result<usize, E>,
 ) -> bool {
     match step {
@@ -238,6 +248,7 @@ pub async fn after_follower_step<E: std::fmt::Display>(
             let _ =
                 tokio::time::timeout(std::time::Duration::from_millis(250), wake.notified()).await;
         }
+        Ok(read) if read < batch => tokio::time::sleep(FOLLOWER_PACE).await,
         Ok(_) => tokio::task::yield_now().await,
         Err(e) => {
             tracing::error!(error = %e, "{what} step failed; retrying in 1 s");
