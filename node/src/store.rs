@@ -57,6 +57,14 @@ pub fn remove(key: impl Into<String>) -> Write {
     RecordWrite::Remove(key.into().into_bytes())
 }
 
+/// The JSON record stored under `key`; one that does not decode is an error, never a panic.
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// Records decoded from their JSON, each kept with the bytes it was decoded from (see
 /// [`NodeStore::get_cached`]). The bytes are the check: a record changed in the store since
 /// does not match and is decoded anew, so nothing is ever invalidated and no read can see an
@@ -172,12 +180,7 @@ impl NodeStore {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         match self.get_raw(key)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    key: key.to_string(),
-                    message: e.to_string(),
-                }),
+            Some(v) => decode(key, &v).map(Some),
         }
     }
 
@@ -196,10 +199,7 @@ impl NodeStore {
                 return Ok(Some(hit.1.clone()));
             }
         }
-        let value: T = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
+        let value: T = decode(key, &raw)?;
         if cache.map.len() >= cache.capacity {
             cache.map.clear();
         }
@@ -232,10 +232,7 @@ impl NodeStore {
         for kv in self.records.scan_from(prefix.as_bytes(), &start) {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
+            let value = decode(&key, &v)?;
             out.push((key, value));
             if out.len() >= limit {
                 break;
