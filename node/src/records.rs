@@ -96,21 +96,24 @@ pub fn idem_key(principal: &str, key: &str) -> String {
 pub fn print_job_key(order: &str) -> String {
     format!("pj/{order}")
 }
+/// The print queue's keys start with this, the webhook deliveries' with [`WEBHOOK_QUEUE`].
+pub const PRINT_QUEUE: &str = "pq/";
+pub const WEBHOOK_QUEUE: &str = "wq/";
 /// Present while a print job waits, keyed by when it is due: a pass of the print worker reads
 /// only what is due, whatever else waits.
 pub fn print_queue_key(due_ms: u64, order: &str) -> String {
-    format!("pq/{due_ms:020}/{order}")
+    format!("{PRINT_QUEUE}{due_ms:020}/{order}")
 }
 /// Present while a webhook delivery waits, keyed by when it is due.
 pub fn webhook_queue_key(due_ms: u64, event_id: &str) -> String {
-    format!("wq/{due_ms:020}/{event_id}")
+    format!("{WEBHOOK_QUEUE}{due_ms:020}/{event_id}")
 }
 /// Whether `write` puts a print job or a webhook delivery on its queue: the only writes the
 /// print and webhook workers need waking for.
 pub fn queues_work(write: &onecard_engine::records::RecordWrite) -> bool {
     match write {
         onecard_engine::records::RecordWrite::Put(key, _) => {
-            key.starts_with(b"pq/") || key.starts_with(b"wq/")
+            key.starts_with(PRINT_QUEUE.as_bytes()) || key.starts_with(WEBHOOK_QUEUE.as_bytes())
         }
         onecard_engine::records::RecordWrite::Remove(_) => false,
     }

@@ -77,8 +77,8 @@ fn due_keys(node: &Node, prefix: &str) -> Result<(Vec<String>, Option<u64>), Str
 /// million each), for /metrics.
 pub fn queue_depths(node: &Node) -> (usize, usize) {
     (
-        node.store.count_prefix("pq/", 1_000_000),
-        node.store.count_prefix("wq/", 1_000_000),
+        node.store.count_prefix(records::PRINT_QUEUE, 1_000_000),
+        node.store.count_prefix(records::WEBHOOK_QUEUE, 1_000_000),
     )
 }
 
@@ -165,7 +165,7 @@ type DueSlip = (String, PrintJob, Checkout);
 
 /// Prints every due slip once; returns when the next queued one is due.
 fn print_pass(node: &Node) -> Result<Option<u64>, String> {
-    let (due, mut next_due) = due_keys(node, "pq/")?;
+    let (due, mut next_due) = due_keys(node, records::PRINT_QUEUE)?;
     let mut by_printer: std::collections::BTreeMap<String, Vec<DueSlip>> = Default::default();
     let mut stale = Vec::new();
     for key in due {
@@ -382,7 +382,7 @@ fn webhook_pass(
     in_progress: &Mutex<HashSet<String>>,
     circuits: &Circuits,
 ) -> Result<Option<u64>, String> {
-    let (due, mut next_due) = due_keys(n, "wq/")?;
+    let (due, mut next_due) = due_keys(n, records::WEBHOOK_QUEUE)?;
     let mut moved = Vec::new();
     for key in due {
         let Some((_, event)) = records::parse_queue_key(&key) else {
