@@ -33,7 +33,7 @@ use crate::ledger::{
 use crate::model::{CommandResult, Outcome, Refusal, Release, RulesConfig, Secs};
 use crate::money::{Amount, AmountError};
 use crate::recovery::OpenedStore;
-use crate::router::Router;
+use crate::router::{Routed, Router};
 use crate::seal::{self, DataKey};
 use crate::view;
 use futures::StreamExt;
@@ -44,7 +44,7 @@ pub use crate::commands::{
 };
 pub use crate::error::EngineError;
 pub use crate::recovery::RecoveryInfo;
-pub use crate::router::{Lease, ResidencyStats, Shared};
+pub use crate::router::{host_actors_here, Lease, ResidencyStats, Shared};
 
 use crate::commands::check_id;
 
@@ -643,18 +643,31 @@ impl Engine {
     /// keeps the actor resident until the message carrying it is handled, and delivers that
     /// message (`actors::ask`). `None` if there is no such consumer.
     async fn route(&self, consumer: &str) -> Result<Option<Lease<ConsumerActor>>, EngineError> {
-        self.router
-            .route(consumer, |arbiter| {
-                let Some(record) = self.shared.view.consumer_record(consumer)? else {
-                    return Ok::<_, EngineError>(None);
-                };
-                let state = record.into_state();
-                let shared = self.shared.clone();
-                Ok(Some(ConsumerActor::start_in_arbiter(arbiter, move |_| {
-                    ConsumerActor::new(state, shared)
-                })))
-            })
-            .await
+        loop {
+            let routed = self
+                .router
+                .route(consumer, |arbiter| {
+                    let Some(record) = self.shared.view.consumer_record(consumer)? else {
+                        return Ok::<_, EngineError>(None);
+                    };
+                    let state = record.into_state();
+                    let shared = self.shared.clone();
+                    Ok(Some(ConsumerActor::start_in_arbiter(arbiter, move |_| {
+                        ConsumerActor::new(state, shared)
+                    })))
+                })
+                .await?;
+            match routed {
+                Routed::Lease(lease) => return Ok(Some(lease)),
+                Routed::NoSuchConsumer => return Ok(None),
+                // The stopped actor may have queued an entry the view does not show yet: an
+                // empty submission, answered only once everything queued before it is
+                // applied, before the consumer is read from the view again.
+                Routed::HostStopped => {
+                    self.shared.journal.append_writes(Vec::new()).await?;
+                }
+            }
+        }
     }
 
     pub(crate) async fn ask_consumer(

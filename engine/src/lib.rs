@@ -37,7 +37,9 @@ pub mod view;
 pub use auth_front::QueuedAuth;
 pub use bank::{BankPort, SimBank, SimBankPort};
 pub use config::NodeConfig;
-pub use engine::{Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest};
+pub use engine::{
+    host_actors_here, Engine, EngineConfig, EngineError, OpenConsumer, PlaceOrder, RefundRequest,
+};
 pub use ledger::{CreditSource, CreditTarget};
 pub use model::{CommandResult, OrderState, Outcome, Refusal, RefusalKind, Release, RulesConfig};
 pub use money::{Amount, AmountError};

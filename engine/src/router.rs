@@ -11,11 +11,22 @@
 //! from the account-state view. Messages arriving while an actor is being activated wait on
 //! the slot until it is up. No message can reach an actor that is being retired.
 //!
+//! **Where an actor runs.** By default on the arbiter its consumer id hashes to. A thread that
+//! serves requests and is itself an actix arbiter (the node's HTTP workers) can ask for the
+//! actors it activates to run on its own arbiter ([`host_actors_here`]): a request's message to
+//! its consumer's actor and the answer then stay on the thread, instead of waking another
+//! thread each way. If such a thread's arbiter stops (the HTTP server stopping) while the
+//! engine runs on, its actors stop with it; the next message for one of them finds its
+//! mailbox closed, waits until the journal has applied everything queued before (whatever the
+//! stopped actor had submitted), and activates a fresh actor from the view
+//! ([`Routed::HostStopped`]).
+//!
 //! A module of its own so that the actors can import what they share and the lease their
 //! messages carry without importing the engine: `engine` → `actors` → `router`, one way. The
 //! router is generic over the actor it keeps resident, and the engine passes the activation
 //! (read the consumer record, start the actor), so this module needs nothing from `actors`.
 
+use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,6 +50,32 @@ use crate::view::StateView;
 fn monotonic_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+thread_local! {
+    /// Whether consumer actors activated from this thread start on its own arbiter.
+    static HOSTS_ACTORS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the calling thread the home of the consumer actors it activates: they start on its
+/// own actix arbiter, not on the engine's arbiter their id hashes to. For threads that serve
+/// requests and are arbiters themselves (the node's HTTP workers, from their app factory): a
+/// command and its answer then stay on the thread. On 2 cores this took 15–20 % off the
+/// node's CPU per card payment (BENCHMARKS.md, issue 11, seventh session). A thread that is
+/// not an arbiter is unaffected.
+pub fn host_actors_here() {
+    HOSTS_ACTORS.with(|h| h.set(true));
+}
+
+/// What [`Router::route`] found for a consumer.
+pub(crate) enum Routed<A: Actor> {
+    /// Its actor, resident or just activated, with a lease on it.
+    Lease(Lease<A>),
+    /// No such consumer.
+    NoSuchConsumer,
+    /// Its actor had stopped with the arbiter it ran on (a host thread's, [`host_actors_here`]),
+    /// and its slot is gone: route again once the journal has applied what that actor queued.
+    HostStopped,
 }
 
 /// The router's slot for one resident consumer.
@@ -245,13 +282,12 @@ impl<A: Actor> Router<A> {
 
     /// A lease on the actor of a consumer, activated by `activate` (from the view, on the
     /// arbiter given to it) if it is not resident: it keeps the actor resident until the
-    /// message carrying it is handled, and delivers that message (`Lease::deliver`). `None`
-    /// if there is no such consumer (`activate` found none).
+    /// message carrying it is handled, and delivers that message (`Lease::deliver`).
     pub(crate) async fn route<E>(
         &self,
         consumer: &str,
         activate: impl FnOnce(&ArbiterHandle) -> Result<Option<Addr<A>>, E>,
-    ) -> Result<Option<Lease<A>>, EngineError>
+    ) -> Result<Routed<A>, EngineError>
     where
         EngineError: From<E>,
     {
@@ -277,11 +313,23 @@ impl<A: Actor> Router<A> {
                 }
             },
         };
+        if slot.addr.get().is_some_and(|addr| !addr.connected()) {
+            // Its arbiter stopped: the slot goes (unless someone replaced it already).
+            slot.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.residents
+                .remove_if(consumer, |_, s| Arc::ptr_eq(s, &slot));
+            return Ok(Routed::HostStopped);
+        }
         let lease = Lease(slot.clone());
         let activated = slot
             .addr
             .get_or_try_init(|| async {
-                match activate(self.arbiter_for(consumer)) {
+                let here = if HOSTS_ACTORS.with(Cell::get) {
+                    Arbiter::try_current()
+                } else {
+                    None
+                };
+                match activate(here.as_ref().unwrap_or_else(|| self.arbiter_for(consumer))) {
                     Err(e) => Err(Some(e)),
                     Ok(None) => Err(None),
                     Ok(Some(addr)) => {
@@ -292,7 +340,7 @@ impl<A: Actor> Router<A> {
             })
             .await;
         match activated {
-            Ok(_) => Ok(Some(lease)),
+            Ok(_) => Ok(Routed::Lease(lease)),
             Err(e) => {
                 drop(lease);
                 // Free the empty slot unless another message is waiting on it.
@@ -300,7 +348,7 @@ impl<A: Actor> Router<A> {
                     s.outstanding.load(Ordering::Acquire) == 0 && !s.addr.initialized()
                 });
                 match e {
-                    None => Ok(None),
+                    None => Ok(Routed::NoSuchConsumer),
                     Some(e) => Err(e.into()),
                 }
             }

@@ -1380,3 +1380,77 @@ fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stab
         sim.close();
     });
 }
+
+#[test]
+fn actors_on_a_host_thread_that_stops_are_activated_again_from_everything_they_queued() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        open_consumer(&engine, &sim, "ann", "100000", "1000000", "5000").await;
+        engine.passivate_idle(Duration::ZERO);
+        let engine = Arc::new(engine);
+        const ORDERS: usize = 40;
+        let ids: Vec<String> = (0..ORDERS).map(|i| format!("ann-{i}")).collect();
+
+        // A host thread (as an HTTP worker is) activates ann's actor on its own arbiter and
+        // has many places in flight when its arbiter stops.
+        let host = actix_rt::Arbiter::new();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        {
+            let engine = engine.clone();
+            let ids = ids.clone();
+            host.spawn(async move {
+                onecard_engine::host_actors_here();
+                let first = engine.place_order(order(&ids[0], "ann", "10.00"), 1).await;
+                let _ = first_tx.send(first.map_err(|e| e.to_string()));
+                let rest = ids[1..]
+                    .iter()
+                    .map(|id| engine.place_order(order(id, "ann", "10.00"), 1));
+                futures::future::join_all(rest).await;
+            });
+        }
+        assert_eq!(first_rx.await.unwrap(), Ok(Ok(Outcome::Accepted)));
+        assert_eq!(
+            engine.resident_consumers(),
+            1,
+            "ann's actor runs on the host"
+        );
+        let activations = |e: &Engine| {
+            e.residency()
+                .activations
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = activations(&engine);
+        host.stop();
+        host.join().unwrap();
+
+        // From another thread: the dead actor is replaced by a fresh one, which sees every
+        // order the stopped one queued. Each retry is one order, whatever came of the first.
+        for id in &ids {
+            let again = engine
+                .place_order(order(id, "ann", "10.00"), 2)
+                .await
+                .unwrap();
+            assert_eq!(again, Ok(Outcome::Accepted), "{id}");
+        }
+        assert_eq!(activations(&engine), before + 1, "one fresh actor");
+        let ann = engine.consumer("ann").await.unwrap().unwrap();
+        assert_eq!(ann.orders.len(), ORDERS, "each order once");
+        assert_eq!(ann.reserved, amount("400.00"), "each order reserved once");
+
+        let engine = Arc::try_unwrap(engine)
+            .ok()
+            .expect("the host let go of the engine");
+        engine.close().await.unwrap();
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_eq!(report.view_checked, Some(report.records));
+    });
+}

@@ -308,6 +308,9 @@ async fn run(
     };
     let app_node = node.clone();
     let server = HttpServer::new(move || {
+        // Runs on each worker's own thread: the consumer actors a worker activates run on it
+        // too, so that a command and its answer need no other thread.
+        onecard_engine::host_actors_here();
         App::new()
             .app_data(app_node.clone())
             .wrap(middleware::from_fn(api::request_log))
