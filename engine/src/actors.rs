@@ -33,7 +33,7 @@ use crate::ledger::{
 };
 use crate::model::{CommandResult, OrderState, Outcome, Refusal, Release, Secs};
 use crate::money::Amount;
-use crate::router::{Lease, Shared};
+use crate::router::{Lease, LiveActor, Shared};
 use crate::view;
 
 /// A command for one consumer's actor.
@@ -154,6 +154,8 @@ pub struct ConsumerActor {
     /// (`None`: not yet): the directory is this actor's to keep for its consumer, so an
     /// unchanged answer needs no lookup in it.
     time_work_noted: Rc<Cell<Option<Option<Secs>>>>,
+    /// Counted among the live actors while it exists (closing waits for none to be left).
+    _live: LiveActor,
 }
 
 impl ConsumerActor {
@@ -161,6 +163,7 @@ impl ConsumerActor {
     pub fn new(state: ConsumerState, shared: Arc<Shared>) -> ConsumerActor {
         ConsumerActor {
             state: Rc::new(RefCell::new(state)),
+            _live: LiveActor::new(shared.clone()),
             shared,
             time_work_noted: Rc::new(Cell::new(None)),
         }

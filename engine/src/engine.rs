@@ -181,6 +181,7 @@ impl Engine {
             bank_accounts: FastDashMap::default(),
             async_topups: std::sync::atomic::AtomicBool::new(false),
             topups_pending: AtomicUsize::new(0),
+            live_actors: AtomicUsize::new(0),
         });
         crate::recovery::scan_and_reconcile(&shared, &cfg.rules, cfg.data_key.as_ref(), &mut info)?;
         let auth = crate::recovery::load_auth_center(&view, cfg.issuer_key.as_ref(), &cfg.rules)?;
@@ -1187,6 +1188,15 @@ impl Engine {
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Actors hosted by threads the engine does not stop (`host_actors_here`) stop once
+        // their slots are gone and their arbiters get to run: the view's store stays open
+        // until the last of them has let go of it.
+        self.router.residents.clear();
+        while self.shared.live_actors.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.stop()
     }

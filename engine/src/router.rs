@@ -163,6 +163,26 @@ pub struct Shared {
     /// Top-ups asked for after their settlement whose answer has not been handled yet:
     /// closing waits for them (up to a bound), so that a clean stop leaves none behind.
     pub(crate) topups_pending: AtomicUsize,
+    /// Consumer actors alive (started and not yet dropped), wherever they run: closing waits
+    /// for them, since each holds the view's store open.
+    pub(crate) live_actors: AtomicUsize,
+}
+
+/// Counts one live actor in [`Shared::live_actors`] for as long as it is held: a field of the
+/// actor, so that the count falls whether the actor stops or its arbiter drops it.
+pub(crate) struct LiveActor(Arc<Shared>);
+
+impl LiveActor {
+    pub(crate) fn new(shared: Arc<Shared>) -> LiveActor {
+        shared.live_actors.fetch_add(1, Ordering::AcqRel);
+        LiveActor(shared)
+    }
+}
+
+impl Drop for LiveActor {
+    fn drop(&mut self) {
+        self.0.live_actors.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {

@@ -1454,3 +1454,30 @@ fn actors_on_a_host_thread_that_stops_are_activated_again_from_everything_they_q
         assert_eq!(report.view_checked, Some(report.records));
     });
 }
+
+#[test]
+fn closing_waits_for_the_actors_a_host_thread_still_runs() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        engine
+            .open_merchant("shop", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        open_consumer(&engine, &sim, "ann", "100000", "1000000", "5000").await;
+        engine.passivate_idle(Duration::ZERO);
+        // This thread hosts ann's actor, and keeps running after the engine is closed.
+        onecard_engine::host_actors_here();
+        let placed = engine.place_order(order("ann-1", "ann", "10.00"), 1).await;
+        assert_eq!(placed.unwrap(), Ok(Outcome::Accepted));
+        assert_eq!(engine.resident_consumers(), 1);
+        engine.close().await.unwrap();
+        // The store is free: nothing of the engine holds it open any more.
+        let report = onecard_engine::verify::verify(dir.path()).unwrap();
+        assert_eq!(report.view_checked, Some(report.records));
+    });
+}
