@@ -55,6 +55,20 @@ fn order(id: &str, consumer: &str, amount: &str) -> PlaceOrder {
     }
 }
 
+/// An engine configured with `cfg` on the simulated bank, with a merchant `shop` open.
+async fn engine_with_shop(dir: &std::path::Path, cfg: EngineConfig) -> (Engine, Arc<SimBank>) {
+    let sim = SimBank::open(dir).unwrap();
+    let engine = Engine::open(dir, cfg, Arc::new(SimBankPort(sim.clone())))
+        .await
+        .unwrap();
+    engine
+        .open_merchant("shop", None, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    (engine, sim)
+}
+
 /// An engine whose bank holds every debit of `alice-bank` until the returned gate opens, with
 /// a merchant `shop` open.
 async fn gated_engine(dir: &std::path::Path) -> (Engine, Arc<SimBank>, watch::Sender<bool>) {
@@ -151,15 +165,7 @@ fn a_stuck_account_keeps_its_own_commands_waiting_in_order() {
 fn commands_for_one_account_are_applied_in_the_order_they_were_sent() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "alice", "1000.00", "9000", "5000").await;
         // Twenty orders of 100.00 sent at once against a limit of 1000.00: in order, exactly
         // the first ten fit.
@@ -270,21 +276,13 @@ fn the_account_state_view_equals_the_whole_journal_replayed_with_actors_passivat
 fn passivation_racing_with_commands_loses_no_message_and_no_money() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
         let cfg = EngineConfig {
             // The engine's own sweeper passivates every 10 ms on an actor thread, and the
             // racer below as often as it gets to run on this one.
             passivate_after: Duration::ZERO,
             ..config()
         };
-        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), cfg).await;
         let consumers = ["ann", "ben", "cat", "dan"];
         for c in consumers {
             open_consumer(&engine, &sim, c, "100000", "1000000", "5000").await;
@@ -410,15 +408,7 @@ fn passivation_racing_with_commands_loses_no_message_and_no_money() {
 fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "alice", "1000", "9000", "5000").await;
         engine
             .place_order(order("o1", "alice", "100"), 1)
@@ -506,15 +496,7 @@ fn bad_input_gets_a_typed_refusal_and_changes_nothing() {
 fn a_command_waits_for_another_holding_its_id_and_answers_as_a_serial_order_would() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "alice", "1000.00", "5000.00", "50.00").await;
         open_consumer(&engine, &sim, "bob", "1000.00", "5000.00", "50.00").await;
         for i in 0..20 {
@@ -605,19 +587,11 @@ fn concurrent_opens_of_one_name_let_exactly_one_through() {
 fn a_flood_gets_clear_overload_errors_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let accepted = actix_rt::System::new().block_on(async {
-        let sim = SimBank::open(dir.path()).unwrap();
         let cfg = EngineConfig {
             max_in_flight: 16,
             ..config()
         };
-        let engine = Engine::open(dir.path(), cfg, Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), cfg).await;
         for c in 0..20 {
             open_consumer(&engine, &sim, &format!("c{c}"), "100000", "100000", "5000").await;
         }
@@ -1318,15 +1292,7 @@ fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stab
     use onecard_engine::feed::{FeedKind, OrderChange};
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "alice", "1000", "9000", "100").await;
         engine
             .place_order(order("o1", "alice", "30"), 1)
@@ -1385,15 +1351,7 @@ fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stab
 fn actors_on_a_host_thread_that_stops_are_activated_again_from_everything_they_queued() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "ann", "100000", "1000000", "5000").await;
         engine.passivate_idle(Duration::ZERO);
         let engine = Arc::new(engine);
@@ -1459,15 +1417,7 @@ fn actors_on_a_host_thread_that_stops_are_activated_again_from_everything_they_q
 fn closing_waits_for_the_actors_a_host_thread_still_runs() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let sim = SimBank::open(dir.path()).unwrap();
-        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
-            .await
-            .unwrap();
-        engine
-            .open_merchant("shop", None, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
         open_consumer(&engine, &sim, "ann", "100000", "1000000", "5000").await;
         engine.passivate_idle(Duration::ZERO);
         // This thread hosts ann's actor, and keeps running after the engine is closed.
