@@ -60,7 +60,7 @@ thread_local! {
 /// Makes the calling thread the home of the consumer actors it activates: they start on its
 /// own actix arbiter, not on the engine's arbiter their id hashes to. For threads that serve
 /// requests and are arbiters themselves (the node's HTTP workers, from their app factory): a
-/// command and its answer then stay on the thread. On 2 cores this took 15–20 % off the
+/// command and its answer then stay on the thread. On 2 cores this took about 15 % off the
 /// node's CPU per card payment (BENCHMARKS.md, issue 11, seventh session). A thread that is
 /// not an arbiter is unaffected.
 pub fn host_actors_here() {
