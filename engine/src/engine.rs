@@ -56,7 +56,8 @@ const TICK_FAN_OUT: usize = 64;
 pub struct EngineConfig {
     pub rules: RulesConfig,
     pub journal: JournalConfig,
-    /// Arbiters (threads) running the account actors; default one per core.
+    /// Arbiters (threads) running the account actors; default one per core. Actors activated
+    /// from a thread that called [`host_actors_here`] run on that thread's arbiter instead.
     pub arbiters: usize,
     /// The capacity actix gives every account actor's mailbox. Commands are queued past it
     /// (`Lease::deliver`), never refused or held back there: `max_in_flight` bounds them.
