@@ -61,8 +61,8 @@ thread_local! {
 /// own actix arbiter, not on the engine's arbiter their id hashes to. For threads that serve
 /// requests and are arbiters themselves (the node's HTTP workers, from their app factory): a
 /// command and its answer then stay on the thread. On 2 cores this took about 15 % off the
-/// node's CPU per card payment (BENCHMARKS.md, issue 11, seventh session). A thread that is
-/// not an arbiter is unaffected.
+/// node's CPU per card payment (BENCHMARKS.md, issue 11, seventh session). On a thread that
+/// is not an arbiter it has no effect: the hashed placement stays.
 pub fn host_actors_here() {
     HOSTS_ACTORS.with(|h| h.set(true));
 }
