@@ -604,8 +604,15 @@ pub async fn run(node: actix_web::web::Data<Node>) {
     let mut f = Follower::default();
     loop {
         let r = step(&node, &mut f).await;
-        if !crate::state::after_follower_step(&node, &node.analysis_wake, "history index", BATCH, r)
-            .await
+        if !crate::state::after_follower_step(
+            &node,
+            &node.analysis_wake,
+            "history index",
+            BATCH,
+            crate::state::FOLLOWER_BACKSTOP,
+            r,
+        )
+        .await
         {
             return;
         }

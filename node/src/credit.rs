@@ -790,7 +790,16 @@ pub async fn run(node: actix_web::web::Data<Node>) {
             }
         }
         let r = step(&node, &mut f).await;
-        if !crate::state::after_follower_step(&node, &node.credit_wake, "credit", BATCH, r).await {
+        if !crate::state::after_follower_step(
+            &node,
+            &node.credit_wake,
+            "credit",
+            BATCH,
+            crate::state::FOLLOWER_BACKSTOP,
+            r,
+        )
+        .await
+        {
             return;
         }
     }

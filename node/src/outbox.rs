@@ -51,32 +51,25 @@ pub fn cursor(node: &Node) -> Result<u64, StoreError> {
 /// Follows the journal until the node stops (and then until it has caught up).
 pub async fn run(node: actix_web::web::Data<Node>) {
     loop {
-        match step(&node).await {
-            Ok(0) => {
-                if node.is_stopping() {
-                    return;
-                }
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(100),
-                    node.outbox_wake.notified(),
-                )
-                .await;
-            }
+        let r = step(&node).await;
+        if matches!(r, Ok(read) if read > 0) {
             // The journal has grown: the history index and the credit follower follow it too.
-            Ok(read) => {
-                node.analysis_wake.notify_one();
-                node.credit_wake.notify_one();
-                if read < BATCH {
-                    tokio::time::sleep(crate::state::FOLLOWER_PACE).await;
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "outbox step failed; retrying in 1 s");
-                if node.is_stopping() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+            node.analysis_wake.notify_one();
+            node.credit_wake.notify_one();
+        }
+        // Caught up, it is woken by the requests that journal something: a short backstop.
+        let backstop = std::time::Duration::from_millis(100);
+        if !crate::state::after_follower_step(
+            &node,
+            &node.outbox_wake,
+            "outbox",
+            BATCH,
+            backstop,
+            r,
+        )
+        .await
+        {
+            return;
         }
     }
 }

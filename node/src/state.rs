@@ -179,6 +179,9 @@ pub fn now_ms() -> u64 {
 /// step take several records; webhooks, slips and statements come this much later.
 pub const FOLLOWER_PACE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long a caught-up follower waits for a wake-up before it looks at the journal anyway.
+pub const FOLLOWER_BACKSTOP: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Records examined per sweep of one kind (one sweep every `[node] sweep_secs`).
 const SWEEP: usize = 100_000;
 
@@ -227,9 +230,9 @@ pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
     Ok((sessions, keys))
 }
 
-/// What a follower of the journal (the history index, dynamic credit) does after one step:
-/// caught up, it waits until the outbox wakes it when the journal has grown (a 250 ms timeout
-/// as a backstop); having read the few records at the head, it waits [`FOLLOWER_PACE`] before
+/// What a follower of the journal (the outbox, the history index, dynamic credit) does after
+/// one step: caught up, it waits until `wake` is notified (the outbox when the journal has
+/// grown, the others by the outbox), with `backstop` as a timeout; having read the few records at the head, it waits [`FOLLOWER_PACE`] before
 /// the next step; catching up (a whole batch read), it lets the other tasks run between
 /// batches; after a failure, it tries again in a second. `false` when the node is stopping
 /// and the follower is done.
@@ -238,6 +241,7 @@ pub async fn after_follower_step<E: std::fmt::Display>(
     wake: &tokio::sync::Notify,
     what: &str,
     batch: usize,
+    backstop: std::time::Duration,
     step: Result<usize, E>,
 ) -> bool {
     match step {
@@ -245,8 +249,7 @@ pub async fn after_follower_step<E: std::fmt::Display>(
             if node.is_stopping() {
                 return false;
             }
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(250), wake.notified()).await;
+            let _ = tokio::time::timeout(backstop, wake.notified()).await;
         }
         Ok(read) if read < batch => tokio::time::sleep(FOLLOWER_PACE).await,
         Ok(_) => tokio::task::yield_now().await,
