@@ -280,10 +280,19 @@ async fn fill_up(s: &Scenario, mnt: &Path, data: &Path) -> Full {
         };
         assert_eq!(engine.open_consumer(req, 0).await.unwrap(), Ok(Outcome::Ok));
     }
+    // Two orders stay pending from before the disk fills, so that the commands after the
+    // failure always have a pending order to confirm and one to cancel, however early the
+    // disk fills (a checkpoint running in the background may take the last room at once).
+    let mut acked = BTreeMap::new();
+    for (n, id) in ["kept-1", "kept-2"].into_iter().enumerate() {
+        let consumer = format!("c{}", n % CONSUMERS);
+        let r = engine.place_order(order(id, &consumer), 0).await.unwrap();
+        assert_eq!(r, Ok(Outcome::Accepted), "{id}");
+        acked.insert(id.to_string(), OrderState::Pending);
+    }
     fill_leaving(mnt, s.leave);
     let checkpoints_at_fill = engine.journal_stats().checkpoints.load(Ordering::Relaxed);
 
-    let mut acked = BTreeMap::new();
     let mut i = 0u64;
     let (failed, failed_order, first) = 'fill: loop {
         i += 1;
