@@ -145,3 +145,110 @@ fn a_counter_that_jumps_too_far_is_refused_and_the_challenge_stays_usable() {
     let out = authenticate(&mut link, &key, &ch, &order, 500, 1_000, PIN);
     assert!(out.is_authorised(), "{out:?}");
 }
+
+/// A swipe's answer goes out before its stored answer is synced (the challenge lives in memory
+/// only), so a repeat can arrive before the record is readable: it must still get the same
+/// challenge, never run the swipe again and never be told to wait; and another request with
+/// the key is refused as for any other route.
+#[test]
+fn a_swipe_repeated_with_its_key_gets_the_same_challenge_at_once_and_after_the_record_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, None, None);
+    let order = create_order(&node, &w, "12.50", false);
+    let body = json!({"reader_id": w.reader_id, "card_number": CARD, "order_id": order, "amount_cents": 1250});
+    let swipe = |key: &str, body: &serde_json::Value| {
+        call(
+            "POST",
+            &node.url("/v1/reader/swipe"),
+            None,
+            Some(key),
+            Some(body),
+        )
+    };
+    // Merchants keep the log busy meanwhile, so that syncs take their time and a repeat often
+    // comes while its stored answer is still on its way.
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    let first = std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    create_order(&node, &w, "1.00", false);
+                }
+            });
+        }
+        let mut first = None;
+        for round in 0..100 {
+            let key = format!("swipe-{round}");
+            let answer = swipe(&key, &body);
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+            let challenge = answer.body["challenge_id"].clone();
+            assert!(challenge.is_string(), "{:?}", answer.body);
+            let again = swipe(&key, &body);
+            assert_eq!(
+                again.status, 200,
+                "repeat in round {round}: {:?}",
+                again.body
+            );
+            assert!(
+                again.replayed,
+                "the repeat in round {round} ran the swipe again"
+            );
+            assert_eq!(again.body["challenge_id"], challenge, "round {round}");
+            first = Some(answer);
+        }
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        first.unwrap()
+    });
+    // Long after: the record written and read back.
+    let last_key = "swipe-99";
+    let again = swipe(last_key, &body);
+    assert!(
+        again.replayed && again.body == first.body,
+        "{:?}",
+        again.body
+    );
+    let mut other = body.clone();
+    other["amount_cents"] = json!(1251);
+    let mismatch = swipe(last_key, &other);
+    assert_eq!(mismatch.status, 422, "{:?}", mismatch.body);
+    assert_eq!(mismatch.body["error"]["code"], "idempotency_mismatch");
+    // The challenge the first swipe issued, answered to every repeat, is the live one.
+    let issued: onecard_protocol::wire::SwipeAnswer =
+        serde_json::from_value(first.body.clone()).unwrap();
+    let ch = issued.into_result().unwrap().expect("a challenge");
+    let key = CardKey::from_bytes(w.card_key);
+    let c = cryptogram(&key, &ch.challenge, &order, 1250, 1).unwrap();
+    let pin = encrypt_pin(&ch.node_public, &ch.challenge, PIN, &mut rand::rngs::OsRng).unwrap();
+    let auth = serde_json::to_value(onecard_protocol::wire::AuthenticateBody {
+        challenge_id: ch.challenge_id.clone(),
+        counter: 1,
+        cryptogram: hex::encode(c),
+        pin: onecard_protocol::wire::PinBody::of(&pin),
+        delivery_address: HOME.into(),
+    })
+    .unwrap();
+    let authenticate = || {
+        call(
+            "POST",
+            &node.url("/v1/reader/authenticate"),
+            None,
+            Some("auth-1"),
+            Some(&auth),
+        )
+    };
+    let paid = authenticate();
+    assert_eq!(
+        (paid.status, paid.body["outcome"].as_str()),
+        (200, Some("authorised")),
+        "{:?}",
+        paid.body
+    );
+    assert!(paid.body["session"]["token"].is_string(), "{:?}", paid.body);
+    // Its repeat: the same answer without the session, whose token is never stored.
+    let again = authenticate();
+    assert!(again.replayed);
+    let mut without_session = paid.body.clone();
+    without_session.as_object_mut().unwrap().remove("session");
+    assert_eq!(again.body, without_session);
+}

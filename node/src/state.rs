@@ -27,8 +27,10 @@ pub struct Node {
     /// SHA-256 of an API key → merchant id.
     pub api_keys: FastDashMap<String, String>,
     pub merchants: FastDashMap<String, MerchantProfile>,
-    /// `Idempotency-Key`s whose first request is in progress.
-    pub idem_in_flight: FastDashMap<String, ()>,
+    /// `Idempotency-Key`s whose first request is in progress; with the stored answer (its
+    /// record's bytes) once a request answered ahead of its record's sync
+    /// (`Idem::finish_in_memory`).
+    pub idem_in_flight: FastDashMap<String, Option<std::sync::Arc<[u8]>>>,
     /// Checkouts as last decoded: each step of a payment reads its checkout ([`Node::checkout`]).
     pub checkouts: store::DecodedCache<records::Checkout>,
     /// Orders with a payment or a cancellation in progress: the two never run at once.

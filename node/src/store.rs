@@ -58,7 +58,7 @@ pub fn remove(key: impl Into<String>) -> Write {
 }
 
 /// The JSON record stored under `key`; one that does not decode is an error, never a panic.
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),

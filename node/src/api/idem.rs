@@ -1,14 +1,19 @@
 //! `Idempotency-Key` on every mutating route.
 //!
 //! The first request with a key runs; its answer is stored with a fingerprint of the request
-//! (method, path, body) **in the same atomic, flushed write as the request's own effects**,
-//! before it is sent. Not stored: server errors (5xx) and requests refused before anything ran
+//! (method, path, body) and flushed **before it is sent**: in the same atomic write as the
+//! request's own effects where those are the node's records (an order creation), right behind
+//! them in the log where they are the engine's (the log is written in order and stops at its
+//! first failure, so the answer is never on disk without the effects). One exception: a
+//! swipe changes nothing durable (its challenge lives in memory and dies with the process), so
+//! its answer goes out before its record is synced ([`Idem::finish_in_memory`]). Not stored: server errors (5xx) and requests refused before anything ran
 //! because the body was malformed or did not validate (400 `invalid_json`, 422
 //! `invalid_field`): the caller fixes the body and retries with the same key. Business refusals
 //! (a refusal of the engine's, a state conflict) are stored and replayed like successes. A repeat with the same fingerprint gets the
 //! stored answer again (header `Idempotent-Replayed: true`); the same key with another request
 //! gets 422 `idempotency_mismatch`; an answer that carries a secret shown once (an API key, a
-//! card key, a session token) is stored and replayed with that secret set to null; a repeat while the first is still running gets 409
+//! card key, a session token) is stored and replayed with that secret set to null (or left
+//! out); a repeat while the first is still running gets 409
 //! `idempotency_in_progress`. Keys are per caller (merchant, administrator, consumer, reader),
 //! so two merchants cannot collide.
 
@@ -17,6 +22,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use super::ApiError;
 use crate::app::{checkout_of, order_view_as_created};
@@ -56,6 +62,13 @@ impl Reply {
     /// The answer of an order creation: a repeat rebuilds it from the checkout.
     pub fn replayed_as_created(mut self, created: NewOrderAnswer) -> Reply {
         self.new_order = Some(created);
+        self
+    }
+
+    /// The answer a repeat gets instead of this one: `replay`, the same answer without the
+    /// secret it carries. Typed, so nothing is parsed back (see [`Reply::redacting`]).
+    pub fn replayed_as(mut self, replay: &impl Serialize) -> Reply {
+        self.replay_body = Some(json_of(replay));
         self
     }
 
@@ -149,16 +162,30 @@ impl<'a> Idem<'a> {
         let fingerprint = records::sha256_hex(&hasher_input);
         // Claimed first, then looked up once: a request that finished with this key made its
         // record visible before it let go of the key, so the lookup under the claim sees it.
-        if node.idem_in_flight.insert(store_key.clone(), ()).is_some() {
+        let held = match node.idem_in_flight.entry(store_key.clone()) {
+            dashmap::Entry::Occupied(e) => Some(e.get().clone()),
+            dashmap::Entry::Vacant(e) => {
+                e.insert(None);
+                None
+            }
+        };
+        if let Some(answered) = held {
             // Another request holds the key: a repeat of one that is done (read without the
-            // claim) gets its answer; otherwise it is still running.
-            return match lookup(node, &store_key, &fingerprint)? {
-                Some(done) => Ok(Begin::Replay(done)),
-                None => Err(ApiError::conflict(
+            // claim) gets its answer, or one answered whose stored answer is still on its way
+            // to the log (`finish_in_memory`); otherwise it is still running.
+            let done = match lookup(node, &store_key, &fingerprint)? {
+                Some(done) => Some(done),
+                None => match answered {
+                    Some(record) => replay_of(node, &store_key, &record[..], &fingerprint)?,
+                    None => None,
+                },
+            };
+            return done.map(Begin::Replay).ok_or_else(|| {
+                ApiError::conflict(
                     "idempotency_in_progress",
                     "a request with this Idempotency-Key is still in progress; retry shortly",
-                )),
-            };
+                )
+            });
         }
         let idem = Idem {
             node,
@@ -176,30 +203,76 @@ impl<'a> Idem<'a> {
     }
 
     /// Makes the reply's writes (and the stored answer) durable, then answers.
-    pub async fn finish(self, reply: Reply) -> Result<HttpResponse, ApiError> {
-        let mut writes = reply.writes;
-        if let Some((key, fingerprint)) = &self.claim {
-            if reply.status.as_u16() < 500 && !reply.refused_body {
-                writes.push(store::json(
-                    key.clone(),
-                    &IdemRecord {
-                        fingerprint: fingerprint.clone(),
-                        status: reply.status.as_u16(),
-                        at: self.node.now(),
-                        body: match (&reply.new_order, &reply.replay_body) {
-                            (Some(_), _) => null_json(),
-                            (None, Some(replay)) => replay.clone(),
-                            (None, None) => reply.body.clone(),
-                        },
-                        new_order: reply.new_order.clone(),
-                    },
-                ));
-            }
-        }
+    pub async fn finish(self, mut reply: Reply) -> Result<HttpResponse, ApiError> {
+        let mut writes = std::mem::take(&mut reply.writes);
+        writes.extend(self.stored_answer(&reply));
         if !writes.is_empty() {
             self.node.store.commit(writes).await?;
         }
         Ok(json_response(HttpResponse::build(reply.status), reply.body))
+    }
+
+    /// [`Idem::finish`] for a request that changes nothing durable, whose answer only lives
+    /// as long as the process: a swipe, whose challenge is held in memory and dies with the
+    /// node. Its stored answer is queued in the log and the answer goes out at once, without
+    /// waiting for the sync. Waiting would buy nothing: after a crash the stored answer would
+    /// name a challenge that no longer exists, while a repeat that finds no stored answer runs
+    /// the request again and gets a live one. The key stays claimed until the stored answer
+    /// is written (a repeat meanwhile gets 409 `idempotency_in_progress`), so that a repeat
+    /// never runs the request a second time in the same process. `reply` must carry no writes
+    /// of its own (they would be effects): such a reply is made durable as by `finish`.
+    pub async fn finish_in_memory(
+        mut self,
+        node: &actix_web::web::Data<Node>,
+        reply: Reply,
+    ) -> Result<HttpResponse, ApiError> {
+        if !reply.writes.is_empty() {
+            return self.finish(reply).await;
+        }
+        if let Some(record) = self.stored_answer(&reply) {
+            let answered = match &record {
+                store::Write::Put(_, bytes) => Some(Arc::<[u8]>::from(bytes.as_slice())),
+                store::Write::Remove(_) => None,
+            };
+            let written = self.node.store.commit(vec![record]);
+            // The key is let go once its answer is readable, not when `self` drops; until then
+            // a repeat is answered from the copy kept with the claim.
+            if let Some((key, _)) = self.claim.take() {
+                if let Some(mut held) = self.node.idem_in_flight.get_mut(&key) {
+                    *held = answered;
+                }
+                let node = node.clone();
+                actix_rt::spawn(async move {
+                    if let Err(e) = written.await {
+                        tracing::warn!(error = %e, "the stored answer of a request without durable effects was not written; a repeat runs it again");
+                    }
+                    node.idem_in_flight.remove(&key);
+                });
+            }
+        }
+        Ok(json_response(HttpResponse::build(reply.status), reply.body))
+    }
+
+    /// The record a repeat of this request is answered from, if the reply is one to keep.
+    fn stored_answer(&self, reply: &Reply) -> Option<Write> {
+        let (key, fingerprint) = self.claim.as_ref()?;
+        if reply.status.as_u16() >= 500 || reply.refused_body {
+            return None;
+        }
+        Some(store::json(
+            key.clone(),
+            &IdemRecord {
+                fingerprint: fingerprint.clone(),
+                status: reply.status.as_u16(),
+                at: self.node.now(),
+                body: match (&reply.new_order, &reply.replay_body) {
+                    (Some(_), _) => null_json(),
+                    (None, Some(replay)) => replay.clone(),
+                    (None, None) => reply.body.clone(),
+                },
+                new_order: reply.new_order.clone(),
+            },
+        ))
     }
 }
 
@@ -218,9 +291,22 @@ fn is_validation_error(code: &str) -> bool {
 }
 
 fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpResponse>, ApiError> {
-    match node.store.get::<IdemRecord>(key)? {
+    match node.store.get_raw(key)? {
         None => Ok(None),
-        Some(r) if r.fingerprint == fingerprint => {
+        Some(bytes) => replay_of(node, key, &bytes, fingerprint),
+    }
+}
+
+/// The answer a repeat gets from the stored record `bytes` of its key: the stored answer for
+/// the same request, `idempotency_mismatch` for another.
+fn replay_of(
+    node: &Node,
+    key: &str,
+    bytes: &[u8],
+    fingerprint: &str,
+) -> Result<Option<HttpResponse>, ApiError> {
+    match store::decode::<IdemRecord>(key, bytes)? {
+        r if r.fingerprint == fingerprint => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
             let body = match &r.new_order {
                 Some(created) => {
@@ -233,7 +319,7 @@ fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpRespon
             replay.insert_header(("Idempotent-Replayed", "true"));
             Ok(Some(json_response(replay, body)))
         }
-        Some(_) => Err(ApiError::new(
+        _ => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_mismatch",
             "this Idempotency-Key was already used with a different request (method, path or \

@@ -67,7 +67,7 @@ pub async fn swipe(
     let (idem, body) = begin_idempotent!(node, req, payload, reader_principal(&req));
     let s: SwipeBody = match parse_json(&body) {
         Ok(s) => s,
-        Err(e) => return idem.finish(Reply::error(&e)).await,
+        Err(e) => return idem.finish_in_memory(&node, Reply::error(&e)).await,
     };
     let peer = req
         .peer_addr()
@@ -87,22 +87,26 @@ pub async fn swipe(
             )
             .await?;
         return idem
-            .finish(Reply::new(
-                StatusCode::OK,
-                &SwipeAnswer::from_result(result),
-            ))
+            .finish_in_memory(
+                &node,
+                Reply::new(StatusCode::OK, &SwipeAnswer::from_result(result)),
+            )
             .await;
     }
     let c = match checkout_of(&node, &s.order_id) {
         Ok(c) => c,
-        Err(e) => return idem.finish(Reply::error(&ApiError::from(e))).await,
+        Err(e) => {
+            return idem
+                .finish_in_memory(&node, Reply::error(&ApiError::from(e)))
+                .await
+        }
     };
     if u64::try_from(c.amount_cents).ok() != Some(s.amount_cents) {
         let e = ApiError::invalid(format!(
             "amount_cents {} is not the order's amount ({} cents)",
             s.amount_cents, c.amount_cents
         ));
-        return idem.finish(Reply::error(&e)).await;
+        return idem.finish_in_memory(&node, Reply::error(&e)).await;
     }
     if !awaiting_payment(&node, &c)? {
         let state = order_view(&node, &c).await?.state;
@@ -110,7 +114,7 @@ pub async fn swipe(
             "order_not_payable",
             format!("the order is {state}; it cannot be paid"),
         );
-        return idem.finish(Reply::error(&e)).await;
+        return idem.finish_in_memory(&node, Reply::error(&e)).await;
     }
     let result = node
         .engine
@@ -123,10 +127,10 @@ pub async fn swipe(
             node.now(),
         )
         .await?;
-    idem.finish(Reply::new(
-        StatusCode::OK,
-        &SwipeAnswer::from_result(result),
-    ))
+    idem.finish_in_memory(
+        &node,
+        Reply::new(StatusCode::OK, &SwipeAnswer::from_result(result)),
+    )
     .await
 }
 
@@ -290,11 +294,18 @@ async fn answer(
             answer.web_code = Some(WebCodeBody { code, expires_at });
         }
     }
+    // A repeat gets the answer without its secrets: the session token and the web code are
+    // never stored.
+    let replay = AuthAnswer {
+        session: None,
+        web_code: None,
+        ..answer.clone()
+    };
     let response = idem
         .finish(
             Reply::new(StatusCode::OK, &answer)
                 .with_writes(writes)
-                .redacting(&["/session", "/web_code"]),
+                .replayed_as(&replay),
         )
         .await?;
     node.outbox_wake.notify_one();
