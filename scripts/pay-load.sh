@@ -57,7 +57,7 @@ ${SIM_BIN:-./target/release/onecard-sim} pay --node "http://127.0.0.1:$port" --r
   --duration "$secs" --node-pid "$node" --json "$@"
 if [ -n "$recorder" ]; then wait "$recorder"; fi
 wait "$probe"
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(journal_records_total|journal_batch_commits|journal_flushes_total|node_store_commits_total)' || true
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^onecard_(journal_records_total|journal_batch_commits|journal_flushes_total|journal_feed_from_(memory|log)_total|node_store_commits_total)' || true
 echo "==> $(cat "$work/healthz.txt")"
 kill -TERM $node
 wait $node

@@ -148,6 +148,9 @@ pub struct JournalStats {
     /// Checkpoints written to sled, and the keys in them.
     pub checkpoints: AtomicU64,
     pub checkpoint_keys: AtomicU64,
+    /// Records the feed gave its followers from the writer's memory, and read back from the log.
+    pub feed_from_memory: AtomicU64,
+    pub feed_from_log: AtomicU64,
 }
 
 /// One entry (or view writes alone) on its way into the log.
@@ -204,6 +207,64 @@ struct Common {
     /// Set when a checkpoint or a read of sled failed (see [`ViewFailure`]): the writer then
     /// accepts nothing more, like after a failed sync; a restart recovers.
     view_failure: Arc<ViewFailure>,
+    /// The last records' entries, for the feed.
+    recent: parking_lot::Mutex<RecentRecords>,
+}
+
+/// The entries of the last records the writer synced, as it encoded them: the log's
+/// followers (the node's outbox, history index and credit follower) read a few records behind
+/// the head, and take them from here instead of reading back, and checking again, what this
+/// process has just written and synced. Bounded by [`RECENT_RECORD_BYTES`]; a follower further
+/// behind reads the log.
+#[derive(Default)]
+struct RecentRecords {
+    records: std::collections::VecDeque<RecentRecord>,
+    bytes: usize,
+}
+
+#[derive(Clone)]
+struct RecentRecord {
+    seq: u64,
+    prev_hash: Hash,
+    hash: Hash,
+    /// Each entry's bincode, as in the record's payload.
+    entries: Arc<[Vec<u8>]>,
+    bytes: usize,
+}
+
+/// Bytes of entries [`RecentRecords`] keeps (about 2,000 records of a busy node's payments).
+const RECENT_RECORD_BYTES: usize = 4 << 20;
+
+impl RecentRecords {
+    fn push(&mut self, record: RecentRecord) {
+        self.bytes += record.bytes;
+        self.records.push_back(record);
+        while self.bytes > RECENT_RECORD_BYTES {
+            match self.records.pop_front() {
+                Some(old) => self.bytes -= old.bytes,
+                None => break,
+            }
+        }
+    }
+
+    /// Records `after + 1` on, at most `max` of them and none past `upto`, if record
+    /// `after + 1` is still kept (`None`: read the log).
+    fn after(&self, after: u64, max: usize, upto: u64) -> Option<Vec<RecentRecord>> {
+        let first = self.records.front()?.seq;
+        if after + 1 < first || after + 1 > self.records.back()?.seq {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        Some(
+            self.records
+                .iter()
+                .skip(skip)
+                .take_while(|r| r.seq <= upto)
+                .take(max)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 fn put_u32(buf: &mut Vec<u8>, n: usize) {
@@ -270,9 +331,23 @@ impl Sink for LogSink {
                 }
             }
         }
+        let prev_hash = self.wal.last_hash();
         let (written, hash) = self.wal.append(buf).map_err(log_failure)?;
         self.wal.sync().map_err(log_failure)?;
         debug_assert_eq!(written, seq);
+        let entries: Arc<[Vec<u8>]> = batch
+            .iter_mut()
+            .filter_map(|s| s.entry_bytes.take())
+            .collect();
+        let entry_count = entries.len();
+        let bytes = entries.iter().map(Vec::len).sum::<usize>() + 64;
+        self.shared.recent.lock().push(RecentRecord {
+            seq,
+            prev_hash,
+            hash,
+            entries,
+            bytes,
+        });
         writes.push(view::stamp_write(seq, &hash));
         // Durable: now readers may see it, and the writer answers everyone.
         for w in &writes {
@@ -287,10 +362,9 @@ impl Sink for LogSink {
         let stats = &common.stats;
         stats.records.fetch_add(1, Ordering::Relaxed);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.entries.fetch_add(
-            batch.iter().filter(|s| s.entry_bytes.is_some()).count() as u64,
-            Ordering::Relaxed,
-        );
+        stats
+            .entries
+            .fetch_add(entry_count as u64, Ordering::Relaxed);
         stats
             .commits
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -463,6 +537,34 @@ impl JournalHandle {
         if after >= upto || max == 0 {
             return Ok(out);
         }
+        let recent = self.common.recent.lock().after(after, max, upto);
+        if let Some(recent) = recent {
+            self.common
+                .stats
+                .feed_from_memory
+                .fetch_add(recent.len() as u64, Ordering::Relaxed);
+            return recent
+                .into_iter()
+                .map(|r| {
+                    let seq = r.seq;
+                    let entries = r
+                        .entries
+                        .iter()
+                        .map(|bytes| bincode_opts().deserialize(bytes))
+                        .collect::<Result<Vec<Entry>, _>>()
+                        .map_err(|e| JournalError::Corrupt {
+                            seq,
+                            reason: format!("undecodable entry: {e}"),
+                        })?;
+                    Ok(DecodedRecord {
+                        seq,
+                        prev_hash: r.prev_hash,
+                        hash: r.hash,
+                        entries,
+                    })
+                })
+                .collect();
+        }
         // The follower's cursor is taken out while it reads, so that another follower reads
         // at the same time with its own; it is put back (most recently used first) after.
         let kept = {
@@ -490,6 +592,10 @@ impl JournalHandle {
                 )?),
             }
         }
+        self.common
+            .stats
+            .feed_from_log
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         let mut cursors = self.reader.cursors.lock();
         cursors.insert(0, cursor);
         cursors.truncate(FEED_CURSORS);
@@ -830,6 +936,7 @@ impl Journal {
             participant: parking_lot::Mutex::new(None),
             index_bank_ops: std::sync::atomic::AtomicBool::new(true),
             view_failure: view.failure().clone(),
+            recent: Default::default(),
         });
         let sink = LogSink {
             wal,
@@ -1245,6 +1352,43 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recent(seq: u64, bytes: usize) -> RecentRecord {
+        RecentRecord {
+            seq,
+            prev_hash: [seq as u8; 32],
+            hash: [seq as u8 + 1; 32],
+            entries: vec![vec![seq as u8; bytes]].into(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn recent_records_give_a_contiguous_run_from_the_one_asked_or_nothing() {
+        let mut r = RecentRecords::default();
+        assert!(r.after(0, 10, 10).is_none());
+        let big = RECENT_RECORD_BYTES / 4;
+        for seq in 1..=6 {
+            r.push(recent(seq, big));
+        }
+        // Four records fit: 1 and 2 are gone, and a read from them goes to the log.
+        let kept: Vec<u64> = r.records.iter().map(|x| x.seq).collect();
+        assert_eq!(kept, vec![3, 4, 5, 6]);
+        assert!(r.after(0, 10, 6).is_none());
+        assert!(r.after(1, 10, 6).is_none());
+        let seqs = |got: Option<Vec<RecentRecord>>| {
+            got.map(|v| v.into_iter().map(|x| x.seq).collect::<Vec<u64>>())
+        };
+        assert_eq!(seqs(r.after(2, 10, 6)), Some(vec![3, 4, 5, 6]));
+        assert_eq!(seqs(r.after(3, 2, 6)), Some(vec![4, 5]));
+        // Never past the last synced record the reader was told of.
+        assert_eq!(seqs(r.after(2, 10, 4)), Some(vec![3, 4]));
+        // Past the last kept: nothing here (the caller found nothing new anyway).
+        assert!(r.after(6, 10, 6).is_none());
+        let first = r.after(2, 1, 6).unwrap().remove(0);
+        assert_eq!((first.prev_hash, first.hash), ([3; 32], [4; 32]));
+        assert_eq!(&first.entries[0], &vec![3u8; big]);
+    }
 
     #[test]
     fn opening_waits_for_a_lock_released_a_moment_later() {

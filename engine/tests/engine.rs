@@ -1347,6 +1347,95 @@ fn the_feed_gives_what_happened_to_orders_and_wallets_in_journal_order_with_stab
     });
 }
 
+/// The followers read the records this process just wrote from memory (the writer keeps their
+/// entries); after a restart the same records come from the log. Both must be the same.
+#[test]
+fn the_feed_from_memory_is_the_log_read_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, through) = actix_rt::System::new().block_on(async {
+        let (engine, sim) = engine_with_shop(dir.path(), config()).await;
+        open_consumer(&engine, &sim, "alice", "1000", "9000", "100").await;
+        for i in 0..20u64 {
+            let id = format!("o{i}");
+            engine
+                .place_order(order(&id, "alice", "3"), i)
+                .await
+                .unwrap()
+                .unwrap();
+            if i % 2 == 0 {
+                engine.confirm_receipt(&id, true, i).await.unwrap().unwrap();
+            }
+        }
+        let live = engine.records_after(0, usize::MAX).unwrap();
+        let through = engine.last_seq().unwrap();
+        let stats = engine.journal_stats();
+        assert_eq!(
+            (
+                stats
+                    .feed_from_memory
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                stats
+                    .feed_from_log
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            ),
+            (live.len() as u64, 0)
+        );
+        engine.close().await.unwrap();
+        sim.close();
+        (live, through)
+    });
+    assert_eq!(live.last().map(|r| r.0), Some(through));
+    actix_rt::System::new().block_on(async {
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        let read_back = engine.records_after(0, usize::MAX).unwrap();
+        assert_eq!(read_back[..live.len()], live[..]);
+        let from_log = |e: &Engine| {
+            e.journal_stats()
+                .feed_from_log
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(from_log(&engine), read_back.len() as u64);
+        // And records written after the restart, from memory, read back from a given place.
+        for i in 20..30u64 {
+            engine
+                .place_order(order(&format!("o{i}"), "alice", "3"), i)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let before = from_log(&engine);
+        let newer = engine
+            .records_after(read_back.len() as u64, usize::MAX)
+            .unwrap();
+        assert!(newer.len() >= 10, "{}", newer.len());
+        assert_eq!(
+            from_log(&engine),
+            before,
+            "the records written since were read back"
+        );
+        let through = read_back.len() as u64;
+        assert_eq!(
+            engine.records_after(through, 3).unwrap(),
+            newer[..3].to_vec()
+        );
+        engine.close().await.unwrap();
+        sim.close();
+        let sim = SimBank::open(dir.path()).unwrap();
+        let engine = Engine::open(dir.path(), config(), Arc::new(SimBankPort(sim.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.records_after(through, usize::MAX).unwrap()[..newer.len()],
+            newer[..]
+        );
+        engine.close().await.unwrap();
+        sim.close();
+    });
+}
+
 #[test]
 fn actors_on_a_host_thread_that_stops_are_activated_again_from_everything_they_queued() {
     actix_rt::System::new().block_on(async {

@@ -69,6 +69,18 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
             j.flushes.load(Ordering::Relaxed) as f64,
         ),
         (
+            "onecard_journal_feed_from_memory_total",
+            "Journal records the followers (outbox, history index, credit) took from the log \
+             writer's memory since start, not read back from the log.",
+            j.feed_from_memory.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "onecard_journal_feed_from_log_total",
+            "Journal records the followers read back from the log since start (those written \
+             before it, or too far behind the head).",
+            j.feed_from_log.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "onecard_engine_in_flight",
             "Engine commands in progress.",
             node.engine.in_flight() as f64,
