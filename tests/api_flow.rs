@@ -672,3 +672,43 @@ fn an_idempotency_key_is_kept_for_its_time_then_may_be_used_again() {
     assert_eq!(later.status, 201);
     assert_ne!(later.body["id"], first.body["id"]);
 }
+
+/// A new idempotency key is answered "not stored" from the engine's id filter, without a read.
+/// The filter must know every stored key: those written by this process, and after a restart
+/// (a clean stop or SIGKILL) those on disk, so that a repeat is replayed and never runs again.
+#[test]
+fn an_idempotency_key_is_replayed_after_a_restart_and_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = NodeProc::start(&data);
+    let w = setup(&node, None, None);
+    let body = order_body("4.00", false);
+    let post = |node: &NodeProc, key: &str| {
+        call(
+            "POST",
+            &node.url("/v1/orders"),
+            Some(&w.api_key),
+            Some(key),
+            Some(&body),
+        )
+    };
+    let first = post(&node, "cart-1");
+    assert_eq!((first.status, first.replayed), (201, false));
+    assert!(post(&node, "cart-1").replayed);
+    node.terminate();
+    let mut node = NodeProc::start(&data);
+    let again = post(&node, "cart-1");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.body["id"], first.body["id"]);
+    let second = post(&node, "cart-2");
+    assert_eq!((second.status, second.replayed), (201, false));
+    node.kill();
+    let node = NodeProc::start(&data);
+    for (key, created) in [("cart-1", &first), ("cart-2", &second)] {
+        let again = post(&node, key);
+        assert!(again.replayed, "{key}: {again:?}");
+        assert_eq!(again.body["id"], created.body["id"], "{key}");
+    }
+    let third = post(&node, "cart-3");
+    assert_eq!((third.status, third.replayed), (201, false));
+}

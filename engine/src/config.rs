@@ -194,6 +194,8 @@ impl NodeConfig {
                 .journal
                 .id_filter_capacity
                 .unwrap_or(dj.id_filter_capacity),
+            // Set by the layer above, not by the file.
+            filtered_record_prefixes: dj.filtered_record_prefixes,
         };
         if let Some(n) = raw.engine.arbiters.filter(|n| *n > 0) {
             cfg.engine.arbiters = n;

@@ -109,6 +109,10 @@ pub struct JournalConfig {
     /// Closed orders and refunds the in-memory id filter is sized for (16 bits each: 32 MiB
     /// for the default 16 million); beyond it, more new ids are looked up in the store.
     pub id_filter_capacity: usize,
+    /// Prefixes of the layer above's record keys ([`crate::records`]) that the id filter
+    /// covers too: keys that are mostly looked up while new (the node's idempotency keys), so
+    /// that such a lookup is answered from memory instead of a read that finds nothing.
+    pub filtered_record_prefixes: Vec<Vec<u8>>,
 }
 
 impl Default for JournalConfig {
@@ -129,6 +133,7 @@ impl Default for JournalConfig {
             checkpoint_interval_ms: 1_000,
             checkpoint_max_keys: 250_000,
             id_filter_capacity: 16_000_000,
+            filtered_record_prefixes: Vec::new(),
         }
     }
 }
@@ -351,7 +356,7 @@ impl Sink for LogSink {
         writes.push(view::stamp_write(seq, &hash));
         // Durable: now readers may see it, and the writer answers everyone.
         for w in &writes {
-            if IdFilter::covers(w.key()) {
+            if self.ids.covers(w.key()) {
                 self.ids.insert(w.key());
             }
         }
@@ -912,7 +917,10 @@ impl Journal {
         let overlay = Arc::new(Overlay::with_record_cache(
             usize::try_from(cfg.record_cache_bytes).unwrap_or(usize::MAX),
         ));
-        let ids = Arc::new(IdFilter::with_capacity(cfg.id_filter_capacity));
+        let ids = Arc::new(IdFilter::with_capacity(
+            cfg.id_filter_capacity,
+            &cfg.filtered_record_prefixes,
+        ));
         let view = StateView::with_filter(store.runs.clone(), overlay.clone(), ids.clone());
         let meta = view.meta()?.unwrap_or_default();
         let book = Arc::new(MerchantBook::default());

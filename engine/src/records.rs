@@ -90,7 +90,14 @@ impl RecordStore {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
-        Ok(self.view.get_raw(&stored_key(key))?)
+        let k = stored_key(key);
+        // A key under a filtered prefix (`JournalConfig::filtered_record_prefixes`) that was
+        // never written is answered from memory.
+        let ids = self.view.ids();
+        if ids.covers(&k) && ids.surely_absent(&k) {
+            return Ok(None);
+        }
+        Ok(self.view.get_raw(&k)?)
     }
 
     /// The records whose keys start with `prefix`, in key order, from `start` on (inclusive;

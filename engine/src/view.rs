@@ -1195,15 +1195,23 @@ pub struct StateView {
 pub struct IdFilter {
     bloom: onecard_storage::bloom::Bloom,
     ready: std::sync::atomic::AtomicBool,
+    /// View keys of the layer above's records the filter covers too (each starting with
+    /// [`UPPER_RECORD`]).
+    upper_prefixes: Vec<Vec<u8>>,
 }
 
 impl IdFilter {
     /// A filter for about `capacity` ids at 16 bits each, 6 probes: about 1 % false positives
-    /// (beyond `capacity` they grow, never the misses).
-    pub fn with_capacity(capacity: usize) -> IdFilter {
+    /// (beyond `capacity` they grow, never the misses). It covers closed orders, refunds, and
+    /// the layer above's records under `record_prefixes` (their keys as that layer names them).
+    pub fn with_capacity(capacity: usize, record_prefixes: &[Vec<u8>]) -> IdFilter {
         IdFilter {
             bloom: onecard_storage::bloom::Bloom::new(capacity.max(1024), 16, 6),
             ready: Default::default(),
+            upper_prefixes: record_prefixes
+                .iter()
+                .map(|p| [&[UPPER_RECORD][..], p].concat())
+                .collect(),
         }
     }
 
@@ -1225,8 +1233,12 @@ impl IdFilter {
     }
 
     /// Whether a view key is one the filter covers.
-    pub fn covers(k: &[u8]) -> bool {
-        matches!(k.first(), Some(&ORDER) | Some(&REFUND))
+    pub fn covers(&self, k: &[u8]) -> bool {
+        match k.first() {
+            Some(&ORDER) | Some(&REFUND) => true,
+            Some(&UPPER_RECORD) => self.upper_prefixes.iter().any(|p| k.starts_with(p)),
+            _ => false,
+        }
     }
 }
 
@@ -1330,7 +1342,7 @@ impl Iterator for MergedScan<'_> {
 impl StateView {
     /// A view whose id filter is never ready (every id is looked up): for checks and tools.
     pub fn new(runs: Arc<RunStore>, overlay: Arc<Overlay>) -> StateView {
-        StateView::with_filter(runs, overlay, Arc::new(IdFilter::with_capacity(0)))
+        StateView::with_filter(runs, overlay, Arc::new(IdFilter::with_capacity(0, &[])))
     }
 
     pub fn with_filter(
@@ -1519,11 +1531,14 @@ impl StateView {
     /// refunds) and marks it ready. Until then every id is a "maybe" and is looked up.
     /// Gives up (leaving the filter not ready) once `stop` is set.
     pub fn fill_id_filter(&self, stop: &std::sync::atomic::AtomicBool) -> Result<(), ViewError> {
-        for prefix in [ORDER, REFUND] {
+        let prefixes = [vec![ORDER], vec![REFUND]]
+            .into_iter()
+            .chain(self.ids.upper_prefixes.iter().cloned());
+        for prefix in prefixes {
             let keys = self
                 .runs
-                .scan_from(&[prefix])
-                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.first() == Some(&prefix)));
+                .scan_from(&prefix)
+                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
             for (n, kv) in keys.enumerate() {
                 if n % 4096 == 0 && stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok(());
@@ -2294,7 +2309,7 @@ mod tests {
 
     #[test]
     fn the_id_filter_never_misses_an_inserted_key_and_rarely_claims_an_absent_one() {
-        let f = IdFilter::with_capacity(10_000);
+        let f = IdFilter::with_capacity(10_000, &[b"ik/".to_vec()]);
         let inserted: Vec<Vec<u8>> = (0..10_000).map(|i| key(ORDER, &format!("o{i}"))).collect();
         for k in &inserted {
             f.insert(k);
@@ -2307,6 +2322,7 @@ mod tests {
             .filter(|i| !f.surely_absent(&key(ORDER, &format!("new{i}"))))
             .count();
         assert!(maybes < 500, "{maybes} false positives in 10,000");
-        assert!(IdFilter::covers(&key(REFUND, "r")) && !IdFilter::covers(&key(CONSUMER, "c")));
+        assert!(f.covers(&key(REFUND, "r")) && !f.covers(&key(CONSUMER, "c")));
+        assert!(f.covers(b"xik/r:1/k") && !f.covers(b"xck/o1") && !f.covers(b"ik/x"));
     }
 }

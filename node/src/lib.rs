@@ -197,6 +197,12 @@ async fn run(
     // Before the engine takes the configuration: the secrets stay in memory, in the engine
     // and (derived) here.
     let recharge_key = recharge::RechargeKey::from_config(&engine_cfg);
+    let mut engine_cfg = engine_cfg;
+    // Idempotency keys are looked up while new, on every request that carries one.
+    engine_cfg
+        .journal
+        .filtered_record_prefixes
+        .push(records::IDEM_KEY_PREFIX.as_bytes().to_vec());
     let engine = Arc::new(Engine::open(&data, engine_cfg, bank.port.clone()).await?);
     let store = NodeStore::open(engine.records(), &data.join("node"))?;
     let mut node = Node::new(

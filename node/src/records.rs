@@ -90,8 +90,11 @@ pub fn api_key_key(api_key: &str) -> String {
 pub fn api_key_hash_key(sha256: &str) -> String {
     format!("ak/{sha256}")
 }
+/// The prefix of [`idem_key`]s.
+pub const IDEM_KEY_PREFIX: &str = "ik/";
+
 pub fn idem_key(principal: &str, key: &str) -> String {
-    format!("ik/{}/{key}", seg(principal))
+    format!("{IDEM_KEY_PREFIX}{}/{key}", seg(principal))
 }
 pub fn print_job_key(order: &str) -> String {
     format!("pj/{order}")

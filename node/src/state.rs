@@ -224,11 +224,12 @@ pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
     })
     .await?;
     let ttl = node.settings.idempotency_ttl_secs;
-    let keys = sweep::<records::IdemRecord>(node, "ik/", &node.idem_sweep_from, |r| {
-        // Records from before `at` was kept (0) are left alone.
-        r.at > 0 && r.at.saturating_add(ttl) <= now
-    })
-    .await?;
+    let keys =
+        sweep::<records::IdemRecord>(node, records::IDEM_KEY_PREFIX, &node.idem_sweep_from, |r| {
+            // Records from before `at` was kept (0) are left alone.
+            r.at > 0 && r.at.saturating_add(ttl) <= now
+        })
+        .await?;
     Ok((sessions, keys))
 }
 
