@@ -99,11 +99,23 @@ pub(crate) async fn own_order(
     consumer: &str,
     order: &str,
 ) -> Result<OrderSummary, ApiError> {
-    let unknown = || ApiError::not_found("unknown_order", format!("no order {order:?} of yours"));
-    if node.engine.order_owner(order)?.as_deref() != Some(consumer) {
-        return Err(unknown());
+    owns_order(node, consumer, order)?;
+    node.engine
+        .order_summary(order)
+        .await?
+        .ok_or_else(|| unknown_order(order))
+}
+
+/// Whether `consumer` owns `order` (404 `unknown_order` if not), without reading the order.
+fn owns_order(node: &Node, consumer: &str, order: &str) -> Result<(), ApiError> {
+    match node.engine.order_owner(order)?.as_deref() == Some(consumer) {
+        true => Ok(()),
+        false => Err(unknown_order(order)),
     }
-    node.engine.order_summary(order).await?.ok_or_else(unknown)
+}
+
+fn unknown_order(order: &str) -> ApiError {
+    ApiError::not_found("unknown_order", format!("no order {order:?} of yours"))
 }
 
 pub async fn order(
@@ -138,7 +150,7 @@ async fn release(
 ) -> Result<HttpResponse, ApiError> {
     let consumer = consumer_of(&node, &req)?;
     let (idem, body) = begin_idempotent!(node, req, payload, format!("c:{consumer}"));
-    if let Err(e) = own_order(&node, &consumer, &order).await {
+    if let Err(e) = owns_order(&node, &consumer, &order) {
         return idem.finish(Reply::error(&e)).await;
     }
     let result: CommandResult = if code {
