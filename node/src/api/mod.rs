@@ -159,6 +159,7 @@ macro_rules! routes {
             // answer (`no_such_route`), as without scopes.
             let mut scopes: std::collections::BTreeMap<&'static str, actix_web::Scope> =
                 Default::default();
+            let mut fixed: Vec<(&'static str, actix_web::Resource)> = Vec::new();
             $(
                 let resource = web::resource(segment_scope($path).1)
                     .app_data(RoutePattern($path));
@@ -173,21 +174,38 @@ macro_rules! routes {
                         method_not_allowed(req, $path)
                     }));
                 match segment_scope($path).0 {
-                    "" => {
-                        cfg.service(resource);
-                    }
+                    "" => fixed.push(($path, resource)),
                     prefix => {
                         let scope = scopes.remove(prefix).unwrap_or_else(|| web::scope(prefix));
                         scopes.insert(prefix, scope.service(resource));
                     }
                 }
             )*
+            // The busiest fixed paths first: each path tried before the right one costs a
+            // match attempt (about 1 % of a card payment's CPU with them in table order).
+            fixed.sort_by_key(|(path, _)| {
+                BUSIEST_FIXED_PATHS
+                    .iter()
+                    .position(|busy| busy == path)
+                    .unwrap_or(BUSIEST_FIXED_PATHS.len())
+            });
+            for (_, resource) in fixed {
+                cfg.service(resource);
+            }
             for scope in scopes.into_values() {
                 cfg.service(scope);
             }
         }
     };
 }
+
+/// The fixed paths of a card payment and of an order creation, in the order they are tried.
+const BUSIEST_FIXED_PATHS: [&str; 4] = [
+    "/v1/reader/authenticate",
+    "/v1/reader/swipe",
+    "/v1/orders",
+    "/v1/reader/confirm-address",
+];
 
 /// Where a route's path is registered: a fixed path as it is (`("", path)`); a path with
 /// segments in the scope of its fixed part up to the last `/` before the first segment, and
@@ -700,6 +718,17 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busiest_paths_tried_first_are_fixed_paths_of_the_table() {
+        for busy in BUSIEST_FIXED_PATHS {
+            assert!(
+                ROUTES.iter().any(|(_, path)| *path == busy),
+                "{busy} is not a route"
+            );
+            assert_eq!(segment_scope(busy).0, "", "{busy} has segments");
+        }
+    }
 
     /// `configure` registers fixed paths before paths with segments; that is only the same
     /// routing if no path with segments also matches a fixed path.
