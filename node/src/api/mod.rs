@@ -189,6 +189,13 @@ macro_rules! routes {
                     .position(|busy| busy == path)
                     .unwrap_or(BUSIEST_FIXED_PATHS.len())
             });
+            // The busiest scopes before the fixed paths even: no fixed path lies under them, so
+            // trying them first routes every request as before.
+            for prefix in BUSIEST_SCOPES {
+                if let Some(scope) = scopes.remove(prefix) {
+                    cfg.service(scope);
+                }
+            }
             for (_, resource) in fixed {
                 cfg.service(resource);
             }
@@ -206,6 +213,10 @@ const BUSIEST_FIXED_PATHS: [&str; 4] = [
     "/v1/orders",
     "/v1/reader/confirm-address",
 ];
+
+/// The scopes of the paths with segments of a card payment (the checkout, the receipt),
+/// registered before everything else. None may hold a fixed path or another scope.
+const BUSIEST_SCOPES: [&str; 2] = ["/v1/reader/checkouts", "/v1/consumer/orders"];
 
 /// Where a route's path is registered: a fixed path as it is (`("", path)`); a path with
 /// segments in the scope of its fixed part up to the last `/` before the first segment, and
@@ -718,6 +729,28 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busiest_scopes_tried_first_hold_no_other_route() {
+        for busy in BUSIEST_SCOPES {
+            let under = |p: &str| p == busy || p.starts_with(&format!("{busy}/"));
+            for (_, path) in ROUTES {
+                let (scope, _) = segment_scope(path);
+                if scope == busy {
+                    continue;
+                }
+                assert!(!under(path), "{path} lies under the scope {busy}");
+                assert!(
+                    scope.is_empty() || !busy.starts_with(&format!("{scope}/")),
+                    "{busy} lies under the scope {scope}"
+                );
+            }
+            assert!(
+                ROUTES.iter().any(|(_, p)| segment_scope(p).0 == busy),
+                "no route in {busy}"
+            );
+        }
+    }
 
     #[test]
     fn the_busiest_paths_tried_first_are_fixed_paths_of_the_table() {
