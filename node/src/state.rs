@@ -29,7 +29,7 @@ pub struct Node {
     pub merchants: FastDashMap<String, MerchantProfile>,
     /// `Idempotency-Key`s whose first request is in progress; with the stored answer (its
     /// record's bytes) once a request answered ahead of its record's sync
-    /// (`Idem::finish_in_memory`).
+    /// (`Idem::finish_without_waiting`).
     pub idem_in_flight: FastDashMap<String, Option<std::sync::Arc<[u8]>>>,
     /// Checkouts as last decoded: each step of a payment reads its checkout ([`Node::checkout`]).
     pub checkouts: store::DecodedCache<records::Checkout>,

@@ -6,8 +6,9 @@
 //! them in the log where they are the engine's (the log is written in order and stops at its
 //! first failure, so the answer is never on disk without the effects). One exception: a
 //! swipe changes nothing durable (its challenge lives in memory and dies with the process), so
-//! its answer goes out before its record is synced ([`Idem::finish_in_memory`]). Not stored: server errors (5xx) and requests refused before anything ran
-//! because the body was malformed or did not validate (400 `invalid_json`, 422
+//! its answer goes out before its record is synced ([`Idem::finish_without_waiting`]). Not
+//! stored: server errors (5xx) and requests refused before anything ran because the body was
+//! malformed or did not validate (400 `invalid_json`, 422
 //! `invalid_field`): the caller fixes the body and retries with the same key. Business refusals
 //! (a refusal of the engine's, a state conflict) are stored and replayed like successes. A repeat with the same fingerprint gets the
 //! stored answer again (header `Idempotent-Replayed: true`); the same key with another request
@@ -172,7 +173,7 @@ impl<'a> Idem<'a> {
         if let Some(answered) = held {
             // Another request holds the key: a repeat of one that is done (read without the
             // claim) gets its answer, or one answered whose stored answer is still on its way
-            // to the log (`finish_in_memory`); otherwise it is still running.
+            // to the log (`finish_without_waiting`); otherwise it is still running.
             let done = match lookup(node, &store_key, &fingerprint)? {
                 Some(done) => Some(done),
                 None => match answered {
@@ -217,11 +218,12 @@ impl<'a> Idem<'a> {
     /// node. Its stored answer is queued in the log and the answer goes out at once, without
     /// waiting for the sync. Waiting would buy nothing: after a crash the stored answer would
     /// name a challenge that no longer exists, while a repeat that finds no stored answer runs
-    /// the request again and gets a live one. The key stays claimed until the stored answer
-    /// is written (a repeat meanwhile gets 409 `idempotency_in_progress`), so that a repeat
-    /// never runs the request a second time in the same process. `reply` must carry no writes
-    /// of its own (they would be effects): such a reply is made durable as by `finish`.
-    pub async fn finish_in_memory(
+    /// the request again and gets a live one. The key stays claimed, with a copy of the
+    /// answer, until the stored answer is readable: a repeat meanwhile is answered from the
+    /// copy, so it never runs the request a second time in the same process. `reply` must
+    /// carry no writes of its own (they would be effects): such a reply is made durable as by
+    /// `finish`.
+    pub async fn finish_without_waiting(
         mut self,
         node: &actix_web::web::Data<Node>,
         reply: Reply,

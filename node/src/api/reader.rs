@@ -67,7 +67,7 @@ pub async fn swipe(
     let (idem, body) = begin_idempotent!(node, req, payload, reader_principal(&req));
     let s: SwipeBody = match parse_json(&body) {
         Ok(s) => s,
-        Err(e) => return idem.finish_in_memory(&node, Reply::error(&e)).await,
+        Err(e) => return idem.finish_without_waiting(&node, Reply::error(&e)).await,
     };
     let peer = req
         .peer_addr()
@@ -87,7 +87,7 @@ pub async fn swipe(
             )
             .await?;
         return idem
-            .finish_in_memory(
+            .finish_without_waiting(
                 &node,
                 Reply::new(StatusCode::OK, &SwipeAnswer::from_result(result)),
             )
@@ -97,7 +97,7 @@ pub async fn swipe(
         Ok(c) => c,
         Err(e) => {
             return idem
-                .finish_in_memory(&node, Reply::error(&ApiError::from(e)))
+                .finish_without_waiting(&node, Reply::error(&ApiError::from(e)))
                 .await
         }
     };
@@ -106,7 +106,7 @@ pub async fn swipe(
             "amount_cents {} is not the order's amount ({} cents)",
             s.amount_cents, c.amount_cents
         ));
-        return idem.finish_in_memory(&node, Reply::error(&e)).await;
+        return idem.finish_without_waiting(&node, Reply::error(&e)).await;
     }
     if !awaiting_payment(&node, &c)? {
         let state = order_view(&node, &c).await?.state;
@@ -114,7 +114,7 @@ pub async fn swipe(
             "order_not_payable",
             format!("the order is {state}; it cannot be paid"),
         );
-        return idem.finish_in_memory(&node, Reply::error(&e)).await;
+        return idem.finish_without_waiting(&node, Reply::error(&e)).await;
     }
     let result = node
         .engine
@@ -127,7 +127,7 @@ pub async fn swipe(
             node.now(),
         )
         .await?;
-    idem.finish_in_memory(
+    idem.finish_without_waiting(
         &node,
         Reply::new(StatusCode::OK, &SwipeAnswer::from_result(result)),
     )
