@@ -13,6 +13,10 @@
 # CONFIG=FILE runs the node with another configuration.
 # PERF=1 records the node with `perf record` (PERF_ARGS, default -g) into http-load.perf.data
 # during the run.
+# wrk runs in Linux's SCHED_BATCH class (`chrt -b 0`), as `onecard-sim pay`'s readers do by
+# default: woken by an answer, it waits for the node's thread on that core to yield instead of
+# preempting it, as a client on another machine never would. CLIENT_SCHEDULING=normal runs it
+# in the normal class (BENCHMARKS.md has runs both ways).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -40,11 +44,15 @@ if [ "${PERF:-0}" = 1 ]; then
   (sleep 2; perf record ${PERF_ARGS:--g} -o http-load.perf.data -p $node -- sleep $((secs - 3)) >/dev/null 2>&1) &
   recorder=$!
 fi
-echo "==> wrk -t1 -c$conns -d${secs}s POST /v1/orders"
+client_sched=()
+if [ "${CLIENT_SCHEDULING:-batch}" = batch ] && command -v chrt >/dev/null; then
+  client_sched=(chrt -b 0)
+fi
+echo "==> ${client_sched[*]:+${client_sched[*]} }wrk -t1 -c$conns -d${secs}s POST /v1/orders"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 node_before=$(cpu_ticks $node)
 ONECARD_API_KEY=$key ONECARD_RUN="run$$" /usr/bin/time -f '%U %S' -o "$work/wrk.cpu" \
-  wrk -t1 -c"$conns" -d"${secs}s" --latency \
+  "${client_sched[@]}" wrk -t1 -c"$conns" -d"${secs}s" --latency \
   -s scripts/wrk-orders.lua "http://127.0.0.1:$port" | tee "$work/wrk.out"
 node_after=$(cpu_ticks $node)
 created=$(awk '/requests in/ {print $1}' "$work/wrk.out")

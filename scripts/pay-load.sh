@@ -12,7 +12,8 @@
 # payment), then stops the node with SIGTERM. PERF=1 records the node with `perf record -g`
 # into pay-load.perf.data during the run. CONFIG=FILE runs the node with another configuration;
 # NODE_BIN=FILE another build of `onecard`, SIM_BIN=FILE another build of `onecard-sim` (an A/B
-# against copies of an older build).
+# against copies of an older build). The readers run in Linux's SCHED_BATCH class, the
+# simulator's default (`--client-scheduling normal` for the normal class).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}

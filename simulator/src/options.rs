@@ -562,6 +562,30 @@ pub struct PayArgs {
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub setup_concurrency: u32,
+
+    /// How Linux schedules the readers' threads. `batch` (SCHED_BATCH): a reader thread woken
+    /// by an answer waits for the node's thread on that core to yield instead of preempting
+    /// it, as clients on other machines would never preempt the node; the client on the
+    /// node's own cores then measures the node, not the thread switches it forces on it.
+    /// `normal`: the default class of any process.
+    #[arg(long, value_enum, value_name = "CLASS", default_value_t = ClientScheduling::Batch)]
+    pub client_scheduling: ClientScheduling,
+}
+
+/// Scheduling class of `onecard-sim pay`'s reader threads (`--client-scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientScheduling {
+    Batch,
+    Normal,
+}
+
+impl ClientScheduling {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientScheduling::Batch => "batch",
+            ClientScheduling::Normal => "normal",
+        }
+    }
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

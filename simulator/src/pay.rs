@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::options::PayArgs;
+use crate::options::{ClientScheduling, PayArgs};
 use crate::stats::{process_cpu_secs, Percentiles};
 use http::Conn;
 use reader::{Clock, Pace, Plan, Reader};
@@ -211,15 +211,30 @@ fn run(args: &PayArgs) -> Result<Report, PayError> {
     let failure: Mutex<Option<String>> = Mutex::new(None);
     let done = AtomicU64::new(0);
     let latencies = Latencies::default();
+    let scheduling = args.client_scheduling;
+    let batch_refused = std::sync::atomic::AtomicBool::new(false);
     let ran = std::thread::scope(|s| {
         let handles: Vec<_> = groups
             .into_iter()
             .map(|group| {
-                let (ready, go, clock, failure, done, latencies) =
-                    (&ready, &go, &clock, &failure, &done, &latencies);
+                let (ready, go, clock, failure, done, latencies, batch_refused) = (
+                    &ready,
+                    &go,
+                    &clock,
+                    &failure,
+                    &done,
+                    &latencies,
+                    &batch_refused,
+                );
                 std::thread::Builder::new()
                     .name("readers".into())
                     .spawn_scoped(s, move || {
+                        if scheduling == ClientScheduling::Batch {
+                            if let Err(e) = schedule_as_batch() {
+                                batch_refused.store(true, Ordering::Relaxed);
+                                eprintln!("onecard-sim pay: SCHED_BATCH refused ({e}); the readers run in the normal class");
+                            }
+                        }
                         event_loop(group, ready, go, clock, failure, latencies, done)
                     })
                     .expect("spawn a readers' thread")
@@ -293,6 +308,11 @@ fn run(args: &PayArgs) -> Result<Report, PayError> {
         readers: n,
         rate: args.rate,
         threads,
+        client_scheduling: if batch_refused.load(Ordering::Relaxed) {
+            ClientScheduling::Normal
+        } else {
+            scheduling
+        },
         merchants: world.merchants.len(),
         seed: args.seed,
         plan: plan_of(args),
@@ -304,6 +324,25 @@ fn run(args: &PayArgs) -> Result<Report, PayError> {
         tally,
         latencies,
     })
+}
+
+/// Puts the calling thread in Linux's SCHED_BATCH class (`--client-scheduling batch`): its
+/// wake-ups do not preempt the thread running on the core, they wait for it to yield. No
+/// privilege is needed to move a thread of one's own into it.
+#[cfg(target_os = "linux")]
+fn schedule_as_batch() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn schedule_as_batch() -> std::io::Result<()> {
+    Err(std::io::Error::other("SCHED_BATCH is Linux's"))
 }
 
 /// One event-loop thread: a current-thread runtime running `group`'s readers. Opens their
@@ -372,6 +411,8 @@ struct Report {
     /// `--rate`, when paced.
     rate: Option<f64>,
     threads: usize,
+    /// The class the readers' threads ran in.
+    client_scheduling: ClientScheduling,
     merchants: usize,
     seed: u64,
     plan: Plan,
@@ -422,6 +463,7 @@ impl Report {
             "readers": self.readers,
             "rate": self.rate,
             "threads": self.threads,
+            "client_scheduling": self.client_scheduling.name(),
             "merchants": self.merchants,
             "seed": self.seed,
             "duration_secs": round3(self.measured_secs),
@@ -477,8 +519,14 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "onecard-sim pay: run {} against {}: {} readers, {} merchants, {:.1} s measured after {} s of warm-up",
-            self.run, self.node, self.readers, self.merchants, self.measured_secs, self.warmup_secs
+            "onecard-sim pay: run {} against {}: {} readers ({} scheduling), {} merchants, {:.1} s measured after {} s of warm-up",
+            self.run,
+            self.node,
+            self.readers,
+            self.client_scheduling.name(),
+            self.merchants,
+            self.measured_secs,
+            self.warmup_secs
         );
         if let Some(rate) = self.rate {
             let _ = writeln!(
