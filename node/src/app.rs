@@ -100,7 +100,7 @@ impl Drop for OrderGuard<'_> {
 }
 
 /// The checkout session of `order`.
-pub fn checkout_of(node: &Node, order: &str) -> Result<Checkout, AppError> {
+pub fn checkout_of(node: &Node, order: &str) -> Result<Arc<Checkout>, AppError> {
     node.checkout(order)?
         .ok_or_else(|| AppError::UnknownOrder(order.to_string()))
 }
@@ -315,9 +315,10 @@ pub async fn mark_shipped(
     c: &Checkout,
 ) -> Result<Result<(Checkout, Vec<crate::store::Write>), ShipRefusal>, AppError> {
     let _busy = node.order_locks.lock(&c.order_id).await?;
-    let Some(mut now) = node.checkout(&c.order_id)? else {
+    let Some(stored) = node.checkout(&c.order_id)? else {
         return Err(AppError::UnknownOrder(c.order_id.clone()));
     };
+    let mut now = Checkout::clone(&stored);
     if now.shipped_at.is_some() {
         return Ok(Ok((now, Vec::new())));
     }
@@ -329,7 +330,7 @@ pub async fn mark_shipped(
         return Ok(Err(ShipRefusal(state.as_str())));
     }
     now.shipped_at = Some(node.now());
-    let write = crate::store::json(records::checkout_key(&now.order_id), &now);
+    let write = crate::store::record(records::checkout_key(&now.order_id), &now);
     Ok(Ok((now, vec![write])))
 }
 
@@ -370,7 +371,7 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
     let c = checkout_of(node, &auth.order_id)?;
     if c.cancelled_at.is_some() {
         return Ok(PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "cancelled".into(),
             refusal: Some("refused:state".into()),
         });
@@ -381,7 +382,7 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
         checkout_expires_at(node, &c).saturating_add(node.engine.rules().auth.challenge_ttl_secs);
     if node.now() >= deadline && node.engine.order_owner(&c.order_id)?.is_none() {
         return Ok(PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "expired".into(),
             refusal: Some("refused:state".into()),
         });
@@ -409,22 +410,22 @@ pub async fn place(node: &Node, auth: &Authorisation) -> Result<PlacedOrder, App
         .await?;
     Ok(match result {
         Ok(Outcome::Settled) => PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "settled".into(),
             refusal: None,
         },
         Ok(Outcome::AwaitingFunds) => PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "awaiting_funds".into(),
             refusal: None,
         },
         Ok(_) => PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "pending".into(),
             refusal: None,
         },
         Err(r) => PlacedOrder {
-            id: c.order_id,
+            id: c.order_id.clone(),
             state: "refused".into(),
             refusal: Some(r.code_str()),
         },

@@ -160,7 +160,7 @@ fn webhook_with(
         .checkout(order)
         .ok()
         .flatten()
-        .and_then(|c| c.reference);
+        .and_then(|c| c.reference.clone());
     let mut data = serde_json::json!({ "order_id": order, "state": state });
     if let Some(r) = reference {
         data["reference"] = serde_json::Value::String(r);
@@ -192,7 +192,7 @@ fn webhook_with(
 
 async fn merchant_of_order(node: &Node, order: &str) -> Option<String> {
     if let Ok(Some(c)) = node.checkout(order) {
-        return Some(c.merchant);
+        return Some(c.merchant.clone());
     }
     node.engine
         .order(order)

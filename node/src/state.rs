@@ -157,7 +157,7 @@ impl Node {
     }
 
     /// The checkout session of `order`, if there is one.
-    pub fn checkout(&self, order: &str) -> Result<Option<records::Checkout>, StoreError> {
+    pub fn checkout(&self, order: &str) -> Result<Option<Arc<records::Checkout>>, StoreError> {
         self.store
             .get_cached(&records::checkout_key(order), &self.checkouts)
     }

@@ -52,6 +52,19 @@ pub fn json<T: Serialize>(key: impl Into<String>, value: &T) -> Write {
     RecordWrite::Put(key.into().into_bytes(), bytes)
 }
 
+/// A record type stored in an encoding of its own rather than JSON (one read many times on
+/// the payment path: a checkout). `decode` reads every form the type was ever stored in.
+pub trait Codec: Sized {
+    fn encode(&self) -> Vec<u8>;
+    /// The record from its stored bytes; bytes that do not decode are an error, never a panic.
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+/// A record of a [`Codec`] type under a text key.
+pub fn record<T: Codec>(key: impl Into<String>, value: &T) -> Write {
+    RecordWrite::Put(key.into().into_bytes(), value.encode())
+}
+
 /// The removal of a text key.
 pub fn remove(key: impl Into<String>) -> Write {
     RecordWrite::Remove(key.into().into_bytes())
@@ -65,13 +78,13 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-/// Records decoded from their JSON, each kept with the bytes it was decoded from (see
+/// Records decoded from their stored bytes, each kept with the bytes it was decoded from (see
 /// [`NodeStore::get_cached`]). The bytes are the check: a record changed in the store since
 /// does not match and is decoded anew, so nothing is ever invalidated and no read can see an
 /// older record than the store holds. For records read several times in a short while (a
 /// checkout is read by each step of its payment): when full, it is emptied and fills again.
 pub struct DecodedCache<T> {
-    map: FastDashMap<String, (Box<[u8]>, T)>,
+    map: FastDashMap<String, (Box<[u8]>, Arc<T>)>,
     capacity: usize,
 }
 
@@ -184,13 +197,13 @@ impl NodeStore {
         }
     }
 
-    /// [`NodeStore::get`] through `cache`: a record whose stored bytes are the ones it was
-    /// last decoded from is cloned from the cache instead of decoded again.
-    pub fn get_cached<T: DeserializeOwned + Clone>(
+    /// The [`Codec`] record under `key`, through `cache`: a record whose stored bytes are the
+    /// ones it was last decoded from is shared from the cache instead of decoded again.
+    pub fn get_cached<T: Codec>(
         &self,
         key: &str,
         cache: &DecodedCache<T>,
-    ) -> Result<Option<T>, StoreError> {
+    ) -> Result<Option<Arc<T>>, StoreError> {
         let Some(raw) = self.get_raw(key)? else {
             return Ok(None);
         };
@@ -199,7 +212,10 @@ impl NodeStore {
                 return Ok(Some(hit.1.clone()));
             }
         }
-        let value: T = decode(key, &raw)?;
+        let value = Arc::new(T::decode(&raw).map_err(|message| StoreError::Corrupt {
+            key: key.to_string(),
+            message,
+        })?);
         if cache.map.len() >= cache.capacity {
             cache.map.clear();
         }
@@ -294,29 +310,58 @@ mod tests {
             .unwrap()
     }
 
+    /// A record type of the test's, stored as JSON.
+    struct Ids(Vec<u32>);
+
+    impl Codec for Ids {
+        fn encode(&self) -> Vec<u8> {
+            serde_json::to_vec(&self.0).unwrap()
+        }
+        fn decode(bytes: &[u8]) -> Result<Self, String> {
+            serde_json::from_slice(bytes)
+                .map(Ids)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     #[test]
     fn a_cached_read_never_returns_a_record_older_than_the_store_holds() {
         actix_rt::System::new().block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let engine = engine(dir.path()).await;
             let store = NodeStore::open(engine.records(), &dir.path().join("node")).unwrap();
-            let cache = DecodedCache::<Vec<u32>>::new(2);
-            assert_eq!(store.get_cached("k/1", &cache).unwrap(), None);
-            store.commit(vec![json("k/1", &vec![1u32])]).await.unwrap();
-            assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![1]));
+            let cache = DecodedCache::<Ids>::new(2);
+            let get = |key: &str| {
+                store
+                    .get_cached(key, &cache)
+                    .unwrap()
+                    .map(|ids| ids.0.clone())
+            };
+            assert_eq!(get("k/1"), None);
+            store
+                .commit(vec![record("k/1", &Ids(vec![1]))])
+                .await
+                .unwrap();
+            assert_eq!(get("k/1"), Some(vec![1]));
             // Changed behind the cache's back: the stored bytes differ, so it is decoded anew.
             for n in 2..50u32 {
-                store.commit(vec![json("k/1", &vec![n])]).await.unwrap();
-                assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![n]));
-                assert_eq!(store.get_cached("k/1", &cache).unwrap(), Some(vec![n]));
+                store
+                    .commit(vec![record("k/1", &Ids(vec![n]))])
+                    .await
+                    .unwrap();
+                assert_eq!(get("k/1"), Some(vec![n]));
+                assert_eq!(get("k/1"), Some(vec![n]));
             }
             store.commit(vec![remove("k/1")]).await.unwrap();
-            assert_eq!(store.get_cached("k/1", &cache).unwrap(), None);
+            assert_eq!(get("k/1"), None);
             // Past its capacity it starts again, and reads stay right.
             for n in 0..5u32 {
                 let key = format!("k/{n}");
-                store.commit(vec![json(&key, &vec![n, n])]).await.unwrap();
-                assert_eq!(store.get_cached(&key, &cache).unwrap(), Some(vec![n, n]));
+                store
+                    .commit(vec![record(&key, &Ids(vec![n, n]))])
+                    .await
+                    .unwrap();
+                assert_eq!(get(&key), Some(vec![n, n]));
                 assert!(cache.map.len() <= 2);
             }
             // A record that does not decode is an error, not a panic, cached or not.

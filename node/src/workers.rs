@@ -161,7 +161,7 @@ fn min_due(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 /// A due print job: its queue key, the job, the order's checkout.
-type DueSlip = (String, PrintJob, Checkout);
+type DueSlip = (String, PrintJob, std::sync::Arc<Checkout>);
 
 /// Prints every due slip once; returns when the next queued one is due.
 fn print_pass(node: &Node) -> Result<Option<u64>, String> {

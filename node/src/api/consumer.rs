@@ -49,7 +49,7 @@ fn order_json(node: &Node, o: &OrderSummary) -> ConsumerOrder {
         .checkout(&o.id)
         .ok()
         .flatten()
-        .map(|c| c.delivery.address);
+        .map(|c| c.delivery.address.clone());
     ConsumerOrder {
         id: o.id.clone(),
         merchant: o.merchant.clone(),

@@ -99,7 +99,11 @@ impl CreateOrder {
 }
 
 /// The merchant's own checkout, or 404.
-pub fn own_checkout(node: &Node, merchant: &str, order: &str) -> Result<Checkout, ApiError> {
+pub fn own_checkout(
+    node: &Node,
+    merchant: &str,
+    order: &str,
+) -> Result<std::sync::Arc<Checkout>, ApiError> {
     match node.checkout(order)? {
         Some(c) if c.merchant == merchant => Ok(c),
         _ => Err(ApiError::not_found(
@@ -143,7 +147,7 @@ pub async fn create_order(
     let created = new_order_answer(&node, &checkout);
     let view = order_view_as_created(&checkout, &created);
     let writes = vec![
-        store::json(records::checkout_key(&checkout.order_id), &checkout),
+        store::record(records::checkout_key(&checkout.order_id), &checkout),
         store::json(
             records::merchant_order_key(&merchant, &checkout.order_id),
             &(),
@@ -277,8 +281,13 @@ pub async fn cancel_order(
             );
             return idem.finish(Reply::error(&e)).await;
         }
-        c.cancelled_at = Some(node.now());
-        writes.push(store::json(records::checkout_key(&c.order_id), &c));
+        let mut cancelled = Checkout::clone(&c);
+        cancelled.cancelled_at = Some(node.now());
+        writes.push(store::record(
+            records::checkout_key(&c.order_id),
+            &cancelled,
+        ));
+        c = std::sync::Arc::new(cancelled);
         // The engine never saw this order, so the outbox will not tell the merchant: the
         // webhook goes in with the cancellation itself.
         writes.extend(crate::outbox::webhook_write(

@@ -43,9 +43,9 @@ pub async fn checkout(
             .unwrap_or_else(|| c.merchant.clone()),
         amount: view.amount,
         amount_cents: u64::try_from(c.amount_cents).unwrap_or(0),
-        currency: c.currency,
-        delivery_name: c.delivery.name,
-        delivery_address: c.delivery.address,
+        currency: c.currency.clone(),
+        delivery_name: c.delivery.name.clone(),
+        delivery_address: c.delivery.address.clone(),
         status: view.state,
     }))
 }
@@ -166,7 +166,7 @@ pub async fn authenticate(
                 );
                 return idem.finish(Reply::error(&e)).await;
             }
-            c.delivery.address
+            c.delivery.address.clone()
         }
         (Some(_), None) => {
             // A sign-in.
@@ -247,7 +247,8 @@ fn gateway_payment(
 ) -> Result<Option<(String, ReaderPayment)>, ApiError> {
     match order {
         Some(order) if !is_sign_in(order) => {
-            Ok(Some(reader_payment_to(node, &checkout_of(node, order)?)))
+            let c = checkout_of(node, order)?;
+            Ok(Some(reader_payment_to(node, &c)))
         }
         _ => Ok(None),
     }

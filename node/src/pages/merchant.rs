@@ -418,7 +418,7 @@ fn acted_on_order(
     req: &HttpRequest,
     form: Option<&CsrfForm>,
     order: &str,
-) -> Result<Checkout, Box<HttpResponse>> {
+) -> Result<std::sync::Arc<Checkout>, Box<HttpResponse>> {
     let session = acting(node, req, form)?;
     own_checkout(node, &session.id, order).map_err(|_| {
         Box::new(message(
