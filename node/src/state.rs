@@ -189,14 +189,18 @@ const SWEEP: usize = 100_000;
 
 /// One pass of a rolling sweep over the records under `prefix`: removes those `expired` says
 /// are, and remembers where to go on next time, so that every record is reached in turn.
-async fn sweep<T: serde::de::DeserializeOwned>(
+/// A scan of the store by prefix (JSON or [`crate::store::Codec`] records).
+type Scan<T> = fn(&NodeStore, &str, Option<&str>, usize) -> Result<Vec<(String, T)>, StoreError>;
+
+async fn sweep<T>(
     node: &Node,
     prefix: &str,
     from: &parking_lot::Mutex<Option<String>>,
+    scan: Scan<T>,
     expired: impl Fn(&T) -> bool,
 ) -> Result<usize, StoreError> {
     let start = from.lock().clone();
-    let batch = node.store.scan::<T>(prefix, start.as_deref(), SWEEP)?;
+    let batch = scan(&node.store, prefix, start.as_deref(), SWEEP)?;
     *from.lock() = if batch.len() < SWEEP {
         None
     } else {
@@ -219,17 +223,24 @@ async fn sweep<T: serde::de::DeserializeOwned>(
 pub async fn sweep_expired(node: &Node) -> Result<(usize, usize), StoreError> {
     let now = node.now();
     // Consumer API sessions, web sessions and web sign-in codes: each has its end.
-    let sessions = sweep::<records::Expiring>(node, "ss/", &node.session_sweep_from, |s| {
-        s.expires_at <= now
-    })
+    let sessions = sweep(
+        node,
+        "ss/",
+        &node.session_sweep_from,
+        NodeStore::scan::<records::Expiring>,
+        |s| s.expires_at <= now,
+    )
     .await?;
     let ttl = node.settings.idempotency_ttl_secs;
-    let keys =
-        sweep::<records::IdemRecord>(node, records::IDEM_KEY_PREFIX, &node.idem_sweep_from, |r| {
-            // Records from before `at` was kept (0) are left alone.
-            r.at > 0 && r.at.saturating_add(ttl) <= now
-        })
-        .await?;
+    let keys = sweep(
+        node,
+        records::IDEM_KEY_PREFIX,
+        &node.idem_sweep_from,
+        NodeStore::scan_records::<records::IdemRecord>,
+        // Records from before `at` was kept (0) are left alone.
+        |r| r.at > 0 && r.at.saturating_add(ttl) <= now,
+    )
+    .await?;
     Ok((sessions, keys))
 }
 

@@ -60,6 +60,15 @@ pub trait Codec: Sized {
     fn decode(bytes: &[u8]) -> Result<Self, String>;
 }
 
+/// The [`Codec`] record stored under `key`; one that does not decode is an error, never a
+/// panic.
+pub fn decode_record<T: Codec>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    T::decode(bytes).map_err(|message| StoreError::Corrupt {
+        key: key.to_string(),
+        message,
+    })
+}
+
 /// A record of a [`Codec`] type under a text key.
 pub fn record<T: Codec>(key: impl Into<String>, value: &T) -> Write {
     RecordWrite::Put(key.into().into_bytes(), value.encode())
@@ -212,10 +221,7 @@ impl NodeStore {
                 return Ok(Some(hit.1.clone()));
             }
         }
-        let value = Arc::new(T::decode(&raw).map_err(|message| StoreError::Corrupt {
-            key: key.to_string(),
-            message,
-        })?);
+        let value = Arc::new(decode_record::<T>(key, &raw)?);
         if cache.map.len() >= cache.capacity {
             cache.map.clear();
         }
@@ -232,6 +238,26 @@ impl NodeStore {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.scan_decoded(prefix, after, limit, decode::<T>)
+    }
+
+    /// [`NodeStore::scan`] of [`Codec`] records.
+    pub fn scan_records<T: Codec>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.scan_decoded(prefix, after, limit, decode_record::<T>)
+    }
+
+    fn scan_decoded<T>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        decode: fn(&str, &[u8]) -> Result<T, StoreError>,
     ) -> Result<Vec<(String, T)>, StoreError> {
         let start: Vec<u8> = match after {
             Some(a) => {

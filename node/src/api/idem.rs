@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use super::ApiError;
 use crate::app::{checkout_of, order_view_as_created};
-use crate::records::{self, null_json, IdemRecord, NewOrderAnswer};
+use crate::records::{self, null_json, Fingerprint, IdemRecord, NewOrderAnswer};
 use crate::state::Node;
 use crate::store::{self, Write};
 
@@ -124,7 +124,7 @@ fn json_response(mut builder: HttpResponseBuilder, body: Box<RawValue>) -> HttpR
 /// A request with its key claimed (or without a key).
 pub struct Idem<'a> {
     node: &'a Node,
-    claim: Option<(String, String)>,
+    claim: Option<(String, Fingerprint)>,
 }
 
 /// Either the stored answer to send again, or the go-ahead to run the request.
@@ -160,7 +160,7 @@ impl<'a> Idem<'a> {
         hasher_input.extend_from_slice(req.path().as_bytes());
         hasher_input.push(b'\n');
         hasher_input.extend_from_slice(body);
-        let fingerprint = records::sha256_hex(&hasher_input);
+        let fingerprint = records::sha256(&hasher_input);
         // Claimed first, then looked up once: a request that finished with this key made its
         // record visible before it let go of the key, so the lookup under the claim sees it.
         let held = match node.idem_in_flight.entry(store_key.clone()) {
@@ -190,7 +190,7 @@ impl<'a> Idem<'a> {
         }
         let idem = Idem {
             node,
-            claim: Some((store_key.clone(), fingerprint.clone())),
+            claim: Some((store_key.clone(), fingerprint)),
         };
         if let Some(done) = lookup(node, &store_key, &fingerprint)? {
             return Ok(Begin::Replay(done));
@@ -261,10 +261,10 @@ impl<'a> Idem<'a> {
         if reply.status.as_u16() >= 500 || reply.refused_body {
             return None;
         }
-        Some(store::json(
+        Some(store::record(
             key.clone(),
             &IdemRecord {
-                fingerprint: fingerprint.clone(),
+                fingerprint: *fingerprint,
                 status: reply.status.as_u16(),
                 at: self.node.now(),
                 body: match (&reply.new_order, &reply.replay_body) {
@@ -292,7 +292,11 @@ fn is_validation_error(code: &str) -> bool {
     matches!(code, "invalid_json" | "invalid_field" | "bad_body")
 }
 
-fn lookup(node: &Node, key: &str, fingerprint: &str) -> Result<Option<HttpResponse>, ApiError> {
+fn lookup(
+    node: &Node,
+    key: &str,
+    fingerprint: &Fingerprint,
+) -> Result<Option<HttpResponse>, ApiError> {
     match node.store.get_raw(key)? {
         None => Ok(None),
         Some(bytes) => replay_of(node, key, &bytes, fingerprint),
@@ -305,10 +309,10 @@ fn replay_of(
     node: &Node,
     key: &str,
     bytes: &[u8],
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
 ) -> Result<Option<HttpResponse>, ApiError> {
-    match store::decode::<IdemRecord>(key, bytes)? {
-        r if r.fingerprint == fingerprint => {
+    match store::decode_record::<IdemRecord>(key, bytes)? {
+        r if r.fingerprint == *fingerprint => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
             let body = match &r.new_order {
                 Some(created) => {
