@@ -381,10 +381,17 @@ const CHECKOUT_V1: u8 = 1;
 /// below it.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 
-/// The bincode options of the node's binary records (a checkout, an idempotency record).
+/// The bincode options the node's binary records (a checkout, an idempotency record) are
+/// written with. No limit: with one, bincode sizes the value in a pass of its own before
+/// writing it, and what the node writes is bounded by the API's checks already.
 fn record_bincode() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+}
+
+/// [`record_bincode`] with the limit for reading (the same encoding: a limit changes none).
+fn record_bincode_to_read() -> impl bincode::Options {
     use bincode::Options;
-    bincode::DefaultOptions::new().with_limit(MAX_RECORD_BYTES)
+    record_bincode().with_limit(MAX_RECORD_BYTES)
 }
 
 /// [`Checkout`]'s fields in its stored order, borrowed for encoding. Read back as
@@ -441,8 +448,8 @@ impl Codec for Checkout {
             shipped_at: self.shipped_at,
         };
         let mut out = vec![CHECKOUT_V1];
-        // Plain data within the limit (the API bounds a checkout's fields): cannot fail; if it
-        // ever did, the record would be the version byte alone, which reads as corrupt.
+        // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
+        // byte alone, which reads as corrupt.
         let _ = record_bincode().serialize_into(&mut out, &stored);
         out
     }
@@ -451,7 +458,7 @@ impl Codec for Checkout {
         use bincode::Options;
         match bytes.first() {
             Some(&CHECKOUT_V1) => {
-                let c: StoredCheckoutV1 = record_bincode()
+                let c: StoredCheckoutV1 = record_bincode_to_read()
                     .deserialize(&bytes[1..])
                     .map_err(|e| format!("checkout: {e}"))?;
                 Ok(Checkout {
@@ -926,8 +933,8 @@ impl Codec for IdemRecord {
             body: self.body.get(),
         };
         let mut out = vec![IDEM_V1];
-        // Plain data within the limit (the API bounds the bodies): cannot fail; if it ever
-        // did, the record would be the version byte alone, which reads as corrupt.
+        // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
+        // byte alone, which reads as corrupt.
         let _ = record_bincode().serialize_into(&mut out, &stored);
         out
     }
@@ -936,7 +943,7 @@ impl Codec for IdemRecord {
         use bincode::Options;
         match bytes.first() {
             Some(&IDEM_V1) => {
-                let r: StoredIdemV1 = record_bincode()
+                let r: StoredIdemV1 = record_bincode_to_read()
                     .deserialize(&bytes[1..])
                     .map_err(|e| format!("idempotency record: {e}"))?;
                 Ok(IdemRecord {
