@@ -209,7 +209,7 @@ fn line(
     (entry, event): (usize, usize),
     line: StatementLine,
 ) {
-    writes.push(store::json(
+    writes.push(store::record(
         records::statement_key(consumer, seq, entry, event),
         &line,
     ));

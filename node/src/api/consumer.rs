@@ -233,7 +233,7 @@ pub async fn statement(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     let after = q.after.as_ref().map(|a| format!("{prefix}{a}"));
     let rows = node
         .store
-        .scan::<StatementLine>(&prefix, after.as_deref(), limit + 1)?;
+        .scan_records::<StatementLine>(&prefix, after.as_deref(), limit + 1)?;
     let more = rows.len() > limit;
     let lines: Vec<StatementLineView> = rows
         .into_iter()

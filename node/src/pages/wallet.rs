@@ -121,7 +121,7 @@ async fn wallet(node: web::Data<Node>, req: HttpRequest, q: web::Query<Paging>) 
     'pages: for _ in 0..20 {
         let batch = match node
             .store
-            .scan::<StatementLine>(&prefix, cursor.as_deref(), PAGE)
+            .scan_records::<StatementLine>(&prefix, cursor.as_deref(), PAGE)
         {
             Ok(b) => b,
             Err(e) => return fault(e),
