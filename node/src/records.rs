@@ -394,6 +394,47 @@ fn record_bincode_to_read() -> impl bincode::Options {
     record_bincode().with_limit(MAX_RECORD_BYTES)
 }
 
+/// The binary form of a node record: its `version` byte, then bincode of `stored`.
+fn binary_form(version: u8, stored: &impl Serialize) -> Vec<u8> {
+    use bincode::Options;
+    let mut out = vec![version];
+    // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
+    // byte alone, which reads as corrupt.
+    let _ = record_bincode().serialize_into(&mut out, stored);
+    out
+}
+
+/// The form a node record's stored bytes are in.
+enum StoredForm<'a> {
+    /// The binary form's bincode (after the version byte).
+    Binary(&'a [u8]),
+    /// The JSON an earlier version stored.
+    Json(&'a [u8]),
+}
+
+/// Which form `bytes` of a `what` record are in, whose binary form is `version`.
+fn stored_form<'a>(what: &str, version: u8, bytes: &'a [u8]) -> Result<StoredForm<'a>, String> {
+    match bytes.first() {
+        Some(&v) if v == version => Ok(StoredForm::Binary(&bytes[1..])),
+        Some(b'{') => Ok(StoredForm::Json(bytes)),
+        Some(b) => Err(format!("{what}: unknown stored form {b}")),
+        None => Err(format!("{what}: empty record")),
+    }
+}
+
+/// The value of a `what` record's binary form (bincode, bounded by [`MAX_RECORD_BYTES`]).
+fn from_binary<T: serde::de::DeserializeOwned>(what: &str, bincode: &[u8]) -> Result<T, String> {
+    use bincode::Options;
+    record_bincode_to_read()
+        .deserialize(bincode)
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// The value of a `what` record's JSON form.
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(json).map_err(|e| format!("{what}: {e}"))
+}
+
 /// [`Checkout`]'s fields in its stored order, borrowed for encoding. Read back as
 /// [`StoredCheckoutV1`]: the two must list the same fields in the same order.
 #[derive(Serialize)]
@@ -432,7 +473,6 @@ struct StoredCheckoutV1 {
 /// bytes of its JSON, and no JSON to parse on the first read of each payment).
 impl Codec for Checkout {
     fn encode(&self) -> Vec<u8> {
-        use bincode::Options;
         let stored = StoredCheckoutRef {
             order_id: &self.order_id,
             merchant: &self.merchant,
@@ -447,20 +487,13 @@ impl Codec for Checkout {
             cancelled_at: self.cancelled_at,
             shipped_at: self.shipped_at,
         };
-        let mut out = vec![CHECKOUT_V1];
-        // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
-        // byte alone, which reads as corrupt.
-        let _ = record_bincode().serialize_into(&mut out, &stored);
-        out
+        binary_form(CHECKOUT_V1, &stored)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        use bincode::Options;
-        match bytes.first() {
-            Some(&CHECKOUT_V1) => {
-                let c: StoredCheckoutV1 = record_bincode_to_read()
-                    .deserialize(&bytes[1..])
-                    .map_err(|e| format!("checkout: {e}"))?;
+        match stored_form("checkout", CHECKOUT_V1, bytes)? {
+            StoredForm::Binary(b) => {
+                let c: StoredCheckoutV1 = from_binary("checkout", b)?;
                 Ok(Checkout {
                     order_id: c.order_id,
                     merchant: c.merchant,
@@ -476,9 +509,7 @@ impl Codec for Checkout {
                     shipped_at: c.shipped_at,
                 })
             }
-            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Some(b) => Err(format!("checkout: unknown stored form {b}")),
-            None => Err("checkout: empty record".into()),
+            StoredForm::Json(j) => from_json("checkout", j),
         }
     }
 }
@@ -924,7 +955,6 @@ struct IdemRecordJson {
 /// what the JSON cost in bytes (the fingerprint raw, no field names) and in encoding.
 impl Codec for IdemRecord {
     fn encode(&self) -> Vec<u8> {
-        use bincode::Options;
         let stored = StoredIdemRef {
             fingerprint: &self.fingerprint,
             status: self.status,
@@ -932,31 +962,25 @@ impl Codec for IdemRecord {
             new_order: self.new_order.as_ref(),
             body: self.body.get(),
         };
-        let mut out = vec![IDEM_V1];
-        // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
-        // byte alone, which reads as corrupt.
-        let _ = record_bincode().serialize_into(&mut out, &stored);
-        out
+        binary_form(IDEM_V1, &stored)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        use bincode::Options;
-        match bytes.first() {
-            Some(&IDEM_V1) => {
-                let r: StoredIdemV1 = record_bincode_to_read()
-                    .deserialize(&bytes[1..])
-                    .map_err(|e| format!("idempotency record: {e}"))?;
+        const WHAT: &str = "idempotency record";
+        match stored_form(WHAT, IDEM_V1, bytes)? {
+            StoredForm::Binary(b) => {
+                let r: StoredIdemV1 = from_binary(WHAT, b)?;
                 Ok(IdemRecord {
                     fingerprint: r.fingerprint,
                     status: r.status,
                     body: serde_json::value::RawValue::from_string(r.body)
-                        .map_err(|e| format!("idempotency record: the answer: {e}"))?,
+                        .map_err(|e| format!("{WHAT}: the answer: {e}"))?,
                     new_order: r.new_order,
                     at: r.at,
                 })
             }
-            Some(b'{') => {
-                let r: IdemRecordJson = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            StoredForm::Json(j) => {
+                let r: IdemRecordJson = from_json(WHAT, j)?;
                 let fingerprint = from_hex_fingerprint(&r.fingerprint)
                     .ok_or("idempotency record: the fingerprint is not 64 hex digits")?;
                 Ok(IdemRecord {
@@ -967,8 +991,6 @@ impl Codec for IdemRecord {
                     at: r.at,
                 })
             }
-            Some(b) => Err(format!("idempotency record: unknown stored form {b}")),
-            None => Err("idempotency record: empty".into()),
         }
     }
 }
@@ -1148,23 +1170,14 @@ const STATEMENT_LINE_V1: u8 = 1;
 /// half the bytes of their JSON, in the log and in the view's checkpoint.
 impl Codec for StatementLine {
     fn encode(&self) -> Vec<u8> {
-        use bincode::Options;
-        let mut out = vec![STATEMENT_LINE_V1];
-        // Plain data into a Vec: cannot fail; if it ever did, the record would be the version
-        // byte alone, which reads as corrupt.
-        let _ = record_bincode().serialize_into(&mut out, self);
-        out
+        binary_form(STATEMENT_LINE_V1, self)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        use bincode::Options;
-        match bytes.first() {
-            Some(&STATEMENT_LINE_V1) => record_bincode_to_read()
-                .deserialize(&bytes[1..])
-                .map_err(|e| format!("statement line: {e}")),
-            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Some(b) => Err(format!("statement line: unknown stored form {b}")),
-            None => Err("statement line: empty".into()),
+        const WHAT: &str = "statement line";
+        match stored_form(WHAT, STATEMENT_LINE_V1, bytes)? {
+            StoredForm::Binary(b) => from_binary(WHAT, b),
+            StoredForm::Json(j) => from_json(WHAT, j),
         }
     }
 }
