@@ -187,11 +187,12 @@ pub const FOLLOWER_BACKSTOP: std::time::Duration = std::time::Duration::from_mil
 /// Records examined per sweep of one kind (one sweep every `[node] sweep_secs`).
 const SWEEP: usize = 100_000;
 
-/// One pass of a rolling sweep over the records under `prefix`: removes those `expired` says
-/// are, and remembers where to go on next time, so that every record is reached in turn.
 /// A scan of the store by prefix (JSON or [`crate::store::Codec`] records).
 type Scan<T> = fn(&NodeStore, &str, Option<&str>, usize) -> Result<Vec<(String, T)>, StoreError>;
 
+/// One pass of a rolling sweep over the records under `prefix` (read with `scan`): removes
+/// those `expired` says are, and remembers where to go on next time, so that every record is
+/// reached in turn.
 async fn sweep<T>(
     node: &Node,
     prefix: &str,
