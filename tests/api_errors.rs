@@ -867,6 +867,44 @@ fn a_body_declared_larger_than_the_limit_is_refused_before_it_is_sent() {
 }
 
 #[test]
+fn a_body_that_arrives_in_two_parts_is_read_whole() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"));
+    let w = setup(&node, None, None);
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_nodelay(true).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let body = order_body("12.34", true).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    // The headers and half the body, then the other half a moment later: the node reads the
+    // part that came, waits (under its body timeout) and reads on.
+    write!(
+        conn,
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        w.api_key,
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(first).unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    conn.write_all(rest).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .expect("the answer once the body is complete");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["amount"], "12.34", "{answer}");
+    let id = json["id"].as_str().unwrap();
+    let listed = orders(&node, &w.api_key);
+    assert!(listed.iter().any(|o| o["id"] == id), "{listed:?}");
+    stop_and_verify(node);
+}
+
+#[test]
 fn an_error_names_the_request_id_the_log_has() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start(&dir.path().join("data"));
