@@ -1162,12 +1162,19 @@ impl Overlay {
 /// [`onecard_storage::runs`]); a crash before leaves the old stamp, and the next opening replays
 /// the log's tail from it. Nothing is read: the cost is the layer's size, not the store's.
 pub fn write_checkpoint(runs: &RunStore, layer: &Layer) -> Result<(), ViewError> {
-    let mut writes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = layer.iter().collect();
-    writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let n = writes.len();
+    // Only the hashed keys need sorting: the upper layer's records are in key order already, and
+    // they all start with UPPER_RECORD, so they go whole between the hashed keys below that byte
+    // and those above it.
+    let mut hashed: Vec<LayerEntry> = layer.hashed.iter().collect();
+    hashed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let below = hashed.partition_point(|(k, _)| k.first() < Some(&UPPER_RECORD));
+    let n = hashed.len() + layer.ordered.len();
+    let (low, high) = hashed.split_at(below);
     runs.write_run(
-        writes
-            .into_iter()
+        low.iter()
+            .copied()
+            .chain(layer.ordered.iter())
+            .chain(high.iter().copied())
             .map(|(k, v)| (k.as_slice(), v.as_deref())),
         n,
     )?;
@@ -2132,6 +2139,30 @@ mod tests {
     fn test_runs(dir: &std::path::Path) -> Arc<RunStore> {
         let db = sled::open(dir.join("catalogue")).unwrap();
         Arc::new(RunStore::open(db, &dir.join("runs")).unwrap())
+    }
+
+    /// A checkpoint hands the run its keys in order: the hashed engine keys below and above the
+    /// upper layer's byte, and the upper layer's records between them, removals included.
+    #[test]
+    fn a_checkpoint_writes_hashed_and_ordered_keys_in_one_ascending_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = test_runs(dir.path());
+        let mut layer = Layer::default();
+        let mut want: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for n in (0..300u32).rev() {
+            let first = [CONSUMER, ORDER, AUTHORISATION, UPPER_RECORD][n as usize % 4];
+            let k = [&[first][..], format!("/{n:04}").as_bytes()].concat();
+            let v = (n % 7 != 0).then(|| n.to_le_bytes().to_vec());
+            layer.set(k.clone(), v.clone());
+            want.insert(k, v);
+        }
+        write_checkpoint(&runs, &layer).unwrap();
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = runs.scan_from(b"").map(|kv| kv.unwrap()).collect();
+        let live: Vec<(Vec<u8>, Vec<u8>)> = want
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        assert_eq!(stored, live);
     }
 
     #[test]
