@@ -2130,12 +2130,7 @@ mod tests {
         assert!(decode_consumer(&old[..old.len() - 1]).is_err());
     }
 
-    /// The overlay over a checkpoint: every read equals a plain map of the newest writes,
-    /// whether the key is in the active layer, the sealed one, the record cache (both of its
-    /// generations, across many swaps) or only sled.
-    /// A scan of the upper layer's records while a layer is sealed but not yet checkpointed,
-    /// the active layer overwrites and removes keys of it, and sled holds older values: every
-    /// key once, in order, with its newest value, whatever the piece size cuts.
+    /// A run store of its own in `dir`.
     fn test_runs(dir: &std::path::Path) -> Arc<RunStore> {
         let db = sled::open(dir.join("catalogue")).unwrap();
         Arc::new(RunStore::open(db, &dir.join("runs")).unwrap())
@@ -2165,6 +2160,9 @@ mod tests {
         assert_eq!(stored, live);
     }
 
+    /// A scan of the upper layer's records while a layer is sealed but not yet checkpointed,
+    /// the active layer overwrites and removes keys of it, and sled holds older values: every
+    /// key once, in order, with its newest value, whatever the piece size cuts.
     #[test]
     fn a_scan_across_sealed_active_and_sled_sees_each_key_once_with_its_newest_value() {
         // (every n-th key in sled, in the sealed layer, put in the active one, removed there)
@@ -2229,6 +2227,9 @@ mod tests {
         }
     }
 
+    /// The overlay over a checkpoint: every read equals a plain map of the newest writes,
+    /// whether the key is in the active layer, the sealed one, the record cache (both of its
+    /// generations, across many swaps) or only sled.
     #[test]
     fn reads_through_the_record_cache_always_see_the_newest_checkpointed_value() {
         let dir = tempfile::tempdir().unwrap();
