@@ -486,7 +486,7 @@ impl IndexReads for NodeStore {
         consumer: &str,
         month: YearMonth,
     ) -> Result<Option<MonthAggregate>, StoreError> {
-        self.get(&records::month_key(consumer, &month.to_string()))
+        self.get_record(&records::month_key(consumer, &month.to_string()))
     }
     fn alert_settings(&self, consumer: &str) -> Result<Option<AlertSettings>, StoreError> {
         self.get(&records::alert_settings_key(consumer))
@@ -572,7 +572,7 @@ impl<'r, R: IndexReads> Batch<'r, R> {
             .months
             .iter()
             .map(|((consumer, month), agg)| {
-                store::json(records::month_key(consumer, &month.to_string()), agg)
+                store::record(records::month_key(consumer, &month.to_string()), agg)
             })
             .collect();
         writes.extend(self.alerts);
@@ -968,7 +968,7 @@ mod tests {
                 .kv
                 .borrow()
                 .get(&records::month_key(consumer, &month.to_string()))
-                .map(|v| serde_json::from_slice(v).unwrap()))
+                .map(|v| <MonthAggregate as crate::store::Codec>::decode(v).unwrap()))
         }
         fn alert_settings(&self, _consumer: &str) -> Result<Option<AlertSettings>, StoreError> {
             Ok(Some(self.settings.clone()))

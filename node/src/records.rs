@@ -1209,6 +1209,26 @@ pub struct MonthAggregate {
     pub credits: u64,
 }
 
+/// The first byte of a [`MonthAggregate`] in its binary form, version 1: bincode of the
+/// aggregate. Earlier versions stored JSON, which starts with `{`.
+const MONTH_AGGREGATE_V1: u8 = 1;
+
+/// The analysis follower reads and rewrites the consumer's month for every settlement, refund
+/// and credit: a binary form saves parsing the amounts and names from JSON each time.
+impl Codec for MonthAggregate {
+    fn encode(&self) -> Vec<u8> {
+        binary_form(MONTH_AGGREGATE_V1, self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        const WHAT: &str = "month aggregate";
+        match stored_form(WHAT, MONTH_AGGREGATE_V1, bytes)? {
+            StoredForm::Binary(b) => from_binary(WHAT, b),
+            StoredForm::Json(j) => from_json(WHAT, j),
+        }
+    }
+}
+
 /// A consumer's spending limits per calendar month: overall and per category. Set by the
 /// consumer (`PUT /v1/consumer/alerts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1377,6 +1397,40 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(
                 StatementLine::decode(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// A month's aggregate reads back from its binary form, amounts exact (negative spending
+    /// included), and from the JSON of earlier versions; every cut of the binary form is an
+    /// error.
+    #[test]
+    fn a_month_aggregate_reads_back_from_its_binary_form_and_from_earlier_json() {
+        let a = |s: &str| onecard_engine::Amount::parse(s).unwrap();
+        let agg = MonthAggregate {
+            spending: a("5.25").checked_neg(),
+            by_category: [("groceries".to_string(), a("12.50"))].into(),
+            by_merchant: [
+                ("shop".to_string(), a("12.50")),
+                ("gadgets".into(), a("0.01")),
+            ]
+            .into(),
+            income: a("2500.00"),
+            income_by_source: [("salary".to_string(), a("2500.00"))].into(),
+            orders_settled: 3,
+            refunds: 1,
+            credits: 1,
+        };
+        let bytes = agg.encode();
+        assert_eq!(bytes[0], MONTH_AGGREGATE_V1);
+        assert_eq!(MonthAggregate::decode(&bytes).unwrap(), agg);
+        let json = serde_json::to_vec(&agg).unwrap();
+        assert_eq!(MonthAggregate::decode(&json).unwrap(), agg);
+        assert!(bytes.len() < json.len());
+        for cut in 0..bytes.len() {
+            assert!(
+                MonthAggregate::decode(&bytes[..cut]).is_err(),
                 "cut at {cut}"
             );
         }

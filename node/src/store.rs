@@ -206,6 +206,14 @@ impl NodeStore {
         }
     }
 
+    /// The [`Codec`] record under `key`; one that does not decode is an error, never a panic.
+    pub fn get_record<T: Codec>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.get_raw(key)? {
+            None => Ok(None),
+            Some(v) => decode_record(key, &v).map(Some),
+        }
+    }
+
     /// The [`Codec`] record under `key`, through `cache`: a record whose stored bytes are the
     /// ones it was last decoded from is shared from the cache instead of decoded again.
     pub fn get_cached<T: Codec>(

@@ -177,7 +177,7 @@ fn analysis(node: &Node, consumer: &str, month: YearMonth) -> Result<MonthAnalys
     let previous = month.previous();
     let read = |m: YearMonth| {
         node.store
-            .get::<MonthAggregate>(&records::month_key(consumer, &m.to_string()))
+            .get_record::<MonthAggregate>(&records::month_key(consumer, &m.to_string()))
             .map(Option::unwrap_or_default)
     };
     let (now, before) = (read(month)?, read(previous)?);

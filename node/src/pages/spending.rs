@@ -66,7 +66,7 @@ async fn analysis(
     let consumer = &session.consumer;
     let read = |m: YearMonth| {
         node.store
-            .get::<MonthAggregate>(&records::month_key(consumer, &m.to_string()))
+            .get_record::<MonthAggregate>(&records::month_key(consumer, &m.to_string()))
             .map(Option::unwrap_or_default)
     };
     // The six months up to this one, oldest first.
