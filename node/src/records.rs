@@ -435,6 +435,19 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Result<
     serde_json::from_slice(json).map_err(|e| format!("{what}: {e}"))
 }
 
+/// A `what` record whose binary form is bincode of the whole value after its `version` byte,
+/// or the JSON of earlier versions.
+fn decode_whole<T: serde::de::DeserializeOwned>(
+    what: &str,
+    version: u8,
+    bytes: &[u8],
+) -> Result<T, String> {
+    match stored_form(what, version, bytes)? {
+        StoredForm::Binary(b) => from_binary(what, b),
+        StoredForm::Json(j) => from_json(what, j),
+    }
+}
+
 /// [`Checkout`]'s fields in its stored order, borrowed for encoding. Read back as
 /// [`StoredCheckoutV1`]: the two must list the same fields in the same order.
 #[derive(Serialize)]
@@ -1174,11 +1187,7 @@ impl Codec for StatementLine {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        const WHAT: &str = "statement line";
-        match stored_form(WHAT, STATEMENT_LINE_V1, bytes)? {
-            StoredForm::Binary(b) => from_binary(WHAT, b),
-            StoredForm::Json(j) => from_json(WHAT, j),
-        }
+        decode_whole("statement line", STATEMENT_LINE_V1, bytes)
     }
 }
 
@@ -1221,11 +1230,7 @@ impl Codec for MonthAggregate {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        const WHAT: &str = "month aggregate";
-        match stored_form(WHAT, MONTH_AGGREGATE_V1, bytes)? {
-            StoredForm::Binary(b) => from_binary(WHAT, b),
-            StoredForm::Json(j) => from_json(WHAT, j),
-        }
+        decode_whole("month aggregate", MONTH_AGGREGATE_V1, bytes)
     }
 }
 
