@@ -858,11 +858,6 @@ impl Layer {
         self.hashed.is_empty() && self.ordered.is_empty()
     }
 
-    /// Every key and its value, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> {
-        self.hashed.iter().chain(self.ordered.iter())
-    }
-
     /// The entries under `prefix` from `start` on (inclusive), in key order for the ordered
     /// part; the hashed part is filtered whole (its prefixes are only scanned by checks).
     fn under_from<'a>(
